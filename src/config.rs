@@ -1,0 +1,735 @@
+//! `relay.toml` → typed, validated structs.
+//!
+//! The file is read once at start-up. Every key is checked, and *every* error is reported with
+//! its key (`smtp.listen[1]: invalid socket address "x"`), so `check-config` can print them all at
+//! once instead of making the admin fix one typo per run. Unknown keys are errors too: a
+//! misspelt `max_recipents` silently ignored is worse than a refusal to start.
+//!
+//! Each subsystem receives only its own section (`SmtpConfig`, `UpstreamConfig`, ...). Relative
+//! paths are resolved against the directory of the config file. This module does no IO beyond
+//! reading the file; secrets are loaded by `secret`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::net::Cidr;
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Path of the file this was read from (for messages and `tail`/`stats`).
+    pub source: PathBuf,
+    /// Inbound SMTP listener.
+    pub smtp: SmtpConfig,
+    /// Where accepted mail goes.
+    pub upstream: UpstreamConfig,
+    /// Pixel insertion policy.
+    pub tracking: TrackingConfig,
+    /// Public pixel listener.
+    pub http: HttpConfig,
+    /// Private admin listener.
+    pub admin: AdminConfig,
+    /// The sled store.
+    pub store: StoreConfig,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// What the relay does with bare `<LF>` or `<CR>` inside DATA (Postfix's `smtpd_forbid_bare_newline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareNewline {
+    /// Accept and forward them as canonical `<CRLF>` line ends.
+    Normalize,
+    /// Refuse the message with `550 5.5.2`.
+    Reject,
+}
+
+/// `[smtp]`.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Plain SMTP listeners (STARTTLS when `[smtp.tls]` is set).
+    pub listen: Vec<SocketAddr>,
+    /// Name in the banner, the EHLO reply and the `Received:` header.
+    pub hostname: String,
+    /// Largest message accepted, advertised as SIZE and enforced with 552.
+    pub max_message_size: u64,
+    /// Most RCPTs in one transaction; more get 452 4.5.3.
+    pub max_recipients: usize,
+    /// Most simultaneous SMTP sessions; more get 421 and are closed.
+    pub max_connections: usize,
+    /// Most simultaneous sessions from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Networks that may relay without AUTH.
+    pub allow_networks: Vec<Cidr>,
+    /// How long to wait for the next command (RFC 5321 4.5.3.2.7: 5 min).
+    pub command_timeout: Duration,
+    /// How long to wait for the next chunk of DATA (RFC 5321 4.5.3.2.5: 3 min).
+    pub data_timeout: Duration,
+    /// Protocol errors tolerated before the session is closed with 421.
+    pub max_errors: u32,
+    /// Bare newline policy inside DATA.
+    pub bare_newline: BareNewline,
+    /// After SIGTERM: how long in-flight transactions may run before sessions get 421.
+    pub shutdown_grace: Duration,
+}
+
+/// TLS towards the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// Plain TCP.
+    None,
+    /// STARTTLS, required: a server that does not offer it is a temporary failure.
+    StartTls,
+    /// TLS from the first byte (port 465 style).
+    Implicit,
+}
+
+/// Where accepted messages go.
+#[derive(Debug, Clone)]
+pub enum UpstreamTarget {
+    /// A real smarthost.
+    Smtp {
+        /// `host:port` as written (resolved at each connect).
+        address: String,
+    },
+    /// Try-it mode: write each message into a folder.
+    Capture {
+        /// The folder.
+        dir: PathBuf,
+    },
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Smarthost or capture folder.
+    pub target: UpstreamTarget,
+    /// TLS mode.
+    pub tls: UpstreamTls,
+    /// Verify the upstream certificate (false only for labs; logged loudly).
+    pub tls_verify: bool,
+    /// Extra CA bundle (PEM) trusted besides the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Name used for SNI and certificate verification; default the host part of `address`.
+    pub server_name: Option<String>,
+    /// AUTH user name, if the upstream needs AUTH.
+    pub auth_user: Option<String>,
+    /// File holding the AUTH password (must be 0600).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the AUTH password.
+    pub password_env: Option<String>,
+    /// Name we give in EHLO; default `smtp.hostname`.
+    pub helo: String,
+    /// TCP connect (and TLS handshake) timeout.
+    pub connect_timeout: Duration,
+    /// Timeout for the greeting and each command reply.
+    pub command_timeout: Duration,
+    /// Timeout for the reply after the message has been sent.
+    pub data_timeout: Duration,
+    /// Idle connections kept for reuse.
+    pub pool_size: usize,
+    /// How long an idle connection is kept.
+    pub pool_idle: Duration,
+}
+
+/// What to do with a message that already carries a DKIM signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDkimSigned {
+    /// Forward it untouched (the pixel would break the signature).
+    Skip,
+    /// Insert the pixel anyway.
+    Track,
+}
+
+/// `[tracking]`.
+#[derive(Debug, Clone)]
+pub struct TrackingConfig {
+    /// Insert pixels at all.
+    pub enabled: bool,
+    /// Public URL prefix of the pixel (no trailing slash).
+    pub base_url: String,
+    /// HMAC key for tokens (generated 0600 when missing).
+    pub secret_file: PathBuf,
+    /// DKIM-signed mail policy.
+    pub on_dkim_signed: OnDkimSigned,
+    /// Header that opts a message out; always removed before forwarding.
+    pub opt_out_header: String,
+    /// When non-empty, only these sender domains are tracked.
+    pub sender_domains: Vec<String>,
+    /// Recipient domains never tracked.
+    pub exclude_recipient_domains: Vec<String>,
+    /// Larger messages are forwarded untouched.
+    pub max_rewrite_size: u64,
+    /// An open this soon after the relay handed the message upstream is marked as a machine.
+    pub machine_window: Duration,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Public pixel listener.
+    pub listen: SocketAddr,
+    /// Peers whose `X-Forwarded-For`/`Forwarded` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Time allowed to read a request's headers (slowloris).
+    pub header_timeout: Duration,
+    /// Idle keep-alive connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Most simultaneous connections on the pixel listener.
+    pub max_connections: usize,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Private listener: API, stream, dashboard, metrics.
+    pub listen: SocketAddr,
+    /// Bearer token file (generated 0600 when missing).
+    pub token_file: PathBuf,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// sled directory.
+    pub path: PathBuf,
+    /// Keep message subjects.
+    pub subjects: bool,
+    /// Store IPv4 /24 and IPv6 /48 only.
+    pub anonymize_ip: bool,
+    /// Purge messages and opens older than this many days (0 = keep forever).
+    pub retention_days: u32,
+    /// sled flush interval: at most this much is lost on a power cut.
+    pub flush_interval: Duration,
+    /// Optional JSON-lines file of opens.
+    pub open_log: Option<PathBuf>,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// human | json.
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `pixelrelay=debug`.
+    pub level: String,
+}
+
+/// Every problem found in a config file, each naming its key.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut cfg = Self::parse(&text, &base)?;
+        cfg.source = path.to_path_buf();
+        Ok(cfg)
+    }
+
+    /// Parses config text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        let root: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("syntax: {}", e.message())]))?;
+        let mut errors = Vec::new();
+        let known = ["smtp", "upstream", "tracking", "http", "admin", "store", "log"];
+        for key in root.keys() {
+            if !known.contains(&key.as_str()) {
+                errors.push(format!("{key}: unknown section"));
+            }
+        }
+        let mut r = Reader { root: &root, base, errors: &mut errors };
+        let smtp = read_smtp(&mut r);
+        let upstream = read_upstream(&mut r, &smtp.hostname);
+        let tracking = read_tracking(&mut r);
+        let http = read_http(&mut r);
+        let admin = read_admin(&mut r);
+        let store = read_store(&mut r);
+        let log = read_log(&mut r);
+        if errors.is_empty() {
+            Ok(Config { source: base.join("relay.toml"), smtp, upstream, tracking, http, admin, store, log })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// One line for `check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        let listen: Vec<String> = self.smtp.listen.iter().map(ToString::to_string).collect();
+        let mode = match &self.upstream.target {
+            UpstreamTarget::Smtp { address } => format!("relay to {address} (tls={:?})", self.upstream.tls),
+            UpstreamTarget::Capture { dir } => {
+                format!("CAPTURE mode: messages are written to {} and not relayed", dir.display())
+            }
+        };
+        format!(
+            "ok: smtp on {} -> {mode}; pixel http://{}; admin http://{}; store {}",
+            listen.join(","),
+            self.http.listen,
+            self.admin.listen,
+            self.store.path.display()
+        )
+    }
+}
+
+/// Walks the TOML tree, collecting errors instead of stopping at the first.
+struct Reader<'a> {
+    root: &'a toml::Table,
+    base: &'a Path,
+    errors: &'a mut Vec<String>,
+}
+
+/// One `[section]` being read; remembers which keys were used so that the rest are reported.
+struct Section<'r, 'a> {
+    name: &'static str,
+    table: Option<&'a toml::Table>,
+    used: BTreeSet<&'static str>,
+    r: &'r mut Reader<'a>,
+}
+
+impl<'a> Reader<'a> {
+    fn section<'r>(&'r mut self, name: &'static str) -> Section<'r, 'a> {
+        let table = match self.root.get(name) {
+            None => None,
+            Some(toml::Value::Table(t)) => Some(t),
+            Some(_) => {
+                self.errors.push(format!("{name}: must be a table ([{name}])"));
+                None
+            }
+        };
+        Section { name, table, used: BTreeSet::new(), r: self }
+    }
+}
+
+impl Section<'_, '_> {
+    fn err(&mut self, key: &str, msg: impl std::fmt::Display) {
+        self.r.errors.push(format!("{}.{key}: {msg}", self.name));
+    }
+
+    fn raw(&mut self, key: &'static str) -> Option<toml::Value> {
+        self.used.insert(key);
+        self.table.and_then(|t| t.get(key)).cloned()
+    }
+
+    /// A key of any deserialisable type, or `default` (with an error) when it is wrong.
+    fn get<T: DeserializeOwned>(&mut self, key: &'static str, default: T) -> T {
+        match self.raw(key) {
+            None => default,
+            Some(v) => match v.try_into::<T>() {
+                Ok(t) => t,
+                Err(e) => {
+                    self.err(key, e.message().trim());
+                    default
+                }
+            },
+        }
+    }
+
+    fn opt<T: DeserializeOwned>(&mut self, key: &'static str) -> Option<T> {
+        match self.raw(key) {
+            None => None,
+            Some(v) => match v.try_into::<T>() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.err(key, e.message().trim());
+                    None
+                }
+            },
+        }
+    }
+
+    fn positive(&mut self, key: &'static str, default: u64) -> u64 {
+        let v = self.get::<i64>(key, default as i64);
+        if v <= 0 {
+            self.err(key, format!("must be a positive number, not {v}"));
+            return default;
+        }
+        v as u64
+    }
+
+    fn seconds(&mut self, key: &'static str, default: u64) -> Duration {
+        Duration::from_secs(self.positive(key, default))
+    }
+
+    fn millis(&mut self, key: &'static str, default: u64) -> Duration {
+        Duration::from_millis(self.positive(key, default))
+    }
+
+    fn addr(&mut self, key: &'static str, default: &str) -> SocketAddr {
+        let s = self.get::<String>(key, default.to_string());
+        parse_addr(&s).unwrap_or_else(|e| {
+            self.err(key, e);
+            fallback_addr()
+        })
+    }
+
+    fn addrs(&mut self, key: &'static str, default: &[&str]) -> Vec<SocketAddr> {
+        let list = self.get::<Vec<String>>(key, default.iter().map(|s| s.to_string()).collect());
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            match parse_addr(s) {
+                Ok(a) => out.push(a),
+                Err(e) => self.r.errors.push(format!("{}.{key}[{i}]: {e}", self.name)),
+            }
+        }
+        if out.is_empty() && !list.is_empty() {
+            return out;
+        }
+        if list.is_empty() {
+            self.err(key, "needs at least one address");
+        }
+        out
+    }
+
+    fn cidrs(&mut self, key: &'static str, default: &[&str]) -> Vec<Cidr> {
+        let list = self.get::<Vec<String>>(key, default.iter().map(|s| s.to_string()).collect());
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            match s.parse::<Cidr>() {
+                Ok(c) => out.push(c),
+                Err(e) => self.r.errors.push(format!("{}.{key}[{i}]: {e}", self.name)),
+            }
+        }
+        out
+    }
+
+    fn path(&mut self, key: &'static str, default: &str) -> PathBuf {
+        let s = self.get::<String>(key, default.to_string());
+        if s.is_empty() {
+            self.err(key, "must not be empty");
+        }
+        self.r.base.join(s)
+    }
+
+    fn opt_path(&mut self, key: &'static str) -> Option<PathBuf> {
+        self.opt::<String>(key).map(|s| self.r.base.join(s))
+    }
+
+    fn choice<T: Copy>(&mut self, key: &'static str, default: T, options: &[(&str, T)]) -> T {
+        let Some(s) = self.opt::<String>(key) else { return default };
+        match options.iter().find(|(n, _)| *n == s) {
+            Some((_, v)) => *v,
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.err(key, format!("\"{s}\" is not one of {}", names.join(" | ")));
+                default
+            }
+        }
+    }
+
+    fn domains(&mut self, key: &'static str) -> Vec<String> {
+        let list = self.get::<Vec<String>>(key, Vec::new());
+        let mut out = Vec::new();
+        for (i, d) in list.iter().enumerate() {
+            let d = d.trim().trim_start_matches('@').to_ascii_lowercase();
+            if d.is_empty() || d.contains(char::is_whitespace) || d.contains('@') {
+                self.r.errors.push(format!("{}.{key}[{i}]: \"{d}\" is not a domain", self.name));
+            } else {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// Reports keys present in the file that nobody read.
+    fn finish(self) {
+        let Some(t) = self.table else { return };
+        for key in t.keys() {
+            if !self.used.contains(key.as_str()) {
+                self.r.errors.push(format!("{}.{key}: unknown key", self.name));
+            }
+        }
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("invalid socket address \"{s}\" (expected IP:PORT, e.g. 127.0.0.1:2525 or [::1]:2525)"))
+}
+
+fn fallback_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn read_smtp(r: &mut Reader<'_>) -> SmtpConfig {
+    let mut s = r.section("smtp");
+    let listen = s.addrs("listen", &["127.0.0.1:2525"]);
+    let hostname = s.get::<String>("hostname", "pixelrelay.localdomain".into());
+    if hostname.is_empty() || hostname.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        s.err("hostname", format!("\"{hostname}\" is not a host name"));
+    }
+    let cfg = SmtpConfig {
+        listen,
+        hostname,
+        max_message_size: s.positive("max_message_size", 52_428_800),
+        max_recipients: s.positive("max_recipients", 100) as usize,
+        max_connections: s.positive("max_connections", 1000) as usize,
+        max_connections_per_ip: s.positive("max_connections_per_ip", 100) as usize,
+        allow_networks: s.cidrs("allow_networks", &["127.0.0.0/8", "::1/128"]),
+        command_timeout: s.seconds("command_timeout", 300),
+        data_timeout: s.seconds("data_timeout", 180),
+        max_errors: s.positive("max_errors", 10) as u32,
+        bare_newline: s.choice(
+            "bare_newline",
+            BareNewline::Normalize,
+            &[("normalize", BareNewline::Normalize), ("reject", BareNewline::Reject)],
+        ),
+        shutdown_grace: s.seconds("shutdown_grace", 30),
+    };
+    s.finish();
+    cfg
+}
+
+fn read_upstream(r: &mut Reader<'_>, hostname: &str) -> UpstreamConfig {
+    let mut s = r.section("upstream");
+    let address = s.opt::<String>("address");
+    let capture = s.opt_path("capture_dir");
+    let target = match (address, capture) {
+        (Some(_), Some(_)) => {
+            s.err("capture_dir", "set either upstream.address or upstream.capture_dir, not both");
+            UpstreamTarget::Smtp { address: String::new() }
+        }
+        (Some(a), None) => {
+            if let Err(e) = split_host_port(&a) {
+                s.err("address", e);
+            }
+            UpstreamTarget::Smtp { address: a }
+        }
+        (None, Some(dir)) => UpstreamTarget::Capture { dir },
+        (None, None) => {
+            s.err("address", "missing: set upstream.address (the smarthost) or upstream.capture_dir (try-it mode)");
+            UpstreamTarget::Smtp { address: String::new() }
+        }
+    };
+    let cfg = UpstreamConfig {
+        target,
+        tls: s.choice(
+            "tls",
+            UpstreamTls::None,
+            &[("none", UpstreamTls::None), ("starttls", UpstreamTls::StartTls), ("implicit", UpstreamTls::Implicit)],
+        ),
+        tls_verify: s.get("tls_verify", true),
+        ca_file: s.opt_path("ca_file"),
+        server_name: s.opt("server_name"),
+        auth_user: s.opt("auth_user"),
+        password_file: s.opt_path("password_file"),
+        password_env: s.opt("password_env"),
+        helo: s.get("helo", hostname.to_string()),
+        connect_timeout: s.seconds("connect_timeout", 10),
+        command_timeout: s.seconds("command_timeout", 120),
+        data_timeout: s.seconds("data_timeout", 300),
+        pool_size: s.get::<u32>("pool_size", 16) as usize,
+        pool_idle: s.seconds("pool_idle", 30),
+    };
+    if cfg.auth_user.is_some() && cfg.password_file.is_none() && cfg.password_env.is_none() {
+        s.err("auth_user", "needs upstream.password_file or upstream.password_env (never a password in the TOML)");
+    }
+    if cfg.password_file.is_some() && cfg.password_env.is_some() {
+        s.err("password_env", "set either upstream.password_file or upstream.password_env, not both");
+    }
+    if s.raw("password").is_some() {
+        s.err("password", "passwords are not read from relay.toml: use upstream.password_file or upstream.password_env");
+    }
+    s.finish();
+    cfg
+}
+
+/// Splits `host:port` (`[v6]:port` too). Used for the upstream address, which may be a name.
+pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
+    let bad = || format!("invalid address \"{s}\" (expected HOST:PORT, e.g. 127.0.0.1:25)");
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
+        (h.to_string(), p)
+    } else {
+        let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
+        if h.contains(':') {
+            return Err(bad());
+        }
+        (h.to_string(), p)
+    };
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+fn read_tracking(r: &mut Reader<'_>) -> TrackingConfig {
+    let mut s = r.section("tracking");
+    let base_url = s.get::<String>("base_url", "http://127.0.0.1:8080".into());
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+        || base_url.contains(|c: char| c.is_whitespace() || c == '"' || c == '<' || c == '>' || c == '\'')
+    {
+        s.err("base_url", format!("\"{base_url}\" is not an http(s) URL"));
+    }
+    let opt_out_header = s.get::<String>("opt_out_header", "X-Track-Opens".into());
+    if opt_out_header.is_empty() || !opt_out_header.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        s.err("opt_out_header", format!("\"{opt_out_header}\" is not a header name"));
+    }
+    let cfg = TrackingConfig {
+        enabled: s.get("enabled", true),
+        base_url: base_url.trim_end_matches('/').to_string(),
+        secret_file: s.path("secret_file", "data/secret.key"),
+        on_dkim_signed: s.choice(
+            "on_dkim_signed",
+            OnDkimSigned::Skip,
+            &[("skip", OnDkimSigned::Skip), ("track", OnDkimSigned::Track)],
+        ),
+        opt_out_header,
+        sender_domains: s.domains("sender_domains"),
+        exclude_recipient_domains: s.domains("exclude_recipient_domains"),
+        max_rewrite_size: s.positive("max_rewrite_size", 26_214_400),
+        machine_window: s.seconds("machine_window", 5),
+    };
+    s.finish();
+    cfg
+}
+
+fn read_http(r: &mut Reader<'_>) -> HttpConfig {
+    let mut s = r.section("http");
+    let cfg = HttpConfig {
+        listen: s.addr("listen", "127.0.0.1:8080"),
+        trusted_proxies: s.cidrs("trusted_proxies", &[]),
+        header_timeout: s.seconds("header_timeout", 10),
+        idle_timeout: s.seconds("idle_timeout", 60),
+        max_connections: s.positive("max_connections", 10_000) as usize,
+    };
+    s.finish();
+    cfg
+}
+
+fn read_admin(r: &mut Reader<'_>) -> AdminConfig {
+    let mut s = r.section("admin");
+    let cfg = AdminConfig {
+        listen: s.addr("listen", "127.0.0.1:8081"),
+        token_file: s.path("token_file", "data/admin.token"),
+    };
+    s.finish();
+    cfg
+}
+
+fn read_store(r: &mut Reader<'_>) -> StoreConfig {
+    let mut s = r.section("store");
+    let cfg = StoreConfig {
+        path: s.path("path", "data/pixelrelay.db"),
+        subjects: s.get("subjects", false),
+        anonymize_ip: s.get("anonymize_ip", false),
+        retention_days: s.get::<u32>("retention_days", 0),
+        flush_interval: s.millis("flush_interval_ms", 500),
+        open_log: s.opt_path("open_log"),
+    };
+    s.finish();
+    cfg
+}
+
+fn read_log(r: &mut Reader<'_>) -> LogConfig {
+    let mut s = r.section("log");
+    let cfg = LogConfig {
+        format: s.choice("format", LogFormat::Human, &[("human", LogFormat::Human), ("json", LogFormat::Json)]),
+        level: s.get("level", "info".to_string()),
+    };
+    s.finish();
+    cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new("/etc/pixelrelay"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolves_paths() {
+        let c = parse("[upstream]\naddress = \"127.0.0.1:25\"\n").expect("valid");
+        assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.smtp.max_message_size, 52_428_800);
+        assert_eq!(c.store.path, Path::new("/etc/pixelrelay/data/pixelrelay.db"));
+        assert_eq!(c.tracking.on_dkim_signed, OnDkimSigned::Skip);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key() {
+        let text = r#"
+            [smtp]
+            listen = ["127.0.0.1:2525", "nonsense"]
+            max_recipents = 5
+            max_recipients = -1
+            [upstream]
+            address = "127.0.0.1:25"
+            tls = "sometimes"
+            [http]
+            listen = "localhost"
+            [bogus]
+        "#;
+        let errs = parse(text).expect_err("invalid").0;
+        let joined = errs.join("\n");
+        for needle in [
+            "smtp.listen[1]: invalid socket address \"nonsense\"",
+            "smtp.max_recipents: unknown key",
+            "smtp.max_recipients: must be a positive number",
+            "upstream.tls: \"sometimes\" is not one of none | starttls | implicit",
+            "http.listen: invalid socket address \"localhost\"",
+            "bogus: unknown section",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+        assert_eq!(errs.len(), 6, "{joined}");
+    }
+
+    #[test]
+    fn address_and_capture_are_exclusive_and_one_is_required() {
+        let e = parse("[upstream]\naddress = \"127.0.0.1:25\"\ncapture_dir = \"out\"\n").expect_err("both");
+        assert!(e.0[0].starts_with("upstream.capture_dir:"), "{e}");
+        let e = parse("").expect_err("neither");
+        assert!(e.0[0].starts_with("upstream.address: missing"), "{e}");
+        let c = parse("[upstream]\ncapture_dir = \"data/outbox\"\n").expect("capture");
+        assert!(matches!(c.upstream.target, UpstreamTarget::Capture { ref dir } if dir.ends_with("data/outbox")));
+    }
+
+    #[test]
+    fn password_in_toml_is_refused() {
+        let e = parse("[upstream]\naddress = \"h:25\"\nauth_user = \"u\"\npassword = \"x\"\n").expect_err("refused");
+        let j = e.to_string();
+        assert!(j.contains("upstream.password:"), "{j}");
+        assert!(j.contains("upstream.auth_user: needs"), "{j}");
+    }
+
+    #[test]
+    fn host_port_split() {
+        assert_eq!(split_host_port("mx.example.net:25").unwrap(), ("mx.example.net".into(), 25));
+        assert_eq!(split_host_port("[::1]:2525").unwrap(), ("::1".into(), 2525));
+        assert!(split_host_port("::1:25").is_err());
+        assert!(split_host_port("host").is_err());
+        assert!(split_host_port("host:0").is_err());
+    }
+}

@@ -1,0 +1,34 @@
+//! pixelrelay: an SMTP before-queue relay that inserts an open-tracking pixel into
+//! single-recipient HTML mail, serves the pixel over HTTP and records every open.
+//!
+//! # Layout
+//!
+//! ```text
+//! config.rs    relay.toml -> typed sections, every error with its key
+//! secret.rs    0600 secret files, generated on first start
+//! net.rs       CIDR ranges, IP anonymisation
+//! shutdown.rs  shutdown signal + "all tasks finished" tracker
+//! smtp/        inbound ESMTP server: listener (accept, limits), session (protocol state
+//!              machine over any byte stream), command (parser), data (DATA reader), reply
+//! upstream.rs  SMTP client to the smarthost: TLS, AUTH, timeouts, connection pool
+//! relay.rs     where the stages meet: session backend -> rewrite -> store -> upstream
+//! rewrite/     pure: pick the HTML part, insert the pixel, splice it back
+//! token.rs     pure: mint and verify pixel tokens
+//! track/       pure: classify a pixel hit (client, device, machine)
+//! store.rs     the only code that touches sled
+//! http/        pixel listener (public) and admin listener (private)
+//! server.rs    wires everything together for `pixelrelay serve`
+//! ```
+//!
+//! Data flows one way: `smtp -> relay -> {rewrite, token, store, upstream}`;
+//! `http -> {token, store, track}`. `rewrite`, `token` and `track` do no IO and know nothing of
+//! SMTP or HTTP; `store` knows nothing of either protocol.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod net;
+pub mod rewrite;
+pub mod secret;
+pub mod shutdown;
+pub mod token;

@@ -260,13 +260,19 @@ impl Config {
             .parse()
             .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("syntax: {}", e.message())]))?;
         let mut errors = Vec::new();
-        let known = ["smtp", "upstream", "tracking", "http", "admin", "store", "log"];
+        let known = [
+            "smtp", "upstream", "tracking", "http", "admin", "store", "log",
+        ];
         for key in root.keys() {
             if !known.contains(&key.as_str()) {
                 errors.push(format!("{key}: unknown section"));
             }
         }
-        let mut r = Reader { root: &root, base, errors: &mut errors };
+        let mut r = Reader {
+            root: &root,
+            base,
+            errors: &mut errors,
+        };
         let smtp = read_smtp(&mut r);
         let upstream = read_upstream(&mut r, &smtp.hostname);
         let tracking = read_tracking(&mut r);
@@ -275,7 +281,16 @@ impl Config {
         let store = read_store(&mut r);
         let log = read_log(&mut r);
         if errors.is_empty() {
-            Ok(Config { source: base.join("relay.toml"), smtp, upstream, tracking, http, admin, store, log })
+            Ok(Config {
+                source: base.join("relay.toml"),
+                smtp,
+                upstream,
+                tracking,
+                http,
+                admin,
+                store,
+                log,
+            })
         } else {
             Err(ConfigErrors(errors))
         }
@@ -285,9 +300,14 @@ impl Config {
     pub fn summary(&self) -> String {
         let listen: Vec<String> = self.smtp.listen.iter().map(ToString::to_string).collect();
         let mode = match &self.upstream.target {
-            UpstreamTarget::Smtp { address } => format!("relay to {address} (tls={:?})", self.upstream.tls),
+            UpstreamTarget::Smtp { address } => {
+                format!("relay to {address} (tls={:?})", self.upstream.tls)
+            }
             UpstreamTarget::Capture { dir } => {
-                format!("CAPTURE mode: messages are written to {} and not relayed", dir.display())
+                format!(
+                    "CAPTURE mode: messages are written to {} and not relayed",
+                    dir.display()
+                )
             }
         };
         format!(
@@ -321,11 +341,17 @@ impl<'a> Reader<'a> {
             None => None,
             Some(toml::Value::Table(t)) => Some(t),
             Some(_) => {
-                self.errors.push(format!("{name}: must be a table ([{name}])"));
+                self.errors
+                    .push(format!("{name}: must be a table ([{name}])"));
                 None
             }
         };
-        Section { name, table, used: BTreeSet::new(), r: self }
+        Section {
+            name,
+            table,
+            used: BTreeSet::new(),
+            r: self,
+        }
     }
 }
 
@@ -434,7 +460,9 @@ impl Section<'_, '_> {
     }
 
     fn choice<T: Copy>(&mut self, key: &'static str, default: T, options: &[(&str, T)]) -> T {
-        let Some(s) = self.opt::<String>(key) else { return default };
+        let Some(s) = self.opt::<String>(key) else {
+            return default;
+        };
         match options.iter().find(|(n, _)| *n == s) {
             Some((_, v)) => *v,
             None => {
@@ -451,7 +479,9 @@ impl Section<'_, '_> {
         for (i, d) in list.iter().enumerate() {
             let d = d.trim().trim_start_matches('@').to_ascii_lowercase();
             if d.is_empty() || d.contains(char::is_whitespace) || d.contains('@') {
-                self.r.errors.push(format!("{}.{key}[{i}]: \"{d}\" is not a domain", self.name));
+                self.r
+                    .errors
+                    .push(format!("{}.{key}[{i}]: \"{d}\" is not a domain", self.name));
             } else {
                 out.push(d);
             }
@@ -464,15 +494,20 @@ impl Section<'_, '_> {
         let Some(t) = self.table else { return };
         for key in t.keys() {
             if !self.used.contains(key.as_str()) {
-                self.r.errors.push(format!("{}.{key}: unknown key", self.name));
+                self.r
+                    .errors
+                    .push(format!("{}.{key}: unknown key", self.name));
             }
         }
     }
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| format!("invalid socket address \"{s}\" (expected IP:PORT, e.g. 127.0.0.1:2525 or [::1]:2525)"))
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "invalid socket address \"{s}\" (expected IP:PORT, e.g. 127.0.0.1:2525 or [::1]:2525)"
+        )
+    })
 }
 
 fn fallback_addr() -> SocketAddr {
@@ -500,7 +535,10 @@ fn read_smtp(r: &mut Reader<'_>) -> SmtpConfig {
         bare_newline: s.choice(
             "bare_newline",
             BareNewline::Normalize,
-            &[("normalize", BareNewline::Normalize), ("reject", BareNewline::Reject)],
+            &[
+                ("normalize", BareNewline::Normalize),
+                ("reject", BareNewline::Reject),
+            ],
         ),
         shutdown_grace: s.seconds("shutdown_grace", 30),
     };
@@ -514,8 +552,13 @@ fn read_upstream(r: &mut Reader<'_>, hostname: &str) -> UpstreamConfig {
     let capture = s.opt_path("capture_dir");
     let target = match (address, capture) {
         (Some(_), Some(_)) => {
-            s.err("capture_dir", "set either upstream.address or upstream.capture_dir, not both");
-            UpstreamTarget::Smtp { address: String::new() }
+            s.err(
+                "capture_dir",
+                "set either upstream.address or upstream.capture_dir, not both",
+            );
+            UpstreamTarget::Smtp {
+                address: String::new(),
+            }
         }
         (Some(a), None) => {
             if let Err(e) = split_host_port(&a) {
@@ -526,7 +569,9 @@ fn read_upstream(r: &mut Reader<'_>, hostname: &str) -> UpstreamConfig {
         (None, Some(dir)) => UpstreamTarget::Capture { dir },
         (None, None) => {
             s.err("address", "missing: set upstream.address (the smarthost) or upstream.capture_dir (try-it mode)");
-            UpstreamTarget::Smtp { address: String::new() }
+            UpstreamTarget::Smtp {
+                address: String::new(),
+            }
         }
     };
     let cfg = UpstreamConfig {
@@ -534,7 +579,11 @@ fn read_upstream(r: &mut Reader<'_>, hostname: &str) -> UpstreamConfig {
         tls: s.choice(
             "tls",
             UpstreamTls::None,
-            &[("none", UpstreamTls::None), ("starttls", UpstreamTls::StartTls), ("implicit", UpstreamTls::Implicit)],
+            &[
+                ("none", UpstreamTls::None),
+                ("starttls", UpstreamTls::StartTls),
+                ("implicit", UpstreamTls::Implicit),
+            ],
         ),
         tls_verify: s.get("tls_verify", true),
         ca_file: s.opt_path("ca_file"),
@@ -550,10 +599,16 @@ fn read_upstream(r: &mut Reader<'_>, hostname: &str) -> UpstreamConfig {
         pool_idle: s.seconds("pool_idle", 30),
     };
     if cfg.auth_user.is_some() && cfg.password_file.is_none() && cfg.password_env.is_none() {
-        s.err("auth_user", "needs upstream.password_file or upstream.password_env (never a password in the TOML)");
+        s.err(
+            "auth_user",
+            "needs upstream.password_file or upstream.password_env (never a password in the TOML)",
+        );
     }
     if cfg.password_file.is_some() && cfg.password_env.is_some() {
-        s.err("password_env", "set either upstream.password_file or upstream.password_env, not both");
+        s.err(
+            "password_env",
+            "set either upstream.password_file or upstream.password_env, not both",
+        );
     }
     if s.raw("password").is_some() {
         s.err("password", "passwords are not read from relay.toml: use upstream.password_file or upstream.password_env");
@@ -586,13 +641,21 @@ fn read_tracking(r: &mut Reader<'_>) -> TrackingConfig {
     let mut s = r.section("tracking");
     let base_url = s.get::<String>("base_url", "http://127.0.0.1:8080".into());
     if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
-        || base_url.contains(|c: char| c.is_whitespace() || c == '"' || c == '<' || c == '>' || c == '\'')
+        || base_url
+            .contains(|c: char| c.is_whitespace() || c == '"' || c == '<' || c == '>' || c == '\'')
     {
         s.err("base_url", format!("\"{base_url}\" is not an http(s) URL"));
     }
     let opt_out_header = s.get::<String>("opt_out_header", "X-Track-Opens".into());
-    if opt_out_header.is_empty() || !opt_out_header.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-        s.err("opt_out_header", format!("\"{opt_out_header}\" is not a header name"));
+    if opt_out_header.is_empty()
+        || !opt_out_header
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b':')
+    {
+        s.err(
+            "opt_out_header",
+            format!("\"{opt_out_header}\" is not a header name"),
+        );
     }
     let cfg = TrackingConfig {
         enabled: s.get("enabled", true),
@@ -653,7 +716,11 @@ fn read_store(r: &mut Reader<'_>) -> StoreConfig {
 fn read_log(r: &mut Reader<'_>) -> LogConfig {
     let mut s = r.section("log");
     let cfg = LogConfig {
-        format: s.choice("format", LogFormat::Human, &[("human", LogFormat::Human), ("json", LogFormat::Json)]),
+        format: s.choice(
+            "format",
+            LogFormat::Human,
+            &[("human", LogFormat::Human), ("json", LogFormat::Json)],
+        ),
         level: s.get("level", "info".to_string()),
     };
     s.finish();
@@ -671,9 +738,15 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults_and_resolves_paths() {
         let c = parse("[upstream]\naddress = \"127.0.0.1:25\"\n").expect("valid");
-        assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.smtp.listen,
+            vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.smtp.max_message_size, 52_428_800);
-        assert_eq!(c.store.path, Path::new("/etc/pixelrelay/data/pixelrelay.db"));
+        assert_eq!(
+            c.store.path,
+            Path::new("/etc/pixelrelay/data/pixelrelay.db")
+        );
         assert_eq!(c.tracking.on_dkim_signed, OnDkimSigned::Skip);
     }
 
@@ -708,17 +781,21 @@ mod tests {
 
     #[test]
     fn address_and_capture_are_exclusive_and_one_is_required() {
-        let e = parse("[upstream]\naddress = \"127.0.0.1:25\"\ncapture_dir = \"out\"\n").expect_err("both");
+        let e = parse("[upstream]\naddress = \"127.0.0.1:25\"\ncapture_dir = \"out\"\n")
+            .expect_err("both");
         assert!(e.0[0].starts_with("upstream.capture_dir:"), "{e}");
         let e = parse("").expect_err("neither");
         assert!(e.0[0].starts_with("upstream.address: missing"), "{e}");
         let c = parse("[upstream]\ncapture_dir = \"data/outbox\"\n").expect("capture");
-        assert!(matches!(c.upstream.target, UpstreamTarget::Capture { ref dir } if dir.ends_with("data/outbox")));
+        assert!(
+            matches!(c.upstream.target, UpstreamTarget::Capture { ref dir } if dir.ends_with("data/outbox"))
+        );
     }
 
     #[test]
     fn password_in_toml_is_refused() {
-        let e = parse("[upstream]\naddress = \"h:25\"\nauth_user = \"u\"\npassword = \"x\"\n").expect_err("refused");
+        let e = parse("[upstream]\naddress = \"h:25\"\nauth_user = \"u\"\npassword = \"x\"\n")
+            .expect_err("refused");
         let j = e.to_string();
         assert!(j.contains("upstream.password:"), "{j}");
         assert!(j.contains("upstream.auth_user: needs"), "{j}");
@@ -726,7 +803,10 @@ mod tests {
 
     #[test]
     fn host_port_split() {
-        assert_eq!(split_host_port("mx.example.net:25").unwrap(), ("mx.example.net".into(), 25));
+        assert_eq!(
+            split_host_port("mx.example.net:25").unwrap(),
+            ("mx.example.net".into(), 25)
+        );
         assert_eq!(split_host_port("[::1]:2525").unwrap(), ("::1".into(), 2525));
         assert!(split_host_port("::1:25").is_err());
         assert!(split_host_port("host").is_err());

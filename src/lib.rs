@@ -26,9 +26,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod capture;
+pub mod clock;
 pub mod config;
 pub mod net;
+pub mod relay;
 pub mod rewrite;
 pub mod secret;
+pub mod server;
 pub mod shutdown;
+pub mod smtp;
 pub mod token;
+pub mod upstream;

@@ -49,18 +49,27 @@ pub fn anonymize(ip: IpAddr) -> IpAddr {
 }
 
 fn mask_v4(a: u32, prefix: u8) -> u32 {
-    if prefix == 0 { 0 } else { a & (u32::MAX << (32 - u32::from(prefix))) }
+    if prefix == 0 {
+        0
+    } else {
+        a & (u32::MAX << (32 - u32::from(prefix)))
+    }
 }
 
 fn mask_v6(a: u128, prefix: u8) -> u128 {
-    if prefix == 0 { 0 } else { a & (u128::MAX << (128 - u32::from(prefix))) }
+    if prefix == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - u32::from(prefix)))
+    }
 }
 
 impl FromStr for Cidr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid network \"{s}\" (expected e.g. 192.0.2.0/24 or 2001:db8::/32)");
+        let bad =
+            || format!("invalid network \"{s}\" (expected e.g. 192.0.2.0/24 or 2001:db8::/32)");
         let (a, p) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),

@@ -38,12 +38,18 @@ impl std::error::Error for SecretError {}
 /// Reads a secret file, refusing one readable by group or others. Surrounding whitespace is trimmed.
 pub fn read(path: &Path) -> Result<Vec<u8>, SecretError> {
     let p = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|err| SecretError::Io { path: p.clone(), err })?;
+    let meta = std::fs::metadata(path).map_err(|err| SecretError::Io {
+        path: p.clone(),
+        err,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(SecretError::Permissions { path: p, mode });
     }
-    let bytes = std::fs::read(path).map_err(|err| SecretError::Io { path: p.clone(), err })?;
+    let bytes = std::fs::read(path).map_err(|err| SecretError::Io {
+        path: p.clone(),
+        err,
+    })?;
     let trimmed = bytes.trim_ascii();
     if trimmed.is_empty() {
         return Err(SecretError::Empty { path: p });
@@ -52,7 +58,10 @@ pub fn read(path: &Path) -> Result<Vec<u8>, SecretError> {
 }
 
 /// Reads the secret at `path`, or creates it (0600, parent directories 0700) from `generate`.
-pub fn read_or_create(path: &Path, generate: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, SecretError> {
+pub fn read_or_create(
+    path: &Path,
+    generate: impl FnOnce() -> Vec<u8>,
+) -> Result<Vec<u8>, SecretError> {
     match std::fs::metadata(path) {
         Ok(_) => read(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -62,10 +71,18 @@ pub fn read_or_create(path: &Path, generate: impl FnOnce() -> Vec<u8>) -> Result
                     .recursive(true)
                     .mode(0o700)
                     .create(dir)
-                    .map_err(|err| SecretError::Io { path: dir.display().to_string(), err })?;
+                    .map_err(|err| SecretError::Io {
+                        path: dir.display().to_string(),
+                        err,
+                    })?;
             }
             let value = generate();
-            let mut f = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            let mut f = match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
                 Ok(f) => f,
                 // Another process created it first: use theirs.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return read(path),
@@ -77,7 +94,10 @@ pub fn read_or_create(path: &Path, generate: impl FnOnce() -> Vec<u8>) -> Result
                 .map_err(|err| SecretError::Io { path: p, err })?;
             Ok(value)
         }
-        Err(err) => Err(SecretError::Io { path: path.display().to_string(), err }),
+        Err(err) => Err(SecretError::Io {
+            path: path.display().to_string(),
+            err,
+        }),
     }
 }
 

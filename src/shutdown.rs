@@ -32,7 +32,9 @@ impl ShutdownTrigger {
 
     /// A receiver for tasks started later.
     pub fn subscribe(&self) -> Shutdown {
-        Shutdown { rx: self.tx.subscribe() }
+        Shutdown {
+            rx: self.tx.subscribe(),
+        }
     }
 }
 
@@ -83,7 +85,9 @@ impl Default for TaskTracker {
 impl TaskTracker {
     /// A guard for one more task.
     pub fn guard(&self) -> TaskGuard {
-        TaskGuard { _tx: self.tx.clone() }
+        TaskGuard {
+            _tx: self.tx.clone(),
+        }
     }
 
     /// Waits until every guard handed out has been dropped.

@@ -63,6 +63,8 @@ pub enum SkipReason {
     Charset,
     /// The parser could not make sense of the message.
     Unparseable,
+    /// The store could not record the message, so it went out without a pixel.
+    Store,
 }
 
 impl SkipReason {
@@ -82,6 +84,7 @@ impl SkipReason {
             SkipReason::AlreadyTracked => "already_tracked",
             SkipReason::Charset => "charset",
             SkipReason::Unparseable => "unparseable",
+            SkipReason::Store => "store_error",
         }
     }
 }
@@ -120,5 +123,9 @@ pub struct Rewritten {
 /// `message` is the unstuffed DATA content with CRLF line ends. Never panics, whatever the input.
 pub fn rewrite(env: &Envelope<'_>, message: &[u8], pixel_url: &str, policy: &Policy) -> Rewritten {
     let _ = (env, message, pixel_url, policy);
-    Rewritten { message: None, decision: Decision::Skipped(SkipReason::Disabled), info: MessageInfo::default() }
+    Rewritten {
+        message: None,
+        decision: Decision::Skipped(SkipReason::Disabled),
+        info: MessageInfo::default(),
+    }
 }

@@ -1,0 +1,83 @@
+//! Wall-clock helpers: milliseconds since the epoch and the two date formats pixelrelay writes
+//! (RFC 5322 in `Received:` headers, RFC 3339 in JSON). No time-zone database: always UTC.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since 1970-01-01 UTC.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// (year, month 1-12, day 1-31) of a day count since the epoch (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Splits epoch milliseconds into date and time parts.
+fn parts(ms: u64) -> (i64, u32, u32, u64, u64, u64, u64, i64) {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let (y, mo, d) = civil(days);
+    let rem = secs % 86_400;
+    (
+        y,
+        mo,
+        d,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000,
+        days,
+    )
+}
+
+/// `2026-11-24T04:06:23.123Z`.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let (y, mo, d, h, mi, s, frac, _) = parts(ms);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:03}Z")
+}
+
+/// `Tue, 24 Nov 2026 04:06:23 +0000`.
+pub fn rfc5322(ms: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, mo, d, h, mi, s, _, days) = parts(ms);
+    let wd = DAYS[days.rem_euclid(7) as usize];
+    let mon = MONTHS[(mo - 1) as usize];
+    format!("{wd}, {d} {mon} {y} {h:02}:{mi:02}:{s:02} +0000")
+}
+
+/// `2026-11-24` (the day an event falls on, for per-day statistics).
+pub fn day(ms: u64) -> String {
+    let (y, mo, d, ..) = parts(ms);
+    format!("{y:04}-{mo:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_instants() {
+        // 2026-11-24T04:06:23.123Z, checked with `date -u -d @1795493183`.
+        let ms = 1_795_493_183_123;
+        assert_eq!(rfc3339_ms(ms), "2026-11-24T04:06:23.123Z");
+        assert_eq!(rfc5322(ms), "Tue, 24 Nov 2026 04:06:23 +0000");
+        assert_eq!(day(ms), "2026-11-24");
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc5322(951_782_400_000), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+}

@@ -1,0 +1,201 @@
+//! `pixelrelay serve`: builds every part from the config, binds the listeners, runs until the
+//! shutdown future resolves, then drains.
+//!
+//! Binding is separate from running (`Server::bind` then `Server::run`) so that tests can bind
+//! port 0, read the real addresses, and pass their own shutdown future.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::capture::Capture;
+use crate::config::{Config, UpstreamTarget};
+use crate::relay::{Recorder, Relay, RelayFactory, Target, Tracking};
+use crate::rewrite::Policy;
+use crate::secret;
+use crate::shutdown;
+use crate::smtp::{self, Limits, SessionConfig};
+use crate::token::TokenKey;
+use crate::upstream::Upstream;
+
+/// A configured relay with its listeners bound.
+pub struct Server {
+    /// The configuration it was built from.
+    cfg: Config,
+    /// Bound SMTP listeners.
+    smtp: Vec<TcpListener>,
+    /// The relay shared by all sessions.
+    relay: Arc<Relay>,
+}
+
+/// Where the listeners ended up (port 0 resolved).
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    /// SMTP listeners.
+    pub smtp: Vec<SocketAddr>,
+}
+
+/// Installs ring as the process-wide rustls provider (two enabled providers make rustls panic).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Builds the rewrite policy from `[tracking]`.
+pub fn policy(cfg: &Config) -> Policy {
+    let t = &cfg.tracking;
+    Policy {
+        pixel_prefix: format!("{}/o/", t.base_url),
+        on_dkim_signed: t.on_dkim_signed,
+        opt_out_header: t.opt_out_header.clone(),
+        sender_domains: t.sender_domains.clone(),
+        exclude_recipient_domains: t.exclude_recipient_domains.clone(),
+        max_rewrite_size: t.max_rewrite_size,
+    }
+}
+
+/// Reads the upstream password from its file (0600) or environment variable.
+fn upstream_password(cfg: &Config) -> Result<Option<String>, String> {
+    let u = &cfg.upstream;
+    if let Some(path) = &u.password_file {
+        let bytes = secret::read(path).map_err(|e| format!("upstream.password_file: {e}"))?;
+        return String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| "upstream.password_file: not UTF-8".to_string());
+    }
+    if let Some(var) = &u.password_env {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("upstream.password_env: ${var} is not set"));
+    }
+    Ok(None)
+}
+
+impl Server {
+    /// Loads secrets, builds the parts and binds every listener. Errors name what failed.
+    pub async fn bind(cfg: Config, recorder: Option<Arc<dyn Recorder>>) -> Result<Server, String> {
+        install_crypto();
+        let target = match &cfg.upstream.target {
+            UpstreamTarget::Smtp { .. } => {
+                let up = Upstream::new(&cfg.upstream, upstream_password(&cfg)?)?;
+                if !cfg.upstream.tls_verify {
+                    warn!("upstream.tls_verify = false: the upstream's certificate is NOT checked");
+                }
+                Target::Smtp(Arc::new(up))
+            }
+            UpstreamTarget::Capture { dir } => Target::Capture(Arc::new(
+                Capture::new(dir)
+                    .map_err(|e| format!("upstream.capture_dir: {}: {e}", dir.display()))?,
+            )),
+        };
+        let tracking = if cfg.tracking.enabled {
+            let key = secret::read_or_create(&cfg.tracking.secret_file, || secret::random_hex(32))
+                .map_err(|e| format!("tracking.secret_file: {e}"))?;
+            Some(Tracking {
+                policy: policy(&cfg),
+                key: TokenKey::from_secret(&key),
+                base_url: cfg.tracking.base_url.clone(),
+            })
+        } else {
+            None
+        };
+        let mut smtp = Vec::new();
+        for addr in &cfg.smtp.listen {
+            smtp.push(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("smtp.listen: cannot listen on {addr}: {e}"))?,
+            );
+        }
+        let relay = Arc::new(Relay {
+            target,
+            tracking,
+            recorder,
+        });
+        Ok(Server { cfg, smtp, relay })
+    }
+
+    /// The bound addresses.
+    pub fn addresses(&self) -> Addresses {
+        Addresses {
+            smtp: self
+                .smtp
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .collect(),
+        }
+    }
+
+    /// Serves until `signal` resolves, then stops accepting, lets transactions finish for up
+    /// to `smtp.shutdown_grace`, closes what is left with 421, and returns.
+    pub async fn run(self, signal: impl Future<Output = ()>) {
+        let Server { cfg, smtp, relay } = self;
+        let (trigger, shutdown) = shutdown::channel();
+        let (hard_trigger, hard_stop) = shutdown::channel();
+        let session_cfg = Arc::new(SessionConfig::from_config(&cfg.smtp));
+        let limits = Limits {
+            max_connections: cfg.smtp.max_connections,
+            max_per_ip: cfg.smtp.max_connections_per_ip,
+        };
+        let factory = Arc::new(RelayFactory(Arc::clone(&relay)));
+        let mut tasks = Vec::new();
+        for l in smtp {
+            tasks.push(tokio::spawn(smtp::serve(
+                l,
+                Arc::clone(&session_cfg),
+                limits,
+                Arc::clone(&factory),
+                shutdown.clone(),
+                hard_stop.clone(),
+            )));
+        }
+        let mode = match &relay.target {
+            Target::Smtp(up) => format!("relay to {}", up.address()),
+            Target::Capture(c) => format!("CAPTURE into {} (not relaying)", c.dir().display()),
+        };
+        info!(smtp = ?cfg.smtp.listen, mode = %mode, tracking = relay.tracking.is_some(), "pixelrelay started");
+        signal.await;
+        info!(
+            grace_s = cfg.smtp.shutdown_grace.as_secs(),
+            "shutting down: no new connections"
+        );
+        trigger.trigger();
+        let drain = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        tokio::pin!(drain);
+        tokio::select! {
+            () = &mut drain => {}
+            () = tokio::time::sleep(cfg.smtp.shutdown_grace) => {
+                warn!("grace period over: closing the remaining sessions with 421");
+                hard_trigger.trigger();
+                drain.await;
+            }
+        }
+        if let Target::Smtp(up) = &relay.target {
+            up.close_idle().await;
+        }
+        info!("pixelrelay stopped");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

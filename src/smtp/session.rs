@@ -1,0 +1,621 @@
+//! One inbound SMTP session: the protocol state machine over any byte stream.
+//!
+//! The session owns the protocol (order of commands, limits, pipelining, DATA, timeouts) and
+//! nothing else: what MAIL, RCPT and the message *do* is the `Backend`'s business (the relay in
+//! production, a recorder in tests). It runs over any `AsyncRead + AsyncWrite`, so tests drive it
+//! through an in-memory duplex pipe without sockets.
+//!
+//! Pipelining (RFC 2920): every complete command in the input buffer is handled in order and
+//! its reply queued; queued replies are written whenever the session is about to wait for the
+//! client, so reply order always equals command order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use super::command::{self, Command, PathArg};
+use super::data::{self, DataReader};
+use super::reply::{self, Reply};
+use crate::clock;
+use crate::config::{BareNewline, SmtpConfig};
+use crate::net::{self, Cidr};
+use crate::shutdown::Shutdown;
+
+/// Longest command line (with CRLF), RFC 5321 4.5.3.1.4.
+const MAX_COMMAND_LINE: usize = 512;
+/// MAIL and RCPT may be longer: ESMTP parameters (SIZE, ORCPT, ENVID) extend the limit.
+const MAX_PATH_COMMAND_LINE: usize = 2048;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The limits and names a session needs; built once from `[smtp]`.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Banner, EHLO and `Received:` name.
+    pub hostname: String,
+    /// Largest message, advertised as SIZE.
+    pub max_message_size: usize,
+    /// RCPTs per transaction.
+    pub max_recipients: usize,
+    /// Wait for a command.
+    pub command_timeout: Duration,
+    /// Wait for the next DATA bytes.
+    pub data_timeout: Duration,
+    /// Errors before 421.
+    pub max_errors: u32,
+    /// Bare newline policy.
+    pub bare_newline: BareNewline,
+    /// Who may relay without AUTH.
+    pub allow_networks: Vec<Cidr>,
+}
+
+impl SessionConfig {
+    /// From the `[smtp]` section.
+    pub fn from_config(c: &SmtpConfig) -> SessionConfig {
+        SessionConfig {
+            hostname: c.hostname.clone(),
+            max_message_size: usize::try_from(c.max_message_size).unwrap_or(usize::MAX),
+            max_recipients: c.max_recipients,
+            command_timeout: c.command_timeout,
+            data_timeout: c.data_timeout,
+            max_errors: c.max_errors,
+            bare_newline: c.bare_newline,
+            allow_networks: c.allow_networks.clone(),
+        }
+    }
+}
+
+/// One accepted message, handed to the backend after DATA.
+#[derive(Debug)]
+pub struct Transaction {
+    /// Our id for this transaction (logs, `Received:`).
+    pub queue_id: String,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Name the client gave in HELO/EHLO.
+    pub helo: String,
+    /// MAIL FROM.
+    pub mail: PathArg,
+    /// RCPTs the backend accepted, in order.
+    pub recipients: Vec<String>,
+    /// Message content, unstuffed, CRLF line ends, our `Received:` header first.
+    pub content: Vec<u8>,
+    /// When MAIL FROM arrived.
+    pub started: Instant,
+}
+
+/// What a session does with MAIL, RCPT and the message.
+pub trait Backend: Send {
+    /// MAIL FROM; the reply goes to the client as is.
+    fn mail(&mut self, queue_id: &str, mail: &PathArg) -> impl Future<Output = Reply> + Send;
+    /// RCPT TO; a 2xx reply counts the recipient as accepted.
+    fn rcpt(&mut self, rcpt: &PathArg) -> impl Future<Output = Reply> + Send;
+    /// The message; the reply is the final answer for the transaction. Only called when at
+    /// least one RCPT was accepted.
+    fn data(&mut self, txn: Transaction) -> impl Future<Output = Reply> + Send;
+    /// Abandons the current transaction (RSET, a new EHLO, a refused message, the end of the
+    /// session).
+    fn reset(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Why the session ended (for the listener and logs).
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// QUIT.
+    Quit,
+    /// The client closed the connection.
+    Closed,
+    /// We closed it with a 421.
+    Dropped(&'static str),
+}
+
+/// Transaction state.
+#[derive(Debug)]
+struct Txn {
+    queue_id: String,
+    mail: PathArg,
+    accepted: Vec<String>,
+    rcpt_count: usize,
+    started: Instant,
+}
+
+/// A running session.
+pub struct Session<S, B> {
+    /// The client connection.
+    io: S,
+    /// Bytes read but not consumed yet (from `start`).
+    inbuf: Vec<u8>,
+    /// Start of unconsumed input in `inbuf`.
+    start: usize,
+    /// Replies not yet written.
+    outbuf: Vec<u8>,
+    /// Limits and names.
+    cfg: Arc<SessionConfig>,
+    /// Whatever handles the mail.
+    backend: B,
+    /// Client address.
+    peer: SocketAddr,
+    /// HELO/EHLO name and whether it was EHLO.
+    helo: Option<(String, bool)>,
+    /// Open transaction, if any.
+    txn: Option<Txn>,
+    /// Protocol errors so far.
+    errors: u32,
+    /// Inside an overlong command line that was already refused.
+    discarding: bool,
+    /// Reading a message: a transaction is in flight even though `txn` was taken.
+    in_data: bool,
+    /// May this client relay (network or AUTH)?
+    may_relay: bool,
+    /// Graceful shutdown begun: close when idle.
+    shutdown: Shutdown,
+    /// Grace period over: close even mid-transaction.
+    hard_stop: Shutdown,
+}
+
+/// Outcome of handling one command.
+enum Step {
+    Continue,
+    Data,
+    Close(End),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
+    /// A session on `io` for the client at `peer`.
+    pub fn new(
+        io: S,
+        peer: SocketAddr,
+        cfg: Arc<SessionConfig>,
+        backend: B,
+        shutdown: Shutdown,
+        hard_stop: Shutdown,
+    ) -> Self {
+        let may_relay = net::any_contains(&cfg.allow_networks, peer.ip());
+        Session {
+            io,
+            inbuf: Vec::with_capacity(4096),
+            start: 0,
+            outbuf: Vec::with_capacity(1024),
+            cfg,
+            backend,
+            peer,
+            helo: None,
+            txn: None,
+            errors: 0,
+            discarding: false,
+            in_data: false,
+            may_relay,
+            shutdown,
+            hard_stop,
+        }
+    }
+
+    /// Greets the client and runs the session to its end.
+    pub async fn run(mut self) -> End {
+        let greeting = reply::greeting(&self.cfg.hostname);
+        self.queue(&greeting);
+        let end = self.run_loop().await;
+        if self.txn.take().is_some() {
+            self.backend.reset().await;
+        }
+        let _ = self.flush().await;
+        let _ = self.io.shutdown().await;
+        end
+    }
+
+    async fn run_loop(&mut self) -> End {
+        loop {
+            // Handle every complete command already buffered (pipelining).
+            while let Some(line) = self.take_line() {
+                let step = match line {
+                    Ok(line) => self.command(&line).await,
+                    Err(r) => {
+                        self.queue(&r);
+                        self.error()
+                    }
+                };
+                match step {
+                    Step::Continue => {}
+                    Step::Close(end) => return end,
+                    Step::Data => {
+                        self.in_data = true;
+                        let r = self.data().await;
+                        self.in_data = false;
+                        if let Err(end) = r {
+                            return end;
+                        }
+                    }
+                }
+            }
+            if self.shutdown.is_triggered() && self.txn.is_none() {
+                self.queue(&reply::shutting_down());
+                return End::Dropped("shutdown");
+            }
+            if let Err(end) = self.fill(self.cfg.command_timeout).await {
+                return end;
+            }
+        }
+    }
+
+    /// Writes queued replies, then reads more input. Errors are how the session ends.
+    async fn fill(&mut self, timeout: Duration) -> Result<(), End> {
+        if self.flush().await.is_err() {
+            return Err(End::Closed);
+        }
+        if self.start > 0 && self.start * 2 >= self.inbuf.len() {
+            self.inbuf.drain(..self.start);
+            self.start = 0;
+        }
+        self.inbuf.reserve(READ_CHUNK);
+        let idle = self.txn.is_none() && !self.in_data;
+        let mut soft = self.shutdown.clone();
+        let mut hard = self.hard_stop.clone();
+        let read = tokio::select! {
+            r = tokio::time::timeout(timeout, self.io.read_buf(&mut self.inbuf)) => r,
+            () = soft.wait(), if idle => {
+                self.queue(&reply::shutting_down());
+                return Err(End::Dropped("shutdown"));
+            }
+            () = hard.wait() => {
+                self.queue(&reply::shutting_down());
+                return Err(End::Dropped("shutdown"));
+            }
+        };
+        match read {
+            Err(_) => {
+                self.queue(&reply::timeout());
+                Err(End::Dropped("timeout"))
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => Err(End::Closed),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.outbuf.is_empty() {
+            self.io.write_all(&self.outbuf).await?;
+            self.outbuf.clear();
+            self.io.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, r: &Reply) {
+        self.outbuf.extend_from_slice(r.to_wire().as_bytes());
+    }
+
+    /// The next complete command line (without line end), `Err` with the reply for an
+    /// overlong one, `None` when more input is needed.
+    fn take_line(&mut self) -> Option<Result<Vec<u8>, Reply>> {
+        if self.discarding {
+            // Skipping the rest of an overlong line already answered with 500.
+            match memchr::memchr(b'\n', &self.inbuf[self.start..]) {
+                Some(pos) => {
+                    self.start += pos + 1;
+                    self.discarding = false;
+                }
+                None => {
+                    self.start = self.inbuf.len();
+                    return None;
+                }
+            }
+        }
+        let buf = &self.inbuf[self.start..];
+        match memchr::memchr(b'\n', buf) {
+            Some(pos) => {
+                let mut line = &buf[..pos];
+                if line.last() == Some(&b'\r') {
+                    line = &line[..line.len() - 1];
+                }
+                let limit = if starts_with_ci(line, b"MAIL ") || starts_with_ci(line, b"RCPT ") {
+                    MAX_PATH_COMMAND_LINE
+                } else {
+                    MAX_COMMAND_LINE
+                };
+                let result = if line.len() + 2 > limit {
+                    Err(reply::line_too_long())
+                } else {
+                    Ok(line.to_vec())
+                };
+                self.start += pos + 1;
+                Some(result)
+            }
+            None if buf.len() > MAX_PATH_COMMAND_LINE => {
+                self.start = self.inbuf.len();
+                self.discarding = true;
+                Some(Err(reply::line_too_long()))
+            }
+            None => None,
+        }
+    }
+
+    fn error(&mut self) -> Step {
+        self.errors += 1;
+        if self.errors >= self.cfg.max_errors {
+            self.queue(&reply::too_many_errors());
+            return Step::Close(End::Dropped("too many errors"));
+        }
+        Step::Continue
+    }
+
+    /// Queues `r`; a 5xx/4xx reply to a malformed or out-of-order command counts as an error.
+    fn reject(&mut self, r: Reply) -> Step {
+        self.queue(&r);
+        self.error()
+    }
+
+    async fn command(&mut self, line: &[u8]) -> Step {
+        let cmd = match command::parse(line) {
+            Ok(c) => c,
+            Err(r) => return self.reject(r),
+        };
+        match cmd {
+            Command::Ehlo(name) => self.ehlo(name, true).await,
+            Command::Helo(name) => self.ehlo(name, false).await,
+            Command::Mail(arg) => self.mail(arg).await,
+            Command::Rcpt(arg) => self.rcpt(arg).await,
+            Command::Data => self.data_command(),
+            Command::Rset => {
+                self.abort().await;
+                self.queue(&reply::ok());
+                Step::Continue
+            }
+            Command::Noop => {
+                self.queue(&reply::ok());
+                Step::Continue
+            }
+            Command::Quit => {
+                self.queue(&reply::bye());
+                Step::Close(End::Quit)
+            }
+            Command::Vrfy => {
+                self.queue(&reply::vrfy());
+                Step::Continue
+            }
+            Command::Expn => self.reject(reply::expn_disabled()),
+            Command::Help => {
+                self.queue(&reply::help());
+                Step::Continue
+            }
+            Command::StartTls | Command::Auth(_) | Command::NotImplemented => {
+                self.reject(reply::not_implemented())
+            }
+        }
+    }
+
+    async fn ehlo(&mut self, name: String, esmtp: bool) -> Step {
+        self.abort().await;
+        let r = if esmtp {
+            let mut lines = vec![
+                self.cfg.hostname.clone(),
+                "PIPELINING".into(),
+                format!("SIZE {}", self.cfg.max_message_size),
+                "8BITMIME".into(),
+                "SMTPUTF8".into(),
+                "ENHANCEDSTATUSCODES".into(),
+                "DSN".into(),
+            ];
+            lines.shrink_to_fit();
+            Reply { code: 250, lines }
+        } else {
+            reply::helo(&self.cfg.hostname)
+        };
+        self.helo = Some((name, esmtp));
+        self.queue(&r);
+        Step::Continue
+    }
+
+    async fn mail(&mut self, arg: PathArg) -> Step {
+        if self.helo.is_none() {
+            return self.reject(reply::need_helo());
+        }
+        if self.txn.is_some() {
+            return self.reject(reply::nested_mail());
+        }
+        if let Err(r) = self.check_mail_params(&arg) {
+            return self.reject(r);
+        }
+        let queue_id = new_queue_id();
+        // A client that may not relay gets its MAIL accepted locally and every RCPT refused
+        // (as Postfix does): the upstream is never contacted on its behalf.
+        let r = if self.may_relay {
+            self.backend.mail(&queue_id, &arg).await
+        } else {
+            reply::sender_ok()
+        };
+        if r.is_positive() {
+            debug!(queue_id = %queue_id, from = %arg.address, "mail");
+            self.txn = Some(Txn {
+                queue_id,
+                mail: arg,
+                accepted: Vec::new(),
+                rcpt_count: 0,
+                started: Instant::now(),
+            });
+        } else if self.may_relay {
+            self.backend.reset().await;
+        }
+        self.queue(&r);
+        Step::Continue
+    }
+
+    fn check_mail_params(&self, arg: &PathArg) -> Result<(), Reply> {
+        let mut utf8 = false;
+        for (k, v) in &arg.params {
+            match (k.as_str(), v.as_deref()) {
+                ("SIZE", Some(v)) => {
+                    let size: u64 = v.parse().map_err(|_| reply::bad_mail_syntax())?;
+                    if size > self.cfg.max_message_size as u64 {
+                        return Err(reply::message_too_big());
+                    }
+                }
+                ("BODY", Some(v))
+                    if v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME") => {}
+                ("SMTPUTF8", None) => utf8 = true,
+                ("RET", Some(v))
+                    if v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS") => {}
+                ("ENVID", Some(_)) => {}
+                _ => return Err(reply::bad_parameter()),
+            }
+        }
+        if !utf8 && !arg.address.is_ascii() {
+            return Err(reply::need_smtputf8());
+        }
+        Ok(())
+    }
+
+    async fn rcpt(&mut self, arg: PathArg) -> Step {
+        let Some(txn) = self.txn.as_mut() else {
+            return self.reject(reply::need_mail());
+        };
+        if txn.rcpt_count >= self.cfg.max_recipients {
+            self.queue(&reply::too_many_recipients());
+            return Step::Continue;
+        }
+        for (k, v) in &arg.params {
+            let ok = matches!(
+                (k.as_str(), v.as_deref()),
+                ("NOTIFY", Some(_)) | ("ORCPT", Some(_))
+            );
+            if !ok {
+                return self.reject(reply::bad_parameter());
+            }
+        }
+        if !arg.address.is_ascii() && txn.mail.param("SMTPUTF8").is_none() {
+            return self.reject(reply::need_smtputf8());
+        }
+        if !self.may_relay {
+            warn!(client = %self.peer, rcpt = %arg.address, event = "relay_denied", "relay access denied");
+            return self.reject(reply::relay_denied());
+        }
+        txn.rcpt_count += 1;
+        let r = self.backend.rcpt(&arg).await;
+        if r.is_positive()
+            && let Some(txn) = self.txn.as_mut()
+        {
+            txn.accepted.push(arg.address);
+        }
+        self.queue(&r);
+        Step::Continue
+    }
+
+    fn data_command(&mut self) -> Step {
+        match &self.txn {
+            None => self.reject(reply::need_mail()),
+            Some(t) if t.rcpt_count == 0 => self.reject(reply::need_rcpt()),
+            Some(t) if t.accepted.is_empty() => self.reject(reply::no_valid_recipients()),
+            Some(_) => {
+                self.queue(&reply::start_data());
+                Step::Data
+            }
+        }
+    }
+
+    /// Reads the message after 354 and hands it to the backend.
+    async fn data(&mut self) -> Result<(), End> {
+        let Some(txn) = self.txn.take() else {
+            return Ok(());
+        };
+        let received = self.received_header(&txn);
+        let capacity = (received.len() + 16 * 1024).min(received.len() + self.cfg.max_message_size);
+        let mut content = Vec::with_capacity(capacity);
+        content.extend_from_slice(received.as_bytes());
+        let mut reader = DataReader::new(content, self.cfg.max_message_size);
+        loop {
+            let (used, end) = reader.feed(&self.inbuf[self.start..]);
+            self.start += used;
+            if end {
+                break;
+            }
+            if let Err(end) = self.fill(self.cfg.data_timeout).await {
+                self.backend.reset().await;
+                return Err(end);
+            }
+        }
+        let done = reader.finish();
+        if done.overflow {
+            info!(queue_id = %txn.queue_id, client = %self.peer, event = "too_big", "message refused: over max_message_size");
+            self.backend.reset().await;
+            self.queue(&reply::message_too_big());
+            return Ok(());
+        }
+        let mut content = done.content;
+        if done.bare_newline {
+            match self.cfg.bare_newline {
+                BareNewline::Reject => {
+                    info!(queue_id = %txn.queue_id, client = %self.peer, event = "bare_newline", "message refused: bare <CR> or <LF>");
+                    self.backend.reset().await;
+                    self.queue(&reply::bare_newline());
+                    return Ok(());
+                }
+                BareNewline::Normalize => content = data::normalize_newlines(&content),
+            }
+        }
+        let (helo, _) = self.helo.clone().unwrap_or_default();
+        let r = self
+            .backend
+            .data(Transaction {
+                queue_id: txn.queue_id,
+                peer: self.peer,
+                helo,
+                mail: txn.mail,
+                recipients: txn.accepted,
+                content,
+                started: txn.started,
+            })
+            .await;
+        self.queue(&r);
+        Ok(())
+    }
+
+    async fn abort(&mut self) {
+        if self.txn.take().is_some() {
+            self.backend.reset().await;
+        }
+    }
+
+    fn received_header(&self, txn: &Txn) -> String {
+        let (helo, esmtp) = self.helo.clone().unwrap_or_default();
+        let helo: String = helo
+            .chars()
+            .take(64)
+            .map(|c| {
+                if c.is_ascii_graphic() && c != '(' && c != ')' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        let ip = net::canonical(self.peer.ip());
+        let proto = if esmtp { "ESMTP" } else { "SMTP" };
+        let mut h = format!(
+            "Received: from {helo} ([{ip}])\r\n\tby {} (pixelrelay) with {proto} id {}",
+            self.cfg.hostname, txn.queue_id
+        );
+        if let [only] = txn.accepted.as_slice()
+            && only.chars().all(|c| !c.is_control())
+        {
+            h.push_str(&format!("\r\n\tfor <{only}>"));
+        }
+        h.push_str(&format!("; {}\r\n", clock::rfc5322(clock::now_ms())));
+        h
+    }
+}
+
+fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// A queue id: 10 hex digits of milliseconds and 6 random ones, so ids sort by time.
+pub fn new_queue_id() -> String {
+    let r: u32 = rand::random();
+    format!(
+        "{:010X}{:06X}",
+        clock::now_ms() & 0xFF_FFFF_FFFF,
+        r & 0xFF_FFFF
+    )
+}

@@ -1,0 +1,505 @@
+//! Shared test helpers: a scriptable fake upstream (modelled on go-smtp's test backend), an
+//! in-process relay launcher on port 0, and a line-level SMTP client.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use pixelrelay::config::Config;
+use pixelrelay::server::{Addresses, Server};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, oneshot};
+
+/// What the fake upstream does at a stage.
+#[derive(Clone, Debug)]
+pub enum Act {
+    /// Answer with this line (without CRLF), e.g. "250 2.0.0 Ok".
+    Reply(String),
+    /// Never answer.
+    Stall,
+    /// Close the connection.
+    Drop,
+}
+
+impl Act {
+    pub fn reply(s: &str) -> Act {
+        Act::Reply(s.to_string())
+    }
+}
+
+/// The fake upstream's script, changeable while it runs.
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub greeting: Act,
+    pub mail: Act,
+    /// Per RCPT address; default for others.
+    pub rcpt: Act,
+    pub rcpt_overrides: Vec<(String, Act)>,
+    pub data: Act,
+    /// After the message.
+    pub end: Act,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            greeting: Act::reply("220 fake.upstream ESMTP"),
+            mail: Act::reply("250 2.1.0 Ok"),
+            rcpt: Act::reply("250 2.1.5 Ok"),
+            rcpt_overrides: Vec::new(),
+            data: Act::reply("354 go ahead"),
+            end: Act::reply("250 2.0.0 Ok: queued as FAKE"),
+        }
+    }
+}
+
+/// A message the fake upstream accepted (answered 250 to).
+#[derive(Clone, Debug)]
+pub struct Got {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    /// Content after dot-unstuffing, without the terminating ".\r\n".
+    pub data: Vec<u8>,
+    /// The raw MAIL and RCPT lines.
+    pub lines: Vec<String>,
+}
+
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    pub script: Arc<Mutex<Script>>,
+    pub got: Arc<Mutex<Vec<Got>>>,
+    pub connections: Arc<Mutex<usize>>,
+    /// Notified whenever a message is accepted.
+    pub delivered: Arc<Notify>,
+}
+
+impl FakeUpstream {
+    pub async fn start() -> FakeUpstream {
+        Self::start_with(Script::default()).await
+    }
+
+    pub async fn start_with(script: Script) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script = Arc::new(Mutex::new(script));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(0));
+        let delivered = Arc::new(Notify::new());
+        let (s, g, c, d) = (
+            script.clone(),
+            got.clone(),
+            connections.clone(),
+            delivered.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                *c.lock().unwrap() += 1;
+                tokio::spawn(fake_session(sock, s.clone(), g.clone(), d.clone()));
+            }
+        });
+        FakeUpstream {
+            addr,
+            script,
+            got,
+            connections,
+            delivered,
+        }
+    }
+
+    pub fn set(&self, f: impl FnOnce(&mut Script)) {
+        f(&mut self.script.lock().unwrap());
+    }
+
+    pub fn messages(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        *self.connections.lock().unwrap()
+    }
+}
+
+async fn send(w: &mut (impl AsyncWriteExt + Unpin), act: &Act) -> bool {
+    match act {
+        Act::Reply(s) => w.write_all(format!("{s}\r\n").as_bytes()).await.is_ok(),
+        Act::Stall => {
+            std::future::pending::<()>().await;
+            false
+        }
+        Act::Drop => false,
+    }
+}
+
+async fn fake_session(
+    sock: TcpStream,
+    script: Arc<Mutex<Script>>,
+    got: Arc<Mutex<Vec<Got>>>,
+    delivered: Arc<Notify>,
+) {
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    let sc = || script.lock().unwrap().clone();
+    if !send(&mut w, &sc().greeting).await {
+        return;
+    }
+    let mut cur: Option<Got> = None;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        let upper = text.to_ascii_uppercase();
+        let act = if upper.starts_with("EHLO") {
+            Act::reply(
+                "250-fake.upstream\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES",
+            )
+        } else if upper.starts_with("HELO") {
+            Act::reply("250 fake.upstream")
+        } else if upper.starts_with("MAIL FROM:") {
+            let a = sc().mail;
+            if matches!(&a, Act::Reply(s) if s.starts_with('2')) {
+                let from = text[10..]
+                    .trim()
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                cur = Some(Got {
+                    from,
+                    rcpts: vec![],
+                    data: vec![],
+                    lines: vec![text.clone()],
+                });
+            }
+            a
+        } else if upper.starts_with("RCPT TO:") {
+            let addr = text[8..]
+                .trim()
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let s = sc();
+            let a = s
+                .rcpt_overrides
+                .iter()
+                .find(|(k, _)| *k == addr)
+                .map(|(_, a)| a.clone())
+                .unwrap_or(s.rcpt);
+            if let (Act::Reply(r), Some(c)) = (&a, cur.as_mut()) {
+                c.lines.push(text.clone());
+                if r.starts_with('2') {
+                    c.rcpts.push(addr);
+                }
+            }
+            a
+        } else if upper == "DATA" {
+            let a = sc().data;
+            if !matches!(&a, Act::Reply(s) if s.starts_with("354")) {
+                a
+            } else {
+                if !send(&mut w, &a).await {
+                    return;
+                }
+                // Read the message.
+                let mut data = Vec::new();
+                let mut l = Vec::new();
+                loop {
+                    l.clear();
+                    if r.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if l == b".\r\n" {
+                        break;
+                    }
+                    data.extend_from_slice(l.strip_prefix(b".").unwrap_or(&l));
+                }
+                let end = sc().end;
+                if matches!(&end, Act::Reply(s) if s.starts_with('2'))
+                    && let Some(mut c) = cur.take()
+                {
+                    c.data = data;
+                    got.lock().unwrap().push(c);
+                    delivered.notify_waiters();
+                }
+                cur = None;
+                end
+            }
+        } else if upper == "RSET" {
+            cur = None;
+            Act::reply("250 2.0.0 Ok")
+        } else if upper == "QUIT" {
+            let _ = w.write_all(b"221 2.0.0 Bye\r\n").await;
+            return;
+        } else if upper == "NOOP" {
+            Act::reply("250 2.0.0 Ok")
+        } else {
+            Act::reply("502 5.5.2 unknown")
+        };
+        if !send(&mut w, &act).await {
+            return;
+        }
+    }
+}
+
+/// A relay running in-process.
+pub struct Relay {
+    pub addrs: Addresses,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn smtp(&self) -> SocketAddr {
+        self.addrs.smtp[0]
+    }
+
+    /// Graceful shutdown; waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+/// A config text for a relay on port 0 towards `upstream`, plus `extra` TOML appended.
+pub fn config_text(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+[smtp]
+listen = ["127.0.0.1:0"]
+hostname = "relay.test"
+{extra_smtp}
+[upstream]
+address = "{upstream}"
+command_timeout = 5
+data_timeout = 5
+connect_timeout = 5
+[tracking]
+base_url = "http://127.0.0.1:8080"
+[http]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+"#,
+        extra_smtp = extra
+    )
+}
+
+/// Starts a relay with `config` (TOML); relative paths land in a fresh temp dir.
+pub async fn start_relay(config: &str) -> Relay {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("relay.toml"), config).unwrap();
+    let cfg =
+        Config::load(&dir.path().join("relay.toml")).unwrap_or_else(|e| panic!("config: {e}"));
+    let server = Server::bind(cfg, None).await.unwrap();
+    let addrs = server.addresses();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    Relay {
+        addrs,
+        dir,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// A minimal SMTP client that speaks line by line.
+pub struct Client {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = s.into_split();
+        Client {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
+    /// Reads one full reply: (code, all text joined by '\n'). Code 0 = connection closed.
+    pub async fn reply(&mut self) -> (u16, String) {
+        let mut text = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return (0, text.join("\n"));
+            }
+            let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            text.push(line.get(4..).unwrap_or("").trim_end().to_string());
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return (code, text.join("\n"));
+            }
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// Reads until EOF (after QUIT or a 421).
+    pub async fn rest(&mut self) -> Vec<u8> {
+        let mut v = Vec::new();
+        let _ = self.r.read_to_end(&mut v).await;
+        v
+    }
+
+    /// Greeting + EHLO.
+    pub async fn hello(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr).await;
+        assert_eq!(c.reply().await.0, 220);
+        assert_eq!(c.cmd("EHLO client.test").await.0, 250);
+        c
+    }
+
+    /// A whole transaction; returns the final reply. `data` is raw content (dot-stuffed here).
+    pub async fn send_mail(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> (u16, String) {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>")).await;
+        if r.0 != 250 {
+            return r;
+        }
+        let mut any = false;
+        let mut last = (0, String::new());
+        for rc in rcpts {
+            last = self.cmd(&format!("RCPT TO:<{rc}>")).await;
+            if last.0 == 250 {
+                any = true;
+            }
+        }
+        if !any {
+            // No recipient accepted: that refusal is the answer; DATA would only say 554.
+            assert_eq!(self.cmd("RSET").await.0, 250);
+            return last;
+        }
+        let r = self.cmd("DATA").await;
+        if r.0 != 354 {
+            return r;
+        }
+        self.send(&dot_stuff(data)).await;
+        self.reply().await
+    }
+}
+
+/// Dot-stuffs CRLF content and appends the terminator.
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    let mut at_start = true;
+    for &b in data {
+        if at_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_start = b == b'\n';
+    }
+    if !data.is_empty() && !data.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// Removes the first header block line(s) starting with "Received:" that the relay added.
+pub fn strip_received(data: &[u8]) -> &[u8] {
+    assert!(
+        data.starts_with(b"Received: from "),
+        "relay did not prepend Received: {:?}",
+        String::from_utf8_lossy(&data[..data.len().min(200)])
+    );
+    let mut i = 0;
+    loop {
+        let end = data[i..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|p| i + p + 2)
+            .unwrap_or(data.len());
+        i = end;
+        if i >= data.len() || (data[i] != b'\t' && data[i] != b' ') {
+            return &data[i..];
+        }
+    }
+}
+
+/// The corpus folder, if `PIXELRELAY_CORPUS` is set (panics if set but missing).
+pub fn corpus_dir() -> Option<PathBuf> {
+    match std::env::var_os("PIXELRELAY_CORPUS") {
+        None => {
+            eprintln!("corpus tests did not run: PIXELRELAY_CORPUS not set");
+            None
+        }
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_dir(),
+                "PIXELRELAY_CORPUS={} is not a directory",
+                p.display()
+            );
+            Some(p)
+        }
+    }
+}
+
+/// Every regular file below `dir`, sorted.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether `name` is on PATH (or in /usr/sbin).
+pub fn have(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    for d in path.split(':').chain(["/usr/sbin", "/usr/bin"]) {
+        let p = Path::new(d).join(name);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// A peer tool that the test suite needs: present, or the test fails when the suite was asked
+/// to require peers (`PIXELRELAY_REQUIRE_PEERS=1`, set by scripts/test), else skips loudly.
+pub fn need(name: &str) -> Option<PathBuf> {
+    match have(name) {
+        Some(p) => Some(p),
+        None if std::env::var_os("PIXELRELAY_REQUIRE_PEERS").is_some() => {
+            panic!("{name} is required but not installed")
+        }
+        None => {
+            eprintln!("SKIPPED: {name} not installed (scripts/test installs it)");
+            None
+        }
+    }
+}

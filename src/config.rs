@@ -243,7 +243,7 @@ impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+            .map_err(|e| ConfigErrors(vec![format!("cannot read: {e}")]))?;
         let base = path
             .parent()
             .map(Path::to_path_buf)

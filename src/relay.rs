@@ -241,6 +241,7 @@ impl Backend for RelaySession {
                 decision = Decision::Skipped(SkipReason::Store);
             }
         }
+        let changed = rewritten.is_some() && decision != Decision::Skipped(SkipReason::Store);
         let content = match (decision, rewritten) {
             (Decision::Skipped(SkipReason::Store), _) | (_, None) => original,
             (_, Some(new)) => new,
@@ -274,6 +275,7 @@ impl Backend for RelaySession {
             rcpts = %recipients.join(","),
             size = content.len(),
             tracking,
+            changed,
             reply = %r.one_line(),
             duration_ms = started.elapsed().as_millis() as u64,
             "relayed"

@@ -503,3 +503,106 @@ pub fn need(name: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// The `pixelrelay` binary running as a child process.
+pub struct Proc {
+    pub child: std::process::Child,
+    /// The SMTP address it reported as ready.
+    pub smtp: SocketAddr,
+    /// Every stderr line so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Runs `pixelrelay -c CONFIG serve` and waits for its "ready" line.
+    pub fn serve(config: &Path) -> Proc {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pixelrelay"))
+            .arg("-c")
+            .arg(config)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn pixelrelay");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("[pixelrelay] {line}");
+                if let Some(i) = line.find("ready smtp=") {
+                    let addr = line[i + 11..]
+                        .split([' ', ','])
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let _ = tx.send(addr);
+                }
+                l.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("pixelrelay did not become ready");
+        Proc {
+            child,
+            smtp: addr.parse().expect("ready address"),
+            log,
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port for a peer that cannot report the port it bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls until something accepts connections at `addr` (a peer started as a process).
+pub async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..500 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("nothing listening on {addr}");
+}
+
+/// Polls `cond` until it holds (up to `secs`), for peers that report nothing.
+pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,310 @@
+//! Real peers not written here: swaks, Python's smtplib and lettre as clients, Postfix's
+//! smtp-sink as an upstream, and a private Postfix instance using pixelrelay as its relayhost.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Postfix's smtp-sink, dumping each message into a folder.
+struct Sink {
+    child: Child,
+    addr: SocketAddr,
+    dump: tempfile::TempDir,
+}
+
+impl Sink {
+    async fn start() -> Option<Sink> {
+        let bin = need("smtp-sink")?;
+        let dump = tempfile::tempdir().unwrap();
+        // smtp-sink writes dumps as the -u user.
+        std::fs::set_permissions(
+            dump.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let template = format!("{}/%M.", dump.path().display());
+        let child = Command::new(bin)
+            .args(["-u", "nobody", "-h", "sink.localhost", "-d", &template])
+            .arg(addr.to_string())
+            .arg("64")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("smtp-sink");
+        wait_listening(addr).await;
+        Some(Sink { child, addr, dump })
+    }
+
+    fn dumps(&self) -> Vec<Vec<u8>> {
+        files_below(self.dump.path())
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, upstream: SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, config_text(&upstream.to_string(), "")).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn swaks_and_smtplib_through_the_binary_into_smtp_sink() {
+    let Some(sink) = Sink::start().await else {
+        return;
+    };
+    let Some(swaks) = need("swaks") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Proc::serve(&write_config(dir.path(), sink.addr));
+
+    let msg = dir.path().join("msg.eml");
+    std::fs::write(
+        &msg,
+        "From: a@example.com\r\nTo: b@example.net\r\nSubject: swaks\r\n\r\nhello from swaks\r\n.dot line\r\n",
+    )
+    .unwrap();
+    let out = Command::new(&swaks)
+        .args([
+            "--server",
+            &relay.smtp.to_string(),
+            "--from",
+            "a@example.com",
+            "--to",
+            "b@example.net",
+        ])
+        .arg("--data")
+        .arg(format!("@{}", msg.display()))
+        .args(["--helo", "client.test", "--silent", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "swaks failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let py = format!(
+        "import smtplib\ns = smtplib.SMTP('127.0.0.1', {port})\ns.ehlo('py.test')\n\
+         r = s.sendmail('c@example.com', ['d@example.net'], b'Subject: smtplib\\r\\n\\r\\nhello from smtplib\\r\\n')\n\
+         assert r == {{}}, r\ns.quit()\n",
+        port = relay.smtp.port()
+    );
+    let out = Command::new("python3").arg("-c").arg(&py).output().unwrap();
+    assert!(
+        out.status.success(),
+        "smtplib failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    eventually(10, "two dumps", || sink.dumps().len() == 2).await;
+    let all: Vec<String> = sink
+        .dumps()
+        .iter()
+        .map(|d| String::from_utf8_lossy(d).to_string())
+        .collect();
+    let swaks_dump = all
+        .iter()
+        .find(|d| d.contains("hello from swaks"))
+        .expect("swaks message at the sink");
+    assert!(
+        swaks_dump.contains("\n.dot line"),
+        "dot line intact: {swaks_dump:?}"
+    );
+    assert!(
+        swaks_dump.contains("(pixelrelay) with ESMTP id"),
+        "Received header added"
+    );
+    assert!(all.iter().any(|d| d.contains("hello from smtplib")));
+    assert_eq!(relay.stop(), Some(0), "graceful exit on SIGTERM");
+}
+
+#[tokio::test]
+async fn lettre_client_through_the_relay() {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let up = FakeUpstream::start().await;
+    let relay = start_relay(&config_text(&up.addr.to_string(), "")).await;
+    let email = Message::builder()
+        .from("Alice <a@example.com>".parse().unwrap())
+        .to("Bob <b@example.net>".parse().unwrap())
+        .subject("lettre")
+        .body("hello from lettre\r\n".to_string())
+        .unwrap();
+    let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(relay.smtp().port())
+        .build();
+    let resp = mailer.send(email).await.expect("lettre send");
+    assert!(resp.is_positive());
+    let got = up.messages();
+    assert_eq!(got.len(), 1);
+    assert!(String::from_utf8_lossy(&got[0].data).contains("hello from lettre"));
+    relay.stop().await;
+}
+
+/// A private Postfix instance (own config and queue dirs, loopback ports only).
+struct Postfix {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Postfix {
+    fn start(relay: SocketAddr) -> Option<Postfix> {
+        let postconf = need("postconf")?;
+        let postfix = need("postfix")?;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        for sub in ["etc", "spool", "data"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        std::fs::write(d.join("etc/main.cf"), "").unwrap();
+        std::fs::copy("/usr/share/postfix/master.cf.dist", d.join("etc/master.cf")).unwrap();
+        let port = free_port();
+        let etc = d.join("etc");
+        let e = |args: &[&str]| {
+            let st = Command::new(&postconf)
+                .arg("-c")
+                .arg(&etc)
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "postconf {args:?}");
+        };
+        let ds = d.display();
+        e(&[
+            "-e",
+            &format!("config_directory={ds}/etc"),
+            &format!("queue_directory={ds}/spool"),
+            &format!("data_directory={ds}/data"),
+            &format!("maillog_file={ds}/maillog"),
+            &format!("maillog_file_prefixes={ds}"),
+            "compatibility_level=3.6",
+            "myhostname=mta.localhost",
+            "mydomain=localhost",
+            "mydestination=",
+            "local_recipient_maps=",
+            "local_transport=error:5.1.1 local delivery disabled",
+            "alias_maps=",
+            "alias_database=",
+            &format!("relayhost=[127.0.0.1]:{}", relay.port()),
+            "inet_interfaces=loopback-only",
+            "inet_protocols=ipv4",
+            "mynetworks=127.0.0.0/8",
+            "smtpd_relay_restrictions=permit_mynetworks, reject",
+            "smtp_dns_support_level=disabled",
+            "smtp_host_lookup=native",
+            "lmtp_host_lookup=native",
+            "smtpd_peername_lookup=no",
+            "smtp_destination_recipient_limit=1",
+            "disable_mime_output_conversion=yes",
+            "in_flow_delay=0",
+        ]);
+        e(&["-F", "*/*/chroot = n"]);
+        e(&["-M#", "smtp/inet"]);
+        e(&[
+            "-M",
+            &format!("127.0.0.1:{port}/inet=127.0.0.1:{port} inet n - n - - smtpd"),
+        ]);
+        let _ = Command::new("chown")
+            .arg("postfix")
+            .arg(d.join("data"))
+            .status();
+        let st = Command::new(&postfix)
+            .arg("-c")
+            .arg(&etc)
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "postfix start: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        Some(Postfix { dir, port })
+    }
+
+    fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let etc = self.dir.path().join("etc");
+        let _ = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(&etc)
+            .arg("stop")
+            .output();
+        // Wait for the master to exit so the temp dir can go.
+        let pidfile = self.dir.path().join("spool/pid/master.pid");
+        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+            let pid = pid.trim().to_string();
+            for _ in 0..200 {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn real_postfix_uses_pixelrelay_as_relayhost() {
+    let up = FakeUpstream::start().await;
+    let relay = start_relay(&config_text(&up.addr.to_string(), "")).await;
+    let Some(pf) = Postfix::start(relay.smtp()) else {
+        return;
+    };
+    let mta: SocketAddr = format!("127.0.0.1:{}", pf.port).parse().unwrap();
+    wait_listening(mta).await;
+    let mut c = Client::hello(mta).await;
+    // Two recipients: Postfix splits them into one delivery each (recipient limit 1).
+    let msg = b"From: a@example.com\r\nTo: b@example.net, c@example.org\r\nSubject: via postfix\r\n\r\nbody through postfix\r\n";
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>").await.0, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@example.net>").await.0, 250);
+    assert_eq!(c.cmd("RCPT TO:<c@example.org>").await.0, 250);
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&dot_stuff(msg)).await;
+    assert_eq!(c.reply().await.0, 250);
+    c.cmd("QUIT").await;
+    let log = || pf.maillog();
+    eventually(60, "two deliveries through pixelrelay", || {
+        up.messages().len() == 2
+    })
+    .await;
+    let got = up.messages();
+    let mut rcpts: Vec<String> = got.iter().flat_map(|g| g.rcpts.clone()).collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        vec!["b@example.net", "c@example.org"],
+        "one recipient per delivery"
+    );
+    for g in &got {
+        let text = String::from_utf8_lossy(&g.data);
+        assert!(
+            text.starts_with("Received: from mta.localhost"),
+            "our header first: {text}"
+        );
+        assert!(text.contains("body through postfix"));
+    }
+    eventually(20, "status=sent in the Postfix log", || {
+        log().matches("status=sent").count() == 2
+    })
+    .await;
+    drop(pf);
+    relay.stop().await;
+}

@@ -1,0 +1,207 @@
+//! The SMTP session without sockets: bytes in through an in-memory pipe, replies out, with a
+//! backend that records what it was asked. Commands are split across reads at every offset.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pixelrelay::config::BareNewline;
+use pixelrelay::shutdown::Shutdown;
+use pixelrelay::smtp::command::PathArg;
+use pixelrelay::smtp::session::Session;
+use pixelrelay::smtp::{Backend, Reply, SessionConfig, Transaction};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Default, Clone)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+struct Recorder {
+    log: Log,
+}
+
+impl Backend for Recorder {
+    async fn mail(&mut self, _q: &str, m: &PathArg) -> Reply {
+        self.log
+            .0
+            .lock()
+            .unwrap()
+            .push(format!("MAIL {}{}", m.address, m.params_wire()));
+        Reply::new(250, "2.1.0 Ok")
+    }
+    async fn rcpt(&mut self, r: &PathArg) -> Reply {
+        self.log
+            .0
+            .lock()
+            .unwrap()
+            .push(format!("RCPT {}", r.address));
+        if r.address.starts_with("bad") {
+            Reply::new(550, "5.1.1 no")
+        } else {
+            Reply::new(250, "2.1.5 Ok")
+        }
+    }
+    async fn data(&mut self, t: Transaction) -> Reply {
+        let body = String::from_utf8_lossy(&t.content).to_string();
+        let body = body
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or(body);
+        let body = body
+            .split_once("+0000\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or(body);
+        self.log
+            .0
+            .lock()
+            .unwrap()
+            .push(format!("DATA {} {:?}", t.recipients.join(","), body));
+        Reply::new(250, "2.0.0 Ok: queued")
+    }
+    async fn reset(&mut self) {
+        self.log.0.lock().unwrap().push("RESET".into());
+    }
+}
+
+fn cfg() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        hostname: "relay.test".into(),
+        max_message_size: 1 << 20,
+        max_recipients: 10,
+        command_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(180),
+        max_errors: 10,
+        bare_newline: BareNewline::Normalize,
+        allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
+    })
+}
+
+/// Feeds `input` in chunks of `step` bytes, then closes; returns the reply codes and the log.
+async fn drive(input: &[u8], step: usize) -> (Vec<u16>, Vec<String>) {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let log = Log::default();
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let session = Session::new(
+        server,
+        peer,
+        cfg(),
+        Recorder { log: log.clone() },
+        Shutdown::never(),
+        Shutdown::never(),
+    );
+    let task = tokio::spawn(session.run());
+    let (mut r, mut w) = tokio::io::split(client);
+    let input = input.to_vec();
+    let writer = tokio::spawn(async move {
+        for chunk in input.chunks(step) {
+            w.write_all(chunk).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        let _ = w.shutdown().await;
+    });
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    writer.await.unwrap();
+    task.await.unwrap();
+    let codes = String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| l.as_bytes().get(3) != Some(&b'-'))
+        .map(|l| l[..3].parse().unwrap())
+        .collect();
+    let log = log.0.lock().unwrap().clone();
+    (codes, log)
+}
+
+const SCRIPT: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<bad@y.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: t\r\n\r\n..dot\r\nx\r\n.\r\nQUIT\r\n";
+
+#[tokio::test]
+async fn every_split_gives_the_same_replies_and_calls() {
+    let (codes, log) = drive(SCRIPT, SCRIPT.len()).await;
+    assert_eq!(codes, vec![220, 250, 250, 550, 250, 354, 250, 221]);
+    assert_eq!(
+        log,
+        vec![
+            "MAIL a@x.test BODY=8BITMIME",
+            "RCPT bad@y.test",
+            "RCPT b@y.test",
+            "DATA b@y.test \".dot\\r\\nx\\r\\n\""
+        ]
+    );
+    for step in 1..24 {
+        let (c2, l2) = drive(SCRIPT, step).await;
+        assert_eq!(c2, codes, "step {step}");
+        assert_eq!(l2, log, "step {step}");
+    }
+}
+
+#[tokio::test]
+async fn helo_is_accepted_and_extensions_are_not_offered() {
+    let (codes, _) = drive(
+        b"HELO old.client\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRSET\r\nQUIT\r\n",
+        7,
+    )
+    .await;
+    assert_eq!(codes, vec![220, 250, 250, 250, 250, 221]);
+}
+
+#[tokio::test]
+async fn starttls_and_auth_are_not_offered_yet() {
+    let (codes, _) = drive(
+        b"EHLO c\r\nSTARTTLS\r\nAUTH PLAIN AGEAYg==\r\nQUIT\r\n",
+        100,
+    )
+    .await;
+    assert_eq!(codes, vec![220, 250, 502, 502, 221]);
+}
+
+#[tokio::test]
+async fn non_ascii_address_needs_smtputf8() {
+    let input = "EHLO c\r\nMAIL FROM:<j\u{f6}rg@x.test>\r\nMAIL FROM:<j\u{f6}rg@x.test> SMTPUTF8\r\nRCPT TO:<\u{fc}@y.test>\r\nQUIT\r\n";
+    let (codes, _) = drive(input.as_bytes(), 100).await;
+    assert_eq!(codes, vec![220, 250, 553, 250, 250, 221]);
+}
+
+#[tokio::test]
+async fn unknown_parameters_get_555() {
+    let (codes, _) = drive(
+        b"EHLO c\r\nMAIL FROM:<a@x.test> FOO=1\r\nMAIL FROM:<a@x.test> BODY=BINARYMIME\r\nQUIT\r\n",
+        100,
+    )
+    .await;
+    assert_eq!(codes, vec![220, 250, 555, 555, 221]);
+}
+
+#[tokio::test]
+async fn client_that_vanishes_mid_data_resets_the_backend() {
+    let (codes, log) = drive(
+        b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: half",
+        5,
+    )
+    .await;
+    assert_eq!(codes, vec![220, 250, 250, 250, 354]);
+    assert_eq!(log.last().map(String::as_str), Some("RESET"), "{log:?}");
+    assert!(!log.iter().any(|l| l.starts_with("DATA")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_client_times_out_with_421() {
+    let (client, server) = tokio::io::duplex(4096);
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let session = Session::new(
+        server,
+        peer,
+        cfg(),
+        Recorder {
+            log: Log::default(),
+        },
+        Shutdown::never(),
+        Shutdown::never(),
+    );
+    let task = tokio::spawn(session.run());
+    let (mut r, _w) = tokio::io::split(client);
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("220 "), "{text}");
+    assert!(text.contains("421 4.4.2"), "{text}");
+    task.await.unwrap();
+}

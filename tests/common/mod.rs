@@ -76,28 +76,96 @@ pub struct FakeUpstream {
     pub delivered: Arc<Notify>,
 }
 
+/// TLS and AUTH options of the fake upstream.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// Certificate and key; with it STARTTLS is offered (or TLS is implicit).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS from the first byte instead of STARTTLS.
+    pub implicit: bool,
+    /// Required credentials (AUTH PLAIN or LOGIN before MAIL).
+    pub auth: Option<(String, String)>,
+    /// Offer AUTH LOGIN only.
+    pub login_only: bool,
+}
+
+/// A self-signed certificate for `localhost`: (acceptor, PEM of the certificate).
+pub fn test_tls() -> (tokio_rustls::TlsAcceptor, String) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    pixelrelay::server::install_crypto();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = ck.cert.pem();
+    let cert = CertificateDer::from(ck.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), pem)
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// What one fake session shares with the server.
+#[derive(Clone)]
+struct Ctx {
+    script: Arc<Mutex<Script>>,
+    got: Arc<Mutex<Vec<Got>>>,
+    delivered: Arc<Notify>,
+    sec: Security,
+}
+
 impl FakeUpstream {
     pub async fn start() -> FakeUpstream {
         Self::start_with(Script::default()).await
     }
 
     pub async fn start_with(script: Script) -> FakeUpstream {
+        Self::start_secure(script, Security::default()).await
+    }
+
+    pub async fn start_secure(script: Script, sec: Security) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let script = Arc::new(Mutex::new(script));
         let got = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(Mutex::new(0));
         let delivered = Arc::new(Notify::new());
-        let (s, g, c, d) = (
-            script.clone(),
-            got.clone(),
-            connections.clone(),
-            delivered.clone(),
-        );
+        let ctx = Ctx {
+            script: script.clone(),
+            got: got.clone(),
+            delivered: delivered.clone(),
+            sec,
+        };
+        let c = connections.clone();
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 *c.lock().unwrap() += 1;
-                tokio::spawn(fake_session(sock, s.clone(), g.clone(), d.clone()));
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let mut io: Box<dyn Io> = Box::new(sock);
+                    let mut secure = false;
+                    if ctx.sec.implicit {
+                        let Some(acc) = &ctx.sec.tls else { return };
+                        let Ok(tls) = acc.accept(io).await else {
+                            return;
+                        };
+                        io = Box::new(tls);
+                        secure = true;
+                    }
+                    let mut greet = true;
+                    // A session returns its stream when the client asked for STARTTLS.
+                    while let Some(plain) = fake_session(io, &ctx, secure, greet).await {
+                        let Some(acc) = &ctx.sec.tls else { return };
+                        let Ok(tls) = acc.accept(plain).await else {
+                            return;
+                        };
+                        io = Box::new(tls);
+                        secure = true;
+                        greet = false;
+                    }
+                });
             }
         });
         FakeUpstream {
@@ -133,33 +201,87 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), act: &Act) -> bool {
     }
 }
 
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).to_string()
+}
+
+/// One SMTP session of the fake upstream; `Some(stream)` asks the caller for a TLS handshake.
 async fn fake_session(
-    sock: TcpStream,
-    script: Arc<Mutex<Script>>,
-    got: Arc<Mutex<Vec<Got>>>,
-    delivered: Arc<Notify>,
-) {
-    let (r, mut w) = sock.into_split();
+    io: Box<dyn Io>,
+    ctx: &Ctx,
+    secure: bool,
+    greet: bool,
+) -> Option<Box<dyn Io>> {
+    let (r, mut w) = tokio::io::split(io);
     let mut r = BufReader::new(r);
-    let sc = || script.lock().unwrap().clone();
-    if !send(&mut w, &sc().greeting).await {
-        return;
+    let sc = || ctx.script.lock().unwrap().clone();
+    if greet && !send(&mut w, &sc().greeting).await {
+        return None;
     }
     let mut cur: Option<Got> = None;
+    let mut authed = ctx.sec.auth.is_none();
     let mut line = Vec::new();
     loop {
         line.clear();
         if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
-            return;
+            return None;
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         let act = if upper.starts_with("EHLO") {
-            Act::reply(
-                "250-fake.upstream\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES",
-            )
+            let mut ext = String::from(
+                "250-fake.upstream\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n",
+            );
+            if ctx.sec.tls.is_some() && !secure {
+                ext.push_str("250-STARTTLS\r\n");
+            }
+            if ctx.sec.auth.is_some() {
+                ext.push_str(if ctx.sec.login_only {
+                    "250-AUTH LOGIN\r\n"
+                } else {
+                    "250-AUTH PLAIN LOGIN\r\n"
+                });
+            }
+            ext.push_str("250 ENHANCEDSTATUSCODES");
+            Act::Reply(ext)
         } else if upper.starts_with("HELO") {
             Act::reply("250 fake.upstream")
+        } else if upper == "STARTTLS" && ctx.sec.tls.is_some() && !secure {
+            w.write_all(b"220 2.0.0 Ready to start TLS\r\n")
+                .await
+                .ok()?;
+            // Anything buffered after STARTTLS is discarded (no command injection).
+            return Some(Box::new(r.into_inner().unsplit(w)));
+        } else if upper.starts_with("AUTH PLAIN") {
+            let want = ctx.sec.auth.clone().unwrap_or_default();
+            let got = b64(text.get(11..).unwrap_or(""));
+            if got == format!("\0{}\0{}", want.0, want.1) {
+                authed = true;
+                Act::reply("235 2.7.0 Authentication successful")
+            } else {
+                Act::reply("535 5.7.8 Authentication failed")
+            }
+        } else if upper == "AUTH LOGIN" {
+            let want = ctx.sec.auth.clone().unwrap_or_default();
+            let mut answers = Vec::new();
+            for prompt in ["334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6"] {
+                w.write_all(format!("{prompt}\r\n").as_bytes()).await.ok()?;
+                let mut l = String::new();
+                r.read_line(&mut l).await.ok()?;
+                answers.push(b64(&l));
+            }
+            if answers == [want.0, want.1] {
+                authed = true;
+                Act::reply("235 2.7.0 Authentication successful")
+            } else {
+                Act::reply("535 5.7.8 Authentication failed")
+            }
+        } else if upper.starts_with("MAIL FROM:") && !authed {
+            Act::reply("530 5.7.0 Authentication required")
         } else if upper.starts_with("MAIL FROM:") {
             let a = sc().mail;
             if matches!(&a, Act::Reply(s) if s.starts_with('2')) {
@@ -206,15 +328,14 @@ async fn fake_session(
                 a
             } else {
                 if !send(&mut w, &a).await {
-                    return;
+                    return None;
                 }
-                // Read the message.
                 let mut data = Vec::new();
                 let mut l = Vec::new();
                 loop {
                     l.clear();
                     if r.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
-                        return;
+                        return None;
                     }
                     if l == b".\r\n" {
                         break;
@@ -226,8 +347,8 @@ async fn fake_session(
                     && let Some(mut c) = cur.take()
                 {
                     c.data = data;
-                    got.lock().unwrap().push(c);
-                    delivered.notify_waiters();
+                    ctx.got.lock().unwrap().push(c);
+                    ctx.delivered.notify_waiters();
                 }
                 cur = None;
                 end
@@ -237,14 +358,14 @@ async fn fake_session(
             Act::reply("250 2.0.0 Ok")
         } else if upper == "QUIT" {
             let _ = w.write_all(b"221 2.0.0 Bye\r\n").await;
-            return;
+            return None;
         } else if upper == "NOOP" {
             Act::reply("250 2.0.0 Ok")
         } else {
             Act::reply("502 5.5.2 unknown")
         };
         if !send(&mut w, &act).await {
-            return;
+            return None;
         }
     }
 }

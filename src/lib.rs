@@ -32,3 +32,4 @@ pub mod rewrite;
 pub mod secret;
 pub mod shutdown;
 pub mod token;
+pub mod track;

@@ -31,5 +31,6 @@ pub mod net;
 pub mod rewrite;
 pub mod secret;
 pub mod shutdown;
+pub mod store;
 pub mod token;
 pub mod track;

@@ -15,7 +15,7 @@ pub struct OpenEvent {
     /// The message's id (32 hex digits).
     pub message: String,
     /// When the pixel was loaded, ms since the Unix epoch; RFC 3339 in JSON.
-    #[serde(rename = "at", serialize_with = "ser_at", deserialize_with = "de_at")]
+    #[serde(rename = "at", with = "rfc3339_ms")]
     pub at_ms: u64,
     /// Client IP (anonymised to /24 or /48 when `store.anonymize_ip`).
     pub ip: String,
@@ -43,13 +43,44 @@ pub struct OpenEvent {
     pub subject: Option<String>,
 }
 
-fn ser_at<S: Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_rfc3339_ms(*ms))
+/// Serde adapter: a `u64` of ms since the epoch as an RFC 3339 string (`#[serde(with = ...)]`).
+pub mod rfc3339_ms {
+    use super::*;
+
+    /// Writes `ms` as RFC 3339.
+    pub fn serialize<S: Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_rfc3339_ms(*ms))
+    }
+
+    /// Reads RFC 3339 back into ms.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_rfc3339_ms(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {s:?}")))
+    }
 }
 
-fn de_at<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_rfc3339_ms(&s).ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {s:?}")))
+/// Serde adapter: an `Option<u64>` of ms as an RFC 3339 string or `null`.
+pub mod rfc3339_ms_opt {
+    use super::*;
+
+    /// Writes `ms` as RFC 3339 or `null`.
+    pub fn serialize<S: Serializer>(ms: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(ms) => s.serialize_some(&format_rfc3339_ms(*ms)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads RFC 3339 or `null`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => parse_rfc3339_ms(&s)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {s:?}"))),
+        }
+    }
 }
 
 /// `ms` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.

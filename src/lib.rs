@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod http;
 pub mod net;
 pub mod rewrite;
 pub mod secret;

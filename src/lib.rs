@@ -29,6 +29,7 @@
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod http;
 pub mod net;
 pub mod relay;
 pub mod rewrite;
@@ -36,5 +37,7 @@ pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod smtp;
+pub mod store;
 pub mod token;
+pub mod track;
 pub mod upstream;

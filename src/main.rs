@@ -106,7 +106,7 @@ fn serve(cfg: Config) -> ExitCode {
         }
     };
     rt.block_on(async {
-        let server = match Server::bind(cfg, None).await {
+        let server = match Server::bind(cfg).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("pixelrelay: {e}");
@@ -115,7 +115,7 @@ fn serve(cfg: Config) -> ExitCode {
         };
         let a = server.addresses();
         let smtp: Vec<String> = a.smtp.iter().map(ToString::to_string).collect();
-        tracing::info!(smtp = %smtp.join(","), "ready");
+        tracing::info!(smtp = %smtp.join(","), http = %a.http, "ready");
         server.run(server::termination()).await;
         ExitCode::SUCCESS
     })

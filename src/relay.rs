@@ -20,6 +20,7 @@ use crate::rewrite::{self, Decision, MessageInfo, Policy, SkipReason};
 use crate::smtp::command::PathArg;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::{Backend, BackendFactory, Transaction};
+use crate::store::{Delivery, MessageRecord, Store};
 use crate::token::{MessageId, Purpose, TokenKey};
 use crate::upstream::{Connection, Upstream, UpstreamError};
 
@@ -71,6 +72,39 @@ pub trait Recorder: Send + Sync {
     fn record(&self, rec: &Record) -> Result<(), String>;
     /// Called with the upstream's final reply.
     fn finish(&self, id: &MessageId, accepted: bool, reply: &str, at_ms: u64);
+}
+
+impl Recorder for Store {
+    fn record(&self, rec: &Record) -> Result<(), String> {
+        let (tracked, skip_reason) = match rec.decision {
+            Decision::Tracked => (true, None),
+            Decision::Skipped(r) => (false, Some(r.as_str().to_string())),
+        };
+        self.record_message(&MessageRecord {
+            id: rec.id,
+            queue_id: rec.queue_id.clone(),
+            at_ms: rec.at_ms,
+            sender: rec.sender.clone(),
+            recipients: rec.recipients.clone(),
+            message_id: rec.info.message_id.clone(),
+            subject: rec.info.subject.clone(),
+            size: rec.size,
+            tracked,
+            skip_reason,
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    fn finish(&self, id: &MessageId, accepted: bool, reply: &str, at_ms: u64) {
+        let d = Delivery {
+            accepted,
+            reply: reply.to_string(),
+            at_ms,
+        };
+        if let Err(e) = self.finish_message(id, &d) {
+            warn!(message = %id, error = %e, event = "store_error", "cannot record the upstream reply");
+        }
+    }
 }
 
 /// Shared by every session.

@@ -12,11 +12,13 @@ use tracing::{info, warn};
 
 use crate::capture::Capture;
 use crate::config::{Config, UpstreamTarget};
+use crate::http::{self, pixel::PixelState};
 use crate::relay::{Recorder, Relay, RelayFactory, Target, Tracking};
 use crate::rewrite::Policy;
 use crate::secret;
 use crate::shutdown;
 use crate::smtp::{self, Limits, SessionConfig};
+use crate::store::Store;
 use crate::token::TokenKey;
 use crate::upstream::Upstream;
 
@@ -28,6 +30,12 @@ pub struct Server {
     smtp: Vec<TcpListener>,
     /// The relay shared by all sessions.
     relay: Arc<Relay>,
+    /// Bound pixel listener.
+    http: TcpListener,
+    /// The store (also the relay's recorder).
+    store: Store,
+    /// Pixel listener state (token key, counters).
+    pixel: Arc<PixelState>,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -35,6 +43,8 @@ pub struct Server {
 pub struct Addresses {
     /// SMTP listeners.
     pub smtp: Vec<SocketAddr>,
+    /// Pixel listener.
+    pub http: SocketAddr,
 }
 
 /// Installs ring as the process-wide rustls provider (two enabled providers make rustls panic).
@@ -74,7 +84,7 @@ fn upstream_password(cfg: &Config) -> Result<Option<String>, String> {
 
 impl Server {
     /// Loads secrets, builds the parts and binds every listener. Errors name what failed.
-    pub async fn bind(cfg: Config, recorder: Option<Arc<dyn Recorder>>) -> Result<Server, String> {
+    pub async fn bind(cfg: Config) -> Result<Server, String> {
         install_crypto();
         let target = match &cfg.upstream.target {
             UpstreamTarget::Smtp { .. } => {
@@ -89,17 +99,17 @@ impl Server {
                     .map_err(|e| format!("upstream.capture_dir: {}: {e}", dir.display()))?,
             )),
         };
-        let tracking = if cfg.tracking.enabled {
-            let key = secret::read_or_create(&cfg.tracking.secret_file, || secret::random_hex(32))
-                .map_err(|e| format!("tracking.secret_file: {e}"))?;
-            Some(Tracking {
-                policy: policy(&cfg),
-                key: TokenKey::from_secret(&key),
-                base_url: cfg.tracking.base_url.clone(),
-            })
-        } else {
-            None
-        };
+        // The key is needed to verify pixels even while inserting them is switched off.
+        let secret = secret::read_or_create(&cfg.tracking.secret_file, || secret::random_hex(32))
+            .map_err(|e| format!("tracking.secret_file: {e}"))?;
+        let key = TokenKey::from_secret(&secret);
+        let tracking = cfg.tracking.enabled.then(|| Tracking {
+            policy: policy(&cfg),
+            key: key.clone(),
+            base_url: cfg.tracking.base_url.clone(),
+        });
+        let store = Store::open(&cfg.store)
+            .map_err(|e| format!("store.path: {}: {e}", cfg.store.path.display()))?;
         let mut smtp = Vec::new();
         for addr in &cfg.smtp.listen {
             smtp.push(
@@ -108,12 +118,29 @@ impl Server {
                     .map_err(|e| format!("smtp.listen: cannot listen on {addr}: {e}"))?,
             );
         }
+        let http = TcpListener::bind(cfg.http.listen)
+            .await
+            .map_err(|e| format!("http.listen: cannot listen on {}: {e}", cfg.http.listen))?;
+        let pixel = Arc::new(PixelState::new(
+            key,
+            store.clone(),
+            cfg.http.clone(),
+            cfg.tracking.machine_window,
+        ));
+        let recorder: Arc<dyn Recorder> = Arc::new(store.clone());
         let relay = Arc::new(Relay {
             target,
             tracking,
-            recorder,
+            recorder: Some(recorder),
         });
-        Ok(Server { cfg, smtp, relay })
+        Ok(Server {
+            cfg,
+            smtp,
+            relay,
+            http,
+            store,
+            pixel,
+        })
     }
 
     /// The bound addresses.
@@ -124,13 +151,21 @@ impl Server {
                 .iter()
                 .filter_map(|l| l.local_addr().ok())
                 .collect(),
+            http: self.http.local_addr().unwrap_or(self.cfg.http.listen),
         }
     }
 
     /// Serves until `signal` resolves, then stops accepting, lets transactions finish for up
     /// to `smtp.shutdown_grace`, closes what is left with 421, and returns.
     pub async fn run(self, signal: impl Future<Output = ()>) {
-        let Server { cfg, smtp, relay } = self;
+        let Server {
+            cfg,
+            smtp,
+            relay,
+            http,
+            store,
+            pixel,
+        } = self;
         let (trigger, shutdown) = shutdown::channel();
         let (hard_trigger, hard_stop) = shutdown::channel();
         let session_cfg = Arc::new(SessionConfig::from_config(&cfg.smtp));
@@ -150,6 +185,11 @@ impl Server {
                 hard_stop.clone(),
             )));
         }
+        let pixel_task = tokio::spawn(http::pixel::serve(
+            http,
+            Arc::clone(&pixel),
+            shutdown.clone(),
+        ));
         let mode = match &relay.target {
             Target::Smtp(up) => format!("relay to {}", up.address()),
             Target::Capture(c) => format!("CAPTURE into {} (not relaying)", c.dir().display()),
@@ -175,8 +215,12 @@ impl Server {
                 drain.await;
             }
         }
+        let _ = pixel_task.await;
         if let Target::Smtp(up) = &relay.target {
             up.close_idle().await;
+        }
+        if let Err(e) = store.flush().await {
+            warn!(error = %e, "store flush at shutdown failed");
         }
         info!("pixelrelay stopped");
     }

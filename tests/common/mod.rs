@@ -424,7 +424,7 @@ pub async fn start_relay(config: &str) -> Relay {
     std::fs::write(dir.path().join("relay.toml"), config).unwrap();
     let cfg =
         Config::load(&dir.path().join("relay.toml")).unwrap_or_else(|e| panic!("config: {e}"));
-    let server = Server::bind(cfg, None).await.unwrap();
+    let server = Server::bind(cfg).await.unwrap();
     let addrs = server.addresses();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {

@@ -1,0 +1,399 @@
+//! The public pixel listener (`[http].listen`): `GET|HEAD /o/{token}.gif`, `/healthz`, 404
+//! for everything else.
+//!
+//! Every pixel request gets the same 43-byte transparent GIF, valid token or not, so a broken
+//! image never shows in someone's mail and a prober learns nothing. A valid token of a known
+//! message records one open (classified, IP per the trust rules) before the response is sent,
+//! so a client that got its image has its open stored. Forged, truncated or unknown tokens
+//! record nothing and are counted as invalid.
+//!
+//! Limits against slow or abusive clients: at most `http.max_connections` connections (a
+//! semaphore permit is taken before `accept`), 16 KiB of request head and 64 headers, no request
+//! bodies (413), and hyper's header-read timeout. hyper starts that clock whenever it waits for
+//! a request head, including on an idle keep-alive connection, so an idle connection is closed
+//! after `min(http.header_timeout, http.idle_timeout)`. On shutdown the listener stops accepting,
+//! idle connections close at once and requests in flight finish.
+//!
+//! The store write runs on the request's task: it is a short in-memory sled transaction (the
+//! fsync happens on sled's flusher thread every `store.flush_interval`), cheaper than a hop to
+//! the blocking pool.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::client_ip::client_ip;
+use crate::config::HttpConfig;
+use crate::shutdown::{Shutdown, TaskTracker};
+use crate::store::{OpenHit, Store, now_ms};
+use crate::token::{Purpose, TOKEN_LEN, TokenKey};
+use crate::track::{Hints, OpenEvent, classify};
+
+/// The classic transparent 1×1 GIF89a (the same 43 bytes as nginx's `empty_gif`): a 2-entry
+/// palette, a graphic control extension marking index 0 transparent, one LZW-coded pixel.
+pub const GIF: &[u8; 43] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
+
+/// Largest request head accepted (request line + headers).
+const MAX_HEAD: usize = 16 * 1024;
+/// Most request headers accepted.
+const MAX_HEADERS: usize = 64;
+/// User agents are stored up to this many bytes.
+const MAX_UA: usize = 1024;
+
+/// Hit counters of the pixel listener (exported as metrics by the admin listener).
+#[derive(Debug, Default)]
+pub struct PixelCounters {
+    /// Pixel requests with a valid token of a known message (an open was recorded).
+    pub valid: AtomicU64,
+    /// Pixel requests with a forged, malformed or unknown token (nothing recorded).
+    pub invalid: AtomicU64,
+    /// Valid hits the store failed to record (the GIF was still served).
+    pub store_errors: AtomicU64,
+}
+
+/// What the pixel listener needs.
+#[derive(Debug)]
+pub struct PixelState {
+    /// Verifies tokens.
+    pub key: TokenKey,
+    /// Records opens.
+    pub store: Store,
+    /// Listener limits and trusted proxies.
+    pub http: HttpConfig,
+    /// `tracking.machine_window` for the early-load rule.
+    pub machine_window: Duration,
+    /// Valid/invalid hit counts.
+    pub counters: PixelCounters,
+}
+
+impl PixelState {
+    /// State with zeroed counters.
+    pub fn new(
+        key: TokenKey,
+        store: Store,
+        http: HttpConfig,
+        machine_window: Duration,
+    ) -> PixelState {
+        PixelState {
+            key,
+            store,
+            http,
+            machine_window,
+            counters: PixelCounters::default(),
+        }
+    }
+}
+
+/// Serves the pixel listener on `listener` until `shutdown` fires, then lets in-flight
+/// requests finish and returns once every connection has closed.
+pub async fn serve(listener: TcpListener, state: Arc<PixelState>, mut shutdown: Shutdown) {
+    let permits = Arc::new(Semaphore::new(state.http.max_connections.max(1)));
+    let tracker = TaskTracker::default();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.http.header_timeout.min(state.http.idle_timeout))
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = shutdown.wait() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "pixel listener: accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            () = shutdown.wait() => break,
+        };
+        backoff = Duration::from_millis(5);
+        let _ = stream.set_nodelay(true);
+        let guard = tracker.guard();
+        let state = state.clone();
+        let builder = builder.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, peer, req)) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stop.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, error = %e, "pixel connection ended with an error");
+            }
+            drop(permit);
+            drop(guard);
+        });
+    }
+    drop(listener);
+    tracker.wait().await;
+}
+
+/// Routes one request.
+fn handle(state: &PixelState, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let head = req.method() == Method::HEAD;
+    let route_known = path == "/healthz" || (path.starts_with("/o/") && path.ends_with(".gif"));
+    if !route_known {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if !(req.method() == Method::GET || head) {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    if has_body(req.headers()) {
+        // Nothing here takes a body; refuse it and close rather than read it.
+        let mut r = text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request bodies are not accepted\n",
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok");
+    }
+    let token = &path[3..path.len() - 4];
+    record(state, peer.ip(), req.headers(), token);
+    gif()
+}
+
+/// Verifies the token and records the open; never fails the request.
+fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &str) {
+    let c = &state.counters;
+    let Some(id) = (token.len() == TOKEN_LEN)
+        .then(|| state.key.verify(Purpose::Open, token))
+        .flatten()
+    else {
+        c.invalid.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let at_ms = now_ms();
+    let sent_at = match state.store.message_sent_at(&id) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            // Authentic token, no record: purged by retention, or another instance's store.
+            c.invalid.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Err(e) => {
+            c.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(message = %id, error = %e, "cannot read message for open");
+            return;
+        }
+    };
+    let ua = user_agent(headers);
+    let hints = hints(headers);
+    let since = Duration::from_millis(at_ms.saturating_sub(sent_at));
+    let classification = classify(&ua, &hints, Some(since), state.machine_window);
+    let ip = client_ip(peer, headers, &state.http.trusted_proxies);
+    let hit = OpenHit {
+        at_ms,
+        ip,
+        user_agent: ua,
+        classification,
+    };
+    match state.store.record_open(&id, &hit) {
+        Ok(Some(e)) => {
+            c.valid.fetch_add(1, Ordering::Relaxed);
+            log_open(&e);
+        }
+        Ok(None) => {
+            c.invalid.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            c.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(message = %id, error = %e, "cannot record open");
+        }
+    }
+}
+
+/// The one log line per open an admin tails.
+fn log_open(e: &OpenEvent) {
+    tracing::info!(
+        message = %e.message,
+        rcpt = %e.recipient,
+        client = %e.client,
+        device = e.device.as_str(),
+        machine = e.machine,
+        reason = e.machine_reason.as_deref().unwrap_or("-"),
+        ip = %e.ip,
+        first = e.first,
+        count = e.count,
+        "open"
+    );
+}
+
+/// The User-Agent, lossily decoded and capped at [`MAX_UA`] bytes.
+fn user_agent(headers: &HeaderMap) -> String {
+    let Some(v) = headers.get(header::USER_AGENT) else {
+        return String::new();
+    };
+    let mut s = String::from_utf8_lossy(v.as_bytes()).into_owned();
+    if s.len() > MAX_UA {
+        let mut end = MAX_UA;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// Header hints for the classifier.
+fn hints(headers: &HeaderMap) -> Hints {
+    let says_prefetch = |name: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("prefetch"))
+        })
+    };
+    Hints {
+        prefetch: says_prefetch("sec-purpose")
+            || says_prefetch("purpose")
+            || says_prefetch("x-moz"),
+        mobile: headers
+            .get("sec-ch-ua-mobile")
+            .is_some_and(|v| v.as_bytes() == b"?1"),
+    }
+}
+
+/// A request that announces a body.
+fn has_body(headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .any(|v| v.to_str().map_or(true, |s| s.trim() != "0"))
+}
+
+/// The pixel response.
+fn gif() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(GIF)));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/gif"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("43"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-cache, must-revalidate, private, max-age=0"),
+    );
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    h.insert(header::EXPIRES, HeaderValue::from_static("0"));
+    h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
+    r
+}
+
+/// A small plain-text response.
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gif_is_a_valid_transparent_1x1() {
+        assert_eq!(GIF.len(), 43);
+        assert_eq!(&GIF[..6], b"GIF89a");
+        assert_eq!(u16::from_le_bytes([GIF[6], GIF[7]]), 1, "width");
+        assert_eq!(u16::from_le_bytes([GIF[8], GIF[9]]), 1, "height");
+        assert_eq!(GIF[10] & 0x80, 0x80, "global colour table present");
+        // Graphic control extension: transparency flag set, transparent index 0.
+        assert_eq!(&GIF[19..22], &[0x21, 0xf9, 0x04]);
+        assert_eq!(GIF[22] & 1, 1);
+        assert_eq!(GIF[25], 0);
+        assert_eq!(GIF[27], 0x2c, "image descriptor");
+        assert_eq!(GIF[42], 0x3b, "trailer");
+    }
+
+    #[test]
+    fn body_detection() {
+        let mut h = HeaderMap::new();
+        assert!(!has_body(&h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert!(!has_body(&h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(has_body(&h));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(has_body(&h));
+    }
+
+    #[test]
+    fn user_agent_is_capped_on_a_char_boundary() {
+        let mut h = HeaderMap::new();
+        let long = format!("a{}", "é".repeat(1000));
+        h.insert(header::USER_AGENT, HeaderValue::from_str(&long).unwrap());
+        let ua = user_agent(&h);
+        assert!(ua.len() <= MAX_UA && ua.len() >= MAX_UA - 1, "{}", ua.len());
+        assert!(long.starts_with(&ua));
+    }
+
+    #[test]
+    fn hints_from_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(hints(&h), Hints::default());
+        h.insert(
+            "sec-purpose",
+            HeaderValue::from_static("prefetch;prerender"),
+        );
+        h.insert("sec-ch-ua-mobile", HeaderValue::from_static("?1"));
+        assert_eq!(
+            hints(&h),
+            Hints {
+                prefetch: true,
+                mobile: true
+            }
+        );
+    }
+}

@@ -1,0 +1,855 @@
+//! The store: the only code that touches sled. Messages the relay handled, every open of a
+//! tracked message, and the lifetime counters behind `pixelrelay stats`.
+//!
+//! # Interface
+//!
+//! The inherent methods of [`Store`] are the storage interface (the relay, the pixel listener
+//! and the admin API call nothing else, and nothing here is sled-typed). A PostgreSQL backend
+//! would implement the same methods; when a second backend lands, extract them into a trait or
+//! turn `Store` into an enum over backends, without changing a caller.
+//!
+//! # Layout in sled (all values JSON, keys big-endian so that byte order is time order)
+//!
+//! ```text
+//! messages          id(16)                      -> Message (record, delivery, open stats)
+//! messages_by_time  at_ms(8) id(16)             -> ()      listing newest first, retention
+//! opens             open_id(8)                  -> OpenEvent
+//! opens_by_message  id(16) open_id(8)           -> ()      a message's opens
+//! meta              "counters"                  -> Counters
+//! ```
+//!
+//! An open id is `max(previous + 1, at_ms << 20)`: unique, strictly increasing, time-ordered
+//! (the high 44 bits are the ms timestamp, good until the year 2527), and printed as 16 hex
+//! digits it is the cursor for listing and following opens.
+//!
+//! # Writes and durability
+//!
+//! Every write runs in one sled transaction across the trees it touches (an open's event,
+//! index, message stats and counters commit together or not at all). Writers are serialised by
+//! one mutex, so transactions never conflict or retry, and the in-memory copy of the counters
+//! (for O(1) `stats()`) and the last open id stay exact. After each committed open the event
+//! goes to an in-process `broadcast` channel for live followers (never a sled subscriber: a slow
+//! reader there blocks writers).
+//!
+//! sled keeps writes in memory and fsyncs them every `store.flush_interval` (its own flusher
+//! thread, `flush_every_ms`); [`Store::flush`] is called on shutdown. A crash or power cut
+//! therefore loses at most the opens and messages of the last `flush_interval` (default 500 ms)
+//! plus the flush in progress; nothing older.
+
+mod retention;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Transactional, Tree};
+use tokio::sync::broadcast;
+
+use crate::config::StoreConfig;
+use crate::net;
+use crate::token::MessageId;
+use crate::track::event::{rfc3339_ms, rfc3339_ms_opt};
+use crate::track::{Classification, OpenEvent};
+
+pub use retention::PurgeReport;
+
+/// What the relay knows about a message when it hands it upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    /// Random id (the token carries it).
+    pub id: MessageId,
+    /// The relay's queue id for logs.
+    pub queue_id: String,
+    /// When the relay received the message, ms since the epoch.
+    pub at_ms: u64,
+    /// MAIL FROM.
+    pub sender: String,
+    /// RCPT TO addresses the upstream accepted.
+    pub recipients: Vec<String>,
+    /// The Message-ID header, if any.
+    pub message_id: Option<String>,
+    /// The Subject header; kept only when `store.subjects` is on (the store enforces it).
+    pub subject: Option<String>,
+    /// Message size in bytes as received.
+    pub size: u64,
+    /// Whether a pixel was inserted.
+    pub tracked: bool,
+    /// Why not, when `tracked` is false.
+    pub skip_reason: Option<String>,
+}
+
+/// The upstream's final answer to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// 2xx after the data.
+    pub accepted: bool,
+    /// The reply text as received.
+    pub reply: String,
+    /// When it came, ms since the epoch.
+    #[serde(rename = "at", with = "rfc3339_ms")]
+    pub at_ms: u64,
+}
+
+/// One pixel load, verified and classified, as the listener hands it to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenHit {
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// Client IP (before anonymisation: the store applies `store.anonymize_ip`).
+    pub ip: IpAddr,
+    /// User-Agent as sent.
+    pub user_agent: String,
+    /// The verdict of `track::classify`.
+    pub classification: Classification,
+}
+
+/// Per-message open statistics, updated with each open.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenStats {
+    /// Every open.
+    pub count: u64,
+    /// Opens not marked as machine.
+    pub human: u64,
+    /// First open.
+    #[serde(with = "rfc3339_ms_opt")]
+    pub first_at: Option<u64>,
+    /// Latest open.
+    #[serde(with = "rfc3339_ms_opt")]
+    pub last_at: Option<u64>,
+    /// First open not marked as machine.
+    #[serde(with = "rfc3339_ms_opt")]
+    pub first_human_at: Option<u64>,
+}
+
+/// A message as stored and as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Message id, 32 hex digits.
+    pub id: String,
+    /// The relay's queue id.
+    pub queue_id: String,
+    /// When the relay received it.
+    #[serde(rename = "at", with = "rfc3339_ms")]
+    pub at_ms: u64,
+    /// MAIL FROM.
+    pub sender: String,
+    /// Accepted recipients.
+    pub recipients: Vec<String>,
+    /// Message-ID header.
+    pub message_id: Option<String>,
+    /// Subject (only with `store.subjects`).
+    pub subject: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// A pixel was inserted.
+    pub tracked: bool,
+    /// Why not.
+    pub skip_reason: Option<String>,
+    /// The upstream's final reply, once known.
+    pub delivery: Option<Delivery>,
+    /// Opens so far.
+    pub opens: OpenStats,
+}
+
+/// A message with all its opens, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageWithOpens {
+    /// The message.
+    #[serde(flatten)]
+    pub message: Message,
+    /// Its opens.
+    pub open_events: Vec<OpenEvent>,
+}
+
+/// Lifetime totals, kept in the store and in memory; purging old records does not lower them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Messages recorded (before the upstream answered).
+    pub recorded: u64,
+    /// Messages the upstream accepted.
+    pub relayed: u64,
+    /// Messages the upstream refused.
+    pub rejected: u64,
+    /// Accepted messages that carried a pixel.
+    pub tracked: u64,
+    /// Accepted messages without a pixel, by reason.
+    pub skipped: BTreeMap<String, u64>,
+    /// Every open.
+    pub opens: u64,
+    /// Opens marked as machine.
+    pub machine_opens: u64,
+    /// Messages with at least one open.
+    pub unique_opens: u64,
+    /// Messages with at least one open not marked as machine.
+    pub unique_human_opens: u64,
+}
+
+/// `pixelrelay stats` / `GET /api/v1/stats`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// The stored totals.
+    #[serde(flatten)]
+    pub counters: Counters,
+    /// Sum of `skipped`.
+    pub skipped_total: u64,
+    /// `opens - machine_opens`.
+    pub human_opens: u64,
+    /// `unique_opens / tracked` (0 when nothing was tracked).
+    pub open_rate: f64,
+    /// `unique_human_opens / tracked`.
+    pub human_open_rate: f64,
+}
+
+/// Which messages `list_messages` returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageFilter {
+    /// Case-insensitive substring of a recipient.
+    pub rcpt: Option<String>,
+    /// `Some(true)`: only opened; `Some(false)`: only never opened.
+    pub opened: Option<bool>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page<T> {
+    /// The items, in listing order.
+    pub items: Vec<T>,
+    /// Pass back as `cursor` for the next page; `None` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug)]
+pub enum StoreError {
+    /// sled failed (IO, corruption, the database locked by another process).
+    Sled(sled::Error),
+    /// A stored value did not decode (or a value did not encode).
+    Codec(serde_json::Error),
+    /// The open log could not be written or opened.
+    Io(std::io::Error),
+    /// A cursor that this store did not hand out.
+    BadCursor(String),
+    /// No message with this id.
+    NotFound(MessageId),
+    /// A background task failed to run.
+    Task(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Sled(e) => write!(f, "store: {e}"),
+            StoreError::Codec(e) => write!(f, "store: bad record: {e}"),
+            StoreError::Io(e) => write!(f, "store: open log: {e}"),
+            StoreError::BadCursor(c) => write!(f, "invalid cursor {c:?}"),
+            StoreError::NotFound(id) => write!(f, "store: no message {id}"),
+            StoreError::Task(e) => write!(f, "store: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Codec(e)
+    }
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort(e: impl Into<StoreError>) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e.into())
+}
+
+/// Value of index entries.
+const EMPTY: &[u8] = &[];
+/// Key of the counters in `meta`.
+const COUNTERS: &[u8] = b"counters";
+/// Bits of an open id below the timestamp.
+const OPEN_ID_SHIFT: u32 = 20;
+/// Capacity of the live feed; a follower further behind gets `Lagged` and re-reads the store.
+const FEED_CAPACITY: usize = 4096;
+/// Entries a filtered listing scans per page at most, so a rare filter cannot stall a request.
+const SCAN_LIMIT: usize = 10_000;
+
+/// The store handle. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    /// Shared state.
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.cfg.path)
+            .finish()
+    }
+}
+
+/// Everything a `Store` shares.
+struct Inner {
+    /// Subjects, anonymisation, retention, flush interval.
+    cfg: StoreConfig,
+    /// The database (for flush).
+    db: sled::Db,
+    /// id → Message.
+    messages: Tree,
+    /// at_ms ‖ id → ().
+    messages_by_time: Tree,
+    /// open id → OpenEvent.
+    opens: Tree,
+    /// id ‖ open id → ().
+    opens_by_message: Tree,
+    /// Counters.
+    meta: Tree,
+    /// Serialises writers; holds what must match the committed data exactly.
+    write: Mutex<WriteState>,
+    /// Live feed of committed opens.
+    feed: broadcast::Sender<OpenEvent>,
+    /// Optional JSON-lines file of opens (`store.open_log`).
+    open_log: Option<Mutex<File>>,
+}
+
+/// State owned by the writer lock.
+struct WriteState {
+    /// Mirror of the stored counters.
+    counters: Counters,
+    /// The last open id handed out.
+    last_open: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `cfg.path` and, when called inside a tokio runtime
+    /// with `retention_days > 0`, starts the retention task (it ends when the last clone of the
+    /// store is dropped).
+    pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        let flush_ms = cfg
+            .flush_interval
+            .as_millis()
+            .clamp(1, u128::from(u64::MAX)) as u64;
+        let db = sled::Config::new()
+            .path(&cfg.path)
+            .cache_capacity(128 * 1024 * 1024)
+            .flush_every_ms(Some(flush_ms))
+            .open()?;
+        let messages = db.open_tree("messages")?;
+        let messages_by_time = db.open_tree("messages_by_time")?;
+        let opens = db.open_tree("opens")?;
+        let opens_by_message = db.open_tree("opens_by_message")?;
+        let meta = db.open_tree("meta")?;
+        let counters = match meta.get(COUNTERS)? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => Counters::default(),
+        };
+        let last_open = match opens.last()? {
+            Some((k, _)) => decode_open_id(&k).unwrap_or(0),
+            None => 0,
+        };
+        let open_log = match &cfg.open_log {
+            Some(p) => Some(Mutex::new(open_append(p).map_err(StoreError::Io)?)),
+            None => None,
+        };
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let store = Store {
+            inner: Arc::new(Inner {
+                cfg: cfg.clone(),
+                db,
+                messages,
+                messages_by_time,
+                opens,
+                opens_by_message,
+                meta,
+                write: Mutex::new(WriteState {
+                    counters,
+                    last_open,
+                }),
+                feed,
+                open_log,
+            }),
+        };
+        if cfg.retention_days > 0 && tokio::runtime::Handle::try_current().is_ok() {
+            retention::spawn(Arc::downgrade(&store.inner));
+        }
+        Ok(store)
+    }
+
+    /// Records a message before it goes upstream. Recording an id again updates the record
+    /// but keeps its delivery and opens.
+    pub fn record_message(&self, rec: &MessageRecord) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let mut st = inner.lock();
+        let subject = if inner.cfg.subjects {
+            rec.subject.clone()
+        } else {
+            None
+        };
+        let id = rec.id;
+        let counters = (&inner.messages, &inner.messages_by_time, &inner.meta).transaction(
+            |(msgs, by_time, meta)| {
+                let old: Option<Message> =
+                    msgs.get(id.as_bytes())?.map(|v| decode(&v)).transpose()?;
+                let mut counters = st.counters.clone();
+                let (delivery, opens) = match old {
+                    Some(old) => {
+                        by_time.remove(time_key(old.at_ms, &id).as_slice())?;
+                        (old.delivery, old.opens)
+                    }
+                    None => {
+                        counters.recorded += 1;
+                        (None, OpenStats::default())
+                    }
+                };
+                let m = Message {
+                    id: id.to_string(),
+                    queue_id: rec.queue_id.clone(),
+                    at_ms: rec.at_ms,
+                    sender: rec.sender.clone(),
+                    recipients: rec.recipients.clone(),
+                    message_id: rec.message_id.clone(),
+                    subject: subject.clone(),
+                    size: rec.size,
+                    tracked: rec.tracked,
+                    skip_reason: rec.skip_reason.clone(),
+                    delivery,
+                    opens,
+                };
+                msgs.insert(id.as_bytes(), encode(&m)?)?;
+                by_time.insert(time_key(rec.at_ms, &id).as_slice(), EMPTY)?;
+                meta.insert(COUNTERS, encode(&counters)?)?;
+                Ok(counters)
+            },
+        )?;
+        st.counters = counters;
+        Ok(())
+    }
+
+    /// Records the upstream's final reply. The first reply for a message updates the counters
+    /// (relayed/rejected, tracked/skipped); a repeated call only replaces the stored reply.
+    pub fn finish_message(&self, id: &MessageId, delivery: &Delivery) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let mut st = inner.lock();
+        let counters = (&inner.messages, &inner.meta).transaction(|(msgs, meta)| {
+            let Some(raw) = msgs.get(id.as_bytes())? else {
+                return Err(abort(StoreError::NotFound(*id)));
+            };
+            let mut m: Message = decode(&raw)?;
+            let mut counters = st.counters.clone();
+            if m.delivery.is_none() {
+                if !delivery.accepted {
+                    counters.rejected += 1;
+                } else {
+                    counters.relayed += 1;
+                    if m.tracked {
+                        counters.tracked += 1;
+                    } else {
+                        let reason = m
+                            .skip_reason
+                            .clone()
+                            .unwrap_or_else(|| "unknown".to_string());
+                        *counters.skipped.entry(reason).or_default() += 1;
+                    }
+                }
+            }
+            m.delivery = Some(delivery.clone());
+            msgs.insert(id.as_bytes(), encode(&m)?)?;
+            meta.insert(COUNTERS, encode(&counters)?)?;
+            Ok(counters)
+        })?;
+        st.counters = counters;
+        Ok(())
+    }
+
+    /// When the relay handed message `id` upstream (the upstream's final reply if known, else
+    /// the time it was recorded); `None` if the message is unknown. Feeds the early-load rule.
+    pub fn message_sent_at(&self, id: &MessageId) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .get_stored(id)?
+            .map(|m| m.delivery.map_or(m.at_ms, |d| d.at_ms)))
+    }
+
+    /// Records one open of message `id`: the event, the message's open stats and the counters
+    /// in one transaction. `None` (and nothing written) if the message is unknown.
+    pub fn record_open(
+        &self,
+        id: &MessageId,
+        hit: &OpenHit,
+    ) -> Result<Option<OpenEvent>, StoreError> {
+        let inner = &*self.inner;
+        let mut st = inner.lock();
+        let ip = if inner.cfg.anonymize_ip {
+            net::anonymize(hit.ip)
+        } else {
+            net::canonical(hit.ip)
+        };
+        let open_id = next_open_id(st.last_open, hit.at_ms);
+        let trees = (
+            &inner.messages,
+            &inner.opens,
+            &inner.opens_by_message,
+            &inner.meta,
+        );
+        let done = trees.transaction(|(msgs, opens, by_msg, meta)| {
+            let Some(raw) = msgs.get(id.as_bytes())? else {
+                return Ok(None);
+            };
+            let mut m: Message = decode(&raw)?;
+            let c = &hit.classification;
+            let human = !c.machine;
+            let first = m.opens.count == 0;
+            let first_human = human && m.opens.human == 0;
+            m.opens.count += 1;
+            m.opens.first_at.get_or_insert(hit.at_ms);
+            m.opens.last_at = Some(m.opens.last_at.map_or(hit.at_ms, |t| t.max(hit.at_ms)));
+            if human {
+                m.opens.human += 1;
+                m.opens.first_human_at.get_or_insert(hit.at_ms);
+            }
+            let event = OpenEvent {
+                id: format_open_id(open_id),
+                message: m.id.clone(),
+                at_ms: hit.at_ms,
+                ip: ip.to_string(),
+                user_agent: hit.user_agent.clone(),
+                client: c.client.clone(),
+                device: c.device,
+                machine: c.machine,
+                machine_reason: c.machine_reason.map(str::to_string),
+                first,
+                count: m.opens.count,
+                recipient: m.recipients.first().cloned().unwrap_or_default(),
+                sender: m.sender.clone(),
+                message_id: m.message_id.clone(),
+                subject: m.subject.clone(),
+            };
+            let mut counters = st.counters.clone();
+            counters.opens += 1;
+            counters.machine_opens += u64::from(c.machine);
+            counters.unique_opens += u64::from(first);
+            counters.unique_human_opens += u64::from(first_human);
+            let json = encode(&event)?;
+            opens.insert(&open_id.to_be_bytes(), json.as_slice())?;
+            by_msg.insert(open_index_key(id, open_id).as_slice(), EMPTY)?;
+            msgs.insert(id.as_bytes(), encode(&m)?)?;
+            meta.insert(COUNTERS, encode(&counters)?)?;
+            Ok(Some((event, counters, json)))
+        })?;
+        let Some((event, counters, json)) = done else {
+            return Ok(None);
+        };
+        st.counters = counters;
+        st.last_open = open_id;
+        if let Some(log) = &inner.open_log {
+            let mut line = json;
+            line.push(b'\n');
+            // The open is committed; a full disk here must not undo it, so log and carry on.
+            if let Err(e) = lock(log).write_all(&line) {
+                tracing::warn!(error = %e, "cannot append to store.open_log");
+            }
+        }
+        // No receiver is fine: nobody is following.
+        let _ = inner.feed.send(event.clone());
+        Ok(Some(event))
+    }
+
+    /// Live feed of opens committed from now on, in id order. To follow without gap or
+    /// duplicate: subscribe first, read the backlog with [`Store::opens_after`], then skip live
+    /// events whose id is not greater than the last one read. `Lagged` means the reader fell
+    /// more than 4096 events behind: re-read from the store.
+    pub fn subscribe(&self) -> broadcast::Receiver<OpenEvent> {
+        self.inner.feed.subscribe()
+    }
+
+    /// Opens, newest first, strictly before `cursor` (an open id) or from the newest.
+    pub fn list_opens(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<OpenEvent>, StoreError> {
+        let end = match cursor {
+            Some(c) => Bound::Excluded(parse_open_id(c)?.to_be_bytes()),
+            None => Bound::Unbounded,
+        };
+        let mut items = Vec::new();
+        for kv in self
+            .inner
+            .opens
+            .range((Bound::Unbounded, end))
+            .rev()
+            .take(limit)
+        {
+            let (_, v) = kv?;
+            items.push(decode::<OpenEvent>(&v)?);
+        }
+        let next_cursor = if items.len() == limit {
+            items.last().map(|e| e.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Opens strictly after `cursor` (or from the oldest), oldest first: the backlog of a
+    /// follower.
+    pub fn opens_after(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OpenEvent>, StoreError> {
+        let start = match cursor {
+            Some(c) => Bound::Excluded(parse_open_id(c)?.to_be_bytes()),
+            None => Bound::Unbounded,
+        };
+        let mut items = Vec::new();
+        for kv in self
+            .inner
+            .opens
+            .range((start, Bound::Unbounded))
+            .take(limit)
+        {
+            let (_, v) = kv?;
+            items.push(decode::<OpenEvent>(&v)?);
+        }
+        Ok(items)
+    }
+
+    /// One message with all its opens, oldest first.
+    pub fn get_message(&self, id: &MessageId) -> Result<Option<MessageWithOpens>, StoreError> {
+        let Some(message) = self.get_stored(id)? else {
+            return Ok(None);
+        };
+        let mut open_events = Vec::new();
+        for kv in self.inner.opens_by_message.scan_prefix(id.as_bytes()) {
+            let (k, _) = kv?;
+            if let Some(v) = self.inner.opens.get(&k[16..])? {
+                open_events.push(decode(&v)?);
+            }
+        }
+        Ok(Some(MessageWithOpens {
+            message,
+            open_events,
+        }))
+    }
+
+    /// Messages, newest first, strictly before `cursor`, that pass `filter`. A page scans at
+    /// most 10 000 messages, so a page of a rare filter may be short yet carry a cursor.
+    pub fn list_messages(
+        &self,
+        filter: &MessageFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Message>, StoreError> {
+        let end = match cursor {
+            Some(c) => Bound::Excluded(parse_message_cursor(c)?),
+            None => Bound::Unbounded,
+        };
+        let rcpt = filter.rcpt.as_ref().map(|r| r.to_ascii_lowercase());
+        let mut items = Vec::new();
+        let mut last_key = None;
+        for (scanned, kv) in self
+            .inner
+            .messages_by_time
+            .range((Bound::Unbounded, end))
+            .rev()
+            .enumerate()
+        {
+            if items.len() == limit || scanned == SCAN_LIMIT {
+                return Ok(Page {
+                    items,
+                    next_cursor: last_key.map(|k: sled::IVec| hex(&k)),
+                });
+            }
+            let (k, _) = kv?;
+            let Some(v) = self.inner.messages.get(&k[8..])? else {
+                continue;
+            };
+            let m: Message = decode(&v)?;
+            last_key = Some(k);
+            let rcpt_ok = rcpt.as_ref().is_none_or(|r| {
+                m.recipients
+                    .iter()
+                    .any(|x| x.to_ascii_lowercase().contains(r.as_str()))
+            });
+            let opened_ok = filter.opened.is_none_or(|o| o == (m.opens.count > 0));
+            if rcpt_ok && opened_ok {
+                items.push(m);
+            }
+        }
+        Ok(Page {
+            items,
+            next_cursor: None,
+        })
+    }
+
+    /// The totals, from memory: O(1).
+    pub fn stats(&self) -> Stats {
+        let counters = self.inner.lock().counters.clone();
+        let skipped_total = counters.skipped.values().sum();
+        let rate = |n: u64| {
+            if counters.tracked == 0 {
+                0.0
+            } else {
+                n as f64 / counters.tracked as f64
+            }
+        };
+        Stats {
+            skipped_total,
+            human_opens: counters.opens - counters.machine_opens,
+            open_rate: rate(counters.unique_opens),
+            human_open_rate: rate(counters.unique_human_opens),
+            counters,
+        }
+    }
+
+    /// Writes everything to disk (fsync). Call on shutdown; sled also does it every
+    /// `store.flush_interval` by itself.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush_async().await?;
+        if let Some(log) = &self.inner.open_log {
+            lock(log).sync_data().map_err(StoreError::Io)?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::flush`] for callers outside async code.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        if let Some(log) = &self.inner.open_log {
+            lock(log).sync_data().map_err(StoreError::Io)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes messages (with their opens) and opens older than `store.retention_days` before
+    /// `now_ms`. Does nothing when retention is 0. The background task calls this hourly.
+    pub fn purge_expired(&self, now_ms: u64) -> Result<PurgeReport, StoreError> {
+        match self.inner.cfg.retention_days {
+            0 => Ok(PurgeReport::default()),
+            days => retention::purge(
+                &self.inner,
+                now_ms.saturating_sub(u64::from(days) * 86_400_000),
+            ),
+        }
+    }
+
+    fn get_stored(&self, id: &MessageId) -> Result<Option<Message>, StoreError> {
+        match self.inner.messages.get(id.as_bytes())? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The wall clock in ms since the epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, WriteState> {
+        lock(&self.write)
+    }
+}
+
+/// Locks, recovering from poisoning: the guarded state is only replaced after a commit, so a
+/// panic elsewhere never leaves it half-updated.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_append(p: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+}
+
+fn encode<T: Serialize>(v: &T) -> TxResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(abort)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T, StoreError> {
+    Ok(serde_json::from_slice(v)?)
+}
+
+impl From<StoreError> for ConflictableTransactionError<StoreError> {
+    fn from(e: StoreError) -> Self {
+        abort(e)
+    }
+}
+
+/// The next open id: strictly after `last`, and at least `at_ms` in its high bits.
+fn next_open_id(last: u64, at_ms: u64) -> u64 {
+    last.saturating_add(1).max(at_ms << OPEN_ID_SHIFT)
+}
+
+fn format_open_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+fn parse_open_id(s: &str) -> Result<u64, StoreError> {
+    if s.len() != 16 {
+        return Err(StoreError::BadCursor(s.to_string()));
+    }
+    u64::from_str_radix(s, 16).map_err(|_| StoreError::BadCursor(s.to_string()))
+}
+
+fn decode_open_id(k: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(k).ok().map(u64::from_be_bytes)
+}
+
+fn time_key(at_ms: u64, id: &MessageId) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&at_ms.to_be_bytes());
+    k[8..].copy_from_slice(id.as_bytes());
+    k
+}
+
+fn open_index_key(id: &MessageId, open_id: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(id.as_bytes());
+    k[16..].copy_from_slice(&open_id.to_be_bytes());
+    k
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn parse_message_cursor(s: &str) -> Result<Vec<u8>, StoreError> {
+    let bad = || StoreError::BadCursor(s.to_string());
+    if s.len() != 48 || !s.is_ascii() {
+        return Err(bad());
+    }
+    (0..48)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,436 @@
+//! Unit tests of the store against a real sled database in a temp dir.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::*;
+use crate::track::Device;
+
+fn cfg(dir: &Path) -> StoreConfig {
+    StoreConfig {
+        path: dir.join("db"),
+        subjects: false,
+        anonymize_ip: false,
+        retention_days: 0,
+        flush_interval: Duration::from_millis(100),
+        open_log: None,
+    }
+}
+
+fn rec(id: MessageId, at_ms: u64, rcpt: &str) -> MessageRecord {
+    MessageRecord {
+        id,
+        queue_id: "Q1".into(),
+        at_ms,
+        sender: "news@example.com".into(),
+        recipients: vec![rcpt.into()],
+        message_id: Some("<abc@example.com>".into()),
+        subject: Some("Hello".into()),
+        size: 1234,
+        tracked: true,
+        skip_reason: None,
+    }
+}
+
+fn hit(at_ms: u64, ip: &str, machine: Option<&'static str>) -> OpenHit {
+    OpenHit {
+        at_ms,
+        ip: ip.parse::<IpAddr>().unwrap(),
+        user_agent: "UA".into(),
+        classification: Classification {
+            client: "Thunderbird".into(),
+            device: Device::Desktop,
+            machine: machine.is_some(),
+            machine_reason: machine,
+        },
+    }
+}
+
+const T0: u64 = 1_795_493_183_123;
+
+#[test]
+fn opens_count_first_and_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let a = MessageId::random();
+    let b = MessageId::random();
+    s.record_message(&rec(a, T0, "bob@example.net")).unwrap();
+    s.record_message(&rec(b, T0 + 1, "eve@example.org"))
+        .unwrap();
+    s.finish_message(
+        &a,
+        &Delivery {
+            accepted: true,
+            reply: "250 ok".into(),
+            at_ms: T0 + 50,
+        },
+    )
+    .unwrap();
+    s.finish_message(
+        &b,
+        &Delivery {
+            accepted: true,
+            reply: "250 ok".into(),
+            at_ms: T0 + 60,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.message_sent_at(&a).unwrap(), Some(T0 + 50));
+
+    let e1 = s
+        .record_open(
+            &a,
+            &hit(T0 + 1000, "203.0.113.5", Some("google-image-proxy")),
+        )
+        .unwrap()
+        .unwrap();
+    let e2 = s
+        .record_open(&a, &hit(T0 + 2000, "203.0.113.6", None))
+        .unwrap()
+        .unwrap();
+    let e3 = s
+        .record_open(&a, &hit(T0 + 2000, "203.0.113.6", None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e1.first, e1.count, e2.first, e2.count, e3.count),
+        (true, 1, false, 2, 3)
+    );
+    assert!(
+        e1.id < e2.id && e2.id < e3.id,
+        "ids are strictly increasing even within one ms"
+    );
+    assert_eq!(e1.recipient, "bob@example.net");
+    assert_eq!(e1.sender, "news@example.com");
+    assert_eq!(e1.message_id.as_deref(), Some("<abc@example.com>"));
+    assert_eq!(e1.subject, None, "subjects are off");
+    assert_eq!(e1.ip, "203.0.113.5");
+    assert_eq!(e1.message, a.to_string());
+
+    // Unknown message: nothing recorded.
+    assert_eq!(
+        s.record_open(&MessageId::random(), &hit(T0, "192.0.2.1", None))
+            .unwrap(),
+        None
+    );
+
+    let st = s.stats();
+    assert_eq!(st.counters.relayed, 2);
+    assert_eq!(st.counters.tracked, 2);
+    assert_eq!(st.counters.opens, 3);
+    assert_eq!(st.counters.machine_opens, 1);
+    assert_eq!(st.human_opens, 2);
+    assert_eq!(st.counters.unique_opens, 1);
+    assert_eq!(st.counters.unique_human_opens, 1);
+    assert!((st.open_rate - 0.5).abs() < 1e-9);
+
+    let m = s.get_message(&a).unwrap().unwrap();
+    assert_eq!(m.open_events, vec![e1.clone(), e2.clone(), e3.clone()]);
+    assert_eq!(m.message.opens.count, 3);
+    assert_eq!(m.message.opens.human, 2);
+    assert_eq!(m.message.opens.first_at, Some(T0 + 1000));
+    assert_eq!(m.message.opens.first_human_at, Some(T0 + 2000));
+    assert_eq!(m.message.opens.last_at, Some(T0 + 2000));
+    assert_eq!(m.message.subject, None);
+
+    // Listing newest first with cursors.
+    let p1 = s.list_opens(None, 2).unwrap();
+    assert_eq!(p1.items, vec![e3.clone(), e2.clone()]);
+    let p2 = s.list_opens(p1.next_cursor.as_deref(), 2).unwrap();
+    assert_eq!(p2.items, vec![e1.clone()]);
+    assert_eq!(p2.next_cursor, None);
+    assert_eq!(s.opens_after(Some(&e1.id), 10).unwrap(), vec![e2, e3]);
+    assert!(matches!(
+        s.list_opens(Some("zz"), 1),
+        Err(StoreError::BadCursor(_))
+    ));
+}
+
+#[test]
+fn rejected_and_skipped_are_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let a = MessageId::random();
+    let b = MessageId::random();
+    let mut r = rec(b, T0, "x@example.net");
+    r.tracked = false;
+    r.skip_reason = Some("multi-recipient".into());
+    s.record_message(&rec(a, T0, "x@example.net")).unwrap();
+    s.record_message(&r).unwrap();
+    let d = Delivery {
+        accepted: false,
+        reply: "550 no".into(),
+        at_ms: T0,
+    };
+    s.finish_message(&a, &d).unwrap();
+    s.finish_message(&a, &d).unwrap();
+    s.finish_message(
+        &b,
+        &Delivery {
+            accepted: true,
+            ..d.clone()
+        },
+    )
+    .unwrap();
+    let st = s.stats();
+    assert_eq!(
+        (
+            st.counters.recorded,
+            st.counters.rejected,
+            st.counters.relayed
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(st.counters.skipped.get("multi-recipient"), Some(&1));
+    assert_eq!(st.skipped_total, 1);
+    assert!(matches!(
+        s.finish_message(&MessageId::random(), &d),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[test]
+fn subjects_and_anonymisation_follow_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.subjects = true;
+    c.anonymize_ip = true;
+    let s = Store::open(&c).unwrap();
+    let a = MessageId::random();
+    s.record_message(&rec(a, T0, "bob@example.net")).unwrap();
+    let e = s
+        .record_open(&a, &hit(T0, "203.0.113.77", None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.ip, "203.0.113.0");
+    assert_eq!(e.subject.as_deref(), Some("Hello"));
+    let e = s
+        .record_open(&a, &hit(T0, "2001:db8:abcd:12::1", None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.ip, "2001:db8:abcd::");
+    let e = s
+        .record_open(&a, &hit(T0, "::ffff:198.51.100.9", None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.ip, "198.51.100.0");
+    // Nothing un-anonymised is stored anywhere.
+    for kv in s.inner.opens.iter() {
+        let v = String::from_utf8(kv.unwrap().1.to_vec()).unwrap();
+        assert!(!v.contains("203.0.113.77") && !v.contains("abcd:12"), "{v}");
+    }
+}
+
+#[test]
+fn graceful_reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = MessageId::random();
+    let last_id;
+    {
+        let s = Store::open(&cfg(dir.path())).unwrap();
+        s.record_message(&rec(a, T0, "bob@example.net")).unwrap();
+        s.finish_message(
+            &a,
+            &Delivery {
+                accepted: true,
+                reply: "250".into(),
+                at_ms: T0,
+            },
+        )
+        .unwrap();
+        s.record_open(&a, &hit(T0 + 10, "192.0.2.1", None)).unwrap();
+        last_id = s
+            .record_open(&a, &hit(T0 + 20, "192.0.2.1", None))
+            .unwrap()
+            .unwrap()
+            .id;
+        s.flush_blocking().unwrap();
+    }
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let m = s.get_message(&a).unwrap().unwrap();
+    assert_eq!(m.open_events.len(), 2);
+    assert_eq!(s.stats().counters.opens, 2);
+    assert_eq!(s.stats().counters.relayed, 1);
+    // The id sequence continues after a restart, even with an earlier clock.
+    let e = s
+        .record_open(&a, &hit(T0, "192.0.2.1", None))
+        .unwrap()
+        .unwrap();
+    assert!(e.id > last_id, "{} > {last_id}", e.id);
+    assert_eq!(e.count, 3);
+}
+
+#[test]
+fn retention_purges_old_messages_and_opens_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.retention_days = 30;
+    let s = Store::open(&c).unwrap();
+    let day = 86_400_000;
+    let now = T0 + 100 * day;
+    let old = MessageId::random();
+    let new = MessageId::random();
+    // Injected old records (older than 30 days), written first so open ids stay time-ordered.
+    s.record_message(&rec(old, now - 40 * day, "old@example.net"))
+        .unwrap();
+    s.record_open(&old, &hit(now - 39 * day, "192.0.2.1", None))
+        .unwrap()
+        .unwrap();
+    s.record_open(&old, &hit(now - 39 * day, "192.0.2.1", None))
+        .unwrap()
+        .unwrap();
+    s.record_message(&rec(new, now - 5 * day, "new@example.net"))
+        .unwrap();
+    let old_recent = s
+        .record_open(&old, &hit(now - 2 * day, "192.0.2.1", None))
+        .unwrap()
+        .unwrap();
+    let keep = s
+        .record_open(&new, &hit(now - day, "192.0.2.1", None))
+        .unwrap()
+        .unwrap();
+
+    let r = s.purge_expired(now).unwrap();
+    assert_eq!(
+        r,
+        PurgeReport {
+            messages: 1,
+            opens: 3
+        }
+    );
+    assert!(s.get_message(&old).unwrap().is_none());
+    let m = s.get_message(&new).unwrap().unwrap();
+    assert_eq!(m.open_events, vec![keep.clone()]);
+    let all = s.opens_after(None, 100).unwrap();
+    assert_eq!(all, vec![keep]);
+    assert!(!all.iter().any(|e| e.id == old_recent.id));
+    assert_eq!(
+        s.list_messages(&MessageFilter::default(), None, 10)
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.inner.opens_by_message.len(),
+        1,
+        "no index entries left behind"
+    );
+    // Lifetime counters are not lowered by a purge.
+    assert_eq!(s.stats().counters.opens, 4);
+    // Idempotent.
+    assert_eq!(s.purge_expired(now).unwrap(), PurgeReport::default());
+}
+
+#[test]
+fn list_messages_filters_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let ids: Vec<MessageId> = (0..5).map(|_| MessageId::random()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let rcpt = if i % 2 == 0 {
+            "Alice@Example.net"
+        } else {
+            "bob@example.net"
+        };
+        s.record_message(&rec(*id, T0 + i as u64, rcpt)).unwrap();
+    }
+    s.record_open(&ids[4], &hit(T0 + 10, "192.0.2.1", None))
+        .unwrap()
+        .unwrap();
+    let all = s.list_messages(&MessageFilter::default(), None, 3).unwrap();
+    let got: Vec<&str> = all.items.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(
+        got,
+        vec![ids[4].to_string(), ids[3].to_string(), ids[2].to_string()]
+    );
+    let rest = s
+        .list_messages(&MessageFilter::default(), all.next_cursor.as_deref(), 3)
+        .unwrap();
+    assert_eq!(rest.items.len(), 2);
+    assert_eq!(rest.next_cursor, None);
+    let alice = MessageFilter {
+        rcpt: Some("alice@".into()),
+        opened: None,
+    };
+    assert_eq!(s.list_messages(&alice, None, 10).unwrap().items.len(), 3);
+    let opened = MessageFilter {
+        rcpt: None,
+        opened: Some(true),
+    };
+    let o = s.list_messages(&opened, None, 10).unwrap();
+    assert_eq!(o.items.len(), 1);
+    assert_eq!(o.items[0].opens.count, 1);
+    let unopened = MessageFilter {
+        rcpt: Some("bob".into()),
+        opened: Some(false),
+    };
+    assert_eq!(s.list_messages(&unopened, None, 10).unwrap().items.len(), 2);
+    assert!(s.list_messages(&opened, Some("nope"), 1).is_err());
+}
+
+#[tokio::test]
+async fn live_feed_sees_each_committed_open_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let a = MessageId::random();
+    s.record_message(&rec(a, T0, "bob@example.net")).unwrap();
+    let mut rx = s.subscribe();
+    let e1 = s
+        .record_open(&a, &hit(T0, "192.0.2.1", None))
+        .unwrap()
+        .unwrap();
+    let e2 = s
+        .record_open(&a, &hit(T0, "192.0.2.1", None))
+        .unwrap()
+        .unwrap();
+    // Unknown messages send nothing.
+    s.record_open(&MessageId::random(), &hit(T0, "192.0.2.1", None))
+        .unwrap();
+    assert_eq!(rx.recv().await.unwrap(), e1);
+    assert_eq!(rx.recv().await.unwrap(), e2);
+    assert!(rx.try_recv().is_err());
+    s.flush().await.unwrap();
+}
+
+#[test]
+fn open_log_gets_one_json_line_per_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.open_log = Some(dir.path().join("opens.jsonl"));
+    let s = Store::open(&c).unwrap();
+    let a = MessageId::random();
+    s.record_message(&rec(a, T0, "bob@example.net")).unwrap();
+    let e1 = s
+        .record_open(&a, &hit(T0, "192.0.2.1", None))
+        .unwrap()
+        .unwrap();
+    let e2 = s
+        .record_open(&a, &hit(T0, "192.0.2.1", None))
+        .unwrap()
+        .unwrap();
+    let text = std::fs::read_to_string(dir.path().join("opens.jsonl")).unwrap();
+    let lines: Vec<OpenEvent> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, vec![e1, e2]);
+}
+
+#[test]
+fn open_ids_are_time_ordered_and_unique() {
+    assert_eq!(next_open_id(0, 5), 5 << OPEN_ID_SHIFT);
+    assert_eq!(
+        next_open_id(5 << OPEN_ID_SHIFT, 5),
+        (5 << OPEN_ID_SHIFT) + 1
+    );
+    // Clock going backwards: still increasing.
+    assert_eq!(
+        next_open_id(9 << OPEN_ID_SHIFT, 5),
+        (9 << OPEN_ID_SHIFT) + 1
+    );
+    assert_eq!(
+        parse_open_id(&format_open_id(T0 << OPEN_ID_SHIFT)).unwrap(),
+        T0 << OPEN_ID_SHIFT
+    );
+}

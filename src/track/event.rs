@@ -1,0 +1,244 @@
+//! The open event: one pixel load, as stored, listed by the admin API, printed by `tail --json`
+//! and posted to webhooks. Its JSON form is the SPEC's, field for field.
+//!
+//! Also owns the one timestamp format pixelrelay shows: RFC 3339, UTC, milliseconds, `Z`.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::classify::Device;
+
+/// One recorded open (SPEC "The open event").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenEvent {
+    /// Time-ordered unique id (16 hex digits); also the cursor for listing and following.
+    pub id: String,
+    /// The message's id (32 hex digits).
+    pub message: String,
+    /// When the pixel was loaded, ms since the Unix epoch; RFC 3339 in JSON.
+    #[serde(rename = "at", with = "rfc3339_ms")]
+    pub at_ms: u64,
+    /// Client IP (anonymised to /24 or /48 when `store.anonymize_ip`).
+    pub ip: String,
+    /// The request's User-Agent, as sent.
+    pub user_agent: String,
+    /// Mail client or browser name.
+    pub client: String,
+    /// Kind of reader.
+    pub device: Device,
+    /// A machine most likely made this load.
+    pub machine: bool,
+    /// Why `machine` is true.
+    pub machine_reason: Option<String>,
+    /// The first open of this message.
+    pub first: bool,
+    /// Running count of opens of this message, this one included.
+    pub count: u64,
+    /// The message's (single) recipient.
+    pub recipient: String,
+    /// The envelope sender.
+    pub sender: String,
+    /// The message's Message-ID header, if it had one.
+    pub message_id: Option<String>,
+    /// The subject, only when `store.subjects` is on.
+    pub subject: Option<String>,
+}
+
+/// Serde adapter: a `u64` of ms since the epoch as an RFC 3339 string (`#[serde(with = ...)]`).
+pub mod rfc3339_ms {
+    use super::*;
+
+    /// Writes `ms` as RFC 3339.
+    pub fn serialize<S: Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_rfc3339_ms(*ms))
+    }
+
+    /// Reads RFC 3339 back into ms.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_rfc3339_ms(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {s:?}")))
+    }
+}
+
+/// Serde adapter: an `Option<u64>` of ms as an RFC 3339 string or `null`.
+pub mod rfc3339_ms_opt {
+    use super::*;
+
+    /// Writes `ms` as RFC 3339 or `null`.
+    pub fn serialize<S: Serializer>(ms: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(ms) => s.serialize_some(&format_rfc3339_ms(*ms)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads RFC 3339 or `null`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => parse_rfc3339_ms(&s)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {s:?}"))),
+        }
+    }
+}
+
+/// `ms` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn format_rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let sod = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60,
+        ms % 1000
+    )
+}
+
+/// Parses exactly the format [`format_rfc3339_ms`] writes.
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 24
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    if b[19] != b'.' || b[23] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        let part = s.get(r)?;
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 59 || y < 1970
+    {
+        return None;
+    }
+    let days = days_from_civil(y as i64, mo as u32, d as u32);
+    let out = (days as u64 * 86_400 + h * 3600 + mi * 60 + se) * 1000 + ms;
+    // Reject dates like Feb 30 that do not round-trip.
+    (format_rfc3339_ms(out) == s).then_some(out)
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 → (year, month, day).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Howard Hinnant's `days_from_civil`: the inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 } as i64;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_format_and_parse() {
+        assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        // 2026-11-24T04:06:23.123Z, the SPEC's example (checked with `date -u -d @1795493183`).
+        assert_eq!(
+            format_rfc3339_ms(1_795_493_183_123),
+            "2026-11-24T04:06:23.123Z"
+        );
+        assert_eq!(
+            format_rfc3339_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+        for ms in [
+            0,
+            1,
+            999,
+            951_782_400_000,
+            1_795_493_183_123,
+            4_102_444_799_999,
+        ] {
+            assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms));
+        }
+        for bad in [
+            "2026-02-30T00:00:00.000Z",
+            "2026-11-24T04:06:23Z",
+            "2026-11-24 04:06:23.123Z",
+            "x",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_has_exactly_the_spec_fields() {
+        let e = OpenEvent {
+            id: "0001f3a2b4c5d6e7".into(),
+            message: "00112233445566778899aabbccddeeff".into(),
+            at_ms: 1_795_493_183_123,
+            ip: "203.0.113.5".into(),
+            user_agent: "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)".into(),
+            client: "Gmail".into(),
+            device: Device::Webmail,
+            machine: true,
+            machine_reason: Some("google-image-proxy".into()),
+            first: false,
+            count: 3,
+            recipient: "bob@example.net".into(),
+            sender: "news@example.com".into(),
+            message_id: Some("<abc@example.com>".into()),
+            subject: None,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = vec![
+            "id",
+            "message",
+            "at",
+            "ip",
+            "user_agent",
+            "client",
+            "device",
+            "machine",
+            "machine_reason",
+            "first",
+            "count",
+            "recipient",
+            "sender",
+            "message_id",
+            "subject",
+        ];
+        let mut got = keys.clone();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(v["at"], "2026-11-24T04:06:23.123Z");
+        assert_eq!(v["device"], "webmail");
+        assert_eq!(v["subject"], serde_json::Value::Null);
+        assert_eq!(v["machine_reason"], "google-image-proxy");
+        let back: OpenEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -75,6 +75,42 @@ pub struct SmtpConfig {
     pub bare_newline: BareNewline,
     /// After SIGTERM: how long in-flight transactions may run before sessions get 421.
     pub shutdown_grace: Duration,
+    /// `[smtp.tls]`: inbound TLS, when configured.
+    pub tls: Option<SmtpTlsConfig>,
+    /// `[smtp.auth]`: SMTP AUTH.
+    pub auth: AuthConfig,
+}
+
+/// `[smtp.tls]`.
+#[derive(Debug, Clone)]
+pub struct SmtpTlsConfig {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// Implicit-TLS listeners (port 465 style).
+    pub implicit_listen: Vec<SocketAddr>,
+    /// Refuse MAIL before STARTTLS (530 5.7.0).
+    pub required: bool,
+}
+
+/// One `[[smtp.auth.users]]` entry.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthUser {
+    /// Login name.
+    pub name: String,
+    /// argon2id PHC string from `pixelrelay hash-password`.
+    pub hash: String,
+}
+
+/// `[smtp.auth]`.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Offer AUTH without TLS (lab use only).
+    pub allow_plaintext: bool,
+    /// Accounts allowed to relay from anywhere.
+    pub users: Vec<AuthUser>,
 }
 
 /// TLS towards the upstream.
@@ -336,6 +372,30 @@ struct Section<'r, 'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// `[parent.name]`, reported as `label`.
+    fn subsection<'r>(
+        &'r mut self,
+        parent: &str,
+        name: &str,
+        label: &'static str,
+    ) -> Section<'r, 'a> {
+        let table = match self.root.get(parent).and_then(|p| p.get(name)) {
+            None => None,
+            Some(toml::Value::Table(t)) => Some(t),
+            Some(_) => {
+                self.errors
+                    .push(format!("{label}: must be a table ([{label}])"));
+                None
+            }
+        };
+        Section {
+            name: label,
+            table,
+            used: BTreeSet::new(),
+            r: self,
+        }
+    }
+
     fn section<'r>(&'r mut self, name: &'static str) -> Section<'r, 'a> {
         let table = match self.root.get(name) {
             None => None,
@@ -541,8 +601,63 @@ fn read_smtp(r: &mut Reader<'_>) -> SmtpConfig {
             ],
         ),
         shutdown_grace: s.seconds("shutdown_grace", 30),
+        tls: None,
+        auth: AuthConfig::default(),
     };
+    // Sub-tables are read below; mark them as known.
+    let (has_tls, has_auth) = (s.raw("tls").is_some(), s.raw("auth").is_some());
     s.finish();
+    let mut cfg = cfg;
+    if has_tls {
+        let mut t = r.subsection("smtp", "tls", "smtp.tls");
+        let cert = t.path("cert", "");
+        let key = t.path("key", "");
+        for (k, p) in [("cert", &cert), ("key", &key)] {
+            if let Err(e) = std::fs::File::open(p) {
+                t.err(k, format!("cannot read {}: {e}", p.display()));
+            }
+        }
+        let implicit_listen = t.get::<Vec<String>>("implicit_listen", Vec::new());
+        let mut addrs = Vec::new();
+        for (i, a) in implicit_listen.iter().enumerate() {
+            match parse_addr(a) {
+                Ok(a) => addrs.push(a),
+                Err(e) => {
+                    t.r.errors
+                        .push(format!("smtp.tls.implicit_listen[{i}]: {e}"))
+                }
+            }
+        }
+        let required = t.get("required", false);
+        t.finish();
+        cfg.tls = Some(SmtpTlsConfig {
+            cert,
+            key,
+            implicit_listen: addrs,
+            required,
+        });
+    }
+    if has_auth {
+        let mut a = r.subsection("smtp", "auth", "smtp.auth");
+        let allow_plaintext = a.get("allow_plaintext", false);
+        let users = a.get::<Vec<AuthUser>>("users", Vec::new());
+        for (i, u) in users.iter().enumerate() {
+            if u.name.is_empty() || u.name.contains(|c: char| c.is_control()) {
+                a.r.errors
+                    .push(format!("smtp.auth.users[{i}].name: invalid user name"));
+            }
+            if !u.hash.starts_with("$argon2id$") || argon2::PasswordHash::new(&u.hash).is_err() {
+                a.r.errors.push(format!(
+                    "smtp.auth.users[{i}].hash: not an argon2id hash (make one with `pixelrelay hash-password`)"
+                ));
+            }
+        }
+        a.finish();
+        cfg.auth = AuthConfig {
+            allow_plaintext,
+            users,
+        };
+    }
     cfg
 }
 
@@ -799,6 +914,39 @@ mod tests {
         let j = e.to_string();
         assert!(j.contains("upstream.password:"), "{j}");
         assert!(j.contains("upstream.auth_user: needs"), "{j}");
+    }
+
+    #[test]
+    fn tls_and_auth_subsections() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.pem"), "x").unwrap();
+        let text = r#"
+            [smtp.tls]
+            cert = "c.pem"
+            key = "missing.pem"
+            implicit_listen = ["127.0.0.1:4650", "bad"]
+            colour = "blue"
+            [smtp.auth]
+            allow_plaintext = true
+            [[smtp.auth.users]]
+            name = "alice"
+            hash = "plaintext"
+            [upstream]
+            address = "127.0.0.1:25"
+        "#;
+        let errs = Config::parse(text, dir.path())
+            .expect_err("invalid")
+            .to_string();
+        for needle in [
+            "smtp.tls.key: cannot read",
+            "smtp.tls.implicit_listen[1]: invalid socket address",
+            "smtp.tls.colour: unknown key",
+            "smtp.auth.users[0].hash: not an argon2id hash",
+        ] {
+            assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+        }
+        assert!(!errs.contains("smtp.tls.cert"), "{errs}");
+        assert!(!errs.contains("smtp.tls: unknown"), "{errs}");
     }
 
     #[test]

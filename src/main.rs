@@ -37,6 +37,8 @@ enum Command {
     },
     /// Check the configuration: exit 0 with a summary, or 2 with every error and its key.
     CheckConfig,
+    /// Read a password on standard input and print its argon2id hash for [[smtp.auth.users]].
+    HashPassword,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::HashPassword => hash_password(),
         Command::CheckConfig => match Config::load(&cli.config) {
             Ok(cfg) => {
                 println!("{}", cfg.summary());
@@ -73,6 +76,29 @@ fn main() -> ExitCode {
             };
             init_logging(&cfg, json_log);
             serve(cfg)
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("pixelrelay: cannot read the password: {e}");
+        return ExitCode::from(1);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("pixelrelay: empty password (type it on standard input)");
+        return ExitCode::from(2);
+    }
+    match pixelrelay::smtp::auth::hash_password(password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pixelrelay: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::relay::{Recorder, Relay, RelayFactory, Target, Tracking};
 use crate::rewrite::Policy;
 use crate::secret;
 use crate::shutdown;
+use crate::smtp::tls::TlsSource;
 use crate::smtp::{self, Limits, SessionConfig};
 use crate::store::Store;
 use crate::token::TokenKey;
@@ -28,6 +29,10 @@ pub struct Server {
     cfg: Config,
     /// Bound SMTP listeners.
     smtp: Vec<TcpListener>,
+    /// Bound implicit-TLS SMTP listeners.
+    smtps: Vec<TcpListener>,
+    /// Inbound certificate, when `[smtp.tls]` is set.
+    tls: Option<Arc<TlsSource>>,
     /// The relay shared by all sessions.
     relay: Arc<Relay>,
     /// Bound pixel listener.
@@ -43,6 +48,8 @@ pub struct Server {
 pub struct Addresses {
     /// SMTP listeners.
     pub smtp: Vec<SocketAddr>,
+    /// Implicit-TLS SMTP listeners.
+    pub smtps: Vec<SocketAddr>,
     /// Pixel listener.
     pub http: SocketAddr,
 }
@@ -133,9 +140,22 @@ impl Server {
             tracking,
             recorder: Some(recorder),
         });
+        let tls = match &cfg.smtp.tls {
+            Some(t) => Some(Arc::new(TlsSource::load(t)?)),
+            None => None,
+        };
+        let mut smtps = Vec::new();
+        for addr in cfg.smtp.tls.iter().flat_map(|t| t.implicit_listen.iter()) {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("smtp.tls.implicit_listen: cannot listen on {addr}: {e}"))?;
+            smtps.push(l);
+        }
         Ok(Server {
             cfg,
             smtp,
+            smtps,
+            tls,
             relay,
             http,
             store,
@@ -151,6 +171,11 @@ impl Server {
                 .iter()
                 .filter_map(|l| l.local_addr().ok())
                 .collect(),
+            smtps: self
+                .smtps
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .collect(),
             http: self.http.local_addr().unwrap_or(self.cfg.http.listen),
         }
     }
@@ -161,6 +186,8 @@ impl Server {
         let Server {
             cfg,
             smtp,
+            smtps,
+            tls,
             relay,
             http,
             store,
@@ -172,10 +199,18 @@ impl Server {
         let limits = Limits {
             max_connections: cfg.smtp.max_connections,
             max_per_ip: cfg.smtp.max_connections_per_ip,
+            tls: tls.clone(),
+            implicit: false,
         };
         let factory = Arc::new(RelayFactory(Arc::clone(&relay)));
         let mut tasks = Vec::new();
-        for l in smtp {
+        let implicit_limits = Limits {
+            implicit: true,
+            ..limits.clone()
+        };
+        let listeners = smtp.into_iter().map(|l| (l, limits.clone()));
+        let listeners = listeners.chain(smtps.into_iter().map(|l| (l, implicit_limits.clone())));
+        for (l, limits) in listeners {
             tasks.push(tokio::spawn(smtp::serve(
                 l,
                 Arc::clone(&session_cfg),
@@ -184,6 +219,10 @@ impl Server {
                 shutdown.clone(),
                 hard_stop.clone(),
             )));
+        }
+        // SIGHUP: re-read the certificate files; sessions in progress keep theirs.
+        if let Some(tls) = tls.clone() {
+            tokio::spawn(reload_on_hup(tls));
         }
         let pixel_task = tokio::spawn(http::pixel::serve(
             http,
@@ -223,6 +262,22 @@ impl Server {
             warn!(error = %e, "store flush at shutdown failed");
         }
         info!("pixelrelay stopped");
+    }
+}
+
+/// Reloads the inbound certificate on every SIGHUP.
+async fn reload_on_hup(tls: Arc<TlsSource>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => info!(event = "tls_reload", "certificate reloaded"),
+            Err(e) => {
+                warn!(error = %e, event = "tls_reload", "certificate reload failed; keeping the old one")
+            }
+        }
     }
 }
 

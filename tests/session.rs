@@ -72,6 +72,10 @@ fn cfg() -> Arc<SessionConfig> {
         max_errors: 10,
         bare_newline: BareNewline::Normalize,
         allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
+        tls: false,
+        tls_required: false,
+        auth: None,
+        auth_plaintext: false,
     })
 }
 

@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::reply;
-use super::session::{Backend, Session, SessionConfig};
+use super::session::{Backend, End, Session, SessionConfig};
+use super::tls::TlsSource;
 use crate::net;
 use crate::shutdown::{Shutdown, TaskTracker};
 
@@ -28,14 +29,21 @@ pub trait BackendFactory: Send + Sync + 'static {
     fn backend(&self, peer: SocketAddr) -> Self::Backend;
 }
 
-/// Connection limits.
-#[derive(Debug, Clone, Copy)]
+/// Connection limits and TLS mode of one listener.
+#[derive(Clone)]
 pub struct Limits {
     /// All sessions together.
     pub max_connections: usize,
     /// Sessions from one IP.
     pub max_per_ip: usize,
+    /// Certificate for STARTTLS (and implicit TLS), if configured.
+    pub tls: Option<Arc<TlsSource>>,
+    /// TLS from the first byte (port 465 style).
+    pub implicit: bool,
 }
+
+/// Most time a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Live sessions per client IP.
 #[derive(Default)]
@@ -120,20 +128,19 @@ pub async fn serve<F: BackendFactory>(
             continue;
         };
         let backend = factory.backend(peer);
-        let session = Session::new(
-            stream,
-            peer,
-            Arc::clone(&cfg),
-            backend,
-            shutdown.clone(),
-            hard_stop.clone(),
-        );
         let guard = tracker.guard();
         let span = info_span!("smtp", client = %peer);
+        let conn = Conn {
+            cfg: Arc::clone(&cfg),
+            tls: limits.tls.clone(),
+            shutdown: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
+        };
+        let implicit = limits.implicit;
         tokio::spawn(
             async move {
                 debug!("connect");
-                let end = session.run().await;
+                let end = conn.run(stream, peer, backend, implicit).await;
                 debug!(?end, "disconnect");
                 drop((permit, slot, guard));
             }
@@ -143,6 +150,82 @@ pub async fn serve<F: BackendFactory>(
     drop(listener);
     info!(listen = ?local, "smtp listener closed; waiting for sessions");
     tracker.wait().await;
+}
+
+/// What one connection's sessions share.
+struct Conn {
+    /// Session limits and names.
+    cfg: Arc<SessionConfig>,
+    /// Certificate, if TLS is configured.
+    tls: Option<Arc<TlsSource>>,
+    /// Graceful shutdown.
+    shutdown: Shutdown,
+    /// End of the grace period.
+    hard_stop: Shutdown,
+}
+
+impl Conn {
+    /// Runs the session(s) of one connection: implicit TLS first if asked, and a new session
+    /// over TLS after STARTTLS.
+    async fn run<B: Backend + 'static>(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        backend: B,
+        implicit: bool,
+    ) -> End {
+        let session = |io, b| {
+            Session::new(
+                io,
+                peer,
+                Arc::clone(&self.cfg),
+                b,
+                self.shutdown.clone(),
+                self.hard_stop.clone(),
+            )
+        };
+        if implicit {
+            let Some(tls) = self.handshake(stream).await else {
+                return End::Closed;
+            };
+            return session(tls, backend).secure(true).run().await;
+        }
+        let (end, upgrade) = Session::new(
+            stream,
+            peer,
+            Arc::clone(&self.cfg),
+            backend,
+            self.shutdown.clone(),
+            self.hard_stop.clone(),
+        )
+        .run_upgradable()
+        .await;
+        let Some((io, backend, errors)) = upgrade else {
+            return end;
+        };
+        let Some(tls) = self.handshake(io).await else {
+            return End::Closed;
+        };
+        session(tls, backend).after_starttls(errors).run().await
+    }
+
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let tls = self.tls.as_ref()?;
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                info!(error = %e, event = "tls_failed", "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                info!(event = "tls_failed", "TLS handshake timed out");
+                None
+            }
+        }
+    }
 }
 
 /// Tells a client over the limit to come back later, without waiting on it for long.

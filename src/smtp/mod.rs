@@ -8,11 +8,13 @@
 //!
 //! This module knows nothing about upstreams, rewriting or storage: that is `relay`'s job.
 
+pub mod auth;
 pub mod command;
 pub mod data;
 pub mod listener;
 pub mod reply;
 pub mod session;
+pub mod tls;
 
 pub use listener::{BackendFactory, Limits, serve};
 pub use reply::Reply;

@@ -168,6 +168,28 @@ replies! {
     upstream_timeout => 451, "4.4.2 Upstream server timed out, try again later";
     /// The upstream's answer made no sense.
     upstream_protocol_error => 451, "4.5.0 Upstream protocol error, try again later";
+    /// MAIL before STARTTLS with `smtp.tls.required`.
+    need_starttls => 530, "5.7.0 Must issue a STARTTLS command first";
+    /// STARTTLS go-ahead.
+    ready_for_tls => 220, "2.0.0 Ready to start TLS";
+    /// STARTTLS twice.
+    already_tls => 503, "5.5.1 Error: TLS already active";
+    /// STARTTLS or AUTH inside a transaction.
+    not_in_transaction => 503, "5.5.1 Error: not allowed during a mail transaction";
+    /// AUTH without TLS.
+    encryption_required => 538, "5.7.11 Encryption required for requested authentication mechanism";
+    /// AUTH twice.
+    already_authenticated => 503, "5.5.1 Error: already authenticated";
+    /// Unknown AUTH mechanism.
+    auth_mechanism => 504, "5.5.4 Unrecognized authentication type";
+    /// AUTH answer that is not base64.
+    auth_bad_base64 => 501, "5.5.2 Cannot decode response";
+    /// Client cancelled AUTH with `*`.
+    auth_cancelled => 501, "5.7.0 Authentication cancelled";
+    /// AUTH accepted.
+    auth_ok => 235, "2.7.0 Authentication successful";
+    /// AUTH refused.
+    auth_failed => 535, "5.7.8 Authentication credentials invalid";
     /// Local failure (capture folder unwritable, a bug caught at run time).
     local_error => 451, "4.3.0 Local error in processing, try again later";
 }

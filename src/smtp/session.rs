@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
+use super::auth::{self, Authenticator};
 use super::command::{self, Command, PathArg};
 use super::data::{self, DataReader};
 use super::reply::{self, Reply};
@@ -50,6 +51,14 @@ pub struct SessionConfig {
     pub bare_newline: BareNewline,
     /// Who may relay without AUTH.
     pub allow_networks: Vec<Cidr>,
+    /// STARTTLS is offered (a certificate is configured).
+    pub tls: bool,
+    /// MAIL is refused before STARTTLS.
+    pub tls_required: bool,
+    /// AUTH accounts, when any are configured.
+    pub auth: Option<Arc<Authenticator>>,
+    /// AUTH offered without TLS.
+    pub auth_plaintext: bool,
 }
 
 impl SessionConfig {
@@ -64,6 +73,11 @@ impl SessionConfig {
             max_errors: c.max_errors,
             bare_newline: c.bare_newline,
             allow_networks: c.allow_networks.clone(),
+            tls: c.tls.is_some(),
+            tls_required: c.tls.as_ref().is_some_and(|t| t.required),
+            auth: (!c.auth.users.is_empty())
+                .then(|| Arc::new(Authenticator::new(c.auth.users.clone()))),
+            auth_plaintext: c.auth.allow_plaintext,
         }
     }
 }
@@ -110,6 +124,8 @@ pub enum End {
     Closed,
     /// We closed it with a 421.
     Dropped(&'static str),
+    /// The client asked for TLS: the caller does the handshake and starts a new session.
+    StartTls,
 }
 
 /// Transaction state.
@@ -148,6 +164,12 @@ pub struct Session<S, B> {
     discarding: bool,
     /// Reading a message: a transaction is in flight even though `txn` was taken.
     in_data: bool,
+    /// The connection is TLS (implicit or after STARTTLS).
+    secure: bool,
+    /// Authenticated user, if any.
+    authed: Option<String>,
+    /// Send the 220 greeting (not after STARTTLS).
+    greet: bool,
     /// May this client relay (network or AUTH)?
     may_relay: bool,
     /// Graceful shutdown begun: close when idle.
@@ -187,23 +209,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             errors: 0,
             discarding: false,
             in_data: false,
+            secure: false,
+            authed: None,
+            greet: true,
             may_relay,
             shutdown,
             hard_stop,
         }
     }
 
-    /// Greets the client and runs the session to its end.
-    pub async fn run(mut self) -> End {
-        let greeting = reply::greeting(&self.cfg.hostname);
-        self.queue(&greeting);
+    /// Marks the connection as already encrypted (implicit TLS).
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
+    }
+
+    /// The session that follows STARTTLS: no greeting, encrypted, and the error count carried
+    /// over so that a TLS restart does not reset the error limit.
+    pub fn after_starttls(mut self, errors: u32) -> Self {
+        self.greet = false;
+        self.secure = true;
+        self.errors = errors;
+        self
+    }
+
+    /// Greets the client and runs the session to its end (STARTTLS ends it too).
+    pub async fn run(self) -> End {
+        self.run_upgradable().await.0
+    }
+
+    /// Like `run`, but on STARTTLS hands back the stream, the backend and the error count so
+    /// that the caller can run the handshake and a fresh session over TLS (RFC 3207: all
+    /// state is discarded, including anything the client pipelined after STARTTLS).
+    pub async fn run_upgradable(mut self) -> (End, Option<(S, B, u32)>) {
+        if self.greet {
+            let greeting = reply::greeting(&self.cfg.hostname);
+            self.queue(&greeting);
+        }
         let end = self.run_loop().await;
+        if end == End::StartTls {
+            if self.flush().await.is_err() {
+                return (End::Closed, None);
+            }
+            return (end, Some((self.io, self.backend, self.errors)));
+        }
         if self.txn.take().is_some() {
             self.backend.reset().await;
         }
         let _ = self.flush().await;
         let _ = self.io.shutdown().await;
-        end
+        (end, None)
     }
 
     async fn run_loop(&mut self) -> End {
@@ -380,9 +435,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 self.queue(&reply::help());
                 Step::Continue
             }
-            Command::StartTls | Command::Auth(_) | Command::NotImplemented => {
-                self.reject(reply::not_implemented())
-            }
+            Command::StartTls => self.starttls(),
+            Command::Auth(args) => self.auth(&args).await,
+            Command::NotImplemented => self.reject(reply::not_implemented()),
         }
     }
 
@@ -398,6 +453,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 "ENHANCEDSTATUSCODES".into(),
                 "DSN".into(),
             ];
+            if self.cfg.tls && !self.secure {
+                lines.push("STARTTLS".into());
+            }
+            if self.cfg.auth.is_some() && (self.secure || self.cfg.auth_plaintext) {
+                lines.push("AUTH PLAIN LOGIN".into());
+            }
             lines.shrink_to_fit();
             Reply { code: 250, lines }
         } else {
@@ -414,6 +475,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         }
         if self.txn.is_some() {
             return self.reject(reply::nested_mail());
+        }
+        if self.cfg.tls_required && !self.secure {
+            return self.reject(reply::need_starttls());
         }
         if let Err(r) = self.check_mail_params(&arg) {
             return self.reject(r);
@@ -500,6 +564,120 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         }
         self.queue(&r);
         Step::Continue
+    }
+
+    fn starttls(&mut self) -> Step {
+        if !self.cfg.tls {
+            return self.reject(reply::not_implemented());
+        }
+        if self.secure {
+            return self.reject(reply::already_tls());
+        }
+        if self.txn.is_some() {
+            return self.reject(reply::not_in_transaction());
+        }
+        self.queue(&reply::ready_for_tls());
+        // RFC 3207 (the STARTTLS command-injection bug class): nothing the client pipelined
+        // after STARTTLS may be executed once TLS is up.
+        self.inbuf.clear();
+        self.start = 0;
+        Step::Close(End::StartTls)
+    }
+
+    /// Reads one line inside a command (an AUTH exchange). `Ok(None)` for an overlong line.
+    async fn read_line(&mut self) -> Result<Option<Vec<u8>>, End> {
+        loop {
+            if let Some(line) = self.take_line() {
+                return Ok(line.ok());
+            }
+            self.fill(self.cfg.command_timeout).await?;
+        }
+    }
+
+    /// Sends a 334 challenge and reads the base64 answer; `Err(step)` ends the exchange.
+    async fn challenge(&mut self, prompt: &str) -> Result<Vec<u8>, Step> {
+        self.queue(&Reply::new(334, prompt.to_string()));
+        let line = match self.read_line().await {
+            Ok(Some(l)) => l,
+            Ok(None) => return Err(self.reject(reply::line_too_long())),
+            Err(end) => return Err(Step::Close(end)),
+        };
+        if line == b"*" {
+            return Err(self.reject(reply::auth_cancelled()));
+        }
+        auth::b64(&String::from_utf8_lossy(&line))
+            .ok_or_else(|| self.reject(reply::auth_bad_base64()))
+    }
+
+    /// Reads the credentials of an AUTH exchange; `Err(step)` when it ended without any.
+    async fn credentials(
+        &mut self,
+        mech: &str,
+        initial: Option<&str>,
+    ) -> Result<Option<(String, String)>, Step> {
+        let decode = |s: &str| auth::b64(s);
+        match mech {
+            "PLAIN" => {
+                let resp = match initial {
+                    Some("=") => Vec::new(),
+                    Some(i) => decode(i).ok_or_else(|| self.reject(reply::auth_bad_base64()))?,
+                    None => self.challenge("").await?,
+                };
+                Ok(auth::parse_plain(&resp))
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(i) => decode(i).ok_or_else(|| self.reject(reply::auth_bad_base64()))?,
+                    None => self.challenge("VXNlcm5hbWU6").await?,
+                };
+                let pass = self.challenge("UGFzc3dvcmQ6").await?;
+                Ok(match (String::from_utf8(user), String::from_utf8(pass)) {
+                    (Ok(u), Ok(p)) if !u.is_empty() => Some((u, p)),
+                    _ => None,
+                })
+            }
+            _ => Err(self.reject(reply::auth_mechanism())),
+        }
+    }
+
+    async fn auth(&mut self, args: &str) -> Step {
+        let Some(authn) = self.cfg.auth.clone() else {
+            return self.reject(reply::not_implemented());
+        };
+        if !self.secure && !self.cfg.auth_plaintext {
+            return self.reject(reply::encryption_required());
+        }
+        if self.authed.is_some() {
+            return self.reject(reply::already_authenticated());
+        }
+        if self.txn.is_some() {
+            return self.reject(reply::not_in_transaction());
+        }
+        let mut words = args.split_ascii_whitespace();
+        let mech = words.next().unwrap_or("").to_ascii_uppercase();
+        let creds = match self.credentials(&mech, words.next()).await {
+            Ok(c) => c,
+            Err(step) => return step,
+        };
+        let ip = self.peer.ip();
+        if let Some((user, pass)) = creds
+            && authn.verify(user.clone(), pass).await
+        {
+            info!(client = %self.peer, user = %user, event = "auth", "authenticated");
+            authn.succeeded(ip);
+            self.authed = Some(user);
+            self.may_relay = true;
+            self.queue(&reply::auth_ok());
+            return Step::Continue;
+        }
+        let (count, delay) = authn.failed(ip);
+        warn!(client = %self.peer, failures = count, event = "auth_failed", "authentication failed");
+        // Answer slowly: a password guesser gets a few tries a minute, not thousands.
+        if self.flush().await.is_err() {
+            return Step::Close(End::Closed);
+        }
+        tokio::time::sleep(delay).await;
+        self.reject(reply::auth_failed())
     }
 
     fn data_command(&mut self) -> Step {
@@ -591,7 +769,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             })
             .collect();
         let ip = net::canonical(self.peer.ip());
-        let proto = if esmtp { "ESMTP" } else { "SMTP" };
+        let proto = match (esmtp, self.secure, self.authed.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        };
         let mut h = format!(
             "Received: from {helo} ([{ip}])\r\n\tby {} (pixelrelay) with {proto} id {}",
             self.cfg.hostname, txn.queue_id

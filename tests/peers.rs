@@ -308,3 +308,60 @@ async fn real_postfix_uses_pixelrelay_as_relayhost() {
     drop(pf);
     relay.stop().await;
 }
+
+/// `[log] format = "json"`: one JSON object per line, with the transaction's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_has_one_line_per_transaction() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[log]\nformat = \"json\"\n",
+            config_text(&up.addr.to_string(), "")
+        ),
+    )
+    .unwrap();
+    let relay = Proc::serve(&path);
+    let mut c = Client::hello(relay.smtp).await;
+    let (code, _) = c
+        .send_mail(
+            "a@example.com",
+            &["b@example.net"],
+            b"Subject: log\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(code, 250);
+    c.cmd("QUIT").await;
+    let log = relay.log.clone();
+    eventually(10, "the relayed line", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("\"relayed\""))
+    })
+    .await;
+    let line = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("\"relayed\""))
+        .cloned()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+    assert_eq!(v["from"], "a@example.com");
+    assert_eq!(v["rcpts"], "b@example.net");
+    assert!(
+        v["queue_id"].as_str().is_some_and(|q| q.len() == 16),
+        "{line}"
+    );
+    assert!(
+        v["reply"].as_str().is_some_and(|r| r.starts_with("250")),
+        "{line}"
+    );
+    for key in ["client", "size", "duration_ms", "tracking", "changed"] {
+        assert!(!v[key].is_null(), "{key} missing: {line}");
+    }
+    assert_eq!(relay.stop(), Some(0));
+}

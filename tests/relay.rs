@@ -165,6 +165,9 @@ async fn smuggled_end_of_data_stays_inside_one_message() {
         b"\r.\n",
         b"\r\n.\n",
         b"\r\n.\r",
+        b"\r\n\x00.\r\n",
+        b"\r\n.\x00\r\n",
+        b"\n.\r\r\n",
     ] {
         let before = up.messages().len();
         let mut c = Client::hello(relay.smtp()).await;
@@ -445,4 +448,38 @@ async fn graceful_shutdown_finishes_the_transaction_then_421() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer listening"
     );
+}
+
+#[tokio::test]
+async fn connection_limits_answer_421() {
+    let up = FakeUpstream::start().await;
+    let relay = start_relay(&config_text(
+        &up.addr.to_string(),
+        "max_connections = 3\nmax_connections_per_ip = 2",
+    ))
+    .await;
+    let _a = Client::hello(relay.smtp()).await;
+    let _b = Client::hello(relay.smtp()).await;
+    let mut third = Client::connect(relay.smtp()).await;
+    assert_eq!(
+        third.reply().await.0,
+        421,
+        "a third session from one IP is refused"
+    );
+    // Another address still gets in, up to the global limit.
+    let addr = relay.smtp();
+    let other = |ip: &'static str| async move {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        let stream = s.connect(addr).await.unwrap();
+        let mut buf = [0u8; 3];
+        tokio::io::AsyncReadExt::read_exact(&mut tokio::io::BufReader::new(stream), &mut buf)
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&buf).to_string()
+    };
+    assert_eq!(other("127.0.0.2").await, "220");
+    drop(_a);
+    drop(_b);
+    relay.stop().await;
 }

@@ -665,6 +665,17 @@ impl Proc {
                         .unwrap_or("")
                         .to_string();
                     let _ = tx.send(addr);
+                } else if line.contains("\"message\":\"ready\"") {
+                    // JSON log format.
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    let smtp = v["smtp"]
+                        .as_str()
+                        .unwrap_or("")
+                        .split(',')
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let _ = tx.send(smtp);
                 }
                 l.lock().unwrap().push(line);
             }

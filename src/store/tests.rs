@@ -316,6 +316,8 @@ fn retention_purges_old_messages_and_opens_only() {
         1,
         "no index entries left behind"
     );
+    assert_eq!(s.inner.message_opens.len(), 1, "no open stats left behind");
+    assert_eq!(s.inner.messages.len(), 1);
     // Lifetime counters are not lowered by a purge.
     assert_eq!(s.stats().counters.opens, 4);
     // Idempotent.

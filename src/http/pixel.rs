@@ -15,8 +15,11 @@
 //! idle connections close at once and requests in flight finish.
 //!
 //! The store write runs on the request's task: it is a short in-memory sled transaction (the
-//! fsync happens on sled's flusher thread every `store.flush_interval`), cheaper than a hop to
-//! the blocking pool.
+//! fsync happens on sled's flusher thread every `store.flush_interval`). Measured with
+//! `tests/pixel_bench.rs` and wrk (2 threads, 64 connections, 10 s, every hit a valid token, on
+//! the shared 2-core machine): inline 9 900 req/s keep-alive and 5 200 req/s with
+//! `Connection: close` (p99 27 ms / 54 ms); moving the write to `spawn_blocking` gave 7 200 and
+//! 5 000 (p99 50 ms / 66 ms), so it stays inline.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

@@ -436,3 +436,43 @@ fn open_ids_are_time_ordered_and_unique() {
         T0 << OPEN_ID_SHIFT
     );
 }
+
+#[test]
+fn retention_task_purges_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.retention_days = 1;
+    let day = 86_400_000;
+    let old = MessageId::random();
+    let new = MessageId::random();
+    {
+        // Outside a runtime no task starts, so the old records can be injected first.
+        let s = Store::open(&c).unwrap();
+        s.record_message(&rec(old, now_ms() - 3 * day, "old@example.net"))
+            .unwrap();
+        s.record_open(&old, &hit(now_ms() - 3 * day, "192.0.2.1", None))
+            .unwrap()
+            .unwrap();
+        s.record_message(&rec(new, now_ms(), "new@example.net"))
+            .unwrap();
+        s.flush_blocking().unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = Store::open(&c).unwrap();
+        // The task's first run is at start; poll for its effect (bounded).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while s.get_message(&old).unwrap().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the retention task never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(s.opens_after(None, 10).unwrap().is_empty());
+        assert!(s.get_message(&new).unwrap().is_some());
+    });
+}

@@ -40,7 +40,8 @@
 
 mod retention;
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -708,19 +709,126 @@ impl Store {
         id: &MessageId,
         hit: &OpenHit,
     ) -> Result<Option<OpenEvent>, StoreError> {
+        Ok(self.record_opens(&[(id, hit)])?.pop().flatten())
+    }
+
+    /// Records several opens in ONE transaction (group commit), in order; for each, the event
+    /// or `None` if its message is unknown. Each sled commit seals and writes an IO buffer
+    /// (a `pwrite` and a `sync_file_range`), which dominates the cost of a lone open, so a busy
+    /// listener commits the hits that arrived together as one batch. All or nothing: on error
+    /// none of the batch is recorded.
+    pub fn record_opens(
+        &self,
+        hits: &[(&MessageId, &OpenHit)],
+    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
         let inner = &*self.inner;
-        // Read the (never-changing-on-open) message outside the lock: decoding is the costly part.
-        let Some(raw) = inner.messages.get(id.as_bytes())? else {
-            return Ok(None);
-        };
-        let m: Stored = decode(&raw)?;
-        let ip = if inner.cfg.anonymize_ip {
+        // The message record never changes on open: read and decode it outside the lock.
+        let mut events = Vec::with_capacity(hits.len());
+        for (id, hit) in hits {
+            events.push(match inner.messages.get(id.as_bytes())? {
+                Some(raw) => Some(self.event_for(id, hit, decode(&raw)?)),
+                None => None,
+            });
+        }
+        let mut st = inner.lock();
+        let mut last = st.last_open;
+        for (ev, (_, hit)) in events.iter_mut().zip(hits) {
+            if let Some(ev) = ev {
+                last = next_open_id(last, hit.at_ms);
+                ev.id = format_open_id(last);
+            }
+        }
+        let trees = (
+            &inner.message_opens,
+            &inner.opens,
+            &inner.opens_by_message,
+            &inner.meta,
+        );
+        let (done, oc) = trees.transaction(|(stats, opens, by_msg, meta)| {
+            let mut cache: HashMap<MessageId, MsgStats> = HashMap::new();
+            let mut oc = st.counters.clone_open();
+            let mut out = Vec::with_capacity(hits.len());
+            for ((id, hit), ev) in hits.iter().zip(&events) {
+                let Some(ev) = ev else {
+                    out.push(None);
+                    continue;
+                };
+                let ms = match cache.entry(**id) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    // Absent only if the message was purged since it was read above.
+                    Entry::Vacant(e) => match stats.get(id.as_bytes())? {
+                        Some(v) => e.insert(MsgStats::decode(&v)?),
+                        None => {
+                            out.push(None);
+                            continue;
+                        }
+                    },
+                };
+                let human = !ev.machine;
+                let first = ms.count == 0;
+                let first_human = human && ms.human == 0;
+                ms.count += 1;
+                if first {
+                    ms.first = hit.at_ms;
+                }
+                ms.last = ms.last.max(hit.at_ms);
+                if human {
+                    ms.human += 1;
+                    if first_human {
+                        ms.first_human = hit.at_ms;
+                    }
+                }
+                let mut ev = ev.clone();
+                ev.first = first;
+                ev.count = ms.count;
+                oc.opens += 1;
+                oc.machine_opens += u64::from(!human);
+                oc.unique_opens += u64::from(first);
+                oc.unique_human_opens += u64::from(first_human);
+                let open_id = parse_open_id(&ev.id).map_err(abort)?;
+                let json = encode(&ev)?;
+                opens.insert(&open_id.to_be_bytes(), json.as_slice())?;
+                by_msg.insert(open_index_key(id, open_id).as_slice(), EMPTY)?;
+                out.push(Some((ev, json)));
+            }
+            for (id, ms) in &cache {
+                stats.insert(id.as_bytes(), ms.encode().as_slice())?;
+            }
+            meta.insert(OPEN_COUNTERS, oc.encode().as_slice())?;
+            Ok((out, oc))
+        })?;
+        oc.apply(&mut st.counters);
+        st.last_open = last;
+        let mut result = Vec::with_capacity(done.len());
+        for item in done {
+            let Some((event, json)) = item else {
+                result.push(None);
+                continue;
+            };
+            if let Some(log) = &inner.open_log {
+                let mut line = json;
+                line.push(b'\n');
+                // The open is committed; a full disk here must not undo it, so log and carry on.
+                if let Err(e) = lock(log).write_all(&line) {
+                    tracing::warn!(error = %e, "cannot append to store.open_log");
+                }
+            }
+            // No receiver is fine: nobody is following.
+            let _ = inner.feed.send(event.clone());
+            result.push(Some(event));
+        }
+        Ok(result)
+    }
+
+    /// The event for a hit on message `m`, before its id, `first` and `count` are known.
+    fn event_for(&self, id: &MessageId, hit: &OpenHit, m: Stored) -> OpenEvent {
+        let ip = if self.inner.cfg.anonymize_ip {
             net::anonymize(hit.ip)
         } else {
             net::canonical(hit.ip)
         };
         let c = &hit.classification;
-        let mut event = OpenEvent {
+        OpenEvent {
             id: String::new(),
             message: id.to_string(),
             at_ms: hit.at_ms,
@@ -736,67 +844,7 @@ impl Store {
             sender: m.sender,
             message_id: m.message_id,
             subject: m.subject,
-        };
-        let human = !c.machine;
-        let mut st = inner.lock();
-        let open_id = next_open_id(st.last_open, hit.at_ms);
-        event.id = format_open_id(open_id);
-        let trees = (
-            &inner.message_opens,
-            &inner.opens,
-            &inner.opens_by_message,
-            &inner.meta,
-        );
-        let done = trees.transaction(|(stats, opens, by_msg, meta)| {
-            // Absent only if the message was purged since it was read above.
-            let Some(v) = stats.get(id.as_bytes())? else {
-                return Ok(None);
-            };
-            let mut ms = MsgStats::decode(&v)?;
-            let first = ms.count == 0;
-            let first_human = human && ms.human == 0;
-            ms.count += 1;
-            if first {
-                ms.first = hit.at_ms;
-            }
-            ms.last = ms.last.max(hit.at_ms);
-            if human {
-                ms.human += 1;
-                if first_human {
-                    ms.first_human = hit.at_ms;
-                }
-            }
-            let mut ev = event.clone();
-            ev.first = first;
-            ev.count = ms.count;
-            let mut oc = st.counters.clone_open();
-            oc.opens += 1;
-            oc.machine_opens += u64::from(!human);
-            oc.unique_opens += u64::from(first);
-            oc.unique_human_opens += u64::from(first_human);
-            let json = encode(&ev)?;
-            opens.insert(&open_id.to_be_bytes(), json.as_slice())?;
-            by_msg.insert(open_index_key(id, open_id).as_slice(), EMPTY)?;
-            stats.insert(id.as_bytes(), ms.encode().as_slice())?;
-            meta.insert(OPEN_COUNTERS, oc.encode().as_slice())?;
-            Ok(Some((ev, oc, json)))
-        })?;
-        let Some((event, oc, json)) = done else {
-            return Ok(None);
-        };
-        oc.apply(&mut st.counters);
-        st.last_open = open_id;
-        if let Some(log) = &inner.open_log {
-            let mut line = json;
-            line.push(b'\n');
-            // The open is committed; a full disk here must not undo it, so log and carry on.
-            if let Err(e) = lock(log).write_all(&line) {
-                tracing::warn!(error = %e, "cannot append to store.open_log");
-            }
         }
-        // No receiver is fine: nobody is following.
-        let _ = inner.feed.send(event.clone());
-        Ok(Some(event))
     }
 
     /// Live feed of opens committed from now on, in id order. To follow without gap or

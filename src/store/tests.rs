@@ -476,3 +476,59 @@ fn retention_task_purges_in_the_background() {
         assert!(s.get_message(&new).unwrap().is_some());
     });
 }
+
+#[test]
+fn a_batch_of_opens_commits_together_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let a = MessageId::random();
+    let b = MessageId::random();
+    let unknown = MessageId::random();
+    s.record_message(&rec(a, T0, "a@example.net")).unwrap();
+    s.record_message(&rec(b, T0, "b@example.net")).unwrap();
+    let m = hit(T0 + 1, "192.0.2.1", Some("apple-mpp"));
+    let h = hit(T0 + 2, "192.0.2.1", None);
+    let mut rx = s.subscribe();
+    let out = s
+        .record_opens(&[(&a, &m), (&unknown, &h), (&a, &h), (&b, &h), (&a, &h)])
+        .unwrap();
+    let got: Vec<Option<(String, bool, u64)>> = out
+        .iter()
+        .map(|e| e.as_ref().map(|e| (e.recipient.clone(), e.first, e.count)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            Some(("a@example.net".into(), true, 1)),
+            None,
+            Some(("a@example.net".into(), false, 2)),
+            Some(("b@example.net".into(), true, 1)),
+            Some(("a@example.net".into(), false, 3)),
+        ]
+    );
+    let ids: Vec<&str> = out.iter().flatten().map(|e| e.id.as_str()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let ma = s.get_message(&a).unwrap().unwrap().message.opens;
+    assert_eq!(
+        (ma.count, ma.human, ma.first_at, ma.first_human_at),
+        (3, 2, Some(T0 + 1), Some(T0 + 2))
+    );
+    let st = s.stats().counters;
+    assert_eq!(
+        (
+            st.opens,
+            st.machine_opens,
+            st.unique_opens,
+            st.unique_human_opens
+        ),
+        (4, 1, 2, 2)
+    );
+    for e in out.iter().flatten() {
+        assert_eq!(&rx.try_recv().unwrap(), e);
+    }
+    // The totals survive a reopen exactly.
+    s.flush_blocking().unwrap();
+    drop(s);
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    assert_eq!(s.stats().counters, st);
+}

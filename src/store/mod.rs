@@ -355,18 +355,22 @@ impl OpenCounters {
 }
 
 fn decode_open_counters(b: &[u8], c: &mut Counters) -> Result<(), StoreError> {
+    let field = |i: usize| -> Result<u64, StoreError> {
+        let bytes = b
+            .get(i * 8..i * 8 + 8)
+            .ok_or(StoreError::Corrupt("open counters"))?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(bytes);
+        Ok(u64::from_be_bytes(a))
+    };
     if b.len() != 32 {
         return Err(StoreError::Corrupt("open counters"));
     }
-    let f: Vec<u64> = b
-        .chunks_exact(8)
-        .map(|x| x.iter().fold(0u64, |a, &y| (a << 8) | u64::from(y)))
-        .collect();
     OpenCounters {
-        opens: f[0],
-        machine_opens: f[1],
-        unique_opens: f[2],
-        unique_human_opens: f[3],
+        opens: field(0)?,
+        machine_opens: field(1)?,
+        unique_opens: field(2)?,
+        unique_human_opens: field(3)?,
     }
     .apply(c);
     Ok(())
@@ -732,12 +736,17 @@ impl Store {
         }
         let mut st = inner.lock();
         let mut last = st.last_open;
-        for (ev, (_, hit)) in events.iter_mut().zip(hits) {
-            if let Some(ev) = ev {
-                last = next_open_id(last, hit.at_ms);
-                ev.id = format_open_id(last);
-            }
-        }
+        let events: Vec<Option<(u64, OpenEvent)>> = events
+            .into_iter()
+            .zip(hits)
+            .map(|(ev, (_, hit))| {
+                ev.map(|mut ev| {
+                    last = next_open_id(last, hit.at_ms);
+                    ev.id = format_open_id(last);
+                    (last, ev)
+                })
+            })
+            .collect();
         let trees = (
             &inner.message_opens,
             &inner.opens,
@@ -749,7 +758,7 @@ impl Store {
             let mut oc = st.counters.clone_open();
             let mut out = Vec::with_capacity(hits.len());
             for ((id, hit), ev) in hits.iter().zip(&events) {
-                let Some(ev) = ev else {
+                let Some((open_id, ev)) = ev else {
                     out.push(None);
                     continue;
                 };
@@ -785,10 +794,9 @@ impl Store {
                 oc.machine_opens += u64::from(!human);
                 oc.unique_opens += u64::from(first);
                 oc.unique_human_opens += u64::from(first_human);
-                let open_id = parse_open_id(&ev.id).map_err(abort)?;
                 let json = encode(&ev)?;
                 opens.insert(&open_id.to_be_bytes(), json.as_slice())?;
-                by_msg.insert(open_index_key(id, open_id).as_slice(), EMPTY)?;
+                by_msg.insert(open_index_key(id, *open_id).as_slice(), EMPTY)?;
                 out.push(Some((ev, json)));
             }
             for (id, ms) in &cache {

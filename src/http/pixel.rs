@@ -54,7 +54,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::client_ip::client_ip;
 use crate::config::HttpConfig;
 use crate::shutdown::{Shutdown, TaskTracker};
-use crate::store::{OpenHit, Store, now_ms};
+use crate::store::{OpenHit, Store, StoreError, now_ms};
 use crate::token::{MessageId, Purpose, TOKEN_LEN, TokenKey};
 use crate::track::{Hints, OpenEvent, classify};
 
@@ -158,33 +158,33 @@ fn write_loop(store: &Store, c: &PixelCounters, mut jobs: mpsc::Receiver<Job>) {
             }
         }
         let hits: Vec<(&MessageId, &OpenHit)> = batch.iter().map(|j| (&j.id, &j.hit)).collect();
-        let result = store.record_opens(&hits);
+        let results: Vec<Result<Option<OpenEvent>, StoreError>> = match store.record_opens(&hits) {
+            Ok(events) => events.into_iter().map(Ok).collect(),
+            // One bad record must not cost the others their opens: retry them one by one.
+            Err(_) if hits.len() > 1 => hits
+                .iter()
+                .map(|(id, hit)| store.record_open(id, hit))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
         drop(hits);
-        match result {
-            Ok(events) => {
-                for (job, ev) in batch.drain(..).zip(events) {
-                    match ev {
-                        Some(e) => {
-                            c.valid.fetch_add(1, Ordering::Relaxed);
-                            log_open(&e);
-                        }
-                        // Purged since the handler looked it up.
-                        None => {
-                            c.invalid.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    // A handler that went away (client gone) does not matter.
-                    let _ = job.done.send(());
+        for (job, result) in batch.drain(..).zip(results) {
+            match result {
+                Ok(Some(e)) => {
+                    c.valid.fetch_add(1, Ordering::Relaxed);
+                    log_open(&e);
+                }
+                // Purged since the handler looked it up.
+                Ok(None) => {
+                    c.invalid.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    c.store_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(message = %job.id, error = %e, "cannot record open");
                 }
             }
-            Err(e) => {
-                c.store_errors
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::error!(error = %e, hits = batch.len(), "cannot record opens");
-                for job in batch.drain(..) {
-                    let _ = job.done.send(());
-                }
-            }
+            // A handler that went away (client gone) does not matter.
+            let _ = job.done.send(());
         }
     }
 }

@@ -532,3 +532,25 @@ fn a_batch_of_opens_commits_together_in_order() {
     let s = Store::open(&cfg(dir.path())).unwrap();
     assert_eq!(s.stats().counters, st);
 }
+
+#[test]
+fn a_corrupt_record_fails_its_batch_but_not_a_retry_of_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let good = MessageId::random();
+    let bad = MessageId::random();
+    s.record_message(&rec(good, T0, "a@example.net")).unwrap();
+    s.record_message(&rec(bad, T0, "b@example.net")).unwrap();
+    s.inner
+        .messages
+        .insert(bad.as_bytes(), b"not json".as_slice())
+        .unwrap();
+    let h = hit(T0, "192.0.2.1", None);
+    assert!(matches!(
+        s.record_opens(&[(&good, &h), (&bad, &h)]),
+        Err(StoreError::Codec(_))
+    ));
+    assert_eq!(s.stats().counters.opens, 0, "all or nothing");
+    assert_eq!(s.record_open(&good, &h).unwrap().map(|e| e.count), Some(1));
+    assert!(s.record_open(&bad, &h).is_err());
+}

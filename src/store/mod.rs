@@ -225,8 +225,7 @@ struct MsgStats {
 }
 
 impl MsgStats {
-    fn encode(&self) -> [u8; 48] {
-        let mut b = [0u8; 48];
+    fn encode(&self) -> Vec<u8> {
         let f = [
             self.count,
             self.human,
@@ -235,23 +234,12 @@ impl MsgStats {
             self.first_human,
             self.sent_at,
         ];
-        for (chunk, v) in b.chunks_exact_mut(8).zip(f) {
-            chunk.copy_from_slice(&v.to_be_bytes());
-        }
-        b
+        put_u64s(&f)
     }
 
     fn decode(b: &[u8]) -> Result<MsgStats, StoreError> {
-        let mut f = [0u64; 6];
-        if b.len() != 48 {
-            return Err(StoreError::Corrupt("message_opens record"));
-        }
-        for (v, chunk) in f.iter_mut().zip(b.chunks_exact(8)) {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(chunk);
-            *v = u64::from_be_bytes(a);
-        }
-        let [count, human, first, last, first_human, sent_at] = f;
+        let [count, human, first, last, first_human, sent_at] =
+            get_u64s(b, "message_opens record")?;
         Ok(MsgStats {
             count,
             human,
@@ -332,18 +320,13 @@ impl Counters {
 }
 
 impl OpenCounters {
-    fn encode(&self) -> [u8; 32] {
-        let mut b = [0u8; 32];
-        let f = [
+    fn encode(&self) -> Vec<u8> {
+        put_u64s(&[
             self.opens,
             self.machine_opens,
             self.unique_opens,
             self.unique_human_opens,
-        ];
-        for (chunk, v) in b.chunks_exact_mut(8).zip(f) {
-            chunk.copy_from_slice(&v.to_be_bytes());
-        }
-        b
+        ])
     }
 
     fn apply(&self, c: &mut Counters) {
@@ -355,25 +338,34 @@ impl OpenCounters {
 }
 
 fn decode_open_counters(b: &[u8], c: &mut Counters) -> Result<(), StoreError> {
-    let field = |i: usize| -> Result<u64, StoreError> {
-        let bytes = b
-            .get(i * 8..i * 8 + 8)
-            .ok_or(StoreError::Corrupt("open counters"))?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(bytes);
-        Ok(u64::from_be_bytes(a))
-    };
-    if b.len() != 32 {
-        return Err(StoreError::Corrupt("open counters"));
-    }
+    let [opens, machine_opens, unique_opens, unique_human_opens] = get_u64s(b, "open counters")?;
     OpenCounters {
-        opens: field(0)?,
-        machine_opens: field(1)?,
-        unique_opens: field(2)?,
-        unique_human_opens: field(3)?,
+        opens,
+        machine_opens,
+        unique_opens,
+        unique_human_opens,
     }
     .apply(c);
     Ok(())
+}
+
+/// Fixed binary records: big-endian u64s back to back.
+fn put_u64s(vals: &[u64]) -> Vec<u8> {
+    vals.iter().flat_map(|v| v.to_be_bytes()).collect()
+}
+
+/// Reads a record written by [`put_u64s`]; any other length is corruption.
+fn get_u64s<const N: usize>(b: &[u8], what: &'static str) -> Result<[u64; N], StoreError> {
+    if b.len() != N * 8 {
+        return Err(StoreError::Corrupt(what));
+    }
+    let mut out = [0u64; N];
+    for (v, chunk) in out.iter_mut().zip(b.chunks_exact(8)) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(chunk);
+        *v = u64::from_be_bytes(a);
+    }
+    Ok(out)
 }
 
 /// `pixelrelay stats` / `GET /api/v1/stats`.

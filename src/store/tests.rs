@@ -554,3 +554,33 @@ fn a_corrupt_record_fails_its_batch_but_not_a_retry_of_the_others() {
     assert_eq!(s.record_open(&good, &h).unwrap().map(|e| e.count), Some(1));
     assert!(s.record_open(&bad, &h).is_err());
 }
+
+#[test]
+fn binary_records_round_trip_and_reject_wrong_lengths() {
+    let ms = MsgStats {
+        count: 3,
+        human: 2,
+        first: 1,
+        last: u64::MAX,
+        first_human: 0,
+        sent_at: T0,
+    };
+    assert_eq!(ms.encode().len(), 48);
+    assert_eq!(MsgStats::decode(&ms.encode()).unwrap(), ms);
+    assert!(matches!(
+        MsgStats::decode(&[0; 47]),
+        Err(StoreError::Corrupt(_))
+    ));
+    let mut c = Counters::default();
+    assert!(decode_open_counters(&[0; 31], &mut c).is_err());
+    decode_open_counters(&put_u64s(&[4, 3, 2, 1]), &mut c).unwrap();
+    assert_eq!(
+        (
+            c.opens,
+            c.machine_opens,
+            c.unique_opens,
+            c.unique_human_opens
+        ),
+        (4, 3, 2, 1)
+    );
+}

@@ -588,3 +588,43 @@ async fn shutdown_closes_idle_connections_and_returns() {
         "the listener is closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_hits_are_each_recorded_once_with_exact_counts() {
+    let s = start(http_cfg(), false).await;
+    let (a, ta) = s.message("a@example.net", HOUR);
+    let (b, tb) = s.message("b@example.net", HOUR);
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let mut c = s.connect().await;
+        let t = if w % 2 == 0 { ta.clone() } else { tb.clone() };
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                assert_gif(
+                    &c.get(
+                        &format!("/o/{t}.gif"),
+                        "User-Agent: Thunderbird/115.4.2\r\n",
+                    )
+                    .await,
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for id in [a, b] {
+        let m = s.state.store.get_message(&id).unwrap().unwrap();
+        assert_eq!(m.message.opens.count, 200);
+        let counts: Vec<u64> = m.open_events.iter().map(|e| e.count).collect();
+        assert_eq!(
+            counts,
+            (1..=200).collect::<Vec<u64>>(),
+            "running counts in id order"
+        );
+        assert_eq!(m.open_events.iter().filter(|e| e.first).count(), 1);
+    }
+    assert_eq!(s.state.counters.valid.load(Ordering::Relaxed), 400);
+    let st = s.state.store.stats().counters;
+    assert_eq!((st.opens, st.unique_opens), (400, 2));
+}

@@ -14,9 +14,25 @@
 //! after `min(http.header_timeout, http.idle_timeout)`. On shutdown the listener stops accepting,
 //! idle connections close at once and requests in flight finish.
 //!
-//! The store write runs on the request's task: it is a short in-memory sled transaction (the
-//! fsync happens on sled's flusher thread every `store.flush_interval`), cheaper than a hop to
-//! the blocking pool.
+//! Store writes go through one writer thread that group-commits: it takes every verified hit
+//! queued at that moment (up to 256) and records them in one sled transaction, then wakes the
+//! handlers, which answer only after their hit is committed. A lone hit is a batch of one, so
+//! light load pays no extra latency; under load one commit (a sealed IO buffer: `pwrite` plus
+//! `sync_file_range`, the dominant cost) serves many hits. The writer also counts and logs each
+//! open, so a client that hangs up mid-request is still counted exactly once.
+//!
+//! Measured with `tests/pixel_bench.rs` and wrk (2 threads, 64 connections, 10 s, every hit a
+//! valid token, 10 000 messages, on the shared 2-core machine with other builds running):
+//!
+//! | | keep-alive | `Connection: close` |
+//! |---|---|---|
+//! | nginx `empty_gif` + access log (same run) | 53 900 req/s, p99 8 ms | 13 800 req/s, p99 9 ms |
+//! | batched writer (this code) | 13 800 req/s, p99 18 ms | 6 800 req/s, p99 26 ms |
+//! | one transaction per hit, on the request's task | 10 800 req/s, p99 28 ms | 5 400 req/s, p99 55 ms |
+//! | one transaction per hit via `spawn_blocking` (earlier run) | 7 200 req/s, p99 50 ms | 5 000 req/s, p99 66 ms |
+//!
+//! Peak RSS: ~220 MB batched (sled's cache and IO buffers), ~520 MB unbatched; nginx 6 MB.
+//! Every 200 is a committed open: the bench's stored-open count equals its valid-hit count.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -33,13 +49,13 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::client_ip::client_ip;
 use crate::config::HttpConfig;
 use crate::shutdown::{Shutdown, TaskTracker};
-use crate::store::{OpenHit, Store, now_ms};
-use crate::token::{Purpose, TOKEN_LEN, TokenKey};
+use crate::store::{OpenHit, Store, StoreError, now_ms};
+use crate::token::{MessageId, Purpose, TOKEN_LEN, TokenKey};
 use crate::track::{Hints, OpenEvent, classify};
 
 /// The classic transparent 1×1 GIF89a (the same 43 bytes as nginx's `empty_gif`): a 2-entry
@@ -76,23 +92,99 @@ pub struct PixelState {
     /// `tracking.machine_window` for the early-load rule.
     pub machine_window: Duration,
     /// Valid/invalid hit counts.
-    pub counters: PixelCounters,
+    pub counters: Arc<PixelCounters>,
+    /// Hands verified hits to the group-commit writer thread.
+    writer: mpsc::Sender<Job>,
 }
 
 impl PixelState {
-    /// State with zeroed counters.
+    /// State with zeroed counters. Starts the writer thread that commits opens in batches; it
+    /// ends when the state is dropped.
     pub fn new(
         key: TokenKey,
         store: Store,
         http: HttpConfig,
         machine_window: Duration,
     ) -> PixelState {
+        let (writer, jobs) = mpsc::channel(WRITER_QUEUE);
+        let w = store.clone();
+        let counters = Arc::new(PixelCounters::default());
+        let wc = counters.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pixel-writer".into())
+            .spawn(move || write_loop(&w, &wc, jobs));
+        if let Err(e) = spawned {
+            // Without the thread every hit is answered and counted as a store error.
+            tracing::error!(error = %e, "cannot start the open writer thread");
+        }
         PixelState {
             key,
             store,
             http,
             machine_window,
-            counters: PixelCounters::default(),
+            counters,
+            writer,
+        }
+    }
+}
+
+/// One verified hit waiting for the writer.
+struct Job {
+    /// The message.
+    id: MessageId,
+    /// The classified hit.
+    hit: OpenHit,
+    /// Fired once the hit is committed (or failed); the writer does the counting and logging,
+    /// so a client that hangs up mid-request is still counted exactly once.
+    done: oneshot::Sender<()>,
+}
+
+/// Hits queued for the writer at most; beyond that, handlers wait (backpressure).
+const WRITER_QUEUE: usize = 4096;
+/// Hits committed in one transaction at most.
+const MAX_BATCH: usize = 256;
+
+/// The writer thread: takes whatever hits are queued (at least one, at most [`MAX_BATCH`]) and
+/// commits them in one store transaction. Under light load a batch is one hit, so latency is
+/// one commit; under heavy load one commit serves many hits.
+fn write_loop(store: &Store, c: &PixelCounters, mut jobs: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = jobs.blocking_recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let hits: Vec<(&MessageId, &OpenHit)> = batch.iter().map(|j| (&j.id, &j.hit)).collect();
+        let results: Vec<Result<Option<OpenEvent>, StoreError>> = match store.record_opens(&hits) {
+            Ok(events) => events.into_iter().map(Ok).collect(),
+            // One bad record must not cost the others their opens: retry them one by one.
+            Err(_) if hits.len() > 1 => hits
+                .iter()
+                .map(|(id, hit)| store.record_open(id, hit))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        drop(hits);
+        for (job, result) in batch.drain(..).zip(results) {
+            match result {
+                Ok(Some(e)) => {
+                    c.valid.fetch_add(1, Ordering::Relaxed);
+                    log_open(&e);
+                }
+                // Purged since the handler looked it up.
+                Ok(None) => {
+                    c.invalid.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    c.store_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(message = %job.id, error = %e, "cannot record open");
+                }
+            }
+            // A handler that went away (client gone) does not matter.
+            let _ = job.done.send(());
         }
     }
 }
@@ -140,7 +232,7 @@ pub async fn serve(listener: TcpListener, state: Arc<PixelState>, mut shutdown: 
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, peer, req)) }
+                async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
@@ -163,7 +255,11 @@ pub async fn serve(listener: TcpListener, state: Arc<PixelState>, mut shutdown: 
 }
 
 /// Routes one request.
-fn handle(state: &PixelState, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    state: &PixelState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let head = req.method() == Method::HEAD;
     let route_known = path == "/healthz" || (path.starts_with("/o/") && path.ends_with(".gif"));
@@ -190,12 +286,12 @@ fn handle(state: &PixelState, peer: SocketAddr, req: Request<Incoming>) -> Respo
         return text(StatusCode::OK, "ok");
     }
     let token = &path[3..path.len() - 4];
-    record(state, peer.ip(), req.headers(), token);
+    record(state, peer.ip(), req.headers(), token).await;
     gif()
 }
 
 /// Verifies the token and records the open; never fails the request.
-fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &str) {
+async fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &str) {
     let c = &state.counters;
     let Some(id) = (token.len() == TOKEN_LEN)
         .then(|| state.key.verify(Purpose::Open, token))
@@ -229,18 +325,15 @@ fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &str) {
         user_agent: ua,
         classification,
     };
-    match state.store.record_open(&id, &hit) {
-        Ok(Some(e)) => {
-            c.valid.fetch_add(1, Ordering::Relaxed);
-            log_open(&e);
-        }
-        Ok(None) => {
-            c.invalid.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            c.store_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(message = %id, error = %e, "cannot record open");
-        }
+    let (done, result) = oneshot::channel();
+    if state.writer.send(Job { id, hit, done }).await.is_err() {
+        c.store_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(message = %id, "open writer is gone");
+        return;
+    }
+    if result.await.is_err() {
+        c.store_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(message = %id, "open writer dropped the hit");
     }
 }
 

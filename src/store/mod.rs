@@ -11,11 +11,13 @@
 //! # Layout in sled (all values JSON, keys big-endian so that byte order is time order)
 //!
 //! ```text
-//! messages          id(16)                      -> Message (record, delivery, open stats)
+//! messages          id(16)                      -> the record and its delivery (JSON)
+//! message_opens     id(16)                      -> open stats + hand-off time (48 bytes)
 //! messages_by_time  at_ms(8) id(16)             -> ()      listing newest first, retention
 //! opens             open_id(8)                  -> OpenEvent
 //! opens_by_message  id(16) open_id(8)           -> ()      a message's opens
-//! meta              "counters"                  -> Counters
+//! meta              "counters"                  -> Counters (JSON)
+//!                   "open_counters"             -> the 4 open totals (32 bytes)
 //! ```
 //!
 //! An open id is `max(previous + 1, at_ms << 20)`: unique, strictly increasing, time-ordered
@@ -38,7 +40,8 @@
 
 mod retention;
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -127,7 +130,7 @@ pub struct OpenStats {
     pub first_human_at: Option<u64>,
 }
 
-/// A message as stored and as the admin API shows it.
+/// A message as the admin API shows it: its record, delivery and open statistics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Message id, 32 hex digits.
@@ -155,6 +158,108 @@ pub struct Message {
     pub delivery: Option<Delivery>,
     /// Opens so far.
     pub opens: OpenStats,
+}
+
+/// A message as stored in `messages` (the id is the key; open statistics live in
+/// `message_opens` so that an open never rewrites this record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    /// See [`Message`].
+    queue_id: String,
+    /// See [`Message`].
+    #[serde(rename = "at", with = "rfc3339_ms")]
+    at_ms: u64,
+    /// See [`Message`].
+    sender: String,
+    /// See [`Message`].
+    recipients: Vec<String>,
+    /// See [`Message`].
+    message_id: Option<String>,
+    /// See [`Message`].
+    subject: Option<String>,
+    /// See [`Message`].
+    size: u64,
+    /// See [`Message`].
+    tracked: bool,
+    /// See [`Message`].
+    skip_reason: Option<String>,
+    /// See [`Message`].
+    delivery: Option<Delivery>,
+}
+
+impl Stored {
+    fn into_message(self, id: &MessageId, stats: &MsgStats) -> Message {
+        Message {
+            id: id.to_string(),
+            queue_id: self.queue_id,
+            at_ms: self.at_ms,
+            sender: self.sender,
+            recipients: self.recipients,
+            message_id: self.message_id,
+            subject: self.subject,
+            size: self.size,
+            tracked: self.tracked,
+            skip_reason: self.skip_reason,
+            delivery: self.delivery,
+            opens: stats.view(),
+        }
+    }
+}
+
+/// The hot per-message record in `message_opens`: six big-endian u64s (48 bytes), rewritten
+/// by every open. A time of 0 means "none".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct MsgStats {
+    /// Every open.
+    count: u64,
+    /// Opens not marked as machine.
+    human: u64,
+    /// First open.
+    first: u64,
+    /// Latest open.
+    last: u64,
+    /// First open not marked as machine.
+    first_human: u64,
+    /// When the relay handed the message upstream (the final reply, else the record time).
+    sent_at: u64,
+}
+
+impl MsgStats {
+    fn encode(&self) -> Vec<u8> {
+        let f = [
+            self.count,
+            self.human,
+            self.first,
+            self.last,
+            self.first_human,
+            self.sent_at,
+        ];
+        put_u64s(&f)
+    }
+
+    fn decode(b: &[u8]) -> Result<MsgStats, StoreError> {
+        let [count, human, first, last, first_human, sent_at] =
+            get_u64s(b, "message_opens record")?;
+        Ok(MsgStats {
+            count,
+            human,
+            first,
+            last,
+            first_human,
+            sent_at,
+        })
+    }
+
+    fn view(&self) -> OpenStats {
+        let t = |v: u64| (v != 0).then_some(v);
+        OpenStats {
+            count: self.count,
+            human: self.human,
+            first_at: t(self.first),
+            last_at: t(self.last),
+            first_human_at: t(self.first_human),
+        }
+    }
 }
 
 /// A message with all its opens, oldest first.
@@ -188,6 +293,79 @@ pub struct Counters {
     pub unique_opens: u64,
     /// Messages with at least one open not marked as machine.
     pub unique_human_opens: u64,
+}
+
+/// The four totals every open updates, stored apart from the rest (32 bytes, no JSON).
+#[derive(Debug, Clone, Copy)]
+struct OpenCounters {
+    /// See [`Counters`].
+    opens: u64,
+    /// See [`Counters`].
+    machine_opens: u64,
+    /// See [`Counters`].
+    unique_opens: u64,
+    /// See [`Counters`].
+    unique_human_opens: u64,
+}
+
+impl Counters {
+    fn clone_open(&self) -> OpenCounters {
+        OpenCounters {
+            opens: self.opens,
+            machine_opens: self.machine_opens,
+            unique_opens: self.unique_opens,
+            unique_human_opens: self.unique_human_opens,
+        }
+    }
+}
+
+impl OpenCounters {
+    fn encode(&self) -> Vec<u8> {
+        put_u64s(&[
+            self.opens,
+            self.machine_opens,
+            self.unique_opens,
+            self.unique_human_opens,
+        ])
+    }
+
+    fn apply(&self, c: &mut Counters) {
+        c.opens = self.opens;
+        c.machine_opens = self.machine_opens;
+        c.unique_opens = self.unique_opens;
+        c.unique_human_opens = self.unique_human_opens;
+    }
+}
+
+fn decode_open_counters(b: &[u8], c: &mut Counters) -> Result<(), StoreError> {
+    let [opens, machine_opens, unique_opens, unique_human_opens] = get_u64s(b, "open counters")?;
+    OpenCounters {
+        opens,
+        machine_opens,
+        unique_opens,
+        unique_human_opens,
+    }
+    .apply(c);
+    Ok(())
+}
+
+/// Fixed binary records: big-endian u64s back to back.
+fn put_u64s(vals: &[u64]) -> Vec<u8> {
+    vals.iter().flat_map(|v| v.to_be_bytes()).collect()
+}
+
+/// Reads a record written by [`put_u64s`]; any other length is corruption.
+fn get_u64s<const N: usize>(b: &[u8], what: &'static str) -> Result<[u64; N], StoreError> {
+    if b.len() != N * 8 {
+        return Err(StoreError::Corrupt(what));
+    }
+    let mut out = [0u64; N];
+    for (v, chunk) in out.iter_mut().zip(b.chunks_exact(8)) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(chunk);
+        *v = u64::from_be_bytes(a);
+    }
+    Ok(out)
 }
 
 /// `pixelrelay stats` / `GET /api/v1/stats`.
@@ -237,6 +415,8 @@ pub enum StoreError {
     BadCursor(String),
     /// No message with this id.
     NotFound(MessageId),
+    /// A stored record has the wrong shape.
+    Corrupt(&'static str),
     /// A background task failed to run.
     Task(String),
 }
@@ -249,6 +429,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Io(e) => write!(f, "store: open log: {e}"),
             StoreError::BadCursor(c) => write!(f, "invalid cursor {c:?}"),
             StoreError::NotFound(id) => write!(f, "store: no message {id}"),
+            StoreError::Corrupt(what) => write!(f, "store: corrupt {what}"),
             StoreError::Task(e) => write!(f, "store: {e}"),
         }
     }
@@ -285,8 +466,11 @@ fn abort(e: impl Into<StoreError>) -> ConflictableTransactionError<StoreError> {
 
 /// Value of index entries.
 const EMPTY: &[u8] = &[];
-/// Key of the counters in `meta`.
+/// Key of the counters in `meta` (JSON, written with messages; its four open totals are a
+/// snapshot, superseded by `OPEN_COUNTERS`).
 const COUNTERS: &[u8] = b"counters";
+/// Key of the open totals in `meta` (4 big-endian u64s), written with every open.
+const OPEN_COUNTERS: &[u8] = b"open_counters";
 /// Bits of an open id below the timestamp.
 const OPEN_ID_SHIFT: u32 = 20;
 /// Capacity of the live feed; a follower further behind gets `Lagged` and re-reads the store.
@@ -315,8 +499,10 @@ struct Inner {
     cfg: StoreConfig,
     /// The database (for flush).
     db: sled::Db,
-    /// id → Message.
+    /// id → Stored (JSON).
     messages: Tree,
+    /// id → MsgStats (48 bytes): open statistics and the hand-off time.
+    message_opens: Tree,
     /// at_ms ‖ id → ().
     messages_by_time: Tree,
     /// open id → OpenEvent.
@@ -356,14 +542,18 @@ impl Store {
             .flush_every_ms(Some(flush_ms))
             .open()?;
         let messages = db.open_tree("messages")?;
+        let message_opens = db.open_tree("message_opens")?;
         let messages_by_time = db.open_tree("messages_by_time")?;
         let opens = db.open_tree("opens")?;
         let opens_by_message = db.open_tree("opens_by_message")?;
         let meta = db.open_tree("meta")?;
-        let counters = match meta.get(COUNTERS)? {
+        let mut counters: Counters = match meta.get(COUNTERS)? {
             Some(v) => serde_json::from_slice(&v)?,
             None => Counters::default(),
         };
+        if let Some(v) = meta.get(OPEN_COUNTERS)? {
+            decode_open_counters(&v, &mut counters)?;
+        }
         let last_open = match opens.last()? {
             Some((k, _)) => decode_open_id(&k).unwrap_or(0),
             None => 0,
@@ -378,6 +568,7 @@ impl Store {
                 cfg: cfg.clone(),
                 db,
                 messages,
+                message_opens,
                 messages_by_time,
                 opens,
                 opens_by_message,
@@ -407,41 +598,50 @@ impl Store {
             None
         };
         let id = rec.id;
-        let counters = (&inner.messages, &inner.messages_by_time, &inner.meta).transaction(
-            |(msgs, by_time, meta)| {
-                let old: Option<Message> =
-                    msgs.get(id.as_bytes())?.map(|v| decode(&v)).transpose()?;
-                let mut counters = st.counters.clone();
-                let (delivery, opens) = match old {
-                    Some(old) => {
-                        by_time.remove(time_key(old.at_ms, &id).as_slice())?;
-                        (old.delivery, old.opens)
-                    }
-                    None => {
-                        counters.recorded += 1;
-                        (None, OpenStats::default())
-                    }
-                };
-                let m = Message {
-                    id: id.to_string(),
-                    queue_id: rec.queue_id.clone(),
-                    at_ms: rec.at_ms,
-                    sender: rec.sender.clone(),
-                    recipients: rec.recipients.clone(),
-                    message_id: rec.message_id.clone(),
-                    subject: subject.clone(),
-                    size: rec.size,
-                    tracked: rec.tracked,
-                    skip_reason: rec.skip_reason.clone(),
-                    delivery,
-                    opens,
-                };
-                msgs.insert(id.as_bytes(), encode(&m)?)?;
-                by_time.insert(time_key(rec.at_ms, &id).as_slice(), EMPTY)?;
-                meta.insert(COUNTERS, encode(&counters)?)?;
-                Ok(counters)
-            },
-        )?;
+        let trees = (
+            &inner.messages,
+            &inner.message_opens,
+            &inner.messages_by_time,
+            &inner.meta,
+        );
+        let counters = trees.transaction(|(msgs, stats, by_time, meta)| {
+            let old: Option<Stored> = msgs.get(id.as_bytes())?.map(|v| decode(&v)).transpose()?;
+            let mut counters = st.counters.clone();
+            let (delivery, mut ms) = match old {
+                Some(old) => {
+                    by_time.remove(time_key(old.at_ms, &id).as_slice())?;
+                    let ms = match stats.get(id.as_bytes())? {
+                        Some(v) => MsgStats::decode(&v)?,
+                        None => MsgStats::default(),
+                    };
+                    (old.delivery, ms)
+                }
+                None => {
+                    counters.recorded += 1;
+                    (None, MsgStats::default())
+                }
+            };
+            if delivery.is_none() {
+                ms.sent_at = rec.at_ms;
+            }
+            let m = Stored {
+                queue_id: rec.queue_id.clone(),
+                at_ms: rec.at_ms,
+                sender: rec.sender.clone(),
+                recipients: rec.recipients.clone(),
+                message_id: rec.message_id.clone(),
+                subject: subject.clone(),
+                size: rec.size,
+                tracked: rec.tracked,
+                skip_reason: rec.skip_reason.clone(),
+                delivery,
+            };
+            msgs.insert(id.as_bytes(), encode(&m)?)?;
+            stats.insert(id.as_bytes(), ms.encode().as_slice())?;
+            by_time.insert(time_key(rec.at_ms, &id).as_slice(), EMPTY)?;
+            meta.insert(COUNTERS, encode(&counters)?)?;
+            Ok(counters)
+        })?;
         st.counters = counters;
         Ok(())
     }
@@ -451,11 +651,16 @@ impl Store {
     pub fn finish_message(&self, id: &MessageId, delivery: &Delivery) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let mut st = inner.lock();
-        let counters = (&inner.messages, &inner.meta).transaction(|(msgs, meta)| {
+        let trees = (&inner.messages, &inner.message_opens, &inner.meta);
+        let counters = trees.transaction(|(msgs, stats, meta)| {
             let Some(raw) = msgs.get(id.as_bytes())? else {
                 return Err(abort(StoreError::NotFound(*id)));
             };
-            let mut m: Message = decode(&raw)?;
+            let mut m: Stored = decode(&raw)?;
+            let mut ms = match stats.get(id.as_bytes())? {
+                Some(v) => MsgStats::decode(&v)?,
+                None => MsgStats::default(),
+            };
             let mut counters = st.counters.clone();
             if m.delivery.is_none() {
                 if !delivery.accepted {
@@ -474,7 +679,9 @@ impl Store {
                 }
             }
             m.delivery = Some(delivery.clone());
+            ms.sent_at = delivery.at_ms;
             msgs.insert(id.as_bytes(), encode(&m)?)?;
+            stats.insert(id.as_bytes(), ms.encode().as_slice())?;
             meta.insert(COUNTERS, encode(&counters)?)?;
             Ok(counters)
         })?;
@@ -485,9 +692,10 @@ impl Store {
     /// When the relay handed message `id` upstream (the upstream's final reply if known, else
     /// the time it was recorded); `None` if the message is unknown. Feeds the early-load rule.
     pub fn message_sent_at(&self, id: &MessageId) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .get_stored(id)?
-            .map(|m| m.delivery.map_or(m.at_ms, |d| d.at_ms)))
+        match self.inner.message_opens.get(id.as_bytes())? {
+            Some(v) => Ok(Some(MsgStats::decode(&v)?.sent_at)),
+            None => Ok(None),
+        }
     }
 
     /// Records one open of message `id`: the event, the message's open stats and the counters
@@ -497,81 +705,146 @@ impl Store {
         id: &MessageId,
         hit: &OpenHit,
     ) -> Result<Option<OpenEvent>, StoreError> {
+        Ok(self.record_opens(&[(id, hit)])?.pop().flatten())
+    }
+
+    /// Records several opens in ONE transaction (group commit), in order; for each, the event
+    /// or `None` if its message is unknown. Each sled commit seals and writes an IO buffer
+    /// (a `pwrite` and a `sync_file_range`), which dominates the cost of a lone open, so a busy
+    /// listener commits the hits that arrived together as one batch. All or nothing: on error
+    /// none of the batch is recorded.
+    pub fn record_opens(
+        &self,
+        hits: &[(&MessageId, &OpenHit)],
+    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
         let inner = &*self.inner;
+        // The message record never changes on open: read and decode it outside the lock.
+        let mut events = Vec::with_capacity(hits.len());
+        for (id, hit) in hits {
+            events.push(match inner.messages.get(id.as_bytes())? {
+                Some(raw) => Some(self.event_for(id, hit, decode(&raw)?)),
+                None => None,
+            });
+        }
         let mut st = inner.lock();
-        let ip = if inner.cfg.anonymize_ip {
-            net::anonymize(hit.ip)
-        } else {
-            net::canonical(hit.ip)
-        };
-        let open_id = next_open_id(st.last_open, hit.at_ms);
+        let mut last = st.last_open;
+        let events: Vec<Option<(u64, OpenEvent)>> = events
+            .into_iter()
+            .zip(hits)
+            .map(|(ev, (_, hit))| {
+                ev.map(|mut ev| {
+                    last = next_open_id(last, hit.at_ms);
+                    ev.id = format_open_id(last);
+                    (last, ev)
+                })
+            })
+            .collect();
         let trees = (
-            &inner.messages,
+            &inner.message_opens,
             &inner.opens,
             &inner.opens_by_message,
             &inner.meta,
         );
-        let done = trees.transaction(|(msgs, opens, by_msg, meta)| {
-            let Some(raw) = msgs.get(id.as_bytes())? else {
-                return Ok(None);
-            };
-            let mut m: Message = decode(&raw)?;
-            let c = &hit.classification;
-            let human = !c.machine;
-            let first = m.opens.count == 0;
-            let first_human = human && m.opens.human == 0;
-            m.opens.count += 1;
-            m.opens.first_at.get_or_insert(hit.at_ms);
-            m.opens.last_at = Some(m.opens.last_at.map_or(hit.at_ms, |t| t.max(hit.at_ms)));
-            if human {
-                m.opens.human += 1;
-                m.opens.first_human_at.get_or_insert(hit.at_ms);
+        let (done, oc) = trees.transaction(|(stats, opens, by_msg, meta)| {
+            let mut cache: HashMap<MessageId, MsgStats> = HashMap::new();
+            let mut oc = st.counters.clone_open();
+            let mut out = Vec::with_capacity(hits.len());
+            for ((id, hit), ev) in hits.iter().zip(&events) {
+                let Some((open_id, ev)) = ev else {
+                    out.push(None);
+                    continue;
+                };
+                let ms = match cache.entry(**id) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    // Absent only if the message was purged since it was read above.
+                    Entry::Vacant(e) => match stats.get(id.as_bytes())? {
+                        Some(v) => e.insert(MsgStats::decode(&v)?),
+                        None => {
+                            out.push(None);
+                            continue;
+                        }
+                    },
+                };
+                let human = !ev.machine;
+                let first = ms.count == 0;
+                let first_human = human && ms.human == 0;
+                ms.count += 1;
+                if first {
+                    ms.first = hit.at_ms;
+                }
+                ms.last = ms.last.max(hit.at_ms);
+                if human {
+                    ms.human += 1;
+                    if first_human {
+                        ms.first_human = hit.at_ms;
+                    }
+                }
+                let mut ev = ev.clone();
+                ev.first = first;
+                ev.count = ms.count;
+                oc.opens += 1;
+                oc.machine_opens += u64::from(!human);
+                oc.unique_opens += u64::from(first);
+                oc.unique_human_opens += u64::from(first_human);
+                let json = encode(&ev)?;
+                opens.insert(&open_id.to_be_bytes(), json.as_slice())?;
+                by_msg.insert(open_index_key(id, *open_id).as_slice(), EMPTY)?;
+                out.push(Some((ev, json)));
             }
-            let event = OpenEvent {
-                id: format_open_id(open_id),
-                message: m.id.clone(),
-                at_ms: hit.at_ms,
-                ip: ip.to_string(),
-                user_agent: hit.user_agent.clone(),
-                client: c.client.clone(),
-                device: c.device,
-                machine: c.machine,
-                machine_reason: c.machine_reason.map(str::to_string),
-                first,
-                count: m.opens.count,
-                recipient: m.recipients.first().cloned().unwrap_or_default(),
-                sender: m.sender.clone(),
-                message_id: m.message_id.clone(),
-                subject: m.subject.clone(),
-            };
-            let mut counters = st.counters.clone();
-            counters.opens += 1;
-            counters.machine_opens += u64::from(c.machine);
-            counters.unique_opens += u64::from(first);
-            counters.unique_human_opens += u64::from(first_human);
-            let json = encode(&event)?;
-            opens.insert(&open_id.to_be_bytes(), json.as_slice())?;
-            by_msg.insert(open_index_key(id, open_id).as_slice(), EMPTY)?;
-            msgs.insert(id.as_bytes(), encode(&m)?)?;
-            meta.insert(COUNTERS, encode(&counters)?)?;
-            Ok(Some((event, counters, json)))
+            for (id, ms) in &cache {
+                stats.insert(id.as_bytes(), ms.encode().as_slice())?;
+            }
+            meta.insert(OPEN_COUNTERS, oc.encode().as_slice())?;
+            Ok((out, oc))
         })?;
-        let Some((event, counters, json)) = done else {
-            return Ok(None);
-        };
-        st.counters = counters;
-        st.last_open = open_id;
-        if let Some(log) = &inner.open_log {
-            let mut line = json;
-            line.push(b'\n');
-            // The open is committed; a full disk here must not undo it, so log and carry on.
-            if let Err(e) = lock(log).write_all(&line) {
-                tracing::warn!(error = %e, "cannot append to store.open_log");
+        oc.apply(&mut st.counters);
+        st.last_open = last;
+        let mut result = Vec::with_capacity(done.len());
+        for item in done {
+            let Some((event, json)) = item else {
+                result.push(None);
+                continue;
+            };
+            if let Some(log) = &inner.open_log {
+                let mut line = json;
+                line.push(b'\n');
+                // The open is committed; a full disk here must not undo it, so log and carry on.
+                if let Err(e) = lock(log).write_all(&line) {
+                    tracing::warn!(error = %e, "cannot append to store.open_log");
+                }
             }
+            // No receiver is fine: nobody is following.
+            let _ = inner.feed.send(event.clone());
+            result.push(Some(event));
         }
-        // No receiver is fine: nobody is following.
-        let _ = inner.feed.send(event.clone());
-        Ok(Some(event))
+        Ok(result)
+    }
+
+    /// The event for a hit on message `m`, before its id, `first` and `count` are known.
+    fn event_for(&self, id: &MessageId, hit: &OpenHit, m: Stored) -> OpenEvent {
+        let ip = if self.inner.cfg.anonymize_ip {
+            net::anonymize(hit.ip)
+        } else {
+            net::canonical(hit.ip)
+        };
+        let c = &hit.classification;
+        OpenEvent {
+            id: String::new(),
+            message: id.to_string(),
+            at_ms: hit.at_ms,
+            ip: ip.to_string(),
+            user_agent: hit.user_agent.clone(),
+            client: c.client.clone(),
+            device: c.device,
+            machine: c.machine,
+            machine_reason: c.machine_reason.map(str::to_string),
+            first: false,
+            count: 0,
+            recipient: m.recipients.into_iter().next().unwrap_or_default(),
+            sender: m.sender,
+            message_id: m.message_id,
+            subject: m.subject,
+        }
     }
 
     /// Live feed of opens committed from now on, in id order. To follow without gap or
@@ -682,10 +955,12 @@ impl Store {
                 });
             }
             let (k, _) = kv?;
-            let Some(v) = self.inner.messages.get(&k[8..])? else {
+            let Some(id) = MessageId::from_slice(&k[8..]) else {
                 continue;
             };
-            let m: Message = decode(&v)?;
+            let Some(m) = self.get_stored(&id)? else {
+                continue;
+            };
             last_key = Some(k);
             let rcpt_ok = rcpt.as_ref().is_none_or(|r| {
                 m.recipients
@@ -755,10 +1030,14 @@ impl Store {
     }
 
     fn get_stored(&self, id: &MessageId) -> Result<Option<Message>, StoreError> {
-        match self.inner.messages.get(id.as_bytes())? {
-            Some(v) => Ok(Some(decode(&v)?)),
-            None => Ok(None),
-        }
+        let Some(v) = self.inner.messages.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let stats = match self.inner.message_opens.get(id.as_bytes())? {
+            Some(v) => MsgStats::decode(&v)?,
+            None => MsgStats::default(),
+        };
+        Ok(Some(decode::<Stored>(&v)?.into_message(id, &stats)))
     }
 }
 

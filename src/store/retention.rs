@@ -78,14 +78,16 @@ pub(super) fn purge(inner: &Inner, cutoff_ms: u64) -> Result<PurgeReport, StoreE
         }
         let trees = (
             &inner.messages,
+            &inner.message_opens,
             &inner.messages_by_time,
             &inner.opens,
             &inner.opens_by_message,
         );
-        trees.transaction(|(msgs, by_time, opens, by_msg)| {
+        trees.transaction(|(msgs, stats, by_time, opens, by_msg)| {
             for (k, id, idx) in &batch {
                 by_time.remove(k)?;
                 msgs.remove(id.as_bytes())?;
+                stats.remove(id.as_bytes())?;
                 for ik in idx {
                     by_msg.remove(ik)?;
                     opens.remove(&ik[16..])?;

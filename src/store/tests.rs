@@ -316,6 +316,8 @@ fn retention_purges_old_messages_and_opens_only() {
         1,
         "no index entries left behind"
     );
+    assert_eq!(s.inner.message_opens.len(), 1, "no open stats left behind");
+    assert_eq!(s.inner.messages.len(), 1);
     // Lifetime counters are not lowered by a purge.
     assert_eq!(s.stats().counters.opens, 4);
     // Idempotent.
@@ -432,5 +434,153 @@ fn open_ids_are_time_ordered_and_unique() {
     assert_eq!(
         parse_open_id(&format_open_id(T0 << OPEN_ID_SHIFT)).unwrap(),
         T0 << OPEN_ID_SHIFT
+    );
+}
+
+#[test]
+fn retention_task_purges_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.retention_days = 1;
+    let day = 86_400_000;
+    let old = MessageId::random();
+    let new = MessageId::random();
+    {
+        // Outside a runtime no task starts, so the old records can be injected first.
+        let s = Store::open(&c).unwrap();
+        s.record_message(&rec(old, now_ms() - 3 * day, "old@example.net"))
+            .unwrap();
+        s.record_open(&old, &hit(now_ms() - 3 * day, "192.0.2.1", None))
+            .unwrap()
+            .unwrap();
+        s.record_message(&rec(new, now_ms(), "new@example.net"))
+            .unwrap();
+        s.flush_blocking().unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = Store::open(&c).unwrap();
+        // The task's first run is at start; poll for its effect (bounded).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while s.get_message(&old).unwrap().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the retention task never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(s.opens_after(None, 10).unwrap().is_empty());
+        assert!(s.get_message(&new).unwrap().is_some());
+    });
+}
+
+#[test]
+fn a_batch_of_opens_commits_together_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let a = MessageId::random();
+    let b = MessageId::random();
+    let unknown = MessageId::random();
+    s.record_message(&rec(a, T0, "a@example.net")).unwrap();
+    s.record_message(&rec(b, T0, "b@example.net")).unwrap();
+    let m = hit(T0 + 1, "192.0.2.1", Some("apple-mpp"));
+    let h = hit(T0 + 2, "192.0.2.1", None);
+    let mut rx = s.subscribe();
+    let out = s
+        .record_opens(&[(&a, &m), (&unknown, &h), (&a, &h), (&b, &h), (&a, &h)])
+        .unwrap();
+    let got: Vec<Option<(String, bool, u64)>> = out
+        .iter()
+        .map(|e| e.as_ref().map(|e| (e.recipient.clone(), e.first, e.count)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            Some(("a@example.net".into(), true, 1)),
+            None,
+            Some(("a@example.net".into(), false, 2)),
+            Some(("b@example.net".into(), true, 1)),
+            Some(("a@example.net".into(), false, 3)),
+        ]
+    );
+    let ids: Vec<&str> = out.iter().flatten().map(|e| e.id.as_str()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let ma = s.get_message(&a).unwrap().unwrap().message.opens;
+    assert_eq!(
+        (ma.count, ma.human, ma.first_at, ma.first_human_at),
+        (3, 2, Some(T0 + 1), Some(T0 + 2))
+    );
+    let st = s.stats().counters;
+    assert_eq!(
+        (
+            st.opens,
+            st.machine_opens,
+            st.unique_opens,
+            st.unique_human_opens
+        ),
+        (4, 1, 2, 2)
+    );
+    for e in out.iter().flatten() {
+        assert_eq!(&rx.try_recv().unwrap(), e);
+    }
+    // The totals survive a reopen exactly.
+    s.flush_blocking().unwrap();
+    drop(s);
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    assert_eq!(s.stats().counters, st);
+}
+
+#[test]
+fn a_corrupt_record_fails_its_batch_but_not_a_retry_of_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let good = MessageId::random();
+    let bad = MessageId::random();
+    s.record_message(&rec(good, T0, "a@example.net")).unwrap();
+    s.record_message(&rec(bad, T0, "b@example.net")).unwrap();
+    s.inner
+        .messages
+        .insert(bad.as_bytes(), b"not json".as_slice())
+        .unwrap();
+    let h = hit(T0, "192.0.2.1", None);
+    assert!(matches!(
+        s.record_opens(&[(&good, &h), (&bad, &h)]),
+        Err(StoreError::Codec(_))
+    ));
+    assert_eq!(s.stats().counters.opens, 0, "all or nothing");
+    assert_eq!(s.record_open(&good, &h).unwrap().map(|e| e.count), Some(1));
+    assert!(s.record_open(&bad, &h).is_err());
+}
+
+#[test]
+fn binary_records_round_trip_and_reject_wrong_lengths() {
+    let ms = MsgStats {
+        count: 3,
+        human: 2,
+        first: 1,
+        last: u64::MAX,
+        first_human: 0,
+        sent_at: T0,
+    };
+    assert_eq!(ms.encode().len(), 48);
+    assert_eq!(MsgStats::decode(&ms.encode()).unwrap(), ms);
+    assert!(matches!(
+        MsgStats::decode(&[0; 47]),
+        Err(StoreError::Corrupt(_))
+    ));
+    let mut c = Counters::default();
+    assert!(decode_open_counters(&[0; 31], &mut c).is_err());
+    decode_open_counters(&put_u64s(&[4, 3, 2, 1]), &mut c).unwrap();
+    assert_eq!(
+        (
+            c.opens,
+            c.machine_opens,
+            c.unique_opens,
+            c.unique_human_opens
+        ),
+        (4, 3, 2, 1)
     );
 }

@@ -1,0 +1,175 @@
+//! A pixel server for load generators (not a timed test; `#[ignore]`d).
+//!
+//! ```sh
+//! PIXEL_BENCH_PORT=18080 PIXEL_BENCH_SECS=15 PIXEL_BENCH_TOKENS=/tmp/tokens.txt \
+//!   cargo test --release --test pixel_bench -- --ignored --nocapture &
+//! # once "READY" is printed:
+//! wrk -t2 -c64 -d10s -s pixel.lua http://127.0.0.1:18080
+//! ```
+//!
+//! with `pixel.lua` cycling through the tokens file:
+//!
+//! ```lua
+//! local t, i = {}, 0
+//! for l in io.lines("/tmp/tokens.txt") do t[#t + 1] = l end
+//! request = function() i = i % #t + 1; return wrk.format("GET", "/o/" .. t[i] .. ".gif") end
+//! ```
+//!
+//! At the end it prints the hits counted valid/invalid and the opens stored, to compare with
+//! the 200s wrk reports.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pixelrelay::config::{HttpConfig, StoreConfig};
+use pixelrelay::http::pixel::{PixelState, serve};
+use pixelrelay::store::{Delivery, MessageRecord, Store, now_ms};
+use pixelrelay::token::{MessageId, Purpose, TokenKey};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a server for manual load tests"]
+async fn pixel_bench_server() {
+    let port = env("PIXEL_BENCH_PORT", 18080);
+    let secs = env("PIXEL_BENCH_SECS", 15);
+    let n = env("PIXEL_BENCH_MESSAGES", 10_000);
+    let tokens =
+        std::env::var("PIXEL_BENCH_TOKENS").unwrap_or_else(|_| "/tmp/pixel-tokens.txt".into());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig {
+        path: dir.path().join("db"),
+        subjects: false,
+        anonymize_ip: false,
+        retention_days: 0,
+        flush_interval: Duration::from_millis(500),
+        open_log: None,
+    })
+    .unwrap();
+    let key = TokenKey::from_secret(b"bench-secret");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tokens).unwrap());
+    let sent = now_ms() - 3_600_000;
+    for i in 0..n {
+        let id = MessageId::random();
+        store
+            .record_message(&MessageRecord {
+                id,
+                queue_id: format!("B{i}"),
+                at_ms: sent,
+                sender: "bench@example.com".into(),
+                recipients: vec![format!("r{i}@example.net")],
+                message_id: None,
+                subject: None,
+                size: 1000,
+                tracked: true,
+                skip_reason: None,
+            })
+            .unwrap();
+        store
+            .finish_message(
+                &id,
+                &Delivery {
+                    accepted: true,
+                    reply: "250 ok".into(),
+                    at_ms: sent,
+                },
+            )
+            .unwrap();
+        writeln!(out, "{}", key.mint(Purpose::Open, &id)).unwrap();
+    }
+    out.flush().unwrap();
+    let http = HttpConfig {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        trusted_proxies: Vec::new(),
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 10_000,
+    };
+    let state = Arc::new(PixelState::new(
+        key,
+        store.clone(),
+        http.clone(),
+        Duration::from_secs(5),
+    ));
+    let listener = tokio::net::TcpListener::bind(http.listen).await.unwrap();
+    let (trigger, sd) = pixelrelay::shutdown::channel();
+    let server = tokio::spawn(serve(listener, state.clone(), sd));
+    println!("READY port={port} tokens={tokens} secs={secs}");
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    trigger.trigger();
+    server.await.unwrap();
+    store.flush().await.unwrap();
+    let c = &state.counters;
+    println!(
+        "DONE valid={} invalid={} store_errors={} opens_stored={}",
+        c.valid.load(Ordering::Relaxed),
+        c.invalid.load(Ordering::Relaxed),
+        c.store_errors.load(Ordering::Relaxed),
+        store.stats().counters.opens
+    );
+}
+
+/// Store-only rate: `record_open` in a loop, one thread (prints opens/s).
+#[test]
+#[ignore = "a manual measurement"]
+fn store_record_open_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig {
+        path: dir.path().join("db"),
+        subjects: false,
+        anonymize_ip: false,
+        retention_days: 0,
+        flush_interval: Duration::from_millis(500),
+        open_log: None,
+    })
+    .unwrap();
+    let ids: Vec<MessageId> = (0..1000).map(|_| MessageId::random()).collect();
+    for id in &ids {
+        store
+            .record_message(&MessageRecord {
+                id: *id,
+                queue_id: "B".into(),
+                at_ms: 1,
+                sender: "bench@example.com".into(),
+                recipients: vec!["r@example.net".into()],
+                message_id: None,
+                subject: None,
+                size: 1000,
+                tracked: true,
+                skip_reason: None,
+            })
+            .unwrap();
+    }
+    let hit = pixelrelay::store::OpenHit {
+        at_ms: now_ms(),
+        ip: "192.0.2.1".parse().unwrap(),
+        user_agent: "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.4.2"
+            .into(),
+        classification: pixelrelay::track::classify(
+            "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.4.2",
+            &Default::default(),
+            None,
+            Duration::from_secs(5),
+        ),
+    };
+    let n = 100_000;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let id = &ids[i % ids.len()];
+        store.message_sent_at(id).unwrap();
+        store.record_open(id, &hit).unwrap().unwrap();
+    }
+    let e = t.elapsed();
+    println!(
+        "RATE {:.0} opens/s ({:.1} us each)",
+        n as f64 / e.as_secs_f64(),
+        e.as_secs_f64() * 1e6 / n as f64
+    );
+}

@@ -26,7 +26,10 @@ async fn reply(c: &mut Conn) -> std::io::Result<u16> {
     loop {
         line.clear();
         if c.read_line(&mut line).await? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
         }
         if line.as_bytes().get(3) != Some(&b'-') {
             return Ok(line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0));
@@ -62,7 +65,13 @@ async fn send(c: &mut Conn, body: &[u8], n: usize) -> std::io::Result<u16> {
         }
         c.get_mut().write_all(b"RSET\r\n").await?;
         reply(c).await?;
-        return Ok(if m != 250 { m } else if r != 250 { r } else { d });
+        return Ok(if m != 250 {
+            m
+        } else if r != 250 {
+            r
+        } else {
+            d
+        });
     }
     let mut msg = format!("Message-ID: <load-{n}@example.com>\r\n").into_bytes();
     msg.extend_from_slice(body);
@@ -105,7 +114,8 @@ async fn main() {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let (addr, body, next, retries) = (addr.clone(), body.clone(), next.clone(), retries.clone());
+        let (addr, body, next, retries) =
+            (addr.clone(), body.clone(), next.clone(), retries.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut accepted = Vec::new();
@@ -169,7 +179,11 @@ async fn main() {
     }
     let secs = started.elapsed().as_secs_f64();
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "messages={} failed={} retries={} seconds={:.3} msgs_per_s={:.1} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
         accepted.len(),

@@ -50,7 +50,11 @@ impl OpenLog {
 
     /// Appends one event as a line.
     pub fn append<T: Serialize>(&self, event: &T) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
+        self.append_raw(serde_json::to_vec(event).map_err(std::io::Error::other)?)
+    }
+
+    /// Appends one already-serialised JSON object (without newline) as a line.
+    pub fn append_raw(&self, mut line: Vec<u8>) -> std::io::Result<()> {
         line.push(b'\n');
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_mut() {
@@ -58,6 +62,14 @@ impl OpenLog {
             None => Err(std::io::Error::other(
                 "open log is not open (reopen failed)",
             )),
+        }
+    }
+
+    /// Writes the file's data to disk (shutdown).
+    pub fn sync(&self) -> std::io::Result<()> {
+        match self.file.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(f) => f.sync_data(),
+            None => Ok(()),
         }
     }
 

@@ -220,10 +220,9 @@ impl Server {
                 hard_stop.clone(),
             )));
         }
-        // SIGHUP: re-read the certificate files; sessions in progress keep theirs.
-        if let Some(tls) = tls.clone() {
-            tokio::spawn(reload_on_hup(tls));
-        }
+        // SIGHUP: re-read the certificate files (sessions in progress keep theirs) and reopen
+        // the open log (logrotate).
+        tokio::spawn(on_hangup(tls.clone(), store.clone()));
         let pixel_task = tokio::spawn(http::pixel::serve(
             http,
             Arc::clone(&pixel),
@@ -265,18 +264,24 @@ impl Server {
     }
 }
 
-/// Reloads the inbound certificate on every SIGHUP.
-async fn reload_on_hup(tls: Arc<TlsSource>) {
+/// On every SIGHUP: reloads the inbound certificate and reopens the open log.
+async fn on_hangup(tls: Option<Arc<TlsSource>>, store: Store) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        match tls.reload() {
-            Ok(()) => info!(event = "tls_reload", "certificate reloaded"),
-            Err(e) => {
-                warn!(error = %e, event = "tls_reload", "certificate reload failed; keeping the old one")
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(()) => info!(event = "tls_reload", "certificate reloaded"),
+                Err(e) => {
+                    warn!(error = %e, event = "tls_reload", "certificate reload failed; keeping the old one")
+                }
             }
+        }
+        match store.reopen_open_log() {
+            Ok(()) => info!(event = "reopen", "open log reopened"),
+            Err(e) => warn!(error = %e, event = "reopen", "cannot reopen the open log"),
         }
     }
 }

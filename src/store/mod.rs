@@ -42,11 +42,8 @@ mod retention;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::ops::Bound;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +53,7 @@ use tokio::sync::broadcast;
 
 use crate::config::StoreConfig;
 use crate::net;
+use crate::openlog::OpenLog;
 use crate::token::MessageId;
 use crate::track::event::{rfc3339_ms, rfc3339_ms_opt};
 use crate::track::{Classification, OpenEvent};
@@ -516,7 +514,7 @@ struct Inner {
     /// Live feed of committed opens.
     feed: broadcast::Sender<OpenEvent>,
     /// Optional JSON-lines file of opens (`store.open_log`).
-    open_log: Option<Mutex<File>>,
+    open_log: Option<OpenLog>,
 }
 
 /// State owned by the writer lock.
@@ -559,7 +557,7 @@ impl Store {
             None => 0,
         };
         let open_log = match &cfg.open_log {
-            Some(p) => Some(Mutex::new(open_append(p).map_err(StoreError::Io)?)),
+            Some(p) => Some(OpenLog::open(p).map_err(StoreError::Io)?),
             None => None,
         };
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
@@ -806,10 +804,8 @@ impl Store {
                 continue;
             };
             if let Some(log) = &inner.open_log {
-                let mut line = json;
-                line.push(b'\n');
                 // The open is committed; a full disk here must not undo it, so log and carry on.
-                if let Err(e) = lock(log).write_all(&line) {
+                if let Err(e) = log.append_raw(json) {
                     tracing::warn!(error = %e, "cannot append to store.open_log");
                 }
             }
@@ -1003,7 +999,7 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.inner.db.flush_async().await?;
         if let Some(log) = &self.inner.open_log {
-            lock(log).sync_data().map_err(StoreError::Io)?;
+            log.sync().map_err(StoreError::Io)?;
         }
         Ok(())
     }
@@ -1012,9 +1008,17 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.inner.db.flush()?;
         if let Some(log) = &self.inner.open_log {
-            lock(log).sync_data().map_err(StoreError::Io)?;
+            log.sync().map_err(StoreError::Io)?;
         }
         Ok(())
+    }
+
+    /// Reopens `store.open_log` by name (SIGHUP, after logrotate moved the file away).
+    pub fn reopen_open_log(&self) -> Result<(), StoreError> {
+        match &self.inner.open_log {
+            Some(log) => log.reopen().map_err(StoreError::Io),
+            None => Ok(()),
+        }
     }
 
     /// Deletes messages (with their opens) and opens older than `store.retention_days` before
@@ -1042,11 +1046,7 @@ impl Store {
 }
 
 /// The wall clock in ms since the epoch (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::now_ms;
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, WriteState> {
@@ -1058,13 +1058,6 @@ impl Inner {
 /// panic elsewhere never leaves it half-updated.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn open_append(p: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(p)
 }
 
 fn encode<T: Serialize>(v: &T) -> TxResult<Vec<u8>> {

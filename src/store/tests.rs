@@ -1,6 +1,7 @@
 //! Unit tests of the store against a real sled database in a temp dir.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use super::*;

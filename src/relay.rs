@@ -67,7 +67,7 @@ pub struct Record {
 }
 
 /// Where relayed messages are recorded (the store; a recorder in tests).
-pub trait Recorder: Send + Sync {
+pub trait Recorder: Send + Sync + 'static {
     /// Called before the message goes upstream. An error means "forward untracked".
     fn record(&self, rec: &Record) -> Result<(), String>;
     /// Called with the upstream's final reply.
@@ -268,7 +268,7 @@ impl Backend for RelaySession {
         // message. If the store cannot take it, the message goes out as it came.
         let mut decision = decision;
         if let Some(rec) = &relay.recorder
-            && let Err(e) = rec.record(&record)
+            && let Err(e) = record_off_reactor(rec, record).await
         {
             warn!(queue_id = %queue_id, error = %e, event = "store_error", "store failed; forwarding untracked");
             if decision == Decision::Tracked {
@@ -296,7 +296,11 @@ impl Backend for RelaySession {
         self.failed = None;
         self.mail = None;
         if let Some(rec) = &relay.recorder {
-            rec.finish(&id, r.is_positive(), &r.one_line(), clock::now_ms());
+            // The client need not wait for this write: the record exists already and the
+            // reply is final. It runs on a blocking thread (sled commits wait for the disk).
+            let (rec, reply, at) = (Arc::clone(rec), r.one_line(), clock::now_ms());
+            let accepted = r.is_positive();
+            tokio::task::spawn_blocking(move || rec.finish(&id, accepted, &reply, at));
         }
         let tracking = match decision {
             Decision::Tracked => "tracked",
@@ -331,6 +335,15 @@ impl Backend for RelaySession {
             up.give_back(conn);
         }
     }
+}
+
+/// Records the message on a blocking thread: a sled commit waits for its log write, which
+/// must not stall the reactor's other sessions.
+async fn record_off_reactor(rec: &Arc<dyn Recorder>, record: Record) -> Result<(), String> {
+    let rec = Arc::clone(rec);
+    tokio::task::spawn_blocking(move || rec.record(&record))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
 }
 
 /// MAIL on a pooled connection, retried on a fresh one when the pooled one was dead

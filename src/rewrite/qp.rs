@@ -1,0 +1,253 @@
+//! Quoted-printable (RFC 2045 §6.7): decoding, and splicing ASCII into the encoded form.
+//!
+//! Owns: the decoder used for placement, the mapping from a decoded offset back to the encoded
+//! text, and the splice. The splice is provably equivalent to decode → insert → re-encode while
+//! touching one physical line only: that line's encoded bytes before the insertion point are
+//! kept, the inserted text follows encoded with soft line breaks (every line ≤ 76 columns),
+//! then a soft break and the rest of the original line, unchanged, on a line of its own (it is
+//! no longer than the original line). Soft breaks decode to nothing, so the decoded result is
+//! the original with the insertion, and all other lines stay byte-identical.
+
+use memchr::{memchr, memchr_iter};
+
+/// Longest encoded line, including the `=` of a soft break (RFC 2045 §6.7 rule 5).
+pub const MAX_LINE: usize = 76;
+
+/// One physical line of the encoded body.
+struct Line {
+    /// First byte of the line.
+    start: usize,
+    /// End of the encoded content: before trailing whitespace and a soft-break `=`.
+    content_end: usize,
+    /// End of the line before its terminator (CRLF or LF).
+    raw_end: usize,
+    /// Just past the terminator.
+    end: usize,
+    /// Ends with `=`: the line break is not part of the data.
+    soft: bool,
+}
+
+/// Splits `enc` into physical lines.
+fn lines(enc: &[u8]) -> impl Iterator<Item = Line> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= enc.len() {
+            return None;
+        }
+        let (raw_end, end) = match memchr(b'\n', &enc[start..]) {
+            Some(i) => {
+                let nl = start + i;
+                let raw_end = if nl > start && enc[nl - 1] == b'\r' {
+                    nl - 1
+                } else {
+                    nl
+                };
+                (raw_end, nl + 1)
+            }
+            None => (enc.len(), enc.len()),
+        };
+        let mut content_end = raw_end;
+        while content_end > start && matches!(enc[content_end - 1], b' ' | b'\t') {
+            content_end -= 1;
+        }
+        let soft = content_end > start && enc[content_end - 1] == b'=';
+        if soft {
+            content_end -= 1;
+        }
+        let line = Line {
+            start,
+            content_end,
+            raw_end,
+            end,
+            soft,
+        };
+        start = end;
+        Some(line)
+    })
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// The byte an `=` at `content[i]` stands for, when followed by two hex digits.
+fn escape_at(content: &[u8], i: usize) -> Option<u8> {
+    let hi = hex(*content.get(i + 1)?)?;
+    let lo = hex(*content.get(i + 2)?)?;
+    Some(hi << 4 | lo)
+}
+
+/// Decodes one line's content (no terminator, no soft break) onto `out`. An `=` not followed by
+/// two hex digits stands for itself, as most readers treat it.
+fn decode_content(content: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while let Some(off) = memchr(b'=', &content[i..]) {
+        out.extend_from_slice(&content[i..i + off]);
+        let eq = i + off;
+        match escape_at(content, eq) {
+            Some(b) => {
+                out.push(b);
+                i = eq + 3;
+            }
+            None => {
+                out.push(b'=');
+                i = eq + 1;
+            }
+        }
+    }
+    out.extend_from_slice(&content[i..]);
+}
+
+/// Decoded length of one line's content.
+fn decoded_len(content: &[u8]) -> usize {
+    let mut escapes = 0;
+    let mut skip_to = 0;
+    for eq in memchr_iter(b'=', content) {
+        if eq >= skip_to && escape_at(content, eq).is_some() {
+            escapes += 1;
+            skip_to = eq + 3;
+        }
+    }
+    content.len() - 2 * escapes
+}
+
+/// Encoded offset within `content` after `k` decoded bytes.
+fn offset_after(content: &[u8], k: usize) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while n < k && i < content.len() {
+        i += if content[i] == b'=' && escape_at(content, i).is_some() {
+            3
+        } else {
+            1
+        };
+        n += 1;
+    }
+    i
+}
+
+/// Decodes a quoted-printable body; trailing whitespace on a line is transport padding and
+/// dropped, hard line breaks are kept as written.
+pub fn decode(enc: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(enc.len());
+    for line in lines(enc) {
+        decode_content(&enc[line.start..line.content_end], &mut out);
+        if !line.soft {
+            out.extend_from_slice(&enc[line.raw_end..line.end]);
+        }
+    }
+    out
+}
+
+/// Finds where decoded offset `p` lies in `enc`: (line start, encoded offset, line raw end).
+/// A point at a soft break is placed at the start of the next line.
+fn locate(enc: &[u8], p: usize) -> Option<(usize, usize, usize)> {
+    let mut dec = 0;
+    let mut it = lines(enc).peekable();
+    while let Some(line) = it.next() {
+        let content = &enc[line.start..line.content_end];
+        let len = decoded_len(content);
+        let last = it.peek().is_none();
+        if p < dec + len || (p == dec + len && (!line.soft || last)) {
+            let e = line.start + offset_after(content, p - dec);
+            return Some((line.start, e, line.raw_end));
+        }
+        dec += len;
+        if !line.soft {
+            dec += line.end - line.raw_end;
+        }
+        if p < dec {
+            return None; // inside a line break
+        }
+    }
+    (p == 0).then_some((0, 0, 0))
+}
+
+/// Writes `enc` with `insert` (ASCII) added at decoded offset `p` to `out`. Returns false, with
+/// `out` untouched, when `p` is not a character boundary of the decoded text.
+pub fn splice(enc: &[u8], p: usize, insert: &[u8], nl: &[u8], out: &mut Vec<u8>) -> bool {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let Some((line_start, e, raw_end)) = locate(enc, p) else {
+        return false;
+    };
+    out.extend_from_slice(&enc[..e]);
+    let mut col = e - line_start;
+    for &b in insert {
+        let esc;
+        let tok: &[u8] = if b == b'=' || !(0x20..=0x7e).contains(&b) {
+            esc = [b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
+            &esc
+        } else {
+            std::slice::from_ref(&b)
+        };
+        // Leave room for the `=` of a soft break.
+        if col > 0 && col + tok.len() > MAX_LINE - 1 {
+            out.push(b'=');
+            out.extend_from_slice(nl);
+            col = 0;
+        }
+        out.extend_from_slice(tok);
+        col += tok.len();
+    }
+    if e < raw_end {
+        out.push(b'=');
+        out.extend_from_slice(nl);
+    }
+    out.extend_from_slice(&enc[e..]);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_escapes_soft_breaks_and_padding() {
+        assert_eq!(
+            decode(b"a=3Db=\r\nc  \r\nd=\nx=ZZ="),
+            b"a=bc\r\ndx=ZZ".to_vec()
+        );
+        assert_eq!(decode(b"=3d=4"), b"==4".to_vec());
+    }
+
+    #[test]
+    fn splice_round_trips_and_keeps_lines_short() {
+        let enc = b"<p>caf=C3=A9 =3D x</p>=\r\n<p>y</p></body>\r\n<!-- tail -->\r\n";
+        let dec = decode(enc);
+        let p = dec.windows(7).position(|w| w == b"</body>").unwrap_or(0);
+        assert_eq!(p, 24);
+        let insert = b"<img src=\"http://127.0.0.1:8080/o/TESTTOKEN.gif\" width=\"1\" height=\"1\" alt=\"\" border=\"0\">";
+        let mut out = Vec::new();
+        assert!(splice(enc, p, insert, b"\r\n", &mut out));
+        let want = [&dec[..p], &insert[..], &dec[p..]].concat();
+        assert_eq!(decode(&out), want);
+        for line in out.split(|&b| b == b'\n') {
+            assert!(line.strip_suffix(b"\r").unwrap_or(line).len() <= MAX_LINE);
+        }
+        // Lines other than the one spliced into are untouched.
+        assert!(out.starts_with(b"<p>caf=C3=A9 =3D x</p>=\r\n<p>y</p>"));
+        assert!(out.ends_with(b"=\r\n</body>\r\n<!-- tail -->\r\n"));
+    }
+
+    #[test]
+    fn splice_at_every_offset() {
+        let enc = b"ab=3Dc=\r\nd\r\n\r\ne=";
+        let dec = decode(enc);
+        for p in 0..=dec.len() {
+            let mut out = Vec::new();
+            if splice(enc, p, b"<X=Y>", b"\r\n", &mut out) {
+                assert_eq!(
+                    decode(&out),
+                    [&dec[..p], b"<X=Y>", &dec[p..]].concat(),
+                    "p={p}"
+                );
+            } else {
+                assert_eq!(&dec[p - 1..=p], b"\r\n", "p={p}");
+            }
+        }
+    }
+}

@@ -48,6 +48,13 @@ pub fn find_html(msg: &[u8]) -> Result<HtmlPart, SkipReason> {
     if body.start > body.end || body.end > msg.len() {
         return Err(SkipReason::Unparseable);
     }
+    // The body must follow the empty line that ends the part's header. When stray bytes make
+    // mail-parser read the body as header, it reports an empty body at the end of the part;
+    // inserting there would put the pixel after the real content, and again on every pass.
+    let head = &msg[..body.start];
+    if !(head.ends_with(b"\n\r\n") || head.ends_with(b"\n\n")) {
+        return Err(SkipReason::Unparseable);
+    }
     let cte = match part
         .content_transfer_encoding()
         .map(|s| s.trim().to_ascii_lowercase())

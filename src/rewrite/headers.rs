@@ -96,26 +96,40 @@ fn trim_end(s: &[u8]) -> &[u8] {
     &s[..e]
 }
 
+/// Byte ranges of every field named `name` (ASCII case-insensitive), in order.
+pub fn ranges(fields: &[Field<'_>], name: &str) -> Vec<std::ops::Range<usize>> {
+    if name.is_empty() {
+        return Vec::new();
+    }
+    fields
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|f| f.range.clone())
+        .collect()
+}
+
+/// Appends `src` to `out` without the bytes in `doomed` (sorted, non-overlapping; ranges
+/// reaching past `src` are clipped).
+pub fn copy_without(src: &[u8], doomed: &[std::ops::Range<usize>], out: &mut Vec<u8>) {
+    let mut pos = 0;
+    for r in doomed {
+        let (start, end) = (r.start.min(src.len()), r.end.min(src.len()));
+        if start >= pos {
+            out.extend_from_slice(&src[pos..start]);
+            pos = end;
+        }
+    }
+    out.extend_from_slice(&src[pos..]);
+}
+
 /// Removes every field named `name` (ASCII case-insensitive). `None` when there is none.
 pub fn remove(msg: &[u8], name: &str) -> Option<Vec<u8>> {
-    if name.is_empty() {
-        return None;
-    }
-    let doomed: Vec<_> = fields(msg)
-        .into_iter()
-        .filter(|f| f.name.eq_ignore_ascii_case(name.as_bytes()))
-        .map(|f| f.range)
-        .collect();
+    let doomed = ranges(&fields(msg), name);
     if doomed.is_empty() {
         return None;
     }
     let mut out = Vec::with_capacity(msg.len());
-    let mut pos = 0;
-    for r in doomed {
-        out.extend_from_slice(&msg[pos..r.start]);
-        pos = r.end;
-    }
-    out.extend_from_slice(&msg[pos..]);
+    copy_without(msg, &doomed, &mut out);
     Some(out)
 }
 

@@ -175,8 +175,9 @@ pub fn rewrite(env: &Envelope<'_>, message: &[u8], pixel_url: &str, policy: &Pol
                 .eq_ignore_ascii_case(policy.opt_out_header.as_bytes())
         })
         .any(|f| refuses(&f.unfolded()));
-    let stripped = headers::remove(message, &policy.opt_out_header);
-    let input = stripped.as_deref().unwrap_or(message);
+    // Removed from the output whatever the decision; the ranges lie in the top-level header,
+    // before every part body, so the copy that drops them never meets the spliced part.
+    let doomed = headers::ranges(&fields, &policy.opt_out_header);
     let checks = Checks {
         env,
         original: message,
@@ -188,18 +189,25 @@ pub fn rewrite(env: &Envelope<'_>, message: &[u8], pixel_url: &str, policy: &Pol
     let info = info.unwrap_or_default();
     match checks
         .run()
-        .and_then(|()| insert(input, pixel_url, &policy.pixel_prefix))
+        .and_then(|()| insert(message, &doomed, pixel_url, &policy.pixel_prefix))
     {
         Ok(out) => Rewritten {
             message: Some(out),
             decision: Decision::Tracked,
             info,
         },
-        Err(reason) => Rewritten {
-            message: stripped,
-            decision: Decision::Skipped(reason),
-            info,
-        },
+        Err(reason) => {
+            let message = (!doomed.is_empty()).then(|| {
+                let mut out = Vec::with_capacity(message.len());
+                headers::copy_without(message, &doomed, &mut out);
+                out
+            });
+            Rewritten {
+                message,
+                decision: Decision::Skipped(reason),
+                info,
+            }
+        }
     }
 }
 
@@ -297,8 +305,14 @@ fn message_info(message: &[u8], fields: &[headers::Field<'_>]) -> Option<Message
     })
 }
 
-/// Finds the HTML part of `msg`, inserts the pixel and splices the part back.
-fn insert(msg: &[u8], pixel_url: &str, pixel_prefix: &str) -> Result<Vec<u8>, SkipReason> {
+/// Finds the HTML part of `msg`, inserts the pixel and splices the part back, leaving out the
+/// header fields in `doomed`.
+fn insert(
+    msg: &[u8],
+    doomed: &[std::ops::Range<usize>],
+    pixel_url: &str,
+    pixel_prefix: &str,
+) -> Result<Vec<u8>, SkipReason> {
     let part = mime::find_html(msg)?;
     let body = &msg[part.body.clone()];
     let decoded: Cow<'_, [u8]> = match part.cte {
@@ -316,11 +330,18 @@ fn insert(msg: &[u8], pixel_url: &str, pixel_prefix: &str) -> Result<Vec<u8>, Sk
         return Err(SkipReason::AlreadyTracked);
     }
     let p = html::insertion_point(&decoded);
+    // Only the base64 splice reads the decoded text again; free a QP copy before the output
+    // buffer is allocated, so at most one message-sized buffer is added to the input.
+    let decoded = if part.cte == mime::Cte::Base64 {
+        decoded
+    } else {
+        Cow::Borrowed(&[][..])
+    };
     let markup = html::markup(pixel_url);
     let nl = headers::line_ending(body, headers::line_ending(msg, b"\r\n"));
     // The markup grows by a third in QP and base64, plus line breaks: 2× leaves room.
     let mut out = Vec::with_capacity(msg.len() + 2 * markup.len() + 16);
-    out.extend_from_slice(&msg[..part.body.start]);
+    headers::copy_without(&msg[..part.body.start], doomed, &mut out);
     match part.cte {
         mime::Cte::Raw => raw::splice(body, p, &markup, nl, &mut out),
         mime::Cte::QuotedPrintable => {

@@ -133,7 +133,10 @@ fn offset_after(content: &[u8], k: usize) -> usize {
 /// Decodes a quoted-printable body; trailing whitespace on a line is transport padding and
 /// dropped, hard line breaks are kept as written.
 pub fn decode(enc: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(enc.len());
+    // Every `=XX` and soft break shrinks by at least two bytes: size the buffer for that (a
+    // stray literal `=` merely lets it grow), so it does not hold a second message's worth.
+    let escapes = memchr_iter(b'=', enc).count();
+    let mut out = Vec::with_capacity(enc.len().saturating_sub(2 * escapes));
     for line in lines(enc) {
         decode_content(&enc[line.start..line.content_end], &mut out);
         if !line.soft {

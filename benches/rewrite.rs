@@ -114,6 +114,10 @@ fn bench(c: &mut Criterion) {
         group.bench_function(cte, |b| {
             b.iter(|| rewrite(&env, black_box(&msg), URL, &policy))
         });
+        // Reference point: mail-parser's full parse of the same message.
+        group.bench_function(format!("{cte}/mail_parser_parse"), |b| {
+            b.iter(|| mail_parser::MessageParser::new().parse(black_box(&msg[..])).map(|m| m.parts.len()))
+        });
     }
     let msg = message("8bit", 100_000);
     let env = Envelope {

@@ -35,12 +35,36 @@ pub const DEFAULT_LINE: usize = 76;
 /// Decodes a base64 body. `None` when it holds anything but base64, whitespace and trailing
 /// padding, or ends in a lone character.
 pub fn decode(enc: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(enc.len() / 4 * 3 + 3);
+    let mut out = vec![0u8; enc.len() / 4 * 3 + 3];
+    let mut o = 0;
     let mut acc: u32 = 0;
     let mut n = 0u8;
     let mut padded = false;
-    for &c in enc {
-        let v = TABLE[usize::from(c)];
+    let mut i = 0;
+    while i < enc.len() {
+        // Fast path: four data characters in a row, the common case inside a line.
+        if n == 0
+            && let Some(q) = enc.get(i..i + 4)
+        {
+            let v = [
+                TABLE[usize::from(q[0])],
+                TABLE[usize::from(q[1])],
+                TABLE[usize::from(q[2])],
+                TABLE[usize::from(q[3])],
+            ];
+            if (v[0] | v[1] | v[2] | v[3]) < 64 && !padded {
+                let w = u32::from(v[0]) << 18
+                    | u32::from(v[1]) << 12
+                    | u32::from(v[2]) << 6
+                    | u32::from(v[3]);
+                out[o..o + 3].copy_from_slice(&[(w >> 16) as u8, (w >> 8) as u8, w as u8]);
+                o += 3;
+                i += 4;
+                continue;
+            }
+        }
+        let v = TABLE[usize::from(enc[i])];
+        i += 1;
         if v < 64 {
             if padded {
                 return None;
@@ -48,7 +72,8 @@ pub fn decode(enc: &[u8]) -> Option<Vec<u8>> {
             acc = acc << 6 | u32::from(v);
             n += 1;
             if n == 4 {
-                out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8, acc as u8]);
+                out[o..o + 3].copy_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8, acc as u8]);
+                o += 3;
                 acc = 0;
                 n = 0;
             }
@@ -60,48 +85,88 @@ pub fn decode(enc: &[u8]) -> Option<Vec<u8>> {
     }
     match n {
         0 => {}
-        2 => out.push((acc >> 4) as u8),
-        3 => out.extend_from_slice(&[(acc >> 10) as u8, (acc >> 2) as u8]),
+        2 => {
+            out[o] = (acc >> 4) as u8;
+            o += 1;
+        }
+        3 => {
+            out[o..o + 2].copy_from_slice(&[(acc >> 10) as u8, (acc >> 2) as u8]);
+            o += 2;
+        }
         _ => return None,
     }
+    out.truncate(o);
     Some(out)
 }
 
+/// Number of base64 characters (not padding or whitespace) in `line`.
+fn data_count(line: &[u8]) -> usize {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    if memchr::memchr3(b' ', b'\t', b'=', body).is_none() && memchr::memchr(b'\r', body).is_none() {
+        body.len()
+    } else {
+        body.iter().filter(|&&c| TABLE[usize::from(c)] < 64).count()
+    }
+}
+
+/// Lines of `enc` as (start, end just past `\n`), last to first.
+fn lines_rev(enc: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut end = enc.len();
+    std::iter::from_fn(move || {
+        if end == 0 {
+            return None;
+        }
+        let search_end = if enc[end - 1] == b'\n' { end - 1 } else { end };
+        let start = memchr::memrchr(b'\n', &enc[..search_end]).map_or(0, |i| i + 1);
+        let line = (start, end);
+        end = start;
+        Some(line)
+    })
+}
+
 /// Where the re-encoded tail starts: (byte offset of data character `target`, or just past the
-/// last one; data characters before it on its line; length of the first line).
-fn find_group(enc: &[u8], target: usize) -> (usize, usize, usize) {
-    let mut count = 0;
-    let mut col = 0;
-    let mut first_line = None;
-    let mut at = None;
-    let mut last_end = 0;
-    for (i, &c) in enc.iter().enumerate() {
-        let v = TABLE[usize::from(c)];
-        if v < 64 {
-            if count == target && at.is_none() {
-                at = Some((i, col));
+/// last one; data characters before it on its line; the line length to wrap at). `total` is
+/// the number of data characters. Walks from the end, where the pixel usually goes.
+fn find_group(enc: &[u8], target: usize, total: usize) -> (usize, usize, usize) {
+    // The first line that holds data sets the width, if another line follows it.
+    let mut line = DEFAULT_LINE;
+    let mut start = 0;
+    while start < enc.len() {
+        let end = memchr::memchr(b'\n', &enc[start..]).map_or(enc.len(), |i| start + i + 1);
+        let n = data_count(&enc[start..end]);
+        if n > 0 {
+            if n < total && end < enc.len() {
+                line = n;
             }
-            count += 1;
-            col += 1;
-            last_end = i + 1;
-        } else if c == b'\n' {
-            if first_line.is_none() && count > 0 {
-                first_line = Some(col);
+            break;
+        }
+        start = end;
+    }
+    if target < total {
+        let mut after = 0;
+        for (start, end) in lines_rev(enc) {
+            let n = data_count(&enc[start..end]);
+            let first = total - after - n;
+            if target >= first {
+                let mut k = first;
+                for (j, &c) in enc[start..end].iter().enumerate() {
+                    if TABLE[usize::from(c)] < 64 {
+                        if k == target {
+                            return (start + j, k - first, line);
+                        }
+                        k += 1;
+                    }
+                }
             }
-            if at.is_none() {
-                col = 0;
-            }
+            after += n;
         }
     }
-    // Only a line break before the last data character makes the first line a line length.
-    let line = match first_line {
-        Some(l) if l > 0 && l < count => l,
-        _ => DEFAULT_LINE,
-    };
-    match at {
-        Some((i, col)) => (i, col, line),
-        None => (last_end, col_at(enc, last_end), line),
-    }
+    let last_end = enc
+        .iter()
+        .rposition(|&c| TABLE[usize::from(c)] < 64)
+        .map_or(0, |i| i + 1);
+    (last_end, col_at(enc, last_end), line)
 }
 
 /// Data characters between the last line break before `end` and `end`.
@@ -117,7 +182,8 @@ fn col_at(enc: &[u8], end: usize) -> usize {
 pub fn splice(enc: &[u8], dec: &[u8], p: usize, insert: &[u8], nl: &[u8], out: &mut Vec<u8>) {
     let p = p.min(dec.len());
     let group = p / 3;
-    let (start, mut col, line) = find_group(enc, group * 4);
+    let total = dec.len() / 3 * 4 + [0, 2, 3][dec.len() % 3];
+    let (start, mut col, line) = find_group(enc, group * 4, total);
     // What followed the last base64 character or padding (usually the final line break).
     let trailer = enc
         .iter()

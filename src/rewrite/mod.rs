@@ -288,7 +288,10 @@ fn message_info(message: &[u8], fields: &[headers::Field<'_>]) -> Option<Message
         return None;
     }
     let head = &message[..headers::body_start(message)];
-    let parsed = MessageParser::new().parse_headers(head)?;
+    // See `mime::parse` for why the parser runs under `catch_unwind`.
+    let parsed = std::panic::catch_unwind(|| MessageParser::new().parse_headers(head))
+        .ok()
+        .flatten()?;
     let message_id = fields
         .iter()
         .find(|f| f.name.eq_ignore_ascii_case(b"Message-ID"))
@@ -330,6 +333,7 @@ fn insert(
         return Err(SkipReason::AlreadyTracked);
     }
     let p = html::insertion_point(&decoded);
+    let total = decoded.len();
     // Only the base64 splice reads the decoded text again; free a QP copy before the output
     // buffer is allocated, so at most one message-sized buffer is added to the input.
     let decoded = if part.cte == mime::Cte::Base64 {
@@ -345,7 +349,7 @@ fn insert(
     match part.cte {
         mime::Cte::Raw => raw::splice(body, p, &markup, nl, &mut out),
         mime::Cte::QuotedPrintable => {
-            if !qp::splice(body, p, &markup, nl, &mut out) {
+            if !qp::splice(body, total, p, &markup, nl, &mut out) {
                 return Err(SkipReason::Unparseable);
             }
         }

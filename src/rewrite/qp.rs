@@ -8,7 +8,7 @@
 //! no longer than the original line). Soft breaks decode to nothing, so the decoded result is
 //! the original with the insertion, and all other lines stay byte-identical.
 
-use memchr::{memchr, memchr_iter};
+use memchr::{memchr_iter, memchr2, memrchr};
 
 /// Longest encoded line, including the `=` of a soft break (RFC 2045 §6.7 rule 5).
 pub const MAX_LINE: usize = 76;
@@ -27,41 +27,60 @@ struct Line {
     soft: bool,
 }
 
-/// Splits `enc` into physical lines.
+/// The line occupying `enc[start..end]` (`end` just past its `\n`, or the end of `enc`).
+fn line_at(enc: &[u8], start: usize, end: usize) -> Line {
+    let raw_end = if end > start && enc[end - 1] == b'\n' {
+        if end - 1 > start && enc[end - 2] == b'\r' {
+            end - 2
+        } else {
+            end - 1
+        }
+    } else {
+        end
+    };
+    let mut content_end = raw_end;
+    while content_end > start && matches!(enc[content_end - 1], b' ' | b'\t') {
+        content_end -= 1;
+    }
+    let soft = content_end > start && enc[content_end - 1] == b'=';
+    if soft {
+        content_end -= 1;
+    }
+    Line {
+        start,
+        content_end,
+        raw_end,
+        end,
+        soft,
+    }
+}
+
+/// Splits `enc` into physical lines, first to last (the reference decoding in the tests).
+#[cfg(test)]
 fn lines(enc: &[u8]) -> impl Iterator<Item = Line> + '_ {
     let mut start = 0;
     std::iter::from_fn(move || {
         if start >= enc.len() {
             return None;
         }
-        let (raw_end, end) = match memchr(b'\n', &enc[start..]) {
-            Some(i) => {
-                let nl = start + i;
-                let raw_end = if nl > start && enc[nl - 1] == b'\r' {
-                    nl - 1
-                } else {
-                    nl
-                };
-                (raw_end, nl + 1)
-            }
-            None => (enc.len(), enc.len()),
-        };
-        let mut content_end = raw_end;
-        while content_end > start && matches!(enc[content_end - 1], b' ' | b'\t') {
-            content_end -= 1;
-        }
-        let soft = content_end > start && enc[content_end - 1] == b'=';
-        if soft {
-            content_end -= 1;
-        }
-        let line = Line {
-            start,
-            content_end,
-            raw_end,
-            end,
-            soft,
-        };
+        let end = memchr::memchr(b'\n', &enc[start..]).map_or(enc.len(), |i| start + i + 1);
+        let line = line_at(enc, start, end);
         start = end;
+        Some(line)
+    })
+}
+
+/// The same lines, last to first.
+fn lines_rev(enc: &[u8]) -> impl Iterator<Item = Line> + '_ {
+    let mut end = enc.len();
+    std::iter::from_fn(move || {
+        if end == 0 {
+            return None;
+        }
+        let search_end = if enc[end - 1] == b'\n' { end - 1 } else { end };
+        let start = memrchr(b'\n', &enc[..search_end]).map_or(0, |i| i + 1);
+        let line = line_at(enc, start, end);
+        end = start;
         Some(line)
     })
 }
@@ -84,9 +103,10 @@ fn escape_at(content: &[u8], i: usize) -> Option<u8> {
 
 /// Decodes one line's content (no terminator, no soft break) onto `out`. An `=` not followed by
 /// two hex digits stands for itself, as most readers treat it.
+#[cfg(test)]
 fn decode_content(content: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
-    while let Some(off) = memchr(b'=', &content[i..]) {
+    while let Some(off) = memchr::memchr(b'=', &content[i..]) {
         out.extend_from_slice(&content[i..i + off]);
         let eq = i + off;
         match escape_at(content, eq) {
@@ -131,50 +151,109 @@ fn offset_after(content: &[u8], k: usize) -> usize {
 }
 
 /// Decodes a quoted-printable body; trailing whitespace on a line is transport padding and
-/// dropped, hard line breaks are kept as written.
+/// dropped, hard line breaks are kept as written. One pass over the body (the same result as
+/// decoding [`lines`] one by one, which `locate` relies on; a test holds the two together).
 pub fn decode(enc: &[u8]) -> Vec<u8> {
     // Every `=XX` and soft break shrinks by at least two bytes: size the buffer for that (a
     // stray literal `=` merely lets it grow), so it does not hold a second message's worth.
     let escapes = memchr_iter(b'=', enc).count();
     let mut out = Vec::with_capacity(enc.len().saturating_sub(2 * escapes));
-    for line in lines(enc) {
-        decode_content(&enc[line.start..line.content_end], &mut out);
-        if !line.soft {
-            out.extend_from_slice(&enc[line.raw_end..line.end]);
+    let mut i = 0;
+    loop {
+        let Some(off) = memchr2(b'=', b'\n', &enc[i..]) else {
+            push_trimmed(&mut out, &enc[i..]);
+            return out;
+        };
+        let j = i + off;
+        if enc[j] == b'\n' {
+            let chunk = &enc[i..j];
+            match chunk.strip_suffix(b"\r") {
+                Some(c) => {
+                    push_trimmed(&mut out, c);
+                    out.extend_from_slice(b"\r\n");
+                }
+                None => {
+                    push_trimmed(&mut out, chunk);
+                    out.push(b'\n');
+                }
+            }
+            i = j + 1;
+            continue;
+        }
+        out.extend_from_slice(&enc[i..j]);
+        if let Some(b) = escape_at(enc, j) {
+            out.push(b);
+            i = j + 3;
+            continue;
+        }
+        // A soft break: `=`, optional padding, then the line end or the end of the body.
+        let mut k = j + 1;
+        while k < enc.len() && matches!(enc[k], b' ' | b'\t') {
+            k += 1;
+        }
+        match &enc[k..] {
+            [] => return out,
+            [b'\n', ..] => i = k + 1,
+            [b'\r', b'\n', ..] => i = k + 2,
+            _ => {
+                out.push(b'=');
+                i = j + 1;
+            }
         }
     }
-    out
 }
 
-/// Finds where decoded offset `p` lies in `enc`: (line start, encoded offset, line raw end).
-/// A point at a soft break is placed at the start of the next line.
-fn locate(enc: &[u8], p: usize) -> Option<(usize, usize, usize)> {
-    let mut dec = 0;
-    let mut it = lines(enc).peekable();
-    while let Some(line) = it.next() {
+/// Appends `chunk` without its trailing spaces and tabs.
+fn push_trimmed(out: &mut Vec<u8>, chunk: &[u8]) {
+    let keep = chunk
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(0, |i| i + 1);
+    out.extend_from_slice(&chunk[..keep]);
+}
+
+/// Finds where decoded offset `p` lies in `enc`, whose decoding is `total` bytes long:
+/// (line start, encoded offset, line raw end). A point at a soft break is placed at the start
+/// of the next line. Walks from the end, since the pixel goes near the end of the part.
+fn locate(enc: &[u8], total: usize, p: usize) -> Option<(usize, usize, usize)> {
+    let mut dec_end = total;
+    let mut last = true;
+    for line in lines_rev(enc) {
         let content = &enc[line.start..line.content_end];
         let len = decoded_len(content);
-        let last = it.peek().is_none();
-        if p < dec + len || (p == dec + len && (!line.soft || last)) {
-            let e = line.start + offset_after(content, p - dec);
+        let with_break = if line.soft {
+            len
+        } else {
+            len + (line.end - line.raw_end)
+        };
+        let dec_start = dec_end.checked_sub(with_break)?;
+        if p >= dec_start && (p < dec_start + len || (p == dec_start + len && (!line.soft || last)))
+        {
+            let e = line.start + offset_after(content, p - dec_start);
             return Some((line.start, e, line.raw_end));
         }
-        dec += len;
-        if !line.soft {
-            dec += line.end - line.raw_end;
-        }
-        if p < dec {
+        if p > dec_start + len && p < dec_end {
             return None; // inside a line break
         }
+        dec_end = dec_start;
+        last = false;
     }
-    (p == 0).then_some((0, 0, 0))
+    (p == 0 && dec_end == 0).then_some((0, 0, 0))
 }
 
 /// Writes `enc` with `insert` (ASCII) added at decoded offset `p` to `out`. Returns false, with
 /// `out` untouched, when `p` is not a character boundary of the decoded text.
-pub fn splice(enc: &[u8], p: usize, insert: &[u8], nl: &[u8], out: &mut Vec<u8>) -> bool {
+/// `total` is the length of `decode(enc)`.
+pub fn splice(
+    enc: &[u8],
+    total: usize,
+    p: usize,
+    insert: &[u8],
+    nl: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let Some((line_start, e, raw_end)) = locate(enc, p) else {
+    let Some((line_start, e, raw_end)) = locate(enc, total, p) else {
         return false;
     };
     out.extend_from_slice(&enc[..e]);
@@ -208,6 +287,38 @@ pub fn splice(enc: &[u8], p: usize, insert: &[u8], nl: &[u8], out: &mut Vec<u8>)
 mod tests {
     use super::*;
 
+    /// The line-by-line decoding that `locate` counts with.
+    fn decode_by_lines(enc: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in lines(enc) {
+            decode_content(&enc[line.start..line.content_end], &mut out);
+            if !line.soft {
+                out.extend_from_slice(&enc[line.raw_end..line.end]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn one_pass_decode_matches_line_by_line() {
+        // Every string of up to 5 symbols from an alphabet full of QP edge cases.
+        let alphabet: [&[u8]; 8] = [b"=", b"3D", b" ", b"\t", b"\r", b"\n", b"x", b"=\r\n"];
+        let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+        while let Some(s) = stack.pop() {
+            assert_eq!(
+                decode(&s),
+                decode_by_lines(&s),
+                "{:?}",
+                String::from_utf8_lossy(&s)
+            );
+            if s.len() < 7 {
+                for a in alphabet {
+                    stack.push([&s[..], a].concat());
+                }
+            }
+        }
+    }
+
     #[test]
     fn decodes_escapes_soft_breaks_and_padding() {
         assert_eq!(
@@ -225,7 +336,7 @@ mod tests {
         assert_eq!(p, 24);
         let insert = b"<img src=\"http://127.0.0.1:8080/o/TESTTOKEN.gif\" width=\"1\" height=\"1\" alt=\"\" border=\"0\">";
         let mut out = Vec::new();
-        assert!(splice(enc, p, insert, b"\r\n", &mut out));
+        assert!(splice(enc, dec.len(), p, insert, b"\r\n", &mut out));
         let want = [&dec[..p], &insert[..], &dec[p..]].concat();
         assert_eq!(decode(&out), want);
         for line in out.split(|&b| b == b'\n') {
@@ -242,7 +353,7 @@ mod tests {
         let dec = decode(enc);
         for p in 0..=dec.len() {
             let mut out = Vec::new();
-            if splice(enc, p, b"<X=Y>", b"\r\n", &mut out) {
+            if splice(enc, dec.len(), p, b"<X=Y>", b"\r\n", &mut out) {
                 assert_eq!(
                     decode(&out),
                     [&dec[..p], b"<X=Y>", &dec[p..]].concat(),

@@ -10,7 +10,7 @@
 //! `<script>`, `<style>`, `<textarea>`, `<title>` and `<xmp>`, which runs to the matching end
 //! tag. Everything else is treated as markup.
 
-use memchr::{memchr, memmem};
+use memchr::{memchr, memchr_iter, memmem};
 
 /// Attributes after `src`: a 1×1 image that is invisible yet still loaded. No `display:none`,
 /// since some clients then skip the request.
@@ -66,39 +66,39 @@ pub fn contains_pixel(html: &[u8], prefix: &str) -> bool {
 pub fn insertion_point(html: &[u8]) -> usize {
     let mut last_body = None;
     let mut last_html = None;
-    let mut i = 0;
-    while let Some(off) = html.get(i..).and_then(|rest| memchr(b'<', rest)) {
-        let lt = i + off;
+    // Offsets before this are inside a comment or raw text already skipped.
+    let mut resume = 0;
+    for lt in memchr_iter(b'<', html) {
+        if lt < resume {
+            continue;
+        }
         let rest = &html[lt + 1..];
-        i = lt + 1;
-        match rest.first() {
+        // Most `<` open an ordinary tag: decide on the next byte before comparing names.
+        match rest.first().copied() {
             Some(b'!') if rest.starts_with(b"!--") => {
                 // A comment; `<!-->` and `<!--->` are empty comments in HTML5.
                 let body = lt + 4;
                 let tail = &html[body..];
                 if tail.starts_with(b">") {
-                    i = body + 1;
+                    resume = body + 1;
                 } else if tail.starts_with(b"->") {
-                    i = body + 2;
+                    resume = body + 2;
                 } else {
                     match memmem::find(tail, b"-->") {
-                        Some(end) => i = body + end + 3,
+                        Some(end) => resume = body + end + 3,
                         None => break,
                     }
                 }
             }
-            Some(b'/') => {
-                let name = &rest[1..];
-                if is_tag(name, b"body") {
-                    last_body = Some(lt);
-                } else if is_tag(name, b"html") {
-                    last_html = Some(lt);
-                }
-            }
-            Some(c) if c.is_ascii_alphabetic() => {
+            Some(b'/') => match rest.get(1).copied() {
+                Some(b'b' | b'B') if is_tag(&rest[1..], b"body") => last_body = Some(lt),
+                Some(b'h' | b'H') if is_tag(&rest[1..], b"html") => last_html = Some(lt),
+                _ => {}
+            },
+            Some(b's' | b'S' | b't' | b'T' | b'x' | b'X') => {
                 if let Some(name) = RAW_TEXT.iter().find(|n| is_tag(rest, n)) {
                     match skip_raw_text(html, lt + 1 + name.len(), name) {
-                        Some(next) => i = next,
+                        Some(next) => resume = next,
                         None => break,
                     }
                 }

@@ -14,11 +14,11 @@
 //! | 5 | the recipient's domain is in `exclude_recipient_domains` | `Skipped(RecipientDomain)` |
 //! | 6 | larger than `max_rewrite_size` | `Skipped(TooLarge)` |
 //! | 7 | a top-level `DKIM-Signature` and `on_dkim_signed = "skip"` | `Skipped(DkimSigned)` |
-//! | 8 | mail-parser finds no message | `Skipped(Unparseable)` |
+//! | 8 | mail-parser finds no message (or panics: see `mime::parse`) | `Skipped(Unparseable)` |
 //! | 9 | `multipart/signed` or S/MIME signed-data anywhere | `Skipped(Signed)` |
 //! | 10 | `multipart/encrypted`, PGP or S/MIME enveloped data anywhere | `Skipped(Encrypted)` |
 //! | 11 | no `text/html` part outside attachments and attached messages | `Skipped(NoHtml)` |
-//! | 12 | unknown transfer encoding, or a base64 body that is not clean base64 | `Skipped(Unparseable)` |
+//! | 12 | the part's body does not follow an empty line, its transfer encoding is unknown, or its base64 is not clean | `Skipped(Unparseable)` |
 //! | 13 | a charset that is not ASCII-compatible (UTF-16/32, UCS-2/4, UTF-7, EBCDIC), or a body with NUL bytes or a UTF-16 byte-order mark | `Skipped(Charset)` |
 //! | 14 | the part already holds a URL starting with `pixel_prefix` | `Skipped(AlreadyTracked)` |
 //! | - | otherwise | `Tracked` |

@@ -336,9 +336,11 @@ fn insert(
     let total = decoded.len();
     // Only the base64 splice reads the decoded text again; free a QP copy before the output
     // buffer is allocated, so at most one message-sized buffer is added to the input.
+    // (Shadowing alone would keep the old buffer alive to the end of the function.)
     let decoded = if part.cte == mime::Cte::Base64 {
         decoded
     } else {
+        drop(decoded);
         Cow::Borrowed(&[][..])
     };
     let markup = html::markup(pixel_url);

@@ -154,10 +154,9 @@ fn offset_after(content: &[u8], k: usize) -> usize {
 /// dropped, hard line breaks are kept as written. One pass over the body (the same result as
 /// decoding [`lines`] one by one, which `locate` relies on; a test holds the two together).
 pub fn decode(enc: &[u8]) -> Vec<u8> {
-    // Every `=XX` and soft break shrinks by at least two bytes: size the buffer for that (a
-    // stray literal `=` merely lets it grow), so it does not hold a second message's worth.
-    let escapes = memchr_iter(b'=', enc).count();
-    let mut out = Vec::with_capacity(enc.len().saturating_sub(2 * escapes));
+    // Decoding never grows the text. The caller frees this buffer before it allocates the
+    // output, so sizing it at the encoded length costs no extra peak memory (and saves a pass).
+    let mut out = Vec::with_capacity(enc.len());
     let mut i = 0;
     loop {
         let Some(off) = memchr2(b'=', b'\n', &enc[i..]) else {

@@ -72,3 +72,22 @@ fn mail_parser_debug_assert_is_a_skip() {
         assert_ne!(run(&out).decision, Decision::Tracked);
     }
 }
+
+/// cargo-fuzz `rewrite` (crash-73f5d410…), a harness bug worth keeping as a case: a long,
+/// folded, garbled `X-Track-Opens` value is not a refusal, so the message is tracked, and since
+/// the header is removed the output is shorter than the input despite the pixel.
+#[test]
+fn long_opt_out_header_is_removed_and_the_message_tracked() {
+    let msg = include_bytes!("data/rewrite/fuzz-long-opt-out-header.eml");
+    let r = run(msg);
+    assert_eq!(r.decision, Decision::Tracked);
+    let out = r.message.unwrap_or_default();
+    assert!(out.len() < msg.len());
+    let lower = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(!lower.contains("x-track-opens"));
+    assert!(lower.contains("/o/testtoken.gif"));
+    assert_eq!(
+        run(&out).decision,
+        Decision::Skipped(SkipReason::AlreadyTracked)
+    );
+}

@@ -16,7 +16,9 @@
 //! token.rs     pure: mint and verify pixel tokens
 //! track/       pure: classify a pixel hit (client, device, machine)
 //! store.rs     the only code that touches sled
-//! http/        pixel listener (public) and admin listener (private)
+//! http/        pixel listener (public), admin listener (private: API, follow stream,
+//!              dashboard, /metrics) and the accept loop they share
+//! metrics.rs   Prometheus registry the relay and the listeners update
 //! server.rs    wires everything together for `pixelrelay serve`
 //! ```
 //!
@@ -30,6 +32,7 @@ pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod relay;
 pub mod rewrite;

@@ -115,7 +115,7 @@ fn serve(cfg: Config) -> ExitCode {
         };
         let a = server.addresses();
         let smtp: Vec<String> = a.smtp.iter().map(ToString::to_string).collect();
-        tracing::info!(smtp = %smtp.join(","), http = %a.http, "ready");
+        tracing::info!(smtp = %smtp.join(","), http = %a.http, admin = %a.admin, "ready");
         server.run(server::termination()).await;
         ExitCode::SUCCESS
     })

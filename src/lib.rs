@@ -20,6 +20,7 @@
 //!              dashboard, /metrics) and the accept loop they share
 //! metrics.rs   Prometheus registry the relay and the listeners update
 //! server.rs    wires everything together for `pixelrelay serve`
+//! admin_client.rs  `pixelrelay tail` / `stats`: the admin API's client side
 //! ```
 //!
 //! Data flows one way: `smtp -> relay -> {rewrite, token, store, upstream}`;
@@ -28,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin_client;
 pub mod capture;
 pub mod clock;
 pub mod config;

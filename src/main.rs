@@ -1,9 +1,10 @@
 //! The `pixelrelay` command: parses arguments, loads the config, calls into the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pixelrelay::admin_client::{self, AdminClient, CliError, TailOptions};
 use pixelrelay::config::{Config, LogFormat};
 use pixelrelay::server::{self, Server};
 
@@ -37,6 +38,24 @@ enum Command {
     },
     /// Check the configuration: exit 0 with a summary, or 2 with every error and its key.
     CheckConfig,
+    /// Print the last opens and, with -f, follow new ones live (via the admin API).
+    Tail {
+        /// Keep following new opens; reconnects with its cursor if the relay restarts.
+        #[arg(short, long)]
+        follow: bool,
+        /// Print each open as its JSON line instead of an aligned text line.
+        #[arg(long)]
+        json: bool,
+        /// How many stored opens to print first.
+        #[arg(short = 'n', long = "lines", default_value_t = 20, value_name = "N")]
+        lines: usize,
+    },
+    /// Print the totals: relayed, tracked, skipped, opens, unique opens, open rate.
+    Stats {
+        /// Print the JSON of GET /api/v1/stats.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +80,23 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Tail {
+            follow,
+            json,
+            lines,
+        } => {
+            let opts = TailOptions {
+                follow,
+                json,
+                lines,
+            };
+            client_command(&cli.config, move |c| async move {
+                admin_client::tail(&c, opts, &mut std::io::stdout().lock()).await
+            })
+        }
+        Command::Stats { json } => client_command(&cli.config, move |c| async move {
+            admin_client::stats(&c, json, &mut std::io::stdout().lock()).await
+        }),
         Command::Serve { json_log } => {
             let cfg = match Config::load(&cli.config) {
                 Ok(c) => c,
@@ -73,6 +109,47 @@ fn main() -> ExitCode {
             };
             init_logging(&cfg, json_log);
             serve(cfg)
+        }
+    }
+}
+
+/// Runs an admin API client command: loads the config, reads the token, reports errors.
+fn client_command<F, Fut>(config: &Path, run: F) -> ExitCode
+where
+    F: FnOnce(AdminClient) -> Fut,
+    Fut: Future<Output = Result<(), CliError>>,
+{
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in errs.0 {
+                eprintln!("pixelrelay: {}: {e}", config.display());
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let client = match AdminClient::from_config(&cfg.admin) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pixelrelay: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pixelrelay: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(client)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pixelrelay: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -25,7 +25,7 @@
 //! | `GET /api/v1/opens?limit=&cursor=` | `{"items":[OpenEvent…],"next_cursor":…}`, newest first |
 //! | `GET /api/v1/opens?follow=1[&since=CURSOR]` | NDJSON stream, see below |
 //! | `GET /api/v1/stats` | the store's totals (`pixelrelay stats --json`) |
-//! | `GET /metrics` | Prometheus text exposition (`crate::metrics`) |
+//! | `GET /metrics` | OpenMetrics text exposition, which Prometheus scrapes (`crate::metrics`) |
 //!
 //! `limit` is 1..=1000 (default 50). `cursor` is the `next_cursor` of the previous page: pages
 //! are cut at a key, so opens or messages written meanwhile (they sort before the first page)
@@ -248,7 +248,7 @@ fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<AdminBody
         "/api/v1/stats" => json(StatusCode::OK, &state.store.stats()),
         "/metrics" => Ok(text(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             state.metrics.render(&state.pixel.counters, &state.store),
         )),
         p => match p.strip_prefix("/api/v1/messages/") {

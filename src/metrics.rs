@@ -22,6 +22,8 @@
 //! | `pixelrelay_pixel_duration_seconds` | histogram | |
 //! | `pixelrelay_opens_total` | counter | `device`; `machine` = true, false |
 //! | `pixelrelay_store_size_bytes` | gauge | |
+//! | `pixelrelay_admin_follow_streams` | gauge | |
+//! | `pixelrelay_admin_follow_lagged_total` | counter | |
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -61,6 +63,10 @@ pub struct Metrics {
     opens: Family<Labels, Counter>,
     /// sled's size on disk (collected).
     store_size: Gauge,
+    /// Follow streams open now.
+    follow_streams: Gauge,
+    /// Times a follower fell behind the live feed and re-read the store.
+    follow_lagged: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -90,6 +96,8 @@ impl Metrics {
             pixel_requests: Family::default(),
             opens: Family::default(),
             store_size: Gauge::default(),
+            follow_streams: Gauge::default(),
+            follow_lagged: Counter::default(),
         };
         registry.register(
             "smtp_sessions",
@@ -145,6 +153,16 @@ impl Metrics {
             Unit::Bytes,
             m.store_size.clone(),
         );
+        registry.register(
+            "admin_follow_streams",
+            "Follow streams (tail -f, dashboards) connected now",
+            m.follow_streams.clone(),
+        );
+        registry.register(
+            "admin_follow_lagged",
+            "Times a follower fell behind the live feed and caught up from the store",
+            m.follow_lagged.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -187,6 +205,16 @@ impl Metrics {
             self.relayed_bytes.inc_by(bytes as u64);
         }
         self.relay_latency.observe(took.as_secs_f64());
+    }
+
+    /// A follow stream opened (`+1`) or closed (`-1`).
+    pub fn follow_streams(&self, delta: i64) {
+        self.follow_streams.inc_by(delta);
+    }
+
+    /// A follower lagged and re-read the store.
+    pub fn follow_lagged(&self) {
+        self.follow_lagged.inc();
     }
 
     /// The exposition text, after refreshing the collected series from their sources.

@@ -528,6 +528,7 @@ async fn run_follow(
         last: cursor,
         shutdown: state.shutdown.clone(),
     };
+    state.metrics.follow_streams(1);
     let result = async {
         f.backlog(&state.store).await?;
         loop {
@@ -537,6 +538,7 @@ async fn run_follow(
                     Ok(e) => f.open(&e).await?,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(missed = n, "follow stream lagged; re-reading the store");
+                        state.metrics.follow_lagged();
                         f.backlog(&state.store).await?;
                     }
                     Err(broadcast::error::RecvError::Closed) => return Err(Stop::Shutdown),
@@ -551,6 +553,7 @@ async fn run_follow(
         }
     }
     .await;
+    state.metrics.follow_streams(-1);
     match result {
         Ok(()) | Err(Stop::Gone) => {}
         Err(Stop::Shutdown) => {

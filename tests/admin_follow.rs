@@ -22,8 +22,8 @@ fn hit(i: usize) -> OpenHit {
         classification: Classification {
             client: "Thunderbird".into(),
             device: Device::Desktop,
-            machine: i % 3 == 0,
-            machine_reason: (i % 3 == 0).then_some("test"),
+            machine: i.is_multiple_of(3),
+            machine_reason: i.is_multiple_of(3).then_some("test"),
         },
     }
 }
@@ -44,7 +44,7 @@ fn write_concurrently(
                         .record_open(&ids[i % ids.len()], &hit(i))
                         .unwrap()
                         .unwrap();
-                    if i % 50 == 0 {
+                    if i.is_multiple_of(50) {
                         std::thread::yield_now();
                     }
                 }

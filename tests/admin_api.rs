@@ -811,6 +811,14 @@ async fn a_relayed_message_shows_in_the_metrics_of_a_running_relay() {
         s["tracked"].as_u64().unwrap() + s["skipped_total"].as_u64().unwrap(),
         1
     );
+    // The public pixel listener serves none of it, token or not.
+    for route in ["/", "/api/v1/stats", "/api/v1/opens?follow=1", "/metrics"] {
+        assert_eq!(
+            get(relay.addrs.http, route, Some(token)).await.status,
+            404,
+            "{route}"
+        );
+    }
     let msgs = get(admin, "/api/v1/messages", Some(token)).await.json();
     assert_eq!(msgs["items"][0]["recipients"][0], "bob@example.net");
     relay.stop().await;

@@ -91,6 +91,8 @@ const MAX_LIMIT: usize = 1000;
 const BACKLOG_BATCH: usize = 500;
 /// Lines buffered between a follower's task and its connection.
 const STREAM_BUFFER: usize = 64;
+/// How long the end line may wait for a slow client at shutdown.
+const END_LINE_WAIT: Duration = Duration::from_secs(1);
 /// Heartbeat interval of the follow stream.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
@@ -501,10 +503,13 @@ impl Follower {
 
     /// A control line (`heartbeat`, `end`) carrying the cursor.
     async fn control(&mut self, key: &str, value: &str) -> Result<(), Stop> {
+        /// `{"<key>":"<value>","cursor":"<last id>"}`.
         #[derive(Serialize)]
         struct Control<'a> {
+            /// The one control key and its value.
             #[serde(flatten)]
             kv: HashMap<&'a str, &'a str>,
+            /// Where to resume.
             cursor: String,
         }
         let c = Control {
@@ -557,14 +562,14 @@ async fn run_follow(
     match result {
         Ok(()) | Err(Stop::Gone) => {}
         Err(Stop::Shutdown) => {
-            // Best effort: the client may already be gone; don't wait on a stuck one.
+            // The relay is stopping: give a slow client a moment for the last line, no more.
             let mut line = Vec::new();
             let _ = serde_json::to_writer(
                 &mut line,
                 &serde_json::json!({"end": "shutdown", "cursor": format_cursor(f.last)}),
             );
             line.push(b'\n');
-            let _ = f.tx.try_send(Bytes::from(line));
+            let _ = tokio::time::timeout(END_LINE_WAIT, f.tx.send(Bytes::from(line))).await;
         }
         Err(Stop::Store) => {
             let _ = f.control("end", "store_error").await;

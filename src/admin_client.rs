@@ -41,6 +41,8 @@ pub enum CliError {
     Unauthorized(String),
     /// Anything else (token file, protocol, stdout).
     Other(String),
+    /// Whoever read our output went away (`tail | head`): not an error.
+    OutputClosed,
 }
 
 impl std::fmt::Display for CliError {
@@ -49,6 +51,7 @@ impl std::fmt::Display for CliError {
             CliError::NotRunning(s) | CliError::Unauthorized(s) | CliError::Other(s) => {
                 f.write_str(s)
             }
+            CliError::OutputClosed => f.write_str("stdout closed"),
         }
     }
 }
@@ -270,7 +273,15 @@ fn write_line(out: &mut impl Write, line: &[u8]) -> Result<(), CliError> {
     out.write_all(line)
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush())
-        .map_err(|e| CliError::Other(format!("stdout: {e}")))
+        .map_err(stdout_error)
+}
+
+fn stdout_error(e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        CliError::OutputClosed
+    } else {
+        CliError::Other(format!("stdout: {e}"))
+    }
 }
 
 fn print_open(out: &mut impl Write, e: &Value, json: bool) -> Result<(), CliError> {
@@ -413,7 +424,7 @@ pub async fn stats(client: &AdminClient, json: bool, out: &mut impl Write) -> Re
     };
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
-        .map_err(|e| CliError::Other(format!("stdout: {e}")))
+        .map_err(stdout_error)
 }
 
 #[cfg(test)]

@@ -146,7 +146,7 @@ where
         }
     };
     match rt.block_on(run(client)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(CliError::OutputClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pixelrelay: {e}");
             ExitCode::from(1)

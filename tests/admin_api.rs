@@ -696,6 +696,8 @@ async fn metrics_are_valid_exposition_with_the_store_numbers() {
     a.open(&id, &Open::machine("Gmail", Device::Webmail));
     a.open(&id, &Open::person("Gmail", Device::Webmail));
     a.open(&id, &Open::person("Apple Mail", Device::Mobile));
+    // The size is what is on disk: make sure something is.
+    a.store.flush().await.unwrap();
     let r = a.get("/metrics").await;
     assert_eq!(r.status, 200);
     assert!(

@@ -23,7 +23,7 @@
 //! | `GET /api/v1/messages?limit=&cursor=&rcpt=&sender=&opened=&since=&until=` | `{"items":[Message…],"next_cursor":…}`, newest first |
 //! | `GET /api/v1/messages/{id}` | one message and its `open_events`, or 404 |
 //! | `GET /api/v1/opens?limit=&cursor=` | `{"items":[OpenEvent…],"next_cursor":…}`, newest first |
-//! | `GET /api/v1/opens?follow=1[&since=CURSOR]` | NDJSON stream, see below |
+//! | `GET /api/v1/opens?follow=1[&since=CURSOR]` | NDJSON stream (`follow`) |
 //! | `GET /api/v1/stats` | the store's totals (`pixelrelay stats --json`) |
 //! | `GET /metrics` | OpenMetrics text exposition, which Prometheus scrapes (`crate::metrics`) |
 //!
@@ -33,35 +33,15 @@
 //! milliseconds since the epoch, `YYYY-MM-DD`, or RFC 3339 (`…T04:06:23Z`, `…T04:06:23.123Z`).
 //! `opened` is `true`/`false` (or `1`/`0`). Errors are `{"error":"…"}` with 400, 401, 404 or 405.
 //!
-//! # The follow stream
-//!
-//! `GET /api/v1/opens?follow=1&since=CURSOR` answers `200`, `Content-Type:
-//! application/x-ndjson`, and writes one JSON object per line:
-//!
-//! - an open event (the SPEC's open event; its `id` is the cursor to resume from), first every
-//!   stored open after `since` in id order, then each new open as the store commits it. Without
-//!   `since` the stream starts at the newest stored open (only new opens follow).
-//! - `{"heartbeat":"<RFC 3339 time>","cursor":"<last id sent>"}` after 15 s without a line, so
-//!   proxies and clients see a live connection.
-//! - `{"end":"shutdown","cursor":"<last id sent>"}` as the last line when the relay stops;
-//!   reconnect with `since=<cursor>` to continue without gap or duplicate.
-//!
-//! No gap, no duplicate: the stream subscribes to the store's live feed *before* reading the
-//! backlog, then drops live events whose id is not above the last one it sent. A slow reader
-//! is never buffered without bound: the stream writes into a small bounded channel and, when the
-//! reader falls so far behind that the store's bounded feed drops events for it (`Lagged`), it
-//! re-reads the missed opens from the store by cursor and carries on. A slow reader therefore
-//! costs one task and a few KiB, never memory proportional to its lag, and it never blocks the
-//! store's writers.
+//! The follow stream (`GET /api/v1/opens?follow=1`) is in `follow`, the page in `dashboard`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -69,15 +49,16 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use super::pixel::PixelState;
 use super::serve::Limits;
+use super::{dashboard, follow};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{MessageFilter, Store, StoreError};
 use crate::token::MessageId;
-use crate::track::{OpenEvent, format_rfc3339_ms, parse_rfc3339_ms};
+use crate::track::parse_rfc3339_ms;
 
 /// Most simultaneous admin connections (each follower holds one).
 const MAX_CONNECTIONS: usize = 256;
@@ -87,23 +68,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_LIMIT: usize = 50;
 /// Largest page size.
 const MAX_LIMIT: usize = 1000;
-/// Opens read from the store per batch when a follower catches up.
-const BACKLOG_BATCH: usize = 500;
-/// Lines buffered between a follower's task and its connection.
-const STREAM_BUFFER: usize = 64;
-/// How long the end line may wait for a slow client at shutdown.
-const END_LINE_WAIT: Duration = Duration::from_secs(1);
-/// Heartbeat interval of the follow stream.
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
-
-/// The dashboard template; `{{STYLE}}` and `{{SCRIPT}}` are filled from the sibling files so
-/// that their hashes can go into the Content-Security-Policy.
-const DASHBOARD_HTML: &str = include_str!("dashboard.html");
-/// The dashboard's style sheet.
-const DASHBOARD_CSS: &str = include_str!("dashboard.css");
-/// The dashboard's script.
-const DASHBOARD_JS: &str = include_str!("dashboard.js");
-
 /// What the admin listener needs.
 pub struct AdminState {
     /// Messages, opens, totals, live feed.
@@ -116,7 +80,7 @@ pub struct AdminState {
     pub pixel: Arc<PixelState>,
     /// Ends follow streams when the relay stops.
     pub shutdown: Shutdown,
-    /// Heartbeat interval of follow streams ([`HEARTBEAT`]; shorter in tests).
+    /// Heartbeat interval of follow streams ([`follow::HEARTBEAT`]; shorter in tests).
     pub heartbeat: Duration,
 }
 
@@ -143,7 +107,7 @@ impl AdminState {
             metrics,
             pixel,
             shutdown,
-            heartbeat: HEARTBEAT,
+            heartbeat: follow::HEARTBEAT,
         }
     }
 
@@ -235,7 +199,7 @@ fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<AdminBody
         return r;
     }
     if path == "/" {
-        return dashboard(authorized);
+        return dashboard::page(authorized);
     }
     if !authorized {
         return unauthorized();
@@ -244,7 +208,7 @@ fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<AdminBody
     let result = match path.as_str() {
         "/api/v1/messages" => messages(state, &query),
         "/api/v1/opens" if query.get("follow").is_some_and(|f| truthy(f) == Some(true)) => {
-            follow(state, query.get("since").map(String::as_str))
+            follow::start(state, query.get("since").map(String::as_str))
         }
         "/api/v1/opens" => opens(state, &query),
         "/api/v1/stats" => json(StatusCode::OK, &state.store.stats()),
@@ -262,7 +226,7 @@ fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<AdminBody
 }
 
 /// An error answer: status and message.
-struct ApiError(StatusCode, String);
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
@@ -278,11 +242,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
-fn bad(msg: String) -> ApiError {
+pub(super) fn bad(msg: String) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg)
 }
 
-type ApiResult = Result<Response<AdminBody>, ApiError>;
+pub(super) type ApiResult = Result<Response<AdminBody>, ApiError>;
 
 fn messages(state: &AdminState, q: &HashMap<String, String>) -> ApiResult {
     let limit = limit(q)?;
@@ -405,224 +369,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Starts a follow stream (see the module docs).
-fn follow(state: &Arc<AdminState>, since: Option<&str>) -> ApiResult {
-    // Subscribe first: anything committed from here on is either in the backlog read below or
-    // arrives live (or both: then the id check drops the copy).
-    let live = state.store.subscribe();
-    let cursor = match since.filter(|s| !s.is_empty()) {
-        Some(c) => parse_cursor(c).ok_or_else(|| bad(format!("invalid cursor {c:?}")))?,
-        None => parse_cursor(&state.store.last_open_cursor()).unwrap_or(0),
-    };
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(run_follow(state.clone(), cursor, live, tx));
-    let mut r = Response::new(AdminBody::Stream(rx));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // Tell nginx-style proxies not to buffer the stream.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(r)
-}
-
-/// An open id cursor (16 hex digits).
-fn parse_cursor(c: &str) -> Option<u64> {
-    (c.len() == 16)
-        .then(|| u64::from_str_radix(c, 16).ok())
-        .flatten()
-}
-
-fn format_cursor(id: u64) -> String {
-    format!("{id:016x}")
-}
-
-/// Where a follower is and where its lines go.
-struct Follower {
-    /// The connection's side of the stream.
-    tx: mpsc::Sender<Bytes>,
-    /// The id of the last open sent.
-    last: u64,
-    /// Ends the stream when the relay stops.
-    shutdown: Shutdown,
-}
-
-/// Why a follower stops.
-enum Stop {
-    /// The client went away.
-    Gone,
-    /// The relay is stopping.
-    Shutdown,
-    /// The store failed.
-    Store,
-}
-
-impl Follower {
-    /// Sends one line; waits while the client is slow, but not past shutdown.
-    async fn line(&mut self, mut bytes: Vec<u8>) -> Result<(), Stop> {
-        bytes.push(b'\n');
-        tokio::select! {
-            r = self.tx.send(Bytes::from(bytes)) => r.map_err(|_| Stop::Gone),
-            () = self.shutdown.wait() => Err(Stop::Shutdown),
-        }
-    }
-
-    /// Sends one open, unless it was already sent.
-    async fn open(&mut self, e: &OpenEvent) -> Result<(), Stop> {
-        let Some(id) = parse_cursor(&e.id) else {
-            return Ok(());
-        };
-        if id <= self.last {
-            return Ok(());
-        }
-        let line = serde_json::to_vec(e).map_err(|_| Stop::Store)?;
-        self.line(line).await?;
-        self.last = id;
-        Ok(())
-    }
-
-    /// Sends every stored open after the cursor.
-    async fn backlog(&mut self, store: &Store) -> Result<(), Stop> {
-        loop {
-            let batch = store
-                .opens_after(Some(&format_cursor(self.last)), BACKLOG_BATCH)
-                .map_err(|e| {
-                    tracing::error!(error = %e, "follow stream: cannot read the backlog");
-                    Stop::Store
-                })?;
-            for e in &batch {
-                self.open(e).await?;
-            }
-            if batch.len() < BACKLOG_BATCH {
-                return Ok(());
-            }
-        }
-    }
-
-    /// A control line (`heartbeat`, `end`) carrying the cursor.
-    async fn control(&mut self, key: &str, value: &str) -> Result<(), Stop> {
-        /// `{"<key>":"<value>","cursor":"<last id>"}`.
-        #[derive(Serialize)]
-        struct Control<'a> {
-            /// The one control key and its value.
-            #[serde(flatten)]
-            kv: HashMap<&'a str, &'a str>,
-            /// Where to resume.
-            cursor: String,
-        }
-        let c = Control {
-            kv: HashMap::from([(key, value)]),
-            cursor: format_cursor(self.last),
-        };
-        let line = serde_json::to_vec(&c).map_err(|_| Stop::Store)?;
-        self.line(line).await
-    }
-}
-
-/// The follower's task: backlog, then live events, heartbeats, catch-up after a lag.
-async fn run_follow(
-    state: Arc<AdminState>,
-    cursor: u64,
-    mut live: broadcast::Receiver<OpenEvent>,
-    tx: mpsc::Sender<Bytes>,
-) {
-    let mut f = Follower {
-        tx,
-        last: cursor,
-        shutdown: state.shutdown.clone(),
-    };
-    state.metrics.follow_streams(1);
-    let result = async {
-        f.backlog(&state.store).await?;
-        loop {
-            let mut stop = f.shutdown.clone();
-            tokio::select! {
-                r = live.recv() => match r {
-                    Ok(e) => f.open(&e).await?,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(missed = n, "follow stream lagged; re-reading the store");
-                        state.metrics.follow_lagged();
-                        f.backlog(&state.store).await?;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return Err(Stop::Shutdown),
-                },
-                () = tokio::time::sleep(state.heartbeat) => {
-                    let now = format_rfc3339_ms(crate::clock::now_ms());
-                    f.control("heartbeat", &now).await?;
-                }
-                () = f.tx.closed() => return Err(Stop::Gone),
-                () = stop.wait() => return Err(Stop::Shutdown),
-            }
-        }
-    }
-    .await;
-    state.metrics.follow_streams(-1);
-    match result {
-        Ok(()) | Err(Stop::Gone) => {}
-        Err(Stop::Shutdown) => {
-            // The relay is stopping: give a slow client a moment for the last line, no more.
-            let mut line = Vec::new();
-            let _ = serde_json::to_writer(
-                &mut line,
-                &serde_json::json!({"end": "shutdown", "cursor": format_cursor(f.last)}),
-            );
-            line.push(b'\n');
-            let _ = tokio::time::timeout(END_LINE_WAIT, f.tx.send(Bytes::from(line))).await;
-        }
-        Err(Stop::Store) => {
-            let _ = f.control("end", "store_error").await;
-        }
-    }
-}
-
-/// The dashboard page and its Content-Security-Policy, built once.
-fn dashboard_page() -> &'static (String, String) {
-    static PAGE: OnceLock<(String, String)> = OnceLock::new();
-    PAGE.get_or_init(|| {
-        let hash = |s: &str| {
-            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(s.as_bytes()))
-        };
-        let html = DASHBOARD_HTML
-            .replace("{{STYLE}}", DASHBOARD_CSS)
-            .replace("{{SCRIPT}}", DASHBOARD_JS);
-        let csp = format!(
-            "default-src 'none'; script-src 'sha256-{}'; style-src 'sha256-{}'; \
-             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
-             frame-ancestors 'none'",
-            hash(DASHBOARD_JS),
-            hash(DASHBOARD_CSS)
-        );
-        (html, csp)
-    })
-}
-
-/// `GET /`: the page, 200 with the token, 401 (same data-free shell) without.
-fn dashboard(authorized: bool) -> Response<AdminBody> {
-    let (html, csp) = dashboard_page();
-    let status = if authorized {
-        StatusCode::OK
-    } else {
-        StatusCode::UNAUTHORIZED
-    };
-    let mut r = text(status, "text/html; charset=utf-8", html.clone());
-    let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(csp) {
-        h.insert(header::CONTENT_SECURITY_POLICY, v);
-    }
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    r
-}
-
 fn unauthorized() -> Response<AdminBody> {
     let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
     r.headers_mut().insert(
@@ -645,7 +391,11 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> ApiResult {
     Ok(text(status, "application/json", body))
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<AdminBody> {
+pub(super) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<AdminBody> {
     let mut r = Response::new(AdminBody::Full(Some(Bytes::from(body))));
     *r.status_mut() = status;
     let h = r.headers_mut();

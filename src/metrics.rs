@@ -179,9 +179,9 @@ impl Metrics {
             .inc();
     }
 
-    /// A transaction finished: the tracking decision (`None` = tracked, else the skip reason),
-    /// the reply code given to the client, the bytes forwarded and the time it took.
-    pub fn transaction(&self, skipped: Option<&str>, code: u16, bytes: usize, took: Duration) {
+    /// A transaction finished: the tracking decision (`tracked`, else the skip reason), the
+    /// reply code given to the client, the bytes forwarded and the time it took.
+    pub fn transaction(&self, tracking: &str, code: u16, bytes: usize, took: Duration) {
         let outcome = match code {
             200..=299 => "accepted",
             400..=499 => "tempfail",
@@ -190,12 +190,12 @@ impl Metrics {
         self.transactions
             .get_or_create(&vec![("outcome", outcome.to_string())])
             .inc();
-        let labels = match skipped {
-            None => vec![
+        let labels = match tracking {
+            "tracked" => vec![
                 ("decision", "tracked".to_string()),
                 ("reason", String::new()),
             ],
-            Some(r) => vec![
+            r => vec![
                 ("decision", "skipped".to_string()),
                 ("reason", r.to_string()),
             ],
@@ -262,8 +262,8 @@ mod tests {
         let m = Metrics::new(latency_histogram());
         m.smtp_session();
         m.upstream_reply("rcpt", 250);
-        m.transaction(None, 250, 100, Duration::from_millis(3));
-        m.transaction(Some("no_html"), 451, 100, Duration::from_millis(3));
+        m.transaction("tracked", 250, 100, Duration::from_millis(3));
+        m.transaction("no_html", 451, 100, Duration::from_millis(3));
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&crate::config::StoreConfig {
             path: dir.path().join("db"),

@@ -324,13 +324,10 @@ impl Backend for RelaySession {
             duration_ms = started.elapsed().as_millis() as u64,
             "relayed"
         );
-        let skipped = match decision {
-            Decision::Tracked => None,
-            Decision::Skipped(reason) => Some(reason.as_str()),
-        };
+        let took = data_started.elapsed();
         relay
             .metrics
-            .transaction(skipped, r.code, content.len(), data_started.elapsed());
+            .transaction(tracking, r.code, content.len(), took);
         r
     }
 

@@ -39,6 +39,9 @@ enum Command {
     /// Check the configuration: exit 0 with a summary, or 2 with every error and its key.
     CheckConfig,
     /// Print the last opens and, with -f, follow new ones live (via the admin API).
+    ///
+    /// One line per open: time (UTC), recipient, subject (when stored), client, device,
+    /// `person` or `machine:<reason>`, IP. Control characters in these are shown as `?`.
     Tail {
         /// Keep following new opens; reconnects with its cursor if the relay restarts.
         #[arg(short, long)]
@@ -46,7 +49,7 @@ enum Command {
         /// Print each open as its JSON line instead of an aligned text line.
         #[arg(long)]
         json: bool,
-        /// How many stored opens to print first.
+        /// How many stored opens to print first (at most 1000).
         #[arg(short = 'n', long = "lines", default_value_t = 20, value_name = "N")]
         lines: usize,
     },

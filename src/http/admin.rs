@@ -68,6 +68,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_LIMIT: usize = 50;
 /// Largest page size.
 const MAX_LIMIT: usize = 1000;
+
 /// What the admin listener needs.
 pub struct AdminState {
     /// Messages, opens, totals, live feed.

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::capture::Capture;
 use crate::clock;
+use crate::metrics::Metrics;
 use crate::rewrite::{self, Decision, MessageInfo, Policy, SkipReason};
 use crate::smtp::command::PathArg;
 use crate::smtp::reply::{self, Reply};
@@ -115,6 +116,8 @@ pub struct Relay {
     pub tracking: Option<Tracking>,
     /// `None` when nothing is recorded (tests).
     pub recorder: Option<Arc<dyn Recorder>>,
+    /// Prometheus series (sessions, transactions, replies, decisions, latency).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The factory the listener uses: hands each session a clone of the shared relay.
@@ -124,6 +127,7 @@ impl BackendFactory for RelayFactory {
     type Backend = RelaySession;
 
     fn backend(&self, peer: SocketAddr) -> RelaySession {
+        self.0.metrics.smtp_session();
         RelaySession {
             relay: Some(Arc::clone(&self.0)),
             conn: None,
@@ -191,6 +195,7 @@ impl Backend for RelaySession {
                 let line = |c: &Connection| path_command("MAIL FROM", mail, c);
                 match begin(up, &line).await {
                     Ok((conn, r)) => {
+                        relay.metrics.upstream_reply("mail", r.code);
                         if r.is_positive() {
                             self.conn = Some(conn);
                         } else {
@@ -226,7 +231,10 @@ impl Backend for RelaySession {
                 };
                 let line = path_command("RCPT TO", rcpt, conn);
                 match conn.command(&line, "RCPT TO").await {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        relay.metrics.upstream_reply("rcpt", r.code);
+                        r
+                    }
                     Err(e) => self.upstream_failed("RCPT TO", &e),
                 }
             }
@@ -251,6 +259,7 @@ impl Backend for RelaySession {
             ..
         } = txn;
         let received_at = clock::now_ms();
+        let data_started = std::time::Instant::now();
         let id = MessageId::random();
         let (original, rewritten, decision, info) =
             track(&relay, &mail.address, &recipients, original, &id).await;
@@ -286,6 +295,7 @@ impl Backend for RelaySession {
                 None => reply::upstream_unavailable(),
                 Some(mut conn) => match conn.send_message(&content).await {
                     Ok(r) => {
+                        relay.metrics.upstream_reply("data", r.code);
                         up.give_back(conn);
                         r
                     }
@@ -318,6 +328,10 @@ impl Backend for RelaySession {
             duration_ms = started.elapsed().as_millis() as u64,
             "relayed"
         );
+        let took = data_started.elapsed();
+        relay
+            .metrics
+            .transaction(tracking, r.code, content.len(), took);
         r
     }
 

@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use crate::capture::Capture;
 use crate::config::{Config, UpstreamTarget};
-use crate::http::{self, pixel::PixelState};
+use crate::http::{self, admin::AdminState, pixel::PixelState};
+use crate::metrics::Metrics;
 use crate::relay::{Recorder, Relay, RelayFactory, Target, Tracking};
 use crate::rewrite::Policy;
 use crate::secret;
@@ -41,6 +42,12 @@ pub struct Server {
     store: Store,
     /// Pixel listener state (token key, counters).
     pixel: Arc<PixelState>,
+    /// Bound admin listener.
+    admin: TcpListener,
+    /// The admin token (from `admin.token_file`).
+    admin_token: Vec<u8>,
+    /// Prometheus registry shared by the relay and the listeners.
+    metrics: Arc<Metrics>,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -52,6 +59,8 @@ pub struct Addresses {
     pub smtps: Vec<SocketAddr>,
     /// Pixel listener.
     pub http: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
 }
 
 /// Installs ring as the process-wide rustls provider (two enabled providers make rustls panic).
@@ -134,11 +143,18 @@ impl Server {
             cfg.http.clone(),
             cfg.tracking.machine_window,
         ));
+        let admin_token = secret::read_or_create(&cfg.admin.token_file, || secret::random_hex(32))
+            .map_err(|e| format!("admin.token_file: {e}"))?;
+        let admin = TcpListener::bind(cfg.admin.listen)
+            .await
+            .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", cfg.admin.listen))?;
+        let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
         let recorder: Arc<dyn Recorder> = Arc::new(store.clone());
         let relay = Arc::new(Relay {
             target,
             tracking,
             recorder: Some(recorder),
+            metrics: Arc::clone(&metrics),
         });
         let tls = match &cfg.smtp.tls {
             Some(t) => Some(Arc::new(TlsSource::load(t)?)),
@@ -160,6 +176,9 @@ impl Server {
             http,
             store,
             pixel,
+            admin,
+            admin_token,
+            metrics,
         })
     }
 
@@ -177,6 +196,7 @@ impl Server {
                 .filter_map(|l| l.local_addr().ok())
                 .collect(),
             http: self.http.local_addr().unwrap_or(self.cfg.http.listen),
+            admin: self.admin.local_addr().unwrap_or(self.cfg.admin.listen),
         }
     }
 
@@ -192,6 +212,9 @@ impl Server {
             http,
             store,
             pixel,
+            admin,
+            admin_token,
+            metrics,
         } = self;
         let (trigger, shutdown) = shutdown::channel();
         let (hard_trigger, hard_stop) = shutdown::channel();
@@ -228,6 +251,14 @@ impl Server {
             Arc::clone(&pixel),
             shutdown.clone(),
         ));
+        let admin_state = Arc::new(AdminState::new(
+            store.clone(),
+            &admin_token,
+            metrics,
+            Arc::clone(&pixel),
+            shutdown.clone(),
+        ));
+        let admin_task = tokio::spawn(http::admin::serve(admin, admin_state));
         let mode = match &relay.target {
             Target::Smtp(up) => format!("relay to {}", up.address()),
             Target::Capture(c) => format!("CAPTURE into {} (not relaying)", c.dir().display()),
@@ -254,6 +285,7 @@ impl Server {
             }
         }
         let _ = pixel_task.await;
+        let _ = admin_task.await;
         if let Target::Smtp(up) = &relay.target {
             up.close_idle().await;
         }

@@ -7,15 +7,21 @@ mod common;
 use common::*;
 use std::process::Command;
 
-use pixelrelay::store::Store;
 use pixelrelay::token::{Purpose, TokenKey};
+use pixelrelay::track::OpenEvent;
 
 /// A relay whose pixel listener runs on a known port, so that `base_url` points at it.
 async fn tracked_relay(up: &FakeUpstream, extra_store: &str) -> (Relay, u16) {
     let http = free_port();
     let cfg = config_text(&up.addr.to_string(), "")
-        .replace("base_url = \"http://127.0.0.1:8080\"", &format!("base_url = \"http://127.0.0.1:{http}\""))
-        .replace("[http]\nlisten = \"127.0.0.1:0\"", &format!("[http]\nlisten = \"127.0.0.1:{http}\""));
+        .replace(
+            "base_url = \"http://127.0.0.1:8080\"",
+            &format!("base_url = \"http://127.0.0.1:{http}\""),
+        )
+        .replace(
+            "[http]\nlisten = \"127.0.0.1:0\"",
+            &format!("[http]\nlisten = \"127.0.0.1:{http}\""),
+        );
     let cfg = format!("{cfg}\n[store]\nsubjects = true\n{extra_store}\n");
     (start_relay(&cfg).await, http)
 }
@@ -55,19 +61,34 @@ s = smtplib.SMTP("127.0.0.1", {port}); s.send_message(m); s.quit()
         port = relay.smtp().port()
     );
     let out = Command::new("python3").arg("-c").arg(&py).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // swaks with an 8bit HTML part.
     if let Some(swaks) = need("swaks") {
         let f = dir.path().join("m.eml");
         std::fs::write(&f, html_mail("8bit")).unwrap();
         let out = Command::new(swaks)
-            .args(["--server", &relay.smtp().to_string(), "--from", "news@example.com", "--to", "bob@example.net"])
+            .args([
+                "--server",
+                &relay.smtp().to_string(),
+                "--from",
+                "news@example.com",
+                "--to",
+                "bob@example.net",
+            ])
             .arg("--data")
             .arg(format!("@{}", f.display()))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     let got = up.messages();
@@ -75,10 +96,21 @@ s = smtplib.SMTP("127.0.0.1", {port}); s.send_message(m); s.quit()
     let key = key(&relay);
     for g in &got {
         let urls = pixel_urls(&g.data);
-        assert_eq!(urls.len(), 1, "exactly one pixel in {}", String::from_utf8_lossy(&g.data));
+        assert_eq!(
+            urls.len(),
+            1,
+            "exactly one pixel in {}",
+            String::from_utf8_lossy(&g.data)
+        );
         let prefix = format!("http://127.0.0.1:{http}/o/");
-        let token = urls[0].strip_prefix(&prefix).and_then(|t| t.strip_suffix(".gif")).expect("our URL");
-        assert!(key.verify(Purpose::Open, token).is_some(), "token verifies without a lookup");
+        let token = urls[0]
+            .strip_prefix(&prefix)
+            .and_then(|t| t.strip_suffix(".gif"))
+            .expect("our URL");
+        assert!(
+            key.verify(Purpose::Open, token).is_some(),
+            "token verifies without a lookup"
+        );
     }
     relay.stop().await;
 }
@@ -89,15 +121,33 @@ async fn multi_recipient_and_opted_out_mail_pass_untouched() {
     let (relay, _) = tracked_relay(&up, "").await;
     let mut c = Client::hello(relay.smtp()).await;
     let msg = html_mail("multi");
-    let (code, _) = c.send_mail("news@example.com", &["bob@example.net", "carol@example.net"], msg.as_bytes()).await;
+    let (code, _) = c
+        .send_mail(
+            "news@example.com",
+            &["bob@example.net", "carol@example.net"],
+            msg.as_bytes(),
+        )
+        .await;
     assert_eq!(code, 250);
-    let opted = msg.replace("MIME-Version: 1.0\r\n", "X-Track-Opens: no\r\nMIME-Version: 1.0\r\n");
-    let (code, _) = c.send_mail("news@example.com", &["bob@example.net"], opted.as_bytes()).await;
+    let opted = msg.replace(
+        "MIME-Version: 1.0\r\n",
+        "X-Track-Opens: no\r\nMIME-Version: 1.0\r\n",
+    );
+    let (code, _) = c
+        .send_mail("news@example.com", &["bob@example.net"], opted.as_bytes())
+        .await;
     assert_eq!(code, 250);
     let got = up.messages();
-    assert_eq!(strip_received(&got[0].data), msg.as_bytes(), "two recipients: byte-identical");
+    assert_eq!(
+        strip_received(&got[0].data),
+        msg.as_bytes(),
+        "two recipients: byte-identical"
+    );
     assert!(pixel_urls(&got[1].data).is_empty());
-    assert!(!String::from_utf8_lossy(&got[1].data).contains("X-Track-Opens"), "opt-out header removed");
+    assert!(
+        !String::from_utf8_lossy(&got[1].data).contains("X-Track-Opens"),
+        "opt-out header removed"
+    );
     relay.stop().await;
 }
 
@@ -106,47 +156,100 @@ async fn pixel_loads_with_real_user_agents_and_chromium_are_recorded() {
     let up = FakeUpstream::start().await;
     let (relay, _) = tracked_relay(&up, "").await;
     let mut c = Client::hello(relay.smtp()).await;
-    let (code, _) = c.send_mail("news@example.com", &["bob@example.net"], html_mail("ua").as_bytes()).await;
+    let (code, _) = c
+        .send_mail(
+            "news@example.com",
+            &["bob@example.net"],
+            html_mail("ua").as_bytes(),
+        )
+        .await;
     assert_eq!(code, 250);
     let delivered = up.messages().remove(0).data;
     let url = pixel_urls(&delivered).remove(0);
     // Real user agents (sources cited in src/track/classify.rs's tests).
     let agents = [
-        ("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)", "Gmail", true),
-        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)", "Apple Mail", false),
-        ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148", "Apple Mail", false),
-        ("Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17029; Pro)", "Outlook", false),
-        ("Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.5.0", "Thunderbird", false),
+        (
+            "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+            "Gmail",
+            true,
+        ),
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)",
+            "Apple Mail",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+            "Apple Mail",
+            false,
+        ),
+        (
+            "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17029; Pro)",
+            "Outlook",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.5.0",
+            "Thunderbird",
+            false,
+        ),
     ];
     for (ua, _, _) in &agents {
         let (status, head, body) = http_get(&url, ua).await;
         assert_eq!(status, 200);
-        assert!(head.to_ascii_lowercase().contains("content-type: image/gif"));
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: image/gif")
+        );
         assert!(body.starts_with(b"GIF89a") || body.starts_with(b"GIF87a"));
     }
     // A real browser opening the delivered HTML part from a file.
-    let html = mail_parser::MessageParser::default().parse(&delivered[..]).unwrap();
-    let page = html.html_part(0).unwrap().text_contents().unwrap().to_string();
+    let html = mail_parser::MessageParser::default()
+        .parse(&delivered[..])
+        .unwrap();
+    let page = html
+        .html_part(0)
+        .unwrap()
+        .text_contents()
+        .unwrap()
+        .to_string();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mail.html"), &page).unwrap();
-    let browser = chromium(&["--virtual-time-budget=5000", "--dump-dom", &format!("file://{}/mail.html", dir.path().display())]);
-    let dir = relay.stop().await;
-    let cfg = pixelrelay::config::Config::load(&dir.path().join("relay.toml")).unwrap();
-    let store = Store::open(&cfg.store).unwrap();
-    let page = store.list_opens(None, 100).unwrap();
-    let opens = &page.items;
-    let want = agents.len() + usize::from(browser.as_ref().is_some_and(|o| o.status.success()));
+    let browser = chromium(&[
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        &format!("file://{}/mail.html", dir.path().display()),
+    ]);
+    let page = admin_json(&relay, "/api/v1/opens?limit=100").await;
+    let opens: Vec<OpenEvent> =
+        serde_json::from_value(page["items"].clone()).unwrap_or_else(|e| panic!("{e}: {page}"));
+    relay.stop().await;
+    if let Some(out) = &browser {
+        assert!(
+            out.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let want = agents.len() + usize::from(browser.is_some());
     assert_eq!(opens.len(), want, "{opens:#?}");
     // Newest first: the browser's open (if any) is first, then the agents in reverse.
     let mut by_ua: Vec<_> = opens.iter().rev().collect();
     if want > agents.len() {
         let chrome = by_ua.pop().unwrap();
-        assert!(chrome.user_agent.contains("HeadlessChrome") || chrome.user_agent.contains("Chrome"), "{chrome:?}");
+        assert!(
+            chrome.user_agent.contains("HeadlessChrome") || chrome.user_agent.contains("Chrome"),
+            "{chrome:?}"
+        );
     }
     for ((ua, client, machine), ev) in agents.iter().zip(by_ua.iter()) {
         assert_eq!(&ev.user_agent, ua);
         assert_eq!(&ev.client, client, "{ua}");
-        assert_eq!(ev.machine, *machine || ev.machine_reason.as_deref() == Some("early-load"), "{ua}: {ev:?}");
+        assert_eq!(
+            ev.machine,
+            *machine || ev.machine_reason.as_deref() == Some("early-load"),
+            "{ua}: {ev:?}"
+        );
         assert_eq!(ev.recipient, "bob@example.net");
         assert_eq!(ev.subject.as_deref(), Some("Weekly <b>news</b>"));
     }

@@ -744,13 +744,17 @@ pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Every pixel URL (`…/o/TOKEN.gif`) in the decoded HTML parts of `message`.
 pub fn pixel_urls(message: &[u8]) -> Vec<String> {
-    let Some(msg) = mail_parser::MessageParser::default().parse(message) else { return Vec::new() };
+    let Some(msg) = mail_parser::MessageParser::default().parse(message) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for part in msg.parts.iter() {
         if !part.is_text_html() {
             continue;
         }
-        let Some(html) = part.text_contents() else { continue };
+        let Some(html) = part.text_contents() else {
+            continue;
+        };
         let mut rest = html;
         while let Some(i) = rest.find("src=\"") {
             rest = &rest[i + 5..];
@@ -770,11 +774,17 @@ pub async fn http_get(url: &str, user_agent: &str) -> (u16, String, Vec<u8>) {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut s = TcpStream::connect(host).await.unwrap();
-    let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(buf.len());
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(buf.len());
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
     let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, head, buf[split..].to_vec())
@@ -801,4 +811,28 @@ pub fn chromium(args: &[&str]) -> Option<std::process::Output> {
         .output()
         .expect("run chromium");
     Some(out)
+}
+
+/// GET an admin API path with the relay's bearer token; the JSON body.
+pub async fn admin_json(relay: &Relay, path: &str) -> serde_json::Value {
+    let token = std::fs::read_to_string(relay.dir.path().join("data/admin.token")).unwrap();
+    let mut s = TcpStream::connect(relay.addrs.admin).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(buf.len());
+    assert!(
+        buf.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    serde_json::from_slice(&buf[split..]).unwrap()
 }

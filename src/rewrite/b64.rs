@@ -136,7 +136,8 @@ fn find_group(enc: &[u8], target: usize, total: usize) -> (usize, usize, usize) 
         let end = memchr::memchr(b'\n', &enc[start..]).map_or(enc.len(), |i| start + i + 1);
         let n = data_count(&enc[start..end]);
         if n > 0 {
-            if n < total && end < enc.len() {
+            // A width past SMTP's 998-octet limit is not one to copy.
+            if n < total && end < enc.len() && n <= 998 {
                 line = n;
             }
             break;

@@ -116,6 +116,8 @@ pub struct Relay {
     pub tracking: Option<Tracking>,
     /// `None` when nothing is recorded (tests).
     pub recorder: Option<Arc<dyn Recorder>>,
+    /// `tracking.opt_out_header`: removed from every message, tracked or not.
+    pub opt_out_header: String,
     /// Prometheus series (sessions, transactions, replies, decisions, latency).
     pub metrics: Arc<Metrics>,
 }
@@ -390,9 +392,11 @@ async fn track(
     id: &MessageId,
 ) -> Tracked {
     let Some(t) = &relay.tracking else {
+        // Tracking off: still never forward our own control header.
+        let stripped = rewrite::strip_opt_out(&content, &relay.opt_out_header);
         return (
             content,
-            None,
+            stripped,
             Decision::Skipped(SkipReason::Disabled),
             MessageInfo::default(),
         );

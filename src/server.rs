@@ -155,6 +155,7 @@ impl Server {
             tracking,
             recorder: Some(recorder),
             metrics: Arc::clone(&metrics),
+            opt_out_header: cfg.tracking.opt_out_header.clone(),
         });
         let tls = match &cfg.smtp.tls {
             Some(t) => Some(Arc::new(TlsSource::load(t)?)),

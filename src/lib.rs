@@ -44,6 +44,7 @@ pub mod server;
 pub mod shutdown;
 pub mod smtp;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod track;
 pub mod upstream;

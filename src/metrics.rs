@@ -47,6 +47,8 @@ pub struct Metrics {
     registry: Registry,
     /// SMTP sessions started.
     smtp_sessions: Counter,
+    /// Clients refused by a policy: relay denied, AUTH failed, limits.
+    smtp_refusals: Family<Labels, Counter>,
     /// Finished transactions by outcome.
     transactions: Family<Labels, Counter>,
     /// Upstream replies by stage and class.
@@ -88,6 +90,7 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             smtp_sessions: Counter::default(),
+            smtp_refusals: Family::default(),
             transactions: Family::default(),
             upstream_replies: Family::default(),
             rewrite_decisions: Family::default(),
@@ -103,6 +106,11 @@ impl Metrics {
             "smtp_sessions",
             "SMTP sessions accepted",
             m.smtp_sessions.clone(),
+        );
+        registry.register(
+            "smtp_refusals",
+            "Clients refused by policy, by reason (relay_denied, auth_failed, too_many_errors, connection_limit, ip_connection_limit)",
+            m.smtp_refusals.clone(),
         );
         registry.register(
             "smtp_transactions",
@@ -169,6 +177,13 @@ impl Metrics {
     /// A session was accepted.
     pub fn smtp_session(&self) {
         self.smtp_sessions.inc();
+    }
+
+    /// A client was refused by policy for `reason`.
+    pub fn smtp_refused(&self, reason: &'static str) {
+        self.smtp_refusals
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
     }
 
     /// The upstream answered `code` at `stage` (`mail`, `rcpt`, `data`).

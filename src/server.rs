@@ -18,9 +18,9 @@ use crate::relay::{Recorder, Relay, RelayFactory, Target, Tracking};
 use crate::rewrite::Policy;
 use crate::secret;
 use crate::shutdown;
-use crate::smtp::tls::TlsSource;
 use crate::smtp::{self, Limits, SessionConfig};
 use crate::store::Store;
+use crate::tls::TlsSource;
 use crate::token::TokenKey;
 use crate::upstream::Upstream;
 
@@ -137,12 +137,16 @@ impl Server {
         let http = TcpListener::bind(cfg.http.listen)
             .await
             .map_err(|e| format!("http.listen: cannot listen on {}: {e}", cfg.http.listen))?;
-        let pixel = Arc::new(PixelState::new(
+        let mut pixel = PixelState::new(
             key,
             store.clone(),
             cfg.http.clone(),
             cfg.tracking.machine_window,
-        ));
+        );
+        if let Some((cert, key)) = &cfg.http.tls {
+            pixel.tls = Some(Arc::new(TlsSource::load(cert, key, "http")?));
+        }
+        let pixel = Arc::new(pixel);
         let admin_token = secret::read_or_create(&cfg.admin.token_file, || secret::random_hex(32))
             .map_err(|e| format!("admin.token_file: {e}"))?;
         let admin = TcpListener::bind(cfg.admin.listen)
@@ -158,7 +162,7 @@ impl Server {
             opt_out_header: cfg.tracking.opt_out_header.clone(),
         });
         let tls = match &cfg.smtp.tls {
-            Some(t) => Some(Arc::new(TlsSource::load(t)?)),
+            Some(t) => Some(Arc::new(TlsSource::load(&t.cert, &t.key, "smtp.tls")?)),
             None => None,
         };
         let mut smtps = Vec::new();
@@ -219,7 +223,9 @@ impl Server {
         } = self;
         let (trigger, shutdown) = shutdown::channel();
         let (hard_trigger, hard_stop) = shutdown::channel();
-        let session_cfg = Arc::new(SessionConfig::from_config(&cfg.smtp));
+        let mut session_cfg = SessionConfig::from_config(&cfg.smtp);
+        session_cfg.metrics = Some(Arc::clone(&metrics));
+        let session_cfg = Arc::new(session_cfg);
         let limits = Limits {
             max_connections: cfg.smtp.max_connections,
             max_per_ip: cfg.smtp.max_connections_per_ip,
@@ -246,7 +252,8 @@ impl Server {
         }
         // SIGHUP: re-read the certificate files (sessions in progress keep theirs) and reopen
         // the open log (logrotate).
-        tokio::spawn(on_hangup(tls.clone(), store.clone()));
+        let certs: Vec<Arc<TlsSource>> = tls.iter().chain(pixel.tls.iter()).cloned().collect();
+        tokio::spawn(on_hangup(certs, store.clone()));
         let pixel_task = tokio::spawn(http::pixel::serve(
             http,
             Arc::clone(&pixel),
@@ -298,15 +305,19 @@ impl Server {
 }
 
 /// On every SIGHUP: reloads the inbound certificate and reopens the open log.
-async fn on_hangup(tls: Option<Arc<TlsSource>>, store: Store) {
+async fn on_hangup(certs: Vec<Arc<TlsSource>>, store: Store) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        if let Some(tls) = &tls {
+        for tls in &certs {
             match tls.reload() {
-                Ok(()) => info!(event = "tls_reload", "certificate reloaded"),
+                Ok(()) => info!(
+                    event = "tls_reload",
+                    section = tls.section(),
+                    "certificate reloaded"
+                ),
                 Err(e) => {
                     warn!(error = %e, event = "tls_reload", "certificate reload failed; keeping the old one")
                 }

@@ -139,6 +139,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         name: "admin",
         max_connections: MAX_CONNECTIONS,
         header_timeout: HEADER_TIMEOUT,
+        tls: None,
     };
     let shutdown = state.shutdown.clone();
     super::serve::serve(listener, limits, shutdown, move |_peer: SocketAddr, req| {

@@ -90,6 +90,8 @@ pub struct PixelState {
     writer: mpsc::Sender<Job>,
     /// Request latency (rendered by the admin listener's `/metrics`).
     pub latency: Histogram,
+    /// HTTPS certificate, when the listener terminates TLS itself (`http.tls_cert`).
+    pub tls: Option<Arc<crate::tls::TlsSource>>,
 }
 
 impl PixelState {
@@ -120,6 +122,7 @@ impl PixelState {
             counters,
             writer,
             latency: crate::metrics::latency_histogram(),
+            tls: None,
         }
     }
 }
@@ -192,6 +195,7 @@ pub async fn serve(listener: TcpListener, state: Arc<PixelState>, shutdown: Shut
         name: "pixel",
         max_connections: state.http.max_connections,
         header_timeout: state.http.header_timeout.min(state.http.idle_timeout),
+        tls: state.tls.clone(),
     };
     super::serve::serve(listener, limits, shutdown, move |peer, req| {
         let state = state.clone();

@@ -10,6 +10,7 @@
 //! stream, must end that response itself when shutdown begins); `serve` returns when every
 //! connection has closed.
 
+use crate::tls::TlsSource;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 64;
 
 /// Limits of one listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Name for logs (`pixel`, `admin`).
     pub name: &'static str,
@@ -40,7 +41,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time allowed to read a request head, and to sit idle between requests.
     pub header_timeout: Duration,
+    /// Serve HTTPS with this certificate (the handshake must finish within `header_timeout`).
+    pub tls: Option<Arc<TlsSource>>,
 }
+
+/// Plain TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` fires, then drains.
 pub async fn serve<H, Fut, B>(
@@ -93,7 +100,23 @@ pub async fn serve<H, Fut, B>(
         let handler = handler.clone();
         let builder = builder.clone();
         let mut stop = shutdown.clone();
+        let tls = limits.tls.as_ref().map(|t| t.acceptor());
+        let header_timeout = limits.header_timeout;
+        let name = limits.name;
         tokio::spawn(async move {
+            let stream: Box<dyn Io> = match tls {
+                None => Box::new(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => Box::new(s),
+                        _ => {
+                            tracing::debug!(listener = name, peer = %peer, "TLS handshake failed or timed out");
+                            drop((permit, guard));
+                            return;
+                        }
+                    }
+                }
+            };
             let svc = service_fn(move |req| {
                 let fut = handler(peer, req);
                 async move { Ok::<_, Infallible>(fut.await) }
@@ -108,7 +131,7 @@ pub async fn serve<H, Fut, B>(
                 }
             };
             if let Err(e) = result {
-                tracing::debug!(listener = limits.name, peer = %peer, error = %e, "connection ended with an error");
+                tracing::debug!(listener = name, peer = %peer, error = %e, "connection ended with an error");
             }
             drop(permit);
             drop(guard);

@@ -813,8 +813,8 @@ pub fn chromium(args: &[&str]) -> Option<std::process::Output> {
     Some(out)
 }
 
-/// GET an admin API path with the relay's bearer token; the JSON body.
-pub async fn admin_json(relay: &Relay, path: &str) -> serde_json::Value {
+/// GET an admin path with the relay's bearer token; the body (asserting 200).
+pub async fn admin_text(relay: &Relay, path: &str) -> String {
     let token = std::fs::read_to_string(relay.dir.path().join("data/admin.token")).unwrap();
     let mut s = TcpStream::connect(relay.addrs.admin).await.unwrap();
     let req = format!(
@@ -834,5 +834,10 @@ pub async fn admin_json(relay: &Relay, path: &str) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&buf)
     );
-    serde_json::from_slice(&buf[split..]).unwrap()
+    String::from_utf8_lossy(&buf[split..]).to_string()
+}
+
+/// GET an admin API path with the relay's bearer token; the JSON body.
+pub async fn admin_json(relay: &Relay, path: &str) -> serde_json::Value {
+    serde_json::from_str(&admin_text(relay, path).await).unwrap()
 }

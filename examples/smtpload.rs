@@ -53,7 +53,11 @@ async fn open(addr: &str) -> std::io::Result<Conn> {
 
 /// Sends one message; Ok(code of the final reply).
 async fn send(c: &mut Conn, body: &[u8], n: usize) -> std::io::Result<u16> {
-    let head = format!("MAIL FROM:<load@example.com>\r\nRCPT TO:<rcpt{n}@example.net>\r\nDATA\r\n");
+    // SIZE= as MTAs send it (the message plus the Message-ID line added below).
+    let size = body.len() + 40;
+    let head = format!(
+        "MAIL FROM:<load@example.com> SIZE={size}\r\nRCPT TO:<rcpt{n}@example.net>\r\nDATA\r\n"
+    );
     c.get_mut().write_all(head.as_bytes()).await?;
     let m = reply(c).await?;
     let r = reply(c).await?;

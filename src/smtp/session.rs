@@ -711,7 +711,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             return Ok(());
         };
         let received = self.received_header(&txn);
-        let capacity = (received.len() + 16 * 1024).min(received.len() + self.cfg.max_message_size);
+        // Size the buffer from the client's SIZE= when it gave one (MTAs do): a message then
+        // takes one allocation instead of a doubling series that can reach twice its size.
+        let declared = txn
+            .mail
+            .param("SIZE")
+            .flatten()
+            .and_then(|v| v.parse::<usize>().ok());
+        let expected = declared
+            .unwrap_or(16 * 1024)
+            .saturating_add(declared.map_or(0, |d| d / 32));
+        let capacity = received.len() + expected.min(self.cfg.max_message_size);
         let mut content = Vec::with_capacity(capacity);
         content.extend_from_slice(received.as_bytes());
         let mut reader = DataReader::new(content, self.cfg.max_message_size);

@@ -134,15 +134,11 @@ fn path_arg(rest: &str, prefix: &str, allow_null: bool) -> Result<PathArg, ()> {
     let rest = rest[prefix.len()..].trim_start_matches(' ');
     let rest = rest.strip_prefix('<').ok_or(())?;
     let (address, after) = split_path(rest)?;
-    let address = strip_source_route(address);
+    let address = strip_source_route(address)?;
     if address.is_empty() && !allow_null {
         return Err(());
     }
-    if address.len() > 320
-        || address
-            .chars()
-            .any(|c| c.is_control() || c == ' ' && !address.starts_with('"'))
-    {
+    if address.len() > 320 || !well_formed(address) {
         return Err(());
     }
     let mut params = Vec::new();
@@ -185,13 +181,41 @@ fn split_path(s: &str) -> Result<(&str, &str), ()> {
 }
 
 /// `@a,@b:user@example.com` → `user@example.com` (RFC 5321 says to accept and ignore routes).
-fn strip_source_route(addr: &str) -> &str {
-    if addr.starts_with('@')
-        && let Some(i) = addr.find(':')
-    {
-        return &addr[i + 1..];
+/// The route itself must be plain `@domain` items: nothing hidden in it reaches the upstream.
+fn strip_source_route(addr: &str) -> Result<&str, ()> {
+    if !addr.starts_with('@') {
+        return Ok(addr);
     }
-    addr
+    let (route, rest) = addr.split_once(':').ok_or(())?;
+    let ok = route.split(',').all(|hop| {
+        hop.strip_prefix('@').is_some_and(|d| {
+            !d.is_empty()
+                && d.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'[' || b == b']'
+                })
+        })
+    });
+    if ok { Ok(rest) } else { Err(()) }
+}
+
+/// An address the relay can pass on verbatim: no control characters; spaces, `<`, `>` and
+/// `"` only inside one properly closed quoted local part; backslash escapes only inside it.
+fn well_formed(addr: &str) -> bool {
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in addr.chars() {
+        if c.is_control() {
+            return false;
+        }
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ' ' | '<' | '>' | '\\' if !quoted => return false,
+            _ => {}
+        }
+    }
+    !quoted && !escaped
 }
 
 #[cfg(test)]
@@ -252,6 +276,10 @@ mod tests {
             "MAIL FROM:<a@example.com> SIZE=",
             "MAIL FROM:<a\x01@example.com>",
             "RCPT TO:<a b@example.com>",
+            // Found by fuzzing: a quote hidden in a source route left an unclosed quote.
+            "RCPT TO:<@mple(/:\"@' >",
+            "RCPT TO:<@a\x01:b@example.com>",
+            "MAIL FROM:<\"unclosed@example.com>",
         ] {
             let e = parse(s.as_bytes()).expect_err(s);
             assert_eq!(e.code, 501, "{s}");

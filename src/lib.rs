@@ -31,6 +31,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod net;
+pub mod notify;
 pub mod openlog;
 pub mod relay;
 pub mod rewrite;

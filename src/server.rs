@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::capture::Capture;
 use crate::config::{Config, UpstreamTarget};
 use crate::http::{self, pixel::PixelState};
+use crate::notify::Notifier;
 use crate::relay::{Recorder, Relay, RelayFactory, Target, Tracking};
 use crate::rewrite::Policy;
 use crate::secret;
@@ -41,6 +42,8 @@ pub struct Server {
     store: Store,
     /// Pixel listener state (token key, counters).
     pixel: Arc<PixelState>,
+    /// Webhook endpoints and their delivery workers (started by `run`).
+    notifier: Notifier,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -117,6 +120,8 @@ impl Server {
         });
         let store = Store::open(&cfg.store)
             .map_err(|e| format!("store.path: {}: {e}", cfg.store.path.display()))?;
+        // Before any open is recorded: the store must know whom to write outbox rows for.
+        let notifier = Notifier::from_config(&cfg.webhooks, store.clone())?;
         let mut smtp = Vec::new();
         for addr in &cfg.smtp.listen {
             smtp.push(
@@ -160,7 +165,18 @@ impl Server {
             http,
             store,
             pixel,
+            notifier,
         })
+    }
+
+    /// The webhook endpoints: metrics, and (through the store) pending and dead letters.
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The bound addresses.
@@ -192,6 +208,7 @@ impl Server {
             http,
             store,
             pixel,
+            notifier,
         } = self;
         let (trigger, shutdown) = shutdown::channel();
         let (hard_trigger, hard_stop) = shutdown::channel();
@@ -223,6 +240,7 @@ impl Server {
         // SIGHUP: re-read the certificate files (sessions in progress keep theirs) and reopen
         // the open log (logrotate).
         tokio::spawn(on_hangup(tls.clone(), store.clone()));
+        let hooks_task = notifier.start(shutdown.clone());
         let pixel_task = tokio::spawn(http::pixel::serve(
             http,
             Arc::clone(&pixel),
@@ -254,6 +272,8 @@ impl Server {
             }
         }
         let _ = pixel_task.await;
+        // Undelivered events stay in the outbox for the next start.
+        let _ = hooks_task.await;
         if let Target::Smtp(up) = &relay.target {
             up.close_idle().await;
         }

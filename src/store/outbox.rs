@@ -1,0 +1,352 @@
+//! The webhook outbox: one row per (endpoint, event) still to be delivered, and the dead
+//! letters that ran out of time. The rows are written by [`Store::record_opens`] and
+//! [`Store::finish_message`] in the same sled transaction as the open or the message reply, so
+//! a crash can neither record an open without its notification nor notify an open that was
+//! never recorded.
+//!
+//! This file knows nothing of HTTP: a row is an opaque JSON body plus its retry state. The
+//! delivery worker (`notify`) reads and updates the rows through the methods here.
+//!
+//! ```text
+//! outbox        endpoint(8) seq(8) -> OutboxRow (JSON)
+//! dead_letters  endpoint(8) seq(8) -> OutboxRow (JSON)
+//! meta          "last_event"       -> the last event sequence number handed out (8 bytes)
+//! ```
+//!
+//! `endpoint` is a stable id of the endpoint (a hash of its URL, so reordering `[[webhooks]]`
+//! keeps every row with its endpoint); `seq` is `max(previous + 1, at_ms << 20)`, unique and
+//! time-ordered across restarts, and printed as 16 hex digits it is the event's `event_id`
+//! (one event sent to two endpoints has one `event_id`).
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::TransactionalTree;
+use sled::{IVec, Transactional};
+
+use super::{Store, StoreError, TxResult, WriteState, abort, decode, encode, hex};
+use crate::track::event::rfc3339_ms;
+
+/// Which events one endpoint subscribed to: what the store needs to write outbox rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// Stable endpoint id (see the module docs).
+    pub endpoint: u64,
+    /// Gets `open` events.
+    pub open: bool,
+    /// Gets `message` events.
+    pub message: bool,
+}
+
+/// One delivery as stored: the body to POST and its retry state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxRow {
+    /// The event's id (16 hex digits), also inside `body`.
+    pub event_id: String,
+    /// `open` or `message`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When the event happened (the age limit counts from here).
+    #[serde(rename = "created", with = "rfc3339_ms")]
+    pub created_ms: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not before this time (ms since the epoch) is the next attempt due.
+    #[serde(rename = "next_attempt", with = "rfc3339_ms")]
+    pub next_ms: u64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// The exact JSON body to POST.
+    pub body: String,
+}
+
+/// A row with its key, as listed for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxItem {
+    /// `endpoint ‖ seq` as 32 hex digits: what [`Store::retry_dead_letter`] takes.
+    pub id: String,
+    /// The endpoint id (16 hex digits).
+    pub endpoint: String,
+    /// The row.
+    #[serde(flatten)]
+    pub row: OutboxRow,
+}
+
+/// `meta` key of the last event sequence number.
+pub(super) const LAST_EVENT: &[u8] = b"last_event";
+/// Bits of a sequence number below the ms timestamp.
+const SEQ_SHIFT: u32 = 20;
+
+/// The key of a row.
+pub fn outbox_key(endpoint: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&endpoint.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// (endpoint, seq) of a key; `None` if it is not 16 bytes.
+fn split_key(k: &[u8]) -> Option<(u64, u64)> {
+    let e = <[u8; 8]>::try_from(k.get(..8)?).ok()?;
+    let s = <[u8; 8]>::try_from(k.get(8..16)?).ok()?;
+    (k.len() == 16).then(|| (u64::from_be_bytes(e), u64::from_be_bytes(s)))
+}
+
+/// Parses a 32-hex-digit delivery id.
+pub fn parse_delivery_id(id: &str) -> Option<(u64, u64)> {
+    if id.len() != 32 || !id.is_ascii() {
+        return None;
+    }
+    let e = u64::from_str_radix(&id[..16], 16).ok()?;
+    let s = u64::from_str_radix(&id[16..], 16).ok()?;
+    Some((e, s))
+}
+
+/// The event's JSON: `type` and `event_id` first, then the event's own fields.
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    /// `open` or `message`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// Unique per event; retries and the copy to another endpoint repeat it.
+    event_id: &'a str,
+    /// The SPEC event (or the message record).
+    #[serde(flatten)]
+    event: &'a T,
+}
+
+/// Within a write transaction: writes one event's rows for every endpoint subscribed to
+/// `kind`, advancing `last` (the sequence). Returns how many rows were written.
+pub(super) fn write_event<T: Serialize>(
+    outbox: &TransactionalTree,
+    subs: &[Subscription],
+    last: &mut u64,
+    kind: &'static str,
+    at_ms: u64,
+    event: &T,
+) -> TxResult<usize> {
+    let targets: Vec<u64> = subs
+        .iter()
+        .filter(|s| if kind == "open" { s.open } else { s.message })
+        .map(|s| s.endpoint)
+        .collect();
+    if targets.is_empty() {
+        return Ok(0);
+    }
+    *last = last.saturating_add(1).max(at_ms << SEQ_SHIFT);
+    let event_id = format!("{:016x}", *last);
+    let body = serde_json::to_string(&Envelope {
+        kind,
+        event_id: &event_id,
+        event,
+    })
+    .map_err(abort)?;
+    let row = OutboxRow {
+        event_id,
+        kind: kind.to_string(),
+        created_ms: at_ms,
+        attempts: 0,
+        next_ms: at_ms,
+        last_error: None,
+        body,
+    };
+    let value = encode(&row)?;
+    for endpoint in &targets {
+        outbox.insert(&outbox_key(*endpoint, *last), value.as_slice())?;
+    }
+    Ok(targets.len())
+}
+
+/// What the delivery workers watch: the last sequence committed and a counter bumped when a
+/// dead letter goes back into the outbox (rows behind the sequence: rescan).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxVersion {
+    /// Sequence of the newest row written.
+    pub last_seq: u64,
+    /// Bumped by [`Store::retry_dead_letter`].
+    pub retries: u64,
+}
+
+impl Store {
+    /// Tells the store which endpoints to write outbox rows for (call before serving). An
+    /// empty list (the default) writes none.
+    pub fn set_subscriptions(&self, subs: Vec<Subscription>) {
+        self.inner.lock().hooks = subs;
+    }
+
+    /// A watch of the outbox: changes after every commit that wrote rows.
+    pub fn watch_outbox(&self) -> tokio::sync::watch::Receiver<OutboxVersion> {
+        self.inner.outbox_watch.subscribe()
+    }
+
+    /// After a commit under the writer lock: the workers learn about `written` new rows.
+    pub(super) fn outbox_written(&self, st: &WriteState, written: usize) {
+        if written > 0 {
+            self.inner
+                .outbox_watch
+                .send_modify(|v| v.last_seq = st.last_event);
+        }
+    }
+
+    /// One row of the outbox.
+    pub fn outbox_get(&self, endpoint: u64, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
+        match self.inner.outbox.get(outbox_key(endpoint, seq))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// (seq, next attempt ms) of every row of `endpoint` with a sequence greater than
+    /// `after`, in sequence order.
+    pub fn outbox_scan(&self, endpoint: u64, after: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let Some(start) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        let range = outbox_key(endpoint, start)..=outbox_key(endpoint, u64::MAX);
+        for kv in self.inner.outbox.range(range) {
+            let (k, v) = kv?;
+            let Some((_, seq)) = split_key(&k) else {
+                continue;
+            };
+            let row: OutboxRow = decode(&v)?;
+            out.push((seq, row.next_ms));
+        }
+        Ok(out)
+    }
+
+    /// Delivered: the row goes.
+    pub fn outbox_delivered(&self, endpoint: u64, seq: u64) -> Result<(), StoreError> {
+        self.inner.outbox.remove(outbox_key(endpoint, seq))?;
+        Ok(())
+    }
+
+    /// A failed attempt: records it and when to try next.
+    pub fn outbox_reschedule(
+        &self,
+        endpoint: u64,
+        seq: u64,
+        attempts: u32,
+        next_ms: u64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let key = outbox_key(endpoint, seq);
+        // Only the worker owning the endpoint updates its rows, so read-modify-write is safe;
+        // a row gone meanwhile stays gone.
+        if let Some(v) = self.inner.outbox.get(key)? {
+            let mut row: OutboxRow = decode(&v)?;
+            row.attempts = attempts;
+            row.next_ms = next_ms;
+            row.last_error = Some(error.to_string());
+            // A lost race (the row changed meanwhile) keeps the newer row.
+            let _ = self.inner.outbox.compare_and_swap(
+                key,
+                Some(v),
+                Some(serde_json::to_vec(&row)?),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Out of time: the row moves to the dead letters (one transaction).
+    pub fn outbox_kill(
+        &self,
+        endpoint: u64,
+        seq: u64,
+        attempts: u32,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let key = outbox_key(endpoint, seq);
+        let inner = &*self.inner;
+        let moved = (&inner.outbox, &inner.dead_letters).transaction(|(outbox, dead)| {
+            let Some(v) = outbox.remove(&key)? else {
+                return Ok(false);
+            };
+            let mut row: OutboxRow = decode(&v)?;
+            row.attempts = attempts;
+            row.last_error = Some(error.to_string());
+            dead.insert(&key, encode(&row)?)?;
+            Ok(true)
+        })?;
+        Ok(moved)
+    }
+
+    /// Deliveries waiting, oldest first, strictly after `cursor` (an item id); at most
+    /// `limit`. For the admin API.
+    pub fn pending(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        list(&self.inner.outbox, cursor, limit)
+    }
+
+    /// Dead letters, oldest first, strictly after `cursor`; at most `limit`.
+    pub fn dead_letters(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        list(&self.inner.dead_letters, cursor, limit)
+    }
+
+    /// Puts a dead letter back into the outbox, due now, with its attempts reset (its
+    /// `created` time too, so it gets a full `max_age` again; its `event_id` is kept).
+    /// `Ok(false)` if there is no such dead letter.
+    pub fn retry_dead_letter(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let Some((endpoint, seq)) = parse_delivery_id(id) else {
+            return Err(StoreError::BadCursor(id.to_string()));
+        };
+        let key = outbox_key(endpoint, seq);
+        let inner = &*self.inner;
+        let moved = (&inner.outbox, &inner.dead_letters).transaction(|(outbox, dead)| {
+            let Some(v) = dead.remove(&key)? else {
+                return Ok(false);
+            };
+            let mut row: OutboxRow = decode(&v)?;
+            row.attempts = 0;
+            row.created_ms = now_ms;
+            row.next_ms = now_ms;
+            outbox.insert(&key, encode(&row)?)?;
+            Ok(true)
+        })?;
+        if moved {
+            inner.outbox_watch.send_modify(|v| v.retries += 1);
+        }
+        Ok(moved)
+    }
+
+    /// Rows in the outbox (O(n): a scan). For tests and start-up.
+    pub fn outbox_len(&self) -> usize {
+        self.inner.outbox.len()
+    }
+}
+
+fn list(
+    tree: &sled::Tree,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<Vec<OutboxItem>, StoreError> {
+    let start = match cursor {
+        Some(c) => {
+            let (e, s) =
+                parse_delivery_id(c).ok_or_else(|| StoreError::BadCursor(c.to_string()))?;
+            std::ops::Bound::Excluded(IVec::from(&outbox_key(e, s)[..]))
+        }
+        None => std::ops::Bound::Unbounded,
+    };
+    let mut out = Vec::new();
+    for kv in tree
+        .range::<IVec, _>((start, std::ops::Bound::Unbounded))
+        .take(limit)
+    {
+        let (k, v) = kv?;
+        let Some((endpoint, _)) = split_key(&k) else {
+            continue;
+        };
+        out.push(OutboxItem {
+            id: hex(&k),
+            endpoint: format!("{endpoint:016x}"),
+            row: decode(&v)?,
+        });
+    }
+    Ok(out)
+}

@@ -528,6 +528,9 @@ async fn worker(ep: Arc<Endpoint>, store: Store, clock: Clock, mut shutdown: Shu
         }
     }
     inflight.abort_all();
+    // Wait for the aborted attempts to be dropped: they hold the store, which a restart in
+    // the same process must be able to reopen.
+    while inflight.join_next().await.is_some() {}
     debug!(url = %ep.cfg.url, "webhook worker stopped");
 }
 

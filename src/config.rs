@@ -402,8 +402,13 @@ impl Config {
                 )
             }
         };
+        let hooks = match self.webhooks.len() {
+            0 => String::new(),
+            1 => "; 1 webhook".to_string(),
+            n => format!("; {n} webhooks"),
+        };
         format!(
-            "ok: smtp on {} -> {mode}; pixel http://{}; admin http://{}; store {}",
+            "ok: smtp on {} -> {mode}; pixel http://{}; admin http://{}; store {}{hooks}",
             listen.join(","),
             self.http.listen,
             self.admin.listen,

@@ -17,12 +17,14 @@
 //! track/       pure: classify a pixel hit (client, device, machine)
 //! store.rs     the only code that touches sled
 //! http/        pixel listener (public) and admin listener (private)
+//! notify.rs    webhooks: signed delivery of the store's outbox, retries, dead letters
 //! server.rs    wires everything together for `pixelrelay serve`
 //! ```
 //!
 //! Data flows one way: `smtp -> relay -> {rewrite, token, store, upstream}`;
-//! `http -> {token, store, track}`. `rewrite`, `token` and `track` do no IO and know nothing of
-//! SMTP or HTTP; `store` knows nothing of either protocol.
+//! `http -> {token, store, track}`; `notify <- store` (the store writes outbox rows in the
+//! open's own transaction; notify delivers them). `rewrite`, `token` and `track` do no IO and
+//! know nothing of SMTP or HTTP; `store` knows nothing of either protocol.
 
 #![forbid(unsafe_code)]
 

@@ -85,7 +85,14 @@ async fn hammer(store: &Store) -> (Vec<Duration>, Duration) {
             })
             .unwrap();
         store
-            .finish_message(&id, &Delivery { accepted: true, reply: "250 ok".into(), at_ms: sent })
+            .finish_message(
+                &id,
+                &Delivery {
+                    accepted: true,
+                    reply: "250 ok".into(),
+                    at_ms: sent,
+                },
+            )
             .unwrap();
         tokens.push(key.mint(Purpose::Open, &id));
     }
@@ -96,7 +103,12 @@ async fn hammer(store: &Store) -> (Vec<Duration>, Duration) {
         idle_timeout: Duration::from_secs(60),
         max_connections: 1000,
     };
-    let state = Arc::new(PixelState::new(key, store.clone(), http, Duration::from_secs(5)));
+    let state = Arc::new(PixelState::new(
+        key,
+        store.clone(),
+        http,
+        Duration::from_secs(5),
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, sd) = shutdown::channel();
@@ -150,6 +162,24 @@ async fn ten_thousand_opens_with_a_receiver_failing_30_percent() {
     assert_eq!(store_a.stats().counters.opens, OPENS as u64);
     assert_eq!(store_a.outbox_len(), 0);
 
+    // Outbox rows written in the pixel's transaction, but no worker delivering them: the
+    // write-path cost alone.
+    let dir_c = tempfile::tempdir().unwrap();
+    let store_c = store_at(dir_c.path());
+    let idle = Notifier::new(
+        vec![Arc::new(
+            Endpoint::new(
+                WebhookConfig::new("http://127.0.0.1:9/", WebhookSecret::Env("UNUSED".into())),
+                SECRET.to_vec(),
+            )
+            .unwrap(),
+        )],
+        store_c.clone(),
+    );
+    let (rows_only, rows_took) = hammer(&store_c).await;
+    assert_eq!(store_c.outbox_len(), OPENS, "one row per open");
+    drop((idle, store_c));
+
     // With webhooks: the receiver answers 500 to 30 % of the requests at random.
     let dir_b = tempfile::tempdir().unwrap();
     let store_b = store_at(dir_b.path());
@@ -162,6 +192,7 @@ async fn ten_thousand_opens_with_a_receiver_failing_30_percent() {
     })
     .await;
     let mut cfg = WebhookConfig::new(&rx.url(), WebhookSecret::Env("UNUSED".into()));
+    cfg.message = false;
     cfg.retry_min = Duration::from_millis(5);
     cfg.retry_max = Duration::from_millis(200);
     cfg.concurrency = 8;
@@ -176,7 +207,12 @@ async fn ten_thousand_opens_with_a_receiver_failing_30_percent() {
     assert_eq!(store_b.stats().counters.opens, OPENS as u64);
 
     rx.wait(300, "every event acknowledged", |r| {
-        r.iter().filter(|x| x.acked()).map(|x| x.event_id()).collect::<HashSet<_>>().len() >= OPENS
+        r.iter()
+            .filter(|x| x.acked())
+            .map(|x| x.event_id())
+            .collect::<HashSet<_>>()
+            .len()
+            >= OPENS
     })
     .await;
     let drained = load_start.elapsed();
@@ -187,13 +223,22 @@ async fn ten_thousand_opens_with_a_receiver_failing_30_percent() {
     for r in &got {
         assert!(r.sig_ok, "bad signature");
         assert_eq!(r.body["type"], "open");
-        by_event.entry(r.event_id().to_string()).or_default().push(&r.body);
+        by_event
+            .entry(r.event_id().to_string())
+            .or_default()
+            .push(&r.body);
     }
     assert_eq!(by_event.len(), OPENS, "one event_id per open");
     let mut open_ids = HashSet::new();
     for (eid, copies) in &by_event {
-        assert!(copies.iter().all(|b| *b == copies[0]), "copies of {eid} differ");
-        assert!(open_ids.insert(copies[0]["id"].as_str().unwrap().to_string()), "two events for one open");
+        assert!(
+            copies.iter().all(|b| *b == copies[0]),
+            "copies of {eid} differ"
+        );
+        assert!(
+            open_ids.insert(copies[0]["id"].as_str().unwrap().to_string()),
+            "two events for one open"
+        );
     }
     // And they are exactly the opens the store recorded.
     let stored: HashSet<String> = store_b
@@ -221,7 +266,11 @@ async fn ten_thousand_opens_with_a_receiver_failing_30_percent() {
     workers.await.unwrap();
 
     println!("webhooks_load: {OPENS} opens, {CLIENTS} keep-alive clients, {MESSAGES} messages");
-    for (name, lat, took) in [("without webhooks", &base, base_took), ("with webhooks   ", &hooked, hooked_took)] {
+    for (name, lat, took) in [
+        ("without webhooks         ", &base, base_took),
+        ("outbox rows, no delivery ", &rows_only, rows_took),
+        ("delivering (30 % failing)", &hooked, hooked_took),
+    ] {
         println!(
             "  pixel {name}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({:.0} req/s)",
             pct(lat, 0.50),

@@ -8,8 +8,9 @@
 //! delivery worker (`notify`) reads and updates the rows through the methods here.
 //!
 //! ```text
-//! outbox        endpoint(8) seq(8) -> OutboxRow (JSON)
-//! dead_letters  endpoint(8) seq(8) -> OutboxRow (JSON)
+//! outbox        endpoint(8) seq(8) -> row: created(8) attempts(4) next(8) kind(1)
+//!                                     error_len(2) error body      (binary, big-endian)
+//! dead_letters  endpoint(8) seq(8) -> the same row
 //! meta          "last_event"       -> the last event sequence number handed out (8 bytes)
 //! ```
 //!
@@ -17,12 +18,16 @@
 //! keeps every row with its endpoint); `seq` is `max(previous + 1, at_ms << 20)`, unique and
 //! time-ordered across restarts, and printed as 16 hex digits it is the event's `event_id`
 //! (one event sent to two endpoints has one `event_id`).
+//!
+//! Rows are binary, not JSON: the body is already JSON and would be escaped again, and the
+//! worker reads only the fixed header to schedule a row. This keeps the extra cost on the
+//! pixel's transaction to one serialisation of the event and one insert per endpoint.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sled::transaction::TransactionalTree;
 use sled::{IVec, Transactional};
 
-use super::{Store, StoreError, TxResult, WriteState, abort, decode, encode, hex};
+use super::{Store, StoreError, TxResult, WriteState, abort, hex};
 use crate::track::event::rfc3339_ms;
 
 /// Which events one endpoint subscribed to: what the store needs to write outbox rows.
@@ -37,7 +42,7 @@ pub struct Subscription {
 }
 
 /// One delivery as stored: the body to POST and its retry state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutboxRow {
     /// The event's id (16 hex digits), also inside `body`.
     pub event_id: String,
@@ -74,6 +79,60 @@ pub struct OutboxItem {
 pub(super) const LAST_EVENT: &[u8] = b"last_event";
 /// Bits of a sequence number below the ms timestamp.
 const SEQ_SHIFT: u32 = 20;
+
+/// Bytes of a row before its error text.
+const HEADER: usize = 8 + 4 + 8 + 1 + 2;
+
+impl OutboxRow {
+    /// The binary row (see the module docs); `event_id` is the key's, not stored.
+    fn encode(&self) -> Vec<u8> {
+        let err = self.last_error.as_deref().unwrap_or("").as_bytes();
+        let err = &err[..err.len().min(u16::MAX as usize)];
+        let mut v = Vec::with_capacity(HEADER + err.len() + self.body.len());
+        v.extend_from_slice(&self.created_ms.to_be_bytes());
+        v.extend_from_slice(&self.attempts.to_be_bytes());
+        v.extend_from_slice(&self.next_ms.to_be_bytes());
+        v.push(u8::from(self.kind == "message"));
+        v.extend_from_slice(&(err.len() as u16).to_be_bytes());
+        v.extend_from_slice(err);
+        v.extend_from_slice(self.body.as_bytes());
+        v
+    }
+
+    /// Reads a row written by [`OutboxRow::encode`] under sequence `seq`.
+    fn decode(seq: u64, b: &[u8]) -> Result<OutboxRow, StoreError> {
+        let bad = || StoreError::Corrupt("webhook outbox row");
+        let (created_ms, attempts, next_ms) = header(b).ok_or_else(bad)?;
+        let kind = match b[20] {
+            0 => "open",
+            1 => "message",
+            _ => return Err(bad()),
+        };
+        let elen = usize::from(u16::from_be_bytes([b[21], b[22]]));
+        let err = b.get(HEADER..HEADER + elen).ok_or_else(bad)?;
+        let body = &b[HEADER + elen..];
+        Ok(OutboxRow {
+            event_id: format!("{seq:016x}"),
+            kind: kind.to_string(),
+            created_ms,
+            attempts,
+            next_ms,
+            last_error: (elen > 0).then(|| String::from_utf8_lossy(err).into_owned()),
+            body: String::from_utf8(body.to_vec()).map_err(|_| bad())?,
+        })
+    }
+}
+
+/// (created, attempts, next) of a row, reading only its fixed header.
+fn header(b: &[u8]) -> Option<(u64, u32, u64)> {
+    if b.len() < HEADER {
+        return None;
+    }
+    let created = u64::from_be_bytes(b[0..8].try_into().ok()?);
+    let attempts = u32::from_be_bytes(b[8..12].try_into().ok()?);
+    let next = u64::from_be_bytes(b[12..20].try_into().ok()?);
+    Some((created, attempts, next))
+}
 
 /// The key of a row.
 pub fn outbox_key(endpoint: u64, seq: u64) -> [u8; 16] {
@@ -148,7 +207,7 @@ pub(super) fn write_event<T: Serialize>(
         last_error: None,
         body,
     };
-    let value = encode(&row)?;
+    let value = row.encode();
     for endpoint in &targets {
         outbox.insert(&outbox_key(*endpoint, *last), value.as_slice())?;
     }
@@ -189,7 +248,7 @@ impl Store {
     /// One row of the outbox.
     pub fn outbox_get(&self, endpoint: u64, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
         match self.inner.outbox.get(outbox_key(endpoint, seq))? {
-            Some(v) => Ok(Some(decode(&v)?)),
+            Some(v) => Ok(Some(OutboxRow::decode(seq, &v)?)),
             None => Ok(None),
         }
     }
@@ -207,8 +266,8 @@ impl Store {
             let Some((_, seq)) = split_key(&k) else {
                 continue;
             };
-            let row: OutboxRow = decode(&v)?;
-            out.push((seq, row.next_ms));
+            let (_, _, next_ms) = header(&v).ok_or(StoreError::Corrupt("webhook outbox row"))?;
+            out.push((seq, next_ms));
         }
         Ok(out)
     }
@@ -232,16 +291,15 @@ impl Store {
         // Only the worker owning the endpoint updates its rows, so read-modify-write is safe;
         // a row gone meanwhile stays gone.
         if let Some(v) = self.inner.outbox.get(key)? {
-            let mut row: OutboxRow = decode(&v)?;
+            let mut row = OutboxRow::decode(seq, &v)?;
             row.attempts = attempts;
             row.next_ms = next_ms;
             row.last_error = Some(error.to_string());
             // A lost race (the row changed meanwhile) keeps the newer row.
-            let _ = self.inner.outbox.compare_and_swap(
-                key,
-                Some(v),
-                Some(serde_json::to_vec(&row)?),
-            )?;
+            let _ = self
+                .inner
+                .outbox
+                .compare_and_swap(key, Some(v), Some(row.encode()))?;
         }
         Ok(())
     }
@@ -260,10 +318,10 @@ impl Store {
             let Some(v) = outbox.remove(&key)? else {
                 return Ok(false);
             };
-            let mut row: OutboxRow = decode(&v)?;
+            let mut row = OutboxRow::decode(seq, &v)?;
             row.attempts = attempts;
             row.last_error = Some(error.to_string());
-            dead.insert(&key, encode(&row)?)?;
+            dead.insert(&key, row.encode())?;
             Ok(true)
         })?;
         Ok(moved)
@@ -301,11 +359,11 @@ impl Store {
             let Some(v) = dead.remove(&key)? else {
                 return Ok(false);
             };
-            let mut row: OutboxRow = decode(&v)?;
+            let mut row = OutboxRow::decode(seq, &v)?;
             row.attempts = 0;
             row.created_ms = now_ms;
             row.next_ms = now_ms;
-            outbox.insert(&key, encode(&row)?)?;
+            outbox.insert(&key, row.encode())?;
             Ok(true)
         })?;
         if moved {
@@ -339,13 +397,13 @@ fn list(
         .take(limit)
     {
         let (k, v) = kv?;
-        let Some((endpoint, _)) = split_key(&k) else {
+        let Some((endpoint, seq)) = split_key(&k) else {
             continue;
         };
         out.push(OutboxItem {
             id: hex(&k),
             endpoint: format!("{endpoint:016x}"),
-            row: decode(&v)?,
+            row: OutboxRow::decode(seq, &v)?,
         });
     }
     Ok(out)

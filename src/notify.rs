@@ -26,9 +26,11 @@
 //!
 //! # Time
 //!
-//! Retry times are wall-clock milliseconds (they are stored), read through [`Clock`], which
-//! follows tokio's clock: with `tokio::time::pause()` a test runs a day of retries in
-//! milliseconds.
+//! Retry times are wall-clock milliseconds (they are stored and survive restarts), read
+//! through [`Clock`]. In service that is the system clock (the signature's timestamp must be
+//! what a receiver's clock says, even after a suspend or an NTP step); tests use
+//! [`Clock::tokio`], which advances with tokio's clock, so with `tokio::time::pause()` a day
+//! of retries runs in milliseconds.
 //!
 //! This module does not own the admin routes or the metrics exposition: it exposes
 //! [`Notifier::metrics`] and the store's `pending`/`dead_letters`/`retry_dead_letter`.
@@ -53,21 +55,31 @@ use tracing::{debug, info, warn};
 use crate::config::{WebhookConfig, WebhookSecret};
 use crate::secret;
 use crate::shutdown::Shutdown;
-use crate::store::{Store, Subscription};
+use crate::store::{OutboxItem, Store, StoreError, Subscription};
 
-/// Wall-clock milliseconds that advance with tokio's clock (paused in tests).
+/// Where the workers read the time, in ms since the epoch.
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    /// Wall time at `base`.
-    base_ms: u64,
-    /// tokio's instant when the clock was made.
-    base: tokio::time::Instant,
+pub enum Clock {
+    /// The system clock.
+    Wall,
+    /// The wall time when made, advanced by tokio's clock since (paused in tests).
+    Tokio {
+        /// Wall time at `base`.
+        base_ms: u64,
+        /// tokio's instant when the clock was made.
+        base: tokio::time::Instant,
+    },
 }
 
 impl Clock {
-    /// Starts now: the wall clock, then tokio's.
+    /// The system clock.
     pub fn new() -> Clock {
-        Clock {
+        Clock::Wall
+    }
+
+    /// Starts at the wall time now, then follows tokio's clock.
+    pub fn tokio() -> Clock {
+        Clock::Tokio {
             base_ms: crate::clock::now_ms(),
             base: tokio::time::Instant::now(),
         }
@@ -75,7 +87,10 @@ impl Clock {
 
     /// Now, in ms since the epoch.
     pub fn now_ms(&self) -> u64 {
-        self.base_ms + self.base.elapsed().as_millis() as u64
+        match self {
+            Clock::Wall => crate::clock::now_ms(),
+            Clock::Tokio { base_ms, base } => base_ms + base.elapsed().as_millis() as u64,
+        }
     }
 
     /// The tokio instant of wall time `ms` (now if it is past).
@@ -408,12 +423,49 @@ impl Notifier {
 
     /// From built endpoints (tests use short backoffs and extra roots this way).
     pub fn new(endpoints: Vec<Arc<Endpoint>>, store: Store) -> Notifier {
+        Self::with_clock(endpoints, store, Clock::new())
+    }
+
+    /// [`Notifier::new`] reading the time from `clock`.
+    pub fn with_clock(endpoints: Vec<Arc<Endpoint>>, store: Store, clock: Clock) -> Notifier {
         store.set_subscriptions(endpoints.iter().map(|e| e.subscription()).collect());
         Notifier {
             endpoints,
             store,
-            clock: Clock::new(),
+            clock,
         }
+    }
+
+    /// Deliveries waiting (or in flight), oldest first, after `cursor`: for the admin API.
+    pub fn pending(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        self.store.pending(cursor, limit)
+    }
+
+    /// Dead letters, oldest first, after `cursor`: for the admin API.
+    pub fn dead_letters(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        self.store.dead_letters(cursor, limit)
+    }
+
+    /// Puts dead letter `id` back into the outbox, due now with a fresh `max_age`; its worker
+    /// picks it up at once. `Ok(false)` if there is no such dead letter.
+    pub fn retry_dead_letter(&self, id: &str) -> Result<bool, StoreError> {
+        self.store.retry_dead_letter(id, self.clock.now_ms())
+    }
+
+    /// The URL of the endpoint with stable id `id` (as in [`OutboxItem::endpoint`]).
+    pub fn endpoint_url(&self, id: u64) -> Option<&str> {
+        self.endpoints
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| e.cfg.url.as_str())
     }
 
     /// The endpoints (for metrics per endpoint).

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hooks_receiver::{Receiver, Reply, hit, message};
 use pixelrelay::config::{StoreConfig, WebhookConfig, WebhookSecret};
-use pixelrelay::notify::{Endpoint, Notifier};
+use pixelrelay::notify::{Clock, Endpoint, Notifier};
 use pixelrelay::shutdown;
 use pixelrelay::store::{Store, now_ms};
 
@@ -287,7 +287,7 @@ async fn a_receiver_that_never_answers_ends_in_the_dead_letters_after_max_age() 
     // The documented defaults: 10 s timeout, 24 h max_age, 1 s doubling to 10 min.
     let cfg = WebhookConfig::new(&rx.url(), WebhookSecret::Env("UNUSED".into()));
     let max_age = cfg.max_age;
-    let notifier = Notifier::new(vec![endpoint(cfg)], store.clone());
+    let notifier = Notifier::with_clock(vec![endpoint(cfg)], store.clone(), Clock::tokio());
     let (trigger, sd) = shutdown::channel();
     let start = tokio::time::Instant::now();
     let a = message(&store, "bob@example.net");
@@ -328,7 +328,7 @@ async fn a_receiver_that_never_answers_ends_in_the_dead_letters_after_max_age() 
     );
 
     // An admin retries it: back in the outbox, due now, with the same event_id.
-    assert!(store.retry_dead_letter(&dead[0].id, now_ms()).unwrap());
+    assert!(notifier.retry_dead_letter(&dead[0].id).unwrap());
     assert!(store.dead_letters(None, 10).unwrap().is_empty());
     let before = calls.load(Ordering::Relaxed);
     while calls.load(Ordering::Relaxed) == before {

@@ -340,3 +340,33 @@ async fn a_receiver_that_never_answers_ends_in_the_dead_letters_after_max_age() 
     trigger.trigger();
     workers.await.unwrap();
 }
+
+#[tokio::test]
+async fn https_endpoints_are_verified_with_rustls() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&store_cfg(dir.path())).unwrap();
+    let (acceptor, cert) = hooks_receiver::localhost_tls();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let rx = Receiver::start_tls(listener, Some(acceptor), SECRET, |_, _| Reply::Status(200));
+    let url = format!("https://localhost:{port}/hook");
+    // Trusting the test CA: delivered.
+    let trusted = Arc::new(Endpoint::with_roots(hook(&url), SECRET.to_vec(), vec![cert]).unwrap());
+    let notifier = Notifier::new(vec![trusted], store.clone());
+    let (trigger, sd) = shutdown::channel();
+    let workers = notifier.start(sd);
+    let a = message(&store, "bob@example.net");
+    store.record_open(&a, &hit()).unwrap().unwrap();
+    rx.wait(10, "an open over TLS", |r| r.iter().any(|x| x.acked()))
+        .await;
+    assert!(rx.received().iter().all(|r| r.sig_ok));
+    trigger.trigger();
+    workers.await.unwrap();
+
+    // With the public roots only, the self-signed certificate is refused: nothing arrives.
+    let before = rx.received().len();
+    let untrusted = Endpoint::new(hook(&url), SECRET.to_vec()).unwrap();
+    let err = untrusted.post("{}", 0).await.unwrap_err();
+    assert!(err.contains("TLS"), "{err}");
+    assert_eq!(rx.received().len(), before);
+}

@@ -96,6 +96,16 @@ impl Receiver {
         secret: &[u8],
         policy: impl Fn(usize, &serde_json::Value) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
+        Self::start_tls(listener, None, secret, policy)
+    }
+
+    /// Like `start_on`, over TLS when `tls` is given.
+    pub fn start_tls(
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        secret: &[u8],
+        policy: impl Fn(usize, &serde_json::Value) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
         let addr = listener.local_addr().unwrap();
         let log: Arc<Mutex<Vec<Received>>> = Arc::default();
         let (tx, count) = watch::channel(0usize);
@@ -107,6 +117,7 @@ impl Receiver {
             while let Ok((sock, _)) = listener.accept().await {
                 let (log, tx, policy, secret) =
                     (l2.clone(), tx.clone(), policy.clone(), secret.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (log, tx, policy, secret) =
@@ -162,9 +173,18 @@ impl Receiver {
                             }
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(sock), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acc) => {
+                            let Ok(s) = acc.accept(sock).await else {
+                                return;
+                            };
+                            let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(sock), svc).await;
+                        }
+                    }
                 });
             }
         });
@@ -208,6 +228,23 @@ impl Receiver {
     pub fn stop(self) {
         self.task.abort();
     }
+}
+
+/// A self-signed certificate for `localhost`: (acceptor, the certificate in DER).
+pub fn localhost_tls() -> (
+    tokio_rustls::TlsAcceptor,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    pixelrelay::server::install_crypto();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = CertificateDer::from(ck.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), cert)
 }
 
 /// A delivered, tracked message in `store`.

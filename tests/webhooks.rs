@@ -370,3 +370,49 @@ async fn https_endpoints_are_verified_with_rustls() {
     assert!(err.contains("TLS"), "{err}");
     assert_eq!(rx.received().len(), before);
 }
+
+#[tokio::test]
+async fn a_stalled_endpoint_delays_no_other_and_holds_at_most_concurrency_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&store_cfg(dir.path())).unwrap();
+    let stalled = Receiver::start(SECRET, |_, _| Reply::Stall).await;
+    let healthy = Receiver::start(SECRET, |_, _| Reply::Status(200)).await;
+    let mut slow = hook(&stalled.url());
+    slow.timeout = Duration::from_secs(60);
+    slow.concurrency = 3;
+    let slow = endpoint(slow);
+    let notifier = Notifier::new(
+        vec![slow.clone(), endpoint(hook(&healthy.url()))],
+        store.clone(),
+    );
+    let (trigger, sd) = shutdown::channel();
+    let workers = notifier.start(sd);
+    let a = message(&store, "bob@example.net");
+    for _ in 0..50 {
+        store.record_open(&a, &hit()).unwrap().unwrap();
+    }
+    healthy
+        .wait(20, "all 50 at the healthy endpoint", |r| {
+            r.iter().filter(|x| x.acked()).count() >= 50
+        })
+        .await;
+    stalled
+        .wait(20, "the stalled endpoint's first requests", |r| {
+            r.len() >= 3
+        })
+        .await;
+    // Still stuck in its first attempts: the healthy endpoint did not wait for them.
+    let s = slow.metrics.snapshot();
+    assert_eq!((s.delivered, s.failed_attempts), (0, 0));
+    assert_eq!(
+        stalled.received().len(),
+        3,
+        "at most `concurrency` in flight"
+    );
+    // Its 50 events wait for it, durably.
+    let mine = format!("{:016x}", slow.id);
+    let waiting = store.pending(None, 200).unwrap();
+    assert_eq!(waiting.iter().filter(|i| i.endpoint == mine).count(), 50);
+    trigger.trigger();
+    workers.await.unwrap();
+}

@@ -372,6 +372,26 @@ impl Store {
         Ok(moved)
     }
 
+    /// The endpoint ids that have rows in the outbox (one seek per endpoint, not a scan).
+    pub fn outbox_endpoints(&self) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = 0u64;
+        loop {
+            let Some(kv) = self.inner.outbox.range(outbox_key(from, 0)..).next() else {
+                return Ok(out);
+            };
+            let (k, _) = kv?;
+            let Some((endpoint, _)) = split_key(&k) else {
+                return Ok(out);
+            };
+            out.push(endpoint);
+            match endpoint.checked_add(1) {
+                Some(next) => from = next,
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Rows in the outbox (O(n): a scan). For tests and start-up.
     pub fn outbox_len(&self) -> usize {
         self.inner.outbox.len()

@@ -685,6 +685,7 @@ fn outbox_rows_commit_with_opens_and_messages() {
     s.outbox_delivered(ep, seq).unwrap();
     assert_eq!(s.outbox_get(ep, seq).unwrap(), None);
 
+    assert_eq!(s.outbox_endpoints().unwrap(), vec![7], "9 has no rows left");
     // Reopened: rows survive and new event ids keep increasing.
     let last = s.watch_outbox().borrow().last_seq;
     drop(s);

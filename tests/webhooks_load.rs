@@ -6,6 +6,18 @@
 //! ```sh
 //! cargo test --release --test webhooks_load -- --nocapture
 //! ```
+//!
+//! Measured on the 2-core build machine (release, two runs; the receiver runs in the same
+//! process, so in the last row it and the worker share the two cores with the pixel server):
+//!
+//! | phase                          | pixel p50    | pixel p99    | req/s         |
+//! |--------------------------------|--------------|--------------|---------------|
+//! | no webhooks                    | 0.82–0.85 ms | 3.40–4.37 ms | 15 600–16 300 |
+//! | outbox rows written, no worker | 0.97–1.04 ms | 3.85–3.88 ms | 12 800–13 800 |
+//! | delivering, 30 % failing       | 1.79–1.85 ms | 5.15–7.00 ms | 7 500–8 300   |
+//!
+//! All 10 000 events were acknowledged 1.5–1.7 s after the load began (~14 150 requests,
+//! ~4 150 of them answered 500 and retried with the same `event_id`).
 
 mod hooks_receiver;
 

@@ -219,6 +219,8 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Most simultaneous connections on the pixel listener.
     pub max_connections: usize,
+    /// Serve HTTPS directly with this certificate chain and key (PEM), instead of plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[admin]`.
@@ -870,7 +872,23 @@ fn read_http(r: &mut Reader<'_>) -> HttpConfig {
         header_timeout: s.seconds("header_timeout", 10),
         idle_timeout: s.seconds("idle_timeout", 60),
         max_connections: s.positive("max_connections", 10_000) as usize,
+        tls: None,
     };
+    let (cert, key) = (s.opt_path("tls_cert"), s.opt_path("tls_key"));
+    let mut cfg = cfg;
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            for (name, p) in [("tls_cert", &c), ("tls_key", &k)] {
+                if let Err(e) = std::fs::File::open(p) {
+                    s.err(name, format!("cannot read {}: {e}", p.display()));
+                }
+            }
+            cfg.tls = Some((c, k));
+        }
+        (None, None) => {}
+        (Some(_), None) => s.err("tls_key", "missing: http.tls_cert needs http.tls_key"),
+        (None, Some(_)) => s.err("tls_cert", "missing: http.tls_key needs http.tls_cert"),
+    }
     s.finish();
     cfg
 }

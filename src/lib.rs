@@ -16,9 +16,12 @@
 //! token.rs     pure: mint and verify pixel tokens
 //! track/       pure: classify a pixel hit (client, device, machine)
 //! store.rs     the only code that touches sled
-//! http/        pixel listener (public) and admin listener (private)
-//! notify.rs    webhooks: signed delivery of the store's outbox, retries, dead letters
+//! http/        pixel listener (public), admin listener (private: API, follow stream,
+//!              dashboard, /metrics) and the accept loop they share
+//! metrics.rs   Prometheus registry the relay and the listeners update
+//! notify/      webhooks: signed delivery of the store's outbox, retries, dead letters
 //! server.rs    wires everything together for `pixelrelay serve`
+//! admin_client.rs  `pixelrelay tail` / `stats`: the admin API's client side
 //! ```
 //!
 //! Data flows one way: `smtp -> relay -> {rewrite, token, store, upstream}`;
@@ -28,10 +31,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin_client;
 pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod openlog;
@@ -42,6 +47,7 @@ pub mod server;
 pub mod shutdown;
 pub mod smtp;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod track;
 pub mod upstream;

@@ -1,9 +1,10 @@
 //! The `pixelrelay` command: parses arguments, loads the config, calls into the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pixelrelay::admin_client::{self, AdminClient, CliError, TailOptions};
 use pixelrelay::config::{Config, LogFormat};
 use pixelrelay::server::{self, Server};
 
@@ -39,6 +40,27 @@ enum Command {
     CheckConfig,
     /// Read a password on standard input and print its argon2id hash for [[smtp.auth.users]].
     HashPassword,
+    /// Print the last opens and, with -f, follow new ones live (via the admin API).
+    ///
+    /// One line per open: time (UTC), recipient, subject (when stored), client, device,
+    /// `person` or `machine:<reason>`, IP. Control characters in these are shown as `?`.
+    Tail {
+        /// Keep following new opens; reconnects with its cursor if the relay restarts.
+        #[arg(short, long)]
+        follow: bool,
+        /// Print each open as its JSON line instead of an aligned text line.
+        #[arg(long)]
+        json: bool,
+        /// How many stored opens to print first (at most 1000).
+        #[arg(short = 'n', long = "lines", default_value_t = 20, value_name = "N")]
+        lines: usize,
+    },
+    /// Print the totals: relayed, tracked, skipped, opens, unique opens, open rate.
+    Stats {
+        /// Print the JSON of GET /api/v1/stats.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +86,23 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Tail {
+            follow,
+            json,
+            lines,
+        } => {
+            let opts = TailOptions {
+                follow,
+                json,
+                lines,
+            };
+            client_command(&cli.config, move |c| async move {
+                admin_client::tail(&c, opts, &mut std::io::stdout().lock()).await
+            })
+        }
+        Command::Stats { json } => client_command(&cli.config, move |c| async move {
+            admin_client::stats(&c, json, &mut std::io::stdout().lock()).await
+        }),
         Command::Serve { json_log } => {
             let cfg = match Config::load(&cli.config) {
                 Ok(c) => c,
@@ -96,6 +135,47 @@ fn hash_password() -> ExitCode {
             println!("{h}");
             ExitCode::SUCCESS
         }
+        Err(e) => {
+            eprintln!("pixelrelay: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs an admin API client command: loads the config, reads the token, reports errors.
+fn client_command<F, Fut>(config: &Path, run: F) -> ExitCode
+where
+    F: FnOnce(AdminClient) -> Fut,
+    Fut: Future<Output = Result<(), CliError>>,
+{
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in errs.0 {
+                eprintln!("pixelrelay: {}: {e}", config.display());
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let client = match AdminClient::from_config(&cfg.admin) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pixelrelay: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pixelrelay: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(client)) {
+        Ok(()) | Err(CliError::OutputClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pixelrelay: {e}");
             ExitCode::from(1)
@@ -141,7 +221,7 @@ fn serve(cfg: Config) -> ExitCode {
         };
         let a = server.addresses();
         let smtp: Vec<String> = a.smtp.iter().map(ToString::to_string).collect();
-        tracing::info!(smtp = %smtp.join(","), http = %a.http, "ready");
+        tracing::info!(smtp = %smtp.join(","), http = %a.http, admin = %a.admin, "ready");
         server.run(server::termination()).await;
         ExitCode::SUCCESS
     })

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::capture::Capture;
 use crate::clock;
+use crate::metrics::Metrics;
 use crate::rewrite::{self, Decision, MessageInfo, Policy, SkipReason};
 use crate::smtp::command::PathArg;
 use crate::smtp::reply::{self, Reply};
@@ -67,7 +68,7 @@ pub struct Record {
 }
 
 /// Where relayed messages are recorded (the store; a recorder in tests).
-pub trait Recorder: Send + Sync {
+pub trait Recorder: Send + Sync + 'static {
     /// Called before the message goes upstream. An error means "forward untracked".
     fn record(&self, rec: &Record) -> Result<(), String>;
     /// Called with the upstream's final reply.
@@ -115,6 +116,10 @@ pub struct Relay {
     pub tracking: Option<Tracking>,
     /// `None` when nothing is recorded (tests).
     pub recorder: Option<Arc<dyn Recorder>>,
+    /// `tracking.opt_out_header`: removed from every message, tracked or not.
+    pub opt_out_header: String,
+    /// Prometheus series (sessions, transactions, replies, decisions, latency).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The factory the listener uses: hands each session a clone of the shared relay.
@@ -124,6 +129,7 @@ impl BackendFactory for RelayFactory {
     type Backend = RelaySession;
 
     fn backend(&self, peer: SocketAddr) -> RelaySession {
+        self.0.metrics.smtp_session();
         RelaySession {
             relay: Some(Arc::clone(&self.0)),
             conn: None,
@@ -191,6 +197,7 @@ impl Backend for RelaySession {
                 let line = |c: &Connection| path_command("MAIL FROM", mail, c);
                 match begin(up, &line).await {
                     Ok((conn, r)) => {
+                        relay.metrics.upstream_reply("mail", r.code);
                         if r.is_positive() {
                             self.conn = Some(conn);
                         } else {
@@ -226,7 +233,10 @@ impl Backend for RelaySession {
                 };
                 let line = path_command("RCPT TO", rcpt, conn);
                 match conn.command(&line, "RCPT TO").await {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        relay.metrics.upstream_reply("rcpt", r.code);
+                        r
+                    }
                     Err(e) => self.upstream_failed("RCPT TO", &e),
                 }
             }
@@ -251,6 +261,7 @@ impl Backend for RelaySession {
             ..
         } = txn;
         let received_at = clock::now_ms();
+        let data_started = std::time::Instant::now();
         let id = MessageId::random();
         let (original, rewritten, decision, info) =
             track(&relay, &mail.address, &recipients, original, &id).await;
@@ -268,7 +279,7 @@ impl Backend for RelaySession {
         // message. If the store cannot take it, the message goes out as it came.
         let mut decision = decision;
         if let Some(rec) = &relay.recorder
-            && let Err(e) = rec.record(&record)
+            && let Err(e) = record_off_reactor(rec, record).await
         {
             warn!(queue_id = %queue_id, error = %e, event = "store_error", "store failed; forwarding untracked");
             if decision == Decision::Tracked {
@@ -286,6 +297,7 @@ impl Backend for RelaySession {
                 None => reply::upstream_unavailable(),
                 Some(mut conn) => match conn.send_message(&content).await {
                     Ok(r) => {
+                        relay.metrics.upstream_reply("data", r.code);
                         up.give_back(conn);
                         r
                     }
@@ -296,7 +308,11 @@ impl Backend for RelaySession {
         self.failed = None;
         self.mail = None;
         if let Some(rec) = &relay.recorder {
-            rec.finish(&id, r.is_positive(), &r.one_line(), clock::now_ms());
+            // The client need not wait for this write: the record exists already and the
+            // reply is final. It runs on a blocking thread (sled commits wait for the disk).
+            let (rec, reply, at) = (Arc::clone(rec), r.one_line(), clock::now_ms());
+            let accepted = r.is_positive();
+            tokio::task::spawn_blocking(move || rec.finish(&id, accepted, &reply, at));
         }
         let tracking = match decision {
             Decision::Tracked => "tracked",
@@ -314,6 +330,10 @@ impl Backend for RelaySession {
             duration_ms = started.elapsed().as_millis() as u64,
             "relayed"
         );
+        let took = data_started.elapsed();
+        relay
+            .metrics
+            .transaction(tracking, r.code, content.len(), took);
         r
     }
 
@@ -331,6 +351,15 @@ impl Backend for RelaySession {
             up.give_back(conn);
         }
     }
+}
+
+/// Records the message on a blocking thread: a sled commit waits for its log write, which
+/// must not stall the reactor's other sessions.
+async fn record_off_reactor(rec: &Arc<dyn Recorder>, record: Record) -> Result<(), String> {
+    let rec = Arc::clone(rec);
+    tokio::task::spawn_blocking(move || rec.record(&record))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
 }
 
 /// MAIL on a pooled connection, retried on a fresh one when the pooled one was dead
@@ -363,9 +392,11 @@ async fn track(
     id: &MessageId,
 ) -> Tracked {
     let Some(t) = &relay.tracking else {
+        // Tracking off: still never forward our own control header.
+        let stripped = rewrite::strip_opt_out(&content, &relay.opt_out_header);
         return (
             content,
-            None,
+            stripped,
             Decision::Skipped(SkipReason::Disabled),
             MessageInfo::default(),
         );

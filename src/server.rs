@@ -12,15 +12,16 @@ use tracing::{info, warn};
 
 use crate::capture::Capture;
 use crate::config::{Config, UpstreamTarget};
-use crate::http::{self, pixel::PixelState};
+use crate::http::{self, admin::AdminState, pixel::PixelState};
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::relay::{Recorder, Relay, RelayFactory, Target, Tracking};
 use crate::rewrite::Policy;
 use crate::secret;
 use crate::shutdown;
-use crate::smtp::tls::TlsSource;
 use crate::smtp::{self, Limits, SessionConfig};
 use crate::store::Store;
+use crate::tls::TlsSource;
 use crate::token::TokenKey;
 use crate::upstream::Upstream;
 
@@ -42,6 +43,12 @@ pub struct Server {
     store: Store,
     /// Pixel listener state (token key, counters).
     pixel: Arc<PixelState>,
+    /// Bound admin listener.
+    admin: TcpListener,
+    /// The admin token (from `admin.token_file`).
+    admin_token: Vec<u8>,
+    /// Prometheus registry shared by the relay and the listeners.
+    metrics: Arc<Metrics>,
     /// Webhook endpoints and their delivery workers (started by `run`).
     notifier: Notifier,
 }
@@ -55,6 +62,8 @@ pub struct Addresses {
     pub smtps: Vec<SocketAddr>,
     /// Pixel listener.
     pub http: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
 }
 
 /// Installs ring as the process-wide rustls provider (two enabled providers make rustls panic).
@@ -133,20 +142,32 @@ impl Server {
         let http = TcpListener::bind(cfg.http.listen)
             .await
             .map_err(|e| format!("http.listen: cannot listen on {}: {e}", cfg.http.listen))?;
-        let pixel = Arc::new(PixelState::new(
+        let mut pixel = PixelState::new(
             key,
             store.clone(),
             cfg.http.clone(),
             cfg.tracking.machine_window,
-        ));
+        );
+        if let Some((cert, key)) = &cfg.http.tls {
+            pixel.tls = Some(Arc::new(TlsSource::load(cert, key, "http")?));
+        }
+        let pixel = Arc::new(pixel);
+        let admin_token = secret::read_or_create(&cfg.admin.token_file, || secret::random_hex(32))
+            .map_err(|e| format!("admin.token_file: {e}"))?;
+        let admin = TcpListener::bind(cfg.admin.listen)
+            .await
+            .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", cfg.admin.listen))?;
+        let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
         let recorder: Arc<dyn Recorder> = Arc::new(store.clone());
         let relay = Arc::new(Relay {
             target,
             tracking,
             recorder: Some(recorder),
+            metrics: Arc::clone(&metrics),
+            opt_out_header: cfg.tracking.opt_out_header.clone(),
         });
         let tls = match &cfg.smtp.tls {
-            Some(t) => Some(Arc::new(TlsSource::load(t)?)),
+            Some(t) => Some(Arc::new(TlsSource::load(&t.cert, &t.key, "smtp.tls")?)),
             None => None,
         };
         let mut smtps = Vec::new();
@@ -165,6 +186,9 @@ impl Server {
             http,
             store,
             pixel,
+            admin,
+            admin_token,
+            metrics,
             notifier,
         })
     }
@@ -193,6 +217,7 @@ impl Server {
                 .filter_map(|l| l.local_addr().ok())
                 .collect(),
             http: self.http.local_addr().unwrap_or(self.cfg.http.listen),
+            admin: self.admin.local_addr().unwrap_or(self.cfg.admin.listen),
         }
     }
 
@@ -208,11 +233,16 @@ impl Server {
             http,
             store,
             pixel,
+            admin,
+            admin_token,
+            metrics,
             notifier,
         } = self;
         let (trigger, shutdown) = shutdown::channel();
         let (hard_trigger, hard_stop) = shutdown::channel();
-        let session_cfg = Arc::new(SessionConfig::from_config(&cfg.smtp));
+        let mut session_cfg = SessionConfig::from_config(&cfg.smtp);
+        session_cfg.metrics = Some(Arc::clone(&metrics));
+        let session_cfg = Arc::new(session_cfg);
         let limits = Limits {
             max_connections: cfg.smtp.max_connections,
             max_per_ip: cfg.smtp.max_connections_per_ip,
@@ -239,13 +269,22 @@ impl Server {
         }
         // SIGHUP: re-read the certificate files (sessions in progress keep theirs) and reopen
         // the open log (logrotate).
-        tokio::spawn(on_hangup(tls.clone(), store.clone()));
+        let certs: Vec<Arc<TlsSource>> = tls.iter().chain(pixel.tls.iter()).cloned().collect();
+        tokio::spawn(on_hangup(certs, store.clone()));
         let hooks_task = notifier.start(shutdown.clone());
         let pixel_task = tokio::spawn(http::pixel::serve(
             http,
             Arc::clone(&pixel),
             shutdown.clone(),
         ));
+        let admin_state = Arc::new(AdminState::new(
+            store.clone(),
+            &admin_token,
+            metrics,
+            Arc::clone(&pixel),
+            shutdown.clone(),
+        ));
+        let admin_task = tokio::spawn(http::admin::serve(admin, admin_state));
         let mode = match &relay.target {
             Target::Smtp(up) => format!("relay to {}", up.address()),
             Target::Capture(c) => format!("CAPTURE into {} (not relaying)", c.dir().display()),
@@ -272,6 +311,7 @@ impl Server {
             }
         }
         let _ = pixel_task.await;
+        let _ = admin_task.await;
         // Undelivered events stay in the outbox for the next start.
         let _ = hooks_task.await;
         if let Target::Smtp(up) = &relay.target {
@@ -285,15 +325,19 @@ impl Server {
 }
 
 /// On every SIGHUP: reloads the inbound certificate and reopens the open log.
-async fn on_hangup(tls: Option<Arc<TlsSource>>, store: Store) {
+async fn on_hangup(certs: Vec<Arc<TlsSource>>, store: Store) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        if let Some(tls) = &tls {
+        for tls in &certs {
             match tls.reload() {
-                Ok(()) => info!(event = "tls_reload", "certificate reloaded"),
+                Ok(()) => info!(
+                    event = "tls_reload",
+                    section = tls.section(),
+                    "certificate reloaded"
+                ),
                 Err(e) => {
                     warn!(error = %e, event = "tls_reload", "certificate reload failed; keeping the old one")
                 }

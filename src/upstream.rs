@@ -241,15 +241,23 @@ impl Connection {
     }
 
     /// Whether the connection still looks usable: nothing unexpected waiting, not closed.
+    /// Polls the socket exactly once (no timer: a zero timeout would wait for the next tick
+    /// of tokio's 1 ms timer wheel on every reuse).
     async fn is_idle_and_open(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
-        // `timeout` polls the read once before checking the (zero) deadline.
-        tokio::time::timeout(Duration::ZERO, self.io.read(&mut probe))
-            .await
-            .is_err()
+        let mut rb = tokio::io::ReadBuf::new(&mut probe);
+        let io = &mut self.io;
+        std::future::poll_fn(
+            |cx| match std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                std::task::Poll::Pending => std::task::Poll::Ready(true),
+                // Closed, an error, or bytes nobody asked for (a 421 before closing): unusable.
+                std::task::Poll::Ready(_) => std::task::Poll::Ready(false),
+            },
+        )
+        .await
     }
 
     /// Politely ends the session.

@@ -115,6 +115,13 @@ async fn unknown_network_cannot_relay_without_auth_but_can_with_it() {
         0,
         "never contacted the upstream for an outsider"
     );
+    let metrics = admin_text(&relay, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pixelrelay_smtp_refusals_total{reason=\"relay_denied\"} 1")),
+        "relay denials are counted: {metrics}"
+    );
     // Wrong password: refused (slowly), still no relay.
     assert_eq!(
         cmd(&mut s, &format!("AUTH PLAIN {}", plain("alice", "nope")))
@@ -433,4 +440,40 @@ async fn hash_password_and_certificate_reload_on_sighup() {
     assert_eq!(cmd(&mut old, "QUIT").await.0, 221);
     let _ = old.read_to_end(&mut rest).await;
     assert_eq!(relay.stop(), Some(0));
+}
+
+#[tokio::test]
+async fn pixel_listener_serves_https_with_its_own_certificate() {
+    let up = FakeUpstream::start().await;
+    let p = pki();
+    let cfg = config_text(&up.addr.to_string(), "").replace(
+        "[http]\n",
+        &format!(
+            "[http]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            p.dir.path().join("cert.pem").display(),
+            p.dir.path().join("key.pem").display()
+        ),
+    );
+    let relay = start_relay(&cfg).await;
+    let tcp = TcpStream::connect(relay.addrs.http).await.unwrap();
+    let mut tls = connector(&p.pem)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(b"GET /o/forged.gif HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp).await;
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: image/gif"),
+        "{text}"
+    );
+    // Plain HTTP on the same port is not served.
+    let (status, _, _) = http_get(&format!("http://{}/healthz", relay.addrs.http), "curl").await;
+    assert_ne!(status, 200);
+    relay.stop().await;
 }

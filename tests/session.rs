@@ -76,6 +76,7 @@ fn cfg() -> Arc<SessionConfig> {
         tls_required: false,
         auth: None,
         auth_plaintext: false,
+        metrics: None,
     })
 }
 

@@ -114,6 +114,7 @@ async fn hammer(store: &Store) -> (Vec<Duration>, Duration) {
         header_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         max_connections: 1000,
+        tls: None,
     };
     let state = Arc::new(PixelState::new(
         key,

@@ -7,12 +7,11 @@
 //! so a client that got its image has its open stored. Forged, truncated or unknown tokens
 //! record nothing and are counted as invalid.
 //!
-//! Limits against slow or abusive clients: at most `http.max_connections` connections (a
-//! semaphore permit is taken before `accept`), 16 KiB of request head and 64 headers, no request
-//! bodies (413), and hyper's header-read timeout. hyper starts that clock whenever it waits for
-//! a request head, including on an idle keep-alive connection, so an idle connection is closed
-//! after `min(http.header_timeout, http.idle_timeout)`. On shutdown the listener stops accepting,
-//! idle connections close at once and requests in flight finish.
+//! Limits against slow or abusive clients (the accept loop in `http::serve`, shared with the
+//! admin listener): at most `http.max_connections` connections, 16 KiB of request head and 64
+//! headers, no request bodies (413), and hyper's header-read timeout, which also closes an idle
+//! keep-alive connection after `min(http.header_timeout, http.idle_timeout)`. On shutdown the
+//! listener stops accepting, idle connections close at once and requests in flight finish.
 //!
 //! Store writes go through one writer thread that group-commits: it takes every verified hit
 //! queued at that moment (up to 256) and records them in one sled transaction, then wakes the
@@ -34,26 +33,24 @@
 //! Peak RSS: ~220 MB batched (sled's cache and IO buffers), ~520 MB unbatched; nginx 6 MB.
 //! Every 200 is a committed open: the bench's stored-open count equals its valid-hit count.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::client_ip::client_ip;
+use super::serve::Limits;
 use crate::config::HttpConfig;
-use crate::shutdown::{Shutdown, TaskTracker};
+use crate::shutdown::Shutdown;
 use crate::store::{OpenHit, Store, StoreError, now_ms};
 use crate::token::{MessageId, Purpose, TOKEN_LEN, TokenKey};
 use crate::track::{Hints, OpenEvent, classify};
@@ -62,10 +59,6 @@ use crate::track::{Hints, OpenEvent, classify};
 /// palette, a graphic control extension marking index 0 transparent, one LZW-coded pixel.
 pub const GIF: &[u8; 43] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
 
-/// Largest request head accepted (request line + headers).
-const MAX_HEAD: usize = 16 * 1024;
-/// Most request headers accepted.
-const MAX_HEADERS: usize = 64;
 /// User agents are stored up to this many bytes.
 const MAX_UA: usize = 1024;
 
@@ -95,6 +88,10 @@ pub struct PixelState {
     pub counters: Arc<PixelCounters>,
     /// Hands verified hits to the group-commit writer thread.
     writer: mpsc::Sender<Job>,
+    /// Request latency (rendered by the admin listener's `/metrics`).
+    pub latency: Histogram,
+    /// HTTPS certificate, when the listener terminates TLS itself (`http.tls_cert`).
+    pub tls: Option<Arc<crate::tls::TlsSource>>,
 }
 
 impl PixelState {
@@ -124,6 +121,8 @@ impl PixelState {
             machine_window,
             counters,
             writer,
+            latency: crate::metrics::latency_histogram(),
+            tls: None,
         }
     }
 }
@@ -191,67 +190,23 @@ fn write_loop(store: &Store, c: &PixelCounters, mut jobs: mpsc::Receiver<Job>) {
 
 /// Serves the pixel listener on `listener` until `shutdown` fires, then lets in-flight
 /// requests finish and returns once every connection has closed.
-pub async fn serve(listener: TcpListener, state: Arc<PixelState>, mut shutdown: Shutdown) {
-    let permits = Arc::new(Semaphore::new(state.http.max_connections.max(1)));
-    let tracker = TaskTracker::default();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.http.header_timeout.min(state.http.idle_timeout))
-        .max_buf_size(MAX_HEAD)
-        .max_headers(MAX_HEADERS)
-        .keep_alive(true);
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = shutdown.wait() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "pixel listener: accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-            () = shutdown.wait() => break,
-        };
-        backoff = Duration::from_millis(5);
-        let _ = stream.set_nodelay(true);
-        let guard = tracker.guard();
+pub async fn serve(listener: TcpListener, state: Arc<PixelState>, shutdown: Shutdown) {
+    let limits = Limits {
+        name: "pixel",
+        max_connections: state.http.max_connections,
+        header_timeout: state.http.header_timeout.min(state.http.idle_timeout),
+        tls: state.tls.clone(),
+    };
+    super::serve::serve(listener, limits, shutdown, move |peer, req| {
         let state = state.clone();
-        let builder = builder.clone();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stop.wait() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.as_mut().await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(peer = %peer, error = %e, "pixel connection ended with an error");
-            }
-            drop(permit);
-            drop(guard);
-        });
-    }
-    drop(listener);
-    tracker.wait().await;
+        async move {
+            let started = Instant::now();
+            let r = handle(&state, peer, req).await;
+            state.latency.observe(started.elapsed().as_secs_f64());
+            r
+        }
+    })
+    .await;
 }
 
 /// Routes one request.

@@ -2,8 +2,53 @@
 //! `<img>` markup into its first HTML part. Pure: no IO, no SMTP, no clock, so the SMTP relay,
 //! the capture mode and a future milter front end all call the same function.
 //!
-//! (Skeleton: the full implementation lands with the rewrite work. Until then every message
-//! is forwarded unchanged, which is always safe.)
+//! Owns the decision rules (below, in the order they are checked; the first that applies is
+//! the reason recorded) and the splice of the rewritten part back into the original bytes.
+//!
+//! | # | rule | decision |
+//! |---|------|----------|
+//! | 1 | the header block cannot be read | `Skipped(Unparseable)` |
+//! | 2 | not exactly one accepted recipient | `Skipped(Recipients)` |
+//! | 3 | the opt-out header says `no`, `false`, `0` or `off` | `Skipped(OptOut)` |
+//! | 4 | `sender_domains` is non-empty and the MAIL FROM domain is not in it | `Skipped(SenderDomain)` |
+//! | 5 | the recipient's domain is in `exclude_recipient_domains` | `Skipped(RecipientDomain)` |
+//! | 6 | larger than `max_rewrite_size` | `Skipped(TooLarge)` |
+//! | 7 | a top-level `DKIM-Signature` and `on_dkim_signed = "skip"` | `Skipped(DkimSigned)` |
+//! | 8 | mail-parser finds no message (or panics: see `mime::parse`) | `Skipped(Unparseable)` |
+//! | 9 | `multipart/signed` or S/MIME signed-data anywhere | `Skipped(Signed)` |
+//! | 10 | `multipart/encrypted`, PGP or S/MIME enveloped data anywhere | `Skipped(Encrypted)` |
+//! | 11 | no `text/html` part outside attachments and attached messages | `Skipped(NoHtml)` |
+//! | 12 | the part's body does not follow an empty line, its transfer encoding is unknown, or its base64 is not clean | `Skipped(Unparseable)` |
+//! | 13 | a charset that is not ASCII-compatible (UTF-16/32, UCS-2/4, UTF-7, EBCDIC), or a body with NUL bytes or a UTF-16 byte-order mark | `Skipped(Charset)` |
+//! | 14 | the part already holds a URL starting with `pixel_prefix` | `Skipped(AlreadyTracked)` |
+//! | - | otherwise | `Tracked` |
+//!
+//! The opt-out header (any value, every occurrence, top-level header only) is removed from the
+//! output whatever the decision: `message` is then `Some` even for a skipped message. Its value
+//! is read as its first word, case-insensitively: `no`, `false`, `0`, `off` opt out; anything
+//! else (`yes`, `true`, empty, unknown words) means "track as usual", since only an explicit
+//! refusal is a refusal. Domains are compared exactly (lowercase, no subdomain matching); a
+//! bounce (empty MAIL FROM) has no domain, so a non-empty `sender_domains` skips it.
+//!
+//! Bytes outside the rewritten part's body are never touched. Within it, see `raw.rs`
+//! (7bit/8bit/binary), `qp.rs` and `b64.rs` for how the markup is encoded, and `html.rs` for
+//! where it goes.
+//!
+//! Layout: `headers.rs` (top-level header fields, byte-exact), `mime.rs` (which part, via
+//! mail-parser), `html.rs` (placement, markup), `raw.rs`, `qp.rs`, `b64.rs` (one per encoding).
+
+mod b64;
+mod headers;
+mod html;
+mod mime;
+mod qp;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+
+use mail_parser::MessageParser;
 
 use crate::config::OnDkimSigned;
 
@@ -120,12 +165,201 @@ pub struct Rewritten {
 
 /// Decides and, when eligible, inserts the pixel pointing at `pixel_url`.
 ///
-/// `message` is the unstuffed DATA content with CRLF line ends. Never panics, whatever the input.
+/// `message` is the unstuffed DATA content; CRLF or LF line ends both work, and any line break
+/// the rewrite adds uses the ending the message already uses. Never panics, whatever the
+/// input; allocates at most a few times the message size.
 pub fn rewrite(env: &Envelope<'_>, message: &[u8], pixel_url: &str, policy: &Policy) -> Rewritten {
-    let _ = (env, message, pixel_url, policy);
-    Rewritten {
-        message: None,
-        decision: Decision::Skipped(SkipReason::Disabled),
-        info: MessageInfo::default(),
+    let fields = headers::fields(message);
+    let info = message_info(message, &fields);
+    let opt_out = fields
+        .iter()
+        .filter(|f| {
+            f.name
+                .eq_ignore_ascii_case(policy.opt_out_header.as_bytes())
+        })
+        .any(|f| refuses(&f.unfolded()));
+    // Removed from the output whatever the decision; the ranges lie in the top-level header,
+    // before every part body, so the copy that drops them never meets the spliced part.
+    let doomed = headers::ranges(&fields, &policy.opt_out_header);
+    let checks = Checks {
+        env,
+        original: message,
+        fields: &fields,
+        headers_ok: info.is_some(),
+        opt_out,
+        policy,
+    };
+    let info = info.unwrap_or_default();
+    match checks
+        .run()
+        .and_then(|()| insert(message, &doomed, pixel_url, &policy.pixel_prefix))
+    {
+        Ok(out) => Rewritten {
+            message: Some(out),
+            decision: Decision::Tracked,
+            info,
+        },
+        Err(reason) => {
+            let message = (!doomed.is_empty()).then(|| {
+                let mut out = Vec::with_capacity(message.len());
+                headers::copy_without(message, &doomed, &mut out);
+                out
+            });
+            Rewritten {
+                message,
+                decision: Decision::Skipped(reason),
+                info,
+            }
+        }
     }
+}
+
+/// Removes every occurrence of the opt-out header `name`, for callers that forward without
+/// calling [`rewrite`] (tracking disabled). `None` when the message has no such header.
+pub fn strip_opt_out(message: &[u8], name: &str) -> Option<Vec<u8>> {
+    headers::remove(message, name)
+}
+
+/// True when an opt-out header value refuses tracking: its first word is `no`, `false`, `0` or
+/// `off` (any case). Every other value, `yes` included, lets the message be tracked as usual.
+pub fn refuses(value: &str) -> bool {
+    let word = value
+        .trim_start()
+        .split(|c: char| c.is_whitespace() || c == ';' || c == '(')
+        .next()
+        .unwrap_or("");
+    ["no", "false", "0", "off"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w))
+}
+
+/// The envelope and header rules, checked before any MIME parsing.
+struct Checks<'a> {
+    env: &'a Envelope<'a>,
+    original: &'a [u8],
+    fields: &'a [headers::Field<'a>],
+    headers_ok: bool,
+    opt_out: bool,
+    policy: &'a Policy,
+}
+
+impl Checks<'_> {
+    fn run(&self) -> Result<(), SkipReason> {
+        let p = self.policy;
+        if !self.headers_ok {
+            return Err(SkipReason::Unparseable);
+        }
+        let [recipient] = self.env.recipients else {
+            return Err(SkipReason::Recipients);
+        };
+        if self.opt_out {
+            return Err(SkipReason::OptOut);
+        }
+        if !p.sender_domains.is_empty() && !p.sender_domains.contains(&domain(self.env.sender)) {
+            return Err(SkipReason::SenderDomain);
+        }
+        if p.exclude_recipient_domains.contains(&domain(recipient)) {
+            return Err(SkipReason::RecipientDomain);
+        }
+        if self.original.len() as u64 > p.max_rewrite_size {
+            return Err(SkipReason::TooLarge);
+        }
+        let signed = self
+            .fields
+            .iter()
+            .any(|f| f.name.eq_ignore_ascii_case(b"DKIM-Signature"));
+        if signed && p.on_dkim_signed == OnDkimSigned::Skip {
+            return Err(SkipReason::DkimSigned);
+        }
+        Ok(())
+    }
+}
+
+/// The lowercase domain of an address (`user@Example.COM.` → `example.com`); empty when none.
+fn domain(addr: &str) -> String {
+    let a = addr.trim().trim_start_matches('<').trim_end_matches('>');
+    a.rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// Message-ID as written (the `<…>` part when there is one) and the decoded Subject; `None`
+/// when there is no header block to speak of.
+fn message_info(message: &[u8], fields: &[headers::Field<'_>]) -> Option<MessageInfo> {
+    if fields.is_empty() {
+        return None;
+    }
+    let head = &message[..headers::body_start(message)];
+    // See `mime::parse` for why the parser runs under `catch_unwind`.
+    let parsed = std::panic::catch_unwind(|| MessageParser::new().parse_headers(head))
+        .ok()
+        .flatten()?;
+    let message_id = fields
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case(b"Message-ID"))
+        .and_then(|f| {
+            let v = f.unfolded();
+            let bracketed = v
+                .find('<')
+                .and_then(|s| v[s..].find('>').map(|e| v[s..=s + e].to_string()));
+            bracketed.or_else(|| (!v.is_empty()).then_some(v))
+        });
+    Some(MessageInfo {
+        message_id,
+        subject: parsed.subject().map(str::to_string),
+    })
+}
+
+/// Finds the HTML part of `msg`, inserts the pixel and splices the part back, leaving out the
+/// header fields in `doomed`.
+fn insert(
+    msg: &[u8],
+    doomed: &[std::ops::Range<usize>],
+    pixel_url: &str,
+    pixel_prefix: &str,
+) -> Result<Vec<u8>, SkipReason> {
+    let part = mime::find_html(msg)?;
+    let body = &msg[part.body.clone()];
+    let decoded: Cow<'_, [u8]> = match part.cte {
+        mime::Cte::Raw => Cow::Borrowed(body),
+        mime::Cte::QuotedPrintable => Cow::Owned(qp::decode(body)),
+        mime::Cte::Base64 => Cow::Owned(b64::decode(body).ok_or(SkipReason::Unparseable)?),
+    };
+    if decoded.starts_with(b"\xfe\xff")
+        || decoded.starts_with(b"\xff\xfe")
+        || memchr::memchr(0, &decoded).is_some()
+    {
+        return Err(SkipReason::Charset);
+    }
+    if html::contains_pixel(&decoded, pixel_prefix) {
+        return Err(SkipReason::AlreadyTracked);
+    }
+    let p = html::insertion_point(&decoded);
+    let total = decoded.len();
+    // Only the base64 splice reads the decoded text again; free a QP copy before the output
+    // buffer is allocated, so at most one message-sized buffer is added to the input.
+    // (Shadowing alone would keep the old buffer alive to the end of the function.)
+    let decoded = if part.cte == mime::Cte::Base64 {
+        decoded
+    } else {
+        drop(decoded);
+        Cow::Borrowed(&[][..])
+    };
+    let markup = html::markup(pixel_url);
+    let nl = headers::line_ending(body, headers::line_ending(msg, b"\r\n"));
+    // The markup grows by a third in QP and base64, plus line breaks: 2× leaves room.
+    let mut out = Vec::with_capacity(msg.len() + 2 * markup.len() + 16);
+    headers::copy_without(&msg[..part.body.start], doomed, &mut out);
+    match part.cte {
+        mime::Cte::Raw => raw::splice(body, p, &markup, nl, &mut out),
+        mime::Cte::QuotedPrintable => {
+            if !qp::splice(body, total, p, &markup, nl, &mut out) {
+                return Err(SkipReason::Unparseable);
+            }
+        }
+        mime::Cte::Base64 => b64::splice(body, &decoded, p, &markup, nl, &mut out),
+    }
+    out.extend_from_slice(&msg[part.body.end..]);
+    Ok(out)
 }

@@ -17,9 +17,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::reply;
 use super::session::{Backend, End, Session, SessionConfig};
-use super::tls::TlsSource;
 use crate::net;
 use crate::shutdown::{Shutdown, TaskTracker};
+use crate::tls::TlsSource;
 
 /// Makes the backend for each new session.
 pub trait BackendFactory: Send + Sync + 'static {
@@ -119,11 +119,17 @@ pub async fn serve<F: BackendFactory>(
         let peer = SocketAddr::new(net::canonical(peer.ip()), peer.port());
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             info!(client = %peer, event = "connection_limit", "too many connections");
+            if let Some(m) = &cfg.metrics {
+                m.smtp_refused("connection_limit");
+            }
             tokio::spawn(refuse(stream));
             continue;
         };
         let Some(slot) = per_ip.try_take(peer.ip(), limits.max_per_ip) else {
             info!(client = %peer, event = "ip_connection_limit", "too many connections from one address");
+            if let Some(m) = &cfg.metrics {
+                m.smtp_refused("ip_connection_limit");
+            }
             tokio::spawn(refuse(stream));
             continue;
         };

@@ -14,7 +14,6 @@ pub mod data;
 pub mod listener;
 pub mod reply;
 pub mod session;
-pub mod tls;
 
 pub use listener::{BackendFactory, Limits, serve};
 pub use reply::Reply;

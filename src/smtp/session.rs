@@ -22,6 +22,7 @@ use super::data::{self, DataReader};
 use super::reply::{self, Reply};
 use crate::clock;
 use crate::config::{BareNewline, SmtpConfig};
+use crate::metrics::Metrics;
 use crate::net::{self, Cidr};
 use crate::shutdown::Shutdown;
 
@@ -59,6 +60,8 @@ pub struct SessionConfig {
     pub auth: Option<Arc<Authenticator>>,
     /// AUTH offered without TLS.
     pub auth_plaintext: bool,
+    /// Where refusals are counted (none in tests).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl SessionConfig {
@@ -78,6 +81,7 @@ impl SessionConfig {
             auth: (!c.auth.users.is_empty())
                 .then(|| Arc::new(Authenticator::new(c.auth.users.clone()))),
             auth_plaintext: c.auth.allow_plaintext,
+            metrics: None,
         }
     }
 }
@@ -387,10 +391,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         }
     }
 
+    fn count(&self, reason: &'static str) {
+        if let Some(m) = &self.cfg.metrics {
+            m.smtp_refused(reason);
+        }
+    }
+
     fn error(&mut self) -> Step {
         self.errors += 1;
         if self.errors >= self.cfg.max_errors {
             self.queue(&reply::too_many_errors());
+            self.count("too_many_errors");
             return Step::Close(End::Dropped("too many errors"));
         }
         Step::Continue
@@ -553,6 +564,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         }
         if !self.may_relay {
             warn!(client = %self.peer, rcpt = %arg.address, event = "relay_denied", "relay access denied");
+            self.count("relay_denied");
             return self.reject(reply::relay_denied());
         }
         txn.rcpt_count += 1;
@@ -671,6 +683,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             return Step::Continue;
         }
         let (count, delay) = authn.failed(ip);
+        self.count("auth_failed");
         warn!(client = %self.peer, failures = count, event = "auth_failed", "authentication failed");
         // Answer slowly: a password guesser gets a few tries a minute, not thousands.
         if self.flush().await.is_err() {

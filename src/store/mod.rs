@@ -345,6 +345,31 @@ pub struct Counters {
     pub unique_opens: u64,
     /// Messages with at least one open not marked as machine.
     pub unique_human_opens: u64,
+    /// Opens per UTC day (`YYYY-MM-DD`), for the dashboard's chart.
+    #[serde(default)]
+    pub by_day: BTreeMap<String, OpenCounts>,
+    /// Opens per mail client name.
+    #[serde(default)]
+    pub by_client: BTreeMap<String, OpenCounts>,
+    /// Opens per device kind (`desktop`, `mobile`, `webmail`, `proxy`, `unknown`).
+    #[serde(default)]
+    pub by_device: BTreeMap<String, OpenCounts>,
+}
+
+/// Opens in one bucket of [`Counters`]' breakdowns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenCounts {
+    /// Every open in the bucket.
+    pub opens: u64,
+    /// Of which marked as machine.
+    pub machine: u64,
+}
+
+impl OpenCounts {
+    fn add(&mut self, machine: bool) {
+        self.opens += 1;
+        self.machine += u64::from(machine);
+    }
 }
 
 /// The four totals every open updates, stored apart from the rest (32 bytes, no JSON).
@@ -441,8 +466,14 @@ pub struct Stats {
 pub struct MessageFilter {
     /// Case-insensitive substring of a recipient.
     pub rcpt: Option<String>,
+    /// Case-insensitive substring of the envelope sender.
+    pub sender: Option<String>,
     /// `Some(true)`: only opened; `Some(false)`: only never opened.
     pub opened: Option<bool>,
+    /// Only messages received at or after this time (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// Only messages received before this time (ms since the epoch).
+    pub until_ms: Option<u64>,
 }
 
 /// One page of a listing.
@@ -847,10 +878,11 @@ impl Store {
             &inner.meta,
             &inner.outbox,
         );
-        let (done, oc, last_event, written) =
+        let (done, oc, breakdown, last_event, written) =
             trees.transaction(|(stats, opens, by_msg, meta, outbox)| {
                 let mut cache: HashMap<MessageId, MsgStats> = HashMap::new();
                 let mut oc = st.counters.clone_open();
+                let mut breakdown = st.counters.clone();
                 let mut last_event = st.last_event;
                 let mut written = 0;
                 let mut out = Vec::with_capacity(hits.len());
@@ -891,6 +923,18 @@ impl Store {
                     oc.machine_opens += u64::from(!human);
                     oc.unique_opens += u64::from(first);
                     oc.unique_human_opens += u64::from(first_human);
+                    let day = crate::clock::day(hit.at_ms);
+                    breakdown.by_day.entry(day).or_default().add(ev.machine);
+                    breakdown
+                        .by_client
+                        .entry(ev.client.clone())
+                        .or_default()
+                        .add(ev.machine);
+                    breakdown
+                        .by_device
+                        .entry(ev.device.as_str().to_string())
+                        .or_default()
+                        .add(ev.machine);
                     let json = encode(&ev)?;
                     written += outbox::write_event(
                         outbox,
@@ -908,11 +952,16 @@ impl Store {
                     stats.insert(id.as_bytes(), ms.encode().as_slice())?;
                 }
                 meta.insert(OPEN_COUNTERS, oc.encode().as_slice())?;
+                // The per-day/client/device breakdowns live in the JSON counters: once per batch.
+                meta.insert(COUNTERS, encode(&breakdown)?)?;
                 if written > 0 {
                     meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;
                 }
-                Ok((out, oc, last_event, written))
+                Ok((out, oc, breakdown, last_event, written))
             })?;
+        st.counters.by_day = breakdown.by_day;
+        st.counters.by_client = breakdown.by_client;
+        st.counters.by_device = breakdown.by_device;
         oc.apply(&mut st.counters);
         st.last_open = last;
         st.last_event = last_event;
@@ -1050,17 +1099,33 @@ impl Store {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<Message>, StoreError> {
-        let end = match cursor {
-            Some(c) => Bound::Excluded(parse_message_cursor(c)?),
+        let mut end = match cursor {
+            Some(c) => Some(parse_message_cursor(c)?),
+            None => None,
+        };
+        if let Some(until) = filter.until_ms {
+            // Keys sort by time first: everything before `until` sorts below `until ‖ 0…0`.
+            let k = until.to_be_bytes().to_vec();
+            if end.as_ref().is_none_or(|e| k < *e) {
+                end = Some(k);
+            }
+        }
+        let end = match end {
+            Some(k) => Bound::Excluded(k),
             None => Bound::Unbounded,
         };
-        let rcpt = filter.rcpt.as_ref().map(|r| r.to_ascii_lowercase());
+        let start = match filter.since_ms {
+            Some(since) => Bound::Included(since.to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let lower = |s: &Option<String>| s.as_ref().map(|r| r.to_ascii_lowercase());
+        let (rcpt, sender) = (lower(&filter.rcpt), lower(&filter.sender));
         let mut items = Vec::new();
         let mut last_key = None;
         for (scanned, kv) in self
             .inner
             .messages_by_time
-            .range((Bound::Unbounded, end))
+            .range((start, end))
             .rev()
             .enumerate()
         {
@@ -1083,8 +1148,11 @@ impl Store {
                     .iter()
                     .any(|x| x.to_ascii_lowercase().contains(r.as_str()))
             });
+            let sender_ok = sender
+                .as_ref()
+                .is_none_or(|s| m.sender.to_ascii_lowercase().contains(s.as_str()));
             let opened_ok = filter.opened.is_none_or(|o| o == (m.opens.count > 0));
-            if rcpt_ok && opened_ok {
+            if rcpt_ok && sender_ok && opened_ok {
                 items.push(m);
             }
         }
@@ -1092,6 +1160,21 @@ impl Store {
             items,
             next_cursor: None,
         })
+    }
+
+    /// Bytes the database takes on disk (for the store-size metric).
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    /// The id of the newest open (16 zeros when there is none): a cursor meaning "from now".
+    pub fn last_open_cursor(&self) -> String {
+        format_open_id(self.inner.lock().last_open)
+    }
+
+    /// How many live followers are subscribed to the feed right now.
+    pub fn followers(&self) -> usize {
+        self.inner.feed.receiver_count()
     }
 
     /// The totals, from memory: O(1).

@@ -355,11 +355,13 @@ fn list_messages_filters_and_pages() {
     let alice = MessageFilter {
         rcpt: Some("alice@".into()),
         opened: None,
+        ..Default::default()
     };
     assert_eq!(s.list_messages(&alice, None, 10).unwrap().items.len(), 3);
     let opened = MessageFilter {
         rcpt: None,
         opened: Some(true),
+        ..Default::default()
     };
     let o = s.list_messages(&opened, None, 10).unwrap();
     assert_eq!(o.items.len(), 1);
@@ -367,6 +369,7 @@ fn list_messages_filters_and_pages() {
     let unopened = MessageFilter {
         rcpt: Some("bob".into()),
         opened: Some(false),
+        ..Default::default()
     };
     assert_eq!(s.list_messages(&unopened, None, 10).unwrap().items.len(), 2);
     assert!(s.list_messages(&opened, Some("nope"), 1).is_err());

@@ -383,14 +383,17 @@ impl Relay {
         self.addrs.smtp[0]
     }
 
-    /// Graceful shutdown; waits for the server to finish.
-    pub async fn stop(mut self) {
+    /// Graceful shutdown; waits for the server to finish. Returns the relay's folder (its
+    /// config, secrets and store), deleted when dropped.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
             t.await.unwrap();
         }
+        let Relay { dir, .. } = self;
+        dir
     }
 }
 
@@ -737,4 +740,104 @@ pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Every pixel URL (`…/o/TOKEN.gif`) in the decoded HTML parts of `message`.
+pub fn pixel_urls(message: &[u8]) -> Vec<String> {
+    let Some(msg) = mail_parser::MessageParser::default().parse(message) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for part in msg.parts.iter() {
+        if !part.is_text_html() {
+            continue;
+        }
+        let Some(html) = part.text_contents() else {
+            continue;
+        };
+        let mut rest = html;
+        while let Some(i) = rest.find("src=\"") {
+            rest = &rest[i + 5..];
+            let end = rest.find('"').unwrap_or(rest.len());
+            let url = &rest[..end];
+            if url.contains("/o/") && url.ends_with(".gif") {
+                out.push(url.to_string());
+            }
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+/// A plain HTTP/1.1 GET over loopback: (status, head, body).
+pub async fn http_get(url: &str, user_agent: &str) -> (u16, String, Vec<u8>) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(buf.len());
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head, buf[split..].to_vec())
+}
+
+/// Headless Chromium with the flags that keep it on loopback; `None` if not installed.
+pub fn chromium(args: &[&str]) -> Option<std::process::Output> {
+    let bin = need("chromium")?;
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .expect("run chromium");
+    Some(out)
+}
+
+/// GET an admin path with the relay's bearer token; the body (asserting 200).
+pub async fn admin_text(relay: &Relay, path: &str) -> String {
+    let token = std::fs::read_to_string(relay.dir.path().join("data/admin.token")).unwrap();
+    let mut s = TcpStream::connect(relay.addrs.admin).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(buf.len());
+    assert!(
+        buf.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    String::from_utf8_lossy(&buf[split..]).to_string()
+}
+
+/// GET an admin API path with the relay's bearer token; the JSON body.
+pub async fn admin_json(relay: &Relay, path: &str) -> serde_json::Value {
+    serde_json::from_str(&admin_text(relay, path).await).unwrap()
 }

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Pixel endpoint: wrk against pixelrelay's pixel listener (every hit a valid token, recorded in
+# sled) and nginx's empty_gif with its access log on, in the same run; keep-alive and
+# connection-per-hit. Prints req/s, p99 and the ratio, and checks opens stored = 200s counted.
+# Usage: bench/pixel.sh [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin"
+SECS=${1:-10}
+for tool in wrk nginx python3; do command -v "$tool" >/dev/null || { echo "needs $tool"; exit 2; }; done
+W=$(mktemp -d); chmod 755 "$W"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+NG=$(port); PX=$(port)
+
+mkdir -p "$W/ng"
+cat > "$W/ng/nginx.conf" <<CFG
+daemon off;
+worker_processes 2;
+pid $W/ng/nginx.pid;
+error_log $W/ng/error.log;
+events { worker_connections 4096; }
+http {
+  access_log $W/ng/access.log;
+  client_body_temp_path $W/ng/body; proxy_temp_path $W/ng/proxy; fastcgi_temp_path $W/ng/fcgi;
+  uwsgi_temp_path $W/ng/uwsgi; scgi_temp_path $W/ng/scgi;
+  server { listen 127.0.0.1:$NG; location /o/ { empty_gif; add_header Cache-Control "no-store, no-cache, must-revalidate, private, max-age=0"; } }
+}
+CFG
+nginx -p "$W/ng" -c "$W/ng/nginx.conf" -e "$W/ng/error.log" & pids+=($!)
+
+# The pixel listener with a real store and 10 000 recorded messages; it runs for the whole bench.
+PIXEL_BENCH_PORT=$PX PIXEL_BENCH_SECS=$((SECS * 4 + 8)) PIXEL_BENCH_TOKENS="$W/tokens.txt" \
+  cargo test -q --release --test pixel_bench -- --ignored --nocapture --exact pixel_bench_server >"$W/px.log" 2>&1 &
+PXPID=$!; pids+=($PXPID)
+for _ in $(seq 600); do grep -q READY "$W/px.log" 2>/dev/null && break; sleep 0.1; done
+grep -q READY "$W/px.log" || { cat "$W/px.log"; exit 1; }
+
+cat > "$W/pixel.lua" <<LUA
+local t, i = {}, 0
+for l in io.lines("$W/tokens.txt") do t[#t + 1] = l end
+request = function() i = i % #t + 1; return wrk.format("GET", "/o/" .. t[i] .. ".gif") end
+LUA
+run() { wrk -t2 -c64 -d"${SECS}s" --latency -s "$W/pixel.lua" "$@" 2>&1; }
+rps() { awk '/Requests\/sec/ {print $2}'; }
+p99() { awk '/ 99%/ {print $2}'; }
+total200() { awk '/requests in/ {print $1}'; }
+printf "%-22s %12s %10s\n" target req/s p99
+declare -A R
+for mode in keepalive close; do
+  extra=(); [ $mode = close ] && extra=(-H "Connection: close")
+  for target in nginx pixelrelay; do
+    port=$NG; [ $target = pixelrelay ] && port=$PX
+    out=$(run "${extra[@]}" "http://127.0.0.1:$port")
+    R[$target.$mode]=$(rps <<<"$out")
+    [ $target = pixelrelay ] && echo "$out" | total200 >> "$W/px-200s.txt"
+    printf "%-22s %12s %10s\n" "$target/$mode" "${R[$target.$mode]}" "$(p99 <<<"$out")"
+  done
+done
+python3 -c "
+k=${R[pixelrelay.keepalive]}/${R[nginx.keepalive]}; c=${R[pixelrelay.close]}/${R[nginx.close]}
+print(f'pixelrelay/nginx: keep-alive {k:.2f}x, connection-per-hit {c:.2f}x')"
+echo "wrk requests to pixelrelay (incl. in flight at stop): $(paste -sd+ "$W/px-200s.txt" | bc)"
+# The pixel server stops by itself and prints what it counted and stored.
+wait "$PXPID" || true
+grep -v -E "^(running|test |$)" "$W/px.log" | tail -4

@@ -1,0 +1,436 @@
+//! The private admin listener (`[admin].listen`): JSON API, live NDJSON follow stream,
+//! dashboard page and Prometheus metrics. It shares the accept loop and limits of the pixel
+//! listener (`http::serve`) but none of its routes: nothing here is reachable from the public
+//! listener.
+//!
+//! # Authentication
+//!
+//! Every route but `/healthz` needs `Authorization: Bearer <token>`, the token being the
+//! content of `admin.token_file` (generated 0600 on first start). The presented token is
+//! compared with the real one in constant time (both are hashed with SHA-256 and the digests
+//! compared without early exit, so neither content nor length leaks through timing). Without a
+//! valid token the answer is `401` with `WWW-Authenticate: Bearer`. `GET /` is the one nuance: a
+//! browser cannot add a header to a page load, so without the token the dashboard's *shell*
+//! (static HTML and script, no data at all) comes with status 401; the page then asks for the
+//! token and sends it on every API call it makes.
+//!
+//! # Routes
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | `200 ok`, no token needed |
+//! | `GET /` | the dashboard (`dashboard.html`) |
+//! | `GET /api/v1/messages?limit=&cursor=&rcpt=&sender=&opened=&since=&until=` | `{"items":[Message…],"next_cursor":…}`, newest first |
+//! | `GET /api/v1/messages/{id}` | one message and its `open_events`, or 404 |
+//! | `GET /api/v1/opens?limit=&cursor=` | `{"items":[OpenEvent…],"next_cursor":…}`, newest first |
+//! | `GET /api/v1/opens?follow=1[&since=CURSOR]` | NDJSON stream (`follow`) |
+//! | `GET /api/v1/stats` | the store's totals (`pixelrelay stats --json`) |
+//! | `GET /metrics` | OpenMetrics text exposition, which Prometheus scrapes (`crate::metrics`) |
+//!
+//! `limit` is 1..=1000 (default 50). `cursor` is the `next_cursor` of the previous page: pages
+//! are cut at a key, so opens or messages written meanwhile (they sort before the first page)
+//! never shift a later page, and nothing is skipped or repeated. `since`/`until` take
+//! milliseconds since the epoch, `YYYY-MM-DD`, or RFC 3339 (`…T04:06:23Z`, `…T04:06:23.123Z`).
+//! `opened` is `true`/`false` (or `1`/`0`). Errors are `{"error":"…"}` with 400, 401, 404 or 405.
+//!
+//! The follow stream (`GET /api/v1/opens?follow=1`) is in `follow`, the page in `dashboard`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::pixel::PixelState;
+use super::serve::Limits;
+use super::{dashboard, follow};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::store::{MessageFilter, Store, StoreError};
+use crate::token::MessageId;
+use crate::track::parse_rfc3339_ms;
+
+/// Most simultaneous admin connections (each follower holds one).
+const MAX_CONNECTIONS: usize = 256;
+/// Time allowed for a request head, and for an idle keep-alive connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default page size.
+const DEFAULT_LIMIT: usize = 50;
+/// Largest page size.
+const MAX_LIMIT: usize = 1000;
+
+/// What the admin listener needs.
+pub struct AdminState {
+    /// Messages, opens, totals, live feed.
+    pub store: Store,
+    /// SHA-256 of the admin token.
+    token_hash: [u8; 32],
+    /// The registry `/metrics` renders.
+    pub metrics: Arc<Metrics>,
+    /// The pixel listener (its hit counters feed `/metrics`).
+    pub pixel: Arc<PixelState>,
+    /// Ends follow streams when the relay stops.
+    pub shutdown: Shutdown,
+    /// Heartbeat interval of follow streams ([`follow::HEARTBEAT`]; shorter in tests).
+    pub heartbeat: Duration,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminState {
+    /// State for a listener that accepts `token`.
+    pub fn new(
+        store: Store,
+        token: &[u8],
+        metrics: Arc<Metrics>,
+        pixel: Arc<PixelState>,
+        shutdown: Shutdown,
+    ) -> AdminState {
+        AdminState {
+            store,
+            token_hash: Sha256::digest(token).into(),
+            metrics,
+            pixel,
+            shutdown,
+            heartbeat: follow::HEARTBEAT,
+        }
+    }
+
+    /// Whether the request carries the admin token.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(v) = headers.get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let v = v.as_bytes();
+        if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
+            return false;
+        }
+        let presented: [u8; 32] = Sha256::digest(v[7..].trim_ascii()).into();
+        constant_time_eq(&presented, &self.token_hash)
+    }
+}
+
+/// Compares two digests without an early exit.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Serves the admin listener until `state.shutdown` fires; returns when every connection
+/// (follow streams included) has closed.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let limits = Limits {
+        name: "admin",
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: HEADER_TIMEOUT,
+        tls: None,
+    };
+    let shutdown = state.shutdown.clone();
+    super::serve::serve(listener, limits, shutdown, move |_peer: SocketAddr, req| {
+        let state = state.clone();
+        async move { handle(&state, req) }
+    })
+    .await;
+}
+
+/// A response body: a whole buffer, or the lines of a follow stream.
+pub enum AdminBody {
+    /// Sent at once.
+    Full(Option<Bytes>),
+    /// Chunks from the follower's task; ends when the task drops its sender.
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Body for AdminBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            AdminBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            AdminBody::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, AdminBody::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            AdminBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            AdminBody::Full(None) => SizeHint::with_exact(0),
+            AdminBody::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Routes one request.
+fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<AdminBody> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return text(StatusCode::OK, "text/plain; charset=utf-8", "ok".into());
+    }
+    let authorized = state.authorized(req.headers());
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        if !authorized {
+            return unauthorized();
+        }
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    if path == "/" {
+        return dashboard::page(authorized);
+    }
+    if !authorized {
+        return unauthorized();
+    }
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    let result = match path.as_str() {
+        "/api/v1/messages" => messages(state, &query),
+        "/api/v1/opens" if query.get("follow").is_some_and(|f| truthy(f) == Some(true)) => {
+            follow::start(state, query.get("since").map(String::as_str))
+        }
+        "/api/v1/opens" => opens(state, &query),
+        "/api/v1/stats" => json(StatusCode::OK, &state.store.stats()),
+        "/metrics" => Ok(text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.render(&state.pixel.counters, &state.store),
+        )),
+        p => match p.strip_prefix("/api/v1/messages/") {
+            Some(id) => message(state, id),
+            None => Err(ApiError(StatusCode::NOT_FOUND, "not found".into())),
+        },
+    };
+    result.unwrap_or_else(|ApiError(status, msg)| error(status, &msg))
+}
+
+/// An error answer: status and message.
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::BadCursor(c) => {
+                ApiError(StatusCode::BAD_REQUEST, format!("invalid cursor {c:?}"))
+            }
+            e => {
+                tracing::error!(error = %e, "admin API: store failure");
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store failure".into())
+            }
+        }
+    }
+}
+
+pub(super) fn bad(msg: String) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg)
+}
+
+pub(super) type ApiResult = Result<Response<AdminBody>, ApiError>;
+
+fn messages(state: &AdminState, q: &HashMap<String, String>) -> ApiResult {
+    let limit = limit(q)?;
+    let opened = match q.get("opened") {
+        None => None,
+        Some(v) => Some(truthy(v).ok_or_else(|| bad(format!("opened: {v:?} is not true/false")))?),
+    };
+    let nonempty = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
+    let filter = MessageFilter {
+        rcpt: nonempty("rcpt"),
+        sender: nonempty("sender"),
+        opened,
+        since_ms: time_param(q, "since")?,
+        until_ms: time_param(q, "until")?,
+    };
+    let page = state
+        .store
+        .list_messages(&filter, q.get("cursor").map(String::as_str), limit)?;
+    json(StatusCode::OK, &page)
+}
+
+fn message(state: &AdminState, id: &str) -> ApiResult {
+    let id: MessageId = id
+        .parse()
+        .map_err(|_| bad(format!("invalid message id {id:?}")))?;
+    match state.store.get_message(&id)? {
+        Some(m) => json(StatusCode::OK, &m),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no message {id}"))),
+    }
+}
+
+fn opens(state: &AdminState, q: &HashMap<String, String>) -> ApiResult {
+    let page = state
+        .store
+        .list_opens(q.get("cursor").map(String::as_str), limit(q)?)?;
+    json(StatusCode::OK, &page)
+}
+
+fn limit(q: &HashMap<String, String>) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                bad(format!(
+                    "limit: {v:?} is not a number from 1 to {MAX_LIMIT}"
+                ))
+            }),
+    }
+}
+
+fn truthy(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Some(true),
+        "0" | "false" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// `since`/`until`: ms since the epoch, `YYYY-MM-DD`, or RFC 3339 in UTC with or without ms.
+fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {
+    let Some(v) = q.get(key).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    parse_time(v).map(Some).ok_or_else(|| {
+        bad(format!(
+            "{key}: {v:?} is not a time (ms, YYYY-MM-DD or RFC 3339)"
+        ))
+    })
+}
+
+/// Parses the time forms `since`/`until` accept.
+pub fn parse_time(v: &str) -> Option<u64> {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse().ok();
+    }
+    match v.len() {
+        10 => parse_rfc3339_ms(&format!("{v}T00:00:00.000Z")),
+        20 if v.ends_with('Z') => parse_rfc3339_ms(&format!("{}.000Z", &v[..19])),
+        _ => parse_rfc3339_ms(v),
+    }
+}
+
+/// Splits a query string and percent-decodes keys and values (`+` is a space).
+fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(x) => {
+                        out.push(x);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            x => out.push(x),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn unauthorized() -> Response<AdminBody> {
+    let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"pixelrelay admin\""),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: &str) -> Response<AdminBody> {
+    let body = serde_json::json!({ "error": msg }).to_string();
+    text(status, "application/json", body)
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> ApiResult {
+    let body = serde_json::to_string(v).map_err(|e| {
+        tracing::error!(error = %e, "admin API: cannot encode");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "encoding failure".into())
+    })?;
+    Ok(text(status, "application/json", body))
+}
+
+pub(super) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<AdminBody> {
+    let mut r = Response::new(AdminBody::Full(Some(Bytes::from(body))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_times() {
+        let q = parse_query("rcpt=bob%40example.net&x=a+b&bad=%zz&cut=%4");
+        assert_eq!(q["rcpt"], "bob@example.net");
+        assert_eq!(q["x"], "a b");
+        assert_eq!(q["bad"], "%zz");
+        assert_eq!(q["cut"], "%4");
+        assert_eq!(parse_time("1000"), Some(1000));
+        assert_eq!(parse_time("1970-01-02"), Some(86_400_000));
+        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(parse_time("1970-01-01T00:00:01.500Z"), Some(1500));
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(truthy("TRUE"), Some(true));
+        assert_eq!(truthy("maybe"), None);
+    }
+
+    #[test]
+    fn token_comparison() {
+        let a: [u8; 32] = Sha256::digest(b"secret").into();
+        let b: [u8; 32] = Sha256::digest(b"secreT").into();
+        assert!(constant_time_eq(&a, &a));
+        assert!(!constant_time_eq(&a, &b));
+    }
+}

@@ -1,0 +1,352 @@
+"use strict";
+// pixelrelay dashboard. Every value from the API is put into the page with textContent or
+// setAttribute on SVG geometry, never as markup: subjects, user agents and client names are
+// chosen by whoever sends or opens mail.
+//
+// The admin token is asked once and kept in this tab's sessionStorage. A link may carry it in
+// its fragment (#token=...): the page stores it and removes it from the address bar at once.
+(function () {
+  const KEY = "pixelrelay-admin-token";
+  const SVG = "http://www.w3.org/2000/svg";
+  const $ = (id) => document.getElementById(id);
+  const state = { messages: new Map(), devices: new Map(), cursor: null, stats: null, stream: null };
+
+  function takeFragmentToken() {
+    const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+    if (m) {
+      try { sessionStorage.setItem(KEY, decodeURIComponent(m[1])); } catch (e) { /* storage off */ }
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+  }
+
+  function token() {
+    try { return sessionStorage.getItem(KEY); } catch (e) { return null; }
+  }
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  function fmtTime(s) {
+    if (!s) return "–";
+    return String(s).replace("T", " ").replace(/\.\d+Z$/, "").replace(/Z$/, "");
+  }
+
+  class AuthError extends Error {}
+
+  async function api(path) {
+    const r = await fetch(path, { headers: { Authorization: "Bearer " + token() }, cache: "no-store" });
+    if (r.status === 401) throw new AuthError("token refused");
+    if (!r.ok) throw new Error(path + ": " + r.status);
+    return r.json();
+  }
+
+  // Device icons: small inline SVG drawings, one per device kind.
+  const ICONS = {
+    desktop: [["rect", { x: 3, y: 4, width: 18, height: 12, rx: 1 }], ["path", { d: "M8 20h8M12 16v4" }]],
+    mobile: [["rect", { x: 7, y: 2, width: 10, height: 20, rx: 2 }], ["path", { d: "M11 18h2" }]],
+    webmail: [["circle", { cx: 12, cy: 12, r: 9 }], ["path", { d: "M3 12h18M12 3c3 3 3 15 0 18M12 3c-3 3-3 15 0 18" }]],
+    proxy: [["path", { d: "M12 3l8 3v6c0 5-4 8-8 9-4-1-8-4-8-9V6z" }]],
+    unknown: [["circle", { cx: 12, cy: 12, r: 9 }], ["path", { d: "M9.5 9.5a2.5 2.5 0 1 1 3 2.4c-.6.2-.5.8-.5 1.6M12 17h.01" }]],
+  };
+
+  function icon(device, machine) {
+    const kind = Object.prototype.hasOwnProperty.call(ICONS, device) ? device : "unknown";
+    const s = document.createElementNS(SVG, "svg");
+    s.setAttribute("viewBox", "0 0 24 24");
+    s.setAttribute("class", "icon device-" + kind + (machine ? " is-machine" : ""));
+    const t = document.createElementNS(SVG, "title");
+    t.textContent = kind + (machine ? " (machine)" : "");
+    s.appendChild(t);
+    for (const [tag, attrs] of ICONS[kind]) {
+      const p = document.createElementNS(SVG, tag);
+      for (const k of Object.keys(attrs)) p.setAttribute(k, String(attrs[k]));
+      s.appendChild(p);
+    }
+    return s;
+  }
+
+  function deviceKey(e) { return e.device + (e.machine ? ":m" : ""); }
+
+  function noteDevice(e) {
+    let set = state.devices.get(e.message);
+    if (!set) { set = new Map(); state.devices.set(e.message, set); }
+    set.set(deviceKey(e), [e.device, !!e.machine]);
+  }
+
+  function renderDevices(td, id) {
+    td.replaceChildren();
+    const set = state.devices.get(id);
+    if (!set) return;
+    for (const [device, machine] of set.values()) td.appendChild(icon(device, machine));
+  }
+
+  function messageRow(m) {
+    const tr = el("tr", "msg" + (m.tracked ? "" : " untracked"));
+    tr.dataset.id = m.id;
+    const machine = m.opens.count - m.opens.human;
+    const cells = [
+      ["received", fmtTime(m.at)],
+      ["rcpt", (m.recipients || []).join(", ")],
+      ["subject", m.subject === null || m.subject === undefined ? "–" : m.subject],
+      ["tracking", m.tracked ? "tracked" : "skipped: " + (m.skip_reason || "unknown")],
+      ["opens num", m.opens.count],
+      ["people num", m.opens.human],
+      ["machine num", machine],
+      ["first", fmtTime(m.opens.first_at)],
+      ["last", fmtTime(m.opens.last_at)],
+    ];
+    for (const [cls, v] of cells) {
+      const td = el("td", cls, v);
+      if (cls === "subject") td.title = String(v);
+      tr.appendChild(td);
+    }
+    const dev = el("td", "devices");
+    renderDevices(dev, m.id);
+    tr.appendChild(dev);
+    return tr;
+  }
+
+  function renderMessages() {
+    const body = $("messages").tBodies[0];
+    body.replaceChildren();
+    for (const m of state.messages.values()) body.appendChild(messageRow(m));
+  }
+
+  function renderBreakdown(id, map) {
+    const body = $(id).tBodies[0];
+    body.replaceChildren();
+    const rows = Object.entries(map || {}).sort((a, b) => b[1].opens - a[1].opens || (a[0] < b[0] ? -1 : 1));
+    for (const [name, c] of rows) {
+      const tr = el("tr", "row");
+      const first = el("td", "name");
+      if (id === "devices") first.appendChild(icon(name, false));
+      first.appendChild(document.createTextNode(name));
+      tr.appendChild(first);
+      tr.appendChild(el("td", "opens num", c.opens));
+      tr.appendChild(el("td", "machine num", c.machine));
+      body.appendChild(tr);
+    }
+  }
+
+  function renderChart(byDay) {
+    const days = [];
+    const today = new Date();
+    for (let i = 13; i >= 0; i--) {
+      const d = new Date(Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate() - i));
+      days.push(d.toISOString().slice(0, 10));
+    }
+    const W = 700, H = 180, pad = 24, bw = (W - pad) / days.length;
+    const vals = days.map((d) => (byDay && byDay[d]) || { opens: 0, machine: 0 });
+    const max = Math.max(1, ...vals.map((v) => v.opens));
+    const s = document.createElementNS(SVG, "svg");
+    s.setAttribute("viewBox", "0 0 " + W + " " + H);
+    s.setAttribute("preserveAspectRatio", "none");
+    s.setAttribute("role", "img");
+    const t = document.createElementNS(SVG, "title");
+    t.textContent = "opens per day, last 14 days";
+    s.appendChild(t);
+    const rect = (cls, x, y, w, h, day, n) => {
+      const r = document.createElementNS(SVG, "rect");
+      r.setAttribute("class", cls);
+      r.setAttribute("x", x); r.setAttribute("y", y);
+      r.setAttribute("width", Math.max(0, w)); r.setAttribute("height", Math.max(0, h));
+      r.dataset.day = day; r.dataset.count = n;
+      const tt = document.createElementNS(SVG, "title");
+      tt.textContent = day + ": " + n + " " + cls;
+      r.appendChild(tt);
+      s.appendChild(r);
+    };
+    days.forEach((day, i) => {
+      const v = vals[i];
+      const people = v.opens - v.machine;
+      const scale = (H - pad - 8) / max;
+      const x = pad + i * bw + 2, w = bw - 4;
+      const hp = people * scale, hm = v.machine * scale;
+      rect("people", x, H - pad - hp, w, hp, day, people);
+      rect("machine", x, H - pad - hp - hm, w, hm, day, v.machine);
+      const label = document.createElementNS(SVG, "text");
+      label.setAttribute("x", x);
+      label.setAttribute("y", H - 8);
+      label.textContent = day.slice(5);
+      s.appendChild(label);
+    });
+    const top = document.createElementNS(SVG, "text");
+    top.setAttribute("x", 2); top.setAttribute("y", 12);
+    top.textContent = String(max);
+    s.appendChild(top);
+    $("chart").replaceChildren(s);
+  }
+
+  function renderStats(st) {
+    state.stats = st;
+    $("stat-relayed").textContent = st.relayed;
+    $("stat-tracked").textContent = st.tracked;
+    $("stat-skipped").textContent = st.skipped_total;
+    $("stat-opens").textContent = st.opens;
+    $("stat-human").textContent = st.human_opens;
+    $("stat-machine").textContent = st.machine_opens;
+    $("stat-unique").textContent = st.unique_opens;
+    $("stat-rate").textContent = (st.human_open_rate * 100).toFixed(1) + "%";
+    renderBreakdown("clients", st.by_client);
+    renderBreakdown("devices", st.by_device);
+    renderChart(st.by_day);
+  }
+
+  let refreshTimer = null;
+  function refreshSoon() {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(() => {
+      refreshTimer = null;
+      api("/api/v1/stats").then(renderStats).catch(failed);
+    }, 500);
+  }
+
+  function addLive(e) {
+    const li = el("li", "live-open" + (e.machine ? " is-machine" : ""));
+    li.dataset.id = e.id;
+    li.appendChild(el("span", "time", fmtTime(e.at)));
+    li.appendChild(icon(e.device, e.machine));
+    li.appendChild(el("span", "rcpt", e.recipient));
+    li.appendChild(document.createTextNode(" · "));
+    li.appendChild(el("span", "subject", e.subject === null || e.subject === undefined ? "–" : e.subject));
+    li.appendChild(document.createTextNode(" · "));
+    li.appendChild(el("span", "client", e.client));
+    if (e.machine) li.appendChild(el("span", "machine", " · machine (" + (e.machine_reason || "?") + ")"));
+    li.appendChild(el("span", "ip", " · " + e.ip));
+    const list = $("live");
+    list.insertBefore(li, list.firstChild);
+    while (list.children.length > 200) list.removeChild(list.lastChild);
+  }
+
+  function onOpen(e) {
+    if (state.cursor !== null && e.id <= state.cursor) return;
+    state.cursor = e.id;
+    noteDevice(e);
+    addLive(e);
+    const m = state.messages.get(e.message);
+    if (m) {
+      m.opens.count = e.count;
+      if (!e.machine) m.opens.human += 1;
+      if (!m.opens.first_at) m.opens.first_at = e.at;
+      m.opens.last_at = e.at;
+      const old = document.querySelector('tr.msg[data-id="' + CSS.escape(e.message) + '"]');
+      if (old) old.replaceWith(messageRow(m));
+    }
+    refreshSoon();
+  }
+
+  function setStatus(on, text) {
+    const s = $("status");
+    s.className = "status " + (on ? "on" : "off");
+    s.textContent = text;
+  }
+
+  async function follow() {
+    const since = state.cursor || "0000000000000000";
+    const ctl = new AbortController();
+    state.stream = ctl;
+    const r = await fetch("/api/v1/opens?follow=1&since=" + encodeURIComponent(since), {
+      headers: { Authorization: "Bearer " + token() },
+      cache: "no-store",
+      signal: ctl.signal,
+    });
+    if (r.status === 401) throw new AuthError("token refused");
+    if (!r.ok || !r.body) throw new Error("follow: " + r.status);
+    setStatus(true, "live");
+    const reader = r.body.getReader();
+    const dec = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (!line) continue;
+        let v;
+        try { v = JSON.parse(line); } catch (e) { continue; }
+        if (v.heartbeat !== undefined || v.end !== undefined) continue;
+        onOpen(v);
+      }
+    }
+  }
+
+  async function followForever() {
+    let delay = 500;
+    for (;;) {
+      try {
+        await follow();
+        delay = 500;
+      } catch (e) {
+        if (e instanceof AuthError) return failed(e);
+      }
+      setStatus(false, "reconnecting…");
+      await new Promise((res) => setTimeout(res, delay));
+      delay = Math.min(delay * 2, 10000);
+    }
+  }
+
+  function failed(e) {
+    if (e instanceof AuthError) {
+      try { sessionStorage.removeItem(KEY); } catch (x) { /* ignore */ }
+      showLogin("The relay refused this token.");
+    } else {
+      setStatus(false, "error: " + (e && e.message ? e.message : String(e)));
+    }
+  }
+
+  function showLogin(msg) {
+    if (state.stream) state.stream.abort();
+    $("app").hidden = true;
+    $("logout").hidden = true;
+    $("login").hidden = false;
+    $("login-error").textContent = msg || "";
+    setStatus(false, "not connected");
+  }
+
+  async function load() {
+    $("login").hidden = true;
+    $("app").hidden = false;
+    $("logout").hidden = false;
+    try {
+      const [msgs, opens, stats] = await Promise.all([
+        api("/api/v1/messages?limit=50"),
+        api("/api/v1/opens?limit=1000"),
+        api("/api/v1/stats"),
+      ]);
+      state.messages = new Map();
+      for (const m of msgs.items) state.messages.set(m.id, m);
+      state.devices = new Map();
+      for (const e of opens.items.slice().reverse()) noteDevice(e);
+      for (const e of opens.items.slice(0, 20).reverse()) addLive(e);
+      state.cursor = opens.items.length ? opens.items[0].id : "0000000000000000";
+      renderMessages();
+      renderStats(stats);
+      document.body.dataset.loaded = "1";
+    } catch (e) {
+      return failed(e);
+    }
+    followForever();
+  }
+
+  takeFragmentToken();
+  $("login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const v = $("token-input").value.trim();
+    if (!v) return;
+    try { sessionStorage.setItem(KEY, v); } catch (e) { /* storage off */ }
+    $("token-input").value = "";
+    load();
+  });
+  $("logout").addEventListener("click", () => {
+    try { sessionStorage.removeItem(KEY); } catch (e) { /* ignore */ }
+    showLogin("");
+  });
+  if (token()) load(); else showLogin("");
+})();

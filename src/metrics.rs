@@ -1,0 +1,306 @@
+//! Prometheus metrics: one [`Metrics`] registry that the relay and the pixel listener update
+//! as things happen, rendered in the text exposition format by the admin listener's
+//! `GET /metrics`.
+//!
+//! Two kinds of series live here. Event series (sessions, transactions, upstream replies,
+//! rewrite decisions, bytes, latencies) are incremented by the code that sees the event.
+//! Collected series (pixel hits, opens by device, store size) are copies of numbers another
+//! part already keeps exactly (the pixel listener's atomics, the store's lifetime counters);
+//! they are refreshed from their source at each scrape instead of being counted twice.
+//!
+//! This module knows no SMTP or HTTP; callers hand it plain outcomes.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `pixelrelay_smtp_sessions_total` | counter | |
+//! | `pixelrelay_smtp_transactions_total` | counter | `outcome` = accepted, rejected, tempfail |
+//! | `pixelrelay_upstream_replies_total` | counter | `stage` = mail, rcpt, data; `class` = 2xx, 3xx, 4xx, 5xx |
+//! | `pixelrelay_rewrite_decisions_total` | counter | `decision` = tracked, skipped; `reason` |
+//! | `pixelrelay_relayed_bytes_total` | counter | |
+//! | `pixelrelay_relay_duration_seconds` | histogram | |
+//! | `pixelrelay_pixel_requests_total` | counter | `result` = valid, invalid, store_error |
+//! | `pixelrelay_pixel_duration_seconds` | histogram | |
+//! | `pixelrelay_opens_total` | counter | `device`; `machine` = true, false |
+//! | `pixelrelay_store_size_bytes` | gauge | |
+//! | `pixelrelay_admin_follow_streams` | gauge | |
+//! | `pixelrelay_admin_follow_lagged_total` | counter | |
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::http::pixel::PixelCounters;
+use crate::store::Store;
+
+/// Label pairs of one series.
+type Labels = Vec<(&'static str, String)>;
+
+/// The registry and every series in it. Shared as `Arc<Metrics>`; all updates are lock-free.
+pub struct Metrics {
+    /// What `/metrics` renders.
+    registry: Registry,
+    /// SMTP sessions started.
+    smtp_sessions: Counter,
+    /// Clients refused by a policy: relay denied, AUTH failed, limits.
+    smtp_refusals: Family<Labels, Counter>,
+    /// Finished transactions by outcome.
+    transactions: Family<Labels, Counter>,
+    /// Upstream replies by stage and class.
+    upstream_replies: Family<Labels, Counter>,
+    /// Tracked or skipped, and why.
+    rewrite_decisions: Family<Labels, Counter>,
+    /// Message bytes the upstream accepted.
+    relayed_bytes: Counter,
+    /// From the end of DATA to the reply sent to the client.
+    relay_latency: Histogram,
+    /// Pixel requests by result (collected from [`PixelCounters`]).
+    pixel_requests: Family<Labels, Counter>,
+    /// Opens by device and machine flag (collected from the store's counters).
+    opens: Family<Labels, Counter>,
+    /// sled's size on disk (collected).
+    store_size: Gauge,
+    /// Follow streams open now.
+    follow_streams: Gauge,
+    /// Times a follower fell behind the live feed and re-read the store.
+    follow_lagged: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Buckets for request latencies: 0.5 ms to ~65 s.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+impl Metrics {
+    /// A registry with every series registered. `pixel_latency` is the pixel listener's own
+    /// histogram (it observes requests; this registry only renders it).
+    pub fn new(pixel_latency: Histogram) -> Metrics {
+        let mut registry = Registry::with_prefix("pixelrelay");
+        let m = Metrics {
+            registry: Registry::default(),
+            smtp_sessions: Counter::default(),
+            smtp_refusals: Family::default(),
+            transactions: Family::default(),
+            upstream_replies: Family::default(),
+            rewrite_decisions: Family::default(),
+            relayed_bytes: Counter::default(),
+            relay_latency: latency_histogram(),
+            pixel_requests: Family::default(),
+            opens: Family::default(),
+            store_size: Gauge::default(),
+            follow_streams: Gauge::default(),
+            follow_lagged: Counter::default(),
+        };
+        registry.register(
+            "smtp_sessions",
+            "SMTP sessions accepted",
+            m.smtp_sessions.clone(),
+        );
+        registry.register(
+            "smtp_refusals",
+            "Clients refused by policy, by reason (relay_denied, auth_failed, too_many_errors, connection_limit, ip_connection_limit)",
+            m.smtp_refusals.clone(),
+        );
+        registry.register(
+            "smtp_transactions",
+            "SMTP transactions finished, by outcome (accepted, rejected, tempfail)",
+            m.transactions.clone(),
+        );
+        registry.register(
+            "upstream_replies",
+            "Replies from the upstream by SMTP stage and class",
+            m.upstream_replies.clone(),
+        );
+        registry.register(
+            "rewrite_decisions",
+            "Tracking decisions: tracked, or skipped with the reason",
+            m.rewrite_decisions.clone(),
+        );
+        registry.register_with_unit(
+            "relayed",
+            "Message bytes the upstream accepted",
+            Unit::Bytes,
+            m.relayed_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "relay_duration",
+            "Time from the end of DATA to the final reply",
+            Unit::Seconds,
+            m.relay_latency.clone(),
+        );
+        registry.register(
+            "pixel_requests",
+            "Pixel requests by result (valid: an open was recorded)",
+            m.pixel_requests.clone(),
+        );
+        registry.register_with_unit(
+            "pixel_duration",
+            "Time to answer a request on the pixel listener",
+            Unit::Seconds,
+            pixel_latency,
+        );
+        registry.register(
+            "opens",
+            "Recorded opens by device and machine flag (lifetime)",
+            m.opens.clone(),
+        );
+        registry.register_with_unit(
+            "store_size",
+            "Size of the sled store on disk",
+            Unit::Bytes,
+            m.store_size.clone(),
+        );
+        registry.register(
+            "admin_follow_streams",
+            "Follow streams (tail -f, dashboards) connected now",
+            m.follow_streams.clone(),
+        );
+        registry.register(
+            "admin_follow_lagged",
+            "Times a follower fell behind the live feed and caught up from the store",
+            m.follow_lagged.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// A session was accepted.
+    pub fn smtp_session(&self) {
+        self.smtp_sessions.inc();
+    }
+
+    /// A client was refused by policy for `reason`.
+    pub fn smtp_refused(&self, reason: &'static str) {
+        self.smtp_refusals
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// The upstream answered `code` at `stage` (`mail`, `rcpt`, `data`).
+    pub fn upstream_reply(&self, stage: &'static str, code: u16) {
+        let class = format!("{}xx", code / 100);
+        self.upstream_replies
+            .get_or_create(&vec![("stage", stage.to_string()), ("class", class)])
+            .inc();
+    }
+
+    /// A transaction finished: the tracking decision (`tracked`, else the skip reason), the
+    /// reply code given to the client, the bytes forwarded and the time it took.
+    pub fn transaction(&self, tracking: &str, code: u16, bytes: usize, took: Duration) {
+        let outcome = match code {
+            200..=299 => "accepted",
+            400..=499 => "tempfail",
+            _ => "rejected",
+        };
+        self.transactions
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+        let labels = match tracking {
+            "tracked" => vec![
+                ("decision", "tracked".to_string()),
+                ("reason", String::new()),
+            ],
+            r => vec![
+                ("decision", "skipped".to_string()),
+                ("reason", r.to_string()),
+            ],
+        };
+        self.rewrite_decisions.get_or_create(&labels).inc();
+        if outcome == "accepted" {
+            self.relayed_bytes.inc_by(bytes as u64);
+        }
+        self.relay_latency.observe(took.as_secs_f64());
+    }
+
+    /// A follow stream opened (`+1`) or closed (`-1`).
+    pub fn follow_streams(&self, delta: i64) {
+        self.follow_streams.inc_by(delta);
+    }
+
+    /// A follower lagged and re-read the store.
+    pub fn follow_lagged(&self) {
+        self.follow_lagged.inc();
+    }
+
+    /// The exposition text, after refreshing the collected series from their sources.
+    pub fn render(&self, pixel: &PixelCounters, store: &Store) -> String {
+        for (result, n) in [
+            ("valid", &pixel.valid),
+            ("invalid", &pixel.invalid),
+            ("store_error", &pixel.store_errors),
+        ] {
+            self.pixel_requests
+                .get_or_create(&vec![("result", result.to_string())])
+                .inner()
+                .store(n.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        let stats = store.stats();
+        for (device, c) in &stats.counters.by_device {
+            for (machine, n) in [("false", c.opens - c.machine), ("true", c.machine)] {
+                self.opens
+                    .get_or_create(&vec![
+                        ("device", device.clone()),
+                        ("machine", machine.to_string()),
+                    ])
+                    .inner()
+                    .store(n, Ordering::Relaxed);
+            }
+        }
+        if let Ok(size) = store.size_on_disk() {
+            self.store_size.set(i64::try_from(size).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error would only mean a bad metric name.
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_outcomes_and_reasons() {
+        let m = Metrics::new(latency_histogram());
+        m.smtp_session();
+        m.upstream_reply("rcpt", 250);
+        m.transaction("tracked", 250, 100, Duration::from_millis(3));
+        m.transaction("no_html", 451, 100, Duration::from_millis(3));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::config::StoreConfig {
+            path: dir.path().join("db"),
+            subjects: false,
+            anonymize_ip: false,
+            retention_days: 0,
+            flush_interval: Duration::from_millis(500),
+            open_log: None,
+        })
+        .unwrap();
+        let text = m.render(&PixelCounters::default(), &store);
+        for want in [
+            "pixelrelay_smtp_sessions_total 1",
+            "pixelrelay_upstream_replies_total{stage=\"rcpt\",class=\"2xx\"} 1",
+            "pixelrelay_smtp_transactions_total{outcome=\"accepted\"} 1",
+            "pixelrelay_smtp_transactions_total{outcome=\"tempfail\"} 1",
+            "pixelrelay_rewrite_decisions_total{decision=\"skipped\",reason=\"no_html\"} 1",
+            "pixelrelay_relayed_bytes_total 100",
+            "pixelrelay_relay_duration_seconds_count 2",
+            "pixelrelay_pixel_requests_total{result=\"valid\"} 0",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+}

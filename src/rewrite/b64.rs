@@ -1,0 +1,288 @@
+//! Base64 bodies (RFC 2045 §6.8): strict decoding, and a splice that re-encodes only the tail.
+//!
+//! Owns: the decoder used for placement and the splice. The encoded text is kept verbatim up to
+//! the 4-character group holding the insertion point (whole groups decode to the same bytes
+//! wherever they sit), and only the rest is re-encoded, continuing the current line and
+//! wrapping at the part's own line length (the length of its first line), with its own line
+//! ending. Whatever followed the last base64 character (usually a final line break) is kept.
+//! A body that is not clean base64 (stray characters, data after padding) is refused rather
+//! than guessed at.
+
+/// `TABLE[c]` is the 6-bit value of base64 character `c`, [`WS`] for whitespace, else [`BAD`].
+const TABLE: [u8; 256] = {
+    let mut t = [BAD; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut i = 0;
+    while i < 64 {
+        t[alphabet[i] as usize] = i as u8;
+        i += 1;
+    }
+    t[b' ' as usize] = WS;
+    t[b'\t' as usize] = WS;
+    t[b'\r' as usize] = WS;
+    t[b'\n' as usize] = WS;
+    t[b'=' as usize] = PAD;
+    t
+};
+const BAD: u8 = 0xff;
+const WS: u8 = 0xfe;
+const PAD: u8 = 0xfd;
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Line length used when the body is one line, so its own length says nothing.
+pub const DEFAULT_LINE: usize = 76;
+
+/// Decodes a base64 body. `None` when it holds anything but base64, whitespace and trailing
+/// padding, or ends in a lone character.
+pub fn decode(enc: &[u8]) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; enc.len() / 4 * 3 + 3];
+    let mut o = 0;
+    let mut acc: u32 = 0;
+    let mut n = 0u8;
+    let mut padded = false;
+    let mut i = 0;
+    while i < enc.len() {
+        // Fast path: four data characters in a row, the common case inside a line.
+        if n == 0
+            && let Some(q) = enc.get(i..i + 4)
+        {
+            let v = [
+                TABLE[usize::from(q[0])],
+                TABLE[usize::from(q[1])],
+                TABLE[usize::from(q[2])],
+                TABLE[usize::from(q[3])],
+            ];
+            if (v[0] | v[1] | v[2] | v[3]) < 64 && !padded {
+                let w = u32::from(v[0]) << 18
+                    | u32::from(v[1]) << 12
+                    | u32::from(v[2]) << 6
+                    | u32::from(v[3]);
+                out[o..o + 3].copy_from_slice(&[(w >> 16) as u8, (w >> 8) as u8, w as u8]);
+                o += 3;
+                i += 4;
+                continue;
+            }
+        }
+        let v = TABLE[usize::from(enc[i])];
+        i += 1;
+        if v < 64 {
+            if padded {
+                return None;
+            }
+            acc = acc << 6 | u32::from(v);
+            n += 1;
+            if n == 4 {
+                out[o..o + 3].copy_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8, acc as u8]);
+                o += 3;
+                acc = 0;
+                n = 0;
+            }
+        } else if v == PAD {
+            padded = true;
+        } else if v == BAD {
+            return None;
+        }
+    }
+    match n {
+        0 => {}
+        2 => {
+            out[o] = (acc >> 4) as u8;
+            o += 1;
+        }
+        3 => {
+            out[o..o + 2].copy_from_slice(&[(acc >> 10) as u8, (acc >> 2) as u8]);
+            o += 2;
+        }
+        _ => return None,
+    }
+    out.truncate(o);
+    Some(out)
+}
+
+/// Number of base64 characters (not padding or whitespace) in `line`.
+fn data_count(line: &[u8]) -> usize {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    if memchr::memchr3(b' ', b'\t', b'=', body).is_none() && memchr::memchr(b'\r', body).is_none() {
+        body.len()
+    } else {
+        body.iter().filter(|&&c| TABLE[usize::from(c)] < 64).count()
+    }
+}
+
+/// Lines of `enc` as (start, end just past `\n`), last to first.
+fn lines_rev(enc: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut end = enc.len();
+    std::iter::from_fn(move || {
+        if end == 0 {
+            return None;
+        }
+        let search_end = if enc[end - 1] == b'\n' { end - 1 } else { end };
+        let start = memchr::memrchr(b'\n', &enc[..search_end]).map_or(0, |i| i + 1);
+        let line = (start, end);
+        end = start;
+        Some(line)
+    })
+}
+
+/// Where the re-encoded tail starts: (byte offset of data character `target`, or just past the
+/// last one; data characters before it on its line; the line length to wrap at). `total` is
+/// the number of data characters. Walks from the end, where the pixel usually goes.
+fn find_group(enc: &[u8], target: usize, total: usize) -> (usize, usize, usize) {
+    // The first line that holds data sets the width, if another line follows it.
+    let mut line = DEFAULT_LINE;
+    let mut start = 0;
+    while start < enc.len() {
+        let end = memchr::memchr(b'\n', &enc[start..]).map_or(enc.len(), |i| start + i + 1);
+        let n = data_count(&enc[start..end]);
+        if n > 0 {
+            // A width past SMTP's 998-octet limit is not one to copy.
+            if n < total && end < enc.len() && n <= 998 {
+                line = n;
+            }
+            break;
+        }
+        start = end;
+    }
+    if target < total {
+        let mut after = 0;
+        for (start, end) in lines_rev(enc) {
+            let n = data_count(&enc[start..end]);
+            let first = total - after - n;
+            if target >= first {
+                let mut k = first;
+                for (j, &c) in enc[start..end].iter().enumerate() {
+                    if TABLE[usize::from(c)] < 64 {
+                        if k == target {
+                            return (start + j, k - first, line);
+                        }
+                        k += 1;
+                    }
+                }
+            }
+            after += n;
+        }
+    }
+    let last_end = enc
+        .iter()
+        .rposition(|&c| TABLE[usize::from(c)] < 64)
+        .map_or(0, |i| i + 1);
+    (last_end, col_at(enc, last_end), line)
+}
+
+/// Data characters between the last line break before `end` and `end`.
+fn col_at(enc: &[u8], end: usize) -> usize {
+    let start = memchr::memrchr(b'\n', &enc[..end]).map_or(0, |i| i + 1);
+    enc[start..end]
+        .iter()
+        .filter(|&&c| TABLE[usize::from(c)] < 64)
+        .count()
+}
+
+/// Writes `enc` (whose decoding is `dec`) with `insert` added at decoded offset `p` to `out`.
+pub fn splice(enc: &[u8], dec: &[u8], p: usize, insert: &[u8], nl: &[u8], out: &mut Vec<u8>) {
+    let p = p.min(dec.len());
+    let group = p / 3;
+    let total = dec.len() / 3 * 4 + [0, 2, 3][dec.len() % 3];
+    let (start, mut col, line) = find_group(enc, group * 4, total);
+    // What followed the last base64 character or padding (usually the final line break).
+    let trailer = enc
+        .iter()
+        .rposition(|&c| TABLE[usize::from(c)] != WS)
+        .map_or(enc.len(), |i| i + 1);
+    out.extend_from_slice(&enc[..start]);
+    let mut tail = dec[group * 3..p]
+        .iter()
+        .chain(insert)
+        .chain(&dec[p..])
+        .copied();
+    let mut push = |c: u8, out: &mut Vec<u8>| {
+        if col >= line {
+            out.extend_from_slice(nl);
+            col = 0;
+        }
+        out.push(c);
+        col += 1;
+    };
+    while let Some(a) = tail.next() {
+        let b = tail.next();
+        let c = b.and_then(|_| tail.next());
+        let acc = u32::from(a) << 16 | u32::from(b.unwrap_or(0)) << 8 | u32::from(c.unwrap_or(0));
+        push(ALPHABET[(acc >> 18) as usize & 63], out);
+        push(ALPHABET[(acc >> 12) as usize & 63], out);
+        push(
+            if b.is_some() {
+                ALPHABET[(acc >> 6) as usize & 63]
+            } else {
+                b'='
+            },
+            out,
+        );
+        push(
+            if c.is_some() {
+                ALPHABET[acc as usize & 63]
+            } else {
+                b'='
+            },
+            out,
+        );
+        if c.is_none() {
+            break;
+        }
+    }
+    out.extend_from_slice(&enc[trailer..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode_lines(data: &[u8], line: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        splice(b"", b"", 0, data, b"\r\n", &mut out);
+        // Re-wrap through a one-line splice to the requested width.
+        let flat: Vec<u8> = out
+            .into_iter()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
+        let mut wrapped = Vec::new();
+        for chunk in flat.chunks(line) {
+            wrapped.extend_from_slice(chunk);
+            wrapped.extend_from_slice(b"\r\n");
+        }
+        wrapped
+    }
+
+    #[test]
+    fn decodes_and_rejects() {
+        assert_eq!(decode(b"SGVs\r\nbG8=\r\n"), Some(b"Hello".to_vec()));
+        assert_eq!(decode(b"SGVsbA"), Some(b"Hell".to_vec()));
+        assert_eq!(decode(b"SGVsb"), None);
+        assert_eq!(decode(b"SGVs=bG8="), None);
+        assert_eq!(decode(b"SGV*"), None);
+    }
+
+    #[test]
+    fn splice_keeps_prefix_and_line_length() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for line in [76usize, 72, 64] {
+            let enc = encode_lines(&data, line);
+            assert_eq!(decode(&enc).as_deref(), Some(&data[..]));
+            for p in [0usize, 1, 2, 3, 500, 998, 999, 1000] {
+                let mut out = Vec::new();
+                splice(&enc, &data, p, b"<img>", b"\r\n", &mut out);
+                let want = [&data[..p], b"<img>", &data[p..]].concat();
+                assert_eq!(decode(&out), Some(want), "line={line} p={p}");
+                let whole = p / 3 * 4;
+                let kept = whole + whole / line * 2;
+                assert_eq!(&out[..kept], &enc[..kept]);
+                let lens: Vec<usize> = out.split(|&c| c == b'\n').map(|l| l.len()).collect();
+                assert!(
+                    lens[..lens.len() - 2].iter().all(|&l| l == line + 1),
+                    "line={line} p={p}"
+                );
+                assert!(out.ends_with(b"\r\n"));
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Quoted-printable (RFC 2045 §6.7): decoding, and splicing ASCII into the encoded form.
+//!
+//! Owns: the decoder used for placement, the mapping from a decoded offset back to the encoded
+//! text, and the splice. The splice is provably equivalent to decode → insert → re-encode while
+//! touching one physical line only: that line's encoded bytes before the insertion point are
+//! kept, the inserted text follows encoded with soft line breaks (every line ≤ 76 columns),
+//! then a soft break and the rest of the original line, unchanged, on a line of its own (it is
+//! no longer than the original line). Soft breaks decode to nothing, so the decoded result is
+//! the original with the insertion, and all other lines stay byte-identical.
+
+use memchr::{memchr_iter, memchr2, memrchr};
+
+/// Longest encoded line, including the `=` of a soft break (RFC 2045 §6.7 rule 5).
+pub const MAX_LINE: usize = 76;
+
+/// One physical line of the encoded body.
+struct Line {
+    /// First byte of the line.
+    start: usize,
+    /// End of the encoded content: before trailing whitespace and a soft-break `=`.
+    content_end: usize,
+    /// End of the line before its terminator (CRLF or LF).
+    raw_end: usize,
+    /// Just past the terminator.
+    end: usize,
+    /// Ends with `=`: the line break is not part of the data.
+    soft: bool,
+}
+
+/// The line occupying `enc[start..end]` (`end` just past its `\n`, or the end of `enc`).
+fn line_at(enc: &[u8], start: usize, end: usize) -> Line {
+    let raw_end = if end > start && enc[end - 1] == b'\n' {
+        if end - 1 > start && enc[end - 2] == b'\r' {
+            end - 2
+        } else {
+            end - 1
+        }
+    } else {
+        end
+    };
+    let mut content_end = raw_end;
+    while content_end > start && matches!(enc[content_end - 1], b' ' | b'\t') {
+        content_end -= 1;
+    }
+    let soft = content_end > start && enc[content_end - 1] == b'=';
+    if soft {
+        content_end -= 1;
+    }
+    Line {
+        start,
+        content_end,
+        raw_end,
+        end,
+        soft,
+    }
+}
+
+/// Splits `enc` into physical lines, first to last (the reference decoding in the tests).
+#[cfg(test)]
+fn lines(enc: &[u8]) -> impl Iterator<Item = Line> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= enc.len() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', &enc[start..]).map_or(enc.len(), |i| start + i + 1);
+        let line = line_at(enc, start, end);
+        start = end;
+        Some(line)
+    })
+}
+
+/// The same lines, last to first.
+fn lines_rev(enc: &[u8]) -> impl Iterator<Item = Line> + '_ {
+    let mut end = enc.len();
+    std::iter::from_fn(move || {
+        if end == 0 {
+            return None;
+        }
+        let search_end = if enc[end - 1] == b'\n' { end - 1 } else { end };
+        let start = memrchr(b'\n', &enc[..search_end]).map_or(0, |i| i + 1);
+        let line = line_at(enc, start, end);
+        end = start;
+        Some(line)
+    })
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// The byte an `=` at `content[i]` stands for, when followed by two hex digits.
+fn escape_at(content: &[u8], i: usize) -> Option<u8> {
+    let hi = hex(*content.get(i + 1)?)?;
+    let lo = hex(*content.get(i + 2)?)?;
+    Some(hi << 4 | lo)
+}
+
+/// Decodes one line's content (no terminator, no soft break) onto `out`. An `=` not followed by
+/// two hex digits stands for itself, as most readers treat it.
+#[cfg(test)]
+fn decode_content(content: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b'=', &content[i..]) {
+        out.extend_from_slice(&content[i..i + off]);
+        let eq = i + off;
+        match escape_at(content, eq) {
+            Some(b) => {
+                out.push(b);
+                i = eq + 3;
+            }
+            None => {
+                out.push(b'=');
+                i = eq + 1;
+            }
+        }
+    }
+    out.extend_from_slice(&content[i..]);
+}
+
+/// Decoded length of one line's content.
+fn decoded_len(content: &[u8]) -> usize {
+    let mut escapes = 0;
+    let mut skip_to = 0;
+    for eq in memchr_iter(b'=', content) {
+        if eq >= skip_to && escape_at(content, eq).is_some() {
+            escapes += 1;
+            skip_to = eq + 3;
+        }
+    }
+    content.len() - 2 * escapes
+}
+
+/// Encoded offset within `content` after `k` decoded bytes.
+fn offset_after(content: &[u8], k: usize) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while n < k && i < content.len() {
+        i += if content[i] == b'=' && escape_at(content, i).is_some() {
+            3
+        } else {
+            1
+        };
+        n += 1;
+    }
+    i
+}
+
+/// Decodes a quoted-printable body; trailing whitespace on a line is transport padding and
+/// dropped, hard line breaks are kept as written. One pass over the body (the same result as
+/// decoding [`lines`] one by one, which `locate` relies on; a test holds the two together).
+pub fn decode(enc: &[u8]) -> Vec<u8> {
+    // Decoding never grows the text. The caller frees this buffer before it allocates the
+    // output, so sizing it at the encoded length costs no extra peak memory (and saves a pass).
+    let mut out = Vec::with_capacity(enc.len());
+    let mut i = 0;
+    loop {
+        let Some(off) = memchr2(b'=', b'\n', &enc[i..]) else {
+            push_trimmed(&mut out, &enc[i..]);
+            return out;
+        };
+        let j = i + off;
+        if enc[j] == b'\n' {
+            let chunk = &enc[i..j];
+            match chunk.strip_suffix(b"\r") {
+                Some(c) => {
+                    push_trimmed(&mut out, c);
+                    out.extend_from_slice(b"\r\n");
+                }
+                None => {
+                    push_trimmed(&mut out, chunk);
+                    out.push(b'\n');
+                }
+            }
+            i = j + 1;
+            continue;
+        }
+        out.extend_from_slice(&enc[i..j]);
+        if let Some(b) = escape_at(enc, j) {
+            out.push(b);
+            i = j + 3;
+            continue;
+        }
+        // A soft break: `=`, optional padding, then the line end or the end of the body.
+        let mut k = j + 1;
+        while k < enc.len() && matches!(enc[k], b' ' | b'\t') {
+            k += 1;
+        }
+        match &enc[k..] {
+            [] => return out,
+            [b'\n', ..] => i = k + 1,
+            [b'\r', b'\n', ..] => i = k + 2,
+            _ => {
+                out.push(b'=');
+                i = j + 1;
+            }
+        }
+    }
+}
+
+/// Appends `chunk` without its trailing spaces and tabs.
+fn push_trimmed(out: &mut Vec<u8>, chunk: &[u8]) {
+    let keep = chunk
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(0, |i| i + 1);
+    out.extend_from_slice(&chunk[..keep]);
+}
+
+/// Finds where decoded offset `p` lies in `enc`, whose decoding is `total` bytes long:
+/// (line start, encoded offset, line raw end). A point at a soft break is placed at the start
+/// of the next line. Walks from the end, since the pixel goes near the end of the part.
+fn locate(enc: &[u8], total: usize, p: usize) -> Option<(usize, usize, usize)> {
+    let mut dec_end = total;
+    let mut last = true;
+    for line in lines_rev(enc) {
+        let content = &enc[line.start..line.content_end];
+        let len = decoded_len(content);
+        let with_break = if line.soft {
+            len
+        } else {
+            len + (line.end - line.raw_end)
+        };
+        let dec_start = dec_end.checked_sub(with_break)?;
+        if p >= dec_start && (p < dec_start + len || (p == dec_start + len && (!line.soft || last)))
+        {
+            let e = line.start + offset_after(content, p - dec_start);
+            return Some((line.start, e, line.raw_end));
+        }
+        if p > dec_start + len && p < dec_end {
+            return None; // inside a line break
+        }
+        dec_end = dec_start;
+        last = false;
+    }
+    (p == 0 && dec_end == 0).then_some((0, 0, 0))
+}
+
+/// Writes `enc` with `insert` (ASCII) added at decoded offset `p` to `out`. Returns false, with
+/// `out` untouched, when `p` is not a character boundary of the decoded text.
+/// `total` is the length of `decode(enc)`.
+pub fn splice(
+    enc: &[u8],
+    total: usize,
+    p: usize,
+    insert: &[u8],
+    nl: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let Some((line_start, e, raw_end)) = locate(enc, total, p) else {
+        return false;
+    };
+    out.extend_from_slice(&enc[..e]);
+    let mut col = e - line_start;
+    for &b in insert {
+        let esc;
+        let tok: &[u8] = if b == b'=' || !(0x20..=0x7e).contains(&b) {
+            esc = [b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
+            &esc
+        } else {
+            std::slice::from_ref(&b)
+        };
+        // Leave room for the `=` of a soft break.
+        if col > 0 && col + tok.len() > MAX_LINE - 1 {
+            out.push(b'=');
+            out.extend_from_slice(nl);
+            col = 0;
+        }
+        out.extend_from_slice(tok);
+        col += tok.len();
+    }
+    if e < raw_end {
+        out.push(b'=');
+        out.extend_from_slice(nl);
+    }
+    out.extend_from_slice(&enc[e..]);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The line-by-line decoding that `locate` counts with.
+    fn decode_by_lines(enc: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in lines(enc) {
+            decode_content(&enc[line.start..line.content_end], &mut out);
+            if !line.soft {
+                out.extend_from_slice(&enc[line.raw_end..line.end]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn one_pass_decode_matches_line_by_line() {
+        // Every string of up to 5 symbols from an alphabet full of QP edge cases.
+        let alphabet: [&[u8]; 8] = [b"=", b"3D", b" ", b"\t", b"\r", b"\n", b"x", b"=\r\n"];
+        let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+        while let Some(s) = stack.pop() {
+            assert_eq!(
+                decode(&s),
+                decode_by_lines(&s),
+                "{:?}",
+                String::from_utf8_lossy(&s)
+            );
+            if s.len() < 7 {
+                for a in alphabet {
+                    stack.push([&s[..], a].concat());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decodes_escapes_soft_breaks_and_padding() {
+        assert_eq!(
+            decode(b"a=3Db=\r\nc  \r\nd=\nx=ZZ="),
+            b"a=bc\r\ndx=ZZ".to_vec()
+        );
+        assert_eq!(decode(b"=3d=4"), b"==4".to_vec());
+    }
+
+    #[test]
+    fn splice_round_trips_and_keeps_lines_short() {
+        let enc = b"<p>caf=C3=A9 =3D x</p>=\r\n<p>y</p></body>\r\n<!-- tail -->\r\n";
+        let dec = decode(enc);
+        let p = dec.windows(7).position(|w| w == b"</body>").unwrap_or(0);
+        assert_eq!(p, 24);
+        let insert = b"<img src=\"http://127.0.0.1:8080/o/TESTTOKEN.gif\" width=\"1\" height=\"1\" alt=\"\" border=\"0\">";
+        let mut out = Vec::new();
+        assert!(splice(enc, dec.len(), p, insert, b"\r\n", &mut out));
+        let want = [&dec[..p], &insert[..], &dec[p..]].concat();
+        assert_eq!(decode(&out), want);
+        for line in out.split(|&b| b == b'\n') {
+            assert!(line.strip_suffix(b"\r").unwrap_or(line).len() <= MAX_LINE);
+        }
+        // Lines other than the one spliced into are untouched.
+        assert!(out.starts_with(b"<p>caf=C3=A9 =3D x</p>=\r\n<p>y</p>"));
+        assert!(out.ends_with(b"=\r\n</body>\r\n<!-- tail -->\r\n"));
+    }
+
+    #[test]
+    fn splice_at_every_offset() {
+        let enc = b"ab=3Dc=\r\nd\r\n\r\ne=";
+        let dec = decode(enc);
+        for p in 0..=dec.len() {
+            let mut out = Vec::new();
+            if splice(enc, dec.len(), p, b"<X=Y>", b"\r\n", &mut out) {
+                assert_eq!(
+                    decode(&out),
+                    [&dec[..p], b"<X=Y>", &dec[p..]].concat(),
+                    "p={p}"
+                );
+            } else {
+                assert_eq!(&dec[p - 1..=p], b"\r\n", "p={p}");
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Corpus test for the rewrite core: every file under `$PIXELRELAY_CORPUS` (walked recursively,
+//! e.g. `../shared/corpus`, holding mail-parser's test messages, malformed ones included) goes
+//! through `rewrite` without panicking. A tracked message differs from its input only inside
+//! one `text/html` body, whose decoding gains exactly one pixel and nothing else; any other
+//! message is forwarded byte-identical. Set but missing directory: failure. Unset: skipped with
+//! a message saying so.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use mail_parser::{MessageParser, MimeHeaders};
+use pixelrelay::config::OnDkimSigned;
+use pixelrelay::rewrite::{Decision, Envelope, Policy, SkipReason, rewrite};
+
+const URL: &str = "http://127.0.0.1:8080/o/TESTTOKEN.gif";
+
+fn policy() -> Policy {
+    Policy {
+        pixel_prefix: "http://127.0.0.1:8080/o/".into(),
+        on_dkim_signed: OnDkimSigned::Skip,
+        opt_out_header: "X-Track-Opens".into(),
+        sender_domains: Vec::new(),
+        exclude_recipient_domains: Vec::new(),
+        max_rewrite_size: 64 << 20,
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// The decoded body of the top-level part whose encoded body spans `range`, if it is HTML.
+fn html_at(msg: &[u8], start: usize) -> Option<Vec<u8>> {
+    let parsed = MessageParser::new().parse(msg)?;
+    let part = parsed
+        .parts
+        .iter()
+        .find(|p| p.offset_body as usize == start && p.is_content_type("text", "html"))?;
+    Some(part.contents().to_vec())
+}
+
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[test]
+fn corpus_messages() {
+    let Some(dir) = std::env::var_os("PIXELRELAY_CORPUS") else {
+        println!("corpus tests did not run: PIXELRELAY_CORPUS not set");
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    assert!(
+        dir.is_dir(),
+        "PIXELRELAY_CORPUS={} is not a directory",
+        dir.display()
+    );
+    let mut files = Vec::new();
+    walk(&dir, &mut files);
+    assert!(!files.is_empty(), "no files under {}", dir.display());
+    let rcpts = vec!["bob@example.net".to_string()];
+    let env = Envelope {
+        sender: "news@example.com",
+        recipients: &rcpts,
+    };
+    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for path in &files {
+        let input = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.display().to_string();
+        let r = rewrite(&env, &input, URL, &policy());
+        let label = match r.decision {
+            Decision::Tracked => "tracked",
+            Decision::Skipped(reason) => reason.as_str(),
+        };
+        *counts.entry(label).or_default() += 1;
+        if matches!(
+            r.decision,
+            Decision::Skipped(SkipReason::Unparseable | SkipReason::Charset)
+        ) {
+            println!("{name}: {label}");
+        }
+        match (r.decision, r.message) {
+            (Decision::Tracked, Some(out)) => {
+                // The change is confined to one HTML body: find it from both ends.
+                let pre = common_prefix(&input, &out);
+                let suf = common_prefix(
+                    &input.iter().rev().copied().collect::<Vec<_>>(),
+                    &out.iter().rev().copied().collect::<Vec<_>>(),
+                );
+                let suf = suf.min(input.len() - pre).min(out.len() - pre);
+                let parsed = MessageParser::new()
+                    .parse(&input)
+                    .unwrap_or_else(|| panic!("{name}: tracked but unparseable"));
+                let part = parsed
+                    .parts
+                    .iter()
+                    .filter(|p| p.is_content_type("text", "html"))
+                    .find(|p| {
+                        p.offset_body as usize <= pre && input.len() - suf <= p.offset_end as usize
+                    })
+                    .unwrap_or_else(|| panic!("{name}: change outside every HTML body"));
+                let start = part.offset_body as usize;
+                let before = part.contents().to_vec();
+                let after = html_at(&out, start)
+                    .unwrap_or_else(|| panic!("{name}: rewritten part not found"));
+                let after = String::from_utf8_lossy(&after).into_owned();
+                assert_eq!(after.matches(URL).count(), 1, "{name}: pixel count");
+                let img = after
+                    .find("<img src=\"http://127.0.0.1:8080/o/")
+                    .unwrap_or(0);
+                let end = img + after[img..].find('>').map_or(0, |i| i + 1);
+                let removed = format!("{}{}", &after[..img], &after[end..]);
+                let norm = |s: &str| s.replace(['\r', '\n'], "");
+                assert_eq!(
+                    norm(&removed),
+                    norm(&String::from_utf8_lossy(&before)),
+                    "{name}: HTML changed beyond the pixel"
+                );
+                let again = rewrite(&env, &out, URL, &policy());
+                assert_eq!(
+                    again.decision,
+                    Decision::Skipped(SkipReason::AlreadyTracked),
+                    "{name}: second pass"
+                );
+            }
+            (Decision::Tracked, None) => panic!("{name}: tracked without output"),
+            (Decision::Skipped(reason), out) => {
+                assert!(
+                    out.is_none(),
+                    "{name}: skipped ({}) but changed",
+                    reason.as_str()
+                );
+                // No missed HTML: mail-parser's own top-level HTML bodies must agree.
+                if reason == SkipReason::NoHtml
+                    && let Some(m) = MessageParser::new().parse(&input)
+                {
+                    let inline_html = m.html_bodies().any(|p| {
+                        p.is_content_type("text", "html")
+                            && !p.content_disposition().is_some_and(|d| d.is_attachment())
+                    });
+                    assert!(
+                        !inline_html,
+                        "{name}: mail-parser sees an inline HTML body we skipped"
+                    );
+                }
+            }
+        }
+    }
+    println!("corpus: {} files, {counts:?}", files.len());
+    assert!(
+        counts.get("tracked").copied().unwrap_or(0) > 0,
+        "no corpus message was tracked: {counts:?}"
+    );
+}

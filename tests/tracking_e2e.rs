@@ -1,0 +1,258 @@
+//! Tracking end to end: real clients send HTML mail through the relay, the upstream receives
+//! exactly one pixel whose token verifies, and loading it — with real user agents and with
+//! headless Chromium opening the delivered HTML — records classified opens in the store.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+use pixelrelay::token::{Purpose, TokenKey};
+use pixelrelay::track::OpenEvent;
+
+/// A relay whose pixel listener runs on a known port, so that `base_url` points at it.
+async fn tracked_relay(up: &FakeUpstream, extra_store: &str) -> (Relay, u16) {
+    let http = free_port();
+    let cfg = config_text(&up.addr.to_string(), "")
+        .replace(
+            "base_url = \"http://127.0.0.1:8080\"",
+            &format!("base_url = \"http://127.0.0.1:{http}\""),
+        )
+        .replace(
+            "[http]\nlisten = \"127.0.0.1:0\"",
+            &format!("[http]\nlisten = \"127.0.0.1:{http}\""),
+        );
+    let cfg = format!("{cfg}\n[store]\nsubjects = true\n{extra_store}\n");
+    (start_relay(&cfg).await, http)
+}
+
+fn key(relay: &Relay) -> TokenKey {
+    let secret = pixelrelay::secret::read(&relay.dir.path().join("data/secret.key")).unwrap();
+    TokenKey::from_secret(&secret)
+}
+
+fn html_mail(cte: &str) -> String {
+    let body = "<html><body><p>Hello Bob, caf\u{e9}!</p></body></html>";
+    format!(
+        "From: news@example.com\r\nTo: bob@example.net\r\nSubject: Weekly <b>news</b>\r\nMessage-ID: <e2e-{cte}@example.com>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b1\"\r\n\r\n--b1\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nHello Bob\r\n--b1\r\nContent-Type: text/html; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n--b1--\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_and_smtplib_mail_gets_one_verifiable_pixel() {
+    let up = FakeUpstream::start().await;
+    let (relay, http) = tracked_relay(&up, "").await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // smtplib with a quoted-printable HTML part made by Python's email package.
+    let py = format!(
+        r#"
+import smtplib
+from email.message import EmailMessage
+m = EmailMessage()
+m["From"] = "news@example.com"; m["To"] = "bob@example.net"; m["Subject"] = "py"
+m.set_content("text")
+m.add_alternative("<html><body><p>" + "caf\u00e9 " * 40 + "</p></body></html>", subtype="html", cte="quoted-printable")
+s = smtplib.SMTP("127.0.0.1", {port}); s.send_message(m); s.quit()
+"#,
+        port = relay.smtp().port()
+    );
+    let out = Command::new("python3").arg("-c").arg(&py).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // swaks with an 8bit HTML part.
+    if let Some(swaks) = need("swaks") {
+        let f = dir.path().join("m.eml");
+        std::fs::write(&f, html_mail("8bit")).unwrap();
+        let out = Command::new(swaks)
+            .args([
+                "--server",
+                &relay.smtp().to_string(),
+                "--from",
+                "news@example.com",
+                "--to",
+                "bob@example.net",
+            ])
+            .arg("--data")
+            .arg(format!("@{}", f.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    let got = up.messages();
+    assert!(!got.is_empty());
+    let key = key(&relay);
+    for g in &got {
+        let urls = pixel_urls(&g.data);
+        assert_eq!(
+            urls.len(),
+            1,
+            "exactly one pixel in {}",
+            String::from_utf8_lossy(&g.data)
+        );
+        let prefix = format!("http://127.0.0.1:{http}/o/");
+        let token = urls[0]
+            .strip_prefix(&prefix)
+            .and_then(|t| t.strip_suffix(".gif"))
+            .expect("our URL");
+        assert!(
+            key.verify(Purpose::Open, token).is_some(),
+            "token verifies without a lookup"
+        );
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn multi_recipient_and_opted_out_mail_pass_untouched() {
+    let up = FakeUpstream::start().await;
+    let (relay, _) = tracked_relay(&up, "").await;
+    let mut c = Client::hello(relay.smtp()).await;
+    let msg = html_mail("multi");
+    let (code, _) = c
+        .send_mail(
+            "news@example.com",
+            &["bob@example.net", "carol@example.net"],
+            msg.as_bytes(),
+        )
+        .await;
+    assert_eq!(code, 250);
+    let opted = msg.replace(
+        "MIME-Version: 1.0\r\n",
+        "X-Track-Opens: no\r\nMIME-Version: 1.0\r\n",
+    );
+    let (code, _) = c
+        .send_mail("news@example.com", &["bob@example.net"], opted.as_bytes())
+        .await;
+    assert_eq!(code, 250);
+    let got = up.messages();
+    assert_eq!(
+        strip_received(&got[0].data),
+        msg.as_bytes(),
+        "two recipients: byte-identical"
+    );
+    assert!(pixel_urls(&got[1].data).is_empty());
+    assert!(
+        !String::from_utf8_lossy(&got[1].data).contains("X-Track-Opens"),
+        "opt-out header removed"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pixel_loads_with_real_user_agents_and_chromium_are_recorded() {
+    let up = FakeUpstream::start().await;
+    let (relay, _) = tracked_relay(&up, "").await;
+    let mut c = Client::hello(relay.smtp()).await;
+    let (code, _) = c
+        .send_mail(
+            "news@example.com",
+            &["bob@example.net"],
+            html_mail("ua").as_bytes(),
+        )
+        .await;
+    assert_eq!(code, 250);
+    let delivered = up.messages().remove(0).data;
+    let url = pixel_urls(&delivered).remove(0);
+    // Real user agents (sources cited in src/track/classify.rs's tests).
+    let agents = [
+        (
+            "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+            "Gmail",
+            true,
+        ),
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)",
+            "Apple Mail",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+            "Apple Mail",
+            false,
+        ),
+        (
+            "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17029; Pro)",
+            "Outlook",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.5.0",
+            "Thunderbird",
+            false,
+        ),
+    ];
+    for (ua, _, _) in &agents {
+        let (status, head, body) = http_get(&url, ua).await;
+        assert_eq!(status, 200);
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: image/gif")
+        );
+        assert!(body.starts_with(b"GIF89a") || body.starts_with(b"GIF87a"));
+    }
+    // A real browser opening the delivered HTML part from a file.
+    let html = mail_parser::MessageParser::default()
+        .parse(&delivered[..])
+        .unwrap();
+    let page = html
+        .html_part(0)
+        .unwrap()
+        .text_contents()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mail.html"), &page).unwrap();
+    let browser = chromium(&[
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        &format!("file://{}/mail.html", dir.path().display()),
+    ]);
+    let page = admin_json(&relay, "/api/v1/opens?limit=100").await;
+    let opens: Vec<OpenEvent> =
+        serde_json::from_value(page["items"].clone()).unwrap_or_else(|e| panic!("{e}: {page}"));
+    relay.stop().await;
+    if let Some(out) = &browser {
+        assert!(
+            out.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let want = agents.len() + usize::from(browser.is_some());
+    assert_eq!(opens.len(), want, "{opens:#?}");
+    // Newest first: the browser's open (if any) is first, then the agents in reverse.
+    let mut by_ua: Vec<_> = opens.iter().rev().collect();
+    if want > agents.len() {
+        let chrome = by_ua.pop().unwrap();
+        assert!(
+            chrome.user_agent.contains("HeadlessChrome") || chrome.user_agent.contains("Chrome"),
+            "{chrome:?}"
+        );
+    }
+    for ((ua, client, machine), ev) in agents.iter().zip(by_ua.iter()) {
+        assert_eq!(&ev.user_agent, ua);
+        assert_eq!(&ev.client, client, "{ua}");
+        assert_eq!(
+            ev.machine,
+            *machine || ev.machine_reason.as_deref() == Some("early-load"),
+            "{ua}: {ev:?}"
+        );
+        assert_eq!(ev.recipient, "bob@example.net");
+        assert_eq!(ev.subject.as_deref(), Some("Weekly <b>news</b>"));
+    }
+    assert!(by_ua[0].first && by_ua[0].count == 1);
+    assert_eq!(by_ua[4].count, 5);
+}

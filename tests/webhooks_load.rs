@@ -7,8 +7,9 @@
 //! cargo test --release --test webhooks_load -- --nocapture
 //! ```
 //!
-//! Measured on the 2-core build machine (release, two runs; the receiver runs in the same
-//! process, so in the last row it and the worker share the two cores with the pixel server):
+//! Measured on the 2-core build machine (release, two runs each; the receiver runs in the
+//! same process, so in the last row it and the worker share the two cores with the pixel
+//! server and the clients). Before merging main's pixel path:
 //!
 //! | phase                          | pixel p50    | pixel p99    | req/s         |
 //! |--------------------------------|--------------|--------------|---------------|
@@ -16,8 +17,16 @@
 //! | outbox rows written, no worker | 0.97–1.04 ms | 3.85–3.88 ms | 12 800–13 800 |
 //! | delivering, 30 % failing       | 1.79–1.85 ms | 5.15–7.00 ms | 7 500–8 300   |
 //!
-//! All 10 000 events were acknowledged 1.5–1.7 s after the load began (~14 150 requests,
-//! ~4 150 of them answered 500 and retried with the same `event_id`).
+//! After (main's open breakdowns by day, client and device are written with each batch):
+//!
+//! | phase                          | pixel p50    | pixel p99    | req/s         |
+//! |--------------------------------|--------------|--------------|---------------|
+//! | no webhooks                    | 1.31–1.42 ms | 3.13–3.59 ms | 10 200–11 300 |
+//! | outbox rows written, no worker | 1.38–1.51 ms | 4.07–4.54 ms | 9 400–9 800   |
+//! | delivering, 30 % failing       | 1.71–2.09 ms | 5.03–6.03 ms | 6 700–8 300   |
+//!
+//! Every run acknowledged all 10 000 events (~14 200 requests, ~4 200 of them answered 500
+//! and retried with the same `event_id`), 1.5–5.9 s after the load began.
 
 mod hooks_receiver;
 

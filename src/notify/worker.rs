@@ -2,11 +2,10 @@
 //! due ones with at most `concurrency` in flight, learns about new rows from the store's watch,
 //! and records each attempt's outcome in the store (delete, reschedule, dead letter).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -31,13 +30,13 @@ pub(super) async fn worker(ep: Arc<Endpoint>, store: Store, clock: Clock, mut sh
     let mut known: HashSet<u64> = HashSet::new();
     let mut last_seen = 0u64;
     scan(&ep, &store, 0, &mut queue, &mut known, &mut last_seen);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, Outcome)>();
-    let mut inflight: JoinSet<()> = JoinSet::new();
-    let mut running = 0usize;
+    let mut inflight: JoinSet<(u64, Outcome)> = JoinSet::new();
+    // Which row each attempt carries, so that even a panicked attempt frees its slot.
+    let mut rows: HashMap<tokio::task::Id, u64> = HashMap::new();
     let limit = ep.cfg.concurrency.max(1);
     loop {
         let now = clock.now_ms();
-        while running < limit {
+        while inflight.len() < limit {
             let Some(&(due, seq)) = queue.first() else {
                 break;
             };
@@ -45,23 +44,32 @@ pub(super) async fn worker(ep: Arc<Endpoint>, store: Store, clock: Clock, mut sh
                 break;
             }
             queue.pop_first();
-            running += 1;
-            let (ep, store, tx) = (Arc::clone(&ep), store.clone(), done_tx.clone());
-            inflight.spawn(async move {
-                let out = attempt(&ep, &store, clock, seq).await;
-                let _ = tx.send((seq, out));
-            });
+            let (ep, store) = (Arc::clone(&ep), store.clone());
+            let task = inflight.spawn(async move { (seq, attempt(&ep, &store, clock, seq).await) });
+            rows.insert(task.id(), seq);
         }
         ep.metrics
             .pending
             .store(known.len() as u64, Ordering::Relaxed);
-        let next_due = (running < limit)
+        let next_due = (inflight.len() < limit)
             .then(|| queue.first().map(|&(due, _)| clock.instant(due)))
             .flatten();
         tokio::select! {
             () = shutdown.wait() => break,
-            Some((seq, out)) = done_rx.recv() => {
-                running -= 1;
+            Some(joined) = inflight.join_next_with_id(), if !inflight.is_empty() => {
+                let (seq, out) = match joined {
+                    Ok((id, done)) => {
+                        rows.remove(&id);
+                        done
+                    }
+                    Err(e) => {
+                        let Some(seq) = rows.remove(&e.id()) else {
+                            continue;
+                        };
+                        warn!(url = %ep.cfg.url, error = %e, "webhook attempt failed unexpectedly");
+                        (seq, Outcome::Retry(clock.now_ms() + ep.backoff(1).as_millis() as u64))
+                    }
+                };
                 match out {
                     Outcome::Done => {
                         known.remove(&seq);
@@ -71,7 +79,6 @@ pub(super) async fn worker(ep: Arc<Endpoint>, store: Store, clock: Clock, mut sh
                     }
                 }
             }
-            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
             changed = watch.changed() => {
                 if changed.is_err() {
                     break;

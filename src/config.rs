@@ -37,6 +37,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Log output.
     pub log: LogConfig,
+    /// `[[webhooks]]`: endpoints told about opens (and messages).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// What the relay does with bare `<LF>` or `<CR>` inside DATA (Postfix's `smtpd_forbid_bare_newline`).
@@ -265,6 +267,58 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Where a webhook's signing secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookSecret {
+    /// A file of mode 0600 (read with `secret::read`).
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+}
+
+/// One `[[webhooks]]` endpoint.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL the events are POSTed to.
+    pub url: String,
+    /// The HMAC key for `X-Pixelrelay-Signature`.
+    pub secret: WebhookSecret,
+    /// Send `open` events.
+    pub open: bool,
+    /// Send `message` events (each relayed message with its tracking decision and reply).
+    pub message: bool,
+    /// Time allowed for one attempt: connect, TLS, request and response.
+    pub timeout: Duration,
+    /// Extra request headers (names checked, values free of CR/LF).
+    pub headers: Vec<(String, String)>,
+    /// An event still undelivered this long after it happened goes to the dead letters.
+    pub max_age: Duration,
+    /// Requests in flight to this endpoint at most.
+    pub concurrency: usize,
+    /// First retry delay (doubled per failed attempt, with jitter). Not a TOML key: 1 s.
+    pub retry_min: Duration,
+    /// Longest retry delay. Not a TOML key: 10 min.
+    pub retry_max: Duration,
+}
+
+impl WebhookConfig {
+    /// An endpoint with the documented defaults (tests and tools build on this).
+    pub fn new(url: &str, secret: WebhookSecret) -> WebhookConfig {
+        WebhookConfig {
+            url: url.to_string(),
+            secret,
+            open: true,
+            message: false,
+            timeout: Duration::from_secs(10),
+            headers: Vec::new(),
+            max_age: Duration::from_secs(86_400),
+            concurrency: 4,
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(600),
+        }
+    }
+}
+
 /// Every problem found in a config file, each naming its key.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -299,7 +353,7 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("syntax: {}", e.message())]))?;
         let mut errors = Vec::new();
         let known = [
-            "smtp", "upstream", "tracking", "http", "admin", "store", "log",
+            "smtp", "upstream", "tracking", "http", "admin", "store", "log", "webhooks",
         ];
         for key in root.keys() {
             if !known.contains(&key.as_str()) {
@@ -318,6 +372,7 @@ impl Config {
         let admin = read_admin(&mut r);
         let store = read_store(&mut r);
         let log = read_log(&mut r);
+        let webhooks = read_webhooks(&mut r);
         if errors.is_empty() {
             Ok(Config {
                 source: base.join("relay.toml"),
@@ -328,6 +383,7 @@ impl Config {
                 admin,
                 store,
                 log,
+                webhooks,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -348,8 +404,13 @@ impl Config {
                 )
             }
         };
+        let hooks = match self.webhooks.len() {
+            0 => String::new(),
+            1 => "; 1 webhook".to_string(),
+            n => format!("; {n} webhooks"),
+        };
         format!(
-            "ok: smtp on {} -> {mode}; pixel http://{}; admin http://{}; store {}",
+            "ok: smtp on {} -> {mode}; pixel http://{}; admin http://{}; store {}{hooks}",
             listen.join(","),
             self.http.listen,
             self.admin.listen,
@@ -367,7 +428,7 @@ struct Reader<'a> {
 
 /// One `[section]` being read; remembers which keys were used so that the rest are reported.
 struct Section<'r, 'a> {
-    name: &'static str,
+    name: String,
     table: Option<&'a toml::Table>,
     used: BTreeSet<&'static str>,
     r: &'r mut Reader<'a>,
@@ -391,7 +452,7 @@ impl<'a> Reader<'a> {
             }
         };
         Section {
-            name: label,
+            name: label.to_string(),
             table,
             used: BTreeSet::new(),
             r: self,
@@ -409,8 +470,18 @@ impl<'a> Reader<'a> {
             }
         };
         Section {
-            name,
+            name: name.to_string(),
             table,
+            used: BTreeSet::new(),
+            r: self,
+        }
+    }
+
+    /// One table of an array of tables (`[[name]]`), reported as `label` (`webhooks[0]`).
+    fn item<'r>(&'r mut self, label: String, table: &'a toml::Table) -> Section<'r, 'a> {
+        Section {
+            name: label,
+            table: Some(table),
             used: BTreeSet::new(),
             r: self,
         }
@@ -860,6 +931,160 @@ fn read_log(r: &mut Reader<'_>) -> LogConfig {
     cfg
 }
 
+/// Headers a webhook may not set: the request framing and the signature are pixelrelay's.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "x-pixelrelay-timestamp",
+    "x-pixelrelay-signature",
+];
+
+/// Checks a webhook URL: http or https, with a host. Shared with `notify`.
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("\"{url}\" is not an http:// or https:// URL")),
+    }
+    match uri.host() {
+        Some(h) if !h.is_empty() => {}
+        _ => return Err(format!("\"{url}\" has no host")),
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "\"{url}\": credentials in the URL are not supported (use headers)"
+        ));
+    }
+    Ok(())
+}
+
+fn read_webhooks(r: &mut Reader<'_>) -> Vec<WebhookConfig> {
+    let root = r.root;
+    let items = match root.get("webhooks") {
+        None => return Vec::new(),
+        Some(toml::Value::Array(a)) => a,
+        Some(_) => {
+            r.errors
+                .push("webhooks: must be an array of tables ([[webhooks]])".to_string());
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<WebhookConfig> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(table) = item.as_table() else {
+            r.errors
+                .push(format!("webhooks[{i}]: must be a table ([[webhooks]])"));
+            continue;
+        };
+        let mut s = r.item(format!("webhooks[{i}]"), table);
+        let url = match s.opt::<String>("url") {
+            Some(u) => {
+                if let Err(e) = check_webhook_url(&u) {
+                    s.err("url", e);
+                } else if out.iter().any(|w| w.url == u) {
+                    s.err("url", format!("\"{u}\" is configured twice"));
+                }
+                u
+            }
+            None => {
+                s.err("url", "missing");
+                String::new()
+            }
+        };
+        let file = s.opt_path("secret_file");
+        let env = s.opt::<String>("secret_env");
+        let secret = match (file, env) {
+            (Some(_), Some(e)) => {
+                s.err(
+                    "secret_env",
+                    "set either secret_file or secret_env, not both",
+                );
+                WebhookSecret::Env(e)
+            }
+            (Some(p), None) => {
+                if let Err(e) = crate::secret::read(&p) {
+                    s.err("secret_file", e);
+                }
+                WebhookSecret::File(p)
+            }
+            (None, Some(e)) => {
+                if e.is_empty() {
+                    s.err("secret_env", "must name an environment variable");
+                }
+                WebhookSecret::Env(e)
+            }
+            (None, None) => {
+                s.err(
+                    "secret_file",
+                    "missing: set secret_file (mode 0600) or secret_env (never a secret in the TOML)",
+                );
+                WebhookSecret::Env(String::new())
+            }
+        };
+        if s.raw("secret").is_some() {
+            s.err(
+                "secret",
+                "secrets are not read from relay.toml: use secret_file or secret_env",
+            );
+        }
+        let events = s.get::<Vec<String>>("events", vec!["open".to_string()]);
+        let (mut open, mut message) = (false, false);
+        for (j, e) in events.iter().enumerate() {
+            match e.as_str() {
+                "open" => open = true,
+                "message" => message = true,
+                other => s.err(
+                    &format!("events[{j}]"),
+                    format!("\"{other}\" is not one of open | message"),
+                ),
+            }
+        }
+        if events.is_empty() {
+            s.err("events", "needs at least one of open | message");
+        }
+        let mut headers = Vec::new();
+        for (name, v) in s
+            .get::<toml::Table>("headers", toml::Table::new())
+            .into_iter()
+        {
+            let Some(value) = v.as_str() else {
+                s.err(&format!("headers.{name}"), "must be a string");
+                continue;
+            };
+            let name_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !name_ok {
+                s.err(&format!("headers.{name}"), "is not a header name");
+            } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                s.err(&format!("headers.{name}"), "is set by pixelrelay itself");
+            } else if value.contains(['\r', '\n', '\0']) {
+                s.err(&format!("headers.{name}"), "must not contain CR, LF or NUL");
+            } else {
+                headers.push((name, value.to_string()));
+            }
+        }
+        let mut cfg = WebhookConfig::new(&url, secret);
+        cfg.open = open;
+        cfg.message = message;
+        cfg.headers = headers;
+        cfg.timeout = s.seconds("timeout", 10);
+        cfg.max_age = s.seconds("max_age", 86_400);
+        let concurrency = s.positive("concurrency", 4);
+        if concurrency > 1024 {
+            s.err("concurrency", format!("{concurrency} is more than 1024"));
+        }
+        cfg.concurrency = concurrency.min(1024) as usize;
+        s.finish();
+        out.push(cfg);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -965,6 +1190,90 @@ mod tests {
         }
         assert!(!errs.contains("smtp.tls.cert"), "{errs}");
         assert!(!errs.contains("smtp.tls: unknown"), "{errs}");
+    }
+
+    #[test]
+    fn webhooks_are_read_and_checked_with_keys() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("hook.secret");
+        std::fs::write(&good, "s3cret\n").unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let open = dir.path().join("open.secret");
+        std::fs::write(&open, "s3cret\n").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = r#"
+            [upstream]
+            address = "127.0.0.1:25"
+            [[webhooks]]
+            url = "https://hooks.example.com/pixel?x=1"
+            secret_file = "hook.secret"
+            events = ["open", "message"]
+            timeout = 3
+            max_age = 600
+            concurrency = 2
+            headers = { Authorization = "Bearer abc" }
+            [[webhooks]]
+            url = "http://127.0.0.1:9000/"
+            secret_env = "HOOK_SECRET"
+        "#;
+        let c = Config::parse(text, dir.path()).expect("valid");
+        assert_eq!(c.webhooks.len(), 2);
+        let w = &c.webhooks[0];
+        assert_eq!(w.secret, WebhookSecret::File(good.clone()));
+        assert!(w.open && w.message);
+        assert_eq!(w.timeout, Duration::from_secs(3));
+        assert_eq!(w.max_age, Duration::from_secs(600));
+        assert_eq!(w.concurrency, 2);
+        assert_eq!(
+            w.headers,
+            vec![("Authorization".into(), "Bearer abc".into())]
+        );
+        let d = &c.webhooks[1];
+        assert!(d.open && !d.message);
+        assert_eq!(d.timeout, Duration::from_secs(10));
+        assert_eq!(d.max_age, Duration::from_secs(86_400));
+        assert_eq!(d.concurrency, 4);
+
+        let bad = r#"
+            [upstream]
+            address = "127.0.0.1:25"
+            [[webhooks]]
+            url = "ftp://example.com/"
+            secret_file = "open.secret"
+            events = ["click"]
+            headers = { "X-A" = "a\r\nInjected: yes", Host = "evil", "bad name" = "v" }
+            concurrency = 0
+            colour = "blue"
+            [[webhooks]]
+            secret = "inline"
+        "#;
+        let errs = Config::parse(bad, dir.path())
+            .expect_err("invalid")
+            .to_string();
+        for needle in [
+            "webhooks[0].url: \"ftp://example.com/\" is not an http:// or https:// URL",
+            "webhooks[0].secret_file:",
+            "chmod 600",
+            "webhooks[0].events[0]: \"click\" is not one of open | message",
+            "webhooks[0].headers.X-A: must not contain CR, LF or NUL",
+            "webhooks[0].headers.Host: is set by pixelrelay itself",
+            "webhooks[0].headers.bad name: is not a header name",
+            "webhooks[0].concurrency: must be a positive number",
+            "webhooks[0].colour: unknown key",
+            "webhooks[1].url: missing",
+            "webhooks[1].secret_file: missing",
+            "webhooks[1].secret: secrets are not read from relay.toml",
+        ] {
+            assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+        }
+        let e = parse("[upstream]\naddress = \"h:25\"\n[webhooks]\nurl = \"http://x/\"\n")
+            .expect_err("not an array");
+        assert!(
+            e.to_string()
+                .contains("webhooks: must be an array of tables"),
+            "{e}"
+        );
     }
 
     #[test]

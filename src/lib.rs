@@ -19,13 +19,15 @@
 //! http/        pixel listener (public), admin listener (private: API, follow stream,
 //!              dashboard, /metrics) and the accept loop they share
 //! metrics.rs   Prometheus registry the relay and the listeners update
+//! notify/      webhooks: signed delivery of the store's outbox, retries, dead letters
 //! server.rs    wires everything together for `pixelrelay serve`
 //! admin_client.rs  `pixelrelay tail` / `stats`: the admin API's client side
 //! ```
 //!
 //! Data flows one way: `smtp -> relay -> {rewrite, token, store, upstream}`;
-//! `http -> {token, store, track}`. `rewrite`, `token` and `track` do no IO and know nothing of
-//! SMTP or HTTP; `store` knows nothing of either protocol.
+//! `http -> {token, store, track}`; `notify <- store` (the store writes outbox rows in the
+//! open's own transaction; notify delivers them). `rewrite`, `token` and `track` do no IO and
+//! know nothing of SMTP or HTTP; `store` knows nothing of either protocol.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +38,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod openlog;
 pub mod relay;
 pub mod rewrite;

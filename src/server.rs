@@ -14,6 +14,7 @@ use crate::capture::Capture;
 use crate::config::{Config, UpstreamTarget};
 use crate::http::{self, admin::AdminState, pixel::PixelState};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::relay::{Recorder, Relay, RelayFactory, Target, Tracking};
 use crate::rewrite::Policy;
 use crate::secret;
@@ -48,6 +49,8 @@ pub struct Server {
     admin_token: Vec<u8>,
     /// Prometheus registry shared by the relay and the listeners.
     metrics: Arc<Metrics>,
+    /// Webhook endpoints and their delivery workers (started by `run`).
+    notifier: Notifier,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -126,6 +129,8 @@ impl Server {
         });
         let store = Store::open(&cfg.store)
             .map_err(|e| format!("store.path: {}: {e}", cfg.store.path.display()))?;
+        // Before any open is recorded: the store must know whom to write outbox rows for.
+        let notifier = Notifier::from_config(&cfg.webhooks, store.clone())?;
         let mut smtp = Vec::new();
         for addr in &cfg.smtp.listen {
             smtp.push(
@@ -184,7 +189,18 @@ impl Server {
             admin,
             admin_token,
             metrics,
+            notifier,
         })
+    }
+
+    /// The webhook endpoints: metrics, and (through the store) pending and dead letters.
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The bound addresses.
@@ -220,6 +236,7 @@ impl Server {
             admin,
             admin_token,
             metrics,
+            notifier,
         } = self;
         let (trigger, shutdown) = shutdown::channel();
         let (hard_trigger, hard_stop) = shutdown::channel();
@@ -254,6 +271,7 @@ impl Server {
         // the open log (logrotate).
         let certs: Vec<Arc<TlsSource>> = tls.iter().chain(pixel.tls.iter()).cloned().collect();
         tokio::spawn(on_hangup(certs, store.clone()));
+        let hooks_task = notifier.start(shutdown.clone());
         let pixel_task = tokio::spawn(http::pixel::serve(
             http,
             Arc::clone(&pixel),
@@ -294,6 +312,8 @@ impl Server {
         }
         let _ = pixel_task.await;
         let _ = admin_task.await;
+        // Undelivered events stay in the outbox for the next start.
+        let _ = hooks_task.await;
         if let Target::Smtp(up) = &relay.target {
             up.close_idle().await;
         }

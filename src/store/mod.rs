@@ -18,6 +18,9 @@
 //! opens_by_message  id(16) open_id(8)           -> ()      a message's opens
 //! meta              "counters"                  -> Counters (JSON)
 //!                   "open_counters"             -> the 4 open totals (32 bytes)
+//!                   "last_event"                -> last webhook event sequence (8 bytes)
+//! outbox            endpoint(8) seq(8)          -> webhook delivery (JSON), see outbox.rs
+//! dead_letters      endpoint(8) seq(8)          -> webhook delivery out of time (JSON)
 //! ```
 //!
 //! An open id is `max(previous + 1, at_ms << 20)`: unique, strictly increasing, time-ordered
@@ -38,6 +41,7 @@
 //! therefore loses at most the opens and messages of the last `flush_interval` (default 500 ms)
 //! plus the flush in progress; nothing older.
 
+mod outbox;
 mod retention;
 
 use std::collections::hash_map::Entry;
@@ -58,6 +62,9 @@ use crate::token::MessageId;
 use crate::track::event::{rfc3339_ms, rfc3339_ms_opt};
 use crate::track::{Classification, OpenEvent};
 
+pub use outbox::{
+    OutboxItem, OutboxRow, OutboxVersion, Subscription, outbox_key, parse_delivery_id,
+};
 pub use retention::PurgeReport;
 
 /// What the relay knows about a message when it hands it upstream.
@@ -268,6 +275,53 @@ pub struct MessageWithOpens {
     pub message: Message,
     /// Its opens.
     pub open_events: Vec<OpenEvent>,
+}
+
+/// The `message` webhook event: a relayed message with its tracking decision and the
+/// upstream's reply (the admin API's message without its open statistics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageEvent {
+    /// Message id, 32 hex digits.
+    pub id: String,
+    /// The relay's queue id.
+    pub queue_id: String,
+    /// When the relay received it.
+    #[serde(rename = "at", with = "rfc3339_ms")]
+    pub at_ms: u64,
+    /// MAIL FROM.
+    pub sender: String,
+    /// Accepted recipients.
+    pub recipients: Vec<String>,
+    /// Message-ID header.
+    pub message_id: Option<String>,
+    /// Subject (only with `store.subjects`).
+    pub subject: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// A pixel was inserted.
+    pub tracked: bool,
+    /// Why not.
+    pub skip_reason: Option<String>,
+    /// The upstream's final reply.
+    pub delivery: Option<Delivery>,
+}
+
+impl From<Message> for MessageEvent {
+    fn from(m: Message) -> Self {
+        MessageEvent {
+            id: m.id,
+            queue_id: m.queue_id,
+            at_ms: m.at_ms,
+            sender: m.sender,
+            recipients: m.recipients,
+            message_id: m.message_id,
+            subject: m.subject,
+            size: m.size,
+            tracked: m.tracked,
+            skip_reason: m.skip_reason,
+            delivery: m.delivery,
+        }
+    }
 }
 
 /// Lifetime totals, kept in the store and in memory; purging old records does not lower them.
@@ -540,6 +594,12 @@ struct Inner {
     opens_by_message: Tree,
     /// Counters.
     meta: Tree,
+    /// endpoint ‖ seq → webhook delivery waiting.
+    outbox: Tree,
+    /// endpoint ‖ seq → webhook delivery out of time.
+    dead_letters: Tree,
+    /// Tells the delivery workers that rows were written.
+    outbox_watch: tokio::sync::watch::Sender<OutboxVersion>,
     /// Serialises writers; holds what must match the committed data exactly.
     write: Mutex<WriteState>,
     /// Live feed of committed opens.
@@ -554,6 +614,10 @@ struct WriteState {
     counters: Counters,
     /// The last open id handed out.
     last_open: u64,
+    /// Endpoints that get outbox rows, and for which events.
+    hooks: Vec<Subscription>,
+    /// The last webhook event sequence handed out (persisted in `meta`).
+    last_event: u64,
 }
 
 impl Store {
@@ -576,6 +640,12 @@ impl Store {
         let opens = db.open_tree("opens")?;
         let opens_by_message = db.open_tree("opens_by_message")?;
         let meta = db.open_tree("meta")?;
+        let outbox = db.open_tree("outbox")?;
+        let dead_letters = db.open_tree("dead_letters")?;
+        let last_event = match meta.get(outbox::LAST_EVENT)? {
+            Some(v) => get_u64s::<1>(&v, "last event")?[0],
+            None => 0,
+        };
         let mut counters: Counters = match meta.get(COUNTERS)? {
             Some(v) => serde_json::from_slice(&v)?,
             None => Counters::default(),
@@ -602,9 +672,17 @@ impl Store {
                 opens,
                 opens_by_message,
                 meta,
+                outbox,
+                dead_letters,
+                outbox_watch: tokio::sync::watch::Sender::new(OutboxVersion {
+                    last_seq: last_event,
+                    retries: 0,
+                }),
                 write: Mutex::new(WriteState {
                     counters,
                     last_open,
+                    hooks: Vec::new(),
+                    last_event,
                 }),
                 feed,
                 open_log,
@@ -680,41 +758,66 @@ impl Store {
     pub fn finish_message(&self, id: &MessageId, delivery: &Delivery) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let mut st = inner.lock();
-        let trees = (&inner.messages, &inner.message_opens, &inner.meta);
-        let counters = trees.transaction(|(msgs, stats, meta)| {
-            let Some(raw) = msgs.get(id.as_bytes())? else {
-                return Err(abort(StoreError::NotFound(*id)));
-            };
-            let mut m: Stored = decode(&raw)?;
-            let mut ms = match stats.get(id.as_bytes())? {
-                Some(v) => MsgStats::decode(&v)?,
-                None => MsgStats::default(),
-            };
-            let mut counters = st.counters.clone();
-            if m.delivery.is_none() {
-                if !delivery.accepted {
-                    counters.rejected += 1;
-                } else {
-                    counters.relayed += 1;
-                    if m.tracked {
-                        counters.tracked += 1;
+        let trees = (
+            &inner.messages,
+            &inner.message_opens,
+            &inner.meta,
+            &inner.outbox,
+        );
+        let (counters, last_event, written) =
+            trees.transaction(|(msgs, stats, meta, outbox)| {
+                let Some(raw) = msgs.get(id.as_bytes())? else {
+                    return Err(abort(StoreError::NotFound(*id)));
+                };
+                let mut m: Stored = decode(&raw)?;
+                let mut ms = match stats.get(id.as_bytes())? {
+                    Some(v) => MsgStats::decode(&v)?,
+                    None => MsgStats::default(),
+                };
+                let mut counters = st.counters.clone();
+                let first_reply = m.delivery.is_none();
+                if first_reply {
+                    if !delivery.accepted {
+                        counters.rejected += 1;
                     } else {
-                        let reason = m
-                            .skip_reason
-                            .clone()
-                            .unwrap_or_else(|| "unknown".to_string());
-                        *counters.skipped.entry(reason).or_default() += 1;
+                        counters.relayed += 1;
+                        if m.tracked {
+                            counters.tracked += 1;
+                        } else {
+                            let reason = m
+                                .skip_reason
+                                .clone()
+                                .unwrap_or_else(|| "unknown".to_string());
+                            *counters.skipped.entry(reason).or_default() += 1;
+                        }
                     }
                 }
-            }
-            m.delivery = Some(delivery.clone());
-            ms.sent_at = delivery.at_ms;
-            msgs.insert(id.as_bytes(), encode(&m)?)?;
-            stats.insert(id.as_bytes(), ms.encode().as_slice())?;
-            meta.insert(COUNTERS, encode(&counters)?)?;
-            Ok(counters)
-        })?;
+                m.delivery = Some(delivery.clone());
+                ms.sent_at = delivery.at_ms;
+                let mut last_event = st.last_event;
+                let mut written = 0;
+                if first_reply {
+                    let view = m.clone().into_message(id, &ms);
+                    written = outbox::write_event(
+                        outbox,
+                        &st.hooks,
+                        &mut last_event,
+                        "message",
+                        delivery.at_ms,
+                        &MessageEvent::from(view),
+                    )?;
+                    if written > 0 {
+                        meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;
+                    }
+                }
+                msgs.insert(id.as_bytes(), encode(&m)?)?;
+                stats.insert(id.as_bytes(), ms.encode().as_slice())?;
+                meta.insert(COUNTERS, encode(&counters)?)?;
+                Ok((counters, last_event, written))
+            })?;
         st.counters = counters;
+        st.last_event = last_event;
+        self.outbox_written(&st, written);
         Ok(())
     }
 
@@ -773,79 +876,96 @@ impl Store {
             &inner.opens,
             &inner.opens_by_message,
             &inner.meta,
+            &inner.outbox,
         );
-        let (done, oc, breakdown) = trees.transaction(|(stats, opens, by_msg, meta)| {
-            let mut cache: HashMap<MessageId, MsgStats> = HashMap::new();
-            let mut oc = st.counters.clone_open();
-            let mut breakdown = st.counters.clone();
-            let mut out = Vec::with_capacity(hits.len());
-            for ((id, hit), ev) in hits.iter().zip(&events) {
-                let Some((open_id, ev)) = ev else {
-                    out.push(None);
-                    continue;
-                };
-                let ms = match cache.entry(**id) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    // Absent only if the message was purged since it was read above.
-                    Entry::Vacant(e) => match stats.get(id.as_bytes())? {
-                        Some(v) => e.insert(MsgStats::decode(&v)?),
-                        None => {
-                            out.push(None);
-                            continue;
-                        }
-                    },
-                };
-                let human = !ev.machine;
-                let first = ms.count == 0;
-                let first_human = human && ms.human == 0;
-                ms.count += 1;
-                if first {
-                    ms.first = hit.at_ms;
-                }
-                ms.last = ms.last.max(hit.at_ms);
-                if human {
-                    ms.human += 1;
-                    if first_human {
-                        ms.first_human = hit.at_ms;
+        let (done, oc, breakdown, last_event, written) =
+            trees.transaction(|(stats, opens, by_msg, meta, outbox)| {
+                let mut cache: HashMap<MessageId, MsgStats> = HashMap::new();
+                let mut oc = st.counters.clone_open();
+                let mut breakdown = st.counters.clone();
+                let mut last_event = st.last_event;
+                let mut written = 0;
+                let mut out = Vec::with_capacity(hits.len());
+                for ((id, hit), ev) in hits.iter().zip(&events) {
+                    let Some((open_id, ev)) = ev else {
+                        out.push(None);
+                        continue;
+                    };
+                    let ms = match cache.entry(**id) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        // Absent only if the message was purged since it was read above.
+                        Entry::Vacant(e) => match stats.get(id.as_bytes())? {
+                            Some(v) => e.insert(MsgStats::decode(&v)?),
+                            None => {
+                                out.push(None);
+                                continue;
+                            }
+                        },
+                    };
+                    let human = !ev.machine;
+                    let first = ms.count == 0;
+                    let first_human = human && ms.human == 0;
+                    ms.count += 1;
+                    if first {
+                        ms.first = hit.at_ms;
                     }
+                    ms.last = ms.last.max(hit.at_ms);
+                    if human {
+                        ms.human += 1;
+                        if first_human {
+                            ms.first_human = hit.at_ms;
+                        }
+                    }
+                    let mut ev = ev.clone();
+                    ev.first = first;
+                    ev.count = ms.count;
+                    oc.opens += 1;
+                    oc.machine_opens += u64::from(!human);
+                    oc.unique_opens += u64::from(first);
+                    oc.unique_human_opens += u64::from(first_human);
+                    let day = crate::clock::day(hit.at_ms);
+                    breakdown.by_day.entry(day).or_default().add(ev.machine);
+                    breakdown
+                        .by_client
+                        .entry(ev.client.clone())
+                        .or_default()
+                        .add(ev.machine);
+                    breakdown
+                        .by_device
+                        .entry(ev.device.as_str().to_string())
+                        .or_default()
+                        .add(ev.machine);
+                    let json = encode(&ev)?;
+                    written += outbox::write_event(
+                        outbox,
+                        &st.hooks,
+                        &mut last_event,
+                        "open",
+                        hit.at_ms,
+                        &ev,
+                    )?;
+                    opens.insert(&open_id.to_be_bytes(), json.as_slice())?;
+                    by_msg.insert(open_index_key(id, *open_id).as_slice(), EMPTY)?;
+                    out.push(Some((ev, json)));
                 }
-                let mut ev = ev.clone();
-                ev.first = first;
-                ev.count = ms.count;
-                oc.opens += 1;
-                oc.machine_opens += u64::from(!human);
-                oc.unique_opens += u64::from(first);
-                oc.unique_human_opens += u64::from(first_human);
-                let day = crate::clock::day(hit.at_ms);
-                breakdown.by_day.entry(day).or_default().add(ev.machine);
-                breakdown
-                    .by_client
-                    .entry(ev.client.clone())
-                    .or_default()
-                    .add(ev.machine);
-                breakdown
-                    .by_device
-                    .entry(ev.device.as_str().to_string())
-                    .or_default()
-                    .add(ev.machine);
-                let json = encode(&ev)?;
-                opens.insert(&open_id.to_be_bytes(), json.as_slice())?;
-                by_msg.insert(open_index_key(id, *open_id).as_slice(), EMPTY)?;
-                out.push(Some((ev, json)));
-            }
-            for (id, ms) in &cache {
-                stats.insert(id.as_bytes(), ms.encode().as_slice())?;
-            }
-            meta.insert(OPEN_COUNTERS, oc.encode().as_slice())?;
-            // The per-day/client/device breakdowns live in the JSON counters: once per batch.
-            meta.insert(COUNTERS, encode(&breakdown)?)?;
-            Ok((out, oc, breakdown))
-        })?;
+                for (id, ms) in &cache {
+                    stats.insert(id.as_bytes(), ms.encode().as_slice())?;
+                }
+                meta.insert(OPEN_COUNTERS, oc.encode().as_slice())?;
+                // The per-day/client/device breakdowns live in the JSON counters: once per batch.
+                meta.insert(COUNTERS, encode(&breakdown)?)?;
+                if written > 0 {
+                    meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;
+                }
+                Ok((out, oc, breakdown, last_event, written))
+            })?;
         st.counters.by_day = breakdown.by_day;
         st.counters.by_client = breakdown.by_client;
         st.counters.by_device = breakdown.by_device;
         oc.apply(&mut st.counters);
         st.last_open = last;
+        st.last_event = last_event;
+        self.outbox_written(&st, written);
         let mut result = Vec::with_capacity(done.len());
         for item in done {
             let Some((event, json)) = item else {

@@ -1,0 +1,430 @@
+//! The webhook outbox: one row per (endpoint, event) still to be delivered, and the dead
+//! letters that ran out of time. The rows are written by [`Store::record_opens`] and
+//! [`Store::finish_message`] in the same sled transaction as the open or the message reply, so
+//! a crash can neither record an open without its notification nor notify an open that was
+//! never recorded.
+//!
+//! This file knows nothing of HTTP: a row is an opaque JSON body plus its retry state. The
+//! delivery worker (`notify`) reads and updates the rows through the methods here.
+//!
+//! ```text
+//! outbox        endpoint(8) seq(8) -> row: created(8) attempts(4) next(8) kind(1)
+//!                                     error_len(2) error body      (binary, big-endian)
+//! dead_letters  endpoint(8) seq(8) -> the same row
+//! meta          "last_event"       -> the last event sequence number handed out (8 bytes)
+//! ```
+//!
+//! `endpoint` is a stable id of the endpoint (a hash of its URL, so reordering `[[webhooks]]`
+//! keeps every row with its endpoint); `seq` is `max(previous + 1, at_ms << 20)`, unique and
+//! time-ordered across restarts, and printed as 16 hex digits it is the event's `event_id`
+//! (one event sent to two endpoints has one `event_id`).
+//!
+//! Rows are binary, not JSON: the body is already JSON and would be escaped again, and the
+//! worker reads only the fixed header to schedule a row. This keeps the extra cost on the
+//! pixel's transaction to one serialisation of the event and one insert per endpoint.
+
+use serde::Serialize;
+use sled::transaction::TransactionalTree;
+use sled::{IVec, Transactional};
+
+use super::{Store, StoreError, TxResult, WriteState, abort, hex};
+use crate::track::event::rfc3339_ms;
+
+/// Which events one endpoint subscribed to: what the store needs to write outbox rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// Stable endpoint id (see the module docs).
+    pub endpoint: u64,
+    /// Gets `open` events.
+    pub open: bool,
+    /// Gets `message` events.
+    pub message: bool,
+}
+
+/// One delivery as stored: the body to POST and its retry state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxRow {
+    /// The event's id (16 hex digits), also inside `body`.
+    pub event_id: String,
+    /// `open` or `message`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When the event happened (the age limit counts from here).
+    #[serde(rename = "created", with = "rfc3339_ms")]
+    pub created_ms: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not before this time (ms since the epoch) is the next attempt due.
+    #[serde(rename = "next_attempt", with = "rfc3339_ms")]
+    pub next_ms: u64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// The exact JSON body to POST.
+    pub body: String,
+}
+
+/// A row with its key, as listed for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxItem {
+    /// `endpoint ‖ seq` as 32 hex digits: what [`Store::retry_dead_letter`] takes.
+    pub id: String,
+    /// The endpoint id (16 hex digits).
+    pub endpoint: String,
+    /// The row.
+    #[serde(flatten)]
+    pub row: OutboxRow,
+}
+
+/// `meta` key of the last event sequence number.
+pub(super) const LAST_EVENT: &[u8] = b"last_event";
+/// Bits of a sequence number below the ms timestamp.
+const SEQ_SHIFT: u32 = 20;
+
+/// Bytes of a row before its error text.
+const HEADER: usize = 8 + 4 + 8 + 1 + 2;
+
+impl OutboxRow {
+    /// The binary row (see the module docs); `event_id` is the key's, not stored.
+    fn encode(&self) -> Vec<u8> {
+        let err = self.last_error.as_deref().unwrap_or("").as_bytes();
+        let err = &err[..err.len().min(u16::MAX as usize)];
+        let mut v = Vec::with_capacity(HEADER + err.len() + self.body.len());
+        v.extend_from_slice(&self.created_ms.to_be_bytes());
+        v.extend_from_slice(&self.attempts.to_be_bytes());
+        v.extend_from_slice(&self.next_ms.to_be_bytes());
+        v.push(u8::from(self.kind == "message"));
+        v.extend_from_slice(&(err.len() as u16).to_be_bytes());
+        v.extend_from_slice(err);
+        v.extend_from_slice(self.body.as_bytes());
+        v
+    }
+
+    /// Reads a row written by [`OutboxRow::encode`] under sequence `seq`.
+    fn decode(seq: u64, b: &[u8]) -> Result<OutboxRow, StoreError> {
+        let bad = || StoreError::Corrupt("webhook outbox row");
+        let (created_ms, attempts, next_ms) = header(b).ok_or_else(bad)?;
+        let kind = match b[20] {
+            0 => "open",
+            1 => "message",
+            _ => return Err(bad()),
+        };
+        let elen = usize::from(u16::from_be_bytes([b[21], b[22]]));
+        let err = b.get(HEADER..HEADER + elen).ok_or_else(bad)?;
+        let body = &b[HEADER + elen..];
+        Ok(OutboxRow {
+            event_id: format!("{seq:016x}"),
+            kind: kind.to_string(),
+            created_ms,
+            attempts,
+            next_ms,
+            last_error: (elen > 0).then(|| String::from_utf8_lossy(err).into_owned()),
+            body: String::from_utf8(body.to_vec()).map_err(|_| bad())?,
+        })
+    }
+}
+
+/// (created, attempts, next) of a row, reading only its fixed header.
+fn header(b: &[u8]) -> Option<(u64, u32, u64)> {
+    if b.len() < HEADER {
+        return None;
+    }
+    let created = u64::from_be_bytes(b[0..8].try_into().ok()?);
+    let attempts = u32::from_be_bytes(b[8..12].try_into().ok()?);
+    let next = u64::from_be_bytes(b[12..20].try_into().ok()?);
+    Some((created, attempts, next))
+}
+
+/// The key of a row.
+pub fn outbox_key(endpoint: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&endpoint.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// (endpoint, seq) of a key; `None` if it is not 16 bytes.
+fn split_key(k: &[u8]) -> Option<(u64, u64)> {
+    let e = <[u8; 8]>::try_from(k.get(..8)?).ok()?;
+    let s = <[u8; 8]>::try_from(k.get(8..16)?).ok()?;
+    (k.len() == 16).then(|| (u64::from_be_bytes(e), u64::from_be_bytes(s)))
+}
+
+/// Parses a 32-hex-digit delivery id.
+pub fn parse_delivery_id(id: &str) -> Option<(u64, u64)> {
+    if id.len() != 32 || !id.is_ascii() {
+        return None;
+    }
+    let e = u64::from_str_radix(&id[..16], 16).ok()?;
+    let s = u64::from_str_radix(&id[16..], 16).ok()?;
+    Some((e, s))
+}
+
+/// The event's JSON: `type` and `event_id` first, then the event's own fields.
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    /// `open` or `message`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// Unique per event; retries and the copy to another endpoint repeat it.
+    event_id: &'a str,
+    /// The SPEC event (or the message record).
+    #[serde(flatten)]
+    event: &'a T,
+}
+
+/// Within a write transaction: writes one event's rows for every endpoint subscribed to
+/// `kind`, advancing `last` (the sequence). Returns how many rows were written.
+pub(super) fn write_event<T: Serialize>(
+    outbox: &TransactionalTree,
+    subs: &[Subscription],
+    last: &mut u64,
+    kind: &'static str,
+    at_ms: u64,
+    event: &T,
+) -> TxResult<usize> {
+    let targets: Vec<u64> = subs
+        .iter()
+        .filter(|s| if kind == "open" { s.open } else { s.message })
+        .map(|s| s.endpoint)
+        .collect();
+    if targets.is_empty() {
+        return Ok(0);
+    }
+    *last = last.saturating_add(1).max(at_ms << SEQ_SHIFT);
+    let event_id = format!("{:016x}", *last);
+    let body = serde_json::to_string(&Envelope {
+        kind,
+        event_id: &event_id,
+        event,
+    })
+    .map_err(abort)?;
+    let row = OutboxRow {
+        event_id,
+        kind: kind.to_string(),
+        created_ms: at_ms,
+        attempts: 0,
+        next_ms: at_ms,
+        last_error: None,
+        body,
+    };
+    let value = row.encode();
+    for endpoint in &targets {
+        outbox.insert(&outbox_key(*endpoint, *last), value.as_slice())?;
+    }
+    Ok(targets.len())
+}
+
+/// What the delivery workers watch: the last sequence committed and a counter bumped when a
+/// dead letter goes back into the outbox (rows behind the sequence: rescan).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxVersion {
+    /// Sequence of the newest row written.
+    pub last_seq: u64,
+    /// Bumped by [`Store::retry_dead_letter`].
+    pub retries: u64,
+}
+
+impl Store {
+    /// Tells the store which endpoints to write outbox rows for (call before serving). An
+    /// empty list (the default) writes none.
+    pub fn set_subscriptions(&self, subs: Vec<Subscription>) {
+        self.inner.lock().hooks = subs;
+    }
+
+    /// A watch of the outbox: changes after every commit that wrote rows.
+    pub fn watch_outbox(&self) -> tokio::sync::watch::Receiver<OutboxVersion> {
+        self.inner.outbox_watch.subscribe()
+    }
+
+    /// After a commit under the writer lock: the workers learn about `written` new rows.
+    pub(super) fn outbox_written(&self, st: &WriteState, written: usize) {
+        if written > 0 {
+            self.inner
+                .outbox_watch
+                .send_modify(|v| v.last_seq = st.last_event);
+        }
+    }
+
+    /// One row of the outbox.
+    pub fn outbox_get(&self, endpoint: u64, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
+        match self.inner.outbox.get(outbox_key(endpoint, seq))? {
+            Some(v) => Ok(Some(OutboxRow::decode(seq, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// (seq, next attempt ms) of every row of `endpoint` with a sequence greater than
+    /// `after`, in sequence order.
+    pub fn outbox_scan(&self, endpoint: u64, after: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let Some(start) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        let range = outbox_key(endpoint, start)..=outbox_key(endpoint, u64::MAX);
+        for kv in self.inner.outbox.range(range) {
+            let (k, v) = kv?;
+            let Some((_, seq)) = split_key(&k) else {
+                continue;
+            };
+            let (_, _, next_ms) = header(&v).ok_or(StoreError::Corrupt("webhook outbox row"))?;
+            out.push((seq, next_ms));
+        }
+        Ok(out)
+    }
+
+    /// Delivered: the row goes.
+    pub fn outbox_delivered(&self, endpoint: u64, seq: u64) -> Result<(), StoreError> {
+        self.inner.outbox.remove(outbox_key(endpoint, seq))?;
+        Ok(())
+    }
+
+    /// A failed attempt: records it and when to try next.
+    pub fn outbox_reschedule(
+        &self,
+        endpoint: u64,
+        seq: u64,
+        attempts: u32,
+        next_ms: u64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let key = outbox_key(endpoint, seq);
+        // Only the worker owning the endpoint updates its rows, so read-modify-write is safe;
+        // a row gone meanwhile stays gone.
+        if let Some(v) = self.inner.outbox.get(key)? {
+            let mut row = OutboxRow::decode(seq, &v)?;
+            row.attempts = attempts;
+            row.next_ms = next_ms;
+            row.last_error = Some(error.to_string());
+            // A lost race (the row changed meanwhile) keeps the newer row.
+            let _ = self
+                .inner
+                .outbox
+                .compare_and_swap(key, Some(v), Some(row.encode()))?;
+        }
+        Ok(())
+    }
+
+    /// Out of time: the row moves to the dead letters (one transaction).
+    pub fn outbox_kill(
+        &self,
+        endpoint: u64,
+        seq: u64,
+        attempts: u32,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let key = outbox_key(endpoint, seq);
+        let inner = &*self.inner;
+        let moved = (&inner.outbox, &inner.dead_letters).transaction(|(outbox, dead)| {
+            let Some(v) = outbox.remove(&key)? else {
+                return Ok(false);
+            };
+            let mut row = OutboxRow::decode(seq, &v)?;
+            row.attempts = attempts;
+            row.last_error = Some(error.to_string());
+            dead.insert(&key, row.encode())?;
+            Ok(true)
+        })?;
+        Ok(moved)
+    }
+
+    /// Deliveries waiting, oldest first, strictly after `cursor` (an item id); at most
+    /// `limit`. For the admin API.
+    pub fn pending(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        list(&self.inner.outbox, cursor, limit)
+    }
+
+    /// Dead letters, oldest first, strictly after `cursor`; at most `limit`.
+    pub fn dead_letters(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        list(&self.inner.dead_letters, cursor, limit)
+    }
+
+    /// Puts a dead letter back into the outbox, due now, with its attempts reset (its
+    /// `created` time too, so it gets a full `max_age` again; its `event_id` is kept).
+    /// `Ok(false)` if there is no such dead letter.
+    pub fn retry_dead_letter(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let Some((endpoint, seq)) = parse_delivery_id(id) else {
+            return Err(StoreError::BadCursor(id.to_string()));
+        };
+        let key = outbox_key(endpoint, seq);
+        let inner = &*self.inner;
+        let moved = (&inner.outbox, &inner.dead_letters).transaction(|(outbox, dead)| {
+            let Some(v) = dead.remove(&key)? else {
+                return Ok(false);
+            };
+            let mut row = OutboxRow::decode(seq, &v)?;
+            row.attempts = 0;
+            row.created_ms = now_ms;
+            row.next_ms = now_ms;
+            outbox.insert(&key, row.encode())?;
+            Ok(true)
+        })?;
+        if moved {
+            inner.outbox_watch.send_modify(|v| v.retries += 1);
+        }
+        Ok(moved)
+    }
+
+    /// The endpoint ids that have rows in the outbox (one seek per endpoint, not a scan).
+    pub fn outbox_endpoints(&self) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = 0u64;
+        loop {
+            let Some(kv) = self.inner.outbox.range(outbox_key(from, 0)..).next() else {
+                return Ok(out);
+            };
+            let (k, _) = kv?;
+            let Some((endpoint, _)) = split_key(&k) else {
+                return Ok(out);
+            };
+            out.push(endpoint);
+            match endpoint.checked_add(1) {
+                Some(next) => from = next,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Rows in the outbox (O(n): a scan). For tests and start-up.
+    pub fn outbox_len(&self) -> usize {
+        self.inner.outbox.len()
+    }
+}
+
+fn list(
+    tree: &sled::Tree,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<Vec<OutboxItem>, StoreError> {
+    let start = match cursor {
+        Some(c) => {
+            let (e, s) =
+                parse_delivery_id(c).ok_or_else(|| StoreError::BadCursor(c.to_string()))?;
+            std::ops::Bound::Excluded(IVec::from(&outbox_key(e, s)[..]))
+        }
+        None => std::ops::Bound::Unbounded,
+    };
+    let mut out = Vec::new();
+    for kv in tree
+        .range::<IVec, _>((start, std::ops::Bound::Unbounded))
+        .take(limit)
+    {
+        let (k, v) = kv?;
+        let Some((endpoint, seq)) = split_key(&k) else {
+            continue;
+        };
+        out.push(OutboxItem {
+            id: hex(&k),
+            endpoint: format!("{endpoint:016x}"),
+            row: OutboxRow::decode(seq, &v)?,
+        });
+    }
+    Ok(out)
+}

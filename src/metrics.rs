@@ -67,6 +67,10 @@ pub struct Metrics {
     store_size: Gauge,
     /// Follow streams open now.
     follow_streams: Gauge,
+    /// Webhook deliveries, failed attempts and dead letters (collected from the notifier).
+    webhooks: Family<Labels, Counter>,
+    /// Webhook events waiting or in flight.
+    webhook_pending: Gauge,
     /// Times a follower fell behind the live feed and re-read the store.
     follow_lagged: Counter,
 }
@@ -100,6 +104,8 @@ impl Metrics {
             opens: Family::default(),
             store_size: Gauge::default(),
             follow_streams: Gauge::default(),
+            webhooks: Family::default(),
+            webhook_pending: Gauge::default(),
             follow_lagged: Counter::default(),
         };
         registry.register(
@@ -167,6 +173,16 @@ impl Metrics {
             m.follow_streams.clone(),
         );
         registry.register(
+            "webhook_events",
+            "Webhook events by result: delivered, failed_attempt, dead_lettered",
+            m.webhooks.clone(),
+        );
+        registry.register(
+            "webhook_pending",
+            "Webhook events waiting in the outbox or in flight",
+            m.webhook_pending.clone(),
+        );
+        registry.register(
             "admin_follow_lagged",
             "Times a follower fell behind the live feed and caught up from the store",
             m.follow_lagged.clone(),
@@ -230,6 +246,22 @@ impl Metrics {
     /// A follower lagged and re-read the store.
     pub fn follow_lagged(&self) {
         self.follow_lagged.inc();
+    }
+
+    /// Copies the notifier's counters in before a scrape.
+    pub fn set_webhooks(&self, s: &crate::notify::MetricsSnapshot) {
+        for (result, n) in [
+            ("delivered", s.delivered),
+            ("failed_attempt", s.failed_attempts),
+            ("dead_lettered", s.dead_lettered),
+        ] {
+            self.webhooks
+                .get_or_create(&vec![("result", result.to_string())])
+                .inner()
+                .store(n, Ordering::Relaxed);
+        }
+        self.webhook_pending
+            .set(i64::try_from(s.pending).unwrap_or(i64::MAX));
     }
 
     /// The exposition text, after refreshing the collected series from their sources.

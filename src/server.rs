@@ -50,7 +50,7 @@ pub struct Server {
     /// Prometheus registry shared by the relay and the listeners.
     metrics: Arc<Metrics>,
     /// Webhook endpoints and their delivery workers (started by `run`).
-    notifier: Notifier,
+    notifier: Arc<Notifier>,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -130,7 +130,7 @@ impl Server {
         let store = Store::open(&cfg.store)
             .map_err(|e| format!("store.path: {}: {e}", cfg.store.path.display()))?;
         // Before any open is recorded: the store must know whom to write outbox rows for.
-        let notifier = Notifier::from_config(&cfg.webhooks, store.clone())?;
+        let notifier = Arc::new(Notifier::from_config(&cfg.webhooks, store.clone())?);
         let mut smtp = Vec::new();
         for addr in &cfg.smtp.listen {
             smtp.push(
@@ -277,13 +277,15 @@ impl Server {
             Arc::clone(&pixel),
             shutdown.clone(),
         ));
-        let admin_state = Arc::new(AdminState::new(
+        let mut admin_state = AdminState::new(
             store.clone(),
             &admin_token,
             metrics,
             Arc::clone(&pixel),
             shutdown.clone(),
-        ));
+        );
+        admin_state.notifier = Some(Arc::clone(&notifier));
+        let admin_state = Arc::new(admin_state);
         let admin_task = tokio::spawn(http::admin::serve(admin, admin_state));
         let mode = match &relay.target {
             Target::Smtp(up) => format!("relay to {}", up.address()),

@@ -55,6 +55,7 @@ use super::pixel::PixelState;
 use super::serve::Limits;
 use super::{dashboard, follow};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::shutdown::Shutdown;
 use crate::store::{MessageFilter, Store, StoreError};
 use crate::token::MessageId;
@@ -83,6 +84,8 @@ pub struct AdminState {
     pub shutdown: Shutdown,
     /// Heartbeat interval of follow streams ([`follow::HEARTBEAT`]; shorter in tests).
     pub heartbeat: Duration,
+    /// Webhook outbox and dead letters (none when the listener runs without them).
+    pub notifier: Option<Arc<Notifier>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -109,6 +112,7 @@ impl AdminState {
             pixel,
             shutdown,
             heartbeat: follow::HEARTBEAT,
+            notifier: None,
         }
     }
 
@@ -191,6 +195,15 @@ fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<AdminBody
         return text(StatusCode::OK, "text/plain; charset=utf-8", "ok".into());
     }
     let authorized = state.authorized(req.headers());
+    if req.method() == Method::POST
+        && authorized
+        && let Some(id) = path
+            .strip_prefix("/api/v1/webhooks/dead/")
+            .and_then(|r| r.strip_suffix("/retry"))
+    {
+        return retry_dead_letter(state, id)
+            .unwrap_or_else(|ApiError(status, msg)| error(status, &msg));
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         if !authorized {
             return unauthorized();
@@ -214,17 +227,74 @@ fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<AdminBody
         }
         "/api/v1/opens" => opens(state, &query),
         "/api/v1/stats" => json(StatusCode::OK, &state.store.stats()),
-        "/metrics" => Ok(text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.render(&state.pixel.counters, &state.store),
-        )),
+        "/metrics" => {
+            if let Some(n) = &state.notifier {
+                state.metrics.set_webhooks(&n.metrics());
+            }
+            Ok(text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                state.metrics.render(&state.pixel.counters, &state.store),
+            ))
+        }
+        "/api/v1/webhooks/pending" => webhook_rows(state, &query, false),
+        "/api/v1/webhooks/dead" => webhook_rows(state, &query, true),
         p => match p.strip_prefix("/api/v1/messages/") {
             Some(id) => message(state, id),
             None => Err(ApiError(StatusCode::NOT_FOUND, "not found".into())),
         },
     };
     result.unwrap_or_else(|ApiError(status, msg)| error(status, &msg))
+}
+
+/// `GET /api/v1/webhooks/pending` and `/dead`: outbox rows, oldest first (`cursor` = last id).
+fn webhook_rows(
+    state: &AdminState,
+    query: &HashMap<String, String>,
+    dead: bool,
+) -> Result<Response<AdminBody>, ApiError> {
+    let Some(n) = &state.notifier else {
+        return json(StatusCode::OK, &serde_json::json!({ "items": [] }));
+    };
+    let limit = match query.get("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "limit must be 1 to 1000".into()))?,
+        None => 50,
+    };
+    let cursor = query.get("cursor").map(String::as_str);
+    let items = if dead {
+        n.dead_letters(cursor, limit)?
+    } else {
+        n.pending(cursor, limit)?
+    };
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last().map(|i| i.id.clone()))
+        .flatten();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "items": items, "next_cursor": next_cursor }),
+    )
+}
+
+/// `POST /api/v1/webhooks/dead/{id}/retry`: back into the outbox, due now.
+fn retry_dead_letter(state: &AdminState, id: &str) -> Result<Response<AdminBody>, ApiError> {
+    let Some(n) = &state.notifier else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "no webhooks configured".into(),
+        ));
+    };
+    if n.retry_dead_letter(id)? {
+        json(StatusCode::OK, &serde_json::json!({ "retried": id }))
+    } else {
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no dead letter {id:?}"),
+        ))
+    }
 }
 
 /// An error answer: status and message.

@@ -138,7 +138,7 @@ fn path_arg(rest: &str, prefix: &str, allow_null: bool) -> Result<PathArg, ()> {
     if address.is_empty() && !allow_null {
         return Err(());
     }
-    if address.len() > 320 || !well_formed(address) {
+    if address.len() > 320 || !well_formed(address) || !(address.is_empty() || mailbox(address)) {
         return Err(());
     }
     let mut params = Vec::new();
@@ -198,6 +198,17 @@ fn strip_source_route(addr: &str) -> Result<&str, ()> {
     if ok { Ok(rest) } else { Err(()) }
 }
 
+/// `local@domain` with both parts present, or the bare `postmaster` RFC 5321 allows in RCPT.
+fn mailbox(addr: &str) -> bool {
+    if addr.eq_ignore_ascii_case("postmaster") {
+        return true;
+    }
+    match addr.rsplit_once('@') {
+        Some((local, domain)) => !local.is_empty() && !domain.is_empty() && !domain.contains('"'),
+        None => false,
+    }
+}
+
 /// An address the relay can pass on verbatim: no control characters; spaces, `<`, `>` and
 /// `"` only inside one properly closed quoted local part; backslash escapes only inside it.
 fn well_formed(addr: &str) -> bool {
@@ -247,6 +258,7 @@ mod tests {
         assert_eq!(p.param("SIZE"), Some(Some("1000")));
         assert_eq!(p.params_wire(), " SIZE=1000 BODY=8BITMIME");
         assert_eq!(mail("mail from: <>").address, "");
+        assert_eq!(mail("RCPT TO:<Postmaster>").address, "Postmaster");
         assert_eq!(
             mail("RCPT TO:<@relay.example:bob@example.net>").address,
             "bob@example.net"
@@ -280,6 +292,9 @@ mod tests {
             "RCPT TO:<@mple(/:\"@' >",
             "RCPT TO:<@a\x01:b@example.com>",
             "MAIL FROM:<\"unclosed@example.com>",
+            // Found by fuzzing: a route followed by a mailbox without a local part.
+            "RCPT TO:<@x:@bc.d>",
+            "RCPT TO:<nodomain>",
         ] {
             let e = parse(s.as_bytes()).expect_err(s);
             assert_eq!(e.code, 501, "{s}");

@@ -204,7 +204,13 @@ fn mailbox(addr: &str) -> bool {
         return true;
     }
     match addr.rsplit_once('@') {
-        Some((local, domain)) => !local.is_empty() && !domain.is_empty() && !domain.contains('"'),
+        Some((local, domain)) => {
+            let quoted = local.len() >= 2 && local.starts_with('"') && local.ends_with('"');
+            !local.is_empty()
+                && (quoted || !local.contains('@'))
+                && !domain.is_empty()
+                && !domain.contains('"')
+        }
         None => false,
     }
 }
@@ -260,6 +266,10 @@ mod tests {
         assert_eq!(mail("mail from: <>").address, "");
         assert_eq!(mail("RCPT TO:<Postmaster>").address, "Postmaster");
         assert_eq!(
+            mail("RCPT TO:<\"a@b\"@example.net>").address,
+            "\"a@b\"@example.net"
+        );
+        assert_eq!(
             mail("RCPT TO:<@relay.example:bob@example.net>").address,
             "bob@example.net"
         );
@@ -294,6 +304,7 @@ mod tests {
             "MAIL FROM:<\"unclosed@example.com>",
             // Found by fuzzing: a route followed by a mailbox without a local part.
             "RCPT TO:<@x:@bc.d>",
+            "RCPT TO:<@x:@@b@c.d>",
             "RCPT TO:<nodomain>",
         ] {
             let e = parse(s.as_bytes()).expect_err(s);

@@ -15,7 +15,11 @@
 //! rewrite/     pure: pick the HTML part, insert the pixel, splice it back
 //! token.rs     pure: mint and verify pixel tokens
 //! track/       pure: classify a pixel hit (client, device, machine)
-//! store.rs     the only code that touches sled
+//! store/       the only code that touches sled (messages, opens, counters, webhook outbox)
+//! openlog.rs   the JSON-lines open log (reopened on SIGHUP)
+//! capture.rs   try-it mode: deliver into a folder instead of a smarthost
+//! tls.rs       inbound certificates (SMTP STARTTLS/implicit, pixel HTTPS), reload on SIGHUP
+//! clock.rs     wall clock and the date formats
 //! http/        pixel listener (public), admin listener (private: API, follow stream,
 //!              dashboard, /metrics) and the accept loop they share
 //! metrics.rs   Prometheus registry the relay and the listeners update

@@ -120,6 +120,57 @@ pub struct Relay {
     pub opt_out_header: String,
     /// Prometheus series (sessions, transactions, replies, decisions, latency).
     pub metrics: Arc<Metrics>,
+    /// Store writes still running after their client got its reply (drained at shutdown).
+    pub in_flight: InFlight,
+}
+
+/// Counts background writes so that shutdown can wait for them before the final flush.
+#[derive(Debug, Default, Clone)]
+pub struct InFlight {
+    /// Writes running now, and a wake-up for `drained`.
+    inner: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
+}
+
+/// Held by one background write.
+pub struct InFlightGuard {
+    /// The counter it decrements on drop.
+    inner: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
+}
+
+impl InFlight {
+    /// Registers one more write.
+    pub fn enter(&self) -> InFlightGuard {
+        self.inner
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlightGuard {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Resolves once no write is running.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.inner.1.notified();
+            if self.inner.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self
+            .inner
+            .0
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.inner.1.notify_waiters();
+        }
+    }
 }
 
 /// The factory the listener uses: hands each session a clone of the shared relay.
@@ -312,7 +363,11 @@ impl Backend for RelaySession {
             // reply is final. It runs on a blocking thread (sled commits wait for the disk).
             let (rec, reply, at) = (Arc::clone(rec), r.one_line(), clock::now_ms());
             let accepted = r.is_positive();
-            tokio::task::spawn_blocking(move || rec.finish(&id, accepted, &reply, at));
+            let guard = relay.in_flight.enter();
+            tokio::task::spawn_blocking(move || {
+                rec.finish(&id, accepted, &reply, at);
+                drop(guard);
+            });
         }
         let tracking = match decision {
             Decision::Tracked => "tracked",
@@ -440,5 +495,27 @@ async fn track(
                 MessageInfo::default(),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drained_waits_for_every_guard() {
+        let f = InFlight::default();
+        f.drained().await; // nothing in flight: at once
+        let (a, b) = (f.enter(), f.enter());
+        let waiter = tokio::spawn({
+            let f = f.clone();
+            async move { f.drained().await }
+        });
+        tokio::task::yield_now().await;
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one write still running");
+        drop(b);
+        waiter.await.unwrap();
     }
 }

@@ -165,6 +165,7 @@ impl Server {
             recorder: Some(recorder),
             metrics: Arc::clone(&metrics),
             opt_out_header: cfg.tracking.opt_out_header.clone(),
+            in_flight: Default::default(),
         });
         let tls = match &cfg.smtp.tls {
             Some(t) => Some(Arc::new(TlsSource::load(&t.cert, &t.key, "smtp.tls")?)),
@@ -319,6 +320,8 @@ impl Server {
         if let Target::Smtp(up) = &relay.target {
             up.close_idle().await;
         }
+        // The upstream replies recorded after their clients were answered.
+        relay.in_flight.drained().await;
         if let Err(e) = store.flush().await {
             warn!(error = %e, "store flush at shutdown failed");
         }

@@ -46,54 +46,17 @@ pub struct Tracking {
     pub base_url: String,
 }
 
-/// A relayed message as the store keeps it.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// Our id (the token carries it).
-    pub id: MessageId,
-    /// Transaction id.
-    pub queue_id: String,
-    /// When the message was received (ms).
-    pub at_ms: u64,
-    /// MAIL FROM.
-    pub sender: String,
-    /// Accepted recipients.
-    pub recipients: Vec<String>,
-    /// Header facts.
-    pub info: MessageInfo,
-    /// Size as forwarded.
-    pub size: u64,
-    /// Tracked or why not.
-    pub decision: Decision,
-}
-
 /// Where relayed messages are recorded (the store; a recorder in tests).
 pub trait Recorder: Send + Sync + 'static {
     /// Called before the message goes upstream. An error means "forward untracked".
-    fn record(&self, rec: &Record) -> Result<(), String>;
+    fn record(&self, rec: &MessageRecord) -> Result<(), String>;
     /// Called with the upstream's final reply.
     fn finish(&self, id: &MessageId, accepted: bool, reply: &str, at_ms: u64);
 }
 
 impl Recorder for Store {
-    fn record(&self, rec: &Record) -> Result<(), String> {
-        let (tracked, skip_reason) = match rec.decision {
-            Decision::Tracked => (true, None),
-            Decision::Skipped(r) => (false, Some(r.as_str().to_string())),
-        };
-        self.record_message(&MessageRecord {
-            id: rec.id,
-            queue_id: rec.queue_id.clone(),
-            at_ms: rec.at_ms,
-            sender: rec.sender.clone(),
-            recipients: rec.recipients.clone(),
-            message_id: rec.info.message_id.clone(),
-            subject: rec.info.subject.clone(),
-            size: rec.size,
-            tracked,
-            skip_reason,
-        })
-        .map_err(|e| e.to_string())
+    fn record(&self, rec: &MessageRecord) -> Result<(), String> {
+        self.record_message(rec).map_err(|e| e.to_string())
     }
 
     fn finish(&self, id: &MessageId, accepted: bool, reply: &str, at_ms: u64) {
@@ -316,15 +279,21 @@ impl Backend for RelaySession {
         let id = MessageId::random();
         let (original, rewritten, decision, info) =
             track(&relay, &mail.address, &recipients, original, &id).await;
-        let record = Record {
+        let (tracked, skip_reason) = match decision {
+            Decision::Tracked => (true, None),
+            Decision::Skipped(r) => (false, Some(r.as_str().to_string())),
+        };
+        let record = MessageRecord {
             id,
             queue_id: queue_id.clone(),
             at_ms: received_at,
             sender: mail.address.clone(),
             recipients: recipients.clone(),
-            info,
+            message_id: info.message_id,
+            subject: info.subject,
             size: rewritten.as_ref().unwrap_or(&original).len() as u64,
-            decision,
+            tracked,
+            skip_reason,
         };
         // Record before relaying, so that a pixel loaded a moment after delivery finds its
         // message. If the store cannot take it, the message goes out as it came.
@@ -410,7 +379,7 @@ impl Backend for RelaySession {
 
 /// Records the message on a blocking thread: a sled commit waits for its log write, which
 /// must not stall the reactor's other sessions.
-async fn record_off_reactor(rec: &Arc<dyn Recorder>, record: Record) -> Result<(), String> {
+async fn record_off_reactor(rec: &Arc<dyn Recorder>, record: MessageRecord) -> Result<(), String> {
     let rec = Arc::clone(rec);
     tokio::task::spawn_blocking(move || rec.record(&record))
         .await

@@ -277,51 +277,14 @@ pub struct MessageWithOpens {
     pub open_events: Vec<OpenEvent>,
 }
 
-/// The `message` webhook event: a relayed message with its tracking decision and the
-/// upstream's reply (the admin API's message without its open statistics).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MessageEvent {
-    /// Message id, 32 hex digits.
-    pub id: String,
-    /// The relay's queue id.
-    pub queue_id: String,
-    /// When the relay received it.
-    #[serde(rename = "at", with = "rfc3339_ms")]
-    pub at_ms: u64,
-    /// MAIL FROM.
-    pub sender: String,
-    /// Accepted recipients.
-    pub recipients: Vec<String>,
-    /// Message-ID header.
-    pub message_id: Option<String>,
-    /// Subject (only with `store.subjects`).
-    pub subject: Option<String>,
-    /// Size in bytes.
-    pub size: u64,
-    /// A pixel was inserted.
-    pub tracked: bool,
-    /// Why not.
-    pub skip_reason: Option<String>,
-    /// The upstream's final reply.
-    pub delivery: Option<Delivery>,
-}
-
-impl From<Message> for MessageEvent {
-    fn from(m: Message) -> Self {
-        MessageEvent {
-            id: m.id,
-            queue_id: m.queue_id,
-            at_ms: m.at_ms,
-            sender: m.sender,
-            recipients: m.recipients,
-            message_id: m.message_id,
-            subject: m.subject,
-            size: m.size,
-            tracked: m.tracked,
-            skip_reason: m.skip_reason,
-            delivery: m.delivery,
-        }
+/// The `message` webhook event: the admin API's message (tracking decision, upstream reply)
+/// without its open statistics, which are always zero-ish at that moment and change later.
+fn message_event(m: &Message) -> Result<serde_json::Value, serde_json::Error> {
+    let mut v = serde_json::to_value(m)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("opens");
     }
+    Ok(v)
 }
 
 /// Lifetime totals, kept in the store and in memory; purging old records does not lower them.
@@ -804,7 +767,7 @@ impl Store {
                         &mut last_event,
                         "message",
                         delivery.at_ms,
-                        &MessageEvent::from(view),
+                        &message_event(&view).map_err(abort)?,
                     )?;
                     if written > 0 {
                         meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;

@@ -11,7 +11,7 @@ cargo build --release -q --bin pixelrelay
 W=$(mktemp -d); RPID=""
 cleanup() { kill "$RPID" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. bench/lib.sh
 SMTP=$(port); HTTP=$(port); ADMIN=$(port)
 mkdir -p "$W/relay"
 cat > "$W/relay/relay.toml" <<CFG
@@ -30,7 +30,7 @@ listen = "127.0.0.1:$ADMIN"
 level = "warn"
 CFG
 target/release/pixelrelay -c "$W/relay/relay.toml" serve 2>"$W/relay.log" & RPID=$!
-for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$SMTP) 2>/dev/null && break; sleep 0.05; done
+wait_port "$SMTP"
 python3 - "$SMTP" "$HTTP" "$RPID" <<'PY'
 import asyncio, sys, resource
 _, hard = resource.getrlimit(resource.RLIMIT_NOFILE); resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -14,7 +14,7 @@ W=$(mktemp -d); chmod 755 "$W"; mkdir -p "$W/dump"; chmod 777 "$W/dump"
 SINKPID=""; RPID=""
 cleanup() { kill "$SINKPID" "$RPID" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. bench/lib.sh
 SINK=$(port); RELAY=$(port); HTTP=$(port); ADMIN=$(port)
 python3 bench/make_message.py | grep -v '^Message-ID:' > "$W/msg.eml"
 smtp-sink -u nobody -h sink.localhost -d "$W/dump/%M." 127.0.0.1:$SINK 1024 & SINKPID=$!

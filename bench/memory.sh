@@ -8,7 +8,7 @@ cargo build --release -q --bin pixelrelay --example smtpload
 W=$(mktemp -d); chmod 755 "$W"; SINKPID=""; RPID=""
 cleanup() { kill "$SINKPID" "$RPID" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. bench/lib.sh
 SINK=$(port); RELAY=$(port); HTTP=$(port); ADMIN=$(port)
 smtp-sink -u nobody -h sink.localhost -m 1000 127.0.0.1:$SINK 1024 & SINKPID=$!
 mkdir -p "$W/relay"
@@ -28,7 +28,7 @@ listen = "127.0.0.1:$ADMIN"
 level = "warn"
 CFG
 target/release/pixelrelay -c "$W/relay/relay.toml" serve 2>"$W/relay.log" & RPID=$!
-for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$RELAY) 2>/dev/null && break; sleep 0.05; done
+wait_port "$RELAY"
 rss() { awk '/^VmRSS/ {print $2/1024 " MB"}' /proc/$RPID/status; }
 echo "idle RSS: $(rss)"
 python3 - "$RELAY" "$RPID" <<'PY'

@@ -12,7 +12,7 @@ W=$(mktemp -d); chmod 755 "$W"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. bench/lib.sh
 NG=$(port); PX=$(port)
 
 mkdir -p "$W/ng"

@@ -25,8 +25,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on $1"; exit 1; }
+. bench/lib.sh
 
 python3 bench/make_message.py > "$W/msg.eml"
 SINK=$(port); HAP=$(port); RELAY=$(port); HTTP=$(port); ADMIN=$(port); MTA=$(port)

@@ -10,7 +10,7 @@ cargo build --release -q --bin pixelrelay --example smtpload
 W=$(mktemp -d); chmod 755 "$W"; mkdir -p "$W/relay"; SINKPID=""; RPID=""
 cleanup() { kill "$SINKPID" "$RPID" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. bench/lib.sh
 SINK=$(port); RELAY=$(port); HTTP=$(port); ADMIN=$(port)
 smtp-sink -u nobody -h sink.localhost 127.0.0.1:$SINK 1024 & SINKPID=$!
 cat > "$W/relay/relay.toml" <<CFG
@@ -28,7 +28,7 @@ listen = "127.0.0.1:$ADMIN"
 level = "warn"
 CFG
 target/release/pixelrelay -c "$W/relay/relay.toml" serve 2>"$W/relay.log" & RPID=$!
-for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$RELAY) 2>/dev/null && break; sleep 0.05; done
+wait_port "$RELAY"
 python3 bench/make_message.py > "$W/msg.eml"
 target/release/examples/smtpload 127.0.0.1:$RELAY "$W/msg.eml" "$N" 10 > "$W/load.txt" & LOAD=$!
 start=$(date +%s)

@@ -84,6 +84,20 @@ pub fn policy(cfg: &Config) -> Policy {
     }
 }
 
+/// Binds a listener with a deep accept queue: a burst of connections (a restarted MTA, a
+/// newsletter's worth of pixel loads) then waits in the kernel to be accepted and answered
+/// (or refused with 421) instead of overflowing the default 1024-entry backlog.
+async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Reads the upstream password from its file (0600) or environment variable.
 fn upstream_password(cfg: &Config) -> Result<Option<String>, String> {
     let u = &cfg.upstream;
@@ -134,12 +148,12 @@ impl Server {
         let mut smtp = Vec::new();
         for addr in &cfg.smtp.listen {
             smtp.push(
-                TcpListener::bind(addr)
+                listen(*addr)
                     .await
                     .map_err(|e| format!("smtp.listen: cannot listen on {addr}: {e}"))?,
             );
         }
-        let http = TcpListener::bind(cfg.http.listen)
+        let http = listen(cfg.http.listen)
             .await
             .map_err(|e| format!("http.listen: cannot listen on {}: {e}", cfg.http.listen))?;
         let mut pixel = PixelState::new(
@@ -173,7 +187,7 @@ impl Server {
         };
         let mut smtps = Vec::new();
         for addr in cfg.smtp.tls.iter().flat_map(|t| t.implicit_listen.iter()) {
-            let l = TcpListener::bind(addr)
+            let l = listen(*addr)
                 .await
                 .map_err(|e| format!("smtp.tls.implicit_listen: cannot listen on {addr}: {e}"))?;
             smtps.push(l);

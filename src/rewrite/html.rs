@@ -10,7 +10,7 @@
 //! `<script>`, `<style>`, `<textarea>`, `<title>` and `<xmp>`, which runs to the matching end
 //! tag. Everything else is treated as markup.
 
-use memchr::{memchr, memchr_iter, memmem};
+use memchr::{memchr, memmem};
 
 /// Attributes after `src`: a 1×1 image that is invisible yet still loaded. No `display:none`,
 /// since some clients then skip the request.
@@ -68,10 +68,8 @@ pub fn insertion_point(html: &[u8]) -> usize {
     let mut last_html = None;
     // Offsets before this are inside a comment or raw text already skipped.
     let mut resume = 0;
-    for lt in memchr_iter(b'<', html) {
-        if lt < resume {
-            continue;
-        }
+    while let Some(lt) = next_lt(html, resume) {
+        resume = lt + 1;
         let rest = &html[lt + 1..];
         // Most `<` open an ordinary tag: decide on the next byte before comparing names.
         match rest.first().copied() {
@@ -107,6 +105,31 @@ pub fn insertion_point(html: &[u8]) -> usize {
         }
     }
     last_body.or(last_html).unwrap_or_else(|| end_point(html))
+}
+
+/// The offset of the first `<` at or after `from`.
+///
+/// `<` is dense in HTML (one every 20 bytes or so), where restarting a vectorised `memchr` for
+/// each one costs more than it saves; this reads eight bytes at a time and finds the byte with
+/// an exact zero-byte test, no setup per call.
+fn next_lt(html: &[u8], from: usize) -> Option<usize> {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const LT: u64 = 0x3c3c_3c3c_3c3c_3c3c;
+    let rest = html.get(from..)?;
+    let mut words = rest.chunks_exact(8);
+    let mut at = from;
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_le_bytes(b) ^ LT;
+        // High bit set exactly in the bytes of `x` that are zero, i.e. the '<' bytes.
+        let zero = !(((x & LOW7) + LOW7) | x | LOW7);
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    memchr(b'<', words.remainder()).map(|i| at + i)
 }
 
 /// The end of the part, before one final line break.

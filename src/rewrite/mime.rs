@@ -6,6 +6,8 @@
 //! range (mail-parser's `offset_body..offset_end`, still encoded), transfer encoding and
 //! charset. Parts inside a `message/rfc822` are never chosen: they belong to another message,
 //! and their offsets may point into a decoded copy rather than the bytes we forward.
+//! The fast path is `scan.rs`, which answers from header fields and boundary lines and hands
+//! anything it cannot be sure of to the full parse here.
 //! Does not own decoding or placement. The parsed tree is dropped before the caller allocates
 //! its output, so the parser's copies and ours are never alive together.
 
@@ -35,8 +37,15 @@ pub struct HtmlPart {
     pub cte: Cte,
 }
 
-/// Finds the part to rewrite, or the reason there is none.
+/// Finds the part to rewrite, or the reason there is none: by the structure-only scan
+/// (`scan.rs`) when it can be sure, else by mail-parser's full parse.
 pub fn find_html(msg: &[u8]) -> Result<HtmlPart, SkipReason> {
+    super::scan::find_html(msg).unwrap_or_else(|| find_html_parsed(msg))
+}
+
+/// [`find_html`] by mail-parser's full parse alone: the slow path, and the oracle the scan is
+/// tested against.
+pub fn find_html_parsed(msg: &[u8]) -> Result<HtmlPart, SkipReason> {
     let parsed = parse(msg).ok_or(SkipReason::Unparseable)?;
     if let Some(reason) = protected(&parsed) {
         return Err(reason);

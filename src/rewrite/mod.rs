@@ -14,7 +14,7 @@
 //! | 5 | the recipient's domain is in `exclude_recipient_domains` | `Skipped(RecipientDomain)` |
 //! | 6 | larger than `max_rewrite_size` | `Skipped(TooLarge)` |
 //! | 7 | a top-level `DKIM-Signature` and `on_dkim_signed = "skip"` | `Skipped(DkimSigned)` |
-//! | 8 | mail-parser finds no message (or panics: see `mime::parse`) | `Skipped(Unparseable)` |
+//! | 8 | neither the scan nor mail-parser finds a message (or mail-parser panics: see `mime::parse`) | `Skipped(Unparseable)` |
 //! | 9 | `multipart/signed` or S/MIME signed-data anywhere | `Skipped(Signed)` |
 //! | 10 | `multipart/encrypted`, PGP or S/MIME enveloped data anywhere | `Skipped(Encrypted)` |
 //! | 11 | no `text/html` part outside attachments and attached messages | `Skipped(NoHtml)` |
@@ -34,8 +34,10 @@
 //! (7bit/8bit/binary), `qp.rs` and `b64.rs` for how the markup is encoded, and `html.rs` for
 //! where it goes.
 //!
-//! Layout: `headers.rs` (top-level header fields, byte-exact), `mime.rs` (which part, via
-//! mail-parser), `html.rs` (placement, markup), `raw.rs`, `qp.rs`, `b64.rs` (one per encoding).
+//! Layout: `headers.rs` (top-level header fields, byte-exact), `scan.rs` (which part, from
+//! header fields and boundary lines alone: the fast path), `mime.rs` (which part, via
+//! mail-parser's full parse, for whatever the scan is unsure of), `html.rs` (placement,
+//! markup), `raw.rs`, `qp.rs`, `b64.rs` (one per encoding).
 
 mod b64;
 mod headers;
@@ -43,6 +45,7 @@ mod html;
 mod mime;
 mod qp;
 mod raw;
+mod scan;
 #[cfg(test)]
 mod tests;
 
@@ -211,6 +214,22 @@ pub fn rewrite(env: &Envelope<'_>, message: &[u8], pixel_url: &str, policy: &Pol
                 info,
             }
         }
+    }
+}
+
+/// How the fast MIME scan and mail-parser's full parse read `message`, for the differential
+/// tests and the `scan` fuzz target: `Ok(true)` when the scan answered and agreed, `Ok(false)`
+/// when it left the message to mail-parser, `Err` with both answers when they differ.
+#[doc(hidden)]
+pub fn scan_agrees(message: &[u8]) -> Result<bool, String> {
+    let Some(fast) = scan::find_html(message) else {
+        return Ok(false);
+    };
+    let slow = mime::find_html_parsed(message);
+    if fast == slow {
+        Ok(true)
+    } else {
+        Err(format!("scan: {fast:?}, mail-parser: {slow:?}"))
     }
 }
 

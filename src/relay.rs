@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::capture::Capture;
@@ -21,7 +22,7 @@ use crate::rewrite::{self, Decision, MessageInfo, Policy, SkipReason};
 use crate::smtp::command::PathArg;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::{Backend, BackendFactory, Transaction};
-use crate::store::{Delivery, MessageRecord, Store};
+use crate::store::{Delivery, MessageRecord, MessageWriter};
 use crate::token::{MessageId, Purpose, TokenKey};
 use crate::upstream::{Connection, Upstream, UpstreamError};
 
@@ -46,28 +47,24 @@ pub struct Tracking {
     pub base_url: String,
 }
 
-/// Where relayed messages are recorded (the store; a recorder in tests).
+/// Where relayed messages are recorded: the store's group-commit writer
+/// ([`MessageWriter`]). Both calls queue and return at once; the receivers fire when the
+/// write is done.
 pub trait Recorder: Send + Sync + 'static {
-    /// Called before the message goes upstream. An error means "forward untracked".
-    fn record(&self, rec: &MessageRecord) -> Result<(), String>;
-    /// Called with the upstream's final reply.
-    fn finish(&self, id: &MessageId, accepted: bool, reply: &str, at_ms: u64);
+    /// Called before the message goes upstream. An error (or a dropped sender) means
+    /// "forward untracked".
+    fn record(&self, rec: MessageRecord) -> oneshot::Receiver<Result<(), String>>;
+    /// Called with the upstream's final reply; failures are logged by the recorder.
+    fn finish(&self, id: MessageId, delivery: Delivery) -> oneshot::Receiver<()>;
 }
 
-impl Recorder for Store {
-    fn record(&self, rec: &MessageRecord) -> Result<(), String> {
-        self.record_message(rec).map_err(|e| e.to_string())
+impl Recorder for MessageWriter {
+    fn record(&self, rec: MessageRecord) -> oneshot::Receiver<Result<(), String>> {
+        MessageWriter::record(self, rec)
     }
 
-    fn finish(&self, id: &MessageId, accepted: bool, reply: &str, at_ms: u64) {
-        let d = Delivery {
-            accepted,
-            reply: reply.to_string(),
-            at_ms,
-        };
-        if let Err(e) = self.finish_message(id, &d) {
-            warn!(message = %id, error = %e, event = "store_error", "cannot record the upstream reply");
-        }
+    fn finish(&self, id: MessageId, delivery: Delivery) -> oneshot::Receiver<()> {
+        MessageWriter::finish(self, id, delivery)
     }
 }
 
@@ -299,7 +296,10 @@ impl Backend for RelaySession {
         // message. If the store cannot take it, the message goes out as it came.
         let mut decision = decision;
         if let Some(rec) = &relay.recorder
-            && let Err(e) = record_off_reactor(rec, record).await
+            && let Err(e) = rec
+                .record(record)
+                .await
+                .unwrap_or_else(|_| Err("the message writer has stopped".into()))
         {
             warn!(queue_id = %queue_id, error = %e, event = "store_error", "store failed; forwarding untracked");
             if decision == Decision::Tracked {
@@ -329,12 +329,16 @@ impl Backend for RelaySession {
         self.mail = None;
         if let Some(rec) = &relay.recorder {
             // The client need not wait for this write: the record exists already and the
-            // reply is final. It runs on a blocking thread (sled commits wait for the disk).
-            let (rec, reply, at) = (Arc::clone(rec), r.one_line(), clock::now_ms());
-            let accepted = r.is_positive();
+            // reply is final. Shutdown waits for it (`in_flight`) before the final flush.
+            let delivery = Delivery {
+                accepted: r.is_positive(),
+                reply: r.one_line(),
+                at_ms: clock::now_ms(),
+            };
+            let written = rec.finish(id, delivery);
             let guard = relay.in_flight.enter();
-            tokio::task::spawn_blocking(move || {
-                rec.finish(&id, accepted, &reply, at);
+            tokio::spawn(async move {
+                let _ = written.await;
                 drop(guard);
             });
         }
@@ -375,15 +379,6 @@ impl Backend for RelaySession {
             up.give_back(conn);
         }
     }
-}
-
-/// Records the message on a blocking thread: a sled commit waits for its log write, which
-/// must not stall the reactor's other sessions.
-async fn record_off_reactor(rec: &Arc<dyn Recorder>, record: MessageRecord) -> Result<(), String> {
-    let rec = Arc::clone(rec);
-    tokio::task::spawn_blocking(move || rec.record(&record))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()))
 }
 
 /// MAIL on a pooled connection, retried on a fresh one when the pooled one was dead

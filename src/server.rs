@@ -20,7 +20,7 @@ use crate::rewrite::Policy;
 use crate::secret;
 use crate::shutdown;
 use crate::smtp::{self, Limits, SessionConfig};
-use crate::store::Store;
+use crate::store::{MessageWriter, Store};
 use crate::tls::TlsSource;
 use crate::token::TokenKey;
 use crate::upstream::Upstream;
@@ -172,7 +172,9 @@ impl Server {
             .await
             .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", cfg.admin.listen))?;
         let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
-        let recorder: Arc<dyn Recorder> = Arc::new(store.clone());
+        let writer = MessageWriter::start(store.clone())
+            .map_err(|e| format!("cannot start the message writer thread: {e}"))?;
+        let recorder: Arc<dyn Recorder> = Arc::new(writer);
         let relay = Arc::new(Relay {
             target,
             tracking,

@@ -43,6 +43,7 @@
 
 mod outbox;
 mod retention;
+mod writer;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -66,6 +67,7 @@ pub use outbox::{
     OutboxItem, OutboxRow, OutboxVersion, Subscription, outbox_key, parse_delivery_id,
 };
 pub use retention::PurgeReport;
+pub use writer::MessageWriter;
 
 /// What the relay knows about a message when it hands it upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -660,14 +662,14 @@ impl Store {
     /// Records a message before it goes upstream. Recording an id again updates the record
     /// but keeps its delivery and opens.
     pub fn record_message(&self, rec: &MessageRecord) -> Result<(), StoreError> {
+        self.record_messages(&[rec])
+    }
+
+    /// Records several messages in ONE transaction (group commit; see [`Store::record_opens`]
+    /// for why), in order. All or nothing.
+    pub fn record_messages(&self, recs: &[&MessageRecord]) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let mut st = inner.lock();
-        let subject = if inner.cfg.subjects {
-            rec.subject.clone()
-        } else {
-            None
-        };
-        let id = rec.id;
         let trees = (
             &inner.messages,
             &inner.message_opens,
@@ -675,40 +677,48 @@ impl Store {
             &inner.meta,
         );
         let counters = trees.transaction(|(msgs, stats, by_time, meta)| {
-            let old: Option<Stored> = msgs.get(id.as_bytes())?.map(|v| decode(&v)).transpose()?;
             let mut counters = st.counters.clone();
-            let (delivery, mut ms) = match old {
-                Some(old) => {
-                    by_time.remove(time_key(old.at_ms, &id).as_slice())?;
-                    let ms = match stats.get(id.as_bytes())? {
-                        Some(v) => MsgStats::decode(&v)?,
-                        None => MsgStats::default(),
-                    };
-                    (old.delivery, ms)
+            for rec in recs {
+                let id = rec.id;
+                let old: Option<Stored> =
+                    msgs.get(id.as_bytes())?.map(|v| decode(&v)).transpose()?;
+                let (delivery, mut ms) = match old {
+                    Some(old) => {
+                        by_time.remove(time_key(old.at_ms, &id).as_slice())?;
+                        let ms = match stats.get(id.as_bytes())? {
+                            Some(v) => MsgStats::decode(&v)?,
+                            None => MsgStats::default(),
+                        };
+                        (old.delivery, ms)
+                    }
+                    None => {
+                        counters.recorded += 1;
+                        (None, MsgStats::default())
+                    }
+                };
+                if delivery.is_none() {
+                    ms.sent_at = rec.at_ms;
                 }
-                None => {
-                    counters.recorded += 1;
-                    (None, MsgStats::default())
-                }
-            };
-            if delivery.is_none() {
-                ms.sent_at = rec.at_ms;
+                let m = Stored {
+                    queue_id: rec.queue_id.clone(),
+                    at_ms: rec.at_ms,
+                    sender: rec.sender.clone(),
+                    recipients: rec.recipients.clone(),
+                    message_id: rec.message_id.clone(),
+                    subject: if inner.cfg.subjects {
+                        rec.subject.clone()
+                    } else {
+                        None
+                    },
+                    size: rec.size,
+                    tracked: rec.tracked,
+                    skip_reason: rec.skip_reason.clone(),
+                    delivery,
+                };
+                msgs.insert(id.as_bytes(), encode(&m)?)?;
+                stats.insert(id.as_bytes(), ms.encode().as_slice())?;
+                by_time.insert(time_key(rec.at_ms, &id).as_slice(), EMPTY)?;
             }
-            let m = Stored {
-                queue_id: rec.queue_id.clone(),
-                at_ms: rec.at_ms,
-                sender: rec.sender.clone(),
-                recipients: rec.recipients.clone(),
-                message_id: rec.message_id.clone(),
-                subject: subject.clone(),
-                size: rec.size,
-                tracked: rec.tracked,
-                skip_reason: rec.skip_reason.clone(),
-                delivery,
-            };
-            msgs.insert(id.as_bytes(), encode(&m)?)?;
-            stats.insert(id.as_bytes(), ms.encode().as_slice())?;
-            by_time.insert(time_key(rec.at_ms, &id).as_slice(), EMPTY)?;
             meta.insert(COUNTERS, encode(&counters)?)?;
             Ok(counters)
         })?;
@@ -719,6 +729,12 @@ impl Store {
     /// Records the upstream's final reply. The first reply for a message updates the counters
     /// (relayed/rejected, tracked/skipped); a repeated call only replaces the stored reply.
     pub fn finish_message(&self, id: &MessageId, delivery: &Delivery) -> Result<(), StoreError> {
+        self.finish_messages(&[(id, delivery)])
+    }
+
+    /// Records several final replies in ONE transaction, in order. All or nothing: an unknown
+    /// message fails the whole batch with [`StoreError::NotFound`].
+    pub fn finish_messages(&self, done: &[(&MessageId, &Delivery)]) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let mut st = inner.lock();
         let trees = (
@@ -729,52 +745,54 @@ impl Store {
         );
         let (counters, last_event, written) =
             trees.transaction(|(msgs, stats, meta, outbox)| {
-                let Some(raw) = msgs.get(id.as_bytes())? else {
-                    return Err(abort(StoreError::NotFound(*id)));
-                };
-                let mut m: Stored = decode(&raw)?;
-                let mut ms = match stats.get(id.as_bytes())? {
-                    Some(v) => MsgStats::decode(&v)?,
-                    None => MsgStats::default(),
-                };
                 let mut counters = st.counters.clone();
-                let first_reply = m.delivery.is_none();
-                if first_reply {
-                    if !delivery.accepted {
-                        counters.rejected += 1;
-                    } else {
-                        counters.relayed += 1;
-                        if m.tracked {
-                            counters.tracked += 1;
-                        } else {
-                            let reason = m
-                                .skip_reason
-                                .clone()
-                                .unwrap_or_else(|| "unknown".to_string());
-                            *counters.skipped.entry(reason).or_default() += 1;
-                        }
-                    }
-                }
-                m.delivery = Some(delivery.clone());
-                ms.sent_at = delivery.at_ms;
                 let mut last_event = st.last_event;
                 let mut written = 0;
-                if first_reply {
-                    let view = m.clone().into_message(id, &ms);
-                    written = outbox::write_event(
-                        outbox,
-                        &st.hooks,
-                        &mut last_event,
-                        "message",
-                        delivery.at_ms,
-                        &message_event(&view).map_err(abort)?,
-                    )?;
-                    if written > 0 {
-                        meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;
+                for (id, delivery) in done {
+                    let Some(raw) = msgs.get(id.as_bytes())? else {
+                        return Err(abort(StoreError::NotFound(**id)));
+                    };
+                    let mut m: Stored = decode(&raw)?;
+                    let mut ms = match stats.get(id.as_bytes())? {
+                        Some(v) => MsgStats::decode(&v)?,
+                        None => MsgStats::default(),
+                    };
+                    let first_reply = m.delivery.is_none();
+                    if first_reply {
+                        if !delivery.accepted {
+                            counters.rejected += 1;
+                        } else {
+                            counters.relayed += 1;
+                            if m.tracked {
+                                counters.tracked += 1;
+                            } else {
+                                let reason = m
+                                    .skip_reason
+                                    .clone()
+                                    .unwrap_or_else(|| "unknown".to_string());
+                                *counters.skipped.entry(reason).or_default() += 1;
+                            }
+                        }
                     }
+                    m.delivery = Some((*delivery).clone());
+                    ms.sent_at = delivery.at_ms;
+                    if first_reply {
+                        let view = m.clone().into_message(id, &ms);
+                        written += outbox::write_event(
+                            outbox,
+                            &st.hooks,
+                            &mut last_event,
+                            "message",
+                            delivery.at_ms,
+                            &message_event(&view).map_err(abort)?,
+                        )?;
+                    }
+                    msgs.insert(id.as_bytes(), encode(&m)?)?;
+                    stats.insert(id.as_bytes(), ms.encode().as_slice())?;
                 }
-                msgs.insert(id.as_bytes(), encode(&m)?)?;
-                stats.insert(id.as_bytes(), ms.encode().as_slice())?;
+                if written > 0 {
+                    meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;
+                }
                 meta.insert(COUNTERS, encode(&counters)?)?;
                 Ok((counters, last_event, written))
             })?;

@@ -708,3 +708,76 @@ fn outbox_rows_commit_with_opens_and_messages() {
     assert_eq!(newest.len(), 1);
     assert!(newest[0].0 > last);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_writer_group_commits_records_and_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let w = MessageWriter::start(s.clone()).unwrap();
+    // 64 sessions at once: each records, waits, then queues its reply, as the relay does.
+    let ids: Vec<MessageId> = (0..64).map(|_| MessageId::random()).collect();
+    let mut tasks = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (w, id) = (w.clone(), *id);
+        tasks.push(tokio::spawn(async move {
+            w.record(rec(id, T0 + i as u64, "bob@example.net"))
+                .await
+                .unwrap()
+                .unwrap();
+            let d = Delivery {
+                accepted: i % 4 != 0,
+                reply: "250 ok".into(),
+                at_ms: T0 + 1000 + i as u64,
+            };
+            w.finish(id, d).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let st = s.stats();
+    assert_eq!(st.counters.recorded, 64);
+    assert_eq!(st.counters.relayed, 48);
+    assert_eq!(st.counters.rejected, 16);
+    for (i, id) in ids.iter().enumerate() {
+        let m = s.get_message(id).unwrap().unwrap();
+        let d = m.message.delivery.as_ref().unwrap();
+        assert_eq!(d.at_ms, T0 + 1000 + i as u64);
+    }
+}
+
+#[tokio::test]
+async fn a_reply_for_an_unknown_message_does_not_cost_the_batch_its_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let known = MessageId::random();
+    s.record_message(&rec(known, T0, "bob@example.net"))
+        .unwrap();
+    let d = Delivery {
+        accepted: true,
+        reply: "250 ok".into(),
+        at_ms: T0 + 5,
+    };
+    // Straight at the store: the batch fails as a whole...
+    assert!(matches!(
+        s.finish_messages(&[(&known, &d), (&MessageId::random(), &d)]),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        s.get_message(&known)
+            .unwrap()
+            .unwrap()
+            .message
+            .delivery
+            .is_none()
+    );
+    // ...and the writer retries its members one by one.
+    let w = MessageWriter::start(s.clone()).unwrap();
+    let a = w.finish(MessageId::random(), d.clone());
+    let b = w.finish(known, d.clone());
+    a.await.unwrap();
+    b.await.unwrap();
+    let m = s.get_message(&known).unwrap().unwrap();
+    assert_eq!(m.message.delivery.map(|d| d.at_ms), Some(T0 + 5));
+    assert_eq!(s.stats().counters.relayed, 1);
+}

@@ -430,6 +430,12 @@ fn a_header_value_mail_parser_reads_past_its_line_end_is_left_to_it() {
     assert_eq!(scan_agrees(msg), Ok(false));
     let crlf = String::from_utf8_lossy(msg).replace('\n', "\r\n");
     assert_eq!(scan_agrees(crlf.as_bytes()), Ok(true));
+    // The same parser, its value ending exactly at the empty line (fuzzing, minimised): it
+    // takes that line too, and the next one as the end of the header.
+    assert_eq!(
+        scan_agrees(b"Content-Type:text/html\nDate:-GB\n\n\n"),
+        Ok(false)
+    );
 }
 
 #[test]

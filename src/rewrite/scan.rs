@@ -267,6 +267,8 @@ struct Head {
     content_type: Option<Range<usize>>,
     cte: Option<Range<usize>>,
     disposition: Option<Range<usize>>,
+    /// The empty line that ends the block.
+    blank_line: usize,
     body_start: usize,
 }
 
@@ -277,6 +279,7 @@ fn header(msg: &[u8], start: usize, end: usize) -> Option<Head> {
         content_type: None,
         cte: None,
         disposition: None,
+        blank_line: 0,
         body_start: 0,
     };
     let mut i = start;
@@ -284,10 +287,12 @@ fn header(msg: &[u8], start: usize, end: usize) -> Option<Head> {
         let rest = msg.get(i..end)?;
         match rest {
             [b'\n', ..] => {
+                head.blank_line = i;
                 head.body_start = i + 1;
                 return confirmed(msg, start, end, head);
             }
             [b'\r', b'\n', ..] => {
+                head.blank_line = i;
                 head.body_start = i + 2;
                 return confirmed(msg, start, end, head);
             }
@@ -355,7 +360,7 @@ fn confirmed(msg: &[u8], start: usize, end: usize, head: Head) -> Option<Head> {
     let same = theirs.len() == head.fields.len()
         && theirs.iter().zip(&head.fields).all(|(h, &at)| {
             h.offset_field as usize + start == at
-                && h.offset_end as usize + start <= head.body_start
+                && h.offset_end as usize + start <= head.blank_line
         });
     same.then_some(head)
 }

@@ -32,7 +32,7 @@ CFG
 nginx -p "$W/ng" -c "$W/ng/nginx.conf" -e "$W/ng/error.log" & pids+=($!)
 
 # The pixel listener with a real store and 10 000 recorded messages; it runs for the whole bench.
-PIXEL_BENCH_PORT=$PX PIXEL_BENCH_SECS=$((SECS * 4 + 8)) PIXEL_BENCH_TOKENS="$W/tokens.txt" \
+PIXEL_BENCH_PORT=$PX PIXEL_BENCH_SECS=$((SECS * 5 + 8)) PIXEL_BENCH_TOKENS="$W/tokens.txt" \
   cargo test -q --release --test pixel_bench -- --ignored --nocapture --exact pixel_bench_server >"$W/px.log" 2>&1 &
 PXPID=$!; pids+=($PXPID)
 for _ in $(seq 600); do grep -q READY "$W/px.log" 2>/dev/null && break; sleep 0.1; done
@@ -59,10 +59,21 @@ for mode in keepalive close; do
     printf "%-22s %12s %10s\n" "$target/$mode" "${R[$target.$mode]}" "$(p99 <<<"$out")"
   done
 done
+# Diagnostic, not the target: the same listener answering a forged token (the GIF, no store
+# write), i.e. what the HTTP path costs without the open being recorded.
+cat > "$W/forged.lua" <<LUA
+local path = "/o/" .. string.rep("A", 44) .. ".gif"
+request = function() return wrk.format("GET", path) end
+LUA
+out=$(wrk -t2 -c64 -d"${SECS}s" --latency -s "$W/forged.lua" "http://127.0.0.1:$PX" 2>&1)
+R[forged]=$(rps <<<"$out")
+printf "%-22s %12s %10s\n" "pixelrelay/forged" "${R[forged]}" "$(p99 <<<"$out")"
 python3 -c "
 k=${R[pixelrelay.keepalive]}/${R[nginx.keepalive]}; c=${R[pixelrelay.close]}/${R[nginx.close]}
-print(f'pixelrelay/nginx: keep-alive {k:.2f}x, connection-per-hit {c:.2f}x')"
+f=${R[forged]}/${R[nginx.keepalive]}
+print(f'pixelrelay/nginx: keep-alive {k:.2f}x, connection-per-hit {c:.2f}x')
+print(f'forged token, nothing recorded (HTTP path alone)/nginx keep-alive: {f:.2f}x')"
 echo "wrk requests to pixelrelay (incl. in flight at stop): $(paste -sd+ "$W/px-200s.txt" | bc)"
 # The pixel server stops by itself and prints what it counted and stored.
 wait "$PXPID" || true
-grep -v -E "^(running|test |$)" "$W/px.log" | tail -4
+grep -v -E "^(running|test |$)" "$W/px.log" | tail -5

@@ -115,6 +115,11 @@ async fn pixel_bench_server() {
         c.store_errors.load(Ordering::Relaxed),
         store.stats().counters.opens
     );
+    // Peak resident memory of this process (the listener, its store and sled's cache).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+        println!("PEAK_RSS {}", hwm.trim_start_matches("VmHWM:").trim());
+    }
 }
 
 /// Store-only rate: `record_open` in a loop, one thread (prints opens/s).

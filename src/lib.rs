@@ -15,7 +15,8 @@
 //! rewrite/     pure: pick the HTML part, insert the pixel, splice it back
 //! token.rs     pure: mint and verify pixel tokens
 //! track/       pure: classify a pixel hit (client, device, machine)
-//! store/       the only code that touches sled (messages, opens, counters, webhook outbox)
+//! store/       the only code that touches sled (messages, opens, counters, webhook outbox),
+//!              and the group-commit writer thread for message records
 //! openlog.rs   the JSON-lines open log (reopened on SIGHUP)
 //! capture.rs   try-it mode: deliver into a folder instead of a smarthost
 //! tls.rs       inbound certificates (SMTP STARTTLS/implicit, pixel HTTPS), reload on SIGHUP

@@ -56,8 +56,8 @@ use super::client_ip::client_ip;
 use super::serve::Limits;
 use crate::config::HttpConfig;
 use crate::shutdown::Shutdown;
-use crate::store::{OpenHit, Store, StoreError, now_ms};
-use crate::token::{MessageId, Purpose, TOKEN_LEN, TokenKey};
+use crate::store::{OpenHit, PreparedOpen, Store, StoreError, now_ms};
+use crate::token::{Purpose, TOKEN_LEN, TokenKey};
 use crate::track::{Hints, OpenEvent, classify};
 
 /// The classic transparent 1×1 GIF89a (the same 43 bytes as nginx's `empty_gif`): a 2-entry
@@ -134,10 +134,8 @@ impl PixelState {
 
 /// One verified hit waiting for the writer.
 struct Job {
-    /// The message.
-    id: MessageId,
-    /// The classified hit.
-    hit: OpenHit,
+    /// The classified hit as an event, its message record already read by the handler.
+    open: PreparedOpen,
     /// Fired once the hit is committed (or failed); the writer does the counting and logging,
     /// so a client that hangs up mid-request is still counted exactly once.
     done: oneshot::Sender<()>,
@@ -184,17 +182,22 @@ fn write_loop(store: &Store, c: &PixelCounters, mut jobs: mpsc::Receiver<Job>) {
                 break;
             }
         }
-        let hits: Vec<(&MessageId, &OpenHit)> = batch.iter().map(|j| (&j.id, &j.hit)).collect();
-        let results: Vec<Result<Option<OpenEvent>, StoreError>> = match store.record_opens(&hits) {
-            Ok(events) => events.into_iter().map(Ok).collect(),
-            // One bad record must not cost the others their opens: retry them one by one.
-            Err(_) if hits.len() > 1 => hits
-                .iter()
-                .map(|(id, hit)| store.record_open(id, hit))
-                .collect(),
-            Err(e) => vec![Err(e)],
-        };
-        drop(hits);
+        let opens: Vec<&PreparedOpen> = batch.iter().map(|j| &j.open).collect();
+        let results: Vec<Result<Option<OpenEvent>, StoreError>> =
+            match store.record_prepared_opens(&opens) {
+                Ok(events) => events.into_iter().map(Ok).collect(),
+                // One bad record must not cost the others their opens: retry them one by one.
+                Err(_) if opens.len() > 1 => opens
+                    .iter()
+                    .map(|o| {
+                        store
+                            .record_prepared_opens(&[o])
+                            .map(|mut v| v.pop().flatten())
+                    })
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+        drop(opens);
         for (job, result) in batch.drain(..).zip(results) {
             match result {
                 Ok(Some(e)) => {
@@ -207,7 +210,7 @@ fn write_loop(store: &Store, c: &PixelCounters, mut jobs: mpsc::Receiver<Job>) {
                 }
                 Err(e) => {
                     c.store_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(message = %job.id, error = %e, "cannot record open");
+                    tracing::error!(message = %job.open.message(), error = %e, "cannot record open");
                 }
             }
             // A handler that went away (client gone) does not matter.
@@ -284,8 +287,8 @@ async fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &s
         return;
     };
     let at_ms = now_ms();
-    let sent_at = match state.store.message_sent_at(&id) {
-        Ok(Some(t)) => t,
+    let ctx = match state.store.open_context(&id) {
+        Ok(Some(ctx)) => ctx,
         Ok(None) => {
             // Authentic token, no record: purged by retention, or another instance's store.
             c.invalid.fetch_add(1, Ordering::Relaxed);
@@ -299,7 +302,7 @@ async fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &s
     };
     let ua = user_agent(headers);
     let hints = hints(headers);
-    let since = Duration::from_millis(at_ms.saturating_sub(sent_at));
+    let since = Duration::from_millis(at_ms.saturating_sub(ctx.sent_at()));
     let classification = classify(&ua, &hints, Some(since), state.machine_window);
     let ip = client_ip(peer, headers, &state.http.trusted_proxies);
     let hit = OpenHit {
@@ -308,8 +311,10 @@ async fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &s
         user_agent: ua,
         classification,
     };
+    // Built here, on the request's task: the writer thread only commits.
+    let open = state.store.prepare_open(ctx, &hit);
     let (done, result) = oneshot::channel();
-    if state.writer.send(Job { id, hit, done }).await.is_err() {
+    if state.writer.send(Job { open, done }).await.is_err() {
         c.store_errors.fetch_add(1, Ordering::Relaxed);
         tracing::error!(message = %id, "open writer is gone");
         return;

@@ -69,6 +69,35 @@ pub use outbox::{
 pub use retention::PurgeReport;
 pub use writer::MessageWriter;
 
+/// What an open needs from its message record: see [`Store::open_context`].
+pub struct OpenContext {
+    id: MessageId,
+    sent_at: u64,
+    message: Stored,
+}
+
+impl OpenContext {
+    /// When the relay handed the message upstream (the upstream's final reply if known, else
+    /// the time it was recorded).
+    pub fn sent_at(&self) -> u64 {
+        self.sent_at
+    }
+}
+
+/// An open ready to commit: see [`Store::prepare_open`].
+#[derive(Debug, Clone)]
+pub struct PreparedOpen {
+    id: MessageId,
+    event: OpenEvent,
+}
+
+impl PreparedOpen {
+    /// The message opened.
+    pub fn message(&self) -> &MessageId {
+        &self.id
+    }
+}
+
 /// What the relay knows about a message when it hands it upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRecord {
@@ -830,25 +859,74 @@ impl Store {
         &self,
         hits: &[(&MessageId, &OpenHit)],
     ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
-        let inner = &*self.inner;
         // The message record never changes on open: read and decode it outside the lock.
         let mut events = Vec::with_capacity(hits.len());
         for (id, hit) in hits {
-            events.push(match inner.messages.get(id.as_bytes())? {
-                Some(raw) => Some(self.event_for(id, hit, decode(&raw)?)),
+            events.push(match self.inner.messages.get(id.as_bytes())? {
+                Some(raw) => Some((**id, self.event_for(id, hit, decode(&raw)?))),
                 None => None,
             });
         }
+        self.commit_opens(
+            events
+                .iter()
+                .map(|e| e.as_ref().map(|(id, ev)| (*id, ev)))
+                .collect(),
+        )
+    }
+
+    /// What an open of message `id` needs from the store before it is recorded: the hand-off
+    /// time (for the early-load rule) and the message fields an open event repeats. `None` if
+    /// the message is unknown. Read on the request's own task, so that the one writer thread
+    /// only commits.
+    pub fn open_context(&self, id: &MessageId) -> Result<Option<OpenContext>, StoreError> {
+        let inner = &*self.inner;
+        let Some(stats) = inner.message_opens.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(raw) = inner.messages.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(Some(OpenContext {
+            id: *id,
+            sent_at: MsgStats::decode(&stats)?.sent_at,
+            message: decode(&raw)?,
+        }))
+    }
+
+    /// The open event for `hit` on the message of `ctx`, ready for
+    /// [`Store::record_prepared_opens`] (its id, `first` and `count` are set when committed).
+    pub fn prepare_open(&self, ctx: OpenContext, hit: &OpenHit) -> PreparedOpen {
+        PreparedOpen {
+            id: ctx.id,
+            event: self.event_for(&ctx.id, hit, ctx.message),
+        }
+    }
+
+    /// [`Store::record_opens`] for opens prepared by [`Store::prepare_open`]: one transaction,
+    /// in order, all or nothing; `None` for a message purged since it was prepared.
+    pub fn record_prepared_opens(
+        &self,
+        opens: &[&PreparedOpen],
+    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
+        self.commit_opens(opens.iter().map(|o| Some((o.id, &o.event))).collect())
+    }
+
+    /// Commits open events (message id and event without id/first/count; `None` for an
+    /// unknown message) in one transaction, then feeds the open log and live followers.
+    fn commit_opens(
+        &self,
+        events: Vec<Option<(MessageId, &OpenEvent)>>,
+    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
+        let inner = &*self.inner;
         let mut st = inner.lock();
         let mut last = st.last_open;
-        let events: Vec<Option<(u64, OpenEvent)>> = events
+        let events: Vec<Option<(MessageId, u64, &OpenEvent)>> = events
             .into_iter()
-            .zip(hits)
-            .map(|(ev, (_, hit))| {
-                ev.map(|mut ev| {
-                    last = next_open_id(last, hit.at_ms);
-                    ev.id = format_open_id(last);
-                    (last, ev)
+            .map(|ev| {
+                ev.map(|(id, ev)| {
+                    last = next_open_id(last, ev.at_ms);
+                    (id, last, ev)
                 })
             })
             .collect();
@@ -866,13 +944,14 @@ impl Store {
                 let mut breakdown = st.counters.clone();
                 let mut last_event = st.last_event;
                 let mut written = 0;
-                let mut out = Vec::with_capacity(hits.len());
-                for ((id, hit), ev) in hits.iter().zip(&events) {
-                    let Some((open_id, ev)) = ev else {
+                let mut out = Vec::with_capacity(events.len());
+                for ev in &events {
+                    let Some((id, open_id, ev)) = ev else {
                         out.push(None);
                         continue;
                     };
-                    let ms = match cache.entry(**id) {
+                    let at_ms = ev.at_ms;
+                    let ms = match cache.entry(*id) {
                         Entry::Occupied(e) => e.into_mut(),
                         // Absent only if the message was purged since it was read above.
                         Entry::Vacant(e) => match stats.get(id.as_bytes())? {
@@ -888,23 +967,24 @@ impl Store {
                     let first_human = human && ms.human == 0;
                     ms.count += 1;
                     if first {
-                        ms.first = hit.at_ms;
+                        ms.first = at_ms;
                     }
-                    ms.last = ms.last.max(hit.at_ms);
+                    ms.last = ms.last.max(at_ms);
                     if human {
                         ms.human += 1;
                         if first_human {
-                            ms.first_human = hit.at_ms;
+                            ms.first_human = at_ms;
                         }
                     }
-                    let mut ev = ev.clone();
+                    let mut ev = (*ev).clone();
+                    ev.id = format_open_id(*open_id);
                     ev.first = first;
                     ev.count = ms.count;
                     oc.opens += 1;
                     oc.machine_opens += u64::from(!human);
                     oc.unique_opens += u64::from(first);
                     oc.unique_human_opens += u64::from(first_human);
-                    let day = crate::clock::day(hit.at_ms);
+                    let day = crate::clock::day(at_ms);
                     breakdown.by_day.entry(day).or_default().add(ev.machine);
                     breakdown
                         .by_client
@@ -922,7 +1002,7 @@ impl Store {
                         &st.hooks,
                         &mut last_event,
                         "open",
-                        hit.at_ms,
+                        at_ms,
                         &ev,
                     )?;
                     opens.insert(&open_id.to_be_bytes(), json.as_slice())?;

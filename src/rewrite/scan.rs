@@ -8,7 +8,9 @@
 //! The scan is strict where mail-parser is lenient. Whenever the two readings could differ it
 //! does not guess: it returns `None` and the caller asks mail-parser. It gives up on
 //! - a header block it cannot read plainly: a line without a colon, a name with spaces or
-//!   control bytes, a bare CR, a whitespace-only line, no empty line before the end;
+//!   control bytes, a bare CR, a whitespace-only line, no empty line before the end; or one
+//!   that mail-parser's own header parser reads as other fields (its value parsers can run
+//!   past a line end on malformed input; header blocks are small, so this check is cheap);
 //! - a repeated `Content-Type`, `Content-Transfer-Encoding` or `Content-Disposition`;
 //! - a `Content-Type` or `Content-Disposition` whose type is not a plain token, and parameters
 //!   it must read (boundary, charset, smime-type) written with comments, RFC 2231 sections,

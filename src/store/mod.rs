@@ -697,62 +697,7 @@ impl Store {
     /// Records several messages in ONE transaction (group commit; see [`Store::record_opens`]
     /// for why), in order. All or nothing.
     pub fn record_messages(&self, recs: &[&MessageRecord]) -> Result<(), StoreError> {
-        let inner = &*self.inner;
-        let mut st = inner.lock();
-        let trees = (
-            &inner.messages,
-            &inner.message_opens,
-            &inner.messages_by_time,
-            &inner.meta,
-        );
-        let counters = trees.transaction(|(msgs, stats, by_time, meta)| {
-            let mut counters = st.counters.clone();
-            for rec in recs {
-                let id = rec.id;
-                let old: Option<Stored> =
-                    msgs.get(id.as_bytes())?.map(|v| decode(&v)).transpose()?;
-                let (delivery, mut ms) = match old {
-                    Some(old) => {
-                        by_time.remove(time_key(old.at_ms, &id).as_slice())?;
-                        let ms = match stats.get(id.as_bytes())? {
-                            Some(v) => MsgStats::decode(&v)?,
-                            None => MsgStats::default(),
-                        };
-                        (old.delivery, ms)
-                    }
-                    None => {
-                        counters.recorded += 1;
-                        (None, MsgStats::default())
-                    }
-                };
-                if delivery.is_none() {
-                    ms.sent_at = rec.at_ms;
-                }
-                let m = Stored {
-                    queue_id: rec.queue_id.clone(),
-                    at_ms: rec.at_ms,
-                    sender: rec.sender.clone(),
-                    recipients: rec.recipients.clone(),
-                    message_id: rec.message_id.clone(),
-                    subject: if inner.cfg.subjects {
-                        rec.subject.clone()
-                    } else {
-                        None
-                    },
-                    size: rec.size,
-                    tracked: rec.tracked,
-                    skip_reason: rec.skip_reason.clone(),
-                    delivery,
-                };
-                msgs.insert(id.as_bytes(), encode(&m)?)?;
-                stats.insert(id.as_bytes(), ms.encode().as_slice())?;
-                by_time.insert(time_key(rec.at_ms, &id).as_slice(), EMPTY)?;
-            }
-            meta.insert(COUNTERS, encode(&counters)?)?;
-            Ok(counters)
-        })?;
-        st.counters = counters;
-        Ok(())
+        self.commit_messages(recs, &[])
     }
 
     /// Records the upstream's final reply. The first reply for a message updates the counters
@@ -764,19 +709,71 @@ impl Store {
     /// Records several final replies in ONE transaction, in order. All or nothing: an unknown
     /// message fails the whole batch with [`StoreError::NotFound`].
     pub fn finish_messages(&self, done: &[(&MessageId, &Delivery)]) -> Result<(), StoreError> {
+        self.commit_messages(&[], done)
+    }
+
+    /// Message records, then final replies, in ONE transaction: what the message writer
+    /// commits per batch. All or nothing.
+    pub fn commit_messages(
+        &self,
+        recs: &[&MessageRecord],
+        done: &[(&MessageId, &Delivery)],
+    ) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let mut st = inner.lock();
         let trees = (
             &inner.messages,
             &inner.message_opens,
+            &inner.messages_by_time,
             &inner.meta,
             &inner.outbox,
         );
         let (counters, last_event, written) =
-            trees.transaction(|(msgs, stats, meta, outbox)| {
+            trees.transaction(|(msgs, stats, by_time, meta, outbox)| {
                 let mut counters = st.counters.clone();
                 let mut last_event = st.last_event;
                 let mut written = 0;
+                for rec in recs {
+                    let id = rec.id;
+                    let old: Option<Stored> =
+                        msgs.get(id.as_bytes())?.map(|v| decode(&v)).transpose()?;
+                    let (delivery, mut ms) = match old {
+                        Some(old) => {
+                            by_time.remove(time_key(old.at_ms, &id).as_slice())?;
+                            let ms = match stats.get(id.as_bytes())? {
+                                Some(v) => MsgStats::decode(&v)?,
+                                None => MsgStats::default(),
+                            };
+                            (old.delivery, ms)
+                        }
+                        None => {
+                            counters.recorded += 1;
+                            (None, MsgStats::default())
+                        }
+                    };
+                    if delivery.is_none() {
+                        ms.sent_at = rec.at_ms;
+                    }
+                    let m = Stored {
+                        queue_id: rec.queue_id.clone(),
+                        at_ms: rec.at_ms,
+                        sender: rec.sender.clone(),
+                        recipients: rec.recipients.clone(),
+                        message_id: rec.message_id.clone(),
+                        subject: if inner.cfg.subjects {
+                            rec.subject.clone()
+                        } else {
+                            None
+                        },
+                        size: rec.size,
+                        tracked: rec.tracked,
+                        skip_reason: rec.skip_reason.clone(),
+                        delivery,
+                    };
+                    msgs.insert(id.as_bytes(), encode(&m)?)?;
+                    stats.insert(id.as_bytes(), ms.encode().as_slice())?;
+                    by_time.insert(time_key(rec.at_ms, &id).as_slice(), EMPTY)?;
+                }
                 for (id, delivery) in done {
                     let Some(raw) = msgs.get(id.as_bytes())? else {
                         return Err(abort(StoreError::NotFound(**id)));

@@ -1,5 +1,5 @@
 //! Group commit for message records: one writer thread takes every record and final reply the
-//! SMTP sessions have queued and commits each kind in one transaction.
+//! SMTP sessions have queued and commits them all in one transaction.
 //!
 //! Owns the thread, the queue and the fallback to one-by-one writes when a batch fails. Does
 //! not own what a record holds (see [`Store::record_messages`] and [`Store::finish_messages`]).
@@ -8,8 +8,8 @@
 //! half a millisecond here, and the relay waits for the record before it hands the message
 //! upstream. Under one connection a batch is one record, so latency is one commit; under ten,
 //! the records that arrived during a commit share the next one, so the store stops being the
-//! queue that every session waits in. Records are committed before their final replies within
-//! a batch, and a session queues a reply only after its record was committed.
+//! queue that every session waits in. Within a batch, records are written before replies, and a
+//! session queues a reply only after its record was committed.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -83,10 +83,43 @@ fn write_loop(store: &Store, mut jobs: mpsc::UnboundedReceiver<Job>) {
                 Job::Finish(id, d, done) => finishes.push((id, d, done)),
             }
         }
-        if !records.is_empty() {
-            commit_records(store, records);
+        commit(store, records, finishes);
+    }
+}
+
+/// One transaction for the batch's records and replies; if it fails, each one on its own, so
+/// that one bad write does not cost the others theirs.
+fn commit(
+    store: &Store,
+    records: Vec<(MessageRecord, oneshot::Sender<Result<(), String>>)>,
+    finishes: Vec<(MessageId, Delivery, oneshot::Sender<()>)>,
+) {
+    let recs: Vec<&MessageRecord> = records.iter().map(|(r, _)| r).collect();
+    let items: Vec<(&MessageId, &Delivery)> = finishes.iter().map(|(i, d, _)| (i, d)).collect();
+    match store.commit_messages(&recs, &items) {
+        Ok(()) => {
+            drop((recs, items));
+            for (_, done) in records {
+                // A session that went away (client gone) does not matter.
+                let _ = done.send(Ok(()));
+            }
+            for (_, _, done) in finishes {
+                let _ = done.send(());
+            }
         }
-        if !finishes.is_empty() {
+        Err(e) if recs.len() + items.len() == 1 => {
+            drop((recs, items));
+            for (_, done) in records {
+                let _ = done.send(Err(e.to_string()));
+            }
+            for (id, _, done) in finishes {
+                tracing::warn!(message = %id, error = %e, event = "store_error", "cannot record the upstream reply");
+                let _ = done.send(());
+            }
+        }
+        Err(_) => {
+            drop((recs, items));
+            commit_records(store, records);
             commit_finishes(store, finishes);
         }
     }
@@ -96,38 +129,16 @@ fn commit_records(
     store: &Store,
     records: Vec<(MessageRecord, oneshot::Sender<Result<(), String>>)>,
 ) {
-    let recs: Vec<&MessageRecord> = records.iter().map(|(r, _)| r).collect();
-    let results: Vec<Result<(), String>> = match store.record_messages(&recs) {
-        Ok(()) => vec![Ok(()); recs.len()],
-        // One bad record must not cost the others their tracking: retry one by one.
-        Err(_) if recs.len() > 1 => recs
-            .iter()
-            .map(|r| store.record_message(r).map_err(|e| e.to_string()))
-            .collect(),
-        Err(e) => vec![Err(e.to_string())],
-    };
-    drop(recs);
-    for ((_, done), result) in records.into_iter().zip(results) {
-        // A session that went away (client gone) does not matter.
-        let _ = done.send(result);
+    for (rec, done) in records {
+        let _ = done.send(store.record_message(&rec).map_err(|e| e.to_string()));
     }
 }
 
 fn commit_finishes(store: &Store, finishes: Vec<(MessageId, Delivery, oneshot::Sender<()>)>) {
-    let items: Vec<(&MessageId, &Delivery)> = finishes.iter().map(|(i, d, _)| (i, d)).collect();
-    if let Err(e) = store.finish_messages(&items) {
-        if items.len() == 1 {
-            tracing::warn!(message = %items[0].0, error = %e, event = "store_error", "cannot record the upstream reply");
-        } else {
-            for (id, d) in &items {
-                if let Err(e) = store.finish_message(id, d) {
-                    tracing::warn!(message = %id, error = %e, event = "store_error", "cannot record the upstream reply");
-                }
-            }
+    for (id, d, done) in finishes {
+        if let Err(e) = store.finish_message(&id, &d) {
+            tracing::warn!(message = %id, error = %e, event = "store_error", "cannot record the upstream reply");
         }
-    }
-    drop(items);
-    for (_, _, done) in finishes {
         let _ = done.send(());
     }
 }

@@ -49,6 +49,26 @@ fn hit(at_ms: u64, ip: &str, machine: Option<&'static str>) -> OpenHit {
 
 const T0: u64 = 1_795_493_183_123;
 
+/// Opens the store again after a `Store` on the same path was dropped. sled's background IO
+/// threads may still hold the old instance's file lock for a moment after the drop, so this
+/// polls (bounded) until the lock is free rather than failing on the first try.
+fn reopen(c: &StoreConfig) -> Store {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open(c) {
+            Ok(s) => return s,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "store still locked: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[test]
 fn opens_count_first_and_counters() {
     let dir = tempfile::tempdir().unwrap();
@@ -247,7 +267,7 @@ fn graceful_reopen_keeps_everything() {
             .id;
         s.flush_blocking().unwrap();
     }
-    let s = Store::open(&cfg(dir.path())).unwrap();
+    let s = reopen(&cfg(dir.path()));
     let m = s.get_message(&a).unwrap().unwrap();
     assert_eq!(m.open_events.len(), 2);
     assert_eq!(s.stats().counters.opens, 2);
@@ -466,7 +486,7 @@ fn retention_task_purges_in_the_background() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let s = Store::open(&c).unwrap();
+        let s = reopen(&c);
         // The task's first run is at start; poll for its effect (bounded).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while s.get_message(&old).unwrap().is_some() {
@@ -533,7 +553,7 @@ fn a_batch_of_opens_commits_together_in_order() {
     // The totals survive a reopen exactly.
     s.flush_blocking().unwrap();
     drop(s);
-    let s = Store::open(&cfg(dir.path())).unwrap();
+    let s = reopen(&cfg(dir.path()));
     assert_eq!(s.stats().counters, st);
 }
 

@@ -27,11 +27,14 @@
 //!
 //! | | keep-alive | `Connection: close` |
 //! |---|---|---|
-//! | nginx `empty_gif` + access log (same run) | 84 200 req/s, p99 8 ms | 21 400 req/s, p99 7 ms |
-//! | batched writer that waits for the batch to fill (this code) | 15 100 req/s, p99 7 ms | 10 500 req/s, p99 10 ms |
-//! | batched writer, no wait (an hour later, nginx 75 500) | 11 200 req/s, p99 16 ms | 8 900 req/s, p99 18 ms |
-//! | nginx `empty_gif` + access log (same run, earlier) | 53 900 req/s, p99 8 ms | 13 800 req/s, p99 9 ms |
-//! | batched writer, no wait (same run as the line above) | 13 800 req/s, p99 18 ms | 6 800 req/s, p99 26 ms |
+//! | nginx `empty_gif` + access log (same run as the next row) | 93 700 req/s, p99 7 ms | 24 000 req/s, p99 6 ms |
+//! | this code: event built on the request's task, writer waits for its batch | 18 800 req/s, p99 6 ms | 10 900 req/s, p99 10 ms |
+//! | nginx (same run as the next row) | 84 200 req/s, p99 8 ms | 21 400 req/s, p99 7 ms |
+//! | writer waits for its batch, event built in the writer | 15 100 req/s, p99 7 ms | 10 500 req/s, p99 10 ms |
+//! | nginx (same run as the next row) | 75 500 req/s, p99 8 ms | 23 700 req/s, p99 6 ms |
+//! | batched writer, no wait | 11 200 req/s, p99 16 ms | 8 900 req/s, p99 18 ms |
+//! | nginx (an earlier run, for the rows below) | 53 900 req/s, p99 8 ms | 13 800 req/s, p99 9 ms |
+//! | batched writer, no wait | 13 800 req/s, p99 18 ms | 6 800 req/s, p99 26 ms |
 //! | one transaction per hit, on the request's task | 10 800 req/s, p99 28 ms | 5 400 req/s, p99 55 ms |
 //! | one transaction per hit via `spawn_blocking` (earlier run) | 7 200 req/s, p99 50 ms | 5 000 req/s, p99 66 ms |
 //!

@@ -169,8 +169,10 @@ fn store_record_open_rate() {
     let t = std::time::Instant::now();
     for i in 0..n {
         let id = &ids[i % ids.len()];
-        store.message_sent_at(id).unwrap();
-        store.record_open(id, &hit).unwrap().unwrap();
+        // What the pixel path does per hit: read the message, build the event, commit it.
+        let ctx = store.open_context(id).unwrap().unwrap();
+        let open = store.prepare_open(ctx, &hit);
+        store.record_prepared_opens(&[&open]).unwrap();
     }
     let e = t.elapsed();
     println!(

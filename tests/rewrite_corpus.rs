@@ -5,10 +5,12 @@
 //! message is forwarded byte-identical. Set but missing directory: failure. Unset: skipped with
 //! a message saying so.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
 
+use common::{corpus_dir, files_below};
 use mail_parser::{MessageParser, MimeHeaders};
 use pixelrelay::config::OnDkimSigned;
 use pixelrelay::rewrite::{Decision, Envelope, Policy, SkipReason, rewrite};
@@ -23,21 +25,6 @@ fn policy() -> Policy {
         sender_domains: Vec::new(),
         exclude_recipient_domains: Vec::new(),
         max_rewrite_size: 64 << 20,
-    }
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, out);
-        } else {
-            out.push(p);
-        }
     }
 }
 
@@ -57,18 +44,8 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 
 #[test]
 fn corpus_messages() {
-    let Some(dir) = std::env::var_os("PIXELRELAY_CORPUS") else {
-        println!("corpus tests did not run: PIXELRELAY_CORPUS not set");
-        return;
-    };
-    let dir = PathBuf::from(dir);
-    assert!(
-        dir.is_dir(),
-        "PIXELRELAY_CORPUS={} is not a directory",
-        dir.display()
-    );
-    let mut files = Vec::new();
-    walk(&dir, &mut files);
+    let Some(dir) = corpus_dir() else { return };
+    let files = files_below(&dir);
     assert!(!files.is_empty(), "no files under {}", dir.display());
     let rcpts = vec!["bob@example.net".to_string()];
     let env = Envelope {

@@ -5,9 +5,12 @@
 //! `PIXELRELAY_BLESS=1 cargo test --test rewrite_golden` (re)writes the expected files: review
 //! the diff before committing.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use common::to_lf;
 use mail_parser::MessageParser;
 use pixelrelay::config::OnDkimSigned;
 use pixelrelay::rewrite::{Decision, Envelope, Policy, Rewritten, rewrite};
@@ -25,16 +28,6 @@ fn policy() -> Policy {
         exclude_recipient_domains: Vec::new(),
         max_rewrite_size: 25 << 20,
     }
-}
-
-fn to_lf(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    for (i, &c) in b.iter().enumerate() {
-        if !(c == b'\r' && b.get(i + 1) == Some(&b'\n')) {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn to_crlf(b: &[u8]) -> Vec<u8> {

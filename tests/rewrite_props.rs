@@ -7,7 +7,10 @@
 //! octets, and quoted-printable lines stay within 76 columns. 256 cases each by default;
 //! `PROPTEST_CASES=5000 cargo test --test rewrite_props` digs deeper.
 
+mod common;
+
 use base64::Engine as _;
+use common::to_lf;
 use mail_builder::MessageBuilder;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::{BodyPart, MimePart};
@@ -251,16 +254,6 @@ fn tree(shape: u8, html: MimePart<'static>) -> MimePart<'static> {
             vec![html, MimePart::new("image/png", png).cid("l@x")],
         ),
     }
-}
-
-fn to_lf(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    for (i, &c) in b.iter().enumerate() {
-        if !(c == b'\r' && b.get(i + 1) == Some(&b'\n')) {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The first top-level text/html part that is not an attachment: (offset_body, offset_end, decoded).

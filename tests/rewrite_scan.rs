@@ -7,40 +7,14 @@
 //! inputs, the corpus under `$PIXELRELAY_CORPUS`, generated MIME trees, and those trees mutated
 //! where the scan is most likely to go wrong (boundary lines, header folds, line ends).
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use common::{corpus_dir, files_below, to_lf};
 use pixelrelay::rewrite::scan_agrees;
 use proptest::prelude::*;
-
-fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            files(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
-fn to_lf(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\r' && b.get(i + 1) == Some(&b'\n') {
-            i += 1;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
 
 /// Checks every file; returns (answered by the scan, total).
 fn check_all(paths: &[PathBuf]) -> (usize, usize) {
@@ -62,11 +36,7 @@ fn check_all(paths: &[PathBuf]) -> (usize, usize) {
 
 #[test]
 fn golden_fixtures_take_the_fast_path_and_agree() {
-    let mut paths = Vec::new();
-    files(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/rewrite"),
-        &mut paths,
-    );
+    let mut paths = files_below(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/rewrite"));
     paths.retain(|p| p.extension().is_some_and(|e| e == "eml"));
     assert!(paths.len() >= 30, "fixtures missing: {}", paths.len());
     let (fast, total) = check_all(&paths);
@@ -81,29 +51,15 @@ fn golden_fixtures_take_the_fast_path_and_agree() {
 
 #[test]
 fn regression_inputs_agree() {
-    let mut paths = Vec::new();
-    files(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rewrite"),
-        &mut paths,
-    );
+    let paths = files_below(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rewrite"));
     assert!(!paths.is_empty());
     check_all(&paths);
 }
 
 #[test]
 fn corpus_agrees() {
-    let Some(dir) = std::env::var_os("PIXELRELAY_CORPUS") else {
-        println!("corpus tests did not run: PIXELRELAY_CORPUS not set");
-        return;
-    };
-    let dir = PathBuf::from(dir);
-    assert!(
-        dir.is_dir(),
-        "PIXELRELAY_CORPUS={} is not a directory",
-        dir.display()
-    );
-    let mut paths = Vec::new();
-    files(&dir, &mut paths);
+    let Some(dir) = corpus_dir() else { return };
+    let paths = files_below(&dir);
     assert!(!paths.is_empty(), "no files under {}", dir.display());
     let (fast, total) = check_all(&paths);
     println!("corpus: {fast} of {total} answered by the scan");

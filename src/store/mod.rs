@@ -828,15 +828,6 @@ impl Store {
         Ok(())
     }
 
-    /// When the relay handed message `id` upstream (the upstream's final reply if known, else
-    /// the time it was recorded); `None` if the message is unknown. Feeds the early-load rule.
-    pub fn message_sent_at(&self, id: &MessageId) -> Result<Option<u64>, StoreError> {
-        match self.inner.message_opens.get(id.as_bytes())? {
-            Some(v) => Ok(Some(MsgStats::decode(&v)?.sent_at)),
-            None => Ok(None),
-        }
-    }
-
     /// Records one open of message `id`: the event, the message's open stats and the counters
     /// in one transaction. `None` (and nothing written) if the message is unknown.
     pub fn record_open(

@@ -96,7 +96,10 @@ fn opens_count_first_and_counters() {
         },
     )
     .unwrap();
-    assert_eq!(s.message_sent_at(&a).unwrap(), Some(T0 + 50));
+    assert_eq!(
+        s.open_context(&a).unwrap().map(|c| c.sent_at()),
+        Some(T0 + 50)
+    );
 
     let e1 = s
         .record_open(

@@ -107,16 +107,6 @@ fn commit(
                 let _ = done.send(());
             }
         }
-        Err(e) if recs.len() + items.len() == 1 => {
-            drop((recs, items));
-            for (_, done) in records {
-                let _ = done.send(Err(e.to_string()));
-            }
-            for (id, _, done) in finishes {
-                tracing::warn!(message = %id, error = %e, event = "store_error", "cannot record the upstream reply");
-                let _ = done.send(());
-            }
-        }
         Err(_) => {
             drop((recs, items));
             commit_records(store, records);

@@ -583,6 +583,17 @@ pub fn corpus_dir() -> Option<PathBuf> {
     }
 }
 
+/// `b` with every CRLF turned into LF (a lone CR stays).
+pub fn to_lf(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    for (i, &c) in b.iter().enumerate() {
+        if !(c == b'\r' && b.get(i + 1) == Some(&b'\n')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Every regular file below `dir`, sorted.
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -32,7 +32,8 @@ CFG
 nginx -p "$W/ng" -c "$W/ng/nginx.conf" -e "$W/ng/error.log" & pids+=($!)
 
 # The pixel listener with a real store and 10 000 recorded messages; it runs for the whole bench.
-PIXEL_BENCH_PORT=$PX PIXEL_BENCH_SECS=$((SECS * 5 + 8)) PIXEL_BENCH_TOKENS="$W/tokens.txt" \
+PIXEL_BENCH_PORT=$PX PIXEL_BENCH_SECS=3600 PIXEL_BENCH_TOKENS="$W/tokens.txt" \
+  PIXEL_BENCH_LAG="$W/lag" PIXEL_BENCH_STOP="$W/stop" \
   cargo test -q --release --test pixel_bench -- --ignored --nocapture --exact pixel_bench_server >"$W/px.log" 2>&1 &
 PXPID=$!; pids+=($PXPID)
 for _ in $(seq 600); do grep -q READY "$W/px.log" 2>/dev/null && break; sleep 0.1; done
@@ -44,6 +45,13 @@ for l in io.lines("$W/tokens.txt") do t[#t + 1] = l end
 request = function() i = i % #t + 1; return wrk.format("GET", "/o/" .. t[i] .. ".gif") end
 LUA
 run() { wrk -t2 -c64 -d"${SECS}s" --latency -s "$W/pixel.lua" "$@" 2>&1; }
+# After a pixelrelay run the open index works through the journal behind it: wait until it has
+# caught up (so the next run, nginx's included, does not share the CPU with it) and say how long.
+catchup() {
+  local t0=$SECONDS
+  until [ "$(cat "$W/lag" 2>/dev/null)" = 0 ]; do sleep 0.1; done
+  echo $((SECONDS - t0))
+}
 rps() { awk '/Requests\/sec/ {print $2}'; }
 p99() { awk '/ 99%/ {print $2}'; }
 total200() { awk '/requests in/ {print $1}'; }
@@ -55,8 +63,12 @@ for mode in keepalive close; do
     port=$NG; [ $target = pixelrelay ] && port=$PX
     out=$(run "${extra[@]}" "http://127.0.0.1:$port")
     R[$target.$mode]=$(rps <<<"$out")
-    [ $target = pixelrelay ] && echo "$out" | total200 >> "$W/px-200s.txt"
-    printf "%-22s %12s %10s\n" "$target/$mode" "${R[$target.$mode]}" "$(p99 <<<"$out")"
+    lag=""
+    if [ $target = pixelrelay ]; then
+      echo "$out" | total200 >> "$W/px-200s.txt"
+      lag="index caught up $(catchup) s after the run"
+    fi
+    printf "%-22s %12s %10s   %s\n" "$target/$mode" "${R[$target.$mode]}" "$(p99 <<<"$out")" "$lag"
   done
 done
 # Diagnostic, not the target: the same listener answering a forged token (the GIF, no store
@@ -74,6 +86,7 @@ f=${R[forged]}/${R[nginx.keepalive]}
 print(f'pixelrelay/nginx: keep-alive {k:.2f}x, connection-per-hit {c:.2f}x')
 print(f'forged token, nothing recorded (HTTP path alone)/nginx keep-alive: {f:.2f}x')"
 echo "wrk requests to pixelrelay (incl. in flight at stop): $(paste -sd+ "$W/px-200s.txt" | bc)"
-# The pixel server stops by itself and prints what it counted and stored.
+# The pixel server stops, waits for its index, and prints what it counted and stored.
+touch "$W/stop"
 wait "$PXPID" || true
 grep -v -E "^(running|test |$)" "$W/px.log" | tail -5

@@ -100,6 +100,15 @@ impl Server {
         (id, self.state.key.mint(Purpose::Open, &id))
     }
 
+    /// The store, once every hit answered so far is indexed.
+    async fn store(&self) -> &Store {
+        assert!(
+            self.state.store.caught_up(Duration::from_secs(30)).await,
+            "open index did not catch up"
+        );
+        &self.state.store
+    }
+
     async fn connect(&self) -> Client {
         Client {
             io: BufReader::new(TcpStream::connect(self.addr).await.unwrap()),
@@ -243,7 +252,7 @@ async fn real_clients_are_recorded_and_classified() {
             .await;
         assert_gif(&r);
         assert_eq!(r.body, GIF);
-        let m = s.state.store.get_message(&id).unwrap().unwrap();
+        let m = s.store().await.get_message(&id).unwrap().unwrap();
         let e = m.open_events.last().unwrap();
         assert_eq!(e.count, i as u64 + 1);
         assert_eq!(e.first, i == 0);
@@ -258,7 +267,7 @@ async fn real_clients_are_recorded_and_classified() {
         assert_eq!(e.recipient, "bob@example.net");
         assert_eq!(e.subject.as_deref(), Some("Hi"));
     }
-    let st = s.state.store.stats();
+    let st = s.store().await.stats();
     assert_eq!(
         (
             st.counters.opens,
@@ -283,8 +292,8 @@ async fn a_load_right_after_delivery_is_an_early_load_machine() {
         .await;
     assert_gif(&r);
     let e = s
-        .state
-        .store
+        .store()
+        .await
         .get_message(&id)
         .unwrap()
         .unwrap()
@@ -310,8 +319,8 @@ async fn head_gets_headers_and_no_body() {
     let r = c.get("/healthz", "").await;
     assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()));
     assert_eq!(
-        s.state
-            .store
+        s.store()
+            .await
             .get_message(&id)
             .unwrap()
             .unwrap()
@@ -396,11 +405,11 @@ async fn forged_and_mutated_tokens_get_the_gif_and_record_nothing() {
     }
     assert_eq!(s.state.counters.invalid.load(Ordering::Relaxed), 10_000);
     assert_eq!(s.state.counters.valid.load(Ordering::Relaxed), 0);
-    assert_eq!(s.state.store.stats().counters.opens, 0);
-    assert!(s.state.store.opens_after(None, 10).unwrap().is_empty());
+    assert_eq!(s.store().await.stats().counters.opens, 0);
+    assert!(s.store().await.opens_after(None, 10).unwrap().is_empty());
     assert_eq!(
-        s.state
-            .store
+        s.store()
+            .await
             .get_message(&id)
             .unwrap()
             .unwrap()
@@ -411,7 +420,7 @@ async fn forged_and_mutated_tokens_get_the_gif_and_record_nothing() {
     );
     // The real token still works afterwards.
     assert_gif(&s.connect().await.get(&format!("/o/{token}.gif"), "").await);
-    assert_eq!(s.state.store.stats().counters.opens, 1);
+    assert_eq!(s.store().await.stats().counters.opens, 1);
 }
 
 #[tokio::test]
@@ -460,8 +469,8 @@ async fn proxy_headers_only_from_trusted_peers() {
     let hdr = "X-Forwarded-For: 198.51.100.7\r\nForwarded: for=198.51.100.8\r\n";
     assert_gif(&s.connect().await.get(&format!("/o/{token}.gif"), hdr).await);
     let e = s
-        .state
-        .store
+        .store()
+        .await
         .get_message(&id)
         .unwrap()
         .unwrap()
@@ -491,8 +500,8 @@ async fn proxy_headers_only_from_trusted_peers() {
     .await;
     c.get(&format!("/o/{token}.gif"), "").await;
     let ips: Vec<String> = s
-        .state
-        .store
+        .store()
+        .await
         .get_message(&id)
         .unwrap()
         .unwrap()
@@ -521,8 +530,8 @@ async fn anonymised_ips_over_http() {
     )
     .await;
     let ips: Vec<String> = s
-        .state
-        .store
+        .store()
+        .await
         .get_message(&id)
         .unwrap()
         .unwrap()
@@ -615,7 +624,7 @@ async fn concurrent_hits_are_each_recorded_once_with_exact_counts() {
         t.await.unwrap();
     }
     for id in [a, b] {
-        let m = s.state.store.get_message(&id).unwrap().unwrap();
+        let m = s.store().await.get_message(&id).unwrap().unwrap();
         assert_eq!(m.message.opens.count, 200);
         let counts: Vec<u64> = m.open_events.iter().map(|e| e.count).collect();
         assert_eq!(
@@ -626,6 +635,6 @@ async fn concurrent_hits_are_each_recorded_once_with_exact_counts() {
         assert_eq!(m.open_events.iter().filter(|e| e.first).count(), 1);
     }
     assert_eq!(s.state.counters.valid.load(Ordering::Relaxed), 400);
-    let st = s.state.store.stats().counters;
+    let st = s.store().await.stats().counters;
     assert_eq!((st.opens, st.unique_opens), (400, 2));
 }

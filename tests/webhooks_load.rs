@@ -156,6 +156,8 @@ async fn hammer(store: &Store) -> (Vec<Duration>, Duration) {
     for c in clients {
         all.extend(c.await.unwrap());
     }
+    // Until every open is indexed (with its outbox row, when webhooks are on).
+    assert!(store.caught_up(Duration::from_secs(120)).await);
     let took = started.elapsed();
     trigger.trigger();
     server.await.unwrap();

@@ -67,6 +67,8 @@ const MAX_CONNECTIONS: usize = 256;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default page size.
 const DEFAULT_LIMIT: usize = 50;
+/// How long an API read waits at most for the open index to catch up with the journal.
+const CATCH_UP: Duration = Duration::from_secs(2);
 /// Largest page size.
 const MAX_LIMIT: usize = 1000;
 
@@ -148,7 +150,15 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     let shutdown = state.shutdown.clone();
     super::serve::serve(listener, limits, shutdown, move |_peer: SocketAddr, req| {
         let state = state.clone();
-        async move { handle(&state, req) }
+        async move {
+            let path = req.uri().path();
+            if path.starts_with("/api/") || path == "/metrics" {
+                // Read what was answered: every pixel hit journaled before this request,
+                // unless the index is further behind than that (then the data is as of now).
+                state.store.caught_up(CATCH_UP).await;
+            }
+            handle(&state, req)
+        }
     })
     .await;
 }

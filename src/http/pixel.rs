@@ -43,7 +43,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,15 +53,14 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
 
 use super::client_ip::client_ip;
 use super::serve::Limits;
 use crate::config::HttpConfig;
 use crate::shutdown::Shutdown;
-use crate::store::{OpenHit, PreparedOpen, Store, StoreError, now_ms};
+use crate::store::{Hit, Store, now_ms};
 use crate::token::{Purpose, TOKEN_LEN, TokenKey};
-use crate::track::{Hints, OpenEvent, classify};
+use crate::track::Hints;
 
 /// The classic transparent 1×1 GIF89a (the same 43 bytes as nginx's `empty_gif`): a 2-entry
 /// palette, a graphic control extension marking index 0 transparent, one LZW-coded pixel.
@@ -70,16 +69,9 @@ pub const GIF: &[u8; 43] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\
 /// User agents are stored up to this many bytes.
 const MAX_UA: usize = 1024;
 
-/// Hit counters of the pixel listener (exported as metrics by the admin listener).
-#[derive(Debug, Default)]
-pub struct PixelCounters {
-    /// Pixel requests with a valid token of a known message (an open was recorded).
-    pub valid: AtomicU64,
-    /// Pixel requests with a forged, malformed or unknown token (nothing recorded).
-    pub invalid: AtomicU64,
-    /// Valid hits the store failed to record (the GIF was still served).
-    pub store_errors: AtomicU64,
-}
+/// Hit counters of the pixel listener (exported as metrics by the admin listener); the store's
+/// indexer counts the hits it records or drops.
+pub use crate::store::HitCounters as PixelCounters;
 
 /// What the pixel listener needs.
 #[derive(Debug)]
@@ -92,10 +84,8 @@ pub struct PixelState {
     pub http: HttpConfig,
     /// `tracking.machine_window` for the early-load rule.
     pub machine_window: Duration,
-    /// Valid/invalid hit counts.
+    /// Valid/invalid hit counts (the store's).
     pub counters: Arc<PixelCounters>,
-    /// Hands verified hits to the group-commit writer thread.
-    writer: mpsc::Sender<Job>,
     /// Request latency (rendered by the admin listener's `/metrics`).
     pub latency: Histogram,
     /// HTTPS certificate, when the listener terminates TLS itself (`http.tls_cert`).
@@ -103,121 +93,21 @@ pub struct PixelState {
 }
 
 impl PixelState {
-    /// State with zeroed counters. Starts the writer thread that commits opens in batches; it
-    /// ends when the state is dropped.
+    /// State sharing the store's hit counters.
     pub fn new(
         key: TokenKey,
         store: Store,
         http: HttpConfig,
         machine_window: Duration,
     ) -> PixelState {
-        let (writer, jobs) = mpsc::channel(WRITER_QUEUE);
-        let w = store.clone();
-        let counters = Arc::new(PixelCounters::default());
-        let wc = counters.clone();
-        let spawned = std::thread::Builder::new()
-            .name("pixel-writer".into())
-            .spawn(move || write_loop(&w, &wc, jobs));
-        if let Err(e) = spawned {
-            // Without the thread every hit is answered and counted as a store error.
-            tracing::error!(error = %e, "cannot start the open writer thread");
-        }
         PixelState {
             key,
+            counters: store.hit_counters(),
             store,
             http,
             machine_window,
-            counters,
-            writer,
             latency: crate::metrics::latency_histogram(),
             tls: None,
-        }
-    }
-}
-
-/// One verified hit waiting for the writer.
-struct Job {
-    /// The classified hit as an event, its message record already read by the handler.
-    open: PreparedOpen,
-    /// Fired once the hit is committed (or failed); the writer does the counting and logging,
-    /// so a client that hangs up mid-request is still counted exactly once.
-    done: oneshot::Sender<()>,
-}
-
-/// Hits queued for the writer at most; beyond that, handlers wait (backpressure).
-const WRITER_QUEUE: usize = 4096;
-/// Hits committed in one transaction at most.
-const MAX_BATCH: usize = 256;
-
-/// How long the writer waits at most for more hits once several are queued, and the step
-/// after which it stops waiting if none came.
-const LINGER_MAX: Duration = Duration::from_millis(1);
-const LINGER_STEP: Duration = Duration::from_micros(200);
-
-/// Moves queued jobs into `batch`, up to [`MAX_BATCH`].
-fn drain(jobs: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
-    while batch.len() < MAX_BATCH {
-        match jobs.try_recv() {
-            Ok(j) => batch.push(j),
-            Err(_) => break,
-        }
-    }
-}
-
-/// The writer thread: takes whatever hits are queued (at least one, at most [`MAX_BATCH`]) and
-/// commits them in one store transaction. Under light load a batch is one hit, so latency is
-/// one commit; under heavy load one commit serves many hits.
-fn write_loop(store: &Store, c: &PixelCounters, mut jobs: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(job) = jobs.blocking_recv() {
-        batch.push(job);
-        drain(&mut jobs, &mut batch);
-        // More than one hit waiting means others are on their way: a sled transaction costs
-        // about as much for one open as for forty, so wait a little for them while they keep
-        // coming (never for a lone hit, whose latency stays one commit).
-        let mut waited = Duration::ZERO;
-        while batch.len() > 1 && batch.len() < MAX_BATCH && waited < LINGER_MAX {
-            std::thread::sleep(LINGER_STEP);
-            waited += LINGER_STEP;
-            let before = batch.len();
-            drain(&mut jobs, &mut batch);
-            if batch.len() == before {
-                break;
-            }
-        }
-        let opens: Vec<&PreparedOpen> = batch.iter().map(|j| &j.open).collect();
-        let results: Vec<Result<Option<OpenEvent>, StoreError>> =
-            match store.record_prepared_opens(&opens) {
-                Ok(events) => events.into_iter().map(Ok).collect(),
-                // One bad record must not cost the others their opens: retry them one by one.
-                Err(_) if opens.len() > 1 => opens
-                    .iter()
-                    .map(|o| {
-                        store
-                            .record_prepared_opens(&[o])
-                            .map(|mut v| v.pop().flatten())
-                    })
-                    .collect(),
-                Err(e) => vec![Err(e)],
-            };
-        drop(opens);
-        for (job, result) in batch.drain(..).zip(results) {
-            match result {
-                Ok(Some(e)) => {
-                    c.valid.fetch_add(1, Ordering::Relaxed);
-                    log_open(&e);
-                }
-                // Purged since the handler looked it up.
-                Ok(None) => {
-                    c.invalid.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    c.store_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(message = %job.open.message(), error = %e, "cannot record open");
-                }
-            }
-            // A handler that went away (client gone) does not matter.
-            let _ = job.done.send(());
         }
     }
 }
@@ -275,12 +165,12 @@ async fn handle(
         return text(StatusCode::OK, "ok");
     }
     let token = &path[3..path.len() - 4];
-    record(state, peer.ip(), req.headers(), token).await;
+    record(state, peer.ip(), req.headers(), token);
     gif()
 }
 
-/// Verifies the token and records the open; never fails the request.
-async fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &str) {
+/// Verifies the token and journals the hit; never fails the request.
+fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &str) {
     let c = &state.counters;
     let Some(id) = (token.len() == TOKEN_LEN)
         .then(|| state.key.verify(Purpose::Open, token))
@@ -289,59 +179,18 @@ async fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &s
         c.invalid.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let at_ms = now_ms();
-    let ctx = match state.store.open_context(&id) {
-        Ok(Some(ctx)) => ctx,
-        Ok(None) => {
-            // Authentic token, no record: purged by retention, or another instance's store.
-            c.invalid.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        Err(e) => {
-            c.store_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(message = %id, error = %e, "cannot read message for open");
-            return;
-        }
+    let hit = Hit {
+        message: id,
+        at_ms: now_ms(),
+        ip: client_ip(peer, headers, &state.http.trusted_proxies),
+        user_agent: user_agent(headers),
+        hints: hints(headers),
+        machine_window: state.machine_window,
     };
-    let ua = user_agent(headers);
-    let hints = hints(headers);
-    let since = Duration::from_millis(at_ms.saturating_sub(ctx.sent_at()));
-    let classification = classify(&ua, &hints, Some(since), state.machine_window);
-    let ip = client_ip(peer, headers, &state.http.trusted_proxies);
-    let hit = OpenHit {
-        at_ms,
-        ip,
-        user_agent: ua,
-        classification,
-    };
-    // Built here, on the request's task: the writer thread only commits.
-    let open = state.store.prepare_open(ctx, &hit);
-    let (done, result) = oneshot::channel();
-    if state.writer.send(Job { open, done }).await.is_err() {
+    if let Err(e) = state.store.append_hit(&hit) {
         c.store_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(message = %id, "open writer is gone");
-        return;
+        tracing::error!(message = %id, error = %e, "cannot journal open");
     }
-    if result.await.is_err() {
-        c.store_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(message = %id, "open writer dropped the hit");
-    }
-}
-
-/// The one log line per open an admin tails.
-fn log_open(e: &OpenEvent) {
-    tracing::info!(
-        message = %e.message,
-        rcpt = %e.recipient,
-        client = %e.client,
-        device = e.device.as_str(),
-        machine = e.machine,
-        reason = e.machine_reason.as_deref().unwrap_or("-"),
-        ip = %e.ip,
-        first = e.first,
-        count = e.count,
-        "open"
-    );
 }
 
 /// The User-Agent, lossily decoded and capped at [`MAX_UA`] bytes.

@@ -41,6 +41,8 @@
 //! therefore loses at most the opens and messages of the last `flush_interval` (default 500 ms)
 //! plus the flush in progress; nothing older.
 
+mod index;
+mod journal;
 mod outbox;
 mod retention;
 mod writer;
@@ -63,6 +65,8 @@ use crate::token::MessageId;
 use crate::track::event::{rfc3339_ms, rfc3339_ms_opt};
 use crate::track::{Classification, OpenEvent};
 
+pub use index::{Hit, HitCounters};
+pub use journal::Position;
 pub use outbox::{
     OutboxItem, OutboxRow, OutboxVersion, Subscription, outbox_key, parse_delivery_id,
 };
@@ -70,7 +74,7 @@ pub use retention::PurgeReport;
 pub use writer::MessageWriter;
 
 /// What an open needs from its message record: see [`Store::open_context`].
-pub struct OpenContext {
+struct OpenContext {
     id: MessageId,
     sent_at: u64,
     message: Stored,
@@ -79,21 +83,21 @@ pub struct OpenContext {
 impl OpenContext {
     /// When the relay handed the message upstream (the upstream's final reply if known, else
     /// the time it was recorded).
-    pub fn sent_at(&self) -> u64 {
+    fn sent_at(&self) -> u64 {
         self.sent_at
     }
 }
 
 /// An open ready to commit: see [`Store::prepare_open`].
 #[derive(Debug, Clone)]
-pub struct PreparedOpen {
+struct PreparedOpen {
     id: MessageId,
     event: OpenEvent,
 }
 
 impl PreparedOpen {
     /// The message opened.
-    pub fn message(&self) -> &MessageId {
+    fn message(&self) -> &MessageId {
         &self.id
     }
 }
@@ -550,6 +554,8 @@ const COUNTERS: &[u8] = b"counters";
 const OPEN_COUNTERS: &[u8] = b"open_counters";
 /// Bits of an open id below the timestamp.
 const OPEN_ID_SHIFT: u32 = 20;
+/// Key of the journal position indexed so far in `meta` (see `journal.rs`).
+const JOURNAL_MARK: &[u8] = b"journal_indexed";
 /// Capacity of the live feed; a follower further behind gets `Lagged` and re-reads the store.
 const FEED_CAPACITY: usize = 4096;
 /// Entries a filtered listing scans per page at most, so a rare filter cannot stall a request.
@@ -600,6 +606,14 @@ struct Inner {
     feed: broadcast::Sender<OpenEvent>,
     /// Optional JSON-lines file of opens (`store.open_log`).
     open_log: Option<OpenLog>,
+    /// Pixel hits not yet indexed, and the ones before them (see `journal.rs`).
+    journal: journal::Journal,
+    /// How far the journal is indexed (committed in sled with the opens).
+    indexed: tokio::sync::watch::Sender<Position>,
+    /// Wakes the indexer thread after an append (a full slot means it is awake already).
+    wake: std::sync::mpsc::SyncSender<()>,
+    /// Pixel hit counters, shared with the listener.
+    hits: Arc<HitCounters>,
 }
 
 /// State owned by the writer lock.
@@ -655,6 +669,15 @@ impl Store {
             Some(p) => Some(OpenLog::open(p).map_err(StoreError::Io)?),
             None => None,
         };
+        let mark = match meta.get(JOURNAL_MARK)? {
+            Some(v) => Position::decode(&v).ok_or(StoreError::Corrupt("journal position"))?,
+            None => Position::default(),
+        };
+        let journal =
+            journal::Journal::open(&journal_dir(&cfg.path), mark.generation).map_err(|e| {
+                StoreError::Io(std::io::Error::new(e.kind(), format!("open journal: {e}")))
+            })?;
+        let (wake, woken) = std::sync::mpsc::sync_channel(1);
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let store = Store {
             inner: Arc::new(Inner {
@@ -680,8 +703,23 @@ impl Store {
                 }),
                 feed,
                 open_log,
+                journal,
+                indexed: tokio::sync::watch::Sender::new(mark),
+                wake,
+                hits: index::counters(),
             }),
         };
+        // Hits answered before the last stop (or crash) and not yet indexed: index them now,
+        // so the store handed out is complete; then keep indexing in the background.
+        let mut reader = store.inner.journal.reader(mark);
+        index::catch_up(&store, &mut reader)?;
+        index::spawn(
+            Arc::downgrade(&store.inner),
+            reader,
+            woken,
+            cfg.flush_interval.max(std::time::Duration::from_millis(1)),
+        )
+        .map_err(|e| StoreError::Task(format!("cannot start the open indexer: {e}")))?;
         if cfg.retention_days > 0 && tokio::runtime::Handle::try_current().is_ok() {
             retention::spawn(Arc::downgrade(&store.inner));
         }
@@ -860,6 +898,7 @@ impl Store {
                 .iter()
                 .map(|e| e.as_ref().map(|(id, ev)| (*id, ev)))
                 .collect(),
+            None,
         )
     }
 
@@ -867,7 +906,7 @@ impl Store {
     /// time (for the early-load rule) and the message fields an open event repeats. `None` if
     /// the message is unknown. Read on the request's own task, so that the one writer thread
     /// only commits.
-    pub fn open_context(&self, id: &MessageId) -> Result<Option<OpenContext>, StoreError> {
+    fn open_context(&self, id: &MessageId) -> Result<Option<OpenContext>, StoreError> {
         let inner = &*self.inner;
         let Some(stats) = inner.message_opens.get(id.as_bytes())? else {
             return Ok(None);
@@ -884,27 +923,101 @@ impl Store {
 
     /// The open event for `hit` on the message of `ctx`, ready for
     /// [`Store::record_prepared_opens`] (its id, `first` and `count` are set when committed).
-    pub fn prepare_open(&self, ctx: OpenContext, hit: &OpenHit) -> PreparedOpen {
+    fn prepare_open(&self, ctx: OpenContext, hit: &OpenHit) -> PreparedOpen {
         PreparedOpen {
             id: ctx.id,
             event: self.event_for(&ctx.id, hit, ctx.message),
         }
     }
 
-    /// [`Store::record_opens`] for opens prepared by [`Store::prepare_open`]: one transaction,
-    /// in order, all or nothing; `None` for a message purged since it was prepared.
-    pub fn record_prepared_opens(
+    /// [`Store::record_opens`] for opens prepared by [`Store::prepare_open`], committed with
+    /// the journal position they were indexed up to: one transaction, in order, all or
+    /// nothing; `None` for a message purged since it was prepared.
+    fn commit_prepared(
         &self,
         opens: &[&PreparedOpen],
+        mark: Position,
     ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
-        self.commit_opens(opens.iter().map(|o| Some((o.id, &o.event))).collect())
+        self.commit_opens(
+            opens.iter().map(|o| Some((o.id, &o.event))).collect(),
+            Some(mark),
+        )
+    }
+
+    /// Publishes how far the journal is indexed (after the opens up to `mark` are committed
+    /// and counted), and removes the segments before it once sled has that on disk.
+    fn indexed_up_to(&self, mark: Position) {
+        let inner = &*self.inner;
+        let before = inner.indexed.send_replace(mark);
+        if mark.generation > before.generation {
+            let removed = inner.db.flush().map_err(StoreError::from).and_then(|_| {
+                inner
+                    .journal
+                    .remove_before(mark.generation)
+                    .map_err(StoreError::Io)
+            });
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "cannot remove indexed journal segments");
+            }
+        }
+    }
+
+    /// Journals one pixel hit (see `journal.rs`): one `write`, then the hit is the indexer's
+    /// to record. The client IP is anonymised here when `store.anonymize_ip` is on, so the full
+    /// address never reaches the disk.
+    pub fn append_hit(&self, hit: &Hit) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let ip = if inner.cfg.anonymize_ip {
+            net::anonymize(hit.ip)
+        } else {
+            net::canonical(hit.ip)
+        };
+        let payload = if ip == hit.ip {
+            hit.encode()
+        } else {
+            Hit { ip, ..hit.clone() }.encode()
+        };
+        inner.journal.append(&payload).map_err(StoreError::Io)?;
+        // Full means a wake-up is pending already.
+        let _ = inner.wake.try_send(());
+        Ok(())
+    }
+
+    /// Waits until every hit journaled before the call is indexed, or `limit` passes.
+    /// Returns whether it caught up. The admin API calls this before reading, so a query sees
+    /// every open whose pixel was answered before it (unless indexing is `limit` behind).
+    pub async fn caught_up(&self, limit: std::time::Duration) -> bool {
+        let target = self.inner.journal.end();
+        let mut rx = self.inner.indexed.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|at| *at >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Journal bytes appended but not yet indexed (within the current segment: a lag across
+    /// segments counts from the newest segment's start).
+    pub fn index_lag_bytes(&self) -> u64 {
+        let end = self.inner.journal.end();
+        let at = *self.inner.indexed.borrow();
+        if at.generation == end.generation {
+            end.offset.saturating_sub(at.offset)
+        } else {
+            end.offset
+        }
+    }
+
+    /// The pixel hit counters (valid, invalid, store errors), shared with the listener.
+    pub fn hit_counters(&self) -> Arc<HitCounters> {
+        self.inner.hits.clone()
     }
 
     /// Commits open events (message id and event without id/first/count; `None` for an
-    /// unknown message) in one transaction, then feeds the open log and live followers.
+    /// unknown message) in one transaction, with the journal position `mark` when they come
+    /// from the journal, then feeds the open log and live followers.
     fn commit_opens(
         &self,
         events: Vec<Option<(MessageId, &OpenEvent)>>,
+        mark: Option<Position>,
     ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
         let inner = &*self.inner;
         let mut st = inner.lock();
@@ -1005,6 +1118,9 @@ impl Store {
                 meta.insert(COUNTERS, encode(&breakdown)?)?;
                 if written > 0 {
                     meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;
+                }
+                if let Some(mark) = mark {
+                    meta.insert(JOURNAL_MARK, mark.encode().as_slice())?;
                 }
                 Ok((out, oc, breakdown, last_event, written))
             })?;
@@ -1249,6 +1365,7 @@ impl Store {
     /// Writes everything to disk (fsync). Call on shutdown; sled also does it every
     /// `store.flush_interval` by itself.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.journal.sync().map_err(StoreError::Io)?;
         self.inner.db.flush_async().await?;
         if let Some(log) = &self.inner.open_log {
             log.sync().map_err(StoreError::Io)?;
@@ -1258,6 +1375,7 @@ impl Store {
 
     /// [`Store::flush`] for callers outside async code.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.inner.journal.sync().map_err(StoreError::Io)?;
         self.inner.db.flush()?;
         if let Some(log) = &self.inner.open_log {
             log.sync().map_err(StoreError::Io)?;
@@ -1358,6 +1476,13 @@ fn open_index_key(id: &MessageId, open_id: u64) -> [u8; 24] {
     k[..16].copy_from_slice(id.as_bytes());
     k[16..].copy_from_slice(&open_id.to_be_bytes());
     k
+}
+
+/// The journal's directory: beside the sled directory, `PATH.journal`.
+fn journal_dir(path: &std::path::Path) -> std::path::PathBuf {
+    let mut p = path.components().as_path().as_os_str().to_os_string();
+    p.push(".journal");
+    p.into()
 }
 
 fn hex(b: &[u8]) -> String {

@@ -1,0 +1,361 @@
+//! Indexing journaled pixel hits into sled.
+//!
+//! The pixel listener appends each verified hit to the journal ([`super::journal`]) and
+//! answers. One indexer thread per store reads the journal in order and, per batch of up to
+//! [`BATCH`] hits, looks up each message, classifies the hit (the early-load rule needs the
+//! message's hand-off time), and commits the opens, the message statistics, the counters, the
+//! webhook outbox rows and the journal position reached in ONE sled transaction. Then it feeds
+//! live followers and the open log, and writes the one log line per open.
+//!
+//! The thread runs at a lower CPU priority (nice 10): when the machine is saturated, answering
+//! pixels comes first and the index catches up after the burst. Readers that must see every
+//! answered hit (the admin API) wait for the index to reach the journal's end first
+//! ([`super::Store::caught_up`]).
+//!
+//! A hit whose message is unknown (purged, or another instance's store) is counted invalid and
+//! dropped; a hit that cannot be decoded or committed is counted as a store error, logged, and
+//! skipped, so one bad record never stops the index.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::journal::{Read, Reader};
+use super::{Inner, OpenHit, Store, StoreError};
+use crate::token::MessageId;
+use crate::track::{Hints, OpenEvent, classify};
+
+/// Hits indexed in one transaction at most.
+pub const BATCH: usize = 512;
+/// The first byte of an encoded [`Hit`].
+const HIT_V1: u8 = 1;
+/// Wait after the store failed as a whole (sled cannot write) before trying again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Pixel hit counters (exported as metrics by the admin listener).
+#[derive(Debug, Default)]
+pub struct HitCounters {
+    /// Hits with a valid token of a known message: an open was recorded.
+    pub valid: AtomicU64,
+    /// Hits with a forged, malformed or unknown token: nothing recorded.
+    pub invalid: AtomicU64,
+    /// Valid hits the store failed to record (the GIF was still served).
+    pub store_errors: AtomicU64,
+}
+
+/// A pixel load with an authentic token, as the listener hands it to the store; classified
+/// when indexed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// The message the token names.
+    pub message: MessageId,
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// Client IP per the trust rules (the store applies `store.anonymize_ip` before writing).
+    pub ip: IpAddr,
+    /// User-Agent (the listener caps it at 1 KiB).
+    pub user_agent: String,
+    /// Request headers that tell the classifier something.
+    pub hints: Hints,
+    /// `tracking.machine_window` when the hit arrived (for the early-load rule).
+    pub machine_window: Duration,
+}
+
+impl Hit {
+    /// `1 ‖ id(16) ‖ at_ms(8) ‖ window_ms(4) ‖ flags(1) ‖ ip(4|16) ‖ ua_len(2) ‖ ua`, integers
+    /// little-endian; flags: 1 prefetch, 2 mobile, 4 IPv6.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let ua = &self.user_agent.as_bytes()[..self.user_agent.len().min(u16::MAX as usize)];
+        let mut b = Vec::with_capacity(48 + ua.len());
+        b.push(HIT_V1);
+        b.extend_from_slice(self.message.as_bytes());
+        b.extend_from_slice(&self.at_ms.to_le_bytes());
+        let window = u32::try_from(self.machine_window.as_millis()).unwrap_or(u32::MAX);
+        b.extend_from_slice(&window.to_le_bytes());
+        let flags = u8::from(self.hints.prefetch)
+            | (u8::from(self.hints.mobile) << 1)
+            | (u8::from(self.ip.is_ipv6()) << 2);
+        b.push(flags);
+        match self.ip {
+            IpAddr::V4(v4) => b.extend_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => b.extend_from_slice(&v6.octets()),
+        }
+        b.extend_from_slice(&(ua.len() as u16).to_le_bytes());
+        b.extend_from_slice(ua);
+        b
+    }
+
+    /// The inverse of [`Hit::encode`]; `None` for anything else.
+    pub(super) fn decode(b: &[u8]) -> Option<Hit> {
+        let (&v, b) = b.split_first()?;
+        if v != HIT_V1 {
+            return None;
+        }
+        let (id, b) = b.split_at_checked(16)?;
+        let (at, b) = b.split_at_checked(8)?;
+        let (window, b) = b.split_at_checked(4)?;
+        let (&flags, b) = b.split_first()?;
+        let (ip, b) = if flags & 4 != 0 {
+            let (ip, b) = b.split_at_checked(16)?;
+            let ip: [u8; 16] = ip.try_into().ok()?;
+            (IpAddr::V6(Ipv6Addr::from(ip)), b)
+        } else {
+            let (ip, b) = b.split_at_checked(4)?;
+            let ip: [u8; 4] = ip.try_into().ok()?;
+            (IpAddr::V4(Ipv4Addr::from(ip)), b)
+        };
+        let (len, ua) = b.split_at_checked(2)?;
+        let len = u16::from_le_bytes(len.try_into().ok()?) as usize;
+        if ua.len() != len {
+            return None;
+        }
+        Some(Hit {
+            message: MessageId::from_slice(id)?,
+            at_ms: u64::from_le_bytes(at.try_into().ok()?),
+            ip,
+            user_agent: String::from_utf8_lossy(ua).into_owned(),
+            hints: Hints {
+                prefetch: flags & 1 != 0,
+                mobile: flags & 2 != 0,
+            },
+            machine_window: Duration::from_millis(u64::from(u32::from_le_bytes(
+                window.try_into().ok()?,
+            ))),
+        })
+    }
+}
+
+/// Indexes the next batch of journaled hits after `reader`'s position, up to the journal's
+/// end at the time of the call. Returns whether it got anywhere.
+pub(super) fn index_batch(store: &Store, reader: &mut Reader) -> Result<bool, StoreError> {
+    let inner = &*store.inner;
+    let end = inner.journal.end();
+    let start = reader.position();
+    let mut mark = start;
+    let mut hits = Vec::with_capacity(BATCH.min(64));
+    while hits.len() < BATCH {
+        match reader.next(end).map_err(StoreError::Io)? {
+            Read::Record(payload, at) => {
+                mark = at;
+                match Hit::decode(&payload) {
+                    Some(h) => hits.push((h, at)),
+                    None => {
+                        inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(journal = ?at, "open journal: undecodable hit skipped");
+                    }
+                }
+            }
+            Read::End => break,
+            Read::Bad(offset, why) => {
+                inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    generation = mark.generation,
+                    offset,
+                    why,
+                    "open journal: the rest of this segment is unreadable and skipped"
+                );
+                reader.skip_segment();
+                mark = reader.position();
+                break;
+            }
+        }
+    }
+    if mark == start {
+        return Ok(false);
+    }
+    let mut prepared = Vec::with_capacity(hits.len());
+    for (h, at) in &hits {
+        match store.open_context(&h.message) {
+            Ok(Some(ctx)) => {
+                let since = Duration::from_millis(h.at_ms.saturating_sub(ctx.sent_at()));
+                let hit = OpenHit {
+                    at_ms: h.at_ms,
+                    ip: h.ip,
+                    user_agent: h.user_agent.clone(),
+                    classification: classify(
+                        &h.user_agent,
+                        &h.hints,
+                        Some(since),
+                        h.machine_window,
+                    ),
+                };
+                prepared.push((store.prepare_open(ctx, &hit), *at));
+            }
+            Ok(None) => {
+                // Authentic token, no record: purged by retention, or another instance's store.
+                inner.hits.invalid.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(message = %h.message, error = %e, "cannot read message for open");
+            }
+        }
+    }
+    let refs: Vec<_> = prepared.iter().map(|(o, _)| o).collect();
+    let results = match store.commit_prepared(&refs, mark) {
+        Ok(events) => events.into_iter().map(Ok).collect(),
+        // One bad record must not cost the others their opens: retry them one by one, each
+        // with its own journal position, so that a failure part way leaves the index exact.
+        Err(_) => {
+            let out: Vec<_> = prepared
+                .iter()
+                .map(|(o, at)| {
+                    store
+                        .commit_prepared(&[o], *at)
+                        .map(|mut v| v.pop().flatten())
+                })
+                .collect();
+            // Past whatever failed or was skipped.
+            store.commit_prepared(&[], mark)?;
+            out
+        }
+    };
+    for ((open, _), result) in prepared.iter().zip(results) {
+        match result {
+            Ok(Some(e)) => {
+                inner.hits.valid.fetch_add(1, Ordering::Relaxed);
+                log_open(&e);
+            }
+            Ok(None) => {
+                inner.hits.invalid.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(message = %open.message(), error = %e, "cannot record open");
+            }
+        }
+    }
+    store.indexed_up_to(mark);
+    Ok(true)
+}
+
+/// The one log line per open an admin tails.
+fn log_open(e: &OpenEvent) {
+    tracing::info!(
+        message = %e.message,
+        rcpt = %e.recipient,
+        client = %e.client,
+        device = e.device.as_str(),
+        machine = e.machine,
+        reason = e.machine_reason.as_deref().unwrap_or("-"),
+        ip = %e.ip,
+        first = e.first,
+        count = e.count,
+        "open"
+    );
+}
+
+/// Indexes everything journaled so far (on open, before the store is handed out).
+pub(super) fn catch_up(store: &Store, reader: &mut Reader) -> Result<(), StoreError> {
+    while index_batch(store, reader)? {}
+    Ok(())
+}
+
+/// Starts the indexer thread. It ends once the last handle to the store is gone.
+pub(super) fn spawn(
+    inner: Weak<Inner>,
+    reader: Reader,
+    wake: Receiver<()>,
+    flush: Duration,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("open-indexer".into())
+        .spawn(move || run(&inner, reader, &wake, flush))
+        .map(drop)
+}
+
+fn run(weak: &Weak<Inner>, mut reader: Reader, wake: &Receiver<()>, flush: Duration) {
+    lower_priority();
+    let mut synced = Instant::now();
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let store = Store { inner };
+        let progressed = match index_batch(&store, &mut reader) {
+            Ok(p) => p,
+            Err(e) => {
+                store
+                    .inner
+                    .hits
+                    .store_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "open index: cannot write; retrying");
+                reader = store.inner.journal.reader(*store.inner.indexed.borrow());
+                drop(store);
+                std::thread::sleep(RETRY);
+                continue;
+            }
+        };
+        if synced.elapsed() >= flush {
+            synced = Instant::now();
+            if let Err(e) = store.inner.journal.sync() {
+                tracing::error!(error = %e, "cannot fsync the open journal");
+            }
+        }
+        drop(store);
+        if !progressed {
+            match wake.recv_timeout(flush) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+/// Nice 10 for the calling thread (on Linux a thread id names one thread): pixels are answered
+/// first when the CPU is short.
+fn lower_priority() {
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+        tracing::debug!(error = %e, "open index: cannot lower priority");
+    }
+}
+
+/// Hit counters shared between the listener and the indexer.
+pub(super) fn counters() -> Arc<HitCounters> {
+    Arc::new(HitCounters::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(ip: &str, ua: &str) -> Hit {
+        Hit {
+            message: MessageId::random(),
+            at_ms: 1_790_000_000_123,
+            ip: ip.parse().unwrap(),
+            user_agent: ua.into(),
+            hints: Hints {
+                prefetch: true,
+                mobile: false,
+            },
+            machine_window: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn hits_round_trip() {
+        for h in [
+            hit("192.0.2.7", "Mozilla/5.0 (iPhone) Mobile"),
+            hit("2001:db8::1", ""),
+            hit("::ffff:192.0.2.1", "é ü"),
+        ] {
+            assert_eq!(Hit::decode(&h.encode()), Some(h));
+        }
+    }
+
+    #[test]
+    fn anything_else_does_not_decode() {
+        let b = hit("192.0.2.7", "ua").encode();
+        for cut in 0..b.len() {
+            assert_eq!(Hit::decode(&b[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = b.clone();
+        longer.push(b'x');
+        assert_eq!(Hit::decode(&longer), None);
+        let mut v2 = b;
+        v2[0] = 2;
+        assert_eq!(Hit::decode(&v2), None);
+    }
+}

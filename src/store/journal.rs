@@ -1,0 +1,470 @@
+//! The open journal: an append-only file of pixel hits, written before the pixel is answered
+//! and indexed into sled behind it (see `index.rs`).
+//!
+//! A pixel hit costs one `write(2)` here, a few microseconds, where recording it in sled costs
+//! tens (several B-tree inserts in a transaction). The journal lets the pixel listener answer
+//! at the speed of its HTTP path whatever sled is doing, and absorbs bursts: the indexer catches
+//! up behind it. Nothing is lost in between: a hit is in the kernel before its GIF is sent, so a
+//! `kill -9` loses nothing that was answered, and the journal is fsynced every
+//! `store.flush_interval` like sled, so a power cut loses at most that much.
+//!
+//! # Format
+//!
+//! The journal is a directory of segments `{generation:020}.journal`, each a sequence of
+//! records `len: u32 LE ‖ crc32(payload): u32 LE ‖ payload`. Appends go to the newest segment;
+//! past [`SEGMENT_BYTES`] the writer starts the next generation. A [`Position`] (generation,
+//! offset) names the end of a record; the indexer stores the position it has indexed up to in
+//! the same sled transaction as the opens, so replay after a crash indexes every hit exactly
+//! once. A segment is deleted once sled has durably indexed past it.
+//!
+//! On open, a torn record at the end of the newest segment (a crash mid-`write`) is cut off;
+//! a record whose checksum fails anywhere else ends that segment's replay with an error logged.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A segment is closed and the next one started past this size.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes before each payload.
+const HEADER: usize = 8;
+/// Largest payload accepted (a hit is about 100 bytes plus its user agent, capped at 1 KiB).
+pub const MAX_RECORD: usize = 64 * 1024;
+
+/// The end of a record: segment generation, then byte offset in it. Ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    /// Segment generation (from 1).
+    pub generation: u64,
+    /// Bytes into the segment.
+    pub offset: u64,
+}
+
+impl Position {
+    /// 16 bytes, big-endian (for sled).
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.generation.to_be_bytes());
+        b[8..].copy_from_slice(&self.offset.to_be_bytes());
+        b
+    }
+
+    /// The inverse of [`Position::encode`].
+    pub fn decode(b: &[u8]) -> Option<Position> {
+        let b: [u8; 16] = b.try_into().ok()?;
+        let (g, o) = b.split_at(8);
+        Some(Position {
+            generation: u64::from_be_bytes(g.try_into().ok()?),
+            offset: u64::from_be_bytes(o.try_into().ok()?),
+        })
+    }
+}
+
+/// The append side: the newest segment and where it ends.
+struct Tail {
+    file: Arc<File>,
+    at: Position,
+}
+
+/// An open journal directory.
+pub struct Journal {
+    dir: PathBuf,
+    tail: Mutex<Tail>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("dir", &self.dir).finish()
+    }
+}
+
+fn segment_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("{generation:020}.journal"))
+}
+
+/// Generations of the segments in `dir`, ascending.
+fn generations(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(g) = name
+            .strip_suffix(".journal")
+            .filter(|g| g.len() == 20)
+            .and_then(|g| g.parse::<u64>().ok())
+        {
+            out.push(g);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn create_segment(dir: &Path, generation: u64) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .mode(0o600)
+        .open(segment_path(dir, generation))?;
+    // The new name must survive a power cut along with what is written to it.
+    File::open(dir)?.sync_all()?;
+    Ok(f)
+}
+
+/// One record as read back.
+pub enum Read {
+    /// A whole record: its payload and where it ends.
+    Record(Vec<u8>, Position),
+    /// Nothing more in this segment up to the limit.
+    End,
+    /// A record that does not check out at this offset.
+    Bad(u64, &'static str),
+}
+
+impl Journal {
+    /// Opens (creating, mode 0700) the journal directory, cuts a torn record off the newest
+    /// segment, and deletes segments older than `keep_from` (already indexed).
+    pub fn open(dir: &Path, keep_from: u64) -> io::Result<Journal> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let mut gens = generations(dir)?;
+        for g in gens.iter().filter(|g| **g < keep_from) {
+            std::fs::remove_file(segment_path(dir, *g))?;
+        }
+        gens.retain(|g| *g >= keep_from);
+        let generation = gens.last().copied().unwrap_or(keep_from.max(1));
+        let file = create_segment(dir, generation)?;
+        let len = file.metadata()?.len();
+        let valid = valid_prefix(&file, len)?;
+        if valid < len {
+            tracing::warn!(
+                segment = %segment_path(dir, generation).display(),
+                kept = valid,
+                cut = len - valid,
+                "open journal: cutting off a torn record at the end"
+            );
+            file.set_len(valid)?;
+            file.sync_all()?;
+        }
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            tail: Mutex::new(Tail {
+                file: Arc::new(file),
+                at: Position {
+                    generation,
+                    offset: valid,
+                },
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one record with one `write`; returns where it ends. Starts a new segment first
+    /// when the current one is full (fsyncing the full one).
+    pub fn append(&self, payload: &[u8]) -> io::Result<Position> {
+        if payload.len() > MAX_RECORD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "journal record too large",
+            ));
+        }
+        let mut buf = Vec::with_capacity(HEADER + payload.len());
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        buf.extend_from_slice(payload);
+        let mut t = self.lock();
+        if t.at.offset >= SEGMENT_BYTES {
+            t.file.sync_data()?;
+            let generation = t.at.generation + 1;
+            t.file = Arc::new(create_segment(&self.dir, generation)?);
+            t.at = Position {
+                generation,
+                offset: 0,
+            };
+        }
+        if let Err(e) = (&*t.file).write_all(&buf) {
+            // A short write (disk full) must not leave half a record for the next one to
+            // follow: cut the segment back to the last whole record.
+            let _ = t.file.set_len(t.at.offset);
+            return Err(e);
+        }
+        t.at.offset += buf.len() as u64;
+        Ok(t.at)
+    }
+
+    /// Where the last appended record ends.
+    pub fn end(&self) -> Position {
+        self.lock().at
+    }
+
+    /// fsyncs the newest segment (older ones were fsynced when closed).
+    pub fn sync(&self) -> io::Result<()> {
+        let file = self.lock().file.clone();
+        file.sync_data()
+    }
+
+    /// Deletes the segments before generation `g`.
+    pub fn remove_before(&self, g: u64) -> io::Result<()> {
+        for old in generations(&self.dir)?.into_iter().filter(|x| *x < g) {
+            std::fs::remove_file(segment_path(&self.dir, old))?;
+        }
+        Ok(())
+    }
+
+    /// A reader from `from`.
+    pub fn reader(&self, from: Position) -> Reader {
+        Reader {
+            dir: self.dir.clone(),
+            file: None,
+            at: from,
+        }
+    }
+}
+
+/// Reads records in order, across segments, never past a given end.
+pub struct Reader {
+    dir: PathBuf,
+    file: Option<(u64, File)>,
+    at: Position,
+}
+
+impl Reader {
+    /// Where the next record starts.
+    pub fn position(&self) -> Position {
+        self.at
+    }
+
+    /// The next record before `end`, moving to the next segment when this one is done.
+    pub fn next(&mut self, end: Position) -> io::Result<Read> {
+        loop {
+            if self.at >= end {
+                return Ok(Read::End);
+            }
+            let g = self.at.generation;
+            if self.file.as_ref().is_none_or(|(fg, _)| *fg != g) {
+                match File::open(segment_path(&self.dir, g)) {
+                    Ok(f) => self.file = Some((g, f)),
+                    // Never written (a generation skipped) or already removed: go on.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && g < end.generation => {
+                        self.at = Position {
+                            generation: g + 1,
+                            offset: 0,
+                        };
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some((_, file)) = &self.file else {
+                return Ok(Read::End);
+            };
+            let limit = if g < end.generation {
+                file.metadata()?.len()
+            } else {
+                end.offset
+            };
+            match read_record(file, self.at.offset, limit)? {
+                Some(Ok((payload, next))) => {
+                    self.at.offset = next;
+                    return Ok(Read::Record(payload, self.at));
+                }
+                Some(Err(why)) => return Ok(Read::Bad(self.at.offset, why)),
+                None if g < end.generation => {
+                    self.at = Position {
+                        generation: g + 1,
+                        offset: 0,
+                    };
+                    self.file = None;
+                }
+                None => return Ok(Read::End),
+            }
+        }
+    }
+
+    /// Skips the rest of the current segment (after a bad record).
+    pub fn skip_segment(&mut self) {
+        self.at = Position {
+            generation: self.at.generation + 1,
+            offset: 0,
+        };
+        self.file = None;
+    }
+}
+
+/// A record's payload and where the next starts, or why it does not check out.
+type Checked = Result<(Vec<u8>, u64), &'static str>;
+
+/// The record at `offset` if one starts there before `limit`: `None` at the limit, `Err` for
+/// a record that is cut short or fails its checksum.
+fn read_record(
+    file: &File,
+    offset: u64,
+    limit: u64,
+) -> io::Result<Option<Checked>> {
+    if offset >= limit {
+        return Ok(None);
+    }
+    if limit - offset < HEADER as u64 {
+        return Ok(Some(Err("record header cut short")));
+    }
+    let mut h = [0u8; HEADER];
+    file.read_exact_at(&mut h, offset)?;
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    if len > MAX_RECORD {
+        return Ok(Some(Err("record length out of range")));
+    }
+    let next = offset + (HEADER + len) as u64;
+    if next > limit {
+        return Ok(Some(Err("record cut short")));
+    }
+    let mut payload = vec![0u8; len];
+    file.read_exact_at(&mut payload, offset + HEADER as u64)?;
+    if crc32fast::hash(&payload) != crc {
+        return Ok(Some(Err("record checksum mismatch")));
+    }
+    Ok(Some(Ok((payload, next))))
+}
+
+/// Bytes of `file` (of length `len`) that are whole, checked records.
+fn valid_prefix(file: &File, len: u64) -> io::Result<u64> {
+    let mut at = 0;
+    while let Some(Ok((_, next))) = read_record(file, at, len)? {
+        at = next;
+    }
+    Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(j: &Journal, from: Position) -> Vec<Vec<u8>> {
+        let mut r = j.reader(from);
+        let mut out = Vec::new();
+        loop {
+            match r.next(j.end()).unwrap() {
+                Read::Record(p, _) => out.push(p),
+                Read::End => return out,
+                Read::Bad(at, why) => panic!("bad record at {at}: {why}"),
+            }
+        }
+    }
+
+    #[test]
+    fn appends_read_back_in_order_from_any_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 0).unwrap();
+        let start = j.end();
+        assert_eq!(start.generation, 1);
+        let mut ends = Vec::new();
+        for i in 0..100u32 {
+            ends.push(j.append(format!("hit {i}").as_bytes()).unwrap());
+        }
+        let got = all(&j, start);
+        assert_eq!(got.len(), 100);
+        assert_eq!(got[42], b"hit 42");
+        let rest = all(&j, ends[49]);
+        assert_eq!(rest.first().map(Vec::as_slice), Some(&b"hit 50"[..]));
+        assert_eq!(rest.len(), 50);
+        assert!(all(&j, ends[99]).is_empty());
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_on_open_and_appends_continue_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 0).unwrap();
+        j.append(b"one").unwrap();
+        let two = j.append(b"two").unwrap();
+        drop(j);
+        let path = segment_path(dir.path(), 1);
+        // Half a record, as a crash in the middle of a write leaves it.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        drop(f);
+        let j = Journal::open(dir.path(), 0).unwrap();
+        assert_eq!(j.end(), two);
+        j.append(b"three").unwrap();
+        let got = all(&j, Position::default());
+        assert_eq!(
+            got,
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_flipped_bit_is_reported_not_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 0).unwrap();
+        j.append(b"good").unwrap();
+        j.append(b"evil").unwrap();
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - 2;
+        bytes[at] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut r = j.reader(Position::default());
+        assert!(matches!(r.next(j.end()).unwrap(), Read::Record(p, _) if p == b"good"));
+        assert!(matches!(
+            r.next(j.end()).unwrap(),
+            Read::Bad(12, "record checksum mismatch")
+        ));
+    }
+
+    #[test]
+    fn segments_roll_over_and_old_ones_are_removed_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 0).unwrap();
+        let big = vec![7u8; MAX_RECORD];
+        let per_segment = SEGMENT_BYTES as usize / (MAX_RECORD + HEADER) + 1;
+        for _ in 0..per_segment + 3 {
+            j.append(&big).unwrap();
+        }
+        assert_eq!(j.end().generation, 2);
+        assert_eq!(all(&j, Position::default()).len(), per_segment + 3);
+        j.remove_before(2).unwrap();
+        assert_eq!(generations(dir.path()).unwrap(), vec![2]);
+        // Reading from a removed generation goes on with the next one.
+        assert_eq!(all(&j, Position::default()).len(), 3);
+        // Reopened with generation 2 indexed, the journal appends to generation 2.
+        drop(j);
+        let j = Journal::open(dir.path(), 2).unwrap();
+        assert_eq!(j.end().generation, 2);
+    }
+
+    #[test]
+    fn positions_round_trip_and_order() {
+        let p = Position {
+            generation: 3,
+            offset: 99,
+        };
+        assert_eq!(Position::decode(&p.encode()), Some(p));
+        assert!(
+            p < Position {
+                generation: 4,
+                offset: 0
+            }
+        );
+        assert_eq!(Position::decode(b"short"), None);
+    }
+
+    #[test]
+    fn segment_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let jd = dir.path().join("j");
+        let j = Journal::open(&jd, 0).unwrap();
+        j.append(b"x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&jd), 0o700);
+        assert_eq!(mode(&segment_path(&jd, 1)), 0o600);
+    }
+}

@@ -71,10 +71,12 @@ for mode in keepalive close; do
     printf "%-22s %12s %10s   %s\n" "$target/$mode" "${R[$target.$mode]}" "$(p99 <<<"$out")" "$lag"
   done
 done
-# Diagnostic, not the target: the same listener answering a forged token (the GIF, no store
-# write), i.e. what the HTTP path costs without the open being recorded.
+# Diagnostic, not the target: the same listener answering a forged token (a real token with
+# its last character changed: decoded and MAC-checked, then the GIF, nothing journaled), i.e.
+# what the HTTP path and token check cost without the open being recorded.
+tok=$(head -1 "$W/tokens.txt"); last=${tok: -1}; sub=A; [ "$last" = A ] && sub=B
 cat > "$W/forged.lua" <<LUA
-local path = "/o/" .. string.rep("A", 44) .. ".gif"
+local path = "/o/${tok:0:${#tok}-1}$sub.gif"
 request = function() return wrk.format("GET", path) end
 LUA
 out=$(wrk -t2 -c64 -d"${SECS}s" --latency -s "$W/forged.lua" "http://127.0.0.1:$PX" 2>&1)

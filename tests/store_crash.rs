@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pixelrelay::config::StoreConfig;
-use pixelrelay::store::{MessageRecord, OpenHit, Store};
+use pixelrelay::store::{Hit, MessageRecord, OpenHit, Store};
 use pixelrelay::token::MessageId;
 use pixelrelay::track::{Classification, Device};
 
@@ -147,4 +147,133 @@ fn kill_9_loses_at_most_the_flush_interval() {
         opens.len(),
         BATCH
     );
+}
+
+const HITS_ENV: &str = "PIXELRELAY_JOURNAL_CRASH_CHILD";
+/// Messages the pixel-hit child records before it starts hitting them.
+const MESSAGES: u64 = 50;
+
+/// A pixel hit on message `n`, as the listener journals it.
+fn hit(n: u64) -> Hit {
+    Hit {
+        message: id(n % MESSAGES),
+        at_ms: 1_795_493_183_000 + n,
+        ip: IpAddr::from([192, 0, 2, 1]),
+        user_agent: "Thunderbird/115.4.2".into(),
+        hints: Default::default(),
+        machine_window: Duration::from_secs(5),
+    }
+}
+
+/// The pixel-hit writer. A no-op unless started by
+/// `kill_9_loses_no_pixel_hit_older_than_the_journal_linger`.
+#[test]
+fn journal_crash_child() {
+    let Some(dir) = std::env::var_os(HITS_ENV) else {
+        return;
+    };
+    let s = Store::open(&cfg(Path::new(&dir))).unwrap();
+    for n in 0..MESSAGES {
+        s.record_message(&MessageRecord {
+            id: id(n),
+            queue_id: format!("Q{n}"),
+            at_ms: 1_795_493_183_000,
+            sender: "news@example.com".into(),
+            recipients: vec![format!("r{n}@example.net")],
+            message_id: None,
+            subject: None,
+            size: 100,
+            tracked: true,
+            skip_reason: None,
+        })
+        .unwrap();
+    }
+    s.flush_blocking().unwrap();
+    let mut out = std::io::stdout();
+    writeln!(out).unwrap();
+    // Each hit as the pixel listener journals it; every 100, say how many were journaled at
+    // least 20 ms ago (20 times the journal writer's linger, a fifth of the flush interval).
+    let mut n = 0;
+    loop {
+        for _ in 0..100 {
+            s.append_hit(&hit(n)).unwrap();
+            n += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        writeln!(out, "JOURNALED {n}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_loses_no_pixel_hit_older_than_the_journal_linger() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "journal_crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HITS_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut journaled = 0;
+    for line in BufReader::new(stdout).lines() {
+        if let Some(n) = line.unwrap().strip_prefix("JOURNALED ") {
+            journaled = n.parse().unwrap();
+            // Enough hits that the background indexer is part way through them.
+            if journaled >= 3000 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(journaled >= 3000, "the writer stopped early ({status})");
+    assert!(!status.success(), "the writer must have been killed");
+
+    // Reopening indexes what the dead process journaled and had not indexed.
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let opens = s.opens_after(None, usize::MAX).unwrap();
+    let n = opens.len() as u64;
+    assert!(
+        n >= journaled,
+        "{n} opens recorded, {journaled} hits journaled 20 ms before the kill"
+    );
+    // No hit recorded twice: each message's counts run 1, 2, 3, … in hit order.
+    assert!(n < journaled + 1000, "more opens than hits: {n}");
+    for m in 0..MESSAGES {
+        let ev = s.get_message(&id(m)).unwrap().unwrap().open_events;
+        let expect = (n - m).div_ceil(MESSAGES);
+        assert_eq!(ev.len() as u64, expect, "message {m}");
+        for (i, e) in ev.iter().enumerate() {
+            assert_eq!(e.count, i as u64 + 1);
+        }
+    }
+    assert_eq!(s.stats().counters.opens, n);
+    drop(s);
+    // Replayed once: opening again records nothing more.
+    let s = reopen(&cfg(dir.path()));
+    assert_eq!(s.stats().counters.opens, n);
+    eprintln!("after kill -9: {n} pixel hits recorded, {journaled} guaranteed");
+}
+
+/// Opens the store, waiting for a previous instance in this process to release sled's lock.
+fn reopen(c: &StoreConfig) -> Store {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open(c) {
+            Ok(s) => return s,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                assert!(std::time::Instant::now() < deadline, "store locked: {e}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }

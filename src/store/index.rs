@@ -306,9 +306,15 @@ fn run(weak: &Weak<Inner>, mut reader: Reader, wake: &Receiver<()>, flush: Durat
 /// Nice 10 for the calling thread (on Linux a thread id names one thread): pixels are answered
 /// first when the CPU is short.
 fn lower_priority() {
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
         tracing::debug!(error = %e, "open index: cannot lower priority");
     }
+}
+
+/// Counts and logs hits lost with a journal buffer that could not be written.
+pub(super) fn lost(hits: &HitCounters, l: &super::journal::Lost) {
+    hits.store_errors.fetch_add(l.records, Ordering::Relaxed);
+    tracing::error!(error = %l.error, lost = l.records, "cannot write the open journal");
 }
 
 /// Hit counters shared between the listener and the indexer.

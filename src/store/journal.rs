@@ -24,12 +24,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// A segment is closed and the next one started past this size.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Bytes before each payload.
 const HEADER: usize = 8;
+/// Appended records are buffered up to this many bytes before an append writes them itself.
+const BUFFER_BYTES: usize = 256 * 1024;
 /// Largest payload accepted (a hit is about 100 bytes plus its user agent, capped at 1 KiB).
 pub const MAX_RECORD: usize = 64 * 1024;
 
@@ -62,16 +65,32 @@ impl Position {
     }
 }
 
-/// The append side: the newest segment and where it ends.
+/// The append side: the newest segment, where its written part ends, and the records
+/// appended but not yet written.
 struct Tail {
     file: Arc<File>,
     at: Position,
+    buf: Vec<u8>,
+    /// Records in `buf`.
+    buffered: u64,
+    closed: bool,
+}
+
+/// Buffered records lost to a failed write (disk full): how many, and why.
+#[derive(Debug)]
+pub struct Lost {
+    /// The write's error.
+    pub error: io::Error,
+    /// Records that were in the buffer.
+    pub records: u64,
 }
 
 /// An open journal directory.
 pub struct Journal {
     dir: PathBuf,
     tail: Mutex<Tail>,
+    /// Signalled when the buffer stops being empty, and on close.
+    filled: Condvar,
 }
 
 impl std::fmt::Debug for Journal {
@@ -159,7 +178,11 @@ impl Journal {
                     generation,
                     offset: valid,
                 },
+                buf: Vec::with_capacity(BUFFER_BYTES),
+                buffered: 0,
+                closed: false,
             }),
+            filled: Condvar::new(),
         })
     }
 
@@ -167,47 +190,127 @@ impl Journal {
         self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends one record with one `write`; returns where it ends. Starts a new segment first
-    /// when the current one is full (fsyncing the full one).
-    pub fn append(&self, payload: &[u8]) -> io::Result<Position> {
+    /// Appends one record to the buffer, which [`Journal::run_writer`] writes within its
+    /// linger time (or this call, when the buffer is full). On error this record is not in
+    /// the journal, nor are the others counted in [`Lost::records`] with it.
+    pub fn append(&self, payload: &[u8]) -> Result<(), Lost> {
         if payload.len() > MAX_RECORD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "journal record too large",
-            ));
+            return Err(Lost {
+                error: io::Error::new(io::ErrorKind::InvalidInput, "journal record too large"),
+                records: 1,
+            });
         }
-        let mut buf = Vec::with_capacity(HEADER + payload.len());
-        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        buf.extend_from_slice(payload);
         let mut t = self.lock();
-        if t.at.offset >= SEGMENT_BYTES {
-            t.file.sync_data()?;
-            let generation = t.at.generation + 1;
-            t.file = Arc::new(create_segment(&self.dir, generation)?);
-            t.at = Position {
-                generation,
-                offset: 0,
-            };
+        if t.buf.len() + HEADER + payload.len() > BUFFER_BYTES {
+            // The writer is behind (or gone): write here rather than grow without bound. On
+            // failure this record is lost with the buffer.
+            self.write_out(&mut t).map_err(|l| Lost {
+                records: l.records + 1,
+                ..l
+            })?;
         }
-        if let Err(e) = (&*t.file).write_all(&buf) {
-            // A short write (disk full) must not leave half a record for the next one to
-            // follow: cut the segment back to the last whole record.
-            let _ = t.file.set_len(t.at.offset);
-            return Err(e);
+        let was_empty = t.buf.is_empty();
+        t.buf
+            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        t.buf
+            .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        t.buf.extend_from_slice(payload);
+        t.buffered += 1;
+        let write_now = t.closed;
+        if write_now {
+            self.write_out(&mut t)?;
         }
-        t.at.offset += buf.len() as u64;
-        Ok(t.at)
+        drop(t);
+        if was_empty && !write_now {
+            self.filled.notify_one();
+        }
+        Ok(())
     }
 
-    /// Where the last appended record ends.
+    /// Writes the buffer with one `write`, starting a new segment first when the current one
+    /// is full (fsyncing the full one). On failure the buffered records are dropped and
+    /// counted, and the segment is cut back to its last whole record.
+    fn write_out(&self, t: &mut Tail) -> Result<(), Lost> {
+        if t.buf.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut t.buffered);
+        let result = (|| {
+            if t.at.offset >= SEGMENT_BYTES {
+                t.file.sync_data()?;
+                let generation = t.at.generation + 1;
+                t.file = Arc::new(create_segment(&self.dir, generation)?);
+                t.at = Position {
+                    generation,
+                    offset: 0,
+                };
+            }
+            if let Err(e) = (&*t.file).write_all(&t.buf) {
+                // A short write (disk full) must not leave half a record for the next one to
+                // follow.
+                let _ = t.file.set_len(t.at.offset);
+                return Err(e);
+            }
+            t.at.offset += t.buf.len() as u64;
+            Ok(())
+        })();
+        t.buf.clear();
+        result.map_err(|error| Lost { error, records })
+    }
+
+    /// Writes what is buffered now.
+    pub fn write_buffered(&self) -> Result<(), Lost> {
+        let mut t = self.lock();
+        self.write_out(&mut t)
+    }
+
+    /// The journal's writer loop (run it on a thread of its own): once records are buffered,
+    /// waits `linger` for more, writes them all with one `write`, and reports. Returns after
+    /// [`Journal::close`].
+    pub fn run_writer(&self, linger: Duration, report: impl Fn(Result<(), Lost>)) {
+        loop {
+            let mut t = self.lock();
+            while t.buf.is_empty() && !t.closed {
+                t = self.filled.wait(t).unwrap_or_else(|p| p.into_inner());
+            }
+            if t.closed {
+                return;
+            }
+            drop(t);
+            std::thread::sleep(linger);
+            let written = self.write_buffered();
+            report(written);
+        }
+    }
+
+    /// Writes what is buffered and stops the writer loop; later appends are written at once.
+    pub fn close(&self) -> Result<(), Lost> {
+        let mut t = self.lock();
+        t.closed = true;
+        let written = self.write_out(&mut t);
+        drop(t);
+        self.filled.notify_all();
+        written
+    }
+
+    /// Where the last written record ends (buffered ones are not readable yet).
     pub fn end(&self) -> Position {
         self.lock().at
     }
 
-    /// fsyncs the newest segment (older ones were fsynced when closed).
+    /// Bytes appended but not yet written.
+    pub fn buffered_bytes(&self) -> usize {
+        self.lock().buf.len()
+    }
+
+    /// Writes what is buffered and fsyncs the newest segment (older ones were fsynced when
+    /// closed).
     pub fn sync(&self) -> io::Result<()> {
-        let file = self.lock().file.clone();
+        let file = {
+            let mut t = self.lock();
+            self.write_out(&mut t).map_err(|l| l.error)?;
+            t.file.clone()
+        };
         file.sync_data()
     }
 
@@ -304,11 +407,7 @@ type Checked = Result<(Vec<u8>, u64), &'static str>;
 
 /// The record at `offset` if one starts there before `limit`: `None` at the limit, `Err` for
 /// a record that is cut short or fails its checksum.
-fn read_record(
-    file: &File,
-    offset: u64,
-    limit: u64,
-) -> io::Result<Option<Checked>> {
+fn read_record(file: &File, offset: u64, limit: u64) -> io::Result<Option<Checked>> {
     if offset >= limit {
         return Ok(None);
     }
@@ -343,9 +442,24 @@ fn valid_prefix(file: &File, len: u64) -> io::Result<u64> {
     Ok(at)
 }
 
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Err(l) = self.close() {
+            tracing::error!(error = %l.error, lost = l.records, "open journal: final write failed");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Appends and writes one record; where it ends.
+    fn put(j: &Journal, payload: &[u8]) -> Position {
+        j.append(payload).unwrap();
+        j.write_buffered().unwrap();
+        j.end()
+    }
 
     fn all(j: &Journal, from: Position) -> Vec<Vec<u8>> {
         let mut r = j.reader(from);
@@ -367,7 +481,7 @@ mod tests {
         assert_eq!(start.generation, 1);
         let mut ends = Vec::new();
         for i in 0..100u32 {
-            ends.push(j.append(format!("hit {i}").as_bytes()).unwrap());
+            ends.push(put(&j, format!("hit {i}").as_bytes()));
         }
         let got = all(&j, start);
         assert_eq!(got.len(), 100);
@@ -382,8 +496,8 @@ mod tests {
     fn a_torn_tail_is_cut_off_on_open_and_appends_continue_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path(), 0).unwrap();
-        j.append(b"one").unwrap();
-        let two = j.append(b"two").unwrap();
+        put(&j, b"one");
+        let two = put(&j, b"two");
         drop(j);
         let path = segment_path(dir.path(), 1);
         // Half a record, as a crash in the middle of a write leaves it.
@@ -392,7 +506,7 @@ mod tests {
         drop(f);
         let j = Journal::open(dir.path(), 0).unwrap();
         assert_eq!(j.end(), two);
-        j.append(b"three").unwrap();
+        put(&j, b"three");
         let got = all(&j, Position::default());
         assert_eq!(
             got,
@@ -404,8 +518,8 @@ mod tests {
     fn a_flipped_bit_is_reported_not_returned() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path(), 0).unwrap();
-        j.append(b"good").unwrap();
-        j.append(b"evil").unwrap();
+        put(&j, b"good");
+        put(&j, b"evil");
         let path = segment_path(dir.path(), 1);
         let mut bytes = std::fs::read(&path).unwrap();
         let at = bytes.len() - 2;
@@ -426,7 +540,7 @@ mod tests {
         let big = vec![7u8; MAX_RECORD];
         let per_segment = SEGMENT_BYTES as usize / (MAX_RECORD + HEADER) + 1;
         for _ in 0..per_segment + 3 {
-            j.append(&big).unwrap();
+            put(&j, &big);
         }
         assert_eq!(j.end().generation, 2);
         assert_eq!(all(&j, Position::default()).len(), per_segment + 3);
@@ -438,6 +552,57 @@ mod tests {
         drop(j);
         let j = Journal::open(dir.path(), 2).unwrap();
         assert_eq!(j.end().generation, 2);
+    }
+
+    #[test]
+    fn appends_are_buffered_until_written_and_written_by_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 0).unwrap();
+        for i in 0..10u8 {
+            j.append(&[i; 10]).unwrap();
+        }
+        assert_eq!(j.end().offset, 0, "nothing written yet");
+        assert_eq!(j.buffered_bytes(), 10 * (HEADER + 10));
+        j.close().unwrap();
+        assert_eq!(j.end().offset, 180);
+        // After close an append is written at once.
+        j.append(b"late").unwrap();
+        assert_eq!(j.buffered_bytes(), 0);
+        assert_eq!(all(&j, Position::default()).len(), 11);
+    }
+
+    #[test]
+    fn the_writer_loop_writes_within_its_linger_and_stops_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Arc::new(Journal::open(dir.path(), 0).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = j.clone();
+        let writer = std::thread::spawn(move || {
+            w.run_writer(Duration::from_millis(1), |r| tx.send(r.is_ok()).unwrap())
+        });
+        j.append(b"a").unwrap();
+        j.append(b"b").unwrap();
+        assert_eq!(rx.recv(), Ok(true));
+        assert_eq!(
+            all(&j, Position::default()),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        j.close().unwrap();
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_full_buffer_is_written_by_the_append_that_overflows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 0).unwrap();
+        let rec = vec![1u8; 1000];
+        let fit = BUFFER_BYTES / (HEADER + rec.len());
+        for _ in 0..fit {
+            j.append(&rec).unwrap();
+        }
+        assert_eq!(j.end().offset, 0);
+        j.append(&rec).unwrap();
+        assert_eq!(j.end().offset, (fit * (HEADER + rec.len())) as u64);
     }
 
     #[test]
@@ -462,7 +627,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let jd = dir.path().join("j");
         let j = Journal::open(&jd, 0).unwrap();
-        j.append(b"x").unwrap();
+        put(&j, b"x");
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&jd), 0o700);
         assert_eq!(mode(&segment_path(&jd, 1)), 0o600);

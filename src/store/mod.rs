@@ -554,6 +554,9 @@ const COUNTERS: &[u8] = b"counters";
 const OPEN_COUNTERS: &[u8] = b"open_counters";
 /// Bits of an open id below the timestamp.
 const OPEN_ID_SHIFT: u32 = 20;
+/// How long the journal writer waits for more hits once one is buffered: a `kill -9` loses at
+/// most the hits of this long (a power cut, those of `store.flush_interval`).
+const JOURNAL_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 /// Key of the journal position indexed so far in `meta` (see `journal.rs`).
 const JOURNAL_MARK: &[u8] = b"journal_indexed";
 /// Capacity of the live feed; a follower further behind gets `Lagged` and re-reads the store.
@@ -607,7 +610,7 @@ struct Inner {
     /// Optional JSON-lines file of opens (`store.open_log`).
     open_log: Option<OpenLog>,
     /// Pixel hits not yet indexed, and the ones before them (see `journal.rs`).
-    journal: journal::Journal,
+    journal: Arc<journal::Journal>,
     /// How far the journal is indexed (committed in sled with the opens).
     indexed: tokio::sync::watch::Sender<Position>,
     /// Wakes the indexer thread after an append (a full slot means it is awake already).
@@ -677,7 +680,22 @@ impl Store {
             journal::Journal::open(&journal_dir(&cfg.path), mark.generation).map_err(|e| {
                 StoreError::Io(std::io::Error::new(e.kind(), format!("open journal: {e}")))
             })?;
+        let journal = Arc::new(journal);
         let (wake, woken) = std::sync::mpsc::sync_channel(1);
+        let hits = index::counters();
+        {
+            let (j, wake, hits) = (journal.clone(), wake.clone(), hits.clone());
+            std::thread::Builder::new()
+                .name("open-journal".into())
+                .spawn(move || {
+                    j.run_writer(JOURNAL_LINGER, |written| match written {
+                        // Full means a wake-up is pending already.
+                        Ok(()) => _ = wake.try_send(()),
+                        Err(l) => index::lost(&hits, &l),
+                    })
+                })
+                .map_err(|e| StoreError::Task(format!("cannot start the journal writer: {e}")))?;
+        }
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let store = Store {
             inner: Arc::new(Inner {
@@ -706,7 +724,7 @@ impl Store {
                 journal,
                 indexed: tokio::sync::watch::Sender::new(mark),
                 wake,
-                hits: index::counters(),
+                hits,
             }),
         };
         // Hits answered before the last stop (or crash) and not yet indexed: index them now,
@@ -977,16 +995,30 @@ impl Store {
         } else {
             Hit { ip, ..hit.clone() }.encode()
         };
-        inner.journal.append(&payload).map_err(StoreError::Io)?;
-        // Full means a wake-up is pending already.
-        let _ = inner.wake.try_send(());
-        Ok(())
+        inner.journal.append(&payload).map_err(|l| {
+            if l.records > 1 {
+                // Others' hits went down with the buffer this append had to write.
+                index::lost(
+                    &inner.hits,
+                    &journal::Lost {
+                        error: std::io::Error::new(l.error.kind(), l.error.to_string()),
+                        records: l.records - 1,
+                    },
+                );
+            }
+            StoreError::Io(l.error)
+        })
     }
 
     /// Waits until every hit journaled before the call is indexed, or `limit` passes.
     /// Returns whether it caught up. The admin API calls this before reading, so a query sees
     /// every open whose pixel was answered before it (unless indexing is `limit` behind).
     pub async fn caught_up(&self, limit: std::time::Duration) -> bool {
+        if let Err(l) = self.inner.journal.write_buffered() {
+            index::lost(&self.inner.hits, &l);
+        } else {
+            let _ = self.inner.wake.try_send(());
+        }
         let target = self.inner.journal.end();
         let mut rx = self.inner.indexed.subscribe();
         tokio::time::timeout(limit, rx.wait_for(|at| *at >= target))
@@ -999,11 +1031,13 @@ impl Store {
     pub fn index_lag_bytes(&self) -> u64 {
         let end = self.inner.journal.end();
         let at = *self.inner.indexed.borrow();
-        if at.generation == end.generation {
-            end.offset.saturating_sub(at.offset)
-        } else {
-            end.offset
-        }
+        let buffered = self.inner.journal.buffered_bytes() as u64;
+        buffered
+            + if at.generation == end.generation {
+                end.offset.saturating_sub(at.offset)
+            } else {
+                end.offset
+            }
     }
 
     /// The pixel hit counters (valid, invalid, store errors), shared with the listener.
@@ -1417,6 +1451,15 @@ impl Store {
 
 /// The wall clock in ms since the epoch (0 if the clock is before 1970).
 pub use crate::clock::now_ms;
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Buffered hits go to the file now, and the writer thread ends.
+        if let Err(l) = self.journal.close() {
+            index::lost(&self.hits, &l);
+        }
+    }
+}
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, WriteState> {

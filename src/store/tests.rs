@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::*;
@@ -803,4 +804,137 @@ async fn a_reply_for_an_unknown_message_does_not_cost_the_batch_its_others() {
     let m = s.get_message(&known).unwrap().unwrap();
     assert_eq!(m.message.delivery.map(|d| d.at_ms), Some(T0 + 5));
     assert_eq!(s.stats().counters.relayed, 1);
+}
+
+fn journal_hit(message: MessageId, at_ms: u64, ip: &str, ua: &str) -> Hit {
+    Hit {
+        message,
+        at_ms,
+        ip: ip.parse().unwrap(),
+        user_agent: ua.into(),
+        hints: Default::default(),
+        machine_window: Duration::from_secs(5),
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn journaled_hits_are_classified_and_recorded_by_the_indexer() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let id = MessageId::random();
+    s.record_message(&rec(id, T0, "bob@example.net")).unwrap();
+    s.finish_message(
+        &id,
+        &Delivery {
+            accepted: true,
+            reply: "250 ok".into(),
+            at_ms: T0,
+        },
+    )
+    .unwrap();
+    let feed = s.subscribe();
+    let thunderbird =
+        "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.4.2";
+    // Two seconds after the hand-off: inside the 5 s window, an early load by a machine.
+    s.append_hit(&journal_hit(id, T0 + 2_000, "192.0.2.9", thunderbird))
+        .unwrap();
+    s.append_hit(&journal_hit(id, T0 + 60_000, "192.0.2.9", thunderbird))
+        .unwrap();
+    // An authentic token of a message this store does not know: dropped, counted invalid.
+    s.append_hit(&journal_hit(MessageId::random(), T0, "192.0.2.9", "x"))
+        .unwrap();
+    assert!(block_on(s.caught_up(Duration::from_secs(10))));
+    let m = s.get_message(&id).unwrap().unwrap();
+    let ev = &m.open_events;
+    assert_eq!(ev.len(), 2);
+    assert_eq!((ev[0].count, ev[0].first, ev[1].count), (1, true, 2));
+    assert!(ev[0].machine && ev[0].machine_reason.as_deref() == Some("early-load"));
+    assert!(!ev[1].machine);
+    assert_eq!(ev[1].client, "Thunderbird");
+    let c = s.hit_counters();
+    assert_eq!(c.valid.load(Ordering::Relaxed), 2);
+    assert_eq!(c.invalid.load(Ordering::Relaxed), 1);
+    assert_eq!(s.index_lag_bytes(), 0);
+    // Live followers got both, in order.
+    let mut feed = feed;
+    assert_eq!(feed.try_recv().unwrap().count, 1);
+    assert_eq!(feed.try_recv().unwrap().count, 2);
+}
+
+#[test]
+fn an_anonymised_ip_is_all_the_journal_ever_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.anonymize_ip = true;
+    let s = Store::open(&c).unwrap();
+    let id = MessageId::random();
+    s.record_message(&rec(id, T0, "bob@example.net")).unwrap();
+    s.append_hit(&journal_hit(id, T0 + 60_000, "203.0.113.77", "UA"))
+        .unwrap();
+    assert!(block_on(s.caught_up(Duration::from_secs(10))));
+    let ev = s.get_message(&id).unwrap().unwrap().open_events;
+    assert_eq!(ev[0].ip, "203.0.113.0");
+    let mut journal = Vec::new();
+    for e in std::fs::read_dir(journal_dir(&c.path)).unwrap() {
+        journal.extend(std::fs::read(e.unwrap().path()).unwrap());
+    }
+    assert!(!journal.is_empty());
+    assert!(
+        !journal.windows(4).any(|w| w == [203, 0, 113, 77]),
+        "the full address reached the disk"
+    );
+    assert!(journal.windows(4).any(|w| w == [203, 0, 113, 0]));
+}
+
+#[test]
+fn hits_journaled_while_the_store_was_down_are_recorded_once_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let id = MessageId::random();
+    {
+        let s = Store::open(&c).unwrap();
+        s.record_message(&rec(id, T0, "bob@example.net")).unwrap();
+        s.append_hit(&journal_hit(id, T0 + 60_000, "192.0.2.1", "UA"))
+            .unwrap();
+        assert!(block_on(s.caught_up(Duration::from_secs(10))));
+    }
+    // Hits the indexer never saw (a crash right after they were written), then half a record.
+    {
+        let j = journal::Journal::open(&journal_dir(&c.path), 0).unwrap();
+        for k in 1..=3 {
+            j.append(&journal_hit(id, T0 + 60_000 + k, "192.0.2.1", "UA").encode())
+                .unwrap();
+        }
+        j.close().unwrap();
+    }
+    let seg = std::fs::read_dir(journal_dir(&c.path))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, &[40, 0, 0, 0, 1]).unwrap();
+    drop(f);
+    let s = reopen(&c);
+    let counts: Vec<u64> = s
+        .get_message(&id)
+        .unwrap()
+        .unwrap()
+        .open_events
+        .iter()
+        .map(|e| e.count)
+        .collect();
+    assert_eq!(counts, [1, 2, 3, 4]);
+    drop(s);
+    let s = reopen(&c);
+    assert_eq!(s.stats().counters.opens, 4, "replayed twice");
 }

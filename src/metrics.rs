@@ -22,6 +22,7 @@
 //! | `pixelrelay_pixel_duration_seconds` | histogram | |
 //! | `pixelrelay_opens_total` | counter | `device`; `machine` = true, false |
 //! | `pixelrelay_store_size_bytes` | gauge | |
+//! | `pixelrelay_open_index_lag_bytes` | gauge | journal bytes not yet indexed into sled |
 //! | `pixelrelay_admin_follow_streams` | gauge | |
 //! | `pixelrelay_admin_follow_lagged_total` | counter | |
 
@@ -65,6 +66,8 @@ pub struct Metrics {
     opens: Family<Labels, Counter>,
     /// sled's size on disk (collected).
     store_size: Gauge,
+    /// Open journal bytes not yet indexed (collected).
+    index_lag: Gauge,
     /// Follow streams open now.
     follow_streams: Gauge,
     /// Webhook deliveries, failed attempts and dead letters (collected from the notifier).
@@ -103,6 +106,7 @@ impl Metrics {
             pixel_requests: Family::default(),
             opens: Family::default(),
             store_size: Gauge::default(),
+            index_lag: Gauge::default(),
             follow_streams: Gauge::default(),
             webhooks: Family::default(),
             webhook_pending: Gauge::default(),
@@ -166,6 +170,12 @@ impl Metrics {
             "Size of the sled store on disk",
             Unit::Bytes,
             m.store_size.clone(),
+        );
+        registry.register_with_unit(
+            "open_index_lag",
+            "Pixel hits journaled but not yet recorded in the store",
+            Unit::Bytes,
+            m.index_lag.clone(),
         );
         registry.register(
             "admin_follow_streams",
@@ -291,6 +301,8 @@ impl Metrics {
         if let Ok(size) = store.size_on_disk() {
             self.store_size.set(i64::try_from(size).unwrap_or(i64::MAX));
         }
+        self.index_lag
+            .set(i64::try_from(store.index_lag_bytes()).unwrap_or(i64::MAX));
         let mut out = String::new();
         // Writing into a String cannot fail; an error would only mean a bad metric name.
         if let Err(e) = encode(&mut out, &self.registry) {

@@ -726,6 +726,8 @@ async fn metrics_are_valid_exposition_with_the_store_numbers() {
     );
     assert_eq!(v("pixelrelay_pixel_requests_total{result=\"valid\"}"), 0.0);
     assert!(v("pixelrelay_store_size_bytes") > 0.0);
+    // The API waited for the index before answering: nothing journaled is left behind.
+    assert_eq!(v("pixelrelay_open_index_lag_bytes"), 0.0);
     for k in [
         "pixelrelay_smtp_sessions_total",
         "pixelrelay_relayed_bytes_total",

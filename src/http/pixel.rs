@@ -2,10 +2,11 @@
 //! for everything else.
 //!
 //! Every pixel request gets the same 43-byte transparent GIF, valid token or not, so a broken
-//! image never shows in someone's mail and a prober learns nothing. A valid token of a known
-//! message records one open (classified, IP per the trust rules) before the response is sent,
-//! so a client that got its image has its open stored. Forged, truncated or unknown tokens
-//! record nothing and are counted as invalid.
+//! image never shows in someone's mail and a prober learns nothing. A hit with an authentic
+//! token (the HMAC checks out; no lookup) is appended to the store's open journal before the
+//! response is sent; the store's indexer then classifies it and records the open, or drops it
+//! as invalid if the message is unknown (see `store::index`). Forged, truncated or mutated
+//! tokens record nothing and are counted as invalid at once.
 //!
 //! Limits against slow or abusive clients (the accept loop in `http::serve`, shared with the
 //! admin listener): at most `http.max_connections` connections, 16 KiB of request head and 64
@@ -13,33 +14,25 @@
 //! keep-alive connection after `min(http.header_timeout, http.idle_timeout)`. On shutdown the
 //! listener stops accepting, idle connections close at once and requests in flight finish.
 //!
-//! Store writes go through one writer thread that group-commits: it takes every verified hit
-//! queued at that moment (up to 256) and records them in one sled transaction, then wakes the
-//! handlers, which answer only after their hit is committed. A lone hit is a batch of one, so
-//! light load pays no extra latency; under load one commit (a sealed IO buffer: `pwrite` plus
-//! `sync_file_range`, the dominant cost) serves many hits. When several hits are queued the
-//! writer waits in 200 µs steps, up to 1 ms, while more keep arriving: without that wait the
-//! batches under 64 connections averaged 4 hits, with it about 40. The writer also counts and
-//! logs each open, so a client that hangs up mid-request is still counted exactly once.
+//! The request does no store lookup and no sled write: one buffered journal append, about a
+//! microsecond. Recording the open in sled (several B-tree inserts in a transaction, ~35 µs per
+//! open even in batches of 256) happens behind, on the indexer thread at nice 19.
 //!
-//! Measured with `tests/pixel_bench.rs` and wrk (2 threads, 64 connections, 10 s, every hit a
-//! valid token, 10 000 messages, on the shared 2-core machine with other builds running):
+//! Measured with `bench/pixel.sh 10` (`tests/pixel_bench.rs` under wrk, 2 threads, 64
+//! connections, 10 s, every hit a valid token of one of 10 000 messages; nginx `empty_gif` with
+//! its access log on in the same run; shared 2-core machine):
 //!
-//! | | keep-alive | `Connection: close` |
-//! |---|---|---|
-//! | nginx `empty_gif` + access log (same run as the next row) | 93 700 req/s, p99 7 ms | 24 000 req/s, p99 6 ms |
-//! | this code: event built on the request's task, writer waits for its batch | 18 800 req/s, p99 6 ms | 10 900 req/s, p99 10 ms |
-//! | nginx (same run as the next row) | 84 200 req/s, p99 8 ms | 21 400 req/s, p99 7 ms |
-//! | writer waits for its batch, event built in the writer | 15 100 req/s, p99 7 ms | 10 500 req/s, p99 10 ms |
-//! | nginx (same run as the next row) | 75 500 req/s, p99 8 ms | 23 700 req/s, p99 6 ms |
-//! | batched writer, no wait | 11 200 req/s, p99 16 ms | 8 900 req/s, p99 18 ms |
-//! | nginx (an earlier run, for the rows below) | 53 900 req/s, p99 8 ms | 13 800 req/s, p99 9 ms |
-//! | batched writer, no wait | 13 800 req/s, p99 18 ms | 6 800 req/s, p99 26 ms |
-//! | one transaction per hit, on the request's task | 10 800 req/s, p99 28 ms | 5 400 req/s, p99 55 ms |
-//! | one transaction per hit via `spawn_blocking` (earlier run) | 7 200 req/s, p99 50 ms | 5 000 req/s, p99 66 ms |
+//! | pixel path | nginx keep-alive | pixelrelay keep-alive | ratio | p99 |
+//! |---|---|---|---|---|
+//! | journal, buffered 1 ms, indexer at nice 19 | ~90 400 req/s | 91 300 req/s | 1.01× | 4.8 ms |
+//! | journal, one `write` per hit, nice 19 | ~93 900 req/s | 79 800 req/s | 0.85× | 5.4 ms |
+//! | journal, one `write` per hit, nice 10 | ~93 600 req/s | 75 800 req/s | 0.81× | 6.0 ms |
+//! | sled transaction per batch, handler waits for its commit (before the journal) | 93 700 req/s | 18 800 req/s | 0.20× | 6.4 ms |
 //!
-//! Peak RSS: ~220 MB batched (sled's cache and IO buffers), ~520 MB unbatched; nginx 6 MB.
-//! Every 200 is a committed open: the bench's stored-open count equals its valid-hit count.
+//! (`~`: nginx's figure recovered from the ratio the script printed.) With the journal, every
+//! 200 is recorded once the index catches up (28–46 s after a 10 s
+//! keep-alive run here, at ~28 000 opens/s): the bench's stored-open count equals its valid-hit
+//! count. Peak RSS ~300 MB (sled's cache while indexing); nginx 6 MB.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -163,6 +163,12 @@ pub(super) fn index_batch(store: &Store, reader: &mut Reader) -> Result<bool, St
         }
     }
     if mark == start {
+        // No record, but possibly past segments that no longer exist (a fresh journal starts
+        // at generation 1): that is indexed too.
+        let at = reader.position();
+        if at > *inner.indexed.borrow() {
+            inner.indexed.send_replace(at);
+        }
         return Ok(false);
     }
     let mut prepared = Vec::with_capacity(hits.len());

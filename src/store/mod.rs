@@ -18,6 +18,7 @@
 //! opens_by_message  id(16) open_id(8)           -> ()      a message's opens
 //! meta              "counters"                  -> Counters (JSON)
 //!                   "open_counters"             -> the 4 open totals (32 bytes)
+//!                   "journal_indexed"           -> journal position indexed (16 bytes)
 //!                   "last_event"                -> last webhook event sequence (8 bytes)
 //! outbox            endpoint(8) seq(8)          -> webhook delivery (JSON), see outbox.rs
 //! dead_letters      endpoint(8) seq(8)          -> webhook delivery out of time (JSON)
@@ -36,10 +37,17 @@
 //! goes to an in-process `broadcast` channel for live followers (never a sled subscriber: a slow
 //! reader there blocks writers).
 //!
+//! Pixel hits do not write to sled on the request path: [`Store::append_hit`] appends them to
+//! the open journal (`journal.rs`, in `PATH.journal/`), whose thread writes its buffer within
+//! 1 ms, and the indexer (`index.rs`) records them in sled behind it, with the journal position
+//! in the same transaction ("journal_indexed" in `meta`), so a restart replays exactly the hits
+//! not yet indexed. [`Store::open`] indexes any such hits before it returns.
+//!
 //! sled keeps writes in memory and fsyncs them every `store.flush_interval` (its own flusher
-//! thread, `flush_every_ms`); [`Store::flush`] is called on shutdown. A crash or power cut
-//! therefore loses at most the opens and messages of the last `flush_interval` (default 500 ms)
-//! plus the flush in progress; nothing older.
+//! thread, `flush_every_ms`); the indexer fsyncs the journal at the same interval, and
+//! [`Store::flush`] does both on shutdown. A power cut therefore loses at most the hits and
+//! messages of the last `flush_interval` (default 500 ms); a `kill -9`, the hits of the last
+//! millisecond and the messages of the last `flush_interval`; nothing older.
 
 mod index;
 mod journal;

@@ -606,6 +606,31 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_loses_the_buffered_records_counted_and_the_journal_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        // Generation 1 is /dev/full: every write fails with ENOSPC.
+        std::os::unix::fs::symlink("/dev/full", segment_path(dir.path(), 1)).unwrap();
+        let j = Journal::open(dir.path(), 0).unwrap();
+        j.append(b"one").unwrap();
+        j.append(b"two").unwrap();
+        let lost = j.write_buffered().unwrap_err();
+        assert_eq!(lost.records, 2);
+        assert_eq!(lost.error.raw_os_error(), Some(28), "ENOSPC");
+        assert_eq!(j.end().offset, 0);
+        assert_eq!(
+            j.buffered_bytes(),
+            0,
+            "the buffer does not grow without bound"
+        );
+        // Once there is room again (here: the next segment is a real file), appends work.
+        drop(j);
+        let j = Journal::open(dir.path(), 2).unwrap();
+        j.append(b"three").unwrap();
+        j.write_buffered().unwrap();
+        assert_eq!(all(&j, Position::default()), vec![b"three".to_vec()]);
+    }
+
+    #[test]
     fn positions_round_trip_and_order() {
         let p = Position {
             generation: 3,

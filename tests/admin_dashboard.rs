@@ -24,21 +24,12 @@ const XSS: &str =
 
 fn chromium(bin: &Path, profile: &Path, extra: &[String], url: &str) -> Command {
     let mut c = Command::new(bin);
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--virtual-time-budget=5000",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .args(extra)
-    .arg(url)
-    .kill_on_drop(true);
+    c.args(common::CHROMIUM_FLAGS)
+        .arg("--virtual-time-budget=5000")
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .kill_on_drop(true);
     c
 }
 
@@ -64,23 +55,13 @@ impl Cdp {
         let (reply_r, reply_w) = std::io::pipe().expect("pipe");
         let (r, w) = (cmd_r.as_raw_fd(), reply_w.as_raw_fd());
         let mut c = std::process::Command::new(bin);
-        c.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--remote-debugging-pipe",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        c.args(common::CHROMIUM_FLAGS)
+            .arg("--remote-debugging-pipe")
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         // SAFETY: only async-signal-safe calls between fork and exec. Both ends are first moved
         // above fd 10 so that placing one on 3 or 4 cannot overwrite the other; dup2 clears
         // close-on-exec on the copies, and the originals close at exec.

@@ -64,9 +64,16 @@ pub struct Hit {
 }
 
 impl Hit {
+    /// [`Hit::encode_with_ip`] with the hit's own address.
+    #[cfg(test)]
+    pub(super) fn encode(&self) -> Vec<u8> {
+        self.encode_with_ip(self.ip)
+    }
+
+    /// The journal record, with `ip` in place of the hit's own (the anonymised address):
     /// `1 ‖ id(16) ‖ at_ms(8) ‖ window_ms(4) ‖ flags(1) ‖ ip(4|16) ‖ ua_len(2) ‖ ua`, integers
     /// little-endian; flags: 1 prefetch, 2 mobile, 4 IPv6.
-    pub(super) fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode_with_ip(&self, ip: IpAddr) -> Vec<u8> {
         let ua = &self.user_agent.as_bytes()[..self.user_agent.len().min(u16::MAX as usize)];
         let mut b = Vec::with_capacity(48 + ua.len());
         b.push(HIT_V1);
@@ -76,9 +83,9 @@ impl Hit {
         b.extend_from_slice(&window.to_le_bytes());
         let flags = u8::from(self.hints.prefetch)
             | (u8::from(self.hints.mobile) << 1)
-            | (u8::from(self.ip.is_ipv6()) << 2);
+            | (u8::from(ip.is_ipv6()) << 2);
         b.push(flags);
-        match self.ip {
+        match ip {
             IpAddr::V4(v4) => b.extend_from_slice(&v4.octets()),
             IpAddr::V6(v6) => b.extend_from_slice(&v6.octets()),
         }
@@ -87,7 +94,7 @@ impl Hit {
         b
     }
 
-    /// The inverse of [`Hit::encode`]; `None` for anything else.
+    /// The inverse of [`Hit::encode_with_ip`]; `None` for anything else.
     pub(super) fn decode(b: &[u8]) -> Option<Hit> {
         let (&v, b) = b.split_first()?;
         if v != HIT_V1 {

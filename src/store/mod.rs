@@ -998,12 +998,7 @@ impl Store {
         } else {
             net::canonical(hit.ip)
         };
-        let payload = if ip == hit.ip {
-            hit.encode()
-        } else {
-            Hit { ip, ..hit.clone() }.encode()
-        };
-        inner.journal.append(&payload).map_err(|l| {
+        inner.journal.append(&hit.encode_with_ip(ip)).map_err(|l| {
             if l.records > 1 {
                 // Others' hits went down with the buffer this append had to write.
                 index::lost(

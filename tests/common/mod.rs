@@ -801,22 +801,26 @@ pub async fn http_get(url: &str, user_agent: &str) -> (u16, String, Vec<u8>) {
     (status, head, buf[split..].to_vec())
 }
 
+/// Headless Chromium's flags for tests: no sandbox or GPU, and nothing that reaches beyond
+/// loopback on its own.
+pub const CHROMIUM_FLAGS: [&str; 9] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+];
+
 /// Headless Chromium with the flags that keep it on loopback; `None` if not installed.
 pub fn chromium(args: &[&str]) -> Option<std::process::Output> {
     let bin = need("chromium")?;
     let profile = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-        ])
+        .args(CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(args)
         .output()

@@ -219,6 +219,8 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Most simultaneous connections on the pixel listener.
     pub max_connections: usize,
+    /// Threads serving the pixel listener, each with its own event loop; 0: one per CPU.
+    pub workers: usize,
     /// Serve HTTPS directly with this certificate chain and key (PEM), instead of plain HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -529,6 +531,16 @@ impl Section<'_, '_> {
         let v = self.get::<i64>(key, default as i64);
         if v <= 0 {
             self.err(key, format!("must be a positive number, not {v}"));
+            return default;
+        }
+        v as u64
+    }
+
+    /// A whole number from 0 to `max`.
+    fn count(&mut self, key: &'static str, default: u64, max: u64) -> u64 {
+        let v = self.get::<i64>(key, default as i64);
+        if v < 0 || v as u64 > max {
+            self.err(key, format!("must be a number from 0 to {max}, not {v}"));
             return default;
         }
         v as u64
@@ -872,6 +884,7 @@ fn read_http(r: &mut Reader<'_>) -> HttpConfig {
         header_timeout: s.seconds("header_timeout", 10),
         idle_timeout: s.seconds("idle_timeout", 60),
         max_connections: s.positive("max_connections", 10_000) as usize,
+        workers: s.count("workers", 0, 1024) as usize,
         tls: None,
     };
     let (cert, key) = (s.opt_path("tls_cert"), s.opt_path("tls_key"));

@@ -91,6 +91,7 @@ async fn pixel_bench_server() {
         header_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         max_connections: 10_000,
+        workers: 0,
         tls: None,
     };
     let state = Arc::new(PixelState::new(

@@ -37,6 +37,7 @@ fn http_cfg() -> HttpConfig {
         header_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         max_connections: 100,
+        workers: 0,
         tls: None,
     }
 }

@@ -123,6 +123,7 @@ async fn hammer(store: &Store) -> (Vec<Duration>, Duration) {
         header_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         max_connections: 1000,
+        workers: 0,
         tls: None,
     };
     let state = Arc::new(PixelState::new(

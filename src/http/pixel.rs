@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpListener;
@@ -114,7 +114,11 @@ pub async fn serve(listener: TcpListener, state: Arc<PixelState>, shutdown: Shut
         header_timeout: state.http.header_timeout.min(state.http.idle_timeout),
         tls: state.tls.clone(),
     };
-    super::serve::serve(listener, limits, shutdown, move |peer, req| {
+    let threads = match state.http.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let handler = move |peer, req| {
         let state = state.clone();
         async move {
             let started = Instant::now();
@@ -122,8 +126,8 @@ pub async fn serve(listener: TcpListener, state: Arc<PixelState>, shutdown: Shut
             state.latency.observe(started.elapsed().as_secs_f64());
             r
         }
-    })
-    .await;
+    };
+    super::serve::serve_on_threads(listener, threads, limits, shutdown, handler).await;
 }
 
 /// Routes one request.
@@ -202,20 +206,27 @@ fn user_agent(headers: &HeaderMap) -> String {
     s
 }
 
+/// Request headers that say a load is a prefetch (Chromium, the old spelling, Firefox).
+const PREFETCH_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("sec-purpose"),
+    HeaderName::from_static("purpose"),
+    HeaderName::from_static("x-moz"),
+];
+/// Chromium's client hint for a mobile device.
+const SEC_CH_UA_MOBILE: HeaderName = HeaderName::from_static("sec-ch-ua-mobile");
+
 /// Header hints for the classifier.
 fn hints(headers: &HeaderMap) -> Hints {
-    let says_prefetch = |name: &str| {
+    let says_prefetch = |name: &HeaderName| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|v| v.to_ascii_lowercase().contains("prefetch"))
         })
     };
     Hints {
-        prefetch: says_prefetch("sec-purpose")
-            || says_prefetch("purpose")
-            || says_prefetch("x-moz"),
+        prefetch: PREFETCH_HEADERS.iter().any(says_prefetch),
         mobile: headers
-            .get("sec-ch-ua-mobile")
+            .get(SEC_CH_UA_MOBILE)
             .is_some_and(|v| v.as_bytes() == b"?1"),
     }
 }
@@ -231,6 +242,9 @@ fn has_body(headers: &HeaderMap) -> bool {
         .any(|v| v.to_str().map_or(true, |s| s.trim() != "0"))
 }
 
+/// Keeps search engines from indexing the pixel.
+const X_ROBOTS_TAG: HeaderName = HeaderName::from_static("x-robots-tag");
+
 /// The pixel response.
 fn gif() -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(GIF)));
@@ -243,7 +257,7 @@ fn gif() -> Response<Full<Bytes>> {
     );
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     h.insert(header::EXPIRES, HeaderValue::from_static("0"));
-    h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
+    h.insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex"));
     r
 }
 

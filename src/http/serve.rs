@@ -50,10 +50,30 @@ trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` fires, then drains.
-pub async fn serve<H, Fut, B>(
+pub async fn serve<H, Fut, B>(listener: TcpListener, limits: Limits, shutdown: Shutdown, handler: H)
+where
+    H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let handler = Arc::new(handler);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    accept_loop(listener, limits, shutdown, handler, permits).await;
+}
+
+/// Serves like [`serve`], on `threads` threads of its own, each with a single-threaded
+/// runtime accepting on a duplicate of `listener`'s socket (nginx's worker model): the
+/// connection is served by the thread that accepted it, so a request never waits for a
+/// hand-off between threads. `max_connections` holds across all of them. Returns when every
+/// thread has drained after `shutdown`. Should no thread start (no memory for a runtime or
+/// a thread), it serves on the caller's runtime instead.
+pub async fn serve_on_threads<H, Fut, B>(
     listener: TcpListener,
+    threads: usize,
     limits: Limits,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     handler: H,
 ) where
     H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -64,6 +84,107 @@ pub async fn serve<H, Fut, B>(
 {
     let handler = Arc::new(handler);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = limits.name, error = %e, "cannot detach the listener");
+            return;
+        }
+    };
+    let mut running = Vec::new();
+    for i in 0..threads.max(1) {
+        let worker = Worker {
+            limits: limits.clone(),
+            shutdown: shutdown.clone(),
+            handler: handler.clone(),
+            permits: permits.clone(),
+        };
+        match worker.start(&listener, i) {
+            Ok(done) => running.push(done),
+            Err(e) => {
+                tracing::warn!(listener = limits.name, thread = i, error = %e, "cannot start a listener thread");
+                break;
+            }
+        }
+    }
+    if running.is_empty() {
+        match TcpListener::from_std(listener) {
+            Ok(l) => accept_loop(l, limits, shutdown, handler, permits).await,
+            Err(e) => tracing::error!(listener = limits.name, error = %e, "cannot serve"),
+        }
+        return;
+    }
+    drop(listener);
+    for done in running {
+        // An error means the thread panicked; it has stopped either way.
+        let _ = done.await;
+    }
+}
+
+/// What one listener thread needs.
+struct Worker<H> {
+    /// The listener's limits.
+    limits: Limits,
+    /// Stops accepting.
+    shutdown: Shutdown,
+    /// Answers requests.
+    handler: Arc<H>,
+    /// Shared connection limit.
+    permits: Arc<Semaphore>,
+}
+
+impl<H> Worker<H> {
+    /// Starts thread `i` on a duplicate of `listener`; the receiver resolves when it ends.
+    fn start<Fut, B>(
+        self,
+        listener: &std::net::TcpListener,
+        i: usize,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>>
+    where
+        H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let socket = listener.try_clone()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("{}-http-{i}", self.limits.name))
+            .spawn(move || {
+                let name = self.limits.name;
+                rt.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(l) => {
+                            accept_loop(l, self.limits, self.shutdown, self.handler, self.permits)
+                                .await
+                        }
+                        Err(e) => tracing::error!(listener = name, error = %e, "cannot serve"),
+                    }
+                });
+                let _ = tx.send(());
+            })?;
+        Ok(rx)
+    }
+}
+
+/// Accepts and serves connections until `shutdown` fires, then waits for them to close.
+async fn accept_loop<H, Fut, B>(
+    listener: TcpListener,
+    limits: Limits,
+    mut shutdown: Shutdown,
+    handler: Arc<H>,
+    permits: Arc<Semaphore>,
+) where
+    H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let tracker = TaskTracker::default();
     let mut builder = http1::Builder::new();
     builder

@@ -58,6 +58,7 @@ impl Admin {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 100,
+            workers: 0,
             tls: None,
         };
         let pixel = Arc::new(PixelState::new(

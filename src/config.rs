@@ -1133,6 +1133,7 @@ mod tests {
             tls = "sometimes"
             [http]
             listen = "localhost"
+            workers = -2
             [bogus]
         "#;
         let errs = parse(text).expect_err("invalid").0;
@@ -1143,11 +1144,12 @@ mod tests {
             "smtp.max_recipients: must be a positive number",
             "upstream.tls: \"sometimes\" is not one of none | starttls | implicit",
             "http.listen: invalid socket address \"localhost\"",
+            "http.workers: must be a number from 0 to 1024, not -2",
             "bogus: unknown section",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
-        assert_eq!(errs.len(), 6, "{joined}");
+        assert_eq!(errs.len(), 7, "{joined}");
     }
 
     #[test]

@@ -567,6 +567,8 @@ async fn slow_headers_and_idle_connections_are_closed() {
 async fn connection_limit_queues_the_excess() {
     let mut cfg = http_cfg();
     cfg.max_connections = 2;
+    // The limit holds across the listener's threads.
+    cfg.workers = 3;
     let s = start(cfg, false).await;
     let mut a = s.connect().await;
     let mut b = s.connect().await;
@@ -604,7 +606,10 @@ async fn shutdown_closes_idle_connections_and_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_hits_are_each_recorded_once_with_exact_counts() {
-    let s = start(http_cfg(), false).await;
+    let mut cfg = http_cfg();
+    // Hits of one message arrive on several listener threads at once.
+    cfg.workers = 4;
+    let s = start(cfg, false).await;
     let (a, ta) = s.message("a@example.net", HOUR);
     let (b, tb) = s.message("b@example.net", HOUR);
     let mut tasks = Vec::new();

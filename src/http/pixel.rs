@@ -16,7 +16,9 @@
 //!
 //! The request does no store lookup and no sled write: one buffered journal append, about a
 //! microsecond. Recording the open in sled (several B-tree inserts in a transaction, ~35 µs per
-//! open even in batches of 256) happens behind, on the indexer thread at nice 19.
+//! open even in batches of 256) happens behind, on the indexer thread under `SCHED_IDLE`.
+//! Requests are served on `http.workers` threads of their own (one per CPU by default), each a
+//! single-threaded runtime (`http::serve::serve_on_threads`).
 //!
 //! Measured with `bench/pixel.sh 10` (`tests/pixel_bench.rs` under wrk, 2 threads, 64
 //! connections, 10 s, every hit a valid token of one of 10 000 messages; nginx `empty_gif` with

@@ -1,5 +1,12 @@
 //! The accept loop both HTTP listeners share: connection limit, header limits and timeout,
-//! accept back-off, graceful shutdown. The listeners differ only in the handler they pass.
+//! accept back-off, graceful shutdown. The listeners differ only in the handler they pass, and
+//! in where connections are served: the admin listener on the main runtime ([`serve`]), the
+//! pixel listener on threads of its own ([`serve_on_threads`], `http.workers`, one per CPU by
+//! default), each a single-threaded runtime serving the connections handed to it. A pixel
+//! request is a few microseconds of work; on tokio's shared work-stealing runtime the wake-ups
+//! between threads cost more than that (0.77–0.91× nginx's requests/s before, 0.93–1.0× after,
+//! `bench/RESULTS.md`). The acceptor gives each new connection to the thread serving the
+//! fewest, so that wrk's 64 simultaneous connects, or a proxy's pool, do not all land on one.
 //!
 //! At most `max_connections` connections are served (a semaphore permit is taken before
 //! `accept`, so the excess waits in the kernel backlog). A request head may be at most 16 KiB
@@ -22,8 +29,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::shutdown::{Shutdown, TaskTracker};
 
@@ -58,17 +66,23 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let handler = Arc::new(handler);
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    accept_loop(listener, limits, shutdown, handler, permits).await;
+    let conns = Connections::new(&limits, shutdown.clone(), Arc::new(handler));
+    let tracker = TaskTracker::default();
+    accept_loop(&listener, &limits, shutdown, |stream, peer, permit| {
+        tokio::spawn(conns.serve(stream, peer, (permit, tracker.guard())));
+    })
+    .await;
+    drop(listener);
+    tracker.wait().await;
 }
 
-/// Serves like [`serve`], on `threads` threads of its own, each with a single-threaded
-/// runtime accepting on a duplicate of `listener`'s socket (nginx's worker model): the
-/// connection is served by the thread that accepted it, so a request never waits for a
-/// hand-off between threads. `max_connections` holds across all of them. Returns when every
-/// thread has drained after `shutdown`. Should no thread start (no memory for a runtime or
-/// a thread), it serves on the caller's runtime instead.
+/// Serves like [`serve`], with the connections spread over `threads` threads of their own,
+/// each running a single-threaded runtime (the worker model of nginx and actix): the caller's
+/// runtime accepts and hands each new connection to the thread serving the fewest, which then
+/// serves every request on it, so a request never waits for a hand-off between threads.
+/// `max_connections` holds across all of them. Returns when every thread has drained after
+/// `shutdown`. Should no thread start (no memory for a runtime or a thread), it serves on the
+/// caller's runtime instead.
 pub async fn serve_on_threads<H, Fut, B>(
     listener: TcpListener,
     threads: usize,
@@ -82,64 +96,84 @@ pub async fn serve_on_threads<H, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let handler = Arc::new(handler);
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let listener = match listener.into_std() {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(listener = limits.name, error = %e, "cannot detach the listener");
-            return;
-        }
-    };
-    let mut running = Vec::new();
+    let conns = Arc::new(Connections::new(
+        &limits,
+        shutdown.clone(),
+        Arc::new(handler),
+    ));
+    let mut workers = Vec::new();
     for i in 0..threads.max(1) {
-        let worker = Worker {
-            limits: limits.clone(),
-            shutdown: shutdown.clone(),
-            handler: handler.clone(),
-            permits: permits.clone(),
-        };
-        match worker.start(&listener, i) {
-            Ok(done) => running.push(done),
+        match Worker::start(limits.name, i, conns.clone()) {
+            Ok(w) => workers.push(w),
             Err(e) => {
                 tracing::warn!(listener = limits.name, thread = i, error = %e, "cannot start a listener thread");
                 break;
             }
         }
     }
-    if running.is_empty() {
-        match TcpListener::from_std(listener) {
-            Ok(l) => accept_loop(l, limits, shutdown, handler, permits).await,
-            Err(e) => tracing::error!(listener = limits.name, error = %e, "cannot serve"),
-        }
+    if workers.is_empty() {
+        let tracker = TaskTracker::default();
+        accept_loop(&listener, &limits, shutdown, |stream, peer, permit| {
+            tokio::spawn(
+                conns
+                    .clone()
+                    .serve_owned(stream, peer, (permit, tracker.guard())),
+            );
+        })
+        .await;
+        drop(listener);
+        tracker.wait().await;
         return;
     }
+    accept_loop(&listener, &limits, shutdown, |stream, peer, permit| {
+        let Some(w) = workers
+            .iter()
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        match stream.into_std() {
+            Ok(stream) => {
+                w.load.fetch_add(1, Ordering::Relaxed);
+                if w.tx.send((stream, peer, permit)).is_err() {
+                    w.load.fetch_sub(1, Ordering::Relaxed);
+                    tracing::error!(listener = limits.name, "a listener thread has stopped");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(listener = limits.name, error = %e, "cannot hand over a connection")
+            }
+        }
+    })
+    .await;
     drop(listener);
-    for done in running {
+    let done: Vec<_> = workers.into_iter().map(|w| w.done).collect();
+    for d in done {
         // An error means the thread panicked; it has stopped either way.
-        let _ = done.await;
+        let _ = d.await;
     }
 }
 
-/// What one listener thread needs.
-struct Worker<H> {
-    /// The listener's limits.
-    limits: Limits,
-    /// Stops accepting.
-    shutdown: Shutdown,
-    /// Answers requests.
-    handler: Arc<H>,
-    /// Shared connection limit.
-    permits: Arc<Semaphore>,
+/// A connection handed to a listener thread.
+type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// One listener thread, seen from the acceptor.
+struct Worker {
+    /// New connections for it; dropping it tells the thread to drain and stop.
+    tx: mpsc::UnboundedSender<Handoff>,
+    /// Connections it is serving.
+    load: Arc<AtomicUsize>,
+    /// Resolves when the thread has ended.
+    done: oneshot::Receiver<()>,
 }
 
-impl<H> Worker<H> {
-    /// Starts thread `i` on a duplicate of `listener`; the receiver resolves when it ends.
-    fn start<Fut, B>(
-        self,
-        listener: &std::net::TcpListener,
+impl Worker {
+    /// Starts thread `i`.
+    fn start<H, Fut, B>(
+        name: &'static str,
         i: usize,
-    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>>
+        conns: Arc<Connections<H>>,
+    ) -> std::io::Result<Worker>
     where
         H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<B>> + Send + 'static,
@@ -147,52 +181,54 @@ impl<H> Worker<H> {
         B::Data: Send,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        let socket = listener.try_clone()?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Handoff>();
+        let (done_tx, done) = oneshot::channel();
+        let load = Arc::new(AtomicUsize::new(0));
+        let served = load.clone();
         std::thread::Builder::new()
-            .name(format!("{}-http-{i}", self.limits.name))
+            .name(format!("{name}-http-{i}"))
             .spawn(move || {
-                let name = self.limits.name;
                 rt.block_on(async move {
-                    match TcpListener::from_std(socket) {
-                        Ok(l) => {
-                            accept_loop(l, self.limits, self.shutdown, self.handler, self.permits)
-                                .await
+                    let tracker = TaskTracker::default();
+                    while let Some((stream, peer, permit)) = rx.recv().await {
+                        let count = Counted(served.clone());
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                let held = (permit, tracker.guard(), count);
+                                tokio::spawn(conns.clone().serve_owned(stream, peer, held));
+                            }
+                            Err(e) => tracing::debug!(listener = name, error = %e, "cannot take over a connection"),
                         }
-                        Err(e) => tracing::error!(listener = name, error = %e, "cannot serve"),
                     }
+                    tracker.wait().await;
                 });
-                let _ = tx.send(());
+                let _ = done_tx.send(());
             })?;
-        Ok(rx)
+        Ok(Worker { tx, load, done })
     }
 }
 
-/// Accepts and serves connections until `shutdown` fires, then waits for them to close.
-async fn accept_loop<H, Fut, B>(
-    listener: TcpListener,
-    limits: Limits,
+/// Decrements a thread's connection count when its connection ends.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes a connection permit and accepts, until `shutdown` fires; `dispatch` serves each
+/// connection, and must keep the permit for as long as it is open.
+async fn accept_loop(
+    listener: &TcpListener,
+    limits: &Limits,
     mut shutdown: Shutdown,
-    handler: Arc<H>,
-    permits: Arc<Semaphore>,
-) where
-    H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    let tracker = TaskTracker::default();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(MAX_HEAD)
-        .max_headers(MAX_HEADERS)
-        .keep_alive(true);
+    mut dispatch: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -217,14 +253,82 @@ async fn accept_loop<H, Fut, B>(
         };
         backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
-        let guard = tracker.guard();
-        let handler = handler.clone();
-        let builder = builder.clone();
-        let mut stop = shutdown.clone();
-        let tls = limits.tls.as_ref().map(|t| t.acceptor());
-        let header_timeout = limits.header_timeout;
-        let name = limits.name;
-        tokio::spawn(async move {
+        dispatch(stream, peer, permit);
+    }
+}
+
+/// Serves accepted connections: TLS when configured, then HTTP/1.1 with the listener's limits.
+struct Connections<H> {
+    /// Answers requests.
+    handler: Arc<H>,
+    /// hyper's settings.
+    builder: http1::Builder,
+    /// Certificate, for HTTPS.
+    tls: Option<Arc<TlsSource>>,
+    /// Allowed for the TLS handshake.
+    header_timeout: Duration,
+    /// For logs.
+    name: &'static str,
+    /// Ends keep-alive connections gracefully.
+    shutdown: Shutdown,
+}
+
+impl<H> Connections<H> {
+    fn new(limits: &Limits, shutdown: Shutdown, handler: Arc<H>) -> Connections<H> {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(MAX_HEAD)
+            .max_headers(MAX_HEADERS)
+            .keep_alive(true);
+        Connections {
+            handler,
+            builder,
+            tls: limits.tls.clone(),
+            header_timeout: limits.header_timeout,
+            name: limits.name,
+            shutdown,
+        }
+    }
+
+    /// [`Connections::serve`] for a spawned task.
+    async fn serve_owned<Fut, B>(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        held: impl Send + 'static,
+    ) where
+        H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        self.serve(stream, peer, held).await;
+    }
+
+    /// Serves one connection to its end; `held` (its permit, its tracker guard) is dropped then.
+    fn serve<Fut, B>(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        held: impl Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let handler = self.handler.clone();
+        let builder = self.builder.clone();
+        let mut stop = self.shutdown.clone();
+        let tls = self.tls.as_ref().map(|t| t.acceptor());
+        let header_timeout = self.header_timeout;
+        let name = self.name;
+        async move {
             let stream: Box<dyn Io> = match tls {
                 None => Box::new(stream),
                 Some(acceptor) => {
@@ -232,7 +336,7 @@ async fn accept_loop<H, Fut, B>(
                         Ok(Ok(s)) => Box::new(s),
                         _ => {
                             tracing::debug!(listener = name, peer = %peer, "TLS handshake failed or timed out");
-                            drop((permit, guard));
+                            drop(held);
                             return;
                         }
                     }
@@ -254,10 +358,62 @@ async fn accept_loop<H, Fut, B>(
             if let Err(e) = result {
                 tracing::debug!(listener = name, peer = %peer, error = %e, "connection ended with an error");
             }
-            drop(permit);
-            drop(guard);
-        });
+            drop(held);
+        }
     }
-    drop(listener);
-    tracker.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Sends one request and returns the body of the answer (the server closes after it).
+    async fn get(addr: SocketAddr) -> String {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        let (_, body) = out.split_once("\r\n\r\n").expect("a response");
+        body.to_string()
+    }
+
+    #[tokio::test]
+    async fn threads_serve_on_their_own_and_drain_on_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            name: "t",
+            max_connections: 100,
+            header_timeout: Duration::from_secs(10),
+            tls: None,
+        };
+        let (trigger, sd) = crate::shutdown::channel();
+        // Each response names the thread that made it.
+        let server = tokio::spawn(serve_on_threads(listener, 3, limits, sd, |_, _| async {
+            let name = std::thread::current().name().unwrap_or("?").to_string();
+            Response::new(Full::new(Bytes::from(name)))
+        }));
+        let clients: Vec<_> = (0..24).map(|_| tokio::spawn(get(addr))).collect();
+        for c in clients {
+            let name = c.await.unwrap();
+            assert!(
+                ["t-http-0", "t-http-1", "t-http-2"].contains(&name.as_str()),
+                "served by {name:?}, not a listener thread"
+            );
+        }
+        trigger.trigger();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("every thread drained")
+            .unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "no thread still holds the socket"
+        );
+    }
 }

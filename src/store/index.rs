@@ -7,7 +7,7 @@
 //! webhook outbox rows and the journal position reached in ONE sled transaction. Then it feeds
 //! live followers and the open log, and writes the one log line per open.
 //!
-//! The thread runs at a lower CPU priority (nice 10): when the machine is saturated, answering
+//! The thread runs under `SCHED_IDLE` (nice 19 where refused): when the machine is saturated, answering
 //! pixels comes first and the index catches up after the burst. Readers that must see every
 //! answered hit (the admin API) wait for the index to reach the journal's end first
 //! ([`super::Store::caught_up`]).
@@ -273,14 +273,21 @@ pub(super) fn spawn(
     wake: Receiver<()>,
     flush: Duration,
 ) -> std::io::Result<()> {
+    // Returns once the thread has taken its low priority, so that it is in place before the
+    // first pixel is answered.
+    let (started, ready) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("open-indexer".into())
-        .spawn(move || run(&inner, reader, &wake, flush))
-        .map(drop)
+        .spawn(move || {
+            lower_priority();
+            let _ = started.send(());
+            run(&inner, reader, &wake, flush);
+        })?;
+    let _ = ready.recv();
+    Ok(())
 }
 
 fn run(weak: &Weak<Inner>, mut reader: Reader, wake: &Receiver<()>, flush: Duration) {
-    lower_priority();
     let mut synced = Instant::now();
     loop {
         let Some(inner) = weak.upgrade() else { return };
@@ -316,11 +323,25 @@ fn run(weak: &Weak<Inner>, mut reader: Reader, wake: &Receiver<()>, flush: Durat
     }
 }
 
-/// Nice 10 for the calling thread (on Linux a thread id names one thread): pixels are answered
-/// first when the CPU is short.
+/// Puts the calling thread (the indexer) behind everything else: Linux's `SCHED_IDLE`, under
+/// which a woken pixel thread takes the CPU back at once instead of waiting out the indexer's
+/// time slice; nice 19 where that policy is refused. The indexer still runs whenever a core is
+/// idle, and gets a small share when none is, so the index always advances.
 fn lower_priority() {
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
-        tracing::debug!(error = %e, "open index: cannot lower priority");
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let idle = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    );
+    if let Err(e) = idle {
+        tracing::debug!(error = ?e, "open index: SCHED_IDLE refused, using nice 19");
+        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+            tracing::debug!(error = %e, "open index: cannot lower priority");
+        }
     }
 }
 

@@ -940,3 +940,29 @@ fn hits_journaled_while_the_store_was_down_are_recorded_once_on_open() {
     let s = reopen(&c);
     assert_eq!(s.stats().counters.opens, 4, "replayed twice");
 }
+
+#[test]
+fn the_indexer_runs_under_sched_idle() {
+    // Linux only (the policy is read from /proc); SCHED_IDLE is policy 5.
+    let dir = tempfile::tempdir().unwrap();
+    let _store = Store::open(&cfg(dir.path())).unwrap();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    let policies: Vec<String> = tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            (comm.trim() == "open-indexer").then_some(())?;
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            // Field 41, counted after the parenthesised command name (field 2).
+            let after = &stat[stat.rfind(')')? + 2..];
+            after.split(' ').nth(38).map(str::to_string)
+        })
+        .collect();
+    assert!(!policies.is_empty(), "no open-indexer thread found");
+    assert!(
+        policies.iter().all(|p| p == "5"),
+        "indexer scheduling policies: {policies:?}"
+    );
+}

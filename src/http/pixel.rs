@@ -26,6 +26,7 @@
 //!
 //! | pixel path | nginx keep-alive | pixelrelay keep-alive | ratio | p99 |
 //! |---|---|---|---|---|
+//! | listener threads of its own, indexer under `SCHED_IDLE`; median of 3 alternating pairs | 82 700–90 100 req/s | 63 700–92 900 req/s | 0.97× (0.77–1.10×) | 4.9–7.0 ms |
 //! | journal, buffered 1 ms, indexer at nice 19 | ~90 400 req/s | 91 300 req/s | 1.01× | 4.8 ms |
 //! | journal, one `write` per hit, nice 19 | ~93 900 req/s | 79 800 req/s | 0.85× | 5.4 ms |
 //! | journal, one `write` per hit, nice 10 | ~93 600 req/s | 75 800 req/s | 0.81× | 6.0 ms |

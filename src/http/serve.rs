@@ -5,7 +5,7 @@
 //! default), each a single-threaded runtime serving the connections handed to it. A pixel
 //! request is a few microseconds of work; on tokio's shared work-stealing runtime the wake-ups
 //! between threads cost more than that: with a forged token (the HTTP path and the MAC check
-//! alone) the pixel listener went from 0.87–0.96× nginx's requests/s to 1.10–1.48×
+//! alone) the pixel listener went from 0.87–1.25× nginx's requests/s to 1.10–1.48×
 //! (`bench/RESULTS.md`). The acceptor gives each new connection to the thread serving the
 //! fewest, so that wrk's 64 simultaneous connects, or a proxy's pool, do not all land on one.
 //!

@@ -58,18 +58,41 @@ pub struct Limits {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
+/// A response body hyper can send from any thread.
+pub trait ReplyBody:
+    Body<Data: Send, Error: Into<Box<dyn StdError + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<T> ReplyBody for T where
+    T: Body<Data: Send, Error: Into<Box<dyn StdError + Send + Sync>>> + Send + 'static
+{
+}
+
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` fires, then drains.
 pub async fn serve<H, Fut, B>(listener: TcpListener, limits: Limits, shutdown: Shutdown, handler: H)
 where
     H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: ReplyBody,
 {
     let conns = Connections::new(&limits, shutdown.clone(), Arc::new(handler));
+    serve_here(listener, &limits, shutdown, &conns).await;
+}
+
+/// Accepts and serves every connection on the caller's runtime until `shutdown`, then drains.
+async fn serve_here<H, Fut, B>(
+    listener: TcpListener,
+    limits: &Limits,
+    shutdown: Shutdown,
+    conns: &Connections<H>,
+) where
+    H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: ReplyBody,
+{
     let tracker = TaskTracker::default();
-    accept_loop(&listener, &limits, shutdown, |stream, peer, permit| {
+    accept_loop(&listener, limits, shutdown, |stream, peer, permit| {
         tokio::spawn(conns.serve(stream, peer, (permit, tracker.guard())));
     })
     .await;
@@ -93,9 +116,7 @@ pub async fn serve_on_threads<H, Fut, B>(
 ) where
     H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: ReplyBody,
 {
     let conns = Arc::new(Connections::new(
         &limits,
@@ -113,17 +134,7 @@ pub async fn serve_on_threads<H, Fut, B>(
         }
     }
     if workers.is_empty() {
-        let tracker = TaskTracker::default();
-        accept_loop(&listener, &limits, shutdown, |stream, peer, permit| {
-            tokio::spawn(
-                conns
-                    .clone()
-                    .serve_owned(stream, peer, (permit, tracker.guard())),
-            );
-        })
-        .await;
-        drop(listener);
-        tracker.wait().await;
+        serve_here(listener, &limits, shutdown, &conns).await;
         return;
     }
     accept_loop(&listener, &limits, shutdown, |stream, peer, permit| {
@@ -178,9 +189,7 @@ impl Worker {
     where
         H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<B>> + Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+        B: ReplyBody,
     {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -199,7 +208,7 @@ impl Worker {
                         match TcpStream::from_std(stream) {
                             Ok(stream) => {
                                 let held = (permit, tracker.guard(), count);
-                                tokio::spawn(conns.clone().serve_owned(stream, peer, held));
+                                tokio::spawn(conns.serve(stream, peer, held));
                             }
                             Err(e) => tracing::debug!(listener = name, error = %e, "cannot take over a connection"),
                         }
@@ -293,22 +302,6 @@ impl<H> Connections<H> {
         }
     }
 
-    /// [`Connections::serve`] for a spawned task.
-    async fn serve_owned<Fut, B>(
-        self: Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        held: impl Send + 'static,
-    ) where
-        H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Response<B>> + Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    {
-        self.serve(stream, peer, held).await;
-    }
-
     /// Serves one connection to its end; `held` (its permit, its tracker guard) is dropped then.
     fn serve<Fut, B>(
         &self,
@@ -319,9 +312,7 @@ impl<H> Connections<H> {
     where
         H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<B>> + Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+        B: ReplyBody,
     {
         let handler = self.handler.clone();
         let builder = self.builder.clone();

@@ -23,6 +23,7 @@
 //! | `pixelrelay_opens_total` | counter | `device`; `machine` = true, false |
 //! | `pixelrelay_store_size_bytes` | gauge | |
 //! | `pixelrelay_open_index_lag_bytes` | gauge | journal bytes not yet indexed into sled |
+//! | `pixelrelay_open_index_pauses_total` | counter | times the indexer paused for a busy pixel listener |
 //! | `pixelrelay_admin_follow_streams` | gauge | |
 //! | `pixelrelay_admin_follow_lagged_total` | counter | |
 
@@ -68,6 +69,8 @@ pub struct Metrics {
     store_size: Gauge,
     /// Open journal bytes not yet indexed (collected).
     index_lag: Gauge,
+    /// Times the open indexer paused for the pixel listener (collected).
+    index_pauses: Counter,
     /// Follow streams open now.
     follow_streams: Gauge,
     /// Webhook deliveries, failed attempts and dead letters (collected from the notifier).
@@ -107,6 +110,7 @@ impl Metrics {
             opens: Family::default(),
             store_size: Gauge::default(),
             index_lag: Gauge::default(),
+            index_pauses: Counter::default(),
             follow_streams: Gauge::default(),
             webhooks: Family::default(),
             webhook_pending: Gauge::default(),
@@ -176,6 +180,11 @@ impl Metrics {
             "Pixel hits journaled but not yet recorded in the store",
             Unit::Bytes,
             m.index_lag.clone(),
+        );
+        registry.register(
+            "open_index_pauses",
+            "Times the open indexer paused to leave contended CPUs to the pixel listener",
+            m.index_pauses.clone(),
         );
         registry.register(
             "admin_follow_streams",
@@ -303,6 +312,9 @@ impl Metrics {
         }
         self.index_lag
             .set(i64::try_from(store.index_lag_bytes()).unwrap_or(i64::MAX));
+        self.index_pauses
+            .inner()
+            .store(store.index_pauses(), Ordering::Relaxed);
         let mut out = String::new();
         // Writing into a String cannot fail; an error would only mean a bad metric name.
         if let Err(e) = encode(&mut out, &self.registry) {

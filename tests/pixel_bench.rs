@@ -144,11 +144,12 @@ async fn pixel_bench_server() {
     store.flush().await.unwrap();
     let c = &state.counters;
     println!(
-        "DONE valid={} invalid={} store_errors={} opens_stored={}",
+        "DONE valid={} invalid={} store_errors={} opens_stored={} index_pauses={}",
         c.valid.load(Ordering::Relaxed),
         c.invalid.load(Ordering::Relaxed),
         c.store_errors.load(Ordering::Relaxed),
-        store.stats().counters.opens
+        store.stats().counters.opens,
+        store.index_pauses()
     );
     // Peak resident memory of this process (the listener, its store and sled's cache).
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -154,7 +154,7 @@ const HITS_ENV: &str = "PIXELRELAY_JOURNAL_CRASH_CHILD";
 const MESSAGES: u64 = 50;
 
 /// A pixel hit on message `n`, as the listener journals it.
-fn hit(n: u64) -> Hit {
+fn hit(n: u64) -> Hit<'static> {
     Hit {
         message: id(n % MESSAGES),
         at_ms: 1_795_493_183_000 + n,

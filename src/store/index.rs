@@ -8,7 +8,8 @@
 //! live followers and the open log, and writes the one log line per open.
 //!
 //! The thread runs under `SCHED_IDLE` (nice 19 where refused): when the machine is saturated, answering
-//! pixels comes first and the index catches up after the burst. Readers that must see every
+//! pixels comes first and the index catches up after the burst. While a backlog builds up on
+//! contended CPUs it also pauses between small batches (`pace.rs`). Readers that must see every
 //! answered hit (the admin API) wait for the index to reach the journal's end first
 //! ([`super::Store::caught_up`]).
 //!
@@ -16,6 +17,7 @@
 //! dropped; a hit that cannot be decoded or committed is counted as a store error, logged, and
 //! skipped, so one bad record never stops the index.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -23,6 +25,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::journal::{Read, Reader};
+use super::pace::{self, Pace};
 use super::{Inner, OpenHit, Store, StoreError};
 use crate::token::MessageId;
 use crate::track::{Hints, OpenEvent, classify};
@@ -48,34 +51,41 @@ pub struct HitCounters {
 /// A pixel load with an authentic token, as the listener hands it to the store; classified
 /// when indexed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hit {
+pub struct Hit<'a> {
     /// The message the token names.
     pub message: MessageId,
     /// When, ms since the epoch.
     pub at_ms: u64,
     /// Client IP per the trust rules (the store applies `store.anonymize_ip` before writing).
     pub ip: IpAddr,
-    /// User-Agent (the listener caps it at 1 KiB).
-    pub user_agent: String,
+    /// User-Agent (the listener caps it at 1 KiB; borrowed from the request where it is
+    /// valid UTF-8).
+    pub user_agent: Cow<'a, str>,
     /// Request headers that tell the classifier something.
     pub hints: Hints,
     /// `tracking.machine_window` when the hit arrived (for the early-load rule).
     pub machine_window: Duration,
 }
 
-impl Hit {
-    /// [`Hit::encode_with_ip`] with the hit's own address.
+impl Hit<'_> {
+    /// [`Hit::encode_with_ip`] with the hit's own address, into a vector of its own.
     #[cfg(test)]
     pub(super) fn encode(&self) -> Vec<u8> {
-        self.encode_with_ip(self.ip)
+        let mut b = Vec::with_capacity(self.encoded_len());
+        self.encode_with_ip(self.ip, &mut b);
+        b
     }
 
-    /// The journal record, with `ip` in place of the hit's own (the anonymised address):
-    /// `1 ‖ id(16) ‖ at_ms(8) ‖ window_ms(4) ‖ flags(1) ‖ ip(4|16) ‖ ua_len(2) ‖ ua`, integers
-    /// little-endian; flags: 1 prefetch, 2 mobile, 4 IPv6.
-    pub(super) fn encode_with_ip(&self, ip: IpAddr) -> Vec<u8> {
+    /// The most bytes [`Hit::encode_with_ip`] appends.
+    pub(super) fn encoded_len(&self) -> usize {
+        48 + self.user_agent.len().min(u16::MAX as usize)
+    }
+
+    /// Appends the journal record to `b`, with `ip` in place of the hit's own (the anonymised
+    /// address): `1 ‖ id(16) ‖ at_ms(8) ‖ window_ms(4) ‖ flags(1) ‖ ip(4|16) ‖ ua_len(2) ‖ ua`,
+    /// integers little-endian; flags: 1 prefetch, 2 mobile, 4 IPv6.
+    pub(super) fn encode_with_ip(&self, ip: IpAddr, b: &mut Vec<u8>) {
         let ua = &self.user_agent.as_bytes()[..self.user_agent.len().min(u16::MAX as usize)];
-        let mut b = Vec::with_capacity(48 + ua.len());
         b.push(HIT_V1);
         b.extend_from_slice(self.message.as_bytes());
         b.extend_from_slice(&self.at_ms.to_le_bytes());
@@ -91,11 +101,10 @@ impl Hit {
         }
         b.extend_from_slice(&(ua.len() as u16).to_le_bytes());
         b.extend_from_slice(ua);
-        b
     }
 
     /// The inverse of [`Hit::encode_with_ip`]; `None` for anything else.
-    pub(super) fn decode(b: &[u8]) -> Option<Hit> {
+    pub(super) fn decode(b: &[u8]) -> Option<Hit<'static>> {
         let (&v, b) = b.split_first()?;
         if v != HIT_V1 {
             return None;
@@ -122,7 +131,7 @@ impl Hit {
             message: MessageId::from_slice(id)?,
             at_ms: u64::from_le_bytes(at.try_into().ok()?),
             ip,
-            user_agent: String::from_utf8_lossy(ua).into_owned(),
+            user_agent: Cow::Owned(String::from_utf8_lossy(ua).into_owned()),
             hints: Hints {
                 prefetch: flags & 1 != 0,
                 mobile: flags & 2 != 0,
@@ -136,13 +145,17 @@ impl Hit {
 
 /// Indexes the next batch of journaled hits after `reader`'s position, up to the journal's
 /// end at the time of the call. Returns whether it got anywhere.
-pub(super) fn index_batch(store: &Store, reader: &mut Reader) -> Result<bool, StoreError> {
+pub(super) fn index_batch(
+    store: &Store,
+    reader: &mut Reader,
+    limit: usize,
+) -> Result<bool, StoreError> {
     let inner = &*store.inner;
     let end = inner.journal.end();
     let start = reader.position();
     let mut mark = start;
-    let mut hits = Vec::with_capacity(BATCH.min(64));
-    while hits.len() < BATCH {
+    let mut hits = Vec::with_capacity(limit.min(64));
+    while hits.len() < limit {
         match reader.next(end).map_err(StoreError::Io)? {
             Read::Record(payload, at) => {
                 mark = at;
@@ -186,7 +199,7 @@ pub(super) fn index_batch(store: &Store, reader: &mut Reader) -> Result<bool, St
                 let hit = OpenHit {
                     at_ms: h.at_ms,
                     ip: h.ip,
-                    user_agent: h.user_agent.clone(),
+                    user_agent: h.user_agent.to_string(),
                     classification: classify(
                         &h.user_agent,
                         &h.hints,
@@ -262,7 +275,7 @@ fn log_open(e: &OpenEvent) {
 
 /// Indexes everything journaled so far (on open, before the store is handed out).
 pub(super) fn catch_up(store: &Store, reader: &mut Reader) -> Result<(), StoreError> {
-    while index_batch(store, reader)? {}
+    while index_batch(store, reader, BATCH)? {}
     Ok(())
 }
 
@@ -289,10 +302,12 @@ pub(super) fn spawn(
 
 fn run(weak: &Weak<Inner>, mut reader: Reader, wake: &Receiver<()>, flush: Duration) {
     let mut synced = Instant::now();
+    let mut pace = Pace::default();
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let store = Store { inner };
-        let progressed = match index_batch(&store, &mut reader) {
+        pace.start();
+        let progressed = match index_batch(&store, &mut reader, pace.batch_limit(BATCH)) {
             Ok(p) => p,
             Err(e) => {
                 store
@@ -313,12 +328,37 @@ fn run(weak: &Weak<Inner>, mut reader: Reader, wake: &Receiver<()>, flush: Durat
                 tracing::error!(error = %e, "cannot fsync the open journal");
             }
         }
+        let pause = progressed
+            && pace.after(
+                store.index_lag_bytes(),
+                store.inner.readers_waiting.load(Ordering::Relaxed) > 0,
+            );
         drop(store);
-        if !progressed {
+        if pause {
+            stand_back(weak);
+        } else if !progressed {
+            pace.caught_up();
             match wake.recv_timeout(flush) {
                 Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+        }
+    }
+}
+
+/// Pauses for [`pace::PAUSE`] (see `pace.rs`), less if a reader starts waiting for the index
+/// or the store is dropped meanwhile.
+fn stand_back(weak: &Weak<Inner>) {
+    const STEP: Duration = Duration::from_millis(10);
+    let Some(inner) = weak.upgrade() else { return };
+    inner.index_pauses.fetch_add(1, Ordering::Relaxed);
+    drop(inner);
+    let until = Instant::now() + pace::PAUSE;
+    while Instant::now() < until {
+        std::thread::sleep(STEP);
+        match weak.upgrade() {
+            Some(inner) if inner.readers_waiting.load(Ordering::Relaxed) == 0 => {}
+            _ => return,
         }
     }
 }
@@ -360,12 +400,12 @@ pub(super) fn counters() -> Arc<HitCounters> {
 mod tests {
     use super::*;
 
-    fn hit(ip: &str, ua: &str) -> Hit {
+    fn hit(ip: &str, ua: &str) -> Hit<'static> {
         Hit {
             message: MessageId::random(),
             at_ms: 1_790_000_000_123,
             ip: ip.parse().unwrap(),
-            user_agent: ua.into(),
+            user_agent: ua.to_string().into(),
             hints: Hints {
                 prefetch: true,
                 mobile: false,

@@ -193,15 +193,27 @@ impl Journal {
     /// Appends one record to the buffer, which [`Journal::run_writer`] writes within its
     /// linger time (or this call, when the buffer is full). On error this record is not in
     /// the journal, nor are the others counted in [`Lost::records`] with it.
+    #[cfg(test)]
     pub fn append(&self, payload: &[u8]) -> Result<(), Lost> {
-        if payload.len() > MAX_RECORD {
-            return Err(Lost {
-                error: io::Error::new(io::ErrorKind::InvalidInput, "journal record too large"),
-                records: 1,
-            });
+        self.append_with(payload.len(), |b| b.extend_from_slice(payload))
+    }
+
+    /// [`Journal::append`] of the payload that `encode` appends to the buffer it is given
+    /// (at most `max_len` bytes): no copy of its own.
+    pub fn append_with(
+        &self,
+        max_len: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Lost> {
+        let too_large = || Lost {
+            error: io::Error::new(io::ErrorKind::InvalidInput, "journal record too large"),
+            records: 1,
+        };
+        if max_len > MAX_RECORD {
+            return Err(too_large());
         }
         let mut t = self.lock();
-        if t.buf.len() + HEADER + payload.len() > BUFFER_BYTES {
+        if t.buf.len() + HEADER + max_len > BUFFER_BYTES {
             // The writer is behind (or gone): write here rather than grow without bound. On
             // failure this record is lost with the buffer.
             self.write_out(&mut t).map_err(|l| Lost {
@@ -210,11 +222,19 @@ impl Journal {
             })?;
         }
         let was_empty = t.buf.is_empty();
-        t.buf
-            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        t.buf
-            .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        t.buf.extend_from_slice(payload);
+        let start = t.buf.len();
+        t.buf.extend_from_slice(&[0; HEADER]);
+        encode(&mut t.buf);
+        let payload = &t.buf[start + HEADER..];
+        if payload.len() > max_len {
+            t.buf.truncate(start);
+            return Err(too_large());
+        }
+        let header = [
+            (payload.len() as u32).to_le_bytes(),
+            crc32fast::hash(payload).to_le_bytes(),
+        ];
+        t.buf[start..start + HEADER].copy_from_slice(header.as_flattened());
         t.buffered += 1;
         let write_now = t.closed;
         if write_now {

@@ -52,6 +52,7 @@
 mod index;
 mod journal;
 mod outbox;
+mod pace;
 mod retention;
 mod writer;
 
@@ -59,6 +60,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -625,6 +627,10 @@ struct Inner {
     wake: std::sync::mpsc::SyncSender<()>,
     /// Pixel hit counters, shared with the listener.
     hits: Arc<HitCounters>,
+    /// Readers waiting in [`Store::caught_up`] (the indexer does not pause for the CPU then).
+    readers_waiting: AtomicUsize,
+    /// Times the indexer paused to leave the CPU to the listener (`pace.rs`).
+    index_pauses: AtomicU64,
 }
 
 /// State owned by the writer lock.
@@ -733,6 +739,8 @@ impl Store {
                 indexed: tokio::sync::watch::Sender::new(mark),
                 wake,
                 hits,
+                readers_waiting: AtomicUsize::new(0),
+                index_pauses: AtomicU64::new(0),
             }),
         };
         // Hits answered before the last stop (or crash) and not yet indexed: index them now,
@@ -998,19 +1006,23 @@ impl Store {
         } else {
             net::canonical(hit.ip)
         };
-        inner.journal.append(&hit.encode_with_ip(ip)).map_err(|l| {
-            if l.records > 1 {
-                // Others' hits went down with the buffer this append had to write.
-                index::lost(
-                    &inner.hits,
-                    &journal::Lost {
-                        error: std::io::Error::new(l.error.kind(), l.error.to_string()),
-                        records: l.records - 1,
-                    },
-                );
-            }
-            StoreError::Io(l.error)
-        })
+        let encode = |b: &mut Vec<u8>| hit.encode_with_ip(ip, b);
+        inner
+            .journal
+            .append_with(hit.encoded_len(), encode)
+            .map_err(|l| {
+                if l.records > 1 {
+                    // Others' hits went down with the buffer this append had to write.
+                    index::lost(
+                        &inner.hits,
+                        &journal::Lost {
+                            error: std::io::Error::new(l.error.kind(), l.error.to_string()),
+                            records: l.records - 1,
+                        },
+                    );
+                }
+                StoreError::Io(l.error)
+            })
     }
 
     /// Waits until every hit journaled before the call is indexed, or `limit` passes.
@@ -1023,6 +1035,15 @@ impl Store {
             let _ = self.inner.wake.try_send(());
         }
         let target = self.inner.journal.end();
+        // While this waits, the indexer does not pause for the listener.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.inner.readers_waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.inner.readers_waiting);
         let mut rx = self.inner.indexed.subscribe();
         tokio::time::timeout(limit, rx.wait_for(|at| *at >= target))
             .await
@@ -1041,6 +1062,11 @@ impl Store {
             } else {
                 end.offset
             }
+    }
+
+    /// Times the open indexer paused to leave contended CPUs to the pixel listener.
+    pub fn index_pauses(&self) -> u64 {
+        self.inner.index_pauses.load(Ordering::Relaxed)
     }
 
     /// The pixel hit counters (valid, invalid, store errors), shared with the listener.

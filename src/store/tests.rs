@@ -806,7 +806,7 @@ async fn a_reply_for_an_unknown_message_does_not_cost_the_batch_its_others() {
     assert_eq!(s.stats().counters.relayed, 1);
 }
 
-fn journal_hit(message: MessageId, at_ms: u64, ip: &str, ua: &str) -> Hit {
+fn journal_hit<'a>(message: MessageId, at_ms: u64, ip: &str, ua: &'a str) -> Hit<'a> {
     Hit {
         message,
         at_ms,
@@ -965,4 +965,55 @@ fn the_indexer_runs_under_sched_idle() {
         policies.iter().all(|p| p == "5"),
         "indexer scheduling policies: {policies:?}"
     );
+}
+
+#[test]
+fn the_indexer_pauses_for_busy_cpus_behind_a_backlog_and_catches_up_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let id = MessageId::random();
+    s.record_message(&rec(id, T0, "bob@example.net")).unwrap();
+    // Every CPU busy, at nice 19 so that the indexer (SCHED_IDLE, a fifth of their weight)
+    // still gets a little: it waits far longer for a CPU than it runs.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let spinners: Vec<_> = (0..=cpus)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    // A backlog of about twice pace::BACKLOG.
+    let ua = "x".repeat(1000);
+    let n = 2 * pace::BACKLOG / 1000;
+    for k in 0..n {
+        s.append_hit(&journal_hit(id, T0 + 60_000 + k, "192.0.2.1", &ua))
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while s.index_pauses() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pause with every CPU busy; {} bytes behind",
+            s.index_lag_bytes()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        s.index_lag_bytes() >= pace::BACKLOG / 2,
+        "it paused, not indexed"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in spinners {
+        t.join().unwrap();
+    }
+    // Free CPUs: it catches up, every hit recorded once.
+    assert!(block_on(s.caught_up(Duration::from_secs(60))));
+    assert_eq!(s.stats().counters.opens, n);
+    assert_eq!(s.index_lag_bytes(), 0);
 }

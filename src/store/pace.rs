@@ -1,0 +1,258 @@
+//! When the open indexer stands back for the pixel listener.
+//!
+//! The indexer runs under `SCHED_IDLE` (see `index.rs`), so a pixel thread that wakes takes a
+//! core from it at once. During a pixel burst that saturates the CPUs that is not enough: the
+//! indexer still runs in each short gap between requests, and every time a pixel thread wakes
+//! it has to push the indexer off a core whose caches sled's B-tree walk has just filled. With
+//! the indexer stopped for the whole burst, the listener answered 5–10 % more requests per
+//! second on the 2-core bench machine (`bench/pixel.sh`), and indexing a burst later costs no
+//! more CPU than indexing it during.
+//!
+//! So the indexer measures, over each batch, how long it waited for a CPU (the kernel's
+//! run-queue delay, `/proc/thread-self/schedstat`) against how long it ran (its CPU clock).
+//! When it waited longer than it ran, the CPUs are contended, and if a backlog of at least
+//! [`BACKLOG`] bytes has built up (~7 000 hits: a burst, not everyday traffic), it pauses for
+//! [`PAUSE`], then indexes a probe batch of [`PROBE_BATCH`] hits and measures again (the first
+//! batch after catching up is a probe too). It does not stand back:
+//! - when someone waits for the index (the admin API's read-your-opens wait): a pause ends as
+//!   soon as a reader arrives;
+//! - once it has been behind for [`LIMIT`] without a break: under a sustained overload the
+//!   opens must still arrive, and the indexer falls back to taking what `SCHED_IDLE` gives it;
+//! - where the kernel does not report run-queue delay.
+//!
+//! Live followers and webhooks see the opens of a saturating burst after the burst (they would
+//! lag anyway: the indexer records ~28 000 opens/s where the listener answers ~80 000 hits/s).
+//! `pixelrelay_open_index_pauses_total` counts the pauses.
+
+use std::time::{Duration, Instant};
+
+/// A backlog below this many journal bytes is always indexed at once.
+pub const BACKLOG: u64 = 1 << 20;
+/// One pause.
+pub const PAUSE: Duration = Duration::from_millis(200);
+/// Hits indexed between pauses, to measure the contention again.
+pub const PROBE_BATCH: usize = 64;
+/// The indexer stops pausing once it has been behind this long without a break.
+pub const LIMIT: Duration = Duration::from_secs(60);
+/// Run-queue delay below this is never contention (wake-up latency, clock granularity).
+const MIN_WAIT: Duration = Duration::from_millis(1);
+
+/// The indexer thread's CPU time and run-queue delay so far.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    ran: Duration,
+    waited: Duration,
+}
+
+impl Usage {
+    /// The calling thread's usage; `None` where the kernel does not report run-queue delay.
+    fn now() -> Option<Usage> {
+        let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+        let waited: u64 = schedstat.split_whitespace().nth(1)?.parse().ok()?;
+        let cpu = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Some(Usage {
+            ran: Duration::new(
+                u64::try_from(cpu.tv_sec).ok()?,
+                u32::try_from(cpu.tv_nsec).ok()?,
+            ),
+            waited: Duration::from_nanos(waited),
+        })
+    }
+}
+
+/// What the indexer saw over one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// CPU time the batch took.
+    pub ran: Duration,
+    /// Time it spent runnable, waiting for a CPU.
+    pub waited: Duration,
+    /// Journal bytes not yet indexed after it.
+    pub backlog: u64,
+    /// How long the index has been behind without a break.
+    pub behind_for: Duration,
+    /// Someone waits for the index to catch up.
+    pub reader_waiting: bool,
+}
+
+/// Whether the indexer should pause after `b`.
+pub fn stand_back(b: &Batch) -> bool {
+    !b.reader_waiting
+        && b.backlog >= BACKLOG
+        && b.behind_for < LIMIT
+        && b.waited >= MIN_WAIT
+        && b.waited > b.ran
+}
+
+/// The indexer's measurements between batches.
+#[derive(Debug, Default)]
+pub struct Pace {
+    /// Usage when the current batch started.
+    start: Option<Usage>,
+    /// Since when the index has been behind, if it is.
+    behind_since: Option<Instant>,
+    /// Whether the next batch is a probe: after a pause, or after catching up (a burst's first
+    /// batch costs a millisecond or two to measure).
+    probe: bool,
+}
+
+impl Pace {
+    /// How many hits the next batch may index.
+    pub fn batch_limit(&self, full: usize) -> usize {
+        if self.probe { PROBE_BATCH } else { full }
+    }
+
+    /// Call before indexing a batch.
+    pub fn start(&mut self) {
+        self.start = Usage::now();
+    }
+
+    /// Call after a batch that indexed something, with the backlog left: whether to pause.
+    pub fn after(&mut self, backlog: u64, reader_waiting: bool) -> bool {
+        let now = Instant::now();
+        let behind_for = if backlog == 0 {
+            self.behind_since = None;
+            Duration::ZERO
+        } else {
+            now - *self.behind_since.get_or_insert(now)
+        };
+        let (Some(start), Some(end)) = (self.start.take(), Usage::now()) else {
+            self.probe = false;
+            return false;
+        };
+        self.probe = stand_back(&Batch {
+            ran: end.ran.saturating_sub(start.ran),
+            waited: end.waited.saturating_sub(start.waited),
+            backlog,
+            behind_for,
+            reader_waiting,
+        });
+        self.probe
+    }
+
+    /// Call when the index has caught up with the journal.
+    pub fn caught_up(&mut self) {
+        self.behind_since = None;
+        self.probe = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn contended() -> Batch {
+        Batch {
+            ran: 2 * MS,
+            waited: 30 * MS,
+            backlog: 8 * BACKLOG,
+            behind_for: Duration::from_secs(3),
+            reader_waiting: false,
+        }
+    }
+
+    #[test]
+    fn stands_back_when_it_waited_longer_than_it_ran_behind_a_backlog() {
+        assert!(stand_back(&contended()));
+    }
+
+    #[test]
+    fn each_condition_alone_keeps_it_indexing() {
+        let cases = [
+            (
+                "a free CPU",
+                Batch {
+                    waited: MS,
+                    ..contended()
+                },
+            ),
+            (
+                "waiting as long as running",
+                Batch {
+                    waited: 2 * MS,
+                    ..contended()
+                },
+            ),
+            (
+                "wake-up noise on a tiny batch",
+                Batch {
+                    ran: Duration::from_micros(100),
+                    waited: Duration::from_micros(900),
+                    ..contended()
+                },
+            ),
+            (
+                "a small backlog",
+                Batch {
+                    backlog: BACKLOG - 1,
+                    ..contended()
+                },
+            ),
+            (
+                "a reader waiting",
+                Batch {
+                    reader_waiting: true,
+                    ..contended()
+                },
+            ),
+            (
+                "behind for too long",
+                Batch {
+                    behind_for: LIMIT,
+                    ..contended()
+                },
+            ),
+        ];
+        for (why, b) in cases {
+            assert!(!stand_back(&b), "{why}: {b:?}");
+        }
+    }
+
+    #[test]
+    fn the_thread_reports_its_cpu_time_and_run_queue_delay() {
+        let start = Usage::now().expect("/proc/thread-self/schedstat on Linux");
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < 20 * MS {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let end = Usage::now().expect("schedstat");
+        assert!(end.ran >= start.ran + 5 * MS, "{start:?} → {end:?}");
+        assert!(end.waited >= start.waited);
+    }
+
+    #[test]
+    fn a_probe_batch_comes_first_after_catching_up_and_a_batch_without_pause_lifts_it() {
+        let mut p = Pace::default();
+        assert_eq!(p.batch_limit(512), 512);
+        p.behind_since = Some(Instant::now());
+        p.caught_up();
+        assert_eq!(p.batch_limit(512), PROBE_BATCH);
+        assert!(p.behind_since.is_none());
+        p.start();
+        // A reader waiting: no pause, so full batches again.
+        assert!(!p.after(8 * BACKLOG, true));
+        assert_eq!(p.batch_limit(512), 512);
+    }
+
+    #[test]
+    fn it_tracks_how_long_the_index_has_been_behind() {
+        let mut p = Pace::default();
+        p.start();
+        // A reader waiting: whatever the CPU did meanwhile, no pause.
+        assert!(!p.after(8 * BACKLOG, true));
+        let since = p.behind_since.expect("behind");
+        p.start();
+        assert!(!p.after(BACKLOG, true));
+        assert_eq!(
+            p.behind_since,
+            Some(since),
+            "still behind since the first batch"
+        );
+        p.start();
+        assert!(!p.after(0, true));
+        assert!(p.behind_since.is_none());
+    }
+}

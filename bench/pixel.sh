@@ -2,7 +2,7 @@
 # Pixel endpoint: wrk against pixelrelay's pixel listener (every hit a valid token, recorded in
 # sled) and nginx's empty_gif with its access log on, in the same run; keep-alive and
 # connection-per-hit. Prints req/s, p99 and the ratio, and checks opens stored = 200s counted.
-# Usage: bench/pixel.sh [SECONDS]   (PIXEL_BENCH_ROUNDS keep-alive pairs, default 3)
+# Usage: bench/pixel.sh [SECONDS]   (PIXEL_BENCH_ROUNDS keep-alive pairs, default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
@@ -76,7 +76,12 @@ bench() {
 # The machine is shared and its speed drifts over minutes, so keep-alive is measured in ROUNDS
 # pairs, alternating which of the two goes first, and the median of the pair ratios is the
 # figure.
-ROUNDS=${PIXEL_BENCH_ROUNDS:-3}
+ROUNDS=${PIXEL_BENCH_ROUNDS:-5}
+# Warm-up, not counted: a fresh process's first burst pays for page faults as its heap and
+# sled's cache grow (pixelrelay's first 10 s run was 10-15 % slower than its later ones).
+run -d3s "http://127.0.0.1:$NG" >/dev/null
+run -d3s "http://127.0.0.1:$PX" | total200 >> "$W/px-200s.txt"
+catchup >/dev/null
 printf "%-28s %12s %10s\n" target req/s p99
 ratios=()
 for round in $(seq "$ROUNDS"); do

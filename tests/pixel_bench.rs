@@ -28,6 +28,10 @@ use pixelrelay::http::pixel::{PixelState, serve};
 use pixelrelay::store::{Delivery, MessageRecord, Store, now_ms};
 use pixelrelay::token::{MessageId, Purpose, TokenKey};
 
+/// The allocator the `pixelrelay` binary uses (`src/main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()

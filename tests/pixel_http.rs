@@ -457,6 +457,22 @@ async fn routes_methods_and_bodies() {
     let mut line = String::new();
     let _ = c.io.read_line(&mut line).await;
     assert!(line.is_empty() || line.contains(" 431 "), "{line:?}");
+    // Header count: hyper's 100 are served, one more is refused.
+    let with_headers = |n: usize| {
+        let mut req = "GET /healthz HTTP/1.1\r\nHost: t\r\n".to_string();
+        for i in 1..n {
+            req.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        req + "\r\n"
+    };
+    let mut c = s.connect().await;
+    c.send(&with_headers(100)).await;
+    assert_eq!(c.read(false).await.status, 200);
+    let mut c = s.connect().await;
+    c.send(&with_headers(101)).await;
+    let mut line = String::new();
+    let _ = c.io.read_line(&mut line).await;
+    assert!(line.is_empty() || line.contains(" 431 "), "{line:?}");
     assert_eq!(
         s.state.counters.invalid.load(Ordering::Relaxed),
         0,

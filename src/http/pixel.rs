@@ -9,7 +9,7 @@
 //! tokens record nothing and are counted as invalid at once.
 //!
 //! Limits against slow or abusive clients (the accept loop in `http::serve`, shared with the
-//! admin listener): at most `http.max_connections` connections, 16 KiB of request head and 64
+//! admin listener): at most `http.max_connections` connections, 16 KiB of request head and 100
 //! headers, no request bodies (413), and hyper's header-read timeout, which also closes an idle
 //! keep-alive connection after `min(http.header_timeout, http.idle_timeout)`. On shutdown the
 //! listener stops accepting, idle connections close at once and requests in flight finish.

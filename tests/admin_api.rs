@@ -733,6 +733,7 @@ async fn metrics_are_valid_exposition_with_the_store_numbers() {
         "pixelrelay_relayed_bytes_total",
         "pixelrelay_relay_duration_seconds_count",
         "pixelrelay_pixel_duration_seconds_count",
+        "pixelrelay_open_index_pauses_total",
     ] {
         v(k);
     }

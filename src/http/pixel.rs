@@ -14,9 +14,10 @@
 //! keep-alive connection after `min(http.header_timeout, http.idle_timeout)`. On shutdown the
 //! listener stops accepting, idle connections close at once and requests in flight finish.
 //!
-//! The request does no store lookup and no sled write: one buffered journal append, about a
-//! microsecond. Recording the open in sled (several B-tree inserts in a transaction, ~35 µs per
-//! open even in batches of 256) happens behind, on the indexer thread under `SCHED_IDLE`.
+//! The request does no store lookup and no sled write: one buffered journal append, encoded
+//! straight into the journal's buffer (0.2–0.3 µs). Recording the open in sled (several B-tree
+//! inserts in a transaction, ~27 µs per open in batches) happens behind, on the indexer thread
+//! under `SCHED_IDLE`, which pauses while a burst keeps every CPU busy (`store::pace`).
 //! Requests are served on `http.workers` threads of their own (one per CPU by default), each a
 //! single-threaded runtime (`http::serve::serve_on_threads`).
 //!
@@ -26,6 +27,7 @@
 //!
 //! | pixel path | nginx keep-alive | pixelrelay keep-alive | ratio | p99 |
 //! |---|---|---|---|---|
+//! | the indexer also pauses while a burst's backlog grows on busy CPUs, mimalloc; median of 5 alternating pairs | 90 300–98 000 req/s | 80 800–96 200 req/s | 0.98× (0.84–1.03×) | 5.2–6.0 ms |
 //! | listener threads of its own, indexer under `SCHED_IDLE`; median of 3 alternating pairs | 82 700–90 100 req/s | 63 700–92 900 req/s | 0.97× (0.77–1.10×) | 4.9–7.0 ms |
 //! | journal, buffered 1 ms, indexer at nice 19 | ~90 400 req/s | 91 300 req/s | 1.01× | 4.8 ms |
 //! | journal, one `write` per hit, nice 19 | ~93 900 req/s | 79 800 req/s | 0.85× | 5.4 ms |
@@ -33,9 +35,10 @@
 //! | sled transaction per batch, handler waits for its commit (before the journal) | 93 700 req/s | 18 800 req/s | 0.20× | 6.4 ms |
 //!
 //! (`~`: nginx's figure recovered from the ratio the script printed.) With the journal, every
-//! 200 is recorded once the index catches up (28–46 s after a 10 s
-//! keep-alive run here, at ~28 000 opens/s): the bench's stored-open count equals its valid-hit
-//! count. Peak RSS ~300 MB (sled's cache while indexing); nginx 6 MB.
+//! 200 is recorded once the index catches up (30–41 s after a 10 s keep-alive run here, at
+//! ~37 000 opens/s): the bench's stored-open count equals its valid-hit count. Peak RSS
+//! 550–620 MB after six bursts (~5 M opens: sled's cache, its IO buffers, the allocator's
+//! retained pages); nginx 6 MB.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};

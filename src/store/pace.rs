@@ -5,8 +5,8 @@
 //! indexer still runs in each short gap between requests, and every time a pixel thread wakes
 //! it has to push the indexer off a core whose caches sled's B-tree walk has just filled. With
 //! the indexer stopped for the whole burst, the listener answered 5–10 % more requests per
-//! second on the 2-core bench machine (`bench/pixel.sh`), and indexing a burst later costs no
-//! more CPU than indexing it during.
+//! second on the 2-core bench machine (three pairs of 10 s wrk runs, `bench/RESULTS.md`); the
+//! index then catches up after the burst instead of during it.
 //!
 //! So the indexer measures, over each batch, how long it waited for a CPU (the kernel's
 //! run-queue delay, `/proc/thread-self/schedstat`) against how long it ran (its CPU clock).

@@ -192,22 +192,20 @@ pub(super) fn index_batch(
         return Ok(false);
     }
     let mut prepared = Vec::with_capacity(hits.len());
-    for (h, at) in &hits {
+    for (h, at) in hits {
         match store.open_context(&h.message) {
             Ok(Some(ctx)) => {
                 let since = Duration::from_millis(h.at_ms.saturating_sub(ctx.sent_at()));
+                let classification =
+                    classify(&h.user_agent, &h.hints, Some(since), h.machine_window);
                 let hit = OpenHit {
                     at_ms: h.at_ms,
                     ip: h.ip,
-                    user_agent: h.user_agent.to_string(),
-                    classification: classify(
-                        &h.user_agent,
-                        &h.hints,
-                        Some(since),
-                        h.machine_window,
-                    ),
+                    // Decoded hits own their user agent: moved, not copied.
+                    user_agent: h.user_agent.into_owned(),
+                    classification,
                 };
-                prepared.push((store.prepare_open(ctx, &hit), *at));
+                prepared.push((store.prepare_open(ctx, &hit), at));
             }
             Ok(None) => {
                 // Authentic token, no record: purged by retention, or another instance's store.

@@ -125,24 +125,19 @@ pub async fn serve(listener: TcpListener, state: Arc<PixelState>, shutdown: Shut
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
+    // `handle` never waits, so the handler answers at once: no future holding the request and
+    // no per-request clone of `state` (an atomic both listener threads would contend on).
     let handler = move |peer, req| {
-        let state = state.clone();
-        async move {
-            let started = Instant::now();
-            let r = handle(&state, peer, req).await;
-            state.latency.observe(started.elapsed().as_secs_f64());
-            r
-        }
+        let started = Instant::now();
+        let r = handle(&state, peer, req);
+        state.latency.observe(started.elapsed().as_secs_f64());
+        std::future::ready(r)
     };
     super::serve::serve_on_threads(listener, threads, limits, shutdown, handler).await;
 }
 
 /// Routes one request.
-async fn handle(
-    state: &PixelState,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+fn handle(state: &PixelState, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let head = req.method() == Method::HEAD;
     let route_known = path == "/healthz" || (path.starts_with("/o/") && path.ends_with(".gif"));

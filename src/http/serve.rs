@@ -12,9 +12,9 @@
 //! At most `max_connections` connections are served (a semaphore permit is taken before
 //! `accept`, so the excess waits in the kernel backlog). A request head may be at most 16 KiB
 //! with 100 headers (hyper's own limit: setting a lower one makes hyper fill a header array
-//! of that size on every request, 2 % of the pixel's CPU). hyper's header-read timeout runs whenever a connection waits for a request
-//! head, including on an idle keep-alive connection, so idle connections close after
-//! `header_timeout`. On shutdown the loop stops accepting, idle connections close at once and
+//! of that size on every request, 2 % of the pixel's CPU). hyper's header-read timeout runs
+//! whenever a connection waits for a request head, including on an idle keep-alive
+//! connection, so idle connections close after `header_timeout`. On shutdown the loop stops accepting, idle connections close at once and
 //! requests in flight finish (a handler with a long-lived response, like the admin follow
 //! stream, must end that response itself when shutdown begins); `serve` returns when every
 //! connection has closed.

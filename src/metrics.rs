@@ -27,14 +27,16 @@
 //! | `pixelrelay_admin_follow_streams` | gauge | |
 //! | `pixelrelay_admin_follow_lagged_total` | counter | |
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::http::pixel::PixelCounters;
@@ -60,7 +62,7 @@ pub struct Metrics {
     /// Message bytes the upstream accepted.
     relayed_bytes: Counter,
     /// From the end of DATA to the reply sent to the client.
-    relay_latency: Histogram,
+    relay_latency: LatencyHistogram,
     /// Pixel requests by result (collected from [`PixelCounters`]).
     pixel_requests: Family<Labels, Counter>,
     /// Opens by device and machine flag (collected from the store's counters).
@@ -87,15 +89,102 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Buckets for request latencies: 0.5 ms to ~65 s.
-pub fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+/// Upper bound of the first latency bucket: 0.5 ms; each next one doubles, to ~65 s.
+const FIRST_BUCKET_NS: u64 = 500_000;
+/// Latency buckets with a finite bound; one more (`+Inf`) follows.
+const BUCKETS: usize = 18;
+/// Shards of a [`LatencyHistogram`]; threads beyond this many share one.
+const SHARDS: usize = 16;
+
+/// A latency histogram (buckets 0.5 ms, 1 ms, … ~65 s, `+Inf`) that many threads observe
+/// without a lock and without writing a cache line another thread writes: each thread adds to
+/// a shard of its own, and a scrape sums the shards. prometheus-client's `Histogram` is one
+/// mutex every observer takes; on the pixel listener that was a lock both listener threads took
+/// on every request.
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram(Arc<[Shard; SHARDS]>);
+
+/// One thread's counts, alone on its cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
+    /// Sum of the observed durations.
+    sum_ns: AtomicU64,
+    /// Observations per bucket (not cumulative; the last is `+Inf`).
+    buckets: [AtomicU64; BUCKETS + 1],
+}
+
+/// Which shard this thread adds to.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// The bucket of a duration: the first whose bound is at least `ns`.
+fn bucket_of(ns: u64) -> usize {
+    let q = ns.saturating_sub(1) / FIRST_BUCKET_NS;
+    ((u64::BITS - q.leading_zeros()) as usize).min(BUCKETS)
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram(Arc::new(Default::default()))
+    }
+}
+
+impl LatencyHistogram {
+    /// Counts one duration.
+    pub fn observe(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let shard = &self.0[shard_index()];
+        shard.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        shard.buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sum in seconds, count, and `(upper bound, observations)` per bucket over all shards.
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut sum_ns = 0u64;
+        let mut counts = [0u64; BUCKETS + 1];
+        for shard in self.0.iter() {
+            sum_ns = sum_ns.wrapping_add(shard.sum_ns.load(Ordering::Relaxed));
+            for (c, b) in counts.iter_mut().zip(&shard.buckets) {
+                *c += b.load(Ordering::Relaxed);
+            }
+        }
+        let buckets: Vec<(f64, u64)> = counts
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let bound = match i {
+                    BUCKETS => f64::INFINITY,
+                    i => (FIRST_BUCKET_NS << i) as f64 / 1e9,
+                };
+                (bound, c)
+            })
+            .collect();
+        let count = counts.iter().sum();
+        (sum_ns as f64 / 1e9, count, buckets)
+    }
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        let (sum, count, buckets) = self.snapshot();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 impl Metrics {
     /// A registry with every series registered. `pixel_latency` is the pixel listener's own
     /// histogram (it observes requests; this registry only renders it).
-    pub fn new(pixel_latency: Histogram) -> Metrics {
+    pub fn new(pixel_latency: LatencyHistogram) -> Metrics {
         let mut registry = Registry::with_prefix("pixelrelay");
         let m = Metrics {
             registry: Registry::default(),
@@ -105,7 +194,7 @@ impl Metrics {
             upstream_replies: Family::default(),
             rewrite_decisions: Family::default(),
             relayed_bytes: Counter::default(),
-            relay_latency: latency_histogram(),
+            relay_latency: LatencyHistogram::default(),
             pixel_requests: Family::default(),
             opens: Family::default(),
             store_size: Gauge::default(),
@@ -254,7 +343,7 @@ impl Metrics {
         if outcome == "accepted" {
             self.relayed_bytes.inc_by(bytes as u64);
         }
-        self.relay_latency.observe(took.as_secs_f64());
+        self.relay_latency.observe(took);
     }
 
     /// A follow stream opened (`+1`) or closed (`-1`).
@@ -330,7 +419,7 @@ mod tests {
 
     #[test]
     fn transaction_outcomes_and_reasons() {
-        let m = Metrics::new(latency_histogram());
+        let m = Metrics::new(LatencyHistogram::default());
         m.smtp_session();
         m.upstream_reply("rcpt", 250);
         m.transaction("tracked", 250, 100, Duration::from_millis(3));
@@ -355,6 +444,48 @@ mod tests {
             "pixelrelay_relayed_bytes_total 100",
             "pixelrelay_relay_duration_seconds_count 2",
             "pixelrelay_pixel_requests_total{result=\"valid\"} 0",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn latency_buckets_bounds_and_shards_sum() {
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(500_000), 0, "0.5 ms is in le=0.0005");
+        assert_eq!(bucket_of(500_001), 1);
+        assert_eq!(bucket_of(1_000_000), 1);
+        assert_eq!(bucket_of(1_000_001), 2);
+        assert_eq!(bucket_of(FIRST_BUCKET_NS << (BUCKETS - 1)), BUCKETS - 1);
+        assert_eq!(bucket_of((FIRST_BUCKET_NS << (BUCKETS - 1)) + 1), BUCKETS);
+        assert_eq!(bucket_of(u64::MAX), BUCKETS);
+
+        let h = LatencyHistogram::default();
+        // Observed from threads of their own, so from several shards.
+        let threads: Vec<_> = [300_000u64, 700_000, 3_000_000, 200_000_000_000]
+            .into_iter()
+            .map(|ns| {
+                let h = h.clone();
+                std::thread::spawn(move || h.observe(Duration::from_nanos(ns)))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        h.observe(Duration::from_micros(300));
+        let mut registry = Registry::default();
+        registry.register_with_unit("d", "t", Unit::Seconds, h);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for want in [
+            "d_seconds_bucket{le=\"0.0005\"} 2\n",
+            "d_seconds_bucket{le=\"0.001\"} 3\n",
+            "d_seconds_bucket{le=\"0.002\"} 3\n",
+            "d_seconds_bucket{le=\"0.004\"} 4\n",
+            "d_seconds_bucket{le=\"65.536\"} 4\n",
+            "d_seconds_bucket{le=\"+Inf\"} 5\n",
+            "d_seconds_count 5\n",
+            "d_seconds_sum 200.0043\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

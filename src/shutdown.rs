@@ -2,6 +2,9 @@
 //! tells the caller when all of them have finished (the mini-redis pattern: each task holds a
 //! clone of an mpsc sender, so `recv() == None` means all are gone).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::{mpsc, watch};
 
 /// Tells tasks to stop. Cheap to clone.
@@ -9,24 +12,37 @@ use tokio::sync::{mpsc, watch};
 pub struct Shutdown {
     /// `true` once shutdown has begun.
     rx: watch::Receiver<bool>,
+    /// Set before `rx` changes: a check that reads memory nobody writes until shutdown (the
+    /// watch channel's value sits behind a lock every receiver takes).
+    begun: Arc<AtomicBool>,
 }
 
-/// The owner's side: triggers the shutdown.
+/// The owner's side: triggers the shutdown. Dropping it triggers it too.
 #[derive(Debug)]
 pub struct ShutdownTrigger {
     /// Flipped to `true` once.
     tx: watch::Sender<bool>,
+    /// Shared with every [`Shutdown`].
+    begun: Arc<AtomicBool>,
 }
 
 /// A new shutdown pair.
 pub fn channel() -> (ShutdownTrigger, Shutdown) {
     let (tx, rx) = watch::channel(false);
-    (ShutdownTrigger { tx }, Shutdown { rx })
+    let begun = Arc::new(AtomicBool::new(false));
+    (
+        ShutdownTrigger {
+            tx,
+            begun: begun.clone(),
+        },
+        Shutdown { rx, begun },
+    )
 }
 
 impl ShutdownTrigger {
     /// Begins the shutdown; idempotent.
     pub fn trigger(&self) {
+        self.begun.store(true, Ordering::Release);
         self.tx.send_replace(true);
     }
 
@@ -34,14 +50,22 @@ impl ShutdownTrigger {
     pub fn subscribe(&self) -> Shutdown {
         Shutdown {
             rx: self.tx.subscribe(),
+            begun: self.begun.clone(),
         }
     }
 }
 
+impl Drop for ShutdownTrigger {
+    fn drop(&mut self) {
+        // `wait` treats a dropped trigger as shutdown; so does `is_triggered`.
+        self.begun.store(true, Ordering::Release);
+    }
+}
+
 impl Shutdown {
-    /// Whether shutdown has begun.
+    /// Whether shutdown has begun (one atomic load: cheap enough to ask on every request).
     pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
+        self.begun.load(Ordering::Acquire)
     }
 
     /// Resolves once shutdown has begun (at once if it already has).
@@ -55,7 +79,10 @@ impl Shutdown {
         let (tx, rx) = watch::channel(false);
         // Keep the sender alive for the program's life so `wait` stays pending.
         std::mem::forget(tx);
-        Shutdown { rx }
+        Shutdown {
+            rx,
+            begun: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 

@@ -51,7 +51,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpListener;
 
 use super::client_ip::client_ip;
@@ -87,7 +86,7 @@ pub struct PixelState {
     /// Valid/invalid hit counts (the store's).
     pub counters: Arc<PixelCounters>,
     /// Request latency (rendered by the admin listener's `/metrics`).
-    pub latency: Histogram,
+    pub latency: crate::metrics::LatencyHistogram,
     /// HTTPS certificate, when the listener terminates TLS itself (`http.tls_cert`).
     pub tls: Option<Arc<crate::tls::TlsSource>>,
 }
@@ -106,7 +105,7 @@ impl PixelState {
             store,
             http,
             machine_window,
-            latency: crate::metrics::latency_histogram(),
+            latency: Default::default(),
             tls: None,
         }
     }
@@ -130,7 +129,7 @@ pub async fn serve(listener: TcpListener, state: Arc<PixelState>, shutdown: Shut
     let handler = move |peer, req| {
         let started = Instant::now();
         let r = handle(&state, peer, req);
-        state.latency.observe(started.elapsed().as_secs_f64());
+        state.latency.observe(started.elapsed());
         std::future::ready(r)
     };
     super::serve::serve_on_threads(listener, threads, limits, shutdown, handler).await;

@@ -24,6 +24,7 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
@@ -337,20 +338,54 @@ impl<H> Connections<H> {
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stop.wait() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.as_mut().await
-                }
-            };
+            let result = until_shutdown(conn, &mut stop).await;
             if let Err(e) = result {
                 tracing::debug!(listener = name, peer = %peer, error = %e, "connection ended with an error");
             }
             drop(held);
         }
     }
+}
+
+/// Drives a connection to its end, beginning hyper's graceful shutdown of it (finish the
+/// request in flight, then close) once `stop` fires.
+///
+/// `tokio::select!` would poll the shutdown future on every wake-up of the connection, that is
+/// on every request, and that poll takes the lock of the watch channel that every connection on
+/// every listener thread shares. Here it is polled when the connection starts, to register the
+/// task's waker, and again only when that waker changes or the shutdown flag is up.
+async fn until_shutdown<I, S, B>(
+    conn: http1::Connection<I, S>,
+    stop: &mut Shutdown,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let flag = stop.clone();
+    let mut stopped = std::pin::pin!(stop.wait());
+    let mut conn = std::pin::pin!(conn);
+    let mut registered: Option<Waker> = None;
+    let mut stopping = false;
+    std::future::poll_fn(|cx| {
+        if !stopping {
+            let fresh = registered.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
+            if fresh || flag.is_triggered() {
+                if fresh {
+                    registered = Some(cx.waker().clone());
+                }
+                if stopped.as_mut().poll(cx).is_ready() {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -405,5 +440,57 @@ mod tests {
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "no thread still holds the socket"
         );
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_the_request_in_flight_finish_then_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            name: "t",
+            max_connections: 100,
+            header_timeout: Duration::from_secs(10),
+            tls: None,
+        };
+        let (trigger, sd) = crate::shutdown::channel();
+        let (started_tx, started) = mpsc::unbounded_channel::<()>();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let gate = release.clone();
+        let server = tokio::spawn(serve_on_threads(listener, 2, limits, sd, move |_, _| {
+            let started = started_tx.clone();
+            let gate = gate.clone();
+            async move {
+                let _ = started.send(());
+                gate.notified().await;
+                Response::new(Full::new(Bytes::from_static(b"finished")))
+            }
+        }));
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut started = started;
+        started.recv().await.expect("the handler started");
+        trigger.trigger();
+        // The connection is kept open for the answer while the handler still works on it.
+        let mut probe = [0u8; 1];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), c.read(&mut probe))
+                .await
+                .is_err(),
+            "the connection closed before its answer"
+        );
+        release.notify_one();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut out))
+            .await
+            .expect("closed after the answer")
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.ends_with("finished"), "{out}");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("every thread drained")
+            .unwrap();
     }
 }

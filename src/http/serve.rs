@@ -290,6 +290,11 @@ impl<H> Connections<H> {
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(MAX_HEAD)
+            // The answers here are a head and a small body: hyper copies the body in after the
+            // head and sends one buffer with `write`, which costs the kernel less than a
+            // `writev` of two (the pixel threads' CPU per request in A/B runs: 8.7–9.6 µs
+            // against 8.9–9.4 µs; within noise, no worse).
+            .writev(false)
             .keep_alive(true);
         Connections {
             handler,

@@ -27,6 +27,7 @@
 //!
 //! | pixel path | nginx keep-alive | pixelrelay keep-alive | ratio | p99 |
 //! |---|---|---|---|---|
+//! | no lock both listener threads take per request but the journal's (sharded latency histogram, shutdown flag), one `write` per answer; median of 15 alternating pairs in three script runs | 86 200–104 400 req/s | 79 900–101 500 req/s | 0.99× (0.88–1.08×) | 3.6–5.0 ms |
 //! | the indexer also pauses while a burst's backlog grows on busy CPUs, mimalloc; median of 5 alternating pairs | 90 300–98 000 req/s | 80 800–96 200 req/s | 0.98× (0.84–1.03×) | 5.2–6.0 ms |
 //! | listener threads of its own, indexer under `SCHED_IDLE`; median of 3 alternating pairs | 82 700–90 100 req/s | 63 700–92 900 req/s | 0.97× (0.77–1.10×) | 4.9–7.0 ms |
 //! | journal, buffered 1 ms, indexer at nice 19 | ~90 400 req/s | 91 300 req/s | 1.01× | 4.8 ms |
@@ -37,7 +38,7 @@
 //! (`~`: nginx's figure recovered from the ratio the script printed.) With the journal, every
 //! 200 is recorded once the index catches up (30–41 s after a 10 s keep-alive run here, at
 //! ~37 000 opens/s): the bench's stored-open count equals its valid-hit count. Peak RSS
-//! 550–620 MB after six bursts (~5 M opens: sled's cache, its IO buffers, the allocator's
+//! 550–630 MB after six bursts (~5 M opens: sled's cache, its IO buffers, the allocator's
 //! retained pages); nginx 6 MB.
 
 use std::borrow::Cow;

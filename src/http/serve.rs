@@ -14,10 +14,11 @@
 //! with 100 headers (hyper's own limit: setting a lower one makes hyper fill a header array
 //! of that size on every request, 2 % of the pixel's CPU). hyper's header-read timeout runs
 //! whenever a connection waits for a request head, including on an idle keep-alive
-//! connection, so idle connections close after `header_timeout`. On shutdown the loop stops accepting, idle connections close at once and
-//! requests in flight finish (a handler with a long-lived response, like the admin follow
-//! stream, must end that response itself when shutdown begins); `serve` returns when every
-//! connection has closed.
+//! connection, so idle connections close after `header_timeout`. On shutdown the loop stops
+//! accepting, idle connections close at once and requests in flight finish (a handler with a
+//! long-lived response, like the admin follow stream, must end that response itself when
+//! shutdown begins); `serve` returns when every connection has closed. Answers go out with one
+//! `write` each (head and body in one buffer).
 
 use crate::tls::TlsSource;
 use std::convert::Infallible;

@@ -129,15 +129,24 @@ async fn pixel_bench_server() {
         });
     }
     println!("READY port={port} tokens={tokens} secs={secs}");
-    // Until the script creates PIXEL_BENCH_STOP, or `secs` at most.
+    // Until the script creates PIXEL_BENCH_STOP, SIGTERM or SIGINT (so that a server started
+    // by hand and then killed still removes its store, gigabytes after a few bursts), or
+    // `secs` at most.
     let stop = std::env::var("PIXEL_BENCH_STOP").ok();
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).unwrap();
+    let mut int = signal(SignalKind::interrupt()).unwrap();
     while std::time::Instant::now() < deadline
         && !stop
             .as_ref()
             .is_some_and(|p| std::path::Path::new(p).exists())
     {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
     }
     trigger.trigger();
     server.await.unwrap();

@@ -27,6 +27,7 @@ use pixelrelay::config::{HttpConfig, StoreConfig};
 use pixelrelay::http::pixel::{PixelState, serve};
 use pixelrelay::store::{Delivery, MessageRecord, Store, now_ms};
 use pixelrelay::token::{MessageId, Purpose, TokenKey};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// The allocator the `pixelrelay` binary uses (`src/main.rs`).
 #[global_allocator]
@@ -134,7 +135,6 @@ async fn pixel_bench_server() {
     // `secs` at most.
     let stop = std::env::var("PIXEL_BENCH_STOP").ok();
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).unwrap();
     let mut int = signal(SignalKind::interrupt()).unwrap();
     while std::time::Instant::now() < deadline

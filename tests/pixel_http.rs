@@ -142,7 +142,6 @@ impl Client {
         self.io.get_mut().write_all(raw.as_bytes()).await.unwrap();
     }
 
-    /// Reads one response; `head` = it answers a HEAD request (no body follows).
     /// Expects hyper's answer to a request head it refuses: a 431, or the connection dropped.
     async fn head_refused(&mut self) {
         let mut line = String::new();
@@ -150,6 +149,7 @@ impl Client {
         assert!(line.is_empty() || line.contains(" 431 "), "{line:?}");
     }
 
+    /// Reads one response; `head` = it answers a HEAD request (no body follows).
     async fn read(&mut self, head: bool) -> Resp {
         let mut line = String::new();
         self.io.read_line(&mut line).await.unwrap();

@@ -401,6 +401,19 @@ mod tests {
     use http_body_util::Full;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A listener on a free loopback port, its address, and limits named `t`.
+    async fn listen() -> (TcpListener, SocketAddr, Limits) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            name: "t",
+            max_connections: 100,
+            header_timeout: Duration::from_secs(10),
+            tls: None,
+        };
+        (listener, addr, limits)
+    }
+
     /// Sends one request and returns the body of the answer (the server closes after it).
     async fn get(addr: SocketAddr) -> String {
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -415,14 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn threads_serve_on_their_own_and_drain_on_shutdown() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let limits = Limits {
-            name: "t",
-            max_connections: 100,
-            header_timeout: Duration::from_secs(10),
-            tls: None,
-        };
+        let (listener, addr, limits) = listen().await;
         let (trigger, sd) = crate::shutdown::channel();
         // Each response names the thread that made it.
         let server = tokio::spawn(serve_on_threads(listener, 3, limits, sd, |_, _| async {
@@ -450,14 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_lets_the_request_in_flight_finish_then_closes() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let limits = Limits {
-            name: "t",
-            max_connections: 100,
-            header_timeout: Duration::from_secs(10),
-            tls: None,
-        };
+        let (listener, addr, limits) = listen().await;
         let (trigger, sd) = crate::shutdown::channel();
         let (started_tx, started) = mpsc::unbounded_channel::<()>();
         let release = Arc::new(tokio::sync::Notify::new());

@@ -1,12 +1,19 @@
 //! The open journal: an append-only file of pixel hits, written before the pixel is answered
 //! and indexed into sled behind it (see `index.rs`).
 //!
-//! A pixel hit costs one `write(2)` here, a few microseconds, where recording it in sled costs
-//! tens (several B-tree inserts in a transaction). The journal lets the pixel listener answer
-//! at the speed of its HTTP path whatever sled is doing, and absorbs bursts: the indexer catches
-//! up behind it. Nothing is lost in between: a hit is in the kernel before its GIF is sent, so a
-//! `kill -9` loses nothing that was answered, and the journal is fsynced every
-//! `store.flush_interval` like sled, so a power cut loses at most that much.
+//! A pixel hit costs an append to a buffer here, a fraction of a microsecond, where recording
+//! it in sled costs tens (several B-tree inserts in a transaction). The journal lets the pixel
+//! listener answer at the speed of its HTTP path whatever sled is doing, and absorbs bursts: the
+//! indexer catches up behind it. A writer thread ([`Journal::run_writer`]) writes the buffer
+//! with one `write(2)` within a millisecond of the first hit in it, so a `kill -9` loses at most
+//! the hits of that millisecond; the journal is fsynced every `store.flush_interval` like sled,
+//! so a power cut loses at most that much.
+//!
+//! Appends never wait for the disk: the writer swaps the full buffer for an empty one under the
+//! append lock and writes it outside that lock, so a pixel thread that appends while a `write`
+//! is under way (or stalls: dirty-page throttling, a slow disk) takes the lock at once instead
+//! of sleeping until the write returns. Only a buffer that fills up ([`BUFFER_BYTES`]) makes an
+//! append write, and wait, itself.
 //!
 //! # Format
 //!
@@ -65,15 +72,22 @@ impl Position {
     }
 }
 
-/// The append side: the newest segment, where its written part ends, and the records
-/// appended but not yet written.
+/// The append side: the records appended but not yet written. Its lock is held only to append
+/// a record or to swap the buffer out.
 struct Tail {
-    file: Arc<File>,
-    at: Position,
     buf: Vec<u8>,
     /// Records in `buf`.
     buffered: u64,
     closed: bool,
+}
+
+/// The write side: the newest segment and where its written part ends. Its lock is held across
+/// each `write`, so writes stay in order; it is taken before the tail's, never while holding it.
+struct Out {
+    file: Arc<File>,
+    at: Position,
+    /// The buffer being written: swapped with the tail's (both keep their capacity).
+    spare: Vec<u8>,
 }
 
 /// Buffered records lost to a failed write (disk full): how many, and why.
@@ -89,6 +103,7 @@ pub struct Lost {
 pub struct Journal {
     dir: PathBuf,
     tail: Mutex<Tail>,
+    out: Mutex<Out>,
     /// Signalled when the buffer stops being empty, and on close.
     filled: Condvar,
 }
@@ -173,14 +188,17 @@ impl Journal {
         Ok(Journal {
             dir: dir.to_path_buf(),
             tail: Mutex::new(Tail {
+                buf: Vec::with_capacity(BUFFER_BYTES),
+                buffered: 0,
+                closed: false,
+            }),
+            out: Mutex::new(Out {
                 file: Arc::new(file),
                 at: Position {
                     generation,
                     offset: valid,
                 },
-                buf: Vec::with_capacity(BUFFER_BYTES),
-                buffered: 0,
-                closed: false,
+                spare: Vec::with_capacity(BUFFER_BYTES),
             }),
             filled: Condvar::new(),
         })
@@ -188,6 +206,10 @@ impl Journal {
 
     fn lock(&self) -> MutexGuard<'_, Tail> {
         self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_out(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Appends one record to the buffer, which [`Journal::run_writer`] writes within its
@@ -213,13 +235,15 @@ impl Journal {
             return Err(too_large());
         }
         let mut t = self.lock();
-        if t.buf.len() + HEADER + max_len > BUFFER_BYTES {
+        while t.buf.len() + HEADER + max_len > BUFFER_BYTES {
             // The writer is behind (or gone): write here rather than grow without bound. On
             // failure this record is lost with the buffer.
-            self.write_out(&mut t).map_err(|l| Lost {
+            drop(t);
+            self.write_buffered().map_err(|l| Lost {
                 records: l.records + 1,
                 ..l
             })?;
+            t = self.lock();
         }
         let was_empty = t.buf.is_empty();
         let start = t.buf.len();
@@ -237,51 +261,54 @@ impl Journal {
         t.buf[start..start + HEADER].copy_from_slice(header.as_flattened());
         t.buffered += 1;
         let write_now = t.closed;
-        if write_now {
-            self.write_out(&mut t)?;
-        }
         drop(t);
-        if was_empty && !write_now {
+        if write_now {
+            self.write_buffered()?;
+        } else if was_empty {
             self.filled.notify_one();
         }
         Ok(())
     }
 
-    /// Writes the buffer with one `write`, starting a new segment first when the current one
-    /// is full (fsyncing the full one). On failure the buffered records are dropped and
-    /// counted, and the segment is cut back to its last whole record.
-    fn write_out(&self, t: &mut Tail) -> Result<(), Lost> {
-        if t.buf.is_empty() {
-            return Ok(());
-        }
-        let records = std::mem::take(&mut t.buffered);
+    /// Takes the buffer from the tail (appends go on into an empty one) and writes it with
+    /// one `write`, starting a new segment first when the current one is full (fsyncing the
+    /// full one). On failure the records taken are dropped and counted, and the segment is
+    /// cut back to its last whole record.
+    fn write_out(&self, o: &mut Out) -> Result<(), Lost> {
+        let records = {
+            let mut t = self.lock();
+            if t.buf.is_empty() {
+                return Ok(());
+            }
+            std::mem::swap(&mut t.buf, &mut o.spare);
+            std::mem::take(&mut t.buffered)
+        };
         let result = (|| {
-            if t.at.offset >= SEGMENT_BYTES {
-                t.file.sync_data()?;
-                let generation = t.at.generation + 1;
-                t.file = Arc::new(create_segment(&self.dir, generation)?);
-                t.at = Position {
+            if o.at.offset >= SEGMENT_BYTES {
+                o.file.sync_data()?;
+                let generation = o.at.generation + 1;
+                o.file = Arc::new(create_segment(&self.dir, generation)?);
+                o.at = Position {
                     generation,
                     offset: 0,
                 };
             }
-            if let Err(e) = (&*t.file).write_all(&t.buf) {
+            if let Err(e) = (&*o.file).write_all(&o.spare) {
                 // A short write (disk full) must not leave half a record for the next one to
                 // follow.
-                let _ = t.file.set_len(t.at.offset);
+                let _ = o.file.set_len(o.at.offset);
                 return Err(e);
             }
-            t.at.offset += t.buf.len() as u64;
+            o.at.offset += o.spare.len() as u64;
             Ok(())
         })();
-        t.buf.clear();
+        o.spare.clear();
         result.map_err(|error| Lost { error, records })
     }
 
     /// Writes what is buffered now.
     pub fn write_buffered(&self) -> Result<(), Lost> {
-        let mut t = self.lock();
-        self.write_out(&mut t)
+        self.write_out(&mut self.lock_out())
     }
 
     /// The journal's writer loop (run it on a thread of its own): once records are buffered,
@@ -305,17 +332,17 @@ impl Journal {
 
     /// Writes what is buffered and stops the writer loop; later appends are written at once.
     pub fn close(&self) -> Result<(), Lost> {
-        let mut t = self.lock();
-        t.closed = true;
-        let written = self.write_out(&mut t);
-        drop(t);
+        let mut o = self.lock_out();
+        self.lock().closed = true;
+        let written = self.write_out(&mut o);
+        drop(o);
         self.filled.notify_all();
         written
     }
 
     /// Where the last written record ends (buffered ones are not readable yet).
     pub fn end(&self) -> Position {
-        self.lock().at
+        self.lock_out().at
     }
 
     /// Bytes appended but not yet written.
@@ -327,9 +354,9 @@ impl Journal {
     /// closed).
     pub fn sync(&self) -> io::Result<()> {
         let file = {
-            let mut t = self.lock();
-            self.write_out(&mut t).map_err(|l| l.error)?;
-            t.file.clone()
+            let mut o = self.lock_out();
+            self.write_out(&mut o).map_err(|l| l.error)?;
+            o.file.clone()
         };
         file.sync_data()
     }
@@ -609,6 +636,33 @@ mod tests {
         );
         j.close().unwrap();
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn an_append_does_not_wait_for_a_write_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Arc::new(Journal::open(dir.path(), 0).unwrap());
+        j.append(b"before").unwrap();
+        // A write that has taken the buffer and not returned (a stalled disk) holds the write
+        // side; here the test holds it.
+        let mut o = j.lock_out();
+        j.write_out(&mut o).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let a = j.clone();
+        let appender = std::thread::spawn(move || tx.send(a.append(b"during").is_ok()).unwrap());
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(30)),
+            Ok(true),
+            "the append returned while the write side was held"
+        );
+        appender.join().unwrap();
+        assert_eq!(j.buffered_bytes(), HEADER + b"during".len());
+        drop(o);
+        j.write_buffered().unwrap();
+        assert_eq!(
+            all(&j, Position::default()),
+            vec![b"before".to_vec(), b"during".to_vec()]
+        );
     }
 
     #[test]

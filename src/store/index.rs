@@ -25,7 +25,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::journal::{Read, Reader};
-use super::pace::{self, Pace};
+use super::pace::Pace;
 use super::{Inner, OpenHit, Store, StoreError};
 use crate::token::MessageId;
 use crate::track::{Hints, OpenEvent, classify};
@@ -333,7 +333,7 @@ fn run(weak: &Weak<Inner>, mut reader: Reader, wake: &Receiver<()>, flush: Durat
             );
         drop(store);
         if pause {
-            stand_back(weak);
+            stand_back(weak, pace.pause());
         } else if !progressed {
             pace.caught_up();
             match wake.recv_timeout(flush) {
@@ -344,14 +344,14 @@ fn run(weak: &Weak<Inner>, mut reader: Reader, wake: &Receiver<()>, flush: Durat
     }
 }
 
-/// Pauses for [`pace::PAUSE`] (see `pace.rs`), less if a reader starts waiting for the index
-/// or the store is dropped meanwhile.
-fn stand_back(weak: &Weak<Inner>) {
+/// Pauses for `pause` (see `pace.rs`), less if a reader starts waiting for the index or the
+/// store is dropped meanwhile.
+fn stand_back(weak: &Weak<Inner>, pause: Duration) {
     const STEP: Duration = Duration::from_millis(10);
     let Some(inner) = weak.upgrade() else { return };
     inner.index_pauses.fetch_add(1, Ordering::Relaxed);
     drop(inner);
-    let until = Instant::now() + pace::PAUSE;
+    let until = Instant::now() + pause;
     while Instant::now() < until {
         std::thread::sleep(STEP);
         match weak.upgrade() {

@@ -13,7 +13,11 @@
 //! When it waited longer than it ran, the CPUs are contended, and if a backlog of at least
 //! [`BACKLOG`] bytes has built up (~7 000 hits: a burst, not everyday traffic), it pauses for
 //! [`PAUSE`], then indexes a probe batch of [`PROBE_BATCH`] hits and measures again (the first
-//! batch after catching up is a probe too). It does not stand back:
+//! batch after catching up is a probe too). Each further pause in a row is twice as long, up to
+//! [`MAX_PAUSE`]: a probe batch costs a few milliseconds of CPU (B-tree pages fetched back into
+//! a cache the pixel threads have filled), which is 2 % of the listener process during a burst
+//! at one probe every 200 ms, a fifth of that once the pauses are long; in exchange the index
+//! may start catching up up to [`MAX_PAUSE`] after a long burst ends. It does not stand back:
 //! - when someone waits for the index (the admin API's read-your-opens wait): a pause ends as
 //!   soon as a reader arrives;
 //! - once it has been behind for [`LIMIT`] without a break: under a sustained overload the
@@ -28,8 +32,10 @@ use std::time::{Duration, Instant};
 
 /// A backlog below this many journal bytes is always indexed at once.
 pub const BACKLOG: u64 = 1 << 20;
-/// One pause.
+/// The first pause of a row.
 pub const PAUSE: Duration = Duration::from_millis(200);
+/// The longest pause (the fourth in a row and later).
+pub const MAX_PAUSE: Duration = Duration::from_millis(1600);
 /// Hits indexed between pauses, to measure the contention again.
 pub const PROBE_BATCH: usize = 64;
 /// The indexer stops pausing once it has been behind this long without a break.
@@ -94,6 +100,8 @@ pub struct Pace {
     /// Whether the next batch is a probe: after a pause, or after catching up (a burst's first
     /// batch costs a millisecond or two to measure).
     probe: bool,
+    /// Pauses in a row so far.
+    pauses: u32,
 }
 
 impl Pace {
@@ -120,20 +128,35 @@ impl Pace {
             self.probe = false;
             return false;
         };
-        self.probe = stand_back(&Batch {
+        self.decide(&Batch {
             ran: end.ran.saturating_sub(start.ran),
             waited: end.waited.saturating_sub(start.waited),
             backlog,
             behind_for,
             reader_waiting,
-        });
+        })
+    }
+
+    /// Whether to pause after `b`; counts the pauses in a row.
+    fn decide(&mut self, b: &Batch) -> bool {
+        self.probe = stand_back(b);
+        self.pauses = if self.probe { self.pauses + 1 } else { 0 };
         self.probe
+    }
+
+    /// How long to pause, after [`Pace::after`] said to: [`PAUSE`], doubled for each pause
+    /// in a row before this one, at most [`MAX_PAUSE`].
+    pub fn pause(&self) -> Duration {
+        PAUSE
+            .saturating_mul(1 << self.pauses.saturating_sub(1).min(3))
+            .min(MAX_PAUSE)
     }
 
     /// Call when the index has caught up with the journal.
     pub fn caught_up(&mut self) {
         self.behind_since = None;
         self.probe = true;
+        self.pauses = 0;
     }
 }
 
@@ -235,6 +258,31 @@ mod tests {
         // A reader waiting: no pause, so full batches again.
         assert!(!p.after(8 * BACKLOG, true));
         assert_eq!(p.batch_limit(512), 512);
+    }
+
+    #[test]
+    fn pauses_in_a_row_double_up_to_the_longest_and_start_over_after_a_full_batch() {
+        let mut p = Pace::default();
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            assert!(p.decide(&contended()));
+            assert_eq!(p.batch_limit(512), PROBE_BATCH);
+            seen.push(p.pause().as_millis());
+        }
+        assert_eq!(seen, [200, 400, 800, 1600, 1600, 1600]);
+        // A batch that does not stand back (here: a reader waits) ends the row.
+        let reader = Batch {
+            reader_waiting: true,
+            ..contended()
+        };
+        assert!(!p.decide(&reader));
+        assert!(p.decide(&contended()));
+        assert_eq!(p.pause(), PAUSE);
+        // So does catching up.
+        assert!(p.decide(&contended()));
+        p.caught_up();
+        assert!(p.decide(&contended()));
+        assert_eq!(p.pause(), PAUSE);
     }
 
     #[test]

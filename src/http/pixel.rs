@@ -27,6 +27,7 @@
 //!
 //! | pixel path | nginx keep-alive | pixelrelay keep-alive | ratio | p99 |
 //! |---|---|---|---|---|
+//! | appends never wait for a journal write under way, indexer pauses in a row double up to 1.6 s; median of 15 alternating pairs in three script runs | 81 200–95 200 req/s | 83 300–100 300 req/s | 1.03× (0.96–1.15×) | 3.2–5.5 ms |
 //! | no lock both listener threads take per request but the journal's (sharded latency histogram, shutdown flag), one `write` per answer; median of 15 alternating pairs in three script runs | 86 200–104 400 req/s | 79 900–101 500 req/s | 0.99× (0.88–1.08×) | 3.6–5.0 ms |
 //! | the indexer also pauses while a burst's backlog grows on busy CPUs, mimalloc; median of 5 alternating pairs | 90 300–98 000 req/s | 80 800–96 200 req/s | 0.98× (0.84–1.03×) | 5.2–6.0 ms |
 //! | listener threads of its own, indexer under `SCHED_IDLE`; median of 3 alternating pairs | 82 700–90 100 req/s | 63 700–92 900 req/s | 0.97× (0.77–1.10×) | 4.9–7.0 ms |

@@ -12,8 +12,8 @@
 //! Appends never wait for the disk: the writer swaps the full buffer for an empty one under the
 //! append lock and writes it outside that lock, so a pixel thread that appends while a `write`
 //! is under way (or stalls: dirty-page throttling, a slow disk) takes the lock at once instead
-//! of sleeping until the write returns. Only a buffer that fills up ([`BUFFER_BYTES`]) makes an
-//! append write, and wait, itself.
+//! of sleeping until the write returns. Only a buffer that fills up ([`BUFFER_BYTES`]), or a
+//! journal already closed, makes an append write, and wait, itself.
 //!
 //! # Format
 //!

@@ -16,8 +16,9 @@
 //! batch after catching up is a probe too). Each further pause in a row is twice as long, up to
 //! [`MAX_PAUSE`]: a probe batch costs a few milliseconds of CPU (B-tree pages fetched back into
 //! a cache the pixel threads have filled), which is 2 % of the listener process during a burst
-//! at one probe every 200 ms, a fifth of that once the pauses are long; in exchange the index
-//! may start catching up up to [`MAX_PAUSE`] after a long burst ends. It does not stand back:
+//! at one probe every 200 ms and an eighth of that once the pauses reach [`MAX_PAUSE`]; in
+//! exchange the index may start catching up up to [`MAX_PAUSE`] after a long burst ends. It
+//! does not stand back:
 //! - when someone waits for the index (the admin API's read-your-opens wait): a pause ends as
 //!   soon as a reader arrives;
 //! - once it has been behind for [`LIMIT`] without a break: under a sustained overload the

@@ -126,7 +126,9 @@ impl Pace {
             now - *self.behind_since.get_or_insert(now)
         };
         let (Some(start), Some(end)) = (self.start.take(), Usage::now()) else {
+            // No measurement, no pause: this also ends a row of pauses.
             self.probe = false;
+            self.pauses = 0;
             return false;
         };
         self.decide(&Batch {
@@ -149,7 +151,7 @@ impl Pace {
     /// in a row before this one, at most [`MAX_PAUSE`].
     pub fn pause(&self) -> Duration {
         PAUSE
-            .saturating_mul(1 << self.pauses.saturating_sub(1).min(3))
+            .saturating_mul(1 << self.pauses.saturating_sub(1).min(31))
             .min(MAX_PAUSE)
     }
 

@@ -202,9 +202,31 @@ pub struct TrackingConfig {
     pub exclude_recipient_domains: Vec<String>,
     /// Larger messages are forwarded untouched.
     pub max_rewrite_size: u64,
-    /// An open this soon after the relay handed the message upstream is marked as a machine.
+    /// An open this soon after the relay handed the message upstream is marked as a machine
+    /// (0: no timing rules at all).
     pub machine_window: Duration,
+    /// A load from a `probable` catalogue network this soon after hand-off is a machine.
+    pub probable_window: Duration,
+    /// Network catalogue files, in order (later rows win ties).
+    pub networks: Vec<NetworkSource>,
+    /// MaxMind-format ASN database (`GeoLite2-ASN` layout), for the scanner-ASN rule.
+    pub asn_db: Option<PathBuf>,
+    /// MaxMind-format country database (`GeoLite2-Country` layout), for the `country` field.
+    pub country_db: Option<PathBuf>,
 }
+
+/// One entry of `tracking.networks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkSource {
+    /// `builtin:scanners.csv`: the copy of `contrib/networks/scanners.csv` built into the binary
+    /// (the default when the key is absent).
+    Builtin,
+    /// A catalogue file (pixelrelay's format or Apple's egress list).
+    File(PathBuf),
+}
+
+/// How `tracking.networks` names the built-in scanner list.
+pub const BUILTIN_NETWORKS: &str = "builtin:scanners.csv";
 
 /// `[http]`.
 #[derive(Debug, Clone)]
@@ -604,6 +626,13 @@ impl Section<'_, '_> {
         self.opt::<String>(key).map(|s| self.r.base.join(s))
     }
 
+    /// An optional path where `""` also means none.
+    fn opt_path_or_none(&mut self, key: &'static str) -> Option<PathBuf> {
+        self.opt::<String>(key)
+            .filter(|s| !s.is_empty())
+            .map(|s| self.r.base.join(s))
+    }
+
     fn choice<T: Copy>(&mut self, key: &'static str, default: T, options: &[(&str, T)]) -> T {
         let Some(s) = self.opt::<String>(key) else {
             return default;
@@ -870,10 +899,32 @@ fn read_tracking(r: &mut Reader<'_>) -> TrackingConfig {
         sender_domains: s.domains("sender_domains"),
         exclude_recipient_domains: s.domains("exclude_recipient_domains"),
         max_rewrite_size: s.positive("max_rewrite_size", 26_214_400),
-        machine_window: s.seconds("machine_window", 5),
+        machine_window: Duration::from_secs(s.count("machine_window", 30, 86_400)),
+        probable_window: Duration::from_secs(s.count("probable_window", 900, 7 * 86_400)),
+        networks: networks(&mut s),
+        asn_db: s.opt_path_or_none("asn_db"),
+        country_db: s.opt_path_or_none("country_db"),
     };
     s.finish();
     cfg
+}
+
+/// `tracking.networks`: absent means the built-in scanner list.
+fn networks(s: &mut Section<'_, '_>) -> Vec<NetworkSource> {
+    let Some(list) = s.opt::<Vec<String>>("networks") else {
+        return vec![NetworkSource::Builtin];
+    };
+    let mut out = Vec::new();
+    for (i, f) in list.iter().enumerate() {
+        if f == BUILTIN_NETWORKS {
+            out.push(NetworkSource::Builtin);
+        } else if f.trim().is_empty() {
+            s.err(&format!("networks[{i}]"), "must not be empty");
+        } else {
+            out.push(NetworkSource::File(s.r.base.join(f)));
+        }
+    }
+    out
 }
 
 fn read_http(r: &mut Reader<'_>) -> HttpConfig {

@@ -14,7 +14,9 @@
 //! relay.rs     where the stages meet: session backend -> rewrite -> store -> upstream
 //! rewrite/     pure: pick the HTML part, insert the pixel, splice it back
 //! token.rs     pure: mint and verify pixel tokens
-//! track/       pure: classify a pixel hit (client, device, machine)
+//! track/       pure: classify a pixel hit (client, device, proxy, machine), the network
+//!              catalogue's longest-prefix lookups, the open event
+//! evidence.rs  loads the catalogue files and MaxMind databases, reloads them on SIGHUP
 //! store/       the only code that touches sled (messages, opens, counters, webhook outbox),
 //!              and the group-commit writer thread for message records
 //! openlog.rs   the JSON-lines open log (reopened on SIGHUP)
@@ -40,6 +42,7 @@ pub mod admin_client;
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod evidence;
 pub mod http;
 pub mod metrics;
 pub mod net;

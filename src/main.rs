@@ -81,10 +81,18 @@ fn main() -> ExitCode {
     match cli.command {
         Command::HashPassword => hash_password(),
         Command::CheckConfig => match Config::load(&cli.config) {
-            Ok(cfg) => {
-                println!("{}", cfg.summary());
-                ExitCode::SUCCESS
-            }
+            // The catalogue files and databases are read too: a bad line is found now, not at
+            // the next start or SIGHUP.
+            Ok(cfg) => match pixelrelay::evidence::Evidence::load(&cfg.tracking) {
+                Ok(e) => {
+                    println!("{}; {}", cfg.summary(), e.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pixelrelay: {}: {e}", cli.config.display());
+                    ExitCode::from(2)
+                }
+            },
             Err(errs) => {
                 for e in errs.0 {
                     eprintln!("pixelrelay: {}: {e}", cli.config.display());

@@ -16,6 +16,16 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The network address (host bits cleared; IPv4-mapped addresses as IPv4).
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Whether `ip` lies in this network. IPv4-mapped IPv6 addresses match IPv4 networks.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);

@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::capture::Capture;
-use crate::config::{Config, UpstreamTarget};
+use crate::config::{Config, TrackingConfig, UpstreamTarget};
+use crate::evidence::{Evidence, EvidenceSource};
 use crate::http::{self, admin::AdminState, pixel::PixelState};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
@@ -23,6 +24,7 @@ use crate::smtp::{self, Limits, SessionConfig};
 use crate::store::{MessageWriter, Store};
 use crate::tls::TlsSource;
 use crate::token::TokenKey;
+use crate::track::Windows;
 use crate::upstream::Upstream;
 
 /// A configured relay with its listeners bound.
@@ -156,11 +158,18 @@ impl Server {
         let http = listen(cfg.http.listen)
             .await
             .map_err(|e| format!("http.listen: cannot listen on {}: {e}", cfg.http.listen))?;
+        let evidence = Evidence::load(&cfg.tracking)?;
+        info!(event = "evidence_load", loaded = %evidence.summary(), "network catalogue loaded");
+        let windows = Windows {
+            machine: cfg.tracking.machine_window,
+            probable: cfg.tracking.probable_window,
+        };
         let mut pixel = PixelState::new(
             key,
             store.clone(),
             cfg.http.clone(),
-            cfg.tracking.machine_window,
+            windows,
+            Arc::new(EvidenceSource::new(evidence)),
         );
         if let Some((cert, key)) = &cfg.http.tls {
             pixel.tls = Some(Arc::new(TlsSource::load(cert, key, "http")?));
@@ -284,10 +293,16 @@ impl Server {
                 hard_stop.clone(),
             )));
         }
-        // SIGHUP: re-read the certificate files (sessions in progress keep theirs) and reopen
-        // the open log (logrotate).
+        // SIGHUP: re-read the certificate files (sessions in progress keep theirs) and the
+        // network catalogue, and reopen the open log (logrotate).
         let certs: Vec<Arc<TlsSource>> = tls.iter().chain(pixel.tls.iter()).cloned().collect();
-        tokio::spawn(on_hangup(certs, store.clone()));
+        let reload = Reload {
+            certs,
+            store: store.clone(),
+            evidence: Arc::clone(&pixel.evidence),
+            tracking: cfg.tracking.clone(),
+        };
+        tokio::spawn(on_hangup(reload));
         let hooks_task = notifier.start(shutdown.clone());
         let pixel_task = tokio::spawn(http::pixel::serve(
             http,
@@ -345,13 +360,35 @@ impl Server {
     }
 }
 
-/// On every SIGHUP: reloads the inbound certificate and reopens the open log.
-async fn on_hangup(certs: Vec<Arc<TlsSource>>, store: Store) {
+/// What SIGHUP reloads.
+struct Reload {
+    /// Inbound certificates (SMTP, pixel HTTPS).
+    certs: Vec<Arc<TlsSource>>,
+    /// Its open log is reopened.
+    store: Store,
+    /// The network catalogue and databases in force.
+    evidence: Arc<EvidenceSource>,
+    /// Where they are read from.
+    tracking: TrackingConfig,
+}
+
+/// On every SIGHUP: reloads the inbound certificates and the network catalogue, and reopens
+/// the open log. Whatever fails to load keeps the old one.
+async fn on_hangup(r: Reload) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
+    let Reload {
+        certs,
+        store,
+        evidence,
+        tracking,
+    } = r;
     while hup.recv().await.is_some() {
+        if let Err(e) = evidence.reload(&tracking) {
+            warn!(error = %e, event = "evidence_reload", "network catalogue reload failed; keeping the old one");
+        }
         for tls in &certs {
             match tls.reload() {
                 Ok(()) => info!(

@@ -168,7 +168,9 @@ async fn open_pages_neither_skip_nor_repeat_under_concurrent_writes() {
                             device: Device::Desktop,
                             machine: false,
                             machine_reason: None,
+                            proxy: None,
                         },
+                        country: None,
                     },
                 )
                 .unwrap()

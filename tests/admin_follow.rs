@@ -24,7 +24,9 @@ fn hit(i: usize) -> OpenHit {
             device: Device::Desktop,
             machine: i.is_multiple_of(3),
             machine_reason: i.is_multiple_of(3).then_some("test"),
+            proxy: None,
         },
+        country: None,
     }
 }
 

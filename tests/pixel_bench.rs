@@ -103,7 +103,14 @@ async fn pixel_bench_server() {
         key,
         store.clone(),
         http.clone(),
-        Duration::from_secs(5),
+        pixelrelay::track::Windows {
+            machine: Duration::from_secs(30),
+            probable: Duration::from_secs(900),
+        },
+        // The shipped default: the built-in scanner list, looked up on every hit.
+        Arc::new(pixelrelay::evidence::EvidenceSource::new(
+            pixelrelay::evidence::Evidence::builtin(),
+        )),
     ));
     let listener = tokio::net::TcpListener::bind(http.listen).await.unwrap();
     let (trigger, sd) = pixelrelay::shutdown::channel();
@@ -225,7 +232,11 @@ async fn store_record_open_rate() {
                     "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.4.2"
                         .into(),
                 hints: Default::default(),
-                machine_window: Duration::from_secs(5),
+                windows: pixelrelay::track::Windows {
+                    machine: Duration::from_secs(5),
+                    probable: Duration::from_secs(900),
+                },
+                seen: Default::default(),
             })
             .unwrap();
     }

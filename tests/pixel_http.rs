@@ -54,7 +54,19 @@ async fn start(http: HttpConfig, anonymize_ip: bool) -> Server {
     })
     .unwrap();
     let key = TokenKey::from_secret(b"pixel-test-secret");
-    let state = Arc::new(PixelState::new(key, store, http, Duration::from_secs(5)));
+    let windows = pixelrelay::track::Windows {
+        machine: Duration::from_secs(5),
+        probable: Duration::from_secs(900),
+    };
+    let evidence =
+        pixelrelay::evidence::EvidenceSource::new(pixelrelay::evidence::Evidence::builtin());
+    let state = Arc::new(PixelState::new(
+        key,
+        store,
+        http,
+        windows,
+        Arc::new(evidence),
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, sd) = shutdown::channel();
@@ -215,7 +227,7 @@ const CLIENTS: &[(&str, &str, Device, Option<&str>)] = &[
         "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
         "Gmail",
         Device::Webmail,
-        Some("google-image-proxy"),
+        None,
     ),
     (
         "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)",
@@ -282,8 +294,10 @@ async fn real_clients_are_recorded_and_classified() {
             st.counters.machine_opens,
             st.counters.unique_opens
         ),
-        (6, 1, 1)
+        (6, 0, 1)
     );
+    // Gmail's reader came through Google's image proxy.
+    assert_eq!((st.counters.proxied_opens, st.direct_opens), (1, 5));
     assert_eq!(s.state.counters.valid.load(Ordering::Relaxed), 6);
     assert_eq!(s.state.counters.invalid.load(Ordering::Relaxed), 0);
 }
@@ -326,16 +340,18 @@ async fn head_gets_headers_and_no_body() {
     // Were a body sent after the HEAD response, this next read would start inside it.
     let r = c.get("/healthz", "").await;
     assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()));
+    let events = s
+        .store()
+        .await
+        .get_message(&id)
+        .unwrap()
+        .unwrap()
+        .open_events;
+    assert_eq!(events.len(), 1, "HEAD is recorded");
     assert_eq!(
-        s.store()
-            .await
-            .get_message(&id)
-            .unwrap()
-            .unwrap()
-            .open_events
-            .len(),
-        1,
-        "HEAD counts as a load"
+        (events[0].machine, events[0].machine_reason.as_deref()),
+        (true, Some("head-request")),
+        "a HEAD fetches no image: a machine"
     );
 }
 

@@ -63,7 +63,9 @@ fn write_one(s: &Store, n: u64) {
             device: Device::Desktop,
             machine: false,
             machine_reason: None,
+            proxy: None,
         },
+        country: None,
     };
     assert!(s.record_open(&id(n), &hit).unwrap().is_some());
 }
@@ -161,7 +163,11 @@ fn hit(n: u64) -> Hit<'static> {
         ip: IpAddr::from([192, 0, 2, 1]),
         user_agent: "Thunderbird/115.4.2".into(),
         hints: Default::default(),
-        machine_window: Duration::from_secs(5),
+        windows: pixelrelay::track::Windows {
+            machine: Duration::from_secs(5),
+            probable: Duration::from_secs(900),
+        },
+        seen: Default::default(),
     }
 }
 

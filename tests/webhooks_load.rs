@@ -130,7 +130,11 @@ async fn hammer(store: &Store) -> (Vec<Duration>, Duration) {
         key,
         store.clone(),
         http,
-        Duration::from_secs(5),
+        pixelrelay::track::Windows {
+            machine: Duration::from_secs(5),
+            probable: Duration::from_secs(900),
+        },
+        Arc::new(pixelrelay::evidence::EvidenceSource::empty()),
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

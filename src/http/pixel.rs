@@ -1,5 +1,6 @@
 //! The public pixel listener (`[http].listen`): `GET|HEAD /o/{token}.gif`, `/healthz`, 404
-//! for everything else.
+//! for everything else. A `HEAD` gets the same answer and is recorded as a machine open
+//! (`head-request`): link checkers send it, mail clients fetch the image.
 //!
 //! Every pixel request gets the same 43-byte transparent GIF, valid token or not, so a broken
 //! image never shows in someone's mail and a prober learns nothing. A hit with an authentic
@@ -46,7 +47,7 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -58,10 +59,11 @@ use tokio::net::TcpListener;
 use super::client_ip::client_ip;
 use super::serve::Limits;
 use crate::config::HttpConfig;
+use crate::evidence::EvidenceSource;
 use crate::shutdown::Shutdown;
-use crate::store::{Hit, Store, now_ms};
+use crate::store::{Hit, HitSeen, Store, now_ms};
 use crate::token::{Purpose, TOKEN_LEN, TokenKey};
-use crate::track::Hints;
+use crate::track::{Hints, Windows};
 
 /// The classic transparent 1×1 GIF89a (the same 43 bytes as nginx's `empty_gif`): a 2-entry
 /// palette, a graphic control extension marking index 0 transparent, one LZW-coded pixel.
@@ -83,8 +85,10 @@ pub struct PixelState {
     pub store: Store,
     /// Listener limits and trusted proxies.
     pub http: HttpConfig,
-    /// `tracking.machine_window` for the early-load rule.
-    pub machine_window: Duration,
+    /// `tracking.machine_window` and `tracking.probable_window` for the timing rules.
+    pub windows: Windows,
+    /// The network catalogue and databases, looked up per hit before anonymisation.
+    pub evidence: Arc<EvidenceSource>,
     /// Valid/invalid hit counts (the store's).
     pub counters: Arc<PixelCounters>,
     /// Request latency (rendered by the admin listener's `/metrics`).
@@ -99,14 +103,16 @@ impl PixelState {
         key: TokenKey,
         store: Store,
         http: HttpConfig,
-        machine_window: Duration,
+        windows: Windows,
+        evidence: Arc<EvidenceSource>,
     ) -> PixelState {
         PixelState {
             key,
             counters: store.hit_counters(),
             store,
             http,
-            machine_window,
+            windows,
+            evidence,
             latency: Default::default(),
             tls: None,
         }
@@ -165,12 +171,12 @@ fn handle(state: &PixelState, peer: SocketAddr, req: Request<Incoming>) -> Respo
         return text(StatusCode::OK, "ok");
     }
     let token = &path[3..path.len() - 4];
-    record(state, peer.ip(), req.headers(), token);
+    record(state, peer.ip(), req.headers(), head, token);
     gif()
 }
 
-/// Verifies the token and journals the hit; never fails the request.
-fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &str) {
+/// Verifies the token, looks the address up and journals the hit; never fails the request.
+fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, head: bool, token: &str) {
     let c = &state.counters;
     let Some(id) = (token.len() == TOKEN_LEN)
         .then(|| state.key.verify(Purpose::Open, token))
@@ -179,13 +185,25 @@ fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, token: &str) {
         c.invalid.fetch_add(1, Ordering::Relaxed);
         return;
     };
+    let ip = client_ip(peer, headers, &state.http.trusted_proxies);
+    let evidence = state.evidence.current();
+    let looked = evidence.look_up(ip);
     let hit = Hit {
         message: id,
         at_ms: now_ms(),
-        ip: client_ip(peer, headers, &state.http.trusted_proxies),
+        ip,
         user_agent: user_agent(headers),
-        hints: hints(headers),
-        machine_window: state.machine_window,
+        hints: Hints {
+            head,
+            ..hints(headers)
+        },
+        windows: state.windows,
+        seen: HitSeen {
+            network: looked.network.map(|n| (n.kind, n.certainty)),
+            scanner_asn: looked.scanner_asn.is_some(),
+            label: Cow::Borrowed(looked.label()),
+            country: looked.country,
+        },
     };
     if let Err(e) = state.store.append_hit(&hit) {
         c.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -215,21 +233,25 @@ fn user_agent(headers: &HeaderMap) -> Cow<'_, str> {
     }
 }
 
-/// Request headers that say a load is a prefetch (Chromium, the old spelling, Firefox).
-const PREFETCH_HEADERS: [HeaderName; 3] = [
+/// Request headers that say a load is a prefetch (Chromium, the old spelling, Firefox) or a
+/// preview (`X-Purpose: preview`, Safari's and older WebKit's top-sites previews).
+const PREFETCH_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("sec-purpose"),
     HeaderName::from_static("purpose"),
     HeaderName::from_static("x-moz"),
+    HeaderName::from_static("x-purpose"),
 ];
 /// Chromium's client hint for a mobile device.
 const SEC_CH_UA_MOBILE: HeaderName = HeaderName::from_static("sec-ch-ua-mobile");
 
-/// Header hints for the classifier.
+/// Header hints for the classifier (the method is the caller's).
 fn hints(headers: &HeaderMap) -> Hints {
     let says_prefetch = |name: &HeaderName| {
         headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.to_ascii_lowercase().contains("prefetch"))
+            v.to_str().is_ok_and(|v| {
+                let v = v.to_ascii_lowercase();
+                v.contains("prefetch") || v.contains("preview")
+            })
         })
     };
     Hints {
@@ -237,6 +259,7 @@ fn hints(headers: &HeaderMap) -> Hints {
         mobile: headers
             .get(SEC_CH_UA_MOBILE)
             .is_some_and(|v| v.as_bytes() == b"?1"),
+        head: false,
     }
 }
 
@@ -355,8 +378,18 @@ mod tests {
             hints(&h),
             Hints {
                 prefetch: true,
-                mobile: true
+                mobile: true,
+                head: false
             }
         );
+        let mut h = HeaderMap::new();
+        h.insert("x-purpose", HeaderValue::from_static("preview"));
+        assert!(hints(&h).prefetch, "X-Purpose: preview");
+        let mut h = HeaderMap::new();
+        h.insert("purpose", HeaderValue::from_static("prefetch"));
+        assert!(hints(&h).prefetch, "Purpose: prefetch");
+        let mut h = HeaderMap::new();
+        h.insert("x-moz", HeaderValue::from_static("prefetch"));
+        assert!(hints(&h).prefetch, "X-Moz: prefetch");
     }
 }

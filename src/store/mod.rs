@@ -75,7 +75,7 @@ use crate::token::MessageId;
 use crate::track::event::{rfc3339_ms, rfc3339_ms_opt};
 use crate::track::{Classification, OpenEvent};
 
-pub use index::{Hit, HitCounters};
+pub use index::{Hit, HitCounters, HitSeen};
 pub use journal::Position;
 pub use outbox::{
     OutboxItem, OutboxRow, OutboxVersion, Subscription, outbox_key, parse_delivery_id,
@@ -160,6 +160,8 @@ pub struct OpenHit {
     pub user_agent: String,
     /// The verdict of `track::classify`.
     pub classification: Classification,
+    /// The loader's country, with a country database.
+    pub country: Option<String>,
 }
 
 /// Per-message open statistics, updated with each open.
@@ -362,6 +364,15 @@ pub struct Counters {
     /// Opens per device kind (`desktop`, `mobile`, `webmail`, `proxy`, `unknown`).
     #[serde(default)]
     pub by_device: BTreeMap<String, OpenCounts>,
+    /// Opens by people through a mail provider's image proxy (not machine, `proxy` set).
+    #[serde(default)]
+    pub proxied_opens: u64,
+    /// Machine opens per `machine_reason`.
+    #[serde(default)]
+    pub by_reason: BTreeMap<String, u64>,
+    /// Opens per `proxy` (`google`, `yahoo`, `microsoft`, `apple`).
+    #[serde(default)]
+    pub by_proxy: BTreeMap<String, OpenCounts>,
 }
 
 /// Opens in one bucket of [`Counters`]' breakdowns.
@@ -394,6 +405,22 @@ struct OpenCounters {
 }
 
 impl Counters {
+    /// Counts an open's verdict in the kind, reason and proxy breakdowns.
+    fn count_verdict(&mut self, ev: &OpenEvent) {
+        if ev.kind() == crate::track::OpenKind::Proxied {
+            self.proxied_opens += 1;
+        }
+        if let Some(r) = ev.machine_reason.as_deref().filter(|_| ev.machine) {
+            *self.by_reason.entry(r.to_string()).or_default() += 1;
+        }
+        if let Some(p) = ev.proxy {
+            self.by_proxy
+                .entry(p.as_str().to_string())
+                .or_default()
+                .add(ev.machine);
+        }
+    }
+
     fn clone_open(&self) -> OpenCounters {
         OpenCounters {
             opens: self.opens,
@@ -461,8 +488,12 @@ pub struct Stats {
     pub counters: Counters,
     /// Sum of `skipped`.
     pub skipped_total: u64,
-    /// `opens - machine_opens`.
+    /// `opens - machine_opens`: opens by people, directly or through a proxy.
     pub human_opens: u64,
+    /// Opens by people whose own client fetched the pixel (`human_opens - proxied_opens`).
+    pub direct_opens: u64,
+    /// Each machine reason's share of all opens (0 to 1).
+    pub machine_share_by_reason: BTreeMap<String, f64>,
     /// `unique_opens / tracked` (0 when nothing was tracked).
     pub open_rate: f64,
     /// `unique_human_opens / tracked`.
@@ -1160,6 +1191,7 @@ impl Store {
                         .entry(ev.device.as_str().to_string())
                         .or_default()
                         .add(ev.machine);
+                    breakdown.count_verdict(&ev);
                     let json = encode(&ev)?;
                     written += outbox::write_event(
                         outbox,
@@ -1190,6 +1222,9 @@ impl Store {
         st.counters.by_day = breakdown.by_day;
         st.counters.by_client = breakdown.by_client;
         st.counters.by_device = breakdown.by_device;
+        st.counters.proxied_opens = breakdown.proxied_opens;
+        st.counters.by_reason = breakdown.by_reason;
+        st.counters.by_proxy = breakdown.by_proxy;
         oc.apply(&mut st.counters);
         st.last_open = last;
         st.last_event = last_event;
@@ -1231,6 +1266,9 @@ impl Store {
             device: c.device,
             machine: c.machine,
             machine_reason: c.machine_reason.map(str::to_string),
+            proxy: c.proxy,
+            country: hit.country.clone(),
+            event_type: Default::default(),
             first: false,
             count: 0,
             recipient: m.recipients.into_iter().next().unwrap_or_default(),
@@ -1416,9 +1454,17 @@ impl Store {
                 n as f64 / counters.tracked as f64
             }
         };
+        let human_opens = counters.opens - counters.machine_opens;
+        let machine_share_by_reason = counters
+            .by_reason
+            .iter()
+            .map(|(r, n)| (r.clone(), *n as f64 / counters.opens.max(1) as f64))
+            .collect();
         Stats {
             skipped_total,
-            human_opens: counters.opens - counters.machine_opens,
+            human_opens,
+            direct_opens: human_opens.saturating_sub(counters.proxied_opens),
+            machine_share_by_reason,
             open_rate: rate(counters.unique_opens),
             human_open_rate: rate(counters.unique_human_opens),
             counters,

@@ -44,7 +44,9 @@ fn hit(at_ms: u64, ip: &str, machine: Option<&'static str>) -> OpenHit {
             device: Device::Desktop,
             machine: machine.is_some(),
             machine_reason: machine,
+            proxy: None,
         },
+        country: None,
     }
 }
 
@@ -813,7 +815,11 @@ fn journal_hit<'a>(message: MessageId, at_ms: u64, ip: &str, ua: &'a str) -> Hit
         ip: ip.parse().unwrap(),
         user_agent: ua.into(),
         hints: Default::default(),
-        machine_window: Duration::from_secs(5),
+        windows: crate::track::Windows {
+            machine: Duration::from_secs(5),
+            probable: Duration::from_secs(900),
+        },
+        seen: Default::default(),
     }
 }
 
@@ -850,19 +856,47 @@ fn journaled_hits_are_classified_and_recorded_by_the_indexer() {
         .unwrap();
     s.append_hit(&journal_hit(id, T0 + 60_000, "192.0.2.9", thunderbird))
         .unwrap();
+    // A Gmail reader through Google's image proxy, and a HEAD from the same address.
+    let gmail =
+        "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)";
+    s.append_hit(&journal_hit(id, T0 + 70_000, "192.0.2.10", gmail))
+        .unwrap();
+    let mut head = journal_hit(id, T0 + 80_000, "192.0.2.11", thunderbird);
+    head.hints.head = true;
+    head.seen.country = Some(*b"NL");
+    s.append_hit(&head).unwrap();
     // An authentic token of a message this store does not know: dropped, counted invalid.
     s.append_hit(&journal_hit(MessageId::random(), T0, "192.0.2.9", "x"))
         .unwrap();
     assert!(block_on(s.caught_up(Duration::from_secs(10))));
     let m = s.get_message(&id).unwrap().unwrap();
     let ev = &m.open_events;
-    assert_eq!(ev.len(), 2);
+    assert_eq!(ev.len(), 4);
     assert_eq!((ev[0].count, ev[0].first, ev[1].count), (1, true, 2));
     assert!(ev[0].machine && ev[0].machine_reason.as_deref() == Some("early-load"));
     assert!(!ev[1].machine);
     assert_eq!(ev[1].client, "Thunderbird");
+    assert_eq!(
+        (ev[2].machine, ev[2].proxy, ev[2].client.as_str()),
+        (false, Some(crate::track::Proxy::Google), "Gmail")
+    );
+    assert_eq!(
+        (ev[3].machine_reason.as_deref(), ev[3].country.as_deref()),
+        (Some("head-request"), Some("NL"))
+    );
+    // The first person open is the second load, not the early one.
+    assert_eq!(m.message.opens.first_human_at, Some(T0 + 60_000));
+    let st = s.stats();
+    assert_eq!(
+        (st.human_opens, st.direct_opens, st.counters.proxied_opens),
+        (2, 1, 1)
+    );
+    assert_eq!(st.counters.by_reason.get("early-load"), Some(&1));
+    assert_eq!(st.counters.by_reason.get("head-request"), Some(&1));
+    assert_eq!(st.machine_share_by_reason.get("head-request"), Some(&0.25));
+    assert_eq!(st.counters.by_proxy["google"].opens, 1);
     let c = s.hit_counters();
-    assert_eq!(c.valid.load(Ordering::Relaxed), 2);
+    assert_eq!(c.valid.load(Ordering::Relaxed), 4);
     assert_eq!(c.invalid.load(Ordering::Relaxed), 1);
     assert_eq!(s.index_lag_bytes(), 0);
     // Live followers got both, in order.

@@ -5,37 +5,68 @@
 //! (first match wins); adding a client is adding a row and a test with a real user-agent string.
 //! Anything the table does not know falls back to `woothee` (generic browsers, OSes, crawlers).
 //!
-//! # Heuristics and their limits
+//! # Three kinds of open
 //!
-//! - **Image proxies** (Gmail's `GoogleImageProxy`, Yahoo's `YahooMailProxy`) fetch the image for
-//!   the reader. Gmail fetches when the message is opened (and caches), so the open is usually a
-//!   person, but the fetch itself is the proxy's: it is marked `machine` as the SPEC's example
-//!   does, and the reader's device is unknowable (`webmail`).
-//! - **Apple Mail Privacy Protection** prefetches every remote image through Apple's relays
-//!   when the message reaches the device, whether or not anyone reads it. ESPs report that these
-//!   fetches carry the bare user agent `Mozilla/5.0` (no platform, no engine), where Apple Mail
-//!   itself sends the full WebKit string. We use that UA-only signal; we do not keep a list of
-//!   Apple's egress ranges (17.0.0.0/8 plus CDN partners, changing without notice). Limits: a
-//!   prefetch that carries the full Apple Mail user agent looks like a person, except that MPP
-//!   fetches soon after delivery, which the early-load rule below usually catches; and any other
-//!   tool that sends bare `Mozilla/5.0` is counted as MPP (still a machine, which is right).
-//! - **Apple Mail** sends WebKit's default WKWebView user agent: `AppleWebKit/… (KHTML, like
+//! - **A person, directly**: a mail client or browser fetched the image itself.
+//! - **A person through a mail provider's image proxy** (`proxy` names it): Gmail fetches images
+//!   through `GoogleImageProxy` when the recipient opens the message, Yahoo through
+//!   `YahooMailProxy`; readers behind Outlook.com's or Apple's relays come from the providers'
+//!   networks (the catalogue). The reader's device is unknowable behind Gmail's and Yahoo's
+//!   proxies (`webmail`).
+//! - **A machine** (`machine`, with one reason from [`REASONS`]). First reason that applies:
+//!   1. `head-request`: a `HEAD` fetches no image; link checkers and scanners send it.
+//!   2. `prefetch-header`: the request says it is a prefetch or preview (`Sec-Purpose`,
+//!      `Purpose`, `X-Moz`: `prefetch`; `X-Purpose: preview`).
+//!   3. `no-user-agent`: no mail client omits it.
+//!   4. A user agent that names a machine: `gmail-prefetch` (Gmail's fetcher at delivery, which
+//!      is not its image proxy), `apple-mpp` (Apple Mail Privacy Protection's bare
+//!      `Mozilla/5.0`), `headless-browser`, `security-scanner`, `link-checker`,
+//!      `http-library`, `crawler`.
+//!   5. `scanner-network`: the address is in a scanner's network of the catalogue (`certain`:
+//!      always; `probable`: within `tracking.probable_window` of hand-off), or in a mail
+//!      provider's `probable` network within that window (for Apple's relay that is
+//!      `apple-mpp`: Mail Privacy Protection prefetches at delivery).
+//!   6. `scanner-asn`: the address belongs to a scanner vendor's autonomous system
+//!      ([`super::networks::SCANNER_ASNS`], with `tracking.asn_db`).
+//!   7. `early-load`: within `tracking.machine_window` of the relay handing the message
+//!      upstream. No person opens mail that fast; scanners and prefetchers do, proxies too
+//!      (Gmail's proxy has been seen fetching seconds after delivery, unopened).
+//!
+//! # Limits
+//!
+//! - A scanner that impersonates a current browser from an address no catalogue lists, later
+//!   than the machine window, looks like a person.
+//! - Apple Mail itself sends WebKit's bare WKWebView user agent: `AppleWebKit/… (KHTML, like
 //!   Gecko)` with no `Safari/`, `Version/` or other browser token. Other apps that embed a bare
 //!   WKWebView look the same and are reported as Apple Mail.
-//! - **Security scanners and link checkers** (Barracuda, Mimecast, Proofpoint, HTTP libraries,
-//!   headless browsers) are matched by name. Scanners that impersonate a current desktop browser
-//!   cannot be told apart by user agent; the early-load rule catches those that scan on arrival.
-//! - **Early load**: a load within `tracking.machine_window` of the relay handing the message
-//!   upstream is marked `early-load`. No person opens mail that fast; scanners and prefetchers do.
-//! - **Prefetch headers**: a request that says it is a prefetch (`Sec-Purpose`/`Purpose`/`X-Moz:
-//!   prefetch`) is a machine.
 //! - A desktop browser user agent means a webmail session in a browser (`webmail`); a mobile one
 //!   is `mobile`.
 
 use std::time::Duration;
 
+use super::networks::{Certainty, NetKind, Proxy};
+
+/// Every `machine_reason` pixelrelay writes (README "Opens"), in the order they are tried.
+pub const REASONS: &[&str] = &[
+    "head-request",
+    "prefetch-header",
+    "no-user-agent",
+    "gmail-prefetch",
+    "apple-mpp",
+    "headless-browser",
+    "security-scanner",
+    "link-checker",
+    "http-library",
+    "crawler",
+    "scanner-network",
+    "scanner-asn",
+    "early-load",
+];
+
 /// What kind of reader loaded the pixel (SPEC: `desktop|mobile|webmail|proxy|unknown`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// A desktop mail client (Outlook, Apple Mail on macOS, Thunderbird).
@@ -47,6 +78,7 @@ pub enum Device {
     /// A privacy proxy that hides the reader entirely (Apple MPP).
     Proxy,
     /// Not known (scanners, libraries, unknown agents).
+    #[default]
     Unknown,
 }
 
@@ -63,26 +95,98 @@ impl Device {
     }
 }
 
-/// Request headers, besides the user agent, that say something about the loader.
+/// The three kinds of open (README "Opens").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpenKind {
+    /// A person's mail client or browser fetched the image itself.
+    Person,
+    /// A person, through a mail provider's image proxy.
+    Proxied,
+    /// A machine.
+    Machine,
+}
+
+impl OpenKind {
+    /// The kind of an open with these verdict fields.
+    pub fn of(machine: bool, proxy: Option<Proxy>) -> OpenKind {
+        match (machine, proxy) {
+            (true, _) => OpenKind::Machine,
+            (false, Some(_)) => OpenKind::Proxied,
+            (false, None) => OpenKind::Person,
+        }
+    }
+
+    /// `person`, `proxied` or `machine`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpenKind::Person => "person",
+            OpenKind::Proxied => "proxied",
+            OpenKind::Machine => "machine",
+        }
+    }
+}
+
+/// The request itself, besides the user agent: its method and headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hints {
-    /// The request announced itself as a prefetch (`Sec-Purpose`, `Purpose` or `X-Moz`).
+    /// The request announced itself as a prefetch or preview (`Sec-Purpose`, `Purpose`,
+    /// `X-Moz`: prefetch; `X-Purpose: preview`).
     pub prefetch: bool,
     /// `Sec-CH-UA-Mobile: ?1` was sent (Chromium client hint).
     pub mobile: bool,
+    /// A `HEAD` request.
+    pub head: bool,
+}
+
+/// What the address says, looked up when the hit arrived (`evidence`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen<'a> {
+    /// The catalogue network the address is in, if any.
+    pub network: Option<(NetKind, Certainty)>,
+    /// The address belongs to a scanner vendor's autonomous system.
+    pub scanner_asn: bool,
+    /// Who runs that network or system (`Microsoft Defender`, `Proofpoint`); empty if none.
+    pub label: &'a str,
+}
+
+/// The timing rules' windows, after the relay handed the message upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    /// `tracking.machine_window`: any load this early is a machine (0: no timing rules).
+    pub machine: Duration,
+    /// `tracking.probable_window`: a load from a `probable` network this early is a machine.
+    pub probable: Duration,
+}
+
+impl Windows {
+    /// No timing rules at all.
+    pub const NONE: Windows = Windows {
+        machine: Duration::ZERO,
+        probable: Duration::ZERO,
+    };
 }
 
 /// The verdict on one pixel load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classification {
-    /// Mail client or browser name (`Gmail`, `Apple Mail`, `Outlook`, `Chrome`, `unknown`, ...).
+    /// Mail client or browser name (`Gmail`, `Apple Mail`, `Outlook`, `Chrome`, `unknown`, ...),
+    /// or the scanner's name for a load from a scanner's network.
     pub client: String,
     /// Kind of reader.
     pub device: Device,
     /// A machine, not a person, most likely loaded the pixel.
     pub machine: bool,
-    /// Why `machine` is true (`google-image-proxy`, `apple-mpp`, `early-load`, ...).
+    /// Why `machine` is true: one of [`REASONS`].
     pub machine_reason: Option<&'static str>,
+    /// The mail provider whose proxy or relay fetched the image, if known.
+    pub proxy: Option<Proxy>,
+}
+
+impl Classification {
+    /// Person, proxied or machine.
+    pub fn kind(&self) -> OpenKind {
+        OpenKind::of(self.machine, self.proxy)
+    }
 }
 
 /// How a rule recognises a user agent. Needles are lowercase; the UA is lowercased once.
@@ -107,6 +211,8 @@ struct Rule {
     device: Device,
     /// `Some(reason)` when a hit matching this row is a machine.
     machine: Option<&'static str>,
+    /// The provider whose fetcher this is.
+    proxy: Option<Proxy>,
 }
 
 const fn rule(
@@ -120,29 +226,52 @@ const fn rule(
         client,
         device,
         machine,
+        proxy: None,
     }
 }
 
-use Device::{Desktop, Mobile, Proxy, Unknown, Webmail};
+const fn via(proxy: Proxy, r: Rule) -> Rule {
+    Rule {
+        proxy: Some(proxy),
+        ..r
+    }
+}
+
+use Device::{Desktop, Mobile, Proxy as ProxyDevice, Unknown, Webmail};
 use Match::{BareWebKit, Contains, Exact};
 
 /// The mail-client and machine rules, first match wins. Each row has a test below.
 const RULES: &[Rule] = &[
-    // Webmail image proxies.
-    rule(
-        Contains("googleimageproxy"),
-        "Gmail",
-        Webmail,
-        Some("google-image-proxy"),
+    // Gmail's fetcher at delivery time, which is not its image proxy: a stale Chrome/Edge
+    // string with a second `Mozilla/5.0` at the end (mautic PR #10245, ahoy_email #139).
+    via(
+        Proxy::Google,
+        rule(
+            Contains("edge/12.246 mozilla/5.0"),
+            "Gmail",
+            Unknown,
+            Some("gmail-prefetch"),
+        ),
     ),
-    rule(
-        Contains("yahoomailproxy"),
-        "Yahoo Mail",
-        Webmail,
-        Some("yahoo-mail-proxy"),
+    // Webmail image proxies: a person opened the message (mautic #16069).
+    via(
+        Proxy::Google,
+        rule(Contains("googleimageproxy"), "Gmail", Webmail, None),
     ),
-    // Apple Mail Privacy Protection: the bare UA (see the module docs).
-    rule(Exact("mozilla/5.0"), "Apple Mail", Proxy, Some("apple-mpp")),
+    via(
+        Proxy::Yahoo,
+        rule(Contains("yahoomailproxy"), "Yahoo Mail", Webmail, None),
+    ),
+    // Apple Mail Privacy Protection: the bare UA.
+    via(
+        Proxy::Apple,
+        rule(
+            Exact("mozilla/5.0"),
+            "Apple Mail",
+            ProxyDevice,
+            Some("apple-mpp"),
+        ),
+    ),
     // Security scanners and link checkers.
     rule(
         Contains("barracuda"),
@@ -240,37 +369,71 @@ impl Match {
     }
 }
 
-/// Classifies one pixel load. `since_relay` is how long after the relay handed the message
-/// upstream the load came (`None` if unknown).
+/// Classifies one pixel load: its user agent, the request's `hints`, what its address is
+/// (`seen`), and how long after the relay handed the message upstream it came (`None` if
+/// unknown: timing is then no evidence).
 pub fn classify(
     user_agent: &str,
     hints: &Hints,
+    seen: &Seen<'_>,
     since_relay: Option<Duration>,
-    machine_window: Duration,
+    windows: &Windows,
 ) -> Classification {
     let ua = user_agent.trim().to_ascii_lowercase();
-    let mut c = match RULES.iter().find(|r| r.pattern.matches(&ua)) {
+    let matched = RULES.iter().find(|r| r.pattern.matches(&ua));
+    let mut c = match matched {
         Some(r) => Classification {
             client: r.client.to_string(),
             device: r.device,
             machine: r.machine.is_some(),
             machine_reason: r.machine,
+            proxy: r.proxy,
         },
         None => generic(user_agent.trim(), hints),
     };
-    if !c.machine {
-        let reason = if hints.prefetch {
-            Some("prefetch")
-        } else if since_relay.is_some_and(|d| d < machine_window) {
-            Some("early-load")
-        } else {
-            None
-        };
-        if reason.is_some() {
-            c.machine = true;
-            c.machine_reason = reason;
+    let within = |w: Duration| since_relay.is_some_and(|d| d < w);
+    let (net_reason, net_proxy) = match seen.network {
+        None => (None, None),
+        Some((NetKind::Scanner, Certainty::Certain)) => (Some("scanner-network"), None),
+        Some((NetKind::Scanner, Certainty::Probable)) => {
+            (within(windows.probable).then_some("scanner-network"), None)
         }
+        Some((NetKind::Provider(p), certainty)) => {
+            let early = certainty == Certainty::Probable && within(windows.probable);
+            let reason = match p {
+                Proxy::Apple => "apple-mpp",
+                _ => "scanner-network",
+            };
+            (early.then_some(reason), Some(p))
+        }
+    };
+    c.proxy = c.proxy.or(net_proxy);
+    // The request's own words first, then the user agent, then the address, then timing.
+    let reason = if hints.head {
+        Some("head-request")
+    } else if hints.prefetch {
+        Some("prefetch-header")
+    } else if c.machine_reason.is_some() {
+        c.machine_reason
+    } else if net_reason.is_some() {
+        net_reason
+    } else if seen.scanner_asn {
+        Some("scanner-asn")
+    } else if within(windows.machine) {
+        Some("early-load")
+    } else {
+        None
+    };
+    // A scanner impersonating a browser is named after whoever runs its network.
+    if matched.is_none()
+        && matches!(reason, Some("scanner-network" | "scanner-asn"))
+        && !seen.label.is_empty()
+    {
+        c.client = seen.label.to_string();
+        c.device = Device::Unknown;
     }
+    c.machine = reason.is_some();
+    c.machine_reason = reason;
     c
 }
 
@@ -281,6 +444,7 @@ fn generic(ua: &str, hints: &Hints) -> Classification {
         device: Device::Unknown,
         machine: reason.is_some(),
         machine_reason: reason,
+        proxy: None,
     };
     if ua.is_empty() || ua == "-" {
         return unknown(Some("no-user-agent"));
@@ -306,6 +470,7 @@ fn generic(ua: &str, hints: &Hints) -> Classification {
         device,
         machine: machine.is_some(),
         machine_reason: machine,
+        proxy: None,
     }
 }
 
@@ -314,13 +479,21 @@ mod tests {
     use super::*;
 
     const WINDOW: Duration = Duration::from_secs(5);
+    const WINDOWS: Windows = Windows {
+        machine: WINDOW,
+        probable: Duration::from_secs(900),
+    };
+
+    fn at(ua: &str, hints: &Hints, seen: &Seen<'_>, since: Option<Duration>) -> Classification {
+        classify(ua, hints, seen, since, &WINDOWS)
+    }
 
     fn late(ua: &str) -> Classification {
-        classify(
+        at(
             ua,
             &Hints::default(),
+            &Seen::default(),
             Some(Duration::from_secs(3600)),
-            WINDOW,
         )
     }
 
@@ -340,20 +513,33 @@ mod tests {
     fn gmail_image_proxy() {
         // Gmail's image proxy; the same string appears in Mandrill's open-webhook examples and in
         // countless tracking-server logs since Gmail started proxying images (Dec 2013).
+        // It fetches when the reader opens the message: a person (mautic #16069).
         let ua = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)";
-        check(ua, "Gmail", Webmail, Some("google-image-proxy"));
+        check(ua, "Gmail", Webmail, None);
+        assert_eq!(late(ua).proxy, Some(Proxy::Google));
+        assert_eq!(late(ua).kind(), OpenKind::Proxied);
+    }
+
+    #[test]
+    fn gmail_prefetch_at_delivery() {
+        // Gmail's fetcher at delivery time (mautic PR #10245; ankane/ahoy_email #139, quoting
+        // GMass's "false opens in Gmail").
+        let ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/42.0.2311.135 Safari/537.36 Edge/12.246 Mozilla/5.0";
+        check(ua, "Gmail", Unknown, Some("gmail-prefetch"));
+        assert_eq!(late(ua).proxy, Some(Proxy::Google));
     }
 
     #[test]
     fn yahoo_mail_proxy() {
         // Yahoo's proxy; the UA names its own help page (help.yahoo.com SLN28749).
         let ua = "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html";
-        check(ua, "Yahoo Mail", Webmail, Some("yahoo-mail-proxy"));
+        check(ua, "Yahoo Mail", Webmail, None);
+        assert_eq!(late(ua).proxy, Some(Proxy::Yahoo));
         check(
             "Mozilla/5.0 (compatible; YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html)",
             "Yahoo Mail",
             Webmail,
-            Some("yahoo-mail-proxy"),
+            None,
         );
     }
 
@@ -361,8 +547,14 @@ mod tests {
     fn apple_mail_privacy_protection() {
         // The bare UA of Apple's MPP prefetch, as ESPs report it (e.g. SocketLabs' "Identifying
         // Apple MPP opens" help article; see the module docs for the limits).
-        check("Mozilla/5.0", "Apple Mail", Proxy, Some("apple-mpp"));
-        check(" Mozilla/5.0 ", "Apple Mail", Proxy, Some("apple-mpp"));
+        check("Mozilla/5.0", "Apple Mail", ProxyDevice, Some("apple-mpp"));
+        check(
+            " Mozilla/5.0 ",
+            "Apple Mail",
+            ProxyDevice,
+            Some("apple-mpp"),
+        );
+        assert_eq!(late("Mozilla/5.0").proxy, Some(Proxy::Apple));
     }
 
     #[test]
@@ -561,49 +753,136 @@ mod tests {
     #[test]
     fn early_load_marks_a_person_client_as_machine() {
         let ua = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)";
-        let c = classify(
-            ua,
-            &Hints::default(),
-            Some(Duration::from_millis(1200)),
-            WINDOW,
-        );
+        let none = Seen::default();
+        let h = Hints::default();
+        let c = at(ua, &h, &none, Some(Duration::from_millis(1200)));
         assert_eq!(
             (c.client.as_str(), c.machine, c.machine_reason),
             ("Apple Mail", true, Some("early-load"))
         );
-        let c = classify(ua, &Hints::default(), Some(WINDOW), WINDOW);
+        let c = at(ua, &h, &none, Some(WINDOW));
         assert!(!c.machine, "the window is exclusive at its end");
-        let c = classify(ua, &Hints::default(), None, WINDOW);
+        let c = at(ua, &h, &none, None);
         assert!(!c.machine, "unknown timing is not evidence");
-        // A proxy keeps its own, more specific reason.
+        // A proxy fetching seconds after delivery is a machine too, and still names its proxy.
         let gp = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)";
-        let c = classify(gp, &Hints::default(), Some(Duration::ZERO), WINDOW);
-        assert_eq!(c.machine_reason, Some("google-image-proxy"));
+        let c = at(gp, &h, &none, Some(Duration::ZERO));
+        assert_eq!(
+            (c.machine_reason, c.proxy),
+            (Some("early-load"), Some(Proxy::Google))
+        );
+        // Windows of 0 turn timing off.
+        let c = classify(ua, &h, &none, Some(Duration::ZERO), &Windows::NONE);
+        assert!(!c.machine);
     }
 
     #[test]
-    fn hints_prefetch_and_mobile() {
+    fn request_hints_come_first() {
         let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
-        let c = classify(
-            chrome,
-            &Hints {
-                prefetch: true,
-                mobile: false,
-            },
-            None,
-            WINDOW,
+        let none = Seen::default();
+        let late = Some(Duration::from_secs(3600));
+        let head = Hints {
+            head: true,
+            prefetch: true,
+            ..Hints::default()
+        };
+        assert_eq!(
+            at(chrome, &head, &none, late).machine_reason,
+            Some("head-request")
         );
-        assert_eq!(c.machine_reason, Some("prefetch"));
-        let c = classify(
-            chrome,
-            &Hints {
-                prefetch: false,
-                mobile: true,
-            },
-            None,
-            WINDOW,
+        let prefetch = Hints {
+            prefetch: true,
+            ..Hints::default()
+        };
+        assert_eq!(
+            at("", &prefetch, &none, late).machine_reason,
+            Some("prefetch-header")
         );
-        assert_eq!(c.device, Device::Mobile);
+        assert_eq!(
+            at("", &Hints::default(), &none, late).machine_reason,
+            Some("no-user-agent")
+        );
+    }
+
+    #[test]
+    fn networks_decide_by_certainty_and_window() {
+        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/80.0.3987.132 Safari/537.36";
+        let h = Hints::default();
+        let early = Some(Duration::from_secs(30));
+        let late = Some(Duration::from_secs(3600));
+        let net = |kind, certainty| Seen {
+            network: Some((kind, certainty)),
+            scanner_asn: false,
+            label: "Microsoft Defender",
+        };
+        let certain = net(NetKind::Scanner, Certainty::Certain);
+        let c = at(chrome, &h, &certain, late);
+        assert_eq!(
+            (c.client.as_str(), c.machine_reason, c.device),
+            ("Microsoft Defender", Some("scanner-network"), Unknown)
+        );
+        let probable = net(NetKind::Scanner, Certainty::Probable);
+        assert_eq!(
+            at(chrome, &h, &probable, early).machine_reason,
+            Some("scanner-network")
+        );
+        let c = at(chrome, &h, &probable, late);
+        assert_eq!((c.machine, c.client.as_str()), (false, "Chrome"));
+        // A provider's probable network: machine at delivery, a proxied person later.
+        let ms = net(NetKind::Provider(Proxy::Microsoft), Certainty::Probable);
+        let c = at(chrome, &h, &ms, early);
+        assert_eq!(
+            (c.machine_reason, c.proxy),
+            (Some("scanner-network"), Some(Proxy::Microsoft))
+        );
+        let c = at(chrome, &h, &ms, late);
+        assert_eq!(c.kind(), OpenKind::Proxied);
+        let apple = net(NetKind::Provider(Proxy::Apple), Certainty::Probable);
+        let mail = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148";
+        assert_eq!(
+            at(mail, &h, &apple, early).machine_reason,
+            Some("apple-mpp")
+        );
+        let c = at(mail, &h, &apple, late);
+        assert_eq!(
+            (c.kind(), c.client.as_str(), c.device),
+            (OpenKind::Proxied, "Apple Mail", Mobile)
+        );
+        // A known user agent keeps its own name from a scanner's network.
+        let c = at(mail, &h, &certain, late);
+        assert_eq!(
+            (c.client.as_str(), c.machine_reason),
+            ("Apple Mail", Some("scanner-network"))
+        );
+        // ASN: machine, named after the vendor.
+        let asn = Seen {
+            network: None,
+            scanner_asn: true,
+            label: "Proofpoint",
+        };
+        let c = at(chrome, &h, &asn, late);
+        assert_eq!(
+            (c.client.as_str(), c.machine_reason),
+            ("Proofpoint", Some("scanner-asn"))
+        );
+    }
+
+    #[test]
+    fn every_reason_is_in_the_vocabulary() {
+        for r in RULES.iter().filter_map(|r| r.machine) {
+            assert!(REASONS.contains(&r), "{r}");
+        }
+    }
+
+    #[test]
+    fn mobile_client_hint() {
+        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+        let mobile = Hints {
+            mobile: true,
+            ..Hints::default()
+        };
+        let c = at(chrome, &mobile, &Seen::default(), None);
+        assert_eq!((c.device, c.machine), (Device::Mobile, false));
     }
 
     #[test]
@@ -611,6 +890,7 @@ mod tests {
         // A row shadowed by an earlier one would be dead: check each row's client appears for
         // at least one of the strings above (cheap guard while the table grows).
         let samples = [
+            "Chrome/42.0.2311.135 Safari/537.36 Edge/12.246 Mozilla/5.0",
             "via ggpht.com GoogleImageProxy",
             "YahooMailProxy",
             "Mozilla/5.0",

@@ -5,11 +5,24 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::classify::Device;
+use super::classify::{Device, OpenKind};
+use super::networks::Proxy;
+
+/// The `type` of an event on the follow stream and in webhooks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    /// A pixel load.
+    #[default]
+    Open,
+}
 
 /// One recorded open (SPEC "The open event").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenEvent {
+    /// Always `open` (clicks will share the stream).
+    #[serde(rename = "type", default)]
+    pub event_type: EventType,
     /// Time-ordered unique id (16 hex digits); also the cursor for listing and following.
     pub id: String,
     /// The message's id (32 hex digits).
@@ -27,8 +40,15 @@ pub struct OpenEvent {
     pub device: Device,
     /// A machine most likely made this load.
     pub machine: bool,
-    /// Why `machine` is true.
+    /// Why `machine` is true (README "Opens" lists the reasons).
     pub machine_reason: Option<String>,
+    /// The mail provider whose image proxy or relay fetched the pixel (`google`, `yahoo`,
+    /// `microsoft`, `apple`); with `machine: false`, a person reading through it.
+    #[serde(default)]
+    pub proxy: Option<Proxy>,
+    /// The loader's country (ISO 3166-1 alpha-2), with `tracking.country_db`.
+    #[serde(default)]
+    pub country: Option<String>,
     /// The first open of this message.
     pub first: bool,
     /// Running count of opens of this message, this one included.
@@ -83,6 +103,13 @@ pub mod rfc3339_ms_opt {
     }
 }
 
+impl OpenEvent {
+    /// Person, proxied or machine.
+    pub fn kind(&self) -> OpenKind {
+        OpenKind::of(self.machine, self.proxy)
+    }
+}
+
 pub use crate::clock::{parse_rfc3339_ms, rfc3339_ms as format_rfc3339_ms};
 
 #[cfg(test)]
@@ -124,6 +151,7 @@ mod tests {
     #[test]
     fn json_has_exactly_the_spec_fields() {
         let e = OpenEvent {
+            event_type: EventType::Open,
             id: "0001f3a2b4c5d6e7".into(),
             message: "00112233445566778899aabbccddeeff".into(),
             at_ms: 1_795_493_183_123,
@@ -131,8 +159,10 @@ mod tests {
             user_agent: "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)".into(),
             client: "Gmail".into(),
             device: Device::Webmail,
-            machine: true,
-            machine_reason: Some("google-image-proxy".into()),
+            machine: false,
+            machine_reason: None,
+            proxy: Some(Proxy::Google),
+            country: Some("DE".into()),
             first: false,
             count: 3,
             recipient: "bob@example.net".into(),
@@ -143,6 +173,9 @@ mod tests {
         let v = serde_json::to_value(&e).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut want = vec![
+            "type",
+            "proxy",
+            "country",
             "id",
             "message",
             "at",
@@ -166,8 +199,22 @@ mod tests {
         assert_eq!(v["at"], "2026-11-24T04:06:23.123Z");
         assert_eq!(v["device"], "webmail");
         assert_eq!(v["subject"], serde_json::Value::Null);
-        assert_eq!(v["machine_reason"], "google-image-proxy");
-        let back: OpenEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(v["machine_reason"], serde_json::Value::Null);
+        assert_eq!(v["type"], "open");
+        assert_eq!(v["proxy"], "google");
+        assert_eq!(v["country"], "DE");
+        let back: OpenEvent = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(back, e);
+        assert_eq!(back.kind(), OpenKind::Proxied);
+        // Events stored before `type`, `proxy` and `country` existed still read.
+        let mut old = v;
+        for k in ["type", "proxy", "country"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let back: OpenEvent = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            (back.proxy, back.country, back.event_type),
+            (None, None, EventType::Open)
+        );
     }
 }

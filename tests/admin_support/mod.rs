@@ -65,7 +65,11 @@ impl Admin {
             TokenKey::from_secret(b"admin-test"),
             store.clone(),
             http,
-            Duration::from_secs(5),
+            pixelrelay::track::Windows {
+                machine: Duration::from_secs(5),
+                probable: Duration::from_secs(900),
+            },
+            Arc::new(pixelrelay::evidence::EvidenceSource::empty()),
         ));
         let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
         let (trigger, sd) = shutdown::channel();
@@ -129,7 +133,9 @@ impl Admin {
                         device: o.device,
                         machine: o.machine,
                         machine_reason: o.machine.then_some("test-proxy"),
+                        proxy: None,
                     },
+                    country: None,
                 },
             )
             .unwrap()

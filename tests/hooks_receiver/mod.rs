@@ -289,6 +289,8 @@ pub fn hit() -> OpenHit {
             device: Device::Desktop,
             machine: false,
             machine_reason: None,
+            proxy: None,
         },
+        country: None,
     }
 }

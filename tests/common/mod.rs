@@ -856,3 +856,32 @@ pub async fn admin_text(relay: &Relay, path: &str) -> String {
 pub async fn admin_json(relay: &Relay, path: &str) -> serde_json::Value {
     serde_json::from_str(&admin_text(relay, path).await).unwrap()
 }
+
+/// Whether Debian's MaxMind::DB::Writer is installed (scripts/test installs it).
+pub fn have_mmdb_writer() -> bool {
+    let ok = std::process::Command::new("perl")
+        .args(["-MMaxMind::DB::Writer::Tree", "-e1"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("PIXELRELAY_REQUIRE_PEERS").is_none(),
+            "libmaxmind-db-writer-perl is required but not installed"
+        );
+        eprintln!("SKIPPED: libmaxmind-db-writer-perl not installed (scripts/test installs it)");
+    }
+    ok
+}
+
+/// Writes a MaxMind-format database with `tests/data/mmdb.pl`.
+pub fn write_mmdb(out: &Path, kind: &str, rows: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mmdb.pl");
+    let status = std::process::Command::new("perl")
+        .arg(script)
+        .arg(out)
+        .arg(kind)
+        .args(rows)
+        .status()
+        .expect("run perl");
+    assert!(status.success(), "mmdb.pl {kind} failed");
+}

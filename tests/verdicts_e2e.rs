@@ -47,6 +47,9 @@ fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/verdicts")
 }
 
+/// What a forwarded load must be stored as: (kind, reason, proxy, stored address, country).
+type Want = (&'static str, Value, Value, &'static str, Value);
+
 const HTML: &[u8] = b"From: news@example.com\r\nTo: bob@example.net\r\nSubject: verdicts\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>Hello</p></body></html>\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,8 +100,7 @@ anonymize_ip = true
     assert_eq!(code, 250);
     let path = pixel_path(&up.messages()[0].data);
 
-    // (forwarded address, user agent) -> (kind, reason, proxy, stored address, country)
-    let cases: &[(&str, &str, (&str, Value, Value, &str, Value))] = &[
+    let cases: &[(&str, &str, Want)] = &[
         (
             "203.0.113.5",
             CHROME,

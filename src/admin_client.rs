@@ -289,7 +289,8 @@ fn print_open(out: &mut impl Write, e: &Value, json: bool) -> Result<(), CliErro
     write_line(out, line.as_bytes())
 }
 
-/// One aligned line: time, recipient, subject, client, device, machine marker, IP.
+/// One aligned line: time, recipient, subject, client, device, kind (`person`,
+/// `proxied:google`, `machine:apple-mpp`), IP.
 pub fn human_open(e: &Value) -> String {
     let s = |k: &str| e[k].as_str().unwrap_or("");
     let at = s("at");
@@ -302,10 +303,10 @@ pub fn human_open(e: &Value) -> String {
         "" => "-",
         x => x,
     };
-    let machine = if e["machine"].as_bool() == Some(true) {
-        format!("machine:{}", s("machine_reason"))
-    } else {
-        "person".to_string()
+    let machine = match (e["machine"].as_bool() == Some(true), s("proxy")) {
+        (true, _) => format!("machine:{}", s("machine_reason")),
+        (false, "") => "person".to_string(),
+        (false, proxy) => format!("proxied:{proxy}"),
     };
     format!(
         "{}  {}  {}  {}  {}  {}  {}",
@@ -390,8 +391,10 @@ pub fn human_stats(v: &Value) -> String {
         "opens",
         n("opens").to_string(),
         format!(
-            "people {}, machine {}",
+            "people {} (direct {}, through a proxy {}), machine {}",
             n("human_opens"),
+            n("direct_opens"),
+            n("proxied_opens"),
             n("machine_opens")
         ),
     );
@@ -405,10 +408,28 @@ pub fn human_stats(v: &Value) -> String {
         pct("open_rate"),
         format!("people only {}", pct("human_open_rate")),
     );
-    for (label, key) in [("by client", "by_client"), ("by device", "by_device")] {
+    for (label, key) in [
+        ("by client", "by_client"),
+        ("by device", "by_device"),
+        ("by proxy", "by_proxy"),
+    ] {
         let b = breakdown(key);
         if !b.is_empty() {
             row(label, String::new(), b);
+        }
+    }
+    if let Some(m) = v["machine_share_by_reason"].as_object() {
+        let mut reasons: Vec<(String, f64)> = m
+            .iter()
+            .map(|(r, f)| (clean(r), f.as_f64().unwrap_or(0.0)))
+            .collect();
+        reasons.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let text: Vec<String> = reasons
+            .iter()
+            .map(|(r, f)| format!("{r} {:.1}%", f * 100.0))
+            .collect();
+        if !text.is_empty() {
+            row("machine share", String::new(), text.join(", "));
         }
     }
     out
@@ -432,12 +453,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn human_stats_split_people_and_machines() {
+        let v = serde_json::json!({
+            "relayed": 10, "tracked": 8, "opens": 6, "human_opens": 4, "direct_opens": 1,
+            "proxied_opens": 3, "machine_opens": 2, "unique_opens": 5,
+            "unique_human_opens": 3, "open_rate": 0.625, "human_open_rate": 0.375,
+            "by_proxy": {"google": {"opens": 2, "machine": 0}},
+            "machine_share_by_reason": {"scanner-asn": 0.125, "apple-mpp": 0.25}
+        });
+        let t = human_stats(&v);
+        assert!(
+            t.contains("people 4 (direct 1, through a proxy 3), machine 2"),
+            "{t}"
+        );
+        assert!(t.contains("people only 37.5%"), "{t}");
+        assert!(t.contains("google 2 (0 machine)"), "{t}");
+        assert!(t.contains("apple-mpp 25.0%, scanner-asn 12.5%"), "{t}");
+    }
+
+    #[test]
     fn human_line_is_aligned_and_cleaned() {
         let e = serde_json::json!({
             "id": "0000000000000001", "at": "2026-11-24T04:06:23.123Z",
             "recipient": "bob@example.net", "subject": "Hi\u{1b}[31m there",
             "client": "Gmail", "device": "webmail", "machine": true,
-            "machine_reason": "google-image-proxy", "ip": "203.0.113.5"
+            "machine_reason": "early-load", "proxy": "google", "ip": "203.0.113.5"
         });
         let l = human_open(&e);
         assert!(
@@ -446,7 +486,12 @@ mod tests {
         );
         assert!(!l.contains('\u{1b}'), "{l}");
         assert!(l.contains("Hi?[31m there"), "{l}");
-        assert!(l.contains("machine:google-image-proxy"), "{l}");
+        assert!(l.contains("machine:early-load"), "{l}");
+        let mut proxied = e.clone();
+        proxied["machine"] = false.into();
+        assert!(human_open(&proxied).contains("proxied:google"));
+        proxied["proxy"] = Value::Null;
+        assert!(human_open(&proxied).contains("person"));
         assert!(l.ends_with("203.0.113.5"), "{l}");
         let mut e2 = e.clone();
         e2["subject"] = Value::Null;

@@ -213,7 +213,14 @@ async fn dashboard_in_headless_chromium() {
     });
     a.open(&xss, &Open::machine("Gmail", Device::Webmail));
     a.open(&xss, &Open::machine("Gmail", Device::Webmail));
-    a.open(&xss, &Open::person("Apple Mail", Device::Mobile));
+    a.open(
+        &xss,
+        &Open::proxied(
+            "Apple Mail",
+            Device::Mobile,
+            pixelrelay::track::Proxy::Apple,
+        ),
+    );
     let news = a.message(&Msg {
         subject: Some("Plain news".into()),
         ..Msg::new("bob@example.net")
@@ -308,6 +315,25 @@ async fn dashboard_in_headless_chromium() {
     // Stats: cards, clients, devices, the chart.
     assert!(dom.contains("id=\"stat-opens\">5<"), "opens card");
     assert!(dom.contains("id=\"stat-machine\">2<"), "machine card");
+    assert!(dom.contains("id=\"stat-direct\">2<"), "people, directly");
+    assert!(
+        dom.contains("id=\"stat-proxied\">1<"),
+        "people through a proxy"
+    );
+    assert!(
+        dom.contains("id=\"stat-raw-rate\">100.0%<"),
+        "raw open rate"
+    );
+    let reasons = &dom[dom.find("<table id=\"reasons\">").expect("reasons table")..];
+    assert!(
+        reasons.contains(
+            "scanner-network</td><td class=\"opens num\">2</td><td class=\"share num\">40.0%</td>"
+        ),
+        "machine share by reason: {}",
+        &reasons[..reasons.len().min(600)]
+    );
+    let proxies = &dom[dom.find("<table id=\"proxies\">").expect("proxies table")..];
+    assert!(proxies.contains("apple</td>"), "by proxy");
     assert!(dom.contains("id=\"stat-tracked\">2<"), "tracked card");
     for client in ["Gmail", "Apple Mail", "Outlook", "Thunderbird"] {
         assert!(dom.contains(&format!("{client}</td>")), "{client} row");

@@ -132,6 +132,19 @@
     }
   }
 
+  function renderReasons(counts, shares) {
+    const body = $("reasons").tBodies[0];
+    body.replaceChildren();
+    const rows = Object.entries(counts || {}).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+    for (const [reason, n] of rows) {
+      const tr = el("tr", "row");
+      tr.appendChild(el("td", "name", reason));
+      tr.appendChild(el("td", "opens num", n));
+      tr.appendChild(el("td", "share num", (((shares || {})[reason] || 0) * 100).toFixed(1) + "%"));
+      body.appendChild(tr);
+    }
+  }
+
   function renderChart(byDay) {
     const days = [];
     const today = new Date();
@@ -190,9 +203,14 @@
     $("stat-human").textContent = st.human_opens;
     $("stat-machine").textContent = st.machine_opens;
     $("stat-unique").textContent = st.unique_opens;
+    $("stat-direct").textContent = st.direct_opens;
+    $("stat-proxied").textContent = st.proxied_opens;
     $("stat-rate").textContent = (st.human_open_rate * 100).toFixed(1) + "%";
+    $("stat-raw-rate").textContent = (st.open_rate * 100).toFixed(1) + "%";
     renderBreakdown("clients", st.by_client);
     renderBreakdown("devices", st.by_device);
+    renderBreakdown("proxies", st.by_proxy);
+    renderReasons(st.by_reason, st.machine_share_by_reason);
     renderChart(st.by_day);
   }
 
@@ -216,6 +234,7 @@
     li.appendChild(document.createTextNode(" · "));
     li.appendChild(el("span", "client", e.client));
     if (e.machine) li.appendChild(el("span", "machine", " · machine (" + (e.machine_reason || "?") + ")"));
+    else if (e.proxy) li.appendChild(el("span", "proxy", " · via " + e.proxy));
     li.appendChild(el("span", "ip", " · " + e.ip));
     const list = $("live");
     list.insertBefore(li, list.firstChild);

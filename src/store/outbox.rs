@@ -159,17 +159,22 @@ pub fn parse_delivery_id(id: &str) -> Option<(u64, u64)> {
     Some((e, s))
 }
 
-/// The event's JSON: `type` and `event_id` first, then the event's own fields.
+/// The event's JSON: `type` and `event_id`, then the event's own fields. An open event carries
+/// its own `type` (the follow stream shows it too), so the envelope leaves it to the event.
 #[derive(Serialize)]
 struct Envelope<'a, T: Serialize> {
     /// `open` or `message`.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_serializing_if = "is_open")]
     kind: &'static str,
     /// Unique per event; retries and the copy to another endpoint repeat it.
     event_id: &'a str,
     /// The SPEC event (or the message record).
     #[serde(flatten)]
     event: &'a T,
+}
+
+fn is_open(kind: &&'static str) -> bool {
+    *kind == "open"
 }
 
 /// Within a write transaction: writes one event's rows for every endpoint subscribed to

@@ -105,10 +105,7 @@ fn opens_count_first_and_counters() {
     );
 
     let e1 = s
-        .record_open(
-            &a,
-            &hit(T0 + 1000, "203.0.113.5", Some("google-image-proxy")),
-        )
+        .record_open(&a, &hit(T0 + 1000, "203.0.113.5", Some("apple-mpp")))
         .unwrap()
         .unwrap();
     let e2 = s
@@ -672,6 +669,12 @@ fn outbox_rows_commit_with_opens_and_messages() {
         "one event, one id"
     );
     assert_ne!(opens[0].row.event_id, msg[0].row.event_id);
+    assert_eq!(
+        opens[0].row.body.matches("\"type\"").count(),
+        1,
+        "one type key: {}",
+        opens[0].row.body
+    );
     let body: serde_json::Value = serde_json::from_str(&opens[0].row.body).unwrap();
     assert_eq!(body["type"], "open");
     assert_eq!(body["event_id"], opens[0].row.event_id.as_str());

@@ -132,8 +132,8 @@ impl Admin {
                         client: o.client.to_string(),
                         device: o.device,
                         machine: o.machine,
-                        machine_reason: o.machine.then_some("test-proxy"),
-                        proxy: None,
+                        machine_reason: o.machine.then_some("scanner-network"),
+                        proxy: o.proxy,
                     },
                     country: None,
                 },
@@ -188,6 +188,8 @@ pub struct Open {
     pub client: &'static str,
     pub device: Device,
     pub machine: bool,
+    /// The mail provider whose proxy fetched it.
+    pub proxy: Option<pixelrelay::track::Proxy>,
     pub at_ms: Option<u64>,
 }
 
@@ -197,7 +199,16 @@ impl Open {
             client,
             device,
             machine: false,
+            proxy: None,
             at_ms: None,
+        }
+    }
+
+    /// A person reading through `proxy`'s image proxy.
+    pub fn proxied(client: &'static str, device: Device, proxy: pixelrelay::track::Proxy) -> Open {
+        Open {
+            proxy: Some(proxy),
+            ..Open::person(client, device)
         }
     }
 
@@ -206,6 +217,7 @@ impl Open {
             client,
             device,
             machine: true,
+            proxy: None,
             at_ms: None,
         }
     }

@@ -21,6 +21,7 @@
 //! | `pixelrelay_pixel_requests_total` | counter | `result` = valid, invalid, store_error |
 //! | `pixelrelay_pixel_duration_seconds` | histogram | |
 //! | `pixelrelay_opens_total` | counter | `device`; `machine` = true, false |
+//! | `pixelrelay_open_verdicts_total` | counter | `kind` = person, proxied, machine; `reason` (machine only) |
 //! | `pixelrelay_store_size_bytes` | gauge | |
 //! | `pixelrelay_open_index_lag_bytes` | gauge | journal bytes not yet indexed into sled |
 //! | `pixelrelay_open_index_pauses_total` | counter | times the indexer paused for a busy pixel listener |
@@ -67,6 +68,8 @@ pub struct Metrics {
     pixel_requests: Family<Labels, Counter>,
     /// Opens by device and machine flag (collected from the store's counters).
     opens: Family<Labels, Counter>,
+    /// Opens by kind, and machine opens by reason (collected from the store's counters).
+    verdicts: Family<Labels, Counter>,
     /// sled's size on disk (collected).
     store_size: Gauge,
     /// Open journal bytes not yet indexed (collected).
@@ -197,6 +200,7 @@ impl Metrics {
             relay_latency: LatencyHistogram::default(),
             pixel_requests: Family::default(),
             opens: Family::default(),
+            verdicts: Family::default(),
             store_size: Gauge::default(),
             index_lag: Gauge::default(),
             index_pauses: Counter::default(),
@@ -257,6 +261,11 @@ impl Metrics {
             "opens",
             "Recorded opens by device and machine flag (lifetime)",
             m.opens.clone(),
+        );
+        registry.register(
+            "open_verdicts",
+            "Recorded opens by kind (person, proxied, machine) and machine reason (lifetime)",
+            m.verdicts.clone(),
         );
         registry.register_with_unit(
             "store_size",
@@ -395,6 +404,21 @@ impl Metrics {
                     .inner()
                     .store(n, Ordering::Relaxed);
             }
+        }
+        let kinds = [
+            ("person", String::new(), stats.direct_opens),
+            ("proxied", String::new(), stats.counters.proxied_opens),
+        ];
+        let reasons = stats
+            .counters
+            .by_reason
+            .iter()
+            .map(|(r, n)| ("machine", r.clone(), *n));
+        for (kind, reason, n) in kinds.into_iter().chain(reasons) {
+            self.verdicts
+                .get_or_create(&vec![("kind", kind.to_string()), ("reason", reason)])
+                .inner()
+                .store(n, Ordering::Relaxed);
         }
         if let Ok(size) = store.size_on_disk() {
             self.store_size.set(i64::try_from(size).unwrap_or(i64::MAX));

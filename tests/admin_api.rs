@@ -726,6 +726,14 @@ async fn metrics_are_valid_exposition_with_the_store_numbers() {
         v("pixelrelay_opens_total{device=\"mobile\",machine=\"false\"}"),
         1.0
     );
+    assert_eq!(
+        v("pixelrelay_open_verdicts_total{kind=\"machine\",reason=\"scanner-network\"}"),
+        2.0
+    );
+    assert_eq!(
+        v("pixelrelay_open_verdicts_total{kind=\"person\",reason=\"\"}"),
+        2.0
+    );
     assert_eq!(v("pixelrelay_pixel_requests_total{result=\"valid\"}"), 0.0);
     assert!(v("pixelrelay_store_size_bytes") > 0.0);
     // The API waited for the index before answering: nothing journaled is left behind.

@@ -120,15 +120,16 @@ async fn every_open_arrives_signed_and_in_order_per_message() {
             .or_default()
             .push(r.body["count"].as_u64().unwrap());
     }
-    // The SPEC's open event, field for field, plus type and event_id.
+    // The SPEC's open event (with its own `type`), field for field, plus event_id.
     let first = &got[0].body;
     let w = serde_json::to_value(&want[0]).unwrap();
     for (k, v) in w.as_object().unwrap() {
         assert_eq!(&first[k], v, "field {k}");
     }
+    assert_eq!(w["type"], "open");
     assert_eq!(
         first.as_object().unwrap().len(),
-        w.as_object().unwrap().len() + 2
+        w.as_object().unwrap().len() + 1
     );
     // Concurrency 1 and no failures: each message's opens arrive in order.
     assert_eq!(per_msg.len(), 2);

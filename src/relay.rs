@@ -12,7 +12,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::capture::Capture;
@@ -22,7 +21,7 @@ use crate::rewrite::{self, Decision, MessageInfo, Policy, SkipReason};
 use crate::smtp::command::PathArg;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::{Backend, BackendFactory, Transaction};
-use crate::store::{Delivery, MessageRecord, MessageWriter};
+use crate::store::{Delivery, MessageRecord, Store};
 use crate::token::{MessageId, Purpose, TokenKey};
 use crate::upstream::{Connection, Upstream, UpstreamError};
 
@@ -47,24 +46,23 @@ pub struct Tracking {
     pub base_url: String,
 }
 
-/// Where relayed messages are recorded: the store's group-commit writer
-/// ([`MessageWriter`]). Both calls queue and return at once; the receivers fire when the
-/// write is done.
+/// Where relayed messages are recorded: the store's journal. Both calls return once the
+/// entry is in the kernel (one `write`, no fsync), so a `kill -9` after them loses nothing; the
+/// store's indexer moves it into the database behind.
 pub trait Recorder: Send + Sync + 'static {
-    /// Called before the message goes upstream. An error (or a dropped sender) means
-    /// "forward untracked".
-    fn record(&self, rec: MessageRecord) -> oneshot::Receiver<Result<(), String>>;
-    /// Called with the upstream's final reply; failures are logged by the recorder.
-    fn finish(&self, id: MessageId, delivery: Delivery) -> oneshot::Receiver<()>;
+    /// Called before the message goes upstream. An error means "forward untracked".
+    fn record(&self, rec: &MessageRecord) -> Result<(), String>;
+    /// Called with the upstream's final reply, before the client hears it.
+    fn finish(&self, id: &MessageId, delivery: &Delivery) -> Result<(), String>;
 }
 
-impl Recorder for MessageWriter {
-    fn record(&self, rec: MessageRecord) -> oneshot::Receiver<Result<(), String>> {
-        MessageWriter::record(self, rec)
+impl Recorder for Store {
+    fn record(&self, rec: &MessageRecord) -> Result<(), String> {
+        self.journal_message(rec).map_err(|e| e.to_string())
     }
 
-    fn finish(&self, id: MessageId, delivery: Delivery) -> oneshot::Receiver<()> {
-        MessageWriter::finish(self, id, delivery)
+    fn finish(&self, id: &MessageId, delivery: &Delivery) -> Result<(), String> {
+        self.journal_finish(id, delivery).map_err(|e| e.to_string())
     }
 }
 
@@ -80,57 +78,6 @@ pub struct Relay {
     pub opt_out_header: String,
     /// Prometheus series (sessions, transactions, replies, decisions, latency).
     pub metrics: Arc<Metrics>,
-    /// Store writes still running after their client got its reply (drained at shutdown).
-    pub in_flight: InFlight,
-}
-
-/// Counts background writes so that shutdown can wait for them before the final flush.
-#[derive(Debug, Default, Clone)]
-pub struct InFlight {
-    /// Writes running now, and a wake-up for `drained`.
-    inner: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
-}
-
-/// Held by one background write.
-pub struct InFlightGuard {
-    /// The counter it decrements on drop.
-    inner: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
-}
-
-impl InFlight {
-    /// Registers one more write.
-    pub fn enter(&self) -> InFlightGuard {
-        self.inner
-            .0
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        InFlightGuard {
-            inner: Arc::clone(&self.inner),
-        }
-    }
-
-    /// Resolves once no write is running.
-    pub async fn drained(&self) {
-        loop {
-            let notified = self.inner.1.notified();
-            if self.inner.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        if self
-            .inner
-            .0
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-            == 1
-        {
-            self.inner.1.notify_waiters();
-        }
-    }
 }
 
 /// The factory the listener uses: hands each session a clone of the shared relay.
@@ -293,19 +240,22 @@ impl Backend for RelaySession {
             skip_reason,
         };
         // Record before relaying, so that a pixel loaded a moment after delivery finds its
-        // message. If the store cannot take it, the message goes out as it came.
+        // message and a crash cannot lose the record of a message the upstream may have. If
+        // the store cannot take it, the message goes out as it came, unrecorded.
         let mut decision = decision;
-        if let Some(rec) = &relay.recorder
-            && let Err(e) = rec
-                .record(record)
-                .await
-                .unwrap_or_else(|_| Err("the message writer has stopped".into()))
-        {
-            warn!(queue_id = %queue_id, error = %e, event = "store_error", "store failed; forwarding untracked");
-            if decision == Decision::Tracked {
-                decision = Decision::Skipped(SkipReason::Store);
-            }
-        }
+        let recorder = match &relay.recorder {
+            Some(rec) => match rec.record(&record) {
+                Ok(()) => Some(rec),
+                Err(e) => {
+                    warn!(queue_id = %queue_id, error = %e, event = "store_error", "store failed; forwarding untracked");
+                    if decision == Decision::Tracked {
+                        decision = Decision::Skipped(SkipReason::Store);
+                    }
+                    None
+                }
+            },
+            None => None,
+        };
         let changed = rewritten.is_some() && decision != Decision::Skipped(SkipReason::Store);
         let content = match (decision, rewritten) {
             (Decision::Skipped(SkipReason::Store), _) | (_, None) => original,
@@ -327,20 +277,15 @@ impl Backend for RelaySession {
         };
         self.failed = None;
         self.mail = None;
-        if let Some(rec) = &relay.recorder {
-            // The client need not wait for this write: the record exists already and the
-            // reply is final. Shutdown waits for it (`in_flight`) before the final flush.
+        if let Some(rec) = recorder {
             let delivery = Delivery {
                 accepted: r.is_positive(),
                 reply: r.one_line(),
                 at_ms: clock::now_ms(),
             };
-            let written = rec.finish(id, delivery);
-            let guard = relay.in_flight.enter();
-            tokio::spawn(async move {
-                let _ = written.await;
-                drop(guard);
-            });
+            if let Err(e) = rec.finish(&id, &delivery) {
+                warn!(queue_id = %queue_id, error = %e, event = "store_error", "cannot record the upstream reply");
+            }
         }
         let tracking = match decision {
             Decision::Tracked => "tracked",
@@ -459,27 +404,5 @@ async fn track(
                 MessageInfo::default(),
             )
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn drained_waits_for_every_guard() {
-        let f = InFlight::default();
-        f.drained().await; // nothing in flight: at once
-        let (a, b) = (f.enter(), f.enter());
-        let waiter = tokio::spawn({
-            let f = f.clone();
-            async move { f.drained().await }
-        });
-        tokio::task::yield_now().await;
-        drop(a);
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "one write still running");
-        drop(b);
-        waiter.await.unwrap();
     }
 }

@@ -21,7 +21,7 @@ use crate::rewrite::Policy;
 use crate::secret;
 use crate::shutdown;
 use crate::smtp::{self, Limits, SessionConfig};
-use crate::store::{MessageWriter, Store};
+use crate::store::Store;
 use crate::tls::TlsSource;
 use crate::token::TokenKey;
 use crate::track::Windows;
@@ -181,16 +181,13 @@ impl Server {
             .await
             .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", cfg.admin.listen))?;
         let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
-        let writer = MessageWriter::start(store.clone())
-            .map_err(|e| format!("cannot start the message writer thread: {e}"))?;
-        let recorder: Arc<dyn Recorder> = Arc::new(writer);
+        let recorder: Arc<dyn Recorder> = Arc::new(store.clone());
         let relay = Arc::new(Relay {
             target,
             tracking,
             recorder: Some(recorder),
             metrics: Arc::clone(&metrics),
             opt_out_header: cfg.tracking.opt_out_header.clone(),
-            in_flight: Default::default(),
         });
         let tls = match &cfg.smtp.tls {
             Some(t) => Some(Arc::new(TlsSource::load(&t.cert, &t.key, "smtp.tls")?)),
@@ -351,8 +348,6 @@ impl Server {
         if let Target::Smtp(up) = &relay.target {
             up.close_idle().await;
         }
-        // The upstream replies recorded after their clients were answered.
-        relay.in_flight.drained().await;
         if let Err(e) = store.flush().await {
             warn!(error = %e, "store flush at shutdown failed");
         }

@@ -24,9 +24,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::journal::{Read, Reader};
+use super::entry::Entry;
+use super::journal::{Position, Read, Reader};
 use super::pace::Pace;
-use super::{Inner, OpenHit, Store, StoreError};
+use super::{Delivery, Inner, MessageRecord, OpenHit, Store, StoreError};
 use crate::token::MessageId;
 use crate::track::{Certainty, Hints, NetKind, OpenEvent, Proxy, Seen, Windows, classify};
 
@@ -265,16 +266,18 @@ pub(super) fn index_batch(
     let end = inner.journal.end();
     let start = reader.position();
     let mut mark = start;
-    let mut hits = Vec::with_capacity(limit.min(64));
-    while hits.len() < limit {
+    let mut run = Run::default();
+    let mut taken = 0;
+    while taken < limit {
         match reader.next(end).map_err(StoreError::Io)? {
             Read::Record(payload, at) => {
                 mark = at;
-                match Hit::decode(&payload) {
-                    Some(h) => hits.push((h, at)),
+                taken += 1;
+                match Entry::decode(&payload) {
+                    Some(e) => run.push(store, e, at)?,
                     None => {
                         inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(journal = ?at, "open journal: undecodable hit skipped");
+                        tracing::error!(journal = ?at, "journal: undecodable entry skipped");
                     }
                 }
             }
@@ -285,7 +288,7 @@ pub(super) fn index_batch(
                     generation = mark.generation,
                     offset,
                     why,
-                    "open journal: the rest of this segment is unreadable and skipped"
+                    "journal: the rest of this segment is unreadable and skipped"
                 );
                 reader.skip_segment();
                 mark = reader.position();
@@ -302,6 +305,92 @@ pub(super) fn index_batch(
         }
         return Ok(false);
     }
+    // The last run commits the mark past everything read, undecodable entries included.
+    run.flush(store, mark)?;
+    store.indexed_up_to(mark);
+    Ok(true)
+}
+
+/// Consecutive entries of one sort, committed together: pixel hits, or message records and
+/// final replies. A change of sort commits the run before it, so every entry is indexed after
+/// those journaled before it (a message's record before its opens).
+#[derive(Default)]
+struct Run {
+    /// Hits and where each ends in the journal.
+    hits: Vec<(Hit<'static>, Position)>,
+    /// Message records.
+    messages: Vec<MessageRecord>,
+    /// Final replies.
+    finishes: Vec<(MessageId, Delivery)>,
+    /// Where the run's last entry ends.
+    last: Position,
+}
+
+impl Run {
+    fn push(&mut self, store: &Store, e: Entry, at: Position) -> Result<(), StoreError> {
+        let is_hit = matches!(e, Entry::Hit(_));
+        let has_messages = !self.messages.is_empty() || !self.finishes.is_empty();
+        if (is_hit && has_messages) || (!is_hit && !self.hits.is_empty()) {
+            let last = self.last;
+            self.flush(store, last)?;
+        }
+        match e {
+            Entry::Hit(h) => self.hits.push((h, at)),
+            Entry::Message(m) => self.messages.push(m),
+            Entry::Finish(id, d) => self.finishes.push((id, d)),
+        }
+        self.last = at;
+        Ok(())
+    }
+
+    /// Commits the run with the journal position `mark` and empties it.
+    fn flush(&mut self, store: &Store, mark: Position) -> Result<(), StoreError> {
+        if !self.hits.is_empty() {
+            index_hits(store, std::mem::take(&mut self.hits), mark)
+        } else {
+            let (recs, done) = (
+                std::mem::take(&mut self.messages),
+                std::mem::take(&mut self.finishes),
+            );
+            index_messages(store, &recs, &done, mark)
+        }
+    }
+}
+
+/// Moves message records and final replies into the store with the journal position `mark`.
+/// One that cannot be written (its message purged meanwhile, a write error) is logged and
+/// skipped, so that the others are recorded.
+fn index_messages(
+    store: &Store,
+    recs: &[MessageRecord],
+    done: &[(MessageId, Delivery)],
+    mark: Position,
+) -> Result<(), StoreError> {
+    let r: Vec<&MessageRecord> = recs.iter().collect();
+    let d: Vec<(&MessageId, &Delivery)> = done.iter().map(|(i, d)| (i, d)).collect();
+    if store.commit_messages(&r, &d, Some(mark)).is_ok() {
+        return Ok(());
+    }
+    for rec in recs {
+        if let Err(e) = store.record_message(rec) {
+            tracing::error!(message = %rec.id, error = %e, event = "store_error", "cannot record a journaled message");
+        }
+    }
+    for (id, delivery) in done {
+        if let Err(e) = store.finish_message(id, delivery) {
+            tracing::warn!(message = %id, error = %e, event = "store_error", "cannot record the upstream reply");
+        }
+    }
+    store.commit_prepared(&[], mark).map(|_| ())
+}
+
+/// Classifies and records a run of hits with the journal position `mark`.
+fn index_hits(
+    store: &Store,
+    hits: Vec<(Hit<'static>, Position)>,
+    mark: Position,
+) -> Result<(), StoreError> {
+    let inner = &*store.inner;
     let mut prepared = Vec::with_capacity(hits.len());
     for (h, at) in hits {
         match store.open_context(&h.message) {
@@ -368,8 +457,7 @@ pub(super) fn index_batch(
             }
         }
     }
-    store.indexed_up_to(mark);
-    Ok(true)
+    Ok(())
 }
 
 /// A journaled country code as the event shows it.

@@ -49,12 +49,12 @@
 //! messages of the last `flush_interval` (default 500 ms); a `kill -9`, the hits of the last
 //! millisecond and the messages of the last `flush_interval`; nothing older.
 
+mod entry;
 mod index;
 mod journal;
 mod outbox;
 mod pace;
 mod retention;
-mod writer;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -81,7 +81,6 @@ pub use outbox::{
     OutboxItem, OutboxRow, OutboxVersion, Subscription, outbox_key, parse_delivery_id,
 };
 pub use retention::PurgeReport;
-pub use writer::MessageWriter;
 
 /// What an open needs from its message record: see [`Store::open_context`].
 struct OpenContext {
@@ -800,7 +799,7 @@ impl Store {
     /// Records several messages in ONE transaction (group commit; see [`Store::record_opens`]
     /// for why), in order. All or nothing.
     pub fn record_messages(&self, recs: &[&MessageRecord]) -> Result<(), StoreError> {
-        self.commit_messages(recs, &[])
+        self.commit_messages(recs, &[], None)
     }
 
     /// Records the upstream's final reply. The first reply for a message updates the counters
@@ -812,15 +811,17 @@ impl Store {
     /// Records several final replies in ONE transaction, in order. All or nothing: an unknown
     /// message fails the whole batch with [`StoreError::NotFound`].
     pub fn finish_messages(&self, done: &[(&MessageId, &Delivery)]) -> Result<(), StoreError> {
-        self.commit_messages(&[], done)
+        self.commit_messages(&[], done, None)
     }
 
-    /// Message records, then final replies, in ONE transaction: what the message writer
-    /// commits per batch. All or nothing.
-    pub fn commit_messages(
+    /// Message records, then final replies, in ONE transaction, with the journal position
+    /// `mark` when they come from the journal: what the indexer commits per run. All or
+    /// nothing.
+    fn commit_messages(
         &self,
         recs: &[&MessageRecord],
         done: &[(&MessageId, &Delivery)],
+        mark: Option<Position>,
     ) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let mut st = inner.lock();
@@ -923,6 +924,9 @@ impl Store {
                     meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;
                 }
                 meta.insert(COUNTERS, encode(&counters)?)?;
+                if let Some(mark) = mark {
+                    meta.insert(JOURNAL_MARK, mark.encode().as_slice())?;
+                }
                 Ok((counters, last_event, written))
             })?;
         st.counters = counters;
@@ -1054,6 +1058,51 @@ impl Store {
                 }
                 StoreError::Io(l.error)
             })
+    }
+
+    /// Journals a message's record and writes it out (one `write` for everything queued at
+    /// that moment; no fsync): once this returns, the record survives a `kill -9`, and the
+    /// indexer moves it into the store before any open of it. Call it before the upstream sees
+    /// the message.
+    pub fn journal_message(&self, rec: &MessageRecord) -> Result<(), StoreError> {
+        let subjects = self.inner.cfg.subjects;
+        self.journal_now(entry::message_len(rec), |b| {
+            entry::encode_message(rec, subjects, b)
+        })
+    }
+
+    /// Journals the upstream's final reply to a message and writes it out, like
+    /// [`Store::journal_message`].
+    pub fn journal_finish(&self, id: &MessageId, delivery: &Delivery) -> Result<(), StoreError> {
+        self.journal_now(entry::finish_len(delivery), |b| {
+            entry::encode_finish(id, delivery, b)
+        })
+    }
+
+    /// Appends one entry and writes the buffer (whoever gets the write lock writes everything
+    /// appended so far), then wakes the indexer.
+    fn journal_now(
+        &self,
+        max_len: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let lost = |l: journal::Lost| {
+            if l.records > 1 {
+                index::lost(
+                    &inner.hits,
+                    &journal::Lost {
+                        error: std::io::Error::new(l.error.kind(), l.error.to_string()),
+                        records: l.records - 1,
+                    },
+                );
+            }
+            StoreError::Io(l.error)
+        };
+        inner.journal.append_with(max_len, encode).map_err(lost)?;
+        inner.journal.write_buffered().map_err(lost)?;
+        let _ = inner.wake.try_send(());
+        Ok(())
     }
 
     /// Waits until every hit journaled before the call is indexed, or `limit` passes.

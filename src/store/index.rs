@@ -37,6 +37,8 @@ pub const BATCH: usize = 512;
 const HIT_V1: u8 = 1;
 /// The first byte of an encoded [`Hit`].
 const HIT_V2: u8 = 2;
+/// How long the idle indexer waits after a first new entry for those that follow.
+const LINGER: Duration = Duration::from_millis(10);
 /// Wait after the store failed as a whole (sled cannot write) before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -548,10 +550,25 @@ fn run(weak: &Weak<Inner>, mut reader: Reader, wake: &Receiver<()>, flush: Durat
         } else if !progressed {
             pace.caught_up();
             match wake.recv_timeout(flush) {
-                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) => linger(weak),
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
+    }
+}
+
+/// Woken from idle by a first new entry, waits [`LINGER`] for the entries that follow it, so
+/// that one transaction records them all: under a steady trickle of mail every message would
+/// otherwise cost two sled transactions of its own (record, reply), each a buffer write by
+/// sled's IO threads. Not when a reader is waiting for the index.
+fn linger(weak: &Weak<Inner>) {
+    match weak.upgrade() {
+        Some(inner) if inner.readers_waiting.load(Ordering::Relaxed) == 0 => {
+            drop(inner);
+            std::thread::sleep(LINGER);
+        }
+        _ => {}
     }
 }
 

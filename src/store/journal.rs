@@ -227,6 +227,27 @@ impl Journal {
         max_len: usize,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Lost> {
+        self.append_inner(max_len, encode, true)
+    }
+
+    /// Appends one record and writes the buffer out at once, with everything appended before
+    /// it (one `write`): once this returns the record is in the kernel. The writer thread is not
+    /// woken for it.
+    pub fn append_now(
+        &self,
+        max_len: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Lost> {
+        self.append_inner(max_len, encode, false)?;
+        self.write_buffered()
+    }
+
+    fn append_inner(
+        &self,
+        max_len: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+        wake_writer: bool,
+    ) -> Result<(), Lost> {
         let too_large = || Lost {
             error: io::Error::new(io::ErrorKind::InvalidInput, "journal record too large"),
             records: 1,
@@ -264,7 +285,7 @@ impl Journal {
         drop(t);
         if write_now {
             self.write_buffered()?;
-        } else if was_empty {
+        } else if was_empty && wake_writer {
             self.filled.notify_one();
         }
         Ok(())

@@ -1099,8 +1099,7 @@ impl Store {
             }
             StoreError::Io(l.error)
         };
-        inner.journal.append_with(max_len, encode).map_err(lost)?;
-        inner.journal.write_buffered().map_err(lost)?;
+        inner.journal.append_now(max_len, encode).map_err(lost)?;
         let _ = inner.wake.try_send(());
         Ok(())
     }

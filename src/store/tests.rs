@@ -721,7 +721,7 @@ fn outbox_rows_commit_with_opens_and_messages() {
     // Reopened: rows survive and new event ids keep increasing.
     let last = s.watch_outbox().borrow().last_seq;
     drop(s);
-    let s = Store::open(&cfg(dir.path())).unwrap();
+    let s = reopen(&cfg(dir.path()));
     assert_eq!(s.outbox_len(), 2);
     assert_eq!(s.watch_outbox().borrow().last_seq, last);
     s.set_subscriptions(vec![Subscription {

@@ -17,8 +17,9 @@
 //! track/       pure: classify a pixel hit (client, device, proxy, machine), the network
 //!              catalogue's longest-prefix lookups, the open event
 //! evidence.rs  loads the catalogue files and MaxMind databases, reloads them on SIGHUP
-//! store/       the only code that touches sled (messages, opens, counters, webhook outbox),
-//!              and the group-commit writer thread for message records
+//! ingest/      hits, message records and replies on their way in: the journal, its
+//!              encodings, the indexer thread (classifies hits) and its pacing
+//! store/       the only code that touches sled (messages, opens, counters, webhook outbox)
 //! openlog.rs   the JSON-lines open log (reopened on SIGHUP)
 //! capture.rs   try-it mode: deliver into a folder instead of a smarthost
 //! tls.rs       inbound certificates (SMTP STARTTLS/implicit, pixel HTTPS), reload on SIGHUP
@@ -44,6 +45,7 @@ pub mod clock;
 pub mod config;
 pub mod evidence;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod net;
 pub mod notify;

@@ -41,7 +41,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::http::pixel::PixelCounters;
-use crate::store::Store;
+use crate::ingest::Ingest;
 
 /// Label pairs of one series.
 type Labels = Vec<(&'static str, String)>;
@@ -382,7 +382,8 @@ impl Metrics {
     }
 
     /// The exposition text, after refreshing the collected series from their sources.
-    pub fn render(&self, pixel: &PixelCounters, store: &Store) -> String {
+    pub fn render(&self, pixel: &PixelCounters, ingest: &Ingest) -> String {
+        let store = ingest.store();
         for (result, n) in [
             ("valid", &pixel.valid),
             ("invalid", &pixel.invalid),
@@ -424,10 +425,10 @@ impl Metrics {
             self.store_size.set(i64::try_from(size).unwrap_or(i64::MAX));
         }
         self.index_lag
-            .set(i64::try_from(store.index_lag_bytes()).unwrap_or(i64::MAX));
+            .set(i64::try_from(ingest.index_lag_bytes()).unwrap_or(i64::MAX));
         self.index_pauses
             .inner()
-            .store(store.index_pauses(), Ordering::Relaxed);
+            .store(ingest.index_pauses(), Ordering::Relaxed);
         let mut out = String::new();
         // Writing into a String cannot fail; an error would only mean a bad metric name.
         if let Err(e) = encode(&mut out, &self.registry) {
@@ -449,16 +450,17 @@ mod tests {
         m.transaction("tracked", 250, 100, Duration::from_millis(3));
         m.transaction("no_html", 451, 100, Duration::from_millis(3));
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&crate::config::StoreConfig {
+        let cfg = crate::config::StoreConfig {
             path: dir.path().join("db"),
             subjects: false,
             anonymize_ip: false,
             retention_days: 0,
             flush_interval: Duration::from_millis(500),
             open_log: None,
-        })
-        .unwrap();
-        let text = m.render(&PixelCounters::default(), &store);
+        };
+        let store = crate::store::Store::open(&cfg).unwrap();
+        let ingest = Ingest::open(store).unwrap();
+        let text = m.render(&PixelCounters::default(), &ingest);
         for want in [
             "pixelrelay_smtp_sessions_total 1",
             "pixelrelay_upstream_replies_total{stage=\"rcpt\",class=\"2xx\"} 1",

@@ -16,12 +16,13 @@ use tracing::{info, warn};
 
 use crate::capture::Capture;
 use crate::clock;
+use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::rewrite::{self, Decision, MessageInfo, Policy, SkipReason};
 use crate::smtp::command::PathArg;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::{Backend, BackendFactory, Transaction};
-use crate::store::{Delivery, MessageRecord, Store};
+use crate::store::{Delivery, MessageRecord};
 use crate::token::{MessageId, Purpose, TokenKey};
 use crate::upstream::{Connection, Upstream, UpstreamError};
 
@@ -56,7 +57,7 @@ pub trait Recorder: Send + Sync + 'static {
     fn finish(&self, id: &MessageId, delivery: &Delivery) -> Result<(), String>;
 }
 
-impl Recorder for Store {
+impl Recorder for Ingest {
     fn record(&self, rec: &MessageRecord) -> Result<(), String> {
         self.journal_message(rec).map_err(|e| e.to_string())
     }

@@ -14,6 +14,7 @@ use crate::capture::Capture;
 use crate::config::{Config, TrackingConfig, UpstreamTarget};
 use crate::evidence::{Evidence, EvidenceSource};
 use crate::http::{self, admin::AdminState, pixel::PixelState};
+use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::relay::{Recorder, Relay, RelayFactory, Target, Tracking};
@@ -147,6 +148,9 @@ impl Server {
             .map_err(|e| format!("store.path: {}: {e}", cfg.store.path.display()))?;
         // Before any open is recorded: the store must know whom to write outbox rows for.
         let notifier = Arc::new(Notifier::from_config(&cfg.webhooks, store.clone())?);
+        // Replays what the journal holds and was not yet stored, then indexes behind.
+        let ingest = Ingest::open(store.clone())
+            .map_err(|e| format!("store.path: {}: {e}", cfg.store.path.display()))?;
         let mut smtp = Vec::new();
         for addr in &cfg.smtp.listen {
             smtp.push(
@@ -166,7 +170,7 @@ impl Server {
         };
         let mut pixel = PixelState::new(
             key,
-            store.clone(),
+            ingest.clone(),
             cfg.http.clone(),
             windows,
             Arc::new(EvidenceSource::new(evidence)),
@@ -181,7 +185,7 @@ impl Server {
             .await
             .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", cfg.admin.listen))?;
         let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
-        let recorder: Arc<dyn Recorder> = Arc::new(store.clone());
+        let recorder: Arc<dyn Recorder> = Arc::new(ingest);
         let relay = Arc::new(Relay {
             target,
             tracking,
@@ -347,6 +351,9 @@ impl Server {
         let _ = hooks_task.await;
         if let Target::Smtp(up) = &relay.target {
             up.close_idle().await;
+        }
+        if let Err(e) = pixel.ingest.sync() {
+            warn!(error = %e, "journal sync at shutdown failed");
         }
         if let Err(e) = store.flush().await {
             warn!(error = %e, "store flush at shutdown failed");

@@ -49,15 +49,15 @@ async fn pixel_bench_server() {
     let tokens =
         std::env::var("PIXEL_BENCH_TOKENS").unwrap_or_else(|_| "/tmp/pixel-tokens.txt".into());
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreConfig {
+    let store_cfg = StoreConfig {
         path: dir.path().join("db"),
         subjects: false,
         anonymize_ip: false,
         retention_days: 0,
         flush_interval: Duration::from_millis(500),
         open_log: None,
-    })
-    .unwrap();
+    };
+    let store = Store::open(&store_cfg).unwrap();
     let key = TokenKey::from_secret(b"bench-secret");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tokens).unwrap());
     let sent = now_ms() - 3_600_000;
@@ -99,9 +99,10 @@ async fn pixel_bench_server() {
         workers: 0,
         tls: None,
     };
+    let ingest = pixelrelay::ingest::Ingest::open(store.clone()).unwrap();
     let state = Arc::new(PixelState::new(
         key,
-        store.clone(),
+        ingest.clone(),
         http.clone(),
         pixelrelay::track::Windows {
             machine: Duration::from_secs(30),
@@ -121,18 +122,18 @@ async fn pixel_bench_server() {
     // once a second otherwise: creating and renaming a file 20 times a second costs the
     // listener's process ~1 % of its CPU during a run.
     if let Ok(lag_file) = std::env::var("PIXEL_BENCH_LAG") {
-        let store = store.clone();
+        let (store, ingest) = (store.clone(), ingest.clone());
         tokio::spawn(async move {
             let tmp = format!("{lag_file}.tmp");
             let mut shown: Option<(bool, std::time::Instant)> = None;
             loop {
-                let mut lag = store.index_lag_bytes();
+                let mut lag = ingest.index_lag_bytes();
                 let was_zero = shown.is_some_and(|(zero, _)| zero);
                 if lag == 0 && !was_zero {
                     // Caught up: also write sled's dirty pages out now, so that the next run
                     // does not share the CPU with this one's flush either.
                     store.flush().await.unwrap();
-                    lag = store.index_lag_bytes();
+                    lag = ingest.index_lag_bytes();
                 }
                 let stale = shown.is_none_or(|(zero, at)| {
                     zero != (lag == 0) || at.elapsed() >= Duration::from_secs(1)
@@ -168,7 +169,7 @@ async fn pixel_bench_server() {
     trigger.trigger();
     server.await.unwrap();
     assert!(
-        store.caught_up(Duration::from_secs(600)).await,
+        ingest.caught_up(Duration::from_secs(600)).await,
         "index caught up"
     );
     store.flush().await.unwrap();
@@ -179,7 +180,7 @@ async fn pixel_bench_server() {
         c.invalid.load(Ordering::Relaxed),
         c.store_errors.load(Ordering::Relaxed),
         store.stats().counters.opens,
-        store.index_pauses()
+        ingest.index_pauses()
     );
     // Peak resident memory of this process (the listener, its store and sled's cache).
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -194,15 +195,15 @@ async fn pixel_bench_server() {
 #[ignore = "a manual measurement"]
 async fn store_record_open_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreConfig {
+    let store_cfg = StoreConfig {
         path: dir.path().join("db"),
         subjects: false,
         anonymize_ip: false,
         retention_days: 0,
         flush_interval: Duration::from_millis(500),
         open_log: None,
-    })
-    .unwrap();
+    };
+    let store = Store::open(&store_cfg).unwrap();
     let ids: Vec<MessageId> = (0..1000).map(|_| MessageId::random()).collect();
     for id in &ids {
         store
@@ -220,11 +221,12 @@ async fn store_record_open_rate() {
             })
             .unwrap();
     }
+    let ingest = pixelrelay::ingest::Ingest::open(store.clone()).unwrap();
     let n = 100_000;
     let t = std::time::Instant::now();
     for i in 0..n {
-        store
-            .append_hit(&pixelrelay::store::Hit {
+        ingest
+            .append_hit(&pixelrelay::ingest::Hit {
                 message: ids[i % ids.len()],
                 at_ms: now_ms(),
                 ip: "192.0.2.1".parse().unwrap(),
@@ -241,7 +243,7 @@ async fn store_record_open_rate() {
             .unwrap();
     }
     let journaled = t.elapsed();
-    assert!(store.caught_up(Duration::from_secs(600)).await);
+    assert!(ingest.caught_up(Duration::from_secs(600)).await);
     let indexed = t.elapsed();
     assert_eq!(store.stats().counters.opens, n as u64);
     let rate = |d: Duration| n as f64 / d.as_secs_f64();

@@ -44,15 +44,16 @@ fn http_cfg() -> HttpConfig {
 
 async fn start(http: HttpConfig, anonymize_ip: bool) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreConfig {
+    let cfg = StoreConfig {
         path: dir.path().join("db"),
         subjects: true,
         anonymize_ip,
         retention_days: 0,
         flush_interval: Duration::from_millis(500),
         open_log: None,
-    })
-    .unwrap();
+    };
+    let store = Store::open(&cfg).unwrap();
+    let ingest = pixelrelay::ingest::Ingest::open(store).unwrap();
     let key = TokenKey::from_secret(b"pixel-test-secret");
     let windows = pixelrelay::track::Windows {
         machine: Duration::from_secs(5),
@@ -62,7 +63,7 @@ async fn start(http: HttpConfig, anonymize_ip: bool) -> Server {
         pixelrelay::evidence::EvidenceSource::new(pixelrelay::evidence::Evidence::builtin());
     let state = Arc::new(PixelState::new(
         key,
-        store,
+        ingest,
         http,
         windows,
         Arc::new(evidence),
@@ -85,7 +86,7 @@ impl Server {
     fn message(&self, rcpt: &str, sent_ago_ms: u64) -> (MessageId, String) {
         let id = MessageId::random();
         let at = now_ms() - sent_ago_ms;
-        let store = &self.state.store;
+        let store = self.state.ingest.store();
         store
             .record_message(&MessageRecord {
                 id,
@@ -116,10 +117,10 @@ impl Server {
     /// The store, once every hit answered so far is indexed.
     async fn store(&self) -> &Store {
         assert!(
-            self.state.store.caught_up(Duration::from_secs(30)).await,
+            self.state.ingest.caught_up(Duration::from_secs(30)).await,
             "open index did not catch up"
         );
-        &self.state.store
+        self.state.ingest.store()
     }
 
     async fn connect(&self) -> Client {

@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pixelrelay::config::StoreConfig;
-use pixelrelay::store::{Hit, MessageRecord, OpenHit, Store};
+use pixelrelay::ingest::{Hit, Ingest};
+use pixelrelay::store::{MessageRecord, OpenHit, Store};
 use pixelrelay::token::MessageId;
 use pixelrelay::track::{Classification, Device};
 
@@ -179,6 +180,7 @@ fn journal_crash_child() {
         return;
     };
     let s = Store::open(&cfg(Path::new(&dir))).unwrap();
+    let ingest = Ingest::open(s.clone()).unwrap();
     for n in 0..MESSAGES {
         s.record_message(&MessageRecord {
             id: id(n),
@@ -202,7 +204,7 @@ fn journal_crash_child() {
     let mut n = 0;
     loop {
         for _ in 0..100 {
-            s.append_hit(&hit(n)).unwrap();
+            ingest.append_hit(&hit(n)).unwrap();
             n += 1;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -245,6 +247,7 @@ fn kill_9_loses_no_pixel_hit_older_than_the_journal_linger() {
 
     // Reopening indexes what the dead process journaled and had not indexed.
     let s = Store::open(&cfg(dir.path())).unwrap();
+    let ingest = Ingest::open(s.clone()).unwrap();
     let opens = s.opens_after(None, usize::MAX).unwrap();
     let n = opens.len() as u64;
     assert!(
@@ -262,11 +265,99 @@ fn kill_9_loses_no_pixel_hit_older_than_the_journal_linger() {
         }
     }
     assert_eq!(s.stats().counters.opens, n);
-    drop(s);
+    drop((s, ingest));
     // Replayed once: opening again records nothing more.
     let s = reopen(&cfg(dir.path()));
+    let _ingest = Ingest::open(s.clone()).unwrap();
     assert_eq!(s.stats().counters.opens, n);
     eprintln!("after kill -9: {n} pixel hits recorded, {journaled} guaranteed");
+}
+
+/// The environment variable that makes `records_crash_child` journal message records.
+const RECORDS_ENV: &str = "PIXELRELAY_RECORDS_CRASH_DIR";
+
+/// The message-record writer. A no-op unless started by
+/// `kill_9_loses_no_message_record_once_journaled`: it journals records as the relay does
+/// before the upstream sees a message, and prints each id's number once the call returned.
+#[test]
+fn records_crash_child() {
+    let Some(dir) = std::env::var_os(RECORDS_ENV) else {
+        return;
+    };
+    let c = cfg(Path::new(&dir));
+    let ingest = Ingest::open(Store::open(&c).unwrap()).unwrap();
+    let mut out = std::io::stdout();
+    writeln!(out).unwrap();
+    for n in 0.. {
+        ingest
+            .journal_message(&MessageRecord {
+                id: id(n),
+                queue_id: format!("Q{n}"),
+                at_ms: 1_795_493_183_000 + n,
+                sender: "news@example.com".into(),
+                recipients: vec![format!("r{n}@example.net")],
+                message_id: None,
+                subject: None,
+                size: 100,
+                tracked: true,
+                skip_reason: None,
+            })
+            .unwrap();
+        // Only now would the relay hand the message upstream.
+        writeln!(out, "RECORDED {n}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_loses_no_message_record_once_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "records_crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(RECORDS_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut recorded = None;
+    for line in BufReader::new(stdout).lines() {
+        if let Some(n) = line.unwrap().strip_prefix("RECORDED ") {
+            let n: u64 = n.parse().unwrap();
+            recorded = Some(n);
+            // Mid-stream: the indexer is behind the journal by then.
+            if n >= 5000 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    let recorded = recorded.expect("the writer recorded nothing");
+    assert!(recorded >= 5000, "the writer stopped early ({status})");
+    assert!(!status.success(), "the writer must have been killed");
+    // Every record whose call returned before the kill is there after the restart, once.
+    let c = cfg(dir.path());
+    let s = Store::open(&c).unwrap();
+    let _ingest = Ingest::open(s.clone()).unwrap();
+    for n in 0..=recorded {
+        assert!(s.get_message(&id(n)).unwrap().is_some(), "record {n} lost");
+    }
+    let total = s.stats().counters.recorded;
+    assert!(
+        total > recorded,
+        "{total} recorded, {recorded} acknowledged"
+    );
+    eprintln!(
+        "after kill -9: {total} message records stored, {} acknowledged",
+        recorded + 1
+    );
 }
 
 /// Opens the store, waiting for a previous instance in this process to release sled's lock.

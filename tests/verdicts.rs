@@ -182,6 +182,7 @@ async fn every_labelled_case_gets_its_kind_reason_and_proxy() {
     let cfg = config(dir.path());
     let evidence = Evidence::load(&cfg.tracking).unwrap();
     let store = Store::open(&cfg.store).unwrap();
+    let ingest = pixelrelay::ingest::Ingest::open(store.clone()).unwrap();
     let key = TokenKey::from_secret(b"verdicts");
     let windows = Windows {
         machine: cfg.tracking.machine_window,
@@ -194,7 +195,7 @@ async fn every_labelled_case_gets_its_kind_reason_and_proxy() {
     );
     let state = Arc::new(PixelState::new(
         key.clone(),
-        store.clone(),
+        ingest.clone(),
         cfg.http.clone(),
         windows,
         Arc::new(EvidenceSource::new(evidence)),
@@ -211,7 +212,7 @@ async fn every_labelled_case_gets_its_kind_reason_and_proxy() {
         assert!(status.contains(" 200 "), "{status} for {c:?}");
         ids.push(id);
     }
-    assert!(store.caught_up(Duration::from_secs(30)).await);
+    assert!(ingest.caught_up(Duration::from_secs(30)).await);
 
     let mut wrong = Vec::new();
     for (c, id) in cases.iter().zip(&ids) {

@@ -126,9 +126,10 @@ async fn hammer(store: &Store) -> (Vec<Duration>, Duration) {
         workers: 0,
         tls: None,
     };
+    let ingest = pixelrelay::ingest::Ingest::open(store.clone()).unwrap();
     let state = Arc::new(PixelState::new(
         key,
-        store.clone(),
+        ingest.clone(),
         http,
         pixelrelay::track::Windows {
             machine: Duration::from_secs(5),
@@ -162,7 +163,7 @@ async fn hammer(store: &Store) -> (Vec<Duration>, Duration) {
         all.extend(c.await.unwrap());
     }
     // Until every open is indexed (with its outbox row, when webhooks are on).
-    assert!(store.caught_up(Duration::from_secs(120)).await);
+    assert!(ingest.caught_up(Duration::from_secs(120)).await);
     let took = started.elapsed();
     trigger.trigger();
     server.await.unwrap();

@@ -155,7 +155,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
             if path.starts_with("/api/") || path == "/metrics" {
                 // Read what was answered: every pixel hit journaled before this request,
                 // unless the index is further behind than that (then the data is as of now).
-                state.store.caught_up(CATCH_UP).await;
+                state.pixel.ingest.caught_up(CATCH_UP).await;
             }
             handle(&state, req)
         }
@@ -244,7 +244,9 @@ fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<AdminBody
             Ok(text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                state.metrics.render(&state.pixel.counters, &state.store),
+                state
+                    .metrics
+                    .render(&state.pixel.counters, &state.pixel.ingest),
             ))
         }
         "/api/v1/webhooks/pending" => webhook_rows(state, &query, false),

@@ -60,8 +60,9 @@ use super::client_ip::client_ip;
 use super::serve::Limits;
 use crate::config::HttpConfig;
 use crate::evidence::EvidenceSource;
+use crate::ingest::{Hit, HitSeen, Ingest};
 use crate::shutdown::Shutdown;
-use crate::store::{Hit, HitSeen, Store, now_ms};
+use crate::store::now_ms;
 use crate::token::{Purpose, TOKEN_LEN, TokenKey};
 use crate::track::{Hints, Windows};
 
@@ -74,15 +75,15 @@ const MAX_UA: usize = 1024;
 
 /// Hit counters of the pixel listener (exported as metrics by the admin listener); the store's
 /// indexer counts the hits it records or drops.
-pub use crate::store::HitCounters as PixelCounters;
+pub use crate::ingest::HitCounters as PixelCounters;
 
 /// What the pixel listener needs.
 #[derive(Debug)]
 pub struct PixelState {
     /// Verifies tokens.
     pub key: TokenKey,
-    /// Records opens.
-    pub store: Store,
+    /// Journals hits (the indexer records them as opens).
+    pub ingest: Ingest,
     /// Listener limits and trusted proxies.
     pub http: HttpConfig,
     /// `tracking.machine_window` and `tracking.probable_window` for the timing rules.
@@ -101,15 +102,15 @@ impl PixelState {
     /// State sharing the store's hit counters.
     pub fn new(
         key: TokenKey,
-        store: Store,
+        ingest: Ingest,
         http: HttpConfig,
         windows: Windows,
         evidence: Arc<EvidenceSource>,
     ) -> PixelState {
         PixelState {
             key,
-            counters: store.hit_counters(),
-            store,
+            counters: ingest.hit_counters(),
+            ingest,
             http,
             windows,
             evidence,
@@ -205,7 +206,7 @@ fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, head: bool, tok
             country: looked.country,
         },
     };
-    if let Err(e) = state.store.append_hit(&hit) {
+    if let Err(e) = state.ingest.append_hit(&hit) {
         c.store_errors.fetch_add(1, Ordering::Relaxed);
         tracing::error!(message = %id, error = %e, "cannot journal open");
     }

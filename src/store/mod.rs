@@ -37,30 +37,22 @@
 //! goes to an in-process `broadcast` channel for live followers (never a sled subscriber: a slow
 //! reader there blocks writers).
 //!
-//! Pixel hits do not write to sled on the request path: [`Store::append_hit`] appends them to
-//! the open journal (`journal.rs`, in `PATH.journal/`), whose thread writes its buffer within
-//! 1 ms, and the indexer (`index.rs`) records them in sled behind it, with the journal position
-//! in the same transaction ("journal_indexed" in `meta`), so a restart replays exactly the hits
-//! not yet indexed. [`Store::open`] indexes any such hits before it returns.
+//! Nothing reaches sled on the request paths: pixel hits, message records and final replies go
+//! to the journal first (`ingest`), whose indexer commits them here in journal order with the
+//! journal position reached ("journal_indexed" in `meta`, [`Store::journal_mark`]) in the same
+//! transaction, so a restart replays exactly what was not yet stored.
 //!
 //! sled keeps writes in memory and fsyncs them every `store.flush_interval` (its own flusher
-//! thread, `flush_every_ms`); the indexer fsyncs the journal at the same interval, and
-//! [`Store::flush`] does both on shutdown. A power cut therefore loses at most the hits and
-//! messages of the last `flush_interval` (default 500 ms); a `kill -9`, the hits of the last
-//! millisecond and the messages of the last `flush_interval`; nothing older.
+//! thread, `flush_every_ms`), and [`Store::flush`] on shutdown. What a crash costs is the
+//! journal's to say (`ingest`): nothing older than its last millisecond of hits on `kill -9`.
 
-mod entry;
-mod index;
-mod journal;
 mod outbox;
-mod pace;
 mod retention;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -75,15 +67,44 @@ use crate::token::MessageId;
 use crate::track::event::{rfc3339_ms, rfc3339_ms_opt};
 use crate::track::{Classification, OpenEvent};
 
-pub use index::{Hit, HitCounters, HitSeen};
-pub use journal::Position;
 pub use outbox::{
     OutboxItem, OutboxRow, OutboxVersion, Subscription, outbox_key, parse_delivery_id,
 };
 pub use retention::PurgeReport;
 
+/// How far the journal (`ingest`) is indexed: the end of a record, as segment generation then
+/// byte offset in it. Ordered. The store keeps the one its writes reached, in the same
+/// transaction as what they wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    /// Segment generation (from 1).
+    pub generation: u64,
+    /// Bytes into the segment.
+    pub offset: u64,
+}
+
+impl Position {
+    /// 16 bytes, big-endian (for sled).
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.generation.to_be_bytes());
+        b[8..].copy_from_slice(&self.offset.to_be_bytes());
+        b
+    }
+
+    /// The inverse of [`Position::encode`].
+    pub fn decode(b: &[u8]) -> Option<Position> {
+        let b: [u8; 16] = b.try_into().ok()?;
+        let (g, o) = b.split_at(8);
+        Some(Position {
+            generation: u64::from_be_bytes(g.try_into().ok()?),
+            offset: u64::from_be_bytes(o.try_into().ok()?),
+        })
+    }
+}
+
 /// What an open needs from its message record: see [`Store::open_context`].
-struct OpenContext {
+pub struct OpenContext {
     id: MessageId,
     sent_at: u64,
     message: Stored,
@@ -92,21 +113,21 @@ struct OpenContext {
 impl OpenContext {
     /// When the relay handed the message upstream (the upstream's final reply if known, else
     /// the time it was recorded).
-    fn sent_at(&self) -> u64 {
+    pub fn sent_at(&self) -> u64 {
         self.sent_at
     }
 }
 
 /// An open ready to commit: see [`Store::prepare_open`].
 #[derive(Debug, Clone)]
-struct PreparedOpen {
+pub struct PreparedOpen {
     id: MessageId,
     event: OpenEvent,
 }
 
 impl PreparedOpen {
     /// The message opened.
-    fn message(&self) -> &MessageId {
+    pub fn message(&self) -> &MessageId {
         &self.id
     }
 }
@@ -594,9 +615,6 @@ const COUNTERS: &[u8] = b"counters";
 const OPEN_COUNTERS: &[u8] = b"open_counters";
 /// Bits of an open id below the timestamp.
 const OPEN_ID_SHIFT: u32 = 20;
-/// How long the journal writer waits for more hits once one is buffered: a `kill -9` loses at
-/// most the hits of this long (a power cut, those of `store.flush_interval`).
-const JOURNAL_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 /// Key of the journal position indexed so far in `meta` (see `journal.rs`).
 const JOURNAL_MARK: &[u8] = b"journal_indexed";
 /// Capacity of the live feed; a follower further behind gets `Lagged` and re-reads the store.
@@ -649,18 +667,6 @@ struct Inner {
     feed: broadcast::Sender<OpenEvent>,
     /// Optional JSON-lines file of opens (`store.open_log`).
     open_log: Option<OpenLog>,
-    /// Pixel hits not yet indexed, and the ones before them (see `journal.rs`).
-    journal: Arc<journal::Journal>,
-    /// How far the journal is indexed (committed in sled with the opens).
-    indexed: tokio::sync::watch::Sender<Position>,
-    /// Wakes the indexer thread after an append (a full slot means it is awake already).
-    wake: std::sync::mpsc::SyncSender<()>,
-    /// Pixel hit counters, shared with the listener.
-    hits: Arc<HitCounters>,
-    /// Readers waiting in [`Store::caught_up`] (the indexer does not pause for the CPU then).
-    readers_waiting: AtomicUsize,
-    /// Times the indexer paused to leave the CPU to the listener (`pace.rs`).
-    index_pauses: AtomicU64,
 }
 
 /// State owned by the writer lock.
@@ -716,30 +722,6 @@ impl Store {
             Some(p) => Some(OpenLog::open(p).map_err(StoreError::Io)?),
             None => None,
         };
-        let mark = match meta.get(JOURNAL_MARK)? {
-            Some(v) => Position::decode(&v).ok_or(StoreError::Corrupt("journal position"))?,
-            None => Position::default(),
-        };
-        let journal =
-            journal::Journal::open(&journal_dir(&cfg.path), mark.generation).map_err(|e| {
-                StoreError::Io(std::io::Error::new(e.kind(), format!("open journal: {e}")))
-            })?;
-        let journal = Arc::new(journal);
-        let (wake, woken) = std::sync::mpsc::sync_channel(1);
-        let hits = index::counters();
-        {
-            let (j, wake, hits) = (journal.clone(), wake.clone(), hits.clone());
-            std::thread::Builder::new()
-                .name("open-journal".into())
-                .spawn(move || {
-                    j.run_writer(JOURNAL_LINGER, |written| match written {
-                        // Full means a wake-up is pending already.
-                        Ok(()) => _ = wake.try_send(()),
-                        Err(l) => index::lost(&hits, &l),
-                    })
-                })
-                .map_err(|e| StoreError::Task(format!("cannot start the journal writer: {e}")))?;
-        }
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let store = Store {
             inner: Arc::new(Inner {
@@ -765,25 +747,8 @@ impl Store {
                 }),
                 feed,
                 open_log,
-                journal,
-                indexed: tokio::sync::watch::Sender::new(mark),
-                wake,
-                hits,
-                readers_waiting: AtomicUsize::new(0),
-                index_pauses: AtomicU64::new(0),
             }),
         };
-        // Hits answered before the last stop (or crash) and not yet indexed: index them now,
-        // so the store handed out is complete; then keep indexing in the background.
-        let mut reader = store.inner.journal.reader(mark);
-        index::catch_up(&store, &mut reader)?;
-        index::spawn(
-            Arc::downgrade(&store.inner),
-            reader,
-            woken,
-            cfg.flush_interval.max(std::time::Duration::from_millis(1)),
-        )
-        .map_err(|e| StoreError::Task(format!("cannot start the open indexer: {e}")))?;
         if cfg.retention_days > 0 && tokio::runtime::Handle::try_current().is_ok() {
             retention::spawn(Arc::downgrade(&store.inner));
         }
@@ -817,7 +782,7 @@ impl Store {
     /// Message records, then final replies, in ONE transaction, with the journal position
     /// `mark` when they come from the journal: what the indexer commits per run. All or
     /// nothing.
-    fn commit_messages(
+    pub fn commit_messages(
         &self,
         recs: &[&MessageRecord],
         done: &[(&MessageId, &Delivery)],
@@ -975,7 +940,7 @@ impl Store {
     /// time (for the early-load rule) and the message fields an open event repeats. `None` if
     /// the message is unknown. Read on the request's own task, so that the one writer thread
     /// only commits.
-    fn open_context(&self, id: &MessageId) -> Result<Option<OpenContext>, StoreError> {
+    pub fn open_context(&self, id: &MessageId) -> Result<Option<OpenContext>, StoreError> {
         let inner = &*self.inner;
         let Some(stats) = inner.message_opens.get(id.as_bytes())? else {
             return Ok(None);
@@ -992,7 +957,7 @@ impl Store {
 
     /// The open event for `hit` on the message of `ctx`, ready for
     /// [`Store::record_prepared_opens`] (its id, `first` and `count` are set when committed).
-    fn prepare_open(&self, ctx: OpenContext, hit: &OpenHit) -> PreparedOpen {
+    pub fn prepare_open(&self, ctx: OpenContext, hit: &OpenHit) -> PreparedOpen {
         PreparedOpen {
             id: ctx.id,
             event: self.event_for(&ctx.id, hit, ctx.message),
@@ -1002,7 +967,7 @@ impl Store {
     /// [`Store::record_opens`] for opens prepared by [`Store::prepare_open`], committed with
     /// the journal position they were indexed up to: one transaction, in order, all or
     /// nothing; `None` for a message purged since it was prepared.
-    fn commit_prepared(
+    pub fn commit_prepared(
         &self,
         opens: &[&PreparedOpen],
         mark: Position,
@@ -1013,144 +978,18 @@ impl Store {
         )
     }
 
-    /// Publishes how far the journal is indexed (after the opens up to `mark` are committed
-    /// and counted), and removes the segments before it once sled has that on disk.
-    fn indexed_up_to(&self, mark: Position) {
-        let inner = &*self.inner;
-        let before = inner.indexed.send_replace(mark);
-        if mark.generation > before.generation {
-            let removed = inner.db.flush().map_err(StoreError::from).and_then(|_| {
-                inner
-                    .journal
-                    .remove_before(mark.generation)
-                    .map_err(StoreError::Io)
-            });
-            if let Err(e) = removed {
-                tracing::warn!(error = %e, "cannot remove indexed journal segments");
-            }
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    /// How far the journal was indexed when the store last committed something from it
+    /// (the start of the journal if never).
+    pub fn journal_mark(&self) -> Result<Position, StoreError> {
+        match self.inner.meta.get(JOURNAL_MARK)? {
+            Some(v) => Position::decode(&v).ok_or(StoreError::Corrupt("journal position")),
+            None => Ok(Position::default()),
         }
-    }
-
-    /// Journals one pixel hit (see `journal.rs`): one `write`, then the hit is the indexer's
-    /// to record. The client IP is anonymised here when `store.anonymize_ip` is on, so the full
-    /// address never reaches the disk.
-    pub fn append_hit(&self, hit: &Hit) -> Result<(), StoreError> {
-        let inner = &*self.inner;
-        let ip = if inner.cfg.anonymize_ip {
-            net::anonymize(hit.ip)
-        } else {
-            net::canonical(hit.ip)
-        };
-        let encode = |b: &mut Vec<u8>| hit.encode_with_ip(ip, b);
-        inner
-            .journal
-            .append_with(hit.encoded_len(), encode)
-            .map_err(|l| {
-                if l.records > 1 {
-                    // Others' hits went down with the buffer this append had to write.
-                    index::lost(
-                        &inner.hits,
-                        &journal::Lost {
-                            error: std::io::Error::new(l.error.kind(), l.error.to_string()),
-                            records: l.records - 1,
-                        },
-                    );
-                }
-                StoreError::Io(l.error)
-            })
-    }
-
-    /// Journals a message's record and writes it out (one `write` for everything queued at
-    /// that moment; no fsync): once this returns, the record survives a `kill -9`, and the
-    /// indexer moves it into the store before any open of it. Call it before the upstream sees
-    /// the message.
-    pub fn journal_message(&self, rec: &MessageRecord) -> Result<(), StoreError> {
-        let subjects = self.inner.cfg.subjects;
-        self.journal_now(entry::message_len(rec), |b| {
-            entry::encode_message(rec, subjects, b)
-        })
-    }
-
-    /// Journals the upstream's final reply to a message and writes it out, like
-    /// [`Store::journal_message`].
-    pub fn journal_finish(&self, id: &MessageId, delivery: &Delivery) -> Result<(), StoreError> {
-        self.journal_now(entry::finish_len(delivery), |b| {
-            entry::encode_finish(id, delivery, b)
-        })
-    }
-
-    /// Appends one entry and writes the buffer (whoever gets the write lock writes everything
-    /// appended so far), then wakes the indexer.
-    fn journal_now(
-        &self,
-        max_len: usize,
-        encode: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<(), StoreError> {
-        let inner = &*self.inner;
-        let lost = |l: journal::Lost| {
-            if l.records > 1 {
-                index::lost(
-                    &inner.hits,
-                    &journal::Lost {
-                        error: std::io::Error::new(l.error.kind(), l.error.to_string()),
-                        records: l.records - 1,
-                    },
-                );
-            }
-            StoreError::Io(l.error)
-        };
-        inner.journal.append_now(max_len, encode).map_err(lost)?;
-        let _ = inner.wake.try_send(());
-        Ok(())
-    }
-
-    /// Waits until every hit journaled before the call is indexed, or `limit` passes.
-    /// Returns whether it caught up. The admin API calls this before reading, so a query sees
-    /// every open whose pixel was answered before it (unless indexing is `limit` behind).
-    pub async fn caught_up(&self, limit: std::time::Duration) -> bool {
-        if let Err(l) = self.inner.journal.write_buffered() {
-            index::lost(&self.inner.hits, &l);
-        } else {
-            let _ = self.inner.wake.try_send(());
-        }
-        let target = self.inner.journal.end();
-        // While this waits, the indexer does not pause for the listener.
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        self.inner.readers_waiting.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(&self.inner.readers_waiting);
-        let mut rx = self.inner.indexed.subscribe();
-        tokio::time::timeout(limit, rx.wait_for(|at| *at >= target))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// Journal bytes appended but not yet indexed (within the current segment: a lag across
-    /// segments counts from the newest segment's start).
-    pub fn index_lag_bytes(&self) -> u64 {
-        let end = self.inner.journal.end();
-        let at = *self.inner.indexed.borrow();
-        let buffered = self.inner.journal.buffered_bytes() as u64;
-        buffered
-            + if at.generation == end.generation {
-                end.offset.saturating_sub(at.offset)
-            } else {
-                end.offset
-            }
-    }
-
-    /// Times the open indexer paused to leave contended CPUs to the pixel listener.
-    pub fn index_pauses(&self) -> u64 {
-        self.inner.index_pauses.load(Ordering::Relaxed)
-    }
-
-    /// The pixel hit counters (valid, invalid, store errors), shared with the listener.
-    pub fn hit_counters(&self) -> Arc<HitCounters> {
-        self.inner.hits.clone()
     }
 
     /// Commits open events (message id and event without id/first/count; `None` for an
@@ -1522,7 +1361,6 @@ impl Store {
     /// Writes everything to disk (fsync). Call on shutdown; sled also does it every
     /// `store.flush_interval` by itself.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.journal.sync().map_err(StoreError::Io)?;
         self.inner.db.flush_async().await?;
         if let Some(log) = &self.inner.open_log {
             log.sync().map_err(StoreError::Io)?;
@@ -1532,7 +1370,6 @@ impl Store {
 
     /// [`Store::flush`] for callers outside async code.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.inner.journal.sync().map_err(StoreError::Io)?;
         self.inner.db.flush()?;
         if let Some(log) = &self.inner.open_log {
             log.sync().map_err(StoreError::Io)?;
@@ -1574,15 +1411,6 @@ impl Store {
 
 /// The wall clock in ms since the epoch (0 if the clock is before 1970).
 pub use crate::clock::now_ms;
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Buffered hits go to the file now, and the writer thread ends.
-        if let Err(l) = self.journal.close() {
-            index::lost(&self.hits, &l);
-        }
-    }
-}
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, WriteState> {
@@ -1644,13 +1472,6 @@ fn open_index_key(id: &MessageId, open_id: u64) -> [u8; 24] {
     k
 }
 
-/// The journal's directory: beside the sled directory, `PATH.journal`.
-fn journal_dir(path: &std::path::Path) -> std::path::PathBuf {
-    let mut p = path.components().as_path().as_os_str().to_os_string();
-    p.push(".journal");
-    p.into()
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -1667,4 +1488,4 @@ fn parse_message_cursor(s: &str) -> Result<Vec<u8>, StoreError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

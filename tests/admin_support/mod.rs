@@ -52,6 +52,7 @@ impl Admin {
     pub async fn start_with(tune: impl FnOnce(&mut AdminState)) -> Admin {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&store_cfg(dir.path())).unwrap();
+        let ingest = pixelrelay::ingest::Ingest::open(store.clone()).unwrap();
         let http = HttpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             trusted_proxies: Vec::new(),
@@ -63,7 +64,7 @@ impl Admin {
         };
         let pixel = Arc::new(PixelState::new(
             TokenKey::from_secret(b"admin-test"),
-            store.clone(),
+            ingest,
             http,
             pixelrelay::track::Windows {
                 machine: Duration::from_secs(5),

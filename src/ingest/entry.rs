@@ -5,7 +5,7 @@
 //!
 //! # Format
 //!
-//! The first byte of a journal payload says what it is: 1 and 2 a pixel hit (`index::Hit`),
+//! The first byte of a journal payload says what it is: 1 and 2 a pixel hit (`hit::Hit`),
 //! [`MESSAGE_V1`] a message record, [`FINISH_V1`] a final reply. Integers little-endian,
 //! strings as `len: u16 ‖ UTF-8 bytes`:
 //!
@@ -15,8 +15,8 @@
 //!   written only when `store.subjects` is on.
 //! - final reply: `0x11 ‖ id(16) ‖ at_ms(8) ‖ accepted(1) ‖ reply`.
 
-use super::index::Hit;
-use super::{Delivery, MessageRecord};
+use super::hit::Hit;
+use crate::store::{Delivery, MessageRecord};
 use crate::token::MessageId;
 
 /// A message record.

@@ -34,6 +34,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+pub use crate::store::Position;
+
 /// A segment is closed and the next one started past this size.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Bytes before each payload.
@@ -42,35 +44,6 @@ const HEADER: usize = 8;
 const BUFFER_BYTES: usize = 256 * 1024;
 /// Largest payload accepted (a hit is about 100 bytes plus its user agent, capped at 1 KiB).
 pub const MAX_RECORD: usize = 64 * 1024;
-
-/// The end of a record: segment generation, then byte offset in it. Ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Position {
-    /// Segment generation (from 1).
-    pub generation: u64,
-    /// Bytes into the segment.
-    pub offset: u64,
-}
-
-impl Position {
-    /// 16 bytes, big-endian (for sled).
-    pub fn encode(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.generation.to_be_bytes());
-        b[8..].copy_from_slice(&self.offset.to_be_bytes());
-        b
-    }
-
-    /// The inverse of [`Position::encode`].
-    pub fn decode(b: &[u8]) -> Option<Position> {
-        let b: [u8; 16] = b.try_into().ok()?;
-        let (g, o) = b.split_at(8);
-        Some(Position {
-            generation: u64::from_be_bytes(g.try_into().ok()?),
-            offset: u64::from_be_bytes(o.try_into().ok()?),
-        })
-    }
-}
 
 /// The append side: the records appended but not yet written. Its lock is held only to append
 /// a record or to swap the buffer out.

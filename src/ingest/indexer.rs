@@ -1,0 +1,390 @@
+//! Indexing the journal into the store: pixel hits, message records and final replies.
+//!
+//! The pixel listener appends each verified hit to the journal ([`super::journal`]) and
+//! answers. One indexer thread per store reads the journal in order and, per batch of up to
+//! [`BATCH`] hits, looks up each message, classifies the hit (the early-load rule needs the
+//! message's hand-off time), and commits the opens, the message statistics, the counters, the
+//! webhook outbox rows and the journal position reached in ONE sled transaction. Then it feeds
+//! live followers and the open log, and writes the one log line per open.
+//!
+//! The thread runs under `SCHED_IDLE` (nice 19 where refused): when the machine is saturated, answering
+//! pixels comes first and the index catches up after the burst. While a backlog builds up on
+//! contended CPUs it also pauses between small batches (`pace.rs`). Readers that must see every
+//! answered hit (the admin API) wait for the index to reach the journal's end first
+//! ([`super::Ingest::caught_up`]).
+//!
+//! A hit whose message is unknown (purged, or another instance's store) is counted invalid and
+//! dropped; a hit that cannot be decoded or committed is counted as a store error, logged, and
+//! skipped, so one bad record never stops the index.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use super::entry::Entry;
+use super::hit::Hit;
+use super::journal::{Read, Reader};
+use super::pace::Pace;
+use super::{Ingest, WeakInner};
+use crate::store::{Delivery, MessageRecord, OpenHit, Position, StoreError};
+use crate::token::MessageId;
+use crate::track::{OpenEvent, Proxy, classify};
+
+/// Hits indexed in one transaction at most.
+pub const BATCH: usize = 512;
+/// How long the idle indexer waits after a first new entry for those that follow.
+const LINGER: Duration = Duration::from_millis(10);
+/// Wait after the store failed as a whole (sled cannot write) before trying again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Indexes the next batch of journaled hits after `reader`'s position, up to the journal's
+/// end at the time of the call. Returns whether it got anywhere.
+pub(super) fn index_batch(
+    ing: &Ingest,
+    reader: &mut Reader,
+    limit: usize,
+) -> Result<bool, StoreError> {
+    let inner = &*ing.inner;
+    let end = inner.journal.end();
+    let start = reader.position();
+    let mut mark = start;
+    let mut run = Run::default();
+    let mut taken = 0;
+    while taken < limit {
+        match reader.next(end).map_err(StoreError::Io)? {
+            Read::Record(payload, at) => {
+                mark = at;
+                taken += 1;
+                match Entry::decode(&payload) {
+                    Some(e) => run.push(ing, e, at)?,
+                    None => {
+                        inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(journal = ?at, "journal: undecodable entry skipped");
+                    }
+                }
+            }
+            Read::End => break,
+            Read::Bad(offset, why) => {
+                inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    generation = mark.generation,
+                    offset,
+                    why,
+                    "journal: the rest of this segment is unreadable and skipped"
+                );
+                reader.skip_segment();
+                mark = reader.position();
+                break;
+            }
+        }
+    }
+    if mark == start {
+        // No record, but possibly past segments that no longer exist (a fresh journal starts
+        // at generation 1): that is indexed too.
+        let at = reader.position();
+        if at > *inner.indexed.borrow() {
+            inner.indexed.send_replace(at);
+        }
+        return Ok(false);
+    }
+    // The last run commits the mark past everything read, undecodable entries included.
+    run.flush(ing, mark)?;
+    inner.indexed_up_to(mark);
+    Ok(true)
+}
+
+/// Consecutive entries of one sort, committed together: pixel hits, or message records and
+/// final replies. A change of sort commits the run before it, so every entry is indexed after
+/// those journaled before it (a message's record before its opens).
+#[derive(Default)]
+struct Run {
+    /// Hits and where each ends in the journal.
+    hits: Vec<(Hit<'static>, Position)>,
+    /// Message records.
+    messages: Vec<MessageRecord>,
+    /// Final replies.
+    finishes: Vec<(MessageId, Delivery)>,
+    /// Where the run's last entry ends.
+    last: Position,
+}
+
+impl Run {
+    fn push(&mut self, ing: &Ingest, e: Entry, at: Position) -> Result<(), StoreError> {
+        let is_hit = matches!(e, Entry::Hit(_));
+        let has_messages = !self.messages.is_empty() || !self.finishes.is_empty();
+        if (is_hit && has_messages) || (!is_hit && !self.hits.is_empty()) {
+            let last = self.last;
+            self.flush(ing, last)?;
+        }
+        match e {
+            Entry::Hit(h) => self.hits.push((h, at)),
+            Entry::Message(m) => self.messages.push(m),
+            Entry::Finish(id, d) => self.finishes.push((id, d)),
+        }
+        self.last = at;
+        Ok(())
+    }
+
+    /// Commits the run with the journal position `mark` and empties it.
+    fn flush(&mut self, ing: &Ingest, mark: Position) -> Result<(), StoreError> {
+        if !self.hits.is_empty() {
+            index_hits(ing, std::mem::take(&mut self.hits), mark)
+        } else {
+            let (recs, done) = (
+                std::mem::take(&mut self.messages),
+                std::mem::take(&mut self.finishes),
+            );
+            index_messages(ing, &recs, &done, mark)
+        }
+    }
+}
+
+/// Moves message records and final replies into the store with the journal position `mark`.
+/// One that cannot be written (its message purged meanwhile, a write error) is logged and
+/// skipped, so that the others are recorded.
+fn index_messages(
+    ing: &Ingest,
+    recs: &[MessageRecord],
+    done: &[(MessageId, Delivery)],
+    mark: Position,
+) -> Result<(), StoreError> {
+    let store = &ing.inner.store;
+    let r: Vec<&MessageRecord> = recs.iter().collect();
+    let d: Vec<(&MessageId, &Delivery)> = done.iter().map(|(i, d)| (i, d)).collect();
+    if store.commit_messages(&r, &d, Some(mark)).is_ok() {
+        return Ok(());
+    }
+    for rec in recs {
+        if let Err(e) = store.record_message(rec) {
+            tracing::error!(message = %rec.id, error = %e, event = "store_error", "cannot record a journaled message");
+        }
+    }
+    for (id, delivery) in done {
+        if let Err(e) = store.finish_message(id, delivery) {
+            tracing::warn!(message = %id, error = %e, event = "store_error", "cannot record the upstream reply");
+        }
+    }
+    store.commit_prepared(&[], mark).map(|_| ())
+}
+
+/// Classifies and records a run of hits with the journal position `mark`.
+fn index_hits(
+    ing: &Ingest,
+    hits: Vec<(Hit<'static>, Position)>,
+    mark: Position,
+) -> Result<(), StoreError> {
+    let inner = &*ing.inner;
+    let store = &inner.store;
+    let mut prepared = Vec::with_capacity(hits.len());
+    for (h, at) in hits {
+        match store.open_context(&h.message) {
+            Ok(Some(ctx)) => {
+                let since = Duration::from_millis(h.at_ms.saturating_sub(ctx.sent_at()));
+                let classification = classify(
+                    &h.user_agent,
+                    &h.hints,
+                    &h.seen.as_seen(),
+                    Some(since),
+                    &h.windows,
+                );
+                let hit = OpenHit {
+                    at_ms: h.at_ms,
+                    ip: h.ip,
+                    // Decoded hits own their user agent: moved, not copied.
+                    user_agent: h.user_agent.into_owned(),
+                    classification,
+                    country: h.seen.country.map(country_code),
+                };
+                prepared.push((store.prepare_open(ctx, &hit), at));
+            }
+            Ok(None) => {
+                // Authentic token, no record: purged by retention, or another instance's store.
+                inner.hits.invalid.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(message = %h.message, error = %e, "cannot read message for open");
+            }
+        }
+    }
+    let refs: Vec<_> = prepared.iter().map(|(o, _)| o).collect();
+    let results = match store.commit_prepared(&refs, mark) {
+        Ok(events) => events.into_iter().map(Ok).collect(),
+        // One bad record must not cost the others their opens: retry them one by one, each
+        // with its own journal position, so that a failure part way leaves the index exact.
+        Err(_) => {
+            let out: Vec<_> = prepared
+                .iter()
+                .map(|(o, at)| {
+                    store
+                        .commit_prepared(&[o], *at)
+                        .map(|mut v| v.pop().flatten())
+                })
+                .collect();
+            // Past whatever failed or was skipped.
+            store.commit_prepared(&[], mark)?;
+            out
+        }
+    };
+    for ((open, _), result) in prepared.iter().zip(results) {
+        match result {
+            Ok(Some(e)) => {
+                inner.hits.valid.fetch_add(1, Ordering::Relaxed);
+                log_open(&e);
+            }
+            Ok(None) => {
+                inner.hits.invalid.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(message = %open.message(), error = %e, "cannot record open");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A journaled country code as the event shows it.
+fn country_code(c: [u8; 2]) -> String {
+    String::from_utf8_lossy(&c).into_owned()
+}
+
+/// The one log line per open an admin tails.
+fn log_open(e: &OpenEvent) {
+    tracing::info!(
+        message = %e.message,
+        rcpt = %e.recipient,
+        client = %e.client,
+        device = e.device.as_str(),
+        machine = e.machine,
+        reason = e.machine_reason.as_deref().unwrap_or("-"),
+        proxy = e.proxy.map_or("-", Proxy::as_str),
+        ip = %e.ip,
+        first = e.first,
+        count = e.count,
+        "open"
+    );
+}
+
+/// Indexes everything journaled so far (on open, before the store is handed out).
+pub(super) fn catch_up(ing: &Ingest, reader: &mut Reader) -> Result<(), StoreError> {
+    while index_batch(ing, reader, BATCH)? {}
+    Ok(())
+}
+
+/// Starts the indexer thread. It ends once the last handle to the store is gone.
+pub(super) fn spawn(
+    inner: WeakInner,
+    reader: Reader,
+    wake: Receiver<()>,
+    flush: Duration,
+) -> std::io::Result<()> {
+    // Returns once the thread has taken its low priority, so that it is in place before the
+    // first pixel is answered.
+    let (started, ready) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("open-indexer".into())
+        .spawn(move || {
+            lower_priority();
+            let _ = started.send(());
+            run(&inner, reader, &wake, flush);
+        })?;
+    let _ = ready.recv();
+    Ok(())
+}
+
+fn run(weak: &WeakInner, mut reader: Reader, wake: &Receiver<()>, flush: Duration) {
+    let mut synced = Instant::now();
+    let mut pace = Pace::default();
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let ing = Ingest { inner };
+        pace.start();
+        let progressed = match index_batch(&ing, &mut reader, pace.batch_limit(BATCH)) {
+            Ok(p) => p,
+            Err(e) => {
+                ing.inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "open index: cannot write; retrying");
+                reader = ing.inner.journal.reader(*ing.inner.indexed.borrow());
+                drop(ing);
+                std::thread::sleep(RETRY);
+                continue;
+            }
+        };
+        if synced.elapsed() >= flush {
+            synced = Instant::now();
+            if let Err(e) = ing.inner.journal.sync() {
+                tracing::error!(error = %e, "cannot fsync the open journal");
+            }
+        }
+        let pause = progressed
+            && pace.after(
+                ing.index_lag_bytes(),
+                ing.inner.readers_waiting.load(Ordering::Relaxed) > 0,
+            );
+        drop(ing);
+        if pause {
+            stand_back(weak, pace.pause());
+        } else if !progressed {
+            pace.caught_up();
+            match wake.recv_timeout(flush) {
+                Ok(()) => linger(weak),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+/// Woken from idle by a first new entry, waits [`LINGER`] for the entries that follow it, so
+/// that one transaction records them all: under a steady trickle of mail every message would
+/// otherwise cost two sled transactions of its own (record, reply), each a buffer write by
+/// sled's IO threads. Not when a reader is waiting for the index.
+fn linger(weak: &WeakInner) {
+    match weak.upgrade() {
+        Some(inner) if inner.readers_waiting.load(Ordering::Relaxed) == 0 => {
+            drop(inner);
+            std::thread::sleep(LINGER);
+        }
+        _ => {}
+    }
+}
+
+/// Pauses for `pause` (see `pace.rs`), less if a reader starts waiting for the index or the
+/// store is dropped meanwhile.
+fn stand_back(weak: &WeakInner, pause: Duration) {
+    const STEP: Duration = Duration::from_millis(10);
+    let Some(inner) = weak.upgrade() else { return };
+    inner.index_pauses.fetch_add(1, Ordering::Relaxed);
+    drop(inner);
+    let until = Instant::now() + pause;
+    while Instant::now() < until {
+        std::thread::sleep(STEP);
+        match weak.upgrade() {
+            Some(inner) if inner.readers_waiting.load(Ordering::Relaxed) == 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// Puts the calling thread (the indexer) behind everything else: Linux's `SCHED_IDLE`, under
+/// which a woken pixel thread takes the CPU back at once instead of waiting out the indexer's
+/// time slice; nice 19 where that policy is refused. The indexer still runs whenever a core is
+/// idle, and gets a small share when none is, so the index always advances.
+fn lower_priority() {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let idle = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    );
+    if let Err(e) = idle {
+        tracing::debug!(error = ?e, "open index: SCHED_IDLE refused, using nice 19");
+        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+            tracing::debug!(error = %e, "open index: cannot lower priority");
+        }
+    }
+}

@@ -26,7 +26,7 @@ use super::hit::Hit;
 use super::journal::{Read, Reader};
 use super::pace::Pace;
 use super::{Ingest, WeakInner};
-use crate::store::{Delivery, MessageRecord, OpenHit, Position, StoreError};
+use crate::store::{Delivery, MessageRecord, OpenHit, Position, PreparedOpen, StoreError};
 use crate::token::MessageId;
 use crate::track::{OpenEvent, Proxy, classify};
 
@@ -164,7 +164,7 @@ fn index_messages(
             tracing::warn!(message = %id, error = %e, event = "store_error", "cannot record the upstream reply");
         }
     }
-    store.commit_prepared(&[], mark).map(|_| ())
+    store.commit_opens(&[], Some(mark)).map(|_| ())
 }
 
 /// Classifies and records a run of hits with the journal position `mark`.
@@ -175,7 +175,9 @@ fn index_hits(
 ) -> Result<(), StoreError> {
     let inner = &*ing.inner;
     let store = &inner.store;
+    let anonymize = store.config().anonymize_ip;
     let mut prepared = Vec::with_capacity(hits.len());
+    let mut ends = Vec::with_capacity(hits.len());
     for (h, at) in hits {
         match store.open_context(&h.message) {
             Ok(Some(ctx)) => {
@@ -195,7 +197,8 @@ fn index_hits(
                     classification,
                     country: h.seen.country.map(country_code),
                 };
-                prepared.push((store.prepare_open(ctx, &hit), at));
+                prepared.push(Some(PreparedOpen::new(ctx, &hit, anonymize)));
+                ends.push(at);
             }
             Ok(None) => {
                 // Authentic token, no record: purged by retention, or another instance's store.
@@ -207,26 +210,26 @@ fn index_hits(
             }
         }
     }
-    let refs: Vec<_> = prepared.iter().map(|(o, _)| o).collect();
-    let results = match store.commit_prepared(&refs, mark) {
+    let results = match store.commit_opens(&prepared, Some(mark)) {
         Ok(events) => events.into_iter().map(Ok).collect(),
         // One bad record must not cost the others their opens: retry them one by one, each
         // with its own journal position, so that a failure part way leaves the index exact.
         Err(_) => {
             let out: Vec<_> = prepared
                 .iter()
+                .zip(&ends)
                 .map(|(o, at)| {
                     store
-                        .commit_prepared(&[o], *at)
+                        .commit_opens(std::slice::from_ref(o), Some(*at))
                         .map(|mut v| v.pop().flatten())
                 })
                 .collect();
             // Past whatever failed or was skipped.
-            store.commit_prepared(&[], mark)?;
+            store.commit_opens(&[], Some(mark))?;
             out
         }
     };
-    for ((open, _), result) in prepared.iter().zip(results) {
+    for (open, result) in prepared.iter().flatten().zip(results) {
         match result {
             Ok(Some(e)) => {
                 inner.hits.valid.fetch_add(1, Ordering::Relaxed);

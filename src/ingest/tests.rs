@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::StoreConfig;
-use crate::store::tests::{T0, cfg, rec, reopen};
+use crate::store::contract::{T0, cfg, rec, reopen};
 use crate::store::{Delivery, StoreError};
 
 /// A store and its ingest over `c`.

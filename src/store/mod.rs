@@ -1,1491 +1,274 @@
-//! The store: the only code that touches sled. Messages the relay handled, every open of a
-//! tracked message, and the lifetime counters behind `pixelrelay stats`.
+//! The store: messages the relay handled, every open of a tracked message, the lifetime
+//! counters behind `pixelrelay stats`, and the webhook outbox.
 //!
 //! # Interface
 //!
-//! The inherent methods of [`Store`] are the storage interface (the relay, the pixel listener
-//! and the admin API call nothing else, and nothing here is sled-typed). A PostgreSQL backend
-//! would implement the same methods; when a second backend lands, extract them into a trait or
-//! turn `Store` into an enum over backends, without changing a caller.
+//! [`Backend`] is the one interface: the relay and the pixel path (through `ingest`), the admin
+//! API, the follow stream, the webhook worker and retention call nothing else. [`Store`] is the
+//! handle they hold, a backend behind an `Arc`; its methods are the backend's. The record
+//! types are the backends' common language ([`types`]): nothing outside a backend's own module
+//! names its engine.
 //!
-//! # Layout in sled (all values JSON, keys big-endian so that byte order is time order)
+//! The embedded default is sled (`sled_store`, one process). A backend drops in by
+//! implementing [`Backend`] and passing the contract suite (`contract.rs`): written against
+//! [`Store`] alone, it runs on whatever backend [`Store::open`] opens for its configuration.
 //!
-//! ```text
-//! messages          id(16)                      -> the record and its delivery (JSON)
-//! message_opens     id(16)                      -> open stats + hand-off time (48 bytes)
-//! messages_by_time  at_ms(8) id(16)             -> ()      listing newest first, retention
-//! opens             open_id(8)                  -> OpenEvent
-//! opens_by_message  id(16) open_id(8)           -> ()      a message's opens
-//! meta              "counters"                  -> Counters (JSON)
-//!                   "open_counters"             -> the 4 open totals (32 bytes)
-//!                   "journal_indexed"           -> journal position indexed (16 bytes)
-//!                   "last_event"                -> last webhook event sequence (8 bytes)
-//! outbox            endpoint(8) seq(8)          -> webhook delivery (JSON), see outbox.rs
-//! dead_letters      endpoint(8) seq(8)          -> webhook delivery out of time (JSON)
-//! ```
+//! # What a backend promises
 //!
-//! An open id is `max(previous + 1, at_ms << 20)`: unique, strictly increasing, time-ordered
-//! (the high 44 bits are the ms timestamp, good until the year 2527), and printed as 16 hex
-//! digits it is the cursor for listing and following opens.
-//!
-//! # Writes and durability
-//!
-//! Every write runs in one sled transaction across the trees it touches (an open's event,
-//! index, message stats and counters commit together or not at all). Writers are serialised by
-//! one mutex, so transactions never conflict or retry, and the in-memory copy of the counters
-//! (for O(1) `stats()`) and the last open id stay exact. After each committed open the event
-//! goes to an in-process `broadcast` channel for live followers (never a sled subscriber: a slow
-//! reader there blocks writers).
-//!
-//! Nothing reaches sled on the request paths: pixel hits, message records and final replies go
-//! to the journal first (`ingest`), whose indexer commits them here in journal order with the
-//! journal position reached ("journal_indexed" in `meta`, [`Store::journal_mark`]) in the same
-//! transaction, so a restart replays exactly what was not yet stored.
-//!
-//! sled keeps writes in memory and fsyncs them every `store.flush_interval` (its own flusher
-//! thread, `flush_every_ms`), and [`Store::flush`] on shutdown. What a crash costs is the
-//! journal's to say (`ingest`): nothing older than its last millisecond of hits on `kill -9`.
+//! - Every write is atomic: an open's event, its message's statistics, the counters and the
+//!   outbox rows commit together or not at all, with the journal position `mark` when one is
+//!   given, so that `ingest` replays exactly what was not stored.
+//! - Open ids are unique, strictly increasing and time-ordered, and an open's id is a cursor;
+//!   listings are newest first and stable under concurrent writes.
+//! - After a committed open its event goes to the live feed ([`Backend::subscribe`]), in id
+//!   order; a follower reads the backlog with [`Backend::opens_after`] and skips live events
+//!   it has seen.
 
-mod outbox;
-mod retention;
+#[cfg(test)]
+pub(crate) mod contract;
+mod sled_store;
+pub mod types;
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
-use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ops::Deref;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{Transactional, Tree};
 use tokio::sync::broadcast;
 
 use crate::config::StoreConfig;
-use crate::net;
-use crate::openlog::OpenLog;
 use crate::token::MessageId;
-use crate::track::event::{rfc3339_ms, rfc3339_ms_opt};
-use crate::track::{Classification, OpenEvent};
+use crate::track::OpenEvent;
 
-pub use outbox::{
-    OutboxItem, OutboxRow, OutboxVersion, Subscription, outbox_key, parse_delivery_id,
+pub use sled_store::{
+    OutboxItem, OutboxRow, OutboxVersion, PurgeReport, Subscription, outbox_key, parse_delivery_id,
 };
-pub use retention::PurgeReport;
+pub use types::*;
 
-/// How far the journal (`ingest`) is indexed: the end of a record, as segment generation then
-/// byte offset in it. Ordered. The store keeps the one its writes reached, in the same
-/// transaction as what they wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Position {
-    /// Segment generation (from 1).
-    pub generation: u64,
-    /// Bytes into the segment.
-    pub offset: u64,
-}
+/// The wall clock in ms since the epoch (0 if the clock is before 1970).
+pub use crate::clock::now_ms;
 
-impl Position {
-    /// 16 bytes, big-endian (for sled).
-    pub fn encode(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.generation.to_be_bytes());
-        b[8..].copy_from_slice(&self.offset.to_be_bytes());
-        b
+/// Every operation on stored data. Object-safe: [`Store`] holds one behind an `Arc`.
+pub trait Backend: Send + Sync + 'static {
+    /// The configuration the store was opened with.
+    fn config(&self) -> &StoreConfig;
+
+    // --- Messages -------------------------------------------------------------------------
+
+    /// Message records, then final replies, in ONE transaction, with the journal position
+    /// `mark` when they come from the journal. Recording an id again updates the record but
+    /// keeps its delivery and opens. All or nothing: a reply for an unknown message fails the
+    /// whole call with [`StoreError::NotFound`].
+    fn commit_messages(
+        &self,
+        recs: &[&MessageRecord],
+        done: &[(&MessageId, &Delivery)],
+        mark: Option<Position>,
+    ) -> Result<(), StoreError>;
+
+    /// One message with all its opens, oldest first.
+    fn get_message(&self, id: &MessageId) -> Result<Option<MessageWithOpens>, StoreError>;
+
+    /// Messages newest first, strictly before `cursor` (a message cursor) or from the newest.
+    fn list_messages(
+        &self,
+        filter: &MessageFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Message>, StoreError>;
+
+    // --- Opens ----------------------------------------------------------------------------
+
+    /// What an open of message `id` needs before it is recorded; `None` if it is unknown.
+    fn open_context(&self, id: &MessageId) -> Result<Option<OpenContext>, StoreError>;
+
+    /// Commits prepared opens (`None`: skipped) in ONE transaction, in order, with the journal
+    /// position `mark` when they come from the journal; then feeds the open log and live
+    /// followers. For each, the stored event (its id, `first` and `count` set), or `None` for
+    /// a message purged since it was prepared.
+    fn commit_opens(
+        &self,
+        opens: &[Option<PreparedOpen>],
+        mark: Option<Position>,
+    ) -> Result<Vec<Option<OpenEvent>>, StoreError>;
+
+    /// Opens newest first, strictly before `cursor` (an open id) or from the newest.
+    fn list_opens(&self, cursor: Option<&str>, limit: usize)
+    -> Result<Page<OpenEvent>, StoreError>;
+
+    /// Opens oldest first, strictly after `cursor` (an open id) or from the oldest.
+    fn opens_after(&self, cursor: Option<&str>, limit: usize)
+    -> Result<Vec<OpenEvent>, StoreError>;
+
+    /// Live feed of opens committed from now on, in id order (see the module docs).
+    fn subscribe(&self) -> broadcast::Receiver<OpenEvent>;
+
+    /// The id of the newest open (a cursor), or the zero cursor.
+    fn last_open_cursor(&self) -> String;
+
+    /// Live followers subscribed now.
+    fn followers(&self) -> usize;
+
+    // --- Totals and life cycle ------------------------------------------------------------
+
+    /// The lifetime totals: O(1).
+    fn stats(&self) -> Stats;
+
+    /// How far the journal was indexed when the store last committed something from it (the
+    /// start of the journal if never).
+    fn journal_mark(&self) -> Result<Position, StoreError>;
+
+    /// Bytes on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+
+    /// Writes everything to disk (fsync).
+    fn flush_blocking(&self) -> Result<(), StoreError>;
+
+    /// Reopens `store.open_log` by name (SIGHUP, after logrotate moved the file away).
+    fn reopen_open_log(&self) -> Result<(), StoreError>;
+
+    /// Removes messages older than `store.retention_days` (and their opens) as of `now_ms`.
+    fn purge_expired(&self, now_ms: u64) -> Result<PurgeReport, StoreError>;
+
+    // --- Webhook outbox -------------------------------------------------------------------
+
+    /// The endpoints that get outbox rows from now on, and for which events.
+    fn set_subscriptions(&self, subs: Vec<Subscription>);
+
+    /// Bumped whenever rows are written or a dead letter is retried.
+    fn watch_outbox(&self) -> tokio::sync::watch::Receiver<OutboxVersion>;
+
+    /// One row.
+    fn outbox_get(&self, endpoint: u64, seq: u64) -> Result<Option<OutboxRow>, StoreError>;
+
+    /// An endpoint's row keys after `after`, oldest first: (sequence, due time).
+    fn outbox_scan(&self, endpoint: u64, after: u64) -> Result<Vec<(u64, u64)>, StoreError>;
+
+    /// A row delivered: removed.
+    fn outbox_delivered(&self, endpoint: u64, seq: u64) -> Result<(), StoreError>;
+
+    /// A failed attempt: the row's attempts, next try and last error.
+    fn outbox_reschedule(
+        &self,
+        endpoint: u64,
+        seq: u64,
+        attempts: u32,
+        next_ms: u64,
+        error: &str,
+    ) -> Result<(), StoreError>;
+
+    /// A row out of time: moved to the dead letters. Whether it was still there.
+    fn outbox_kill(
+        &self,
+        endpoint: u64,
+        seq: u64,
+        attempts: u32,
+        error: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Rows waiting for delivery, oldest first, after `cursor`.
+    fn pending(&self, cursor: Option<&str>, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Dead letters, oldest first, after `cursor`.
+    fn dead_letters(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Puts a dead letter back in the outbox, due at `now_ms`. Whether it existed.
+    fn retry_dead_letter(&self, id: &str, now_ms: u64) -> Result<bool, StoreError>;
+
+    /// Endpoints with rows waiting.
+    fn outbox_endpoints(&self) -> Result<Vec<u64>, StoreError>;
+
+    /// Rows waiting, all endpoints together.
+    fn outbox_len(&self) -> usize;
+
+    // --- Provided: the single-item forms -------------------------------------------------
+
+    /// Records a message before it goes upstream (see [`Backend::commit_messages`]).
+    fn record_message(&self, rec: &MessageRecord) -> Result<(), StoreError> {
+        self.commit_messages(&[rec], &[], None)
     }
 
-    /// The inverse of [`Position::encode`].
-    pub fn decode(b: &[u8]) -> Option<Position> {
-        let b: [u8; 16] = b.try_into().ok()?;
-        let (g, o) = b.split_at(8);
-        Some(Position {
-            generation: u64::from_be_bytes(g.try_into().ok()?),
-            offset: u64::from_be_bytes(o.try_into().ok()?),
-        })
+    /// Records several messages in one transaction.
+    fn record_messages(&self, recs: &[&MessageRecord]) -> Result<(), StoreError> {
+        self.commit_messages(recs, &[], None)
     }
-}
 
-/// What an open needs from its message record: see [`Store::open_context`].
-pub struct OpenContext {
-    id: MessageId,
-    sent_at: u64,
-    message: Stored,
-}
-
-impl OpenContext {
-    /// When the relay handed the message upstream (the upstream's final reply if known, else
-    /// the time it was recorded).
-    pub fn sent_at(&self) -> u64 {
-        self.sent_at
+    /// Records the upstream's final reply to a message.
+    fn finish_message(&self, id: &MessageId, delivery: &Delivery) -> Result<(), StoreError> {
+        self.commit_messages(&[], &[(id, delivery)], None)
     }
-}
 
-/// An open ready to commit: see [`Store::prepare_open`].
-#[derive(Debug, Clone)]
-pub struct PreparedOpen {
-    id: MessageId,
-    event: OpenEvent,
-}
-
-impl PreparedOpen {
-    /// The message opened.
-    pub fn message(&self) -> &MessageId {
-        &self.id
+    /// Records several final replies in one transaction; all or nothing.
+    fn finish_messages(&self, done: &[(&MessageId, &Delivery)]) -> Result<(), StoreError> {
+        self.commit_messages(&[], done, None)
     }
-}
 
-/// What the relay knows about a message when it hands it upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageRecord {
-    /// Random id (the token carries it).
-    pub id: MessageId,
-    /// The relay's queue id for logs.
-    pub queue_id: String,
-    /// When the relay received the message, ms since the epoch.
-    pub at_ms: u64,
-    /// MAIL FROM.
-    pub sender: String,
-    /// RCPT TO addresses the upstream accepted.
-    pub recipients: Vec<String>,
-    /// The Message-ID header, if any.
-    pub message_id: Option<String>,
-    /// The Subject header; kept only when `store.subjects` is on (the store enforces it).
-    pub subject: Option<String>,
-    /// Message size in bytes as received.
-    pub size: u64,
-    /// Whether a pixel was inserted.
-    pub tracked: bool,
-    /// Why not, when `tracked` is false.
-    pub skip_reason: Option<String>,
-}
+    /// Records one open of message `id`; `None` (and nothing written) if it is unknown.
+    fn record_open(&self, id: &MessageId, hit: &OpenHit) -> Result<Option<OpenEvent>, StoreError> {
+        Ok(self.record_opens(&[(id, hit)])?.pop().flatten())
+    }
 
-/// The upstream's final answer to a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
-    /// 2xx after the data.
-    pub accepted: bool,
-    /// The reply text as received.
-    pub reply: String,
-    /// When it came, ms since the epoch.
-    #[serde(rename = "at", with = "rfc3339_ms")]
-    pub at_ms: u64,
-}
-
-/// One pixel load, verified and classified, as the listener hands it to the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenHit {
-    /// When, ms since the epoch.
-    pub at_ms: u64,
-    /// Client IP (before anonymisation: the store applies `store.anonymize_ip`).
-    pub ip: IpAddr,
-    /// User-Agent as sent.
-    pub user_agent: String,
-    /// The verdict of `track::classify`.
-    pub classification: Classification,
-    /// The loader's country, with a country database.
-    pub country: Option<String>,
-}
-
-/// Per-message open statistics, updated with each open.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpenStats {
-    /// Every open.
-    pub count: u64,
-    /// Opens not marked as machine.
-    pub human: u64,
-    /// First open.
-    #[serde(with = "rfc3339_ms_opt")]
-    pub first_at: Option<u64>,
-    /// Latest open.
-    #[serde(with = "rfc3339_ms_opt")]
-    pub last_at: Option<u64>,
-    /// First open not marked as machine.
-    #[serde(with = "rfc3339_ms_opt")]
-    pub first_human_at: Option<u64>,
-}
-
-/// A message as the admin API shows it: its record, delivery and open statistics.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    /// Message id, 32 hex digits.
-    pub id: String,
-    /// The relay's queue id.
-    pub queue_id: String,
-    /// When the relay received it.
-    #[serde(rename = "at", with = "rfc3339_ms")]
-    pub at_ms: u64,
-    /// MAIL FROM.
-    pub sender: String,
-    /// Accepted recipients.
-    pub recipients: Vec<String>,
-    /// Message-ID header.
-    pub message_id: Option<String>,
-    /// Subject (only with `store.subjects`).
-    pub subject: Option<String>,
-    /// Size in bytes.
-    pub size: u64,
-    /// A pixel was inserted.
-    pub tracked: bool,
-    /// Why not.
-    pub skip_reason: Option<String>,
-    /// The upstream's final reply, once known.
-    pub delivery: Option<Delivery>,
-    /// Opens so far.
-    pub opens: OpenStats,
-}
-
-/// A message as stored in `messages` (the id is the key; open statistics live in
-/// `message_opens` so that an open never rewrites this record).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Stored {
-    /// See [`Message`].
-    queue_id: String,
-    /// See [`Message`].
-    #[serde(rename = "at", with = "rfc3339_ms")]
-    at_ms: u64,
-    /// See [`Message`].
-    sender: String,
-    /// See [`Message`].
-    recipients: Vec<String>,
-    /// See [`Message`].
-    message_id: Option<String>,
-    /// See [`Message`].
-    subject: Option<String>,
-    /// See [`Message`].
-    size: u64,
-    /// See [`Message`].
-    tracked: bool,
-    /// See [`Message`].
-    skip_reason: Option<String>,
-    /// See [`Message`].
-    delivery: Option<Delivery>,
-}
-
-impl Stored {
-    fn into_message(self, id: &MessageId, stats: &MsgStats) -> Message {
-        Message {
-            id: id.to_string(),
-            queue_id: self.queue_id,
-            at_ms: self.at_ms,
-            sender: self.sender,
-            recipients: self.recipients,
-            message_id: self.message_id,
-            subject: self.subject,
-            size: self.size,
-            tracked: self.tracked,
-            skip_reason: self.skip_reason,
-            delivery: self.delivery,
-            opens: stats.view(),
+    /// Records several opens in one transaction, in order; for each, the event or `None` if
+    /// its message is unknown.
+    fn record_opens(
+        &self,
+        hits: &[(&MessageId, &OpenHit)],
+    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
+        let anonymize = self.config().anonymize_ip;
+        let mut prepared = Vec::with_capacity(hits.len());
+        for (id, hit) in hits {
+            let ctx = self.open_context(id)?;
+            prepared.push(ctx.map(|c| PreparedOpen::new(c, hit, anonymize)));
         }
+        self.commit_opens(&prepared, None)
     }
 }
 
-/// The hot per-message record in `message_opens`: six big-endian u64s (48 bytes), rewritten
-/// by every open. A time of 0 means "none".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct MsgStats {
-    /// Every open.
-    count: u64,
-    /// Opens not marked as machine.
-    human: u64,
-    /// First open.
-    first: u64,
-    /// Latest open.
-    last: u64,
-    /// First open not marked as machine.
-    first_human: u64,
-    /// When the relay handed the message upstream (the final reply, else the record time).
-    sent_at: u64,
-}
-
-impl MsgStats {
-    fn encode(&self) -> Vec<u8> {
-        let f = [
-            self.count,
-            self.human,
-            self.first,
-            self.last,
-            self.first_human,
-            self.sent_at,
-        ];
-        put_u64s(&f)
-    }
-
-    fn decode(b: &[u8]) -> Result<MsgStats, StoreError> {
-        let [count, human, first, last, first_human, sent_at] =
-            get_u64s(b, "message_opens record")?;
-        Ok(MsgStats {
-            count,
-            human,
-            first,
-            last,
-            first_human,
-            sent_at,
-        })
-    }
-
-    fn view(&self) -> OpenStats {
-        let t = |v: u64| (v != 0).then_some(v);
-        OpenStats {
-            count: self.count,
-            human: self.human,
-            first_at: t(self.first),
-            last_at: t(self.last),
-            first_human_at: t(self.first_human),
-        }
-    }
-}
-
-/// A message with all its opens, oldest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MessageWithOpens {
-    /// The message.
-    #[serde(flatten)]
-    pub message: Message,
-    /// Its opens.
-    pub open_events: Vec<OpenEvent>,
-}
-
-/// The `message` webhook event: the admin API's message (tracking decision, upstream reply)
-/// without its open statistics, which are always zero-ish at that moment and change later.
-fn message_event(m: &Message) -> Result<serde_json::Value, serde_json::Error> {
-    let mut v = serde_json::to_value(m)?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("opens");
-    }
-    Ok(v)
-}
-
-/// Lifetime totals, kept in the store and in memory; purging old records does not lower them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    /// Messages recorded (before the upstream answered).
-    pub recorded: u64,
-    /// Messages the upstream accepted.
-    pub relayed: u64,
-    /// Messages the upstream refused.
-    pub rejected: u64,
-    /// Accepted messages that carried a pixel.
-    pub tracked: u64,
-    /// Accepted messages without a pixel, by reason.
-    pub skipped: BTreeMap<String, u64>,
-    /// Every open.
-    pub opens: u64,
-    /// Opens marked as machine.
-    pub machine_opens: u64,
-    /// Messages with at least one open.
-    pub unique_opens: u64,
-    /// Messages with at least one open not marked as machine.
-    pub unique_human_opens: u64,
-    /// Opens per UTC day (`YYYY-MM-DD`), for the dashboard's chart.
-    #[serde(default)]
-    pub by_day: BTreeMap<String, OpenCounts>,
-    /// Opens per mail client name.
-    #[serde(default)]
-    pub by_client: BTreeMap<String, OpenCounts>,
-    /// Opens per device kind (`desktop`, `mobile`, `webmail`, `proxy`, `unknown`).
-    #[serde(default)]
-    pub by_device: BTreeMap<String, OpenCounts>,
-    /// Opens by people through a mail provider's image proxy (not machine, `proxy` set).
-    #[serde(default)]
-    pub proxied_opens: u64,
-    /// Machine opens per `machine_reason`.
-    #[serde(default)]
-    pub by_reason: BTreeMap<String, u64>,
-    /// Opens per `proxy` (`google`, `yahoo`, `microsoft`, `apple`).
-    #[serde(default)]
-    pub by_proxy: BTreeMap<String, OpenCounts>,
-}
-
-/// Opens in one bucket of [`Counters`]' breakdowns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpenCounts {
-    /// Every open in the bucket.
-    pub opens: u64,
-    /// Of which marked as machine.
-    pub machine: u64,
-}
-
-impl OpenCounts {
-    fn add(&mut self, machine: bool) {
-        self.opens += 1;
-        self.machine += u64::from(machine);
-    }
-}
-
-/// The four totals every open updates, stored apart from the rest (32 bytes, no JSON).
-#[derive(Debug, Clone, Copy)]
-struct OpenCounters {
-    /// See [`Counters`].
-    opens: u64,
-    /// See [`Counters`].
-    machine_opens: u64,
-    /// See [`Counters`].
-    unique_opens: u64,
-    /// See [`Counters`].
-    unique_human_opens: u64,
-}
-
-impl Counters {
-    /// Counts an open's verdict in the kind, reason and proxy breakdowns.
-    fn count_verdict(&mut self, ev: &OpenEvent) {
-        if ev.kind() == crate::track::OpenKind::Proxied {
-            self.proxied_opens += 1;
-        }
-        if let Some(r) = ev.machine_reason.as_deref().filter(|_| ev.machine) {
-            *self.by_reason.entry(r.to_string()).or_default() += 1;
-        }
-        if let Some(p) = ev.proxy {
-            self.by_proxy
-                .entry(p.as_str().to_string())
-                .or_default()
-                .add(ev.machine);
-        }
-    }
-
-    fn clone_open(&self) -> OpenCounters {
-        OpenCounters {
-            opens: self.opens,
-            machine_opens: self.machine_opens,
-            unique_opens: self.unique_opens,
-            unique_human_opens: self.unique_human_opens,
-        }
-    }
-}
-
-impl OpenCounters {
-    fn encode(&self) -> Vec<u8> {
-        put_u64s(&[
-            self.opens,
-            self.machine_opens,
-            self.unique_opens,
-            self.unique_human_opens,
-        ])
-    }
-
-    fn apply(&self, c: &mut Counters) {
-        c.opens = self.opens;
-        c.machine_opens = self.machine_opens;
-        c.unique_opens = self.unique_opens;
-        c.unique_human_opens = self.unique_human_opens;
-    }
-}
-
-fn decode_open_counters(b: &[u8], c: &mut Counters) -> Result<(), StoreError> {
-    let [opens, machine_opens, unique_opens, unique_human_opens] = get_u64s(b, "open counters")?;
-    OpenCounters {
-        opens,
-        machine_opens,
-        unique_opens,
-        unique_human_opens,
-    }
-    .apply(c);
-    Ok(())
-}
-
-/// Fixed binary records: big-endian u64s back to back.
-fn put_u64s(vals: &[u64]) -> Vec<u8> {
-    vals.iter().flat_map(|v| v.to_be_bytes()).collect()
-}
-
-/// Reads a record written by [`put_u64s`]; any other length is corruption.
-fn get_u64s<const N: usize>(b: &[u8], what: &'static str) -> Result<[u64; N], StoreError> {
-    if b.len() != N * 8 {
-        return Err(StoreError::Corrupt(what));
-    }
-    let mut out = [0u64; N];
-    for (v, chunk) in out.iter_mut().zip(b.chunks_exact(8)) {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(chunk);
-        *v = u64::from_be_bytes(a);
-    }
-    Ok(out)
-}
-
-/// `pixelrelay stats` / `GET /api/v1/stats`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Stats {
-    /// The stored totals.
-    #[serde(flatten)]
-    pub counters: Counters,
-    /// Sum of `skipped`.
-    pub skipped_total: u64,
-    /// `opens - machine_opens`: opens by people, directly or through a proxy.
-    pub human_opens: u64,
-    /// Opens by people whose own client fetched the pixel (`human_opens - proxied_opens`).
-    pub direct_opens: u64,
-    /// Each machine reason's share of all opens (0 to 1).
-    pub machine_share_by_reason: BTreeMap<String, f64>,
-    /// `unique_opens / tracked` (0 when nothing was tracked).
-    pub open_rate: f64,
-    /// `unique_human_opens / tracked`.
-    pub human_open_rate: f64,
-}
-
-/// Which messages `list_messages` returns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageFilter {
-    /// Case-insensitive substring of a recipient.
-    pub rcpt: Option<String>,
-    /// Case-insensitive substring of the envelope sender.
-    pub sender: Option<String>,
-    /// `Some(true)`: only opened; `Some(false)`: only never opened.
-    pub opened: Option<bool>,
-    /// Only messages received at or after this time (ms since the epoch).
-    pub since_ms: Option<u64>,
-    /// Only messages received before this time (ms since the epoch).
-    pub until_ms: Option<u64>,
-}
-
-/// One page of a listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Page<T> {
-    /// The items, in listing order.
-    pub items: Vec<T>,
-    /// Pass back as `cursor` for the next page; `None` at the end.
-    pub next_cursor: Option<String>,
-}
-
-/// Why a store operation failed.
-#[derive(Debug)]
-pub enum StoreError {
-    /// sled failed (IO, corruption, the database locked by another process).
-    Sled(sled::Error),
-    /// A stored value did not decode (or a value did not encode).
-    Codec(serde_json::Error),
-    /// The open log could not be written or opened.
-    Io(std::io::Error),
-    /// A cursor that this store did not hand out.
-    BadCursor(String),
-    /// No message with this id.
-    NotFound(MessageId),
-    /// A stored record has the wrong shape.
-    Corrupt(&'static str),
-    /// A background task failed to run.
-    Task(String),
-}
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreError::Sled(e) => write!(f, "store: {e}"),
-            StoreError::Codec(e) => write!(f, "store: bad record: {e}"),
-            StoreError::Io(e) => write!(f, "store: open log: {e}"),
-            StoreError::BadCursor(c) => write!(f, "invalid cursor {c:?}"),
-            StoreError::NotFound(id) => write!(f, "store: no message {id}"),
-            StoreError::Corrupt(what) => write!(f, "store: corrupt {what}"),
-            StoreError::Task(e) => write!(f, "store: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Sled(e)
-    }
-}
-
-impl From<serde_json::Error> for StoreError {
-    fn from(e: serde_json::Error) -> Self {
-        StoreError::Codec(e)
-    }
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-fn abort(e: impl Into<StoreError>) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e.into())
-}
-
-/// Value of index entries.
-const EMPTY: &[u8] = &[];
-/// Key of the counters in `meta` (JSON, written with messages; its four open totals are a
-/// snapshot, superseded by `OPEN_COUNTERS`).
-const COUNTERS: &[u8] = b"counters";
-/// Key of the open totals in `meta` (4 big-endian u64s), written with every open.
-const OPEN_COUNTERS: &[u8] = b"open_counters";
-/// Bits of an open id below the timestamp.
-const OPEN_ID_SHIFT: u32 = 20;
-/// Key of the journal position indexed so far in `meta` (see `journal.rs`).
-const JOURNAL_MARK: &[u8] = b"journal_indexed";
-/// Capacity of the live feed; a follower further behind gets `Lagged` and re-reads the store.
-const FEED_CAPACITY: usize = 4096;
-/// Entries a filtered listing scans per page at most, so a rare filter cannot stall a request.
-const SCAN_LIMIT: usize = 10_000;
-
-/// The store handle. Cheap to clone; all clones share one database.
+/// The store handle: a backend behind an `Arc`. Cheap to clone; its methods are the
+/// backend's ([`Backend`], through `Deref`).
 #[derive(Clone)]
 pub struct Store {
-    /// Shared state.
-    inner: Arc<Inner>,
+    /// The backend.
+    backend: Arc<dyn Backend>,
+}
+
+impl Store {
+    /// Opens the configured backend: sled at `cfg.path`, and, inside a tokio runtime with
+    /// `retention_days > 0`, its retention task.
+    pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        Ok(Store::from_backend(Arc::new(sled_store::SledStore::open(
+            cfg,
+        )?)))
+    }
+
+    /// A handle on `backend`.
+    pub fn from_backend(backend: Arc<dyn Backend>) -> Store {
+        Store { backend }
+    }
+
+    /// [`Backend::flush_blocking`] on a blocking thread (shutdown).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || s.flush_blocking())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+impl Deref for Store {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.backend
+    }
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.inner.cfg.path)
+            .field("path", &self.config().path)
             .finish()
     }
 }
-
-/// Everything a `Store` shares.
-struct Inner {
-    /// Subjects, anonymisation, retention, flush interval.
-    cfg: StoreConfig,
-    /// The database (for flush).
-    db: sled::Db,
-    /// id → Stored (JSON).
-    messages: Tree,
-    /// id → MsgStats (48 bytes): open statistics and the hand-off time.
-    message_opens: Tree,
-    /// at_ms ‖ id → ().
-    messages_by_time: Tree,
-    /// open id → OpenEvent.
-    opens: Tree,
-    /// id ‖ open id → ().
-    opens_by_message: Tree,
-    /// Counters.
-    meta: Tree,
-    /// endpoint ‖ seq → webhook delivery waiting.
-    outbox: Tree,
-    /// endpoint ‖ seq → webhook delivery out of time.
-    dead_letters: Tree,
-    /// Tells the delivery workers that rows were written.
-    outbox_watch: tokio::sync::watch::Sender<OutboxVersion>,
-    /// Serialises writers; holds what must match the committed data exactly.
-    write: Mutex<WriteState>,
-    /// Live feed of committed opens.
-    feed: broadcast::Sender<OpenEvent>,
-    /// Optional JSON-lines file of opens (`store.open_log`).
-    open_log: Option<OpenLog>,
-}
-
-/// State owned by the writer lock.
-struct WriteState {
-    /// Mirror of the stored counters.
-    counters: Counters,
-    /// The last open id handed out.
-    last_open: u64,
-    /// Endpoints that get outbox rows, and for which events.
-    hooks: Vec<Subscription>,
-    /// The last webhook event sequence handed out (persisted in `meta`).
-    last_event: u64,
-}
-
-impl Store {
-    /// Opens (or creates) the store at `cfg.path` and, when called inside a tokio runtime
-    /// with `retention_days > 0`, starts the retention task (it ends when the last clone of the
-    /// store is dropped).
-    pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
-        let flush_ms = cfg
-            .flush_interval
-            .as_millis()
-            .clamp(1, u128::from(u64::MAX)) as u64;
-        let db = sled::Config::new()
-            .path(&cfg.path)
-            .cache_capacity(128 * 1024 * 1024)
-            .flush_every_ms(Some(flush_ms))
-            .open()?;
-        let messages = db.open_tree("messages")?;
-        let message_opens = db.open_tree("message_opens")?;
-        let messages_by_time = db.open_tree("messages_by_time")?;
-        let opens = db.open_tree("opens")?;
-        let opens_by_message = db.open_tree("opens_by_message")?;
-        let meta = db.open_tree("meta")?;
-        let outbox = db.open_tree("outbox")?;
-        let dead_letters = db.open_tree("dead_letters")?;
-        let last_event = match meta.get(outbox::LAST_EVENT)? {
-            Some(v) => get_u64s::<1>(&v, "last event")?[0],
-            None => 0,
-        };
-        let mut counters: Counters = match meta.get(COUNTERS)? {
-            Some(v) => serde_json::from_slice(&v)?,
-            None => Counters::default(),
-        };
-        if let Some(v) = meta.get(OPEN_COUNTERS)? {
-            decode_open_counters(&v, &mut counters)?;
-        }
-        let last_open = match opens.last()? {
-            Some((k, _)) => decode_open_id(&k).unwrap_or(0),
-            None => 0,
-        };
-        let open_log = match &cfg.open_log {
-            Some(p) => Some(OpenLog::open(p).map_err(StoreError::Io)?),
-            None => None,
-        };
-        let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        let store = Store {
-            inner: Arc::new(Inner {
-                cfg: cfg.clone(),
-                db,
-                messages,
-                message_opens,
-                messages_by_time,
-                opens,
-                opens_by_message,
-                meta,
-                outbox,
-                dead_letters,
-                outbox_watch: tokio::sync::watch::Sender::new(OutboxVersion {
-                    last_seq: last_event,
-                    retries: 0,
-                }),
-                write: Mutex::new(WriteState {
-                    counters,
-                    last_open,
-                    hooks: Vec::new(),
-                    last_event,
-                }),
-                feed,
-                open_log,
-            }),
-        };
-        if cfg.retention_days > 0 && tokio::runtime::Handle::try_current().is_ok() {
-            retention::spawn(Arc::downgrade(&store.inner));
-        }
-        Ok(store)
-    }
-
-    /// Records a message before it goes upstream. Recording an id again updates the record
-    /// but keeps its delivery and opens.
-    pub fn record_message(&self, rec: &MessageRecord) -> Result<(), StoreError> {
-        self.record_messages(&[rec])
-    }
-
-    /// Records several messages in ONE transaction (group commit; see [`Store::record_opens`]
-    /// for why), in order. All or nothing.
-    pub fn record_messages(&self, recs: &[&MessageRecord]) -> Result<(), StoreError> {
-        self.commit_messages(recs, &[], None)
-    }
-
-    /// Records the upstream's final reply. The first reply for a message updates the counters
-    /// (relayed/rejected, tracked/skipped); a repeated call only replaces the stored reply.
-    pub fn finish_message(&self, id: &MessageId, delivery: &Delivery) -> Result<(), StoreError> {
-        self.finish_messages(&[(id, delivery)])
-    }
-
-    /// Records several final replies in ONE transaction, in order. All or nothing: an unknown
-    /// message fails the whole batch with [`StoreError::NotFound`].
-    pub fn finish_messages(&self, done: &[(&MessageId, &Delivery)]) -> Result<(), StoreError> {
-        self.commit_messages(&[], done, None)
-    }
-
-    /// Message records, then final replies, in ONE transaction, with the journal position
-    /// `mark` when they come from the journal: what the indexer commits per run. All or
-    /// nothing.
-    pub fn commit_messages(
-        &self,
-        recs: &[&MessageRecord],
-        done: &[(&MessageId, &Delivery)],
-        mark: Option<Position>,
-    ) -> Result<(), StoreError> {
-        let inner = &*self.inner;
-        let mut st = inner.lock();
-        let trees = (
-            &inner.messages,
-            &inner.message_opens,
-            &inner.messages_by_time,
-            &inner.meta,
-            &inner.outbox,
-        );
-        let (counters, last_event, written) =
-            trees.transaction(|(msgs, stats, by_time, meta, outbox)| {
-                let mut counters = st.counters.clone();
-                let mut last_event = st.last_event;
-                let mut written = 0;
-                for rec in recs {
-                    let id = rec.id;
-                    let old: Option<Stored> =
-                        msgs.get(id.as_bytes())?.map(|v| decode(&v)).transpose()?;
-                    let (delivery, mut ms) = match old {
-                        Some(old) => {
-                            by_time.remove(time_key(old.at_ms, &id).as_slice())?;
-                            let ms = match stats.get(id.as_bytes())? {
-                                Some(v) => MsgStats::decode(&v)?,
-                                None => MsgStats::default(),
-                            };
-                            (old.delivery, ms)
-                        }
-                        None => {
-                            counters.recorded += 1;
-                            (None, MsgStats::default())
-                        }
-                    };
-                    if delivery.is_none() {
-                        ms.sent_at = rec.at_ms;
-                    }
-                    let m = Stored {
-                        queue_id: rec.queue_id.clone(),
-                        at_ms: rec.at_ms,
-                        sender: rec.sender.clone(),
-                        recipients: rec.recipients.clone(),
-                        message_id: rec.message_id.clone(),
-                        subject: if inner.cfg.subjects {
-                            rec.subject.clone()
-                        } else {
-                            None
-                        },
-                        size: rec.size,
-                        tracked: rec.tracked,
-                        skip_reason: rec.skip_reason.clone(),
-                        delivery,
-                    };
-                    msgs.insert(id.as_bytes(), encode(&m)?)?;
-                    stats.insert(id.as_bytes(), ms.encode().as_slice())?;
-                    by_time.insert(time_key(rec.at_ms, &id).as_slice(), EMPTY)?;
-                }
-                for (id, delivery) in done {
-                    let Some(raw) = msgs.get(id.as_bytes())? else {
-                        return Err(abort(StoreError::NotFound(**id)));
-                    };
-                    let mut m: Stored = decode(&raw)?;
-                    let mut ms = match stats.get(id.as_bytes())? {
-                        Some(v) => MsgStats::decode(&v)?,
-                        None => MsgStats::default(),
-                    };
-                    let first_reply = m.delivery.is_none();
-                    if first_reply {
-                        if !delivery.accepted {
-                            counters.rejected += 1;
-                        } else {
-                            counters.relayed += 1;
-                            if m.tracked {
-                                counters.tracked += 1;
-                            } else {
-                                let reason = m
-                                    .skip_reason
-                                    .clone()
-                                    .unwrap_or_else(|| "unknown".to_string());
-                                *counters.skipped.entry(reason).or_default() += 1;
-                            }
-                        }
-                    }
-                    m.delivery = Some((*delivery).clone());
-                    ms.sent_at = delivery.at_ms;
-                    if first_reply {
-                        let view = m.clone().into_message(id, &ms);
-                        written += outbox::write_event(
-                            outbox,
-                            &st.hooks,
-                            &mut last_event,
-                            "message",
-                            delivery.at_ms,
-                            &message_event(&view).map_err(abort)?,
-                        )?;
-                    }
-                    msgs.insert(id.as_bytes(), encode(&m)?)?;
-                    stats.insert(id.as_bytes(), ms.encode().as_slice())?;
-                }
-                if written > 0 {
-                    meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;
-                }
-                meta.insert(COUNTERS, encode(&counters)?)?;
-                if let Some(mark) = mark {
-                    meta.insert(JOURNAL_MARK, mark.encode().as_slice())?;
-                }
-                Ok((counters, last_event, written))
-            })?;
-        st.counters = counters;
-        st.last_event = last_event;
-        self.outbox_written(&st, written);
-        Ok(())
-    }
-
-    /// Records one open of message `id`: the event, the message's open stats and the counters
-    /// in one transaction. `None` (and nothing written) if the message is unknown.
-    pub fn record_open(
-        &self,
-        id: &MessageId,
-        hit: &OpenHit,
-    ) -> Result<Option<OpenEvent>, StoreError> {
-        Ok(self.record_opens(&[(id, hit)])?.pop().flatten())
-    }
-
-    /// Records several opens in ONE transaction (group commit), in order; for each, the event
-    /// or `None` if its message is unknown. Each sled commit seals and writes an IO buffer
-    /// (a `pwrite` and a `sync_file_range`), which dominates the cost of a lone open, so a busy
-    /// listener commits the hits that arrived together as one batch. All or nothing: on error
-    /// none of the batch is recorded.
-    pub fn record_opens(
-        &self,
-        hits: &[(&MessageId, &OpenHit)],
-    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
-        // The message record never changes on open: read and decode it outside the lock.
-        let mut events = Vec::with_capacity(hits.len());
-        for (id, hit) in hits {
-            events.push(match self.inner.messages.get(id.as_bytes())? {
-                Some(raw) => Some((**id, self.event_for(id, hit, decode(&raw)?))),
-                None => None,
-            });
-        }
-        self.commit_opens(
-            events
-                .iter()
-                .map(|e| e.as_ref().map(|(id, ev)| (*id, ev)))
-                .collect(),
-            None,
-        )
-    }
-
-    /// What an open of message `id` needs from the store before it is recorded: the hand-off
-    /// time (for the early-load rule) and the message fields an open event repeats. `None` if
-    /// the message is unknown. Read on the request's own task, so that the one writer thread
-    /// only commits.
-    pub fn open_context(&self, id: &MessageId) -> Result<Option<OpenContext>, StoreError> {
-        let inner = &*self.inner;
-        let Some(stats) = inner.message_opens.get(id.as_bytes())? else {
-            return Ok(None);
-        };
-        let Some(raw) = inner.messages.get(id.as_bytes())? else {
-            return Ok(None);
-        };
-        Ok(Some(OpenContext {
-            id: *id,
-            sent_at: MsgStats::decode(&stats)?.sent_at,
-            message: decode(&raw)?,
-        }))
-    }
-
-    /// The open event for `hit` on the message of `ctx`, ready for
-    /// [`Store::record_prepared_opens`] (its id, `first` and `count` are set when committed).
-    pub fn prepare_open(&self, ctx: OpenContext, hit: &OpenHit) -> PreparedOpen {
-        PreparedOpen {
-            id: ctx.id,
-            event: self.event_for(&ctx.id, hit, ctx.message),
-        }
-    }
-
-    /// [`Store::record_opens`] for opens prepared by [`Store::prepare_open`], committed with
-    /// the journal position they were indexed up to: one transaction, in order, all or
-    /// nothing; `None` for a message purged since it was prepared.
-    pub fn commit_prepared(
-        &self,
-        opens: &[&PreparedOpen],
-        mark: Position,
-    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
-        self.commit_opens(
-            opens.iter().map(|o| Some((o.id, &o.event))).collect(),
-            Some(mark),
-        )
-    }
-
-    /// The configuration the store was opened with.
-    pub fn config(&self) -> &StoreConfig {
-        &self.inner.cfg
-    }
-
-    /// How far the journal was indexed when the store last committed something from it
-    /// (the start of the journal if never).
-    pub fn journal_mark(&self) -> Result<Position, StoreError> {
-        match self.inner.meta.get(JOURNAL_MARK)? {
-            Some(v) => Position::decode(&v).ok_or(StoreError::Corrupt("journal position")),
-            None => Ok(Position::default()),
-        }
-    }
-
-    /// Commits open events (message id and event without id/first/count; `None` for an
-    /// unknown message) in one transaction, with the journal position `mark` when they come
-    /// from the journal, then feeds the open log and live followers.
-    fn commit_opens(
-        &self,
-        events: Vec<Option<(MessageId, &OpenEvent)>>,
-        mark: Option<Position>,
-    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
-        let inner = &*self.inner;
-        let mut st = inner.lock();
-        let mut last = st.last_open;
-        let events: Vec<Option<(MessageId, u64, &OpenEvent)>> = events
-            .into_iter()
-            .map(|ev| {
-                ev.map(|(id, ev)| {
-                    last = next_open_id(last, ev.at_ms);
-                    (id, last, ev)
-                })
-            })
-            .collect();
-        let trees = (
-            &inner.message_opens,
-            &inner.opens,
-            &inner.opens_by_message,
-            &inner.meta,
-            &inner.outbox,
-        );
-        let (done, oc, breakdown, last_event, written) =
-            trees.transaction(|(stats, opens, by_msg, meta, outbox)| {
-                let mut cache: HashMap<MessageId, MsgStats> = HashMap::new();
-                let mut oc = st.counters.clone_open();
-                let mut breakdown = st.counters.clone();
-                let mut last_event = st.last_event;
-                let mut written = 0;
-                let mut out = Vec::with_capacity(events.len());
-                for ev in &events {
-                    let Some((id, open_id, ev)) = ev else {
-                        out.push(None);
-                        continue;
-                    };
-                    let at_ms = ev.at_ms;
-                    let ms = match cache.entry(*id) {
-                        Entry::Occupied(e) => e.into_mut(),
-                        // Absent only if the message was purged since it was read above.
-                        Entry::Vacant(e) => match stats.get(id.as_bytes())? {
-                            Some(v) => e.insert(MsgStats::decode(&v)?),
-                            None => {
-                                out.push(None);
-                                continue;
-                            }
-                        },
-                    };
-                    let human = !ev.machine;
-                    let first = ms.count == 0;
-                    let first_human = human && ms.human == 0;
-                    ms.count += 1;
-                    if first {
-                        ms.first = at_ms;
-                    }
-                    ms.last = ms.last.max(at_ms);
-                    if human {
-                        ms.human += 1;
-                        if first_human {
-                            ms.first_human = at_ms;
-                        }
-                    }
-                    let mut ev = (*ev).clone();
-                    ev.id = format_open_id(*open_id);
-                    ev.first = first;
-                    ev.count = ms.count;
-                    oc.opens += 1;
-                    oc.machine_opens += u64::from(!human);
-                    oc.unique_opens += u64::from(first);
-                    oc.unique_human_opens += u64::from(first_human);
-                    let day = crate::clock::day(at_ms);
-                    breakdown.by_day.entry(day).or_default().add(ev.machine);
-                    breakdown
-                        .by_client
-                        .entry(ev.client.clone())
-                        .or_default()
-                        .add(ev.machine);
-                    breakdown
-                        .by_device
-                        .entry(ev.device.as_str().to_string())
-                        .or_default()
-                        .add(ev.machine);
-                    breakdown.count_verdict(&ev);
-                    let json = encode(&ev)?;
-                    written += outbox::write_event(
-                        outbox,
-                        &st.hooks,
-                        &mut last_event,
-                        "open",
-                        at_ms,
-                        &ev,
-                    )?;
-                    opens.insert(&open_id.to_be_bytes(), json.as_slice())?;
-                    by_msg.insert(open_index_key(id, *open_id).as_slice(), EMPTY)?;
-                    out.push(Some((ev, json)));
-                }
-                for (id, ms) in &cache {
-                    stats.insert(id.as_bytes(), ms.encode().as_slice())?;
-                }
-                meta.insert(OPEN_COUNTERS, oc.encode().as_slice())?;
-                // The per-day/client/device breakdowns live in the JSON counters: once per batch.
-                meta.insert(COUNTERS, encode(&breakdown)?)?;
-                if written > 0 {
-                    meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;
-                }
-                if let Some(mark) = mark {
-                    meta.insert(JOURNAL_MARK, mark.encode().as_slice())?;
-                }
-                Ok((out, oc, breakdown, last_event, written))
-            })?;
-        st.counters.by_day = breakdown.by_day;
-        st.counters.by_client = breakdown.by_client;
-        st.counters.by_device = breakdown.by_device;
-        st.counters.proxied_opens = breakdown.proxied_opens;
-        st.counters.by_reason = breakdown.by_reason;
-        st.counters.by_proxy = breakdown.by_proxy;
-        oc.apply(&mut st.counters);
-        st.last_open = last;
-        st.last_event = last_event;
-        self.outbox_written(&st, written);
-        let mut result = Vec::with_capacity(done.len());
-        for item in done {
-            let Some((event, json)) = item else {
-                result.push(None);
-                continue;
-            };
-            if let Some(log) = &inner.open_log {
-                // The open is committed; a full disk here must not undo it, so log and carry on.
-                if let Err(e) = log.append_raw(json) {
-                    tracing::warn!(error = %e, "cannot append to store.open_log");
-                }
-            }
-            // No receiver is fine: nobody is following.
-            let _ = inner.feed.send(event.clone());
-            result.push(Some(event));
-        }
-        Ok(result)
-    }
-
-    /// The event for a hit on message `m`, before its id, `first` and `count` are known.
-    fn event_for(&self, id: &MessageId, hit: &OpenHit, m: Stored) -> OpenEvent {
-        let ip = if self.inner.cfg.anonymize_ip {
-            net::anonymize(hit.ip)
-        } else {
-            net::canonical(hit.ip)
-        };
-        let c = &hit.classification;
-        OpenEvent {
-            id: String::new(),
-            message: id.to_string(),
-            at_ms: hit.at_ms,
-            ip: ip.to_string(),
-            user_agent: hit.user_agent.clone(),
-            client: c.client.clone(),
-            device: c.device,
-            machine: c.machine,
-            machine_reason: c.machine_reason.map(str::to_string),
-            proxy: c.proxy,
-            country: hit.country.clone(),
-            event_type: Default::default(),
-            first: false,
-            count: 0,
-            recipient: m.recipients.into_iter().next().unwrap_or_default(),
-            sender: m.sender,
-            message_id: m.message_id,
-            subject: m.subject,
-        }
-    }
-
-    /// Live feed of opens committed from now on, in id order. To follow without gap or
-    /// duplicate: subscribe first, read the backlog with [`Store::opens_after`], then skip live
-    /// events whose id is not greater than the last one read. `Lagged` means the reader fell
-    /// more than 4096 events behind: re-read from the store.
-    pub fn subscribe(&self) -> broadcast::Receiver<OpenEvent> {
-        self.inner.feed.subscribe()
-    }
-
-    /// Opens, newest first, strictly before `cursor` (an open id) or from the newest.
-    pub fn list_opens(
-        &self,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<OpenEvent>, StoreError> {
-        let end = match cursor {
-            Some(c) => Bound::Excluded(parse_open_id(c)?.to_be_bytes()),
-            None => Bound::Unbounded,
-        };
-        let mut items = Vec::new();
-        for kv in self
-            .inner
-            .opens
-            .range((Bound::Unbounded, end))
-            .rev()
-            .take(limit)
-        {
-            let (_, v) = kv?;
-            items.push(decode::<OpenEvent>(&v)?);
-        }
-        let next_cursor = if items.len() == limit {
-            items.last().map(|e| e.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
-    }
-
-    /// Opens strictly after `cursor` (or from the oldest), oldest first: the backlog of a
-    /// follower.
-    pub fn opens_after(
-        &self,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<OpenEvent>, StoreError> {
-        let start = match cursor {
-            Some(c) => Bound::Excluded(parse_open_id(c)?.to_be_bytes()),
-            None => Bound::Unbounded,
-        };
-        let mut items = Vec::new();
-        for kv in self
-            .inner
-            .opens
-            .range((start, Bound::Unbounded))
-            .take(limit)
-        {
-            let (_, v) = kv?;
-            items.push(decode::<OpenEvent>(&v)?);
-        }
-        Ok(items)
-    }
-
-    /// One message with all its opens, oldest first.
-    pub fn get_message(&self, id: &MessageId) -> Result<Option<MessageWithOpens>, StoreError> {
-        let Some(message) = self.get_stored(id)? else {
-            return Ok(None);
-        };
-        let mut open_events = Vec::new();
-        for kv in self.inner.opens_by_message.scan_prefix(id.as_bytes()) {
-            let (k, _) = kv?;
-            if let Some(v) = self.inner.opens.get(&k[16..])? {
-                open_events.push(decode(&v)?);
-            }
-        }
-        Ok(Some(MessageWithOpens {
-            message,
-            open_events,
-        }))
-    }
-
-    /// Messages, newest first, strictly before `cursor`, that pass `filter`. A page scans at
-    /// most 10 000 messages, so a page of a rare filter may be short yet carry a cursor.
-    pub fn list_messages(
-        &self,
-        filter: &MessageFilter,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<Message>, StoreError> {
-        let mut end = match cursor {
-            Some(c) => Some(parse_message_cursor(c)?),
-            None => None,
-        };
-        if let Some(until) = filter.until_ms {
-            // Keys sort by time first: everything before `until` sorts below `until ‖ 0…0`.
-            let k = until.to_be_bytes().to_vec();
-            if end.as_ref().is_none_or(|e| k < *e) {
-                end = Some(k);
-            }
-        }
-        let end = match end {
-            Some(k) => Bound::Excluded(k),
-            None => Bound::Unbounded,
-        };
-        let start = match filter.since_ms {
-            Some(since) => Bound::Included(since.to_be_bytes().to_vec()),
-            None => Bound::Unbounded,
-        };
-        let lower = |s: &Option<String>| s.as_ref().map(|r| r.to_ascii_lowercase());
-        let (rcpt, sender) = (lower(&filter.rcpt), lower(&filter.sender));
-        let mut items = Vec::new();
-        let mut last_key = None;
-        for (scanned, kv) in self
-            .inner
-            .messages_by_time
-            .range((start, end))
-            .rev()
-            .enumerate()
-        {
-            if items.len() == limit || scanned == SCAN_LIMIT {
-                return Ok(Page {
-                    items,
-                    next_cursor: last_key.map(|k: sled::IVec| hex(&k)),
-                });
-            }
-            let (k, _) = kv?;
-            let Some(id) = MessageId::from_slice(&k[8..]) else {
-                continue;
-            };
-            let Some(m) = self.get_stored(&id)? else {
-                continue;
-            };
-            last_key = Some(k);
-            let rcpt_ok = rcpt.as_ref().is_none_or(|r| {
-                m.recipients
-                    .iter()
-                    .any(|x| x.to_ascii_lowercase().contains(r.as_str()))
-            });
-            let sender_ok = sender
-                .as_ref()
-                .is_none_or(|s| m.sender.to_ascii_lowercase().contains(s.as_str()));
-            let opened_ok = filter.opened.is_none_or(|o| o == (m.opens.count > 0));
-            if rcpt_ok && sender_ok && opened_ok {
-                items.push(m);
-            }
-        }
-        Ok(Page {
-            items,
-            next_cursor: None,
-        })
-    }
-
-    /// Bytes the database takes on disk (for the store-size metric).
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()?)
-    }
-
-    /// The id of the newest open (16 zeros when there is none): a cursor meaning "from now".
-    pub fn last_open_cursor(&self) -> String {
-        format_open_id(self.inner.lock().last_open)
-    }
-
-    /// How many live followers are subscribed to the feed right now.
-    pub fn followers(&self) -> usize {
-        self.inner.feed.receiver_count()
-    }
-
-    /// The totals, from memory: O(1).
-    pub fn stats(&self) -> Stats {
-        let counters = self.inner.lock().counters.clone();
-        let skipped_total = counters.skipped.values().sum();
-        let rate = |n: u64| {
-            if counters.tracked == 0 {
-                0.0
-            } else {
-                n as f64 / counters.tracked as f64
-            }
-        };
-        let human_opens = counters.opens - counters.machine_opens;
-        let machine_share_by_reason = counters
-            .by_reason
-            .iter()
-            .map(|(r, n)| (r.clone(), *n as f64 / counters.opens.max(1) as f64))
-            .collect();
-        Stats {
-            skipped_total,
-            human_opens,
-            direct_opens: human_opens.saturating_sub(counters.proxied_opens),
-            machine_share_by_reason,
-            open_rate: rate(counters.unique_opens),
-            human_open_rate: rate(counters.unique_human_opens),
-            counters,
-        }
-    }
-
-    /// Writes everything to disk (fsync). Call on shutdown; sled also does it every
-    /// `store.flush_interval` by itself.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush_async().await?;
-        if let Some(log) = &self.inner.open_log {
-            log.sync().map_err(StoreError::Io)?;
-        }
-        Ok(())
-    }
-
-    /// [`Store::flush`] for callers outside async code.
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
-        if let Some(log) = &self.inner.open_log {
-            log.sync().map_err(StoreError::Io)?;
-        }
-        Ok(())
-    }
-
-    /// Reopens `store.open_log` by name (SIGHUP, after logrotate moved the file away).
-    pub fn reopen_open_log(&self) -> Result<(), StoreError> {
-        match &self.inner.open_log {
-            Some(log) => log.reopen().map_err(StoreError::Io),
-            None => Ok(()),
-        }
-    }
-
-    /// Deletes messages (with their opens) and opens older than `store.retention_days` before
-    /// `now_ms`. Does nothing when retention is 0. The background task calls this hourly.
-    pub fn purge_expired(&self, now_ms: u64) -> Result<PurgeReport, StoreError> {
-        match self.inner.cfg.retention_days {
-            0 => Ok(PurgeReport::default()),
-            days => retention::purge(
-                &self.inner,
-                now_ms.saturating_sub(u64::from(days) * 86_400_000),
-            ),
-        }
-    }
-
-    fn get_stored(&self, id: &MessageId) -> Result<Option<Message>, StoreError> {
-        let Some(v) = self.inner.messages.get(id.as_bytes())? else {
-            return Ok(None);
-        };
-        let stats = match self.inner.message_opens.get(id.as_bytes())? {
-            Some(v) => MsgStats::decode(&v)?,
-            None => MsgStats::default(),
-        };
-        Ok(Some(decode::<Stored>(&v)?.into_message(id, &stats)))
-    }
-}
-
-/// The wall clock in ms since the epoch (0 if the clock is before 1970).
-pub use crate::clock::now_ms;
-
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, WriteState> {
-        lock(&self.write)
-    }
-}
-
-/// Locks, recovering from poisoning: the guarded state is only replaced after a commit, so a
-/// panic elsewhere never leaves it half-updated.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn encode<T: Serialize>(v: &T) -> TxResult<Vec<u8>> {
-    serde_json::to_vec(v).map_err(abort)
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T, StoreError> {
-    Ok(serde_json::from_slice(v)?)
-}
-
-impl From<StoreError> for ConflictableTransactionError<StoreError> {
-    fn from(e: StoreError) -> Self {
-        abort(e)
-    }
-}
-
-/// The next open id: strictly after `last`, and at least `at_ms` in its high bits.
-fn next_open_id(last: u64, at_ms: u64) -> u64 {
-    last.saturating_add(1).max(at_ms << OPEN_ID_SHIFT)
-}
-
-fn format_open_id(id: u64) -> String {
-    format!("{id:016x}")
-}
-
-fn parse_open_id(s: &str) -> Result<u64, StoreError> {
-    if s.len() != 16 {
-        return Err(StoreError::BadCursor(s.to_string()));
-    }
-    u64::from_str_radix(s, 16).map_err(|_| StoreError::BadCursor(s.to_string()))
-}
-
-fn decode_open_id(k: &[u8]) -> Option<u64> {
-    <[u8; 8]>::try_from(k).ok().map(u64::from_be_bytes)
-}
-
-fn time_key(at_ms: u64, id: &MessageId) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&at_ms.to_be_bytes());
-    k[8..].copy_from_slice(id.as_bytes());
-    k
-}
-
-fn open_index_key(id: &MessageId, open_id: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..16].copy_from_slice(id.as_bytes());
-    k[16..].copy_from_slice(&open_id.to_be_bytes());
-    k
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn parse_message_cursor(s: &str) -> Result<Vec<u8>, StoreError> {
-    let bad = || StoreError::BadCursor(s.to_string());
-    if s.len() != 48 || !s.is_ascii() {
-        return Err(bad());
-    }
-    (0..48)
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad()))
-        .collect()
-}
-
-#[cfg(test)]
-pub(crate) mod tests;

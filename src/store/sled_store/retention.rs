@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde::Serialize;
 use sled::Transactional;
 
-use super::{Inner, OPEN_ID_SHIFT, StoreError, decode_open_id, now_ms};
+use super::{Inner, OPEN_ID_SHIFT, StoreError, decode_open_id};
+use crate::clock::now_ms;
 use crate::token::MessageId;
 use crate::track::OpenEvent;
 

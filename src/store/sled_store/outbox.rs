@@ -1,6 +1,6 @@
 //! The webhook outbox: one row per (endpoint, event) still to be delivered, and the dead
-//! letters that ran out of time. The rows are written by [`Store::record_opens`] and
-//! [`Store::finish_message`] in the same sled transaction as the open or the message reply, so
+//! letters that ran out of time. The rows are written by [`SledStore::record_opens`] and
+//! [`SledStore::finish_message`] in the same sled transaction as the open or the message reply, so
 //! a crash can neither record an open without its notification nor notify an open that was
 //! never recorded.
 //!
@@ -27,7 +27,7 @@ use serde::Serialize;
 use sled::transaction::TransactionalTree;
 use sled::{IVec, Transactional};
 
-use super::{Store, StoreError, TxResult, WriteState, abort, hex};
+use super::{SledStore, StoreError, TxResult, WriteState, abort, hex};
 use crate::track::event::rfc3339_ms;
 
 /// Which events one endpoint subscribed to: what the store needs to write outbox rows.
@@ -66,7 +66,7 @@ pub struct OutboxRow {
 /// A row with its key, as listed for the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutboxItem {
-    /// `endpoint ‖ seq` as 32 hex digits: what [`Store::retry_dead_letter`] takes.
+    /// `endpoint ‖ seq` as 32 hex digits: what [`SledStore::retry_dead_letter`] takes.
     pub id: String,
     /// The endpoint id (16 hex digits).
     pub endpoint: String,
@@ -225,11 +225,11 @@ pub(super) fn write_event<T: Serialize>(
 pub struct OutboxVersion {
     /// Sequence of the newest row written.
     pub last_seq: u64,
-    /// Bumped by [`Store::retry_dead_letter`].
+    /// Bumped by [`SledStore::retry_dead_letter`].
     pub retries: u64,
 }
 
-impl Store {
+impl SledStore {
     /// Tells the store which endpoints to write outbox rows for (call before serving). An
     /// empty list (the default) writes none.
     pub fn set_subscriptions(&self, subs: Vec<Subscription>) {

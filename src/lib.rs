@@ -4,38 +4,45 @@
 //! # Layout
 //!
 //! ```text
-//! config.rs    relay.toml -> typed sections, every error with its key
-//! secret.rs    0600 secret files, generated on first start
-//! net.rs       CIDR ranges, IP anonymisation
-//! shutdown.rs  shutdown signal + "all tasks finished" tracker
-//! smtp/        inbound ESMTP server: listener (accept, limits), session (protocol state
-//!              machine over any byte stream), command (parser), data (DATA reader), reply
-//! upstream.rs  SMTP client to the smarthost: TLS, AUTH, timeouts, connection pool
-//! relay.rs     where the stages meet: session backend -> rewrite -> store -> upstream
-//! rewrite/     pure: pick the HTML part, insert the pixel, splice it back
-//! token.rs     pure: mint and verify pixel tokens
-//! track/       pure: classify a pixel hit (client, device, proxy, machine), the network
-//!              catalogue's longest-prefix lookups, the open event
-//! evidence.rs  loads the catalogue files and MaxMind databases, reloads them on SIGHUP
-//! ingest/      hits, message records and replies on their way in: the journal, its
-//!              encodings, the indexer thread (classifies hits) and its pacing
-//! store/       the only code that touches sled (messages, opens, counters, webhook outbox)
-//! openlog.rs   the JSON-lines open log (reopened on SIGHUP)
-//! capture.rs   try-it mode: deliver into a folder instead of a smarthost
-//! tls.rs       inbound certificates (SMTP STARTTLS/implicit, pixel HTTPS), reload on SIGHUP
-//! clock.rs     wall clock and the date formats
-//! http/        pixel listener (public), admin listener (private: API, follow stream,
-//!              dashboard, /metrics) and the accept loop they share
-//! metrics.rs   Prometheus registry the relay and the listeners update
-//! notify/      webhooks: signed delivery of the store's outbox, retries, dead letters
-//! server.rs    wires everything together for `pixelrelay serve`
-//! admin_client.rs  `pixelrelay tail` / `stats`: the admin API's client side
+//! main.rs         CLI only: parse args, load config, call into the library
+//! config.rs       relay.toml -> typed sections, every error with its key
+//! secret.rs       0600 secret files, generated on first start
+//! net.rs          CIDR ranges, IP anonymisation
+//! clock.rs        wall clock and the date formats
+//! shutdown.rs     shutdown signal + "all tasks finished" tracker
+//! tls.rs          inbound certificates (SMTP STARTTLS/implicit, pixel HTTPS), reload on SIGHUP
+//! smtp/           inbound ESMTP server: listener (accept, limits), session (protocol state
+//!                 machine over any byte stream), command (parser), data (DATA reader),
+//!                 auth (AUTH PLAIN/LOGIN, password hashes), reply (every reply in one place)
+//! upstream.rs     SMTP client to the smarthost: TLS, AUTH, timeouts, connection pool
+//! capture.rs      try-it mode: deliver into a folder instead of a smarthost
+//! relay.rs        where the stages meet: session backend -> rewrite -> record -> upstream
+//! rewrite/        pure: pick the HTML part (scan, mime), insert the pixel (html), re-encode
+//!                 (qp, b64, raw), headers; splice it back
+//! token.rs        pure: mint and verify pixel tokens
+//! track/          pure: classify a pixel hit (classify: client, device, proxy, machine),
+//!                 the network catalogue's longest-prefix lookups (networks), the open event
+//! evidence.rs     loads the catalogue files and MaxMind databases, reloads them on SIGHUP
+//! ingest/         on the way in: the journal (journal), what it carries (hit, entry), the
+//!                 indexer thread that classifies hits and commits to the store (indexer)
+//!                 and its pacing (pace)
+//! store/          the store interface (Backend, Store, types) and its contract suite;
+//!                 sled_store/ is the sled backend (messages, opens, outbox, retention)
+//! openlog.rs      the JSON-lines open log (reopened on SIGHUP)
+//! http/           the accept loop both listeners share (serve), the pixel listener (pixel,
+//!                 client_ip: the address behind trusted proxies), the admin listener (admin:
+//!                 API, follow stream, dashboard)
+//! metrics.rs      a leaf: the Prometheus registry, rendered from snapshots handed to it
+//! notify/         webhooks: signed delivery of the store's outbox, retries, dead letters
+//! server.rs       wires everything together for `pixelrelay serve`
+//! admin_client.rs `pixelrelay tail` / `stats`: the admin API's client side
 //! ```
 //!
-//! Data flows one way: `smtp -> relay -> {rewrite, token, store, upstream}`;
-//! `http -> {token, store, track}`; `notify <- store` (the store writes outbox rows in the
-//! open's own transaction; notify delivers them). `rewrite`, `token` and `track` do no IO and
-//! know nothing of SMTP or HTTP; `store` knows nothing of either protocol.
+//! Data flows one way: `smtp -> relay -> {rewrite, token, ingest, upstream}`;
+//! `http -> {token, evidence, ingest, store}`; `ingest -> {track, store}`; `notify <- store`
+//! (the store writes outbox rows in the open's own transaction; notify delivers them).
+//! `rewrite`, `token` and `track` do no IO and know nothing of SMTP or HTTP; `store` and
+//! `ingest` know nothing of either protocol; `metrics` imports nothing of pixelrelay.
 
 #![forbid(unsafe_code)]
 

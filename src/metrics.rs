@@ -4,11 +4,12 @@
 //!
 //! Two kinds of series live here. Event series (sessions, transactions, upstream replies,
 //! rewrite decisions, bytes, latencies) are incremented by the code that sees the event.
-//! Collected series (pixel hits, opens by device, store size) are copies of numbers another
-//! part already keeps exactly (the pixel listener's atomics, the store's lifetime counters);
-//! they are refreshed from their source at each scrape instead of being counted twice.
+//! Collected series (pixel hits, opens by device and verdict, store size, index lag, webhook
+//! deliveries) are copies of numbers another part already keeps exactly; the admin listener
+//! gathers them into a [`Snapshot`] at each scrape instead of their being counted twice.
 //!
-//! This module knows no SMTP or HTTP; callers hand it plain outcomes.
+//! A leaf: it imports nothing of pixelrelay, knows no SMTP, HTTP or storage; callers hand it
+//! plain outcomes and snapshots.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -40,11 +41,45 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::http::pixel::PixelCounters;
-use crate::ingest::Ingest;
-
 /// Label pairs of one series.
 type Labels = Vec<(&'static str, String)>;
+
+/// What a scrape shows from outside this registry, gathered by the admin listener from the
+/// pixel counters, the store, ingest and the notifier, and handed to [`Metrics::render`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Pixel hits with a valid token.
+    pub pixel_valid: u64,
+    /// Pixel hits with a forged, malformed or unknown token.
+    pub pixel_invalid: u64,
+    /// Valid hits that could not be recorded.
+    pub pixel_store_errors: u64,
+    /// Opens per device: (device, opens, of which machine).
+    pub opens_by_device: Vec<(String, u64, u64)>,
+    /// Opens per kind and machine reason: (kind, reason, opens).
+    pub verdicts: Vec<(&'static str, String, u64)>,
+    /// Bytes on disk, if known.
+    pub store_size: Option<u64>,
+    /// Journal bytes not yet indexed.
+    pub index_lag: u64,
+    /// Times the indexer paused.
+    pub index_pauses: u64,
+    /// Webhook delivery counts, when webhooks are configured.
+    pub webhooks: Option<WebhookCounts>,
+}
+
+/// Webhook delivery counts (lifetime) and the rows waiting now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookCounts {
+    /// Deliveries answered 2xx.
+    pub delivered: u64,
+    /// Attempts that failed and will be retried.
+    pub failed_attempts: u64,
+    /// Events moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Rows waiting.
+    pub pending: u64,
+}
 
 /// The registry and every series in it. Shared as `Arc<Metrics>`; all updates are lock-free.
 pub struct Metrics {
@@ -365,70 +400,54 @@ impl Metrics {
         self.follow_lagged.inc();
     }
 
-    /// Copies the notifier's counters in before a scrape.
-    pub fn set_webhooks(&self, s: &crate::notify::MetricsSnapshot) {
-        for (result, n) in [
-            ("delivered", s.delivered),
-            ("failed_attempt", s.failed_attempts),
-            ("dead_lettered", s.dead_lettered),
-        ] {
-            self.webhooks
-                .get_or_create(&vec![("result", result.to_string())])
+    /// The exposition text, after copying in the series collected from elsewhere.
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let counter = |family: &Family<Labels, Counter>, labels: Labels, n: u64| {
+            family
+                .get_or_create(&labels)
                 .inner()
-                .store(n, Ordering::Relaxed);
-        }
-        self.webhook_pending
-            .set(i64::try_from(s.pending).unwrap_or(i64::MAX));
-    }
-
-    /// The exposition text, after refreshing the collected series from their sources.
-    pub fn render(&self, pixel: &PixelCounters, ingest: &Ingest) -> String {
-        let store = ingest.store();
+                .store(n, Ordering::Relaxed)
+        };
         for (result, n) in [
-            ("valid", &pixel.valid),
-            ("invalid", &pixel.invalid),
-            ("store_error", &pixel.store_errors),
+            ("valid", snap.pixel_valid),
+            ("invalid", snap.pixel_invalid),
+            ("store_error", snap.pixel_store_errors),
         ] {
-            self.pixel_requests
-                .get_or_create(&vec![("result", result.to_string())])
-                .inner()
-                .store(n.load(Ordering::Relaxed), Ordering::Relaxed);
+            counter(
+                &self.pixel_requests,
+                vec![("result", result.to_string())],
+                n,
+            );
         }
-        let stats = store.stats();
-        for (device, c) in &stats.counters.by_device {
-            for (machine, n) in [("false", c.opens - c.machine), ("true", c.machine)] {
-                self.opens
-                    .get_or_create(&vec![
-                        ("device", device.clone()),
-                        ("machine", machine.to_string()),
-                    ])
-                    .inner()
-                    .store(n, Ordering::Relaxed);
+        for (device, opens, machine) in &snap.opens_by_device {
+            for (flag, n) in [("false", opens - machine), ("true", *machine)] {
+                let labels = vec![("device", device.clone()), ("machine", flag.to_string())];
+                counter(&self.opens, labels, n);
             }
         }
-        let kinds = [
-            ("person", String::new(), stats.direct_opens),
-            ("proxied", String::new(), stats.counters.proxied_opens),
-        ];
-        let reasons = stats
-            .counters
-            .by_reason
-            .iter()
-            .map(|(r, n)| ("machine", r.clone(), *n));
-        for (kind, reason, n) in kinds.into_iter().chain(reasons) {
-            self.verdicts
-                .get_or_create(&vec![("kind", kind.to_string()), ("reason", reason)])
-                .inner()
-                .store(n, Ordering::Relaxed);
+        for (kind, reason, n) in &snap.verdicts {
+            let labels = vec![("kind", kind.to_string()), ("reason", reason.clone())];
+            counter(&self.verdicts, labels, *n);
         }
-        if let Ok(size) = store.size_on_disk() {
+        if let Some(size) = snap.store_size {
             self.store_size.set(i64::try_from(size).unwrap_or(i64::MAX));
         }
         self.index_lag
-            .set(i64::try_from(ingest.index_lag_bytes()).unwrap_or(i64::MAX));
+            .set(i64::try_from(snap.index_lag).unwrap_or(i64::MAX));
         self.index_pauses
             .inner()
-            .store(ingest.index_pauses(), Ordering::Relaxed);
+            .store(snap.index_pauses, Ordering::Relaxed);
+        if let Some(w) = &snap.webhooks {
+            for (result, n) in [
+                ("delivered", w.delivered),
+                ("failed_attempt", w.failed_attempts),
+                ("dead_lettered", w.dead_lettered),
+            ] {
+                counter(&self.webhooks, vec![("result", result.to_string())], n);
+            }
+            self.webhook_pending
+                .set(i64::try_from(w.pending).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail; an error would only mean a bad metric name.
         if let Err(e) = encode(&mut out, &self.registry) {
@@ -449,18 +468,15 @@ mod tests {
         m.upstream_reply("rcpt", 250);
         m.transaction("tracked", 250, 100, Duration::from_millis(3));
         m.transaction("no_html", 451, 100, Duration::from_millis(3));
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::StoreConfig {
-            path: dir.path().join("db"),
-            subjects: false,
-            anonymize_ip: false,
-            retention_days: 0,
-            flush_interval: Duration::from_millis(500),
-            open_log: None,
+        let snap = Snapshot {
+            verdicts: vec![("machine", "apple-mpp".into(), 4)],
+            webhooks: Some(WebhookCounts {
+                delivered: 7,
+                ..WebhookCounts::default()
+            }),
+            ..Snapshot::default()
         };
-        let store = crate::store::Store::open(&cfg).unwrap();
-        let ingest = Ingest::open(store).unwrap();
-        let text = m.render(&PixelCounters::default(), &ingest);
+        let text = m.render(&snap);
         for want in [
             "pixelrelay_smtp_sessions_total 1",
             "pixelrelay_upstream_replies_total{stage=\"rcpt\",class=\"2xx\"} 1",
@@ -470,6 +486,8 @@ mod tests {
             "pixelrelay_relayed_bytes_total 100",
             "pixelrelay_relay_duration_seconds_count 2",
             "pixelrelay_pixel_requests_total{result=\"valid\"} 0",
+            "pixelrelay_open_verdicts_total{kind=\"machine\",reason=\"apple-mpp\"} 4",
+            "pixelrelay_webhook_events_total{result=\"delivered\"} 7",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -237,18 +237,11 @@ fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<AdminBody
         }
         "/api/v1/opens" => opens(state, &query),
         "/api/v1/stats" => json(StatusCode::OK, &state.store.stats()),
-        "/metrics" => {
-            if let Some(n) = &state.notifier {
-                state.metrics.set_webhooks(&n.metrics());
-            }
-            Ok(text(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                state
-                    .metrics
-                    .render(&state.pixel.counters, &state.pixel.ingest),
-            ))
-        }
+        "/metrics" => Ok(text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.render(&metrics_snapshot(state)),
+        )),
         "/api/v1/webhooks/pending" => webhook_rows(state, &query, false),
         "/api/v1/webhooks/dead" => webhook_rows(state, &query, true),
         p => match p.strip_prefix("/api/v1/messages/") {
@@ -514,5 +507,50 @@ mod tests {
         let b: [u8; 32] = Sha256::digest(b"secreT").into();
         assert!(constant_time_eq(&a, &a));
         assert!(!constant_time_eq(&a, &b));
+    }
+}
+
+/// What `/metrics` shows from the pixel counters, the store, ingest and the notifier.
+fn metrics_snapshot(state: &AdminState) -> crate::metrics::Snapshot {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &state.pixel.counters;
+    let ingest = &state.pixel.ingest;
+    let stats = state.store.stats();
+    let verdicts = [
+        ("person", String::new(), stats.direct_opens),
+        ("proxied", String::new(), stats.counters.proxied_opens),
+    ]
+    .into_iter()
+    .chain(
+        stats
+            .counters
+            .by_reason
+            .iter()
+            .map(|(r, n)| ("machine", r.clone(), *n)),
+    )
+    .collect();
+    crate::metrics::Snapshot {
+        pixel_valid: c.valid.load(Relaxed),
+        pixel_invalid: c.invalid.load(Relaxed),
+        pixel_store_errors: c.store_errors.load(Relaxed),
+        opens_by_device: stats
+            .counters
+            .by_device
+            .iter()
+            .map(|(d, o)| (d.clone(), o.opens, o.machine))
+            .collect(),
+        verdicts,
+        store_size: state.store.size_on_disk().ok(),
+        index_lag: ingest.index_lag_bytes(),
+        index_pauses: ingest.index_pauses(),
+        webhooks: state.notifier.as_ref().map(|n| {
+            let m = n.metrics();
+            crate::metrics::WebhookCounts {
+                delivered: m.delivered,
+                failed_attempts: m.failed_attempts,
+                dead_lettered: m.dead_lettered,
+                pending: m.pending,
+            }
+        }),
     }
 }

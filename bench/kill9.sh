@@ -54,4 +54,29 @@ dups=$(( $(wc -l < "$W/at_sink.txt") - $(sort -u "$W/at_sink.txt" | wc -l) ))
 echo "kill -9 count: $kills"
 echo "accepted by client: $(wc -l < "$W/accepted.sorted")   at sink (unique): $(sort -u "$W/at_sink.txt" | wc -l)"
 echo "accepted but lost: $lost   duplicates at sink: $dups"
+# Every message the sink received must have its record in the restarted relay's store (the
+# record is journaled before the upstream sees the message). The admin API waits for the index.
+wait_port "$ADMIN"
+python3 - "$ADMIN" "$W/relay/data/admin.token" "$W/at_sink.txt" > "$W/records.txt" <<'PY'
+import json, sys, urllib.request
+port, token_file, sink = sys.argv[1], sys.argv[2], sys.argv[3]
+token = open(token_file).read().strip()
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+seen, cursor = set(), None
+while True:
+    url = f"http://127.0.0.1:{port}/api/v1/messages?limit=1000" + (f"&cursor={cursor}" if cursor else "")
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    page = json.load(opener.open(req, timeout=30))
+    seen.update(m["message_id"] for m in page["items"] if m.get("message_id"))
+    cursor = page.get("next_cursor")
+    if not cursor:
+        break
+at_sink = set(l.strip() for l in open(sink) if l.strip())
+missing = sorted(at_sink - seen)
+print(f"records in the store: {len(seen)}   received by the sink without a record: {len(missing)}")
+for m in missing[:5]:
+    print("  missing:", m)
+PY
+cat "$W/records.txt"
+grep -q "without a record: 0$" "$W/records.txt"
 [ "$lost" -eq 0 ]

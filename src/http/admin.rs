@@ -481,35 +481,6 @@ pub(super) fn text(
     r
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_and_times() {
-        let q = parse_query("rcpt=bob%40example.net&x=a+b&bad=%zz&cut=%4");
-        assert_eq!(q["rcpt"], "bob@example.net");
-        assert_eq!(q["x"], "a b");
-        assert_eq!(q["bad"], "%zz");
-        assert_eq!(q["cut"], "%4");
-        assert_eq!(parse_time("1000"), Some(1000));
-        assert_eq!(parse_time("1970-01-02"), Some(86_400_000));
-        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1000));
-        assert_eq!(parse_time("1970-01-01T00:00:01.500Z"), Some(1500));
-        assert_eq!(parse_time("yesterday"), None);
-        assert_eq!(truthy("TRUE"), Some(true));
-        assert_eq!(truthy("maybe"), None);
-    }
-
-    #[test]
-    fn token_comparison() {
-        let a: [u8; 32] = Sha256::digest(b"secret").into();
-        let b: [u8; 32] = Sha256::digest(b"secreT").into();
-        assert!(constant_time_eq(&a, &a));
-        assert!(!constant_time_eq(&a, &b));
-    }
-}
-
 /// What `/metrics` shows from the pixel counters, the store, ingest and the notifier.
 fn metrics_snapshot(state: &AdminState) -> crate::metrics::Snapshot {
     use std::sync::atomic::Ordering::Relaxed;
@@ -552,5 +523,34 @@ fn metrics_snapshot(state: &AdminState) -> crate::metrics::Snapshot {
                 pending: m.pending,
             }
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_times() {
+        let q = parse_query("rcpt=bob%40example.net&x=a+b&bad=%zz&cut=%4");
+        assert_eq!(q["rcpt"], "bob@example.net");
+        assert_eq!(q["x"], "a b");
+        assert_eq!(q["bad"], "%zz");
+        assert_eq!(q["cut"], "%4");
+        assert_eq!(parse_time("1000"), Some(1000));
+        assert_eq!(parse_time("1970-01-02"), Some(86_400_000));
+        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(parse_time("1970-01-01T00:00:01.500Z"), Some(1500));
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(truthy("TRUE"), Some(true));
+        assert_eq!(truthy("maybe"), None);
+    }
+
+    #[test]
+    fn token_comparison() {
+        let a: [u8; 32] = Sha256::digest(b"secret").into();
+        let b: [u8; 32] = Sha256::digest(b"secreT").into();
+        assert!(constant_time_eq(&a, &a));
+        assert!(!constant_time_eq(&a, &b));
     }
 }

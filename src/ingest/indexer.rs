@@ -17,6 +17,7 @@
 //! dropped; a hit that cannot be decoded or committed is counted as a store error, logged, and
 //! skipped, so one bad record never stops the index.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -26,7 +27,9 @@ use super::hit::Hit;
 use super::journal::{Read, Reader};
 use super::pace::Pace;
 use super::{Ingest, WeakInner};
-use crate::store::{Delivery, MessageRecord, OpenHit, Position, PreparedOpen, StoreError};
+use crate::store::{
+    Delivery, MessageRecord, OpenContext, OpenHit, Position, PreparedOpen, StoreError,
+};
 use crate::token::MessageId;
 use crate::track::{OpenEvent, Proxy, classify};
 
@@ -178,8 +181,16 @@ fn index_hits(
     let anonymize = store.config().anonymize_ip;
     let mut prepared = Vec::with_capacity(hits.len());
     let mut ends = Vec::with_capacity(hits.len());
+    // A message opened several times in one batch is read from the store once.
+    let mut contexts: HashMap<MessageId, Option<OpenContext>> = HashMap::new();
     for (h, at) in hits {
-        match store.open_context(&h.message) {
+        let context = match contexts.get(&h.message) {
+            Some(c) => Ok(c.clone()),
+            None => store.open_context(&h.message).inspect(|c| {
+                contexts.insert(h.message, c.clone());
+            }),
+        };
+        match context {
             Ok(Some(ctx)) => {
                 let since = Duration::from_millis(h.at_ms.saturating_sub(ctx.sent_at()));
                 let classification = classify(

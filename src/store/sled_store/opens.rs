@@ -238,8 +238,12 @@ impl SledStore {
                     tracing::warn!(error = %e, "cannot append to store.open_log");
                 }
             }
-            // No receiver is fine: nobody is following.
-            let _ = inner.feed.send(event.clone());
+            // Cloned only for live followers. One that subscribes after this check reads the
+            // event from the store: it is committed, and followers read their backlog after
+            // subscribing.
+            if inner.feed.receiver_count() > 0 {
+                let _ = inner.feed.send(event.clone());
+            }
             result.push(Some(event));
         }
         Ok(result)

@@ -4,6 +4,8 @@
 //! The listener is bound before `serve` starts, so connections queue in the backlog: no
 //! readiness wait is needed. The client is a raw `TcpStream` so tests control every byte.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pixelrelay::config::{HttpConfig, StoreConfig};
 use pixelrelay::http::pixel::{GIF, PixelState, serve};
 use pixelrelay::shutdown::{self, ShutdownTrigger};
-use pixelrelay::store::{Delivery, MessageRecord, Store, now_ms};
+use pixelrelay::store::{Store, now_ms};
 use pixelrelay::token::{MessageId, Purpose, TokenKey};
 use pixelrelay::track::Device;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -84,33 +86,8 @@ async fn start(http: HttpConfig, anonymize_ip: bool) -> Server {
 impl Server {
     /// A delivered, tracked message; `sent_ago_ms` before now.
     fn message(&self, rcpt: &str, sent_ago_ms: u64) -> (MessageId, String) {
-        let id = MessageId::random();
-        let at = now_ms() - sent_ago_ms;
         let store = self.state.ingest.store();
-        store
-            .record_message(&MessageRecord {
-                id,
-                queue_id: "Q".into(),
-                at_ms: at - 100,
-                sender: "news@example.com".into(),
-                recipients: vec![rcpt.into()],
-                message_id: Some("<m1@example.com>".into()),
-                subject: Some("Hi".into()),
-                size: 10,
-                tracked: true,
-                skip_reason: None,
-            })
-            .unwrap();
-        store
-            .finish_message(
-                &id,
-                &Delivery {
-                    accepted: true,
-                    reply: "250 ok".into(),
-                    at_ms: at,
-                },
-            )
-            .unwrap();
+        let id = common::delivered_message(store, rcpt, now_ms() - sent_ago_ms);
         (id, self.state.key.mint(Purpose::Open, &id))
     }
 

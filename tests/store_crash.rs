@@ -40,21 +40,37 @@ fn id(n: u64) -> MessageId {
     MessageId(b)
 }
 
-fn write_one(s: &Store, n: u64) {
-    let at = 1_795_493_183_000 + n;
-    s.record_message(&MessageRecord {
+/// Message number `n`'s record, received at `at_ms`.
+fn record(n: u64, at_ms: u64, subject: Option<String>) -> MessageRecord {
+    MessageRecord {
         id: id(n),
         queue_id: format!("Q{n}"),
-        at_ms: at,
+        at_ms,
         sender: "news@example.com".into(),
         recipients: vec![format!("r{n}@example.net")],
         message_id: None,
-        subject: Some(format!("subject {n}")),
+        subject,
         size: 100,
         tracked: true,
         skip_reason: None,
-    })
-    .unwrap();
+    }
+}
+
+/// Runs this test binary's `child` test with `env` pointing at `dir`; its stdout piped.
+fn spawn_child(child: &str, env: &str, dir: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", child, "--nocapture", "--test-threads=1"])
+        .env(env, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn write_one(s: &Store, n: u64) {
+    let at = 1_795_493_183_000 + n;
+    s.record_message(&record(n, at, Some(format!("subject {n}"))))
+        .unwrap();
     let hit = OpenHit {
         at_ms: at + 10,
         ip: IpAddr::from([192, 0, 2, 1]),
@@ -95,14 +111,7 @@ fn crash_child() {
 #[test]
 fn kill_9_loses_at_most_the_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env(ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child("crash_child", ENV, dir.path());
     let stdout = child.stdout.take().unwrap();
     let mut synced = false;
     for line in BufReader::new(stdout).lines() {
@@ -182,19 +191,8 @@ fn journal_crash_child() {
     let s = Store::open(&cfg(Path::new(&dir))).unwrap();
     let ingest = Ingest::open(s.clone()).unwrap();
     for n in 0..MESSAGES {
-        s.record_message(&MessageRecord {
-            id: id(n),
-            queue_id: format!("Q{n}"),
-            at_ms: 1_795_493_183_000,
-            sender: "news@example.com".into(),
-            recipients: vec![format!("r{n}@example.net")],
-            message_id: None,
-            subject: None,
-            size: 100,
-            tracked: true,
-            skip_reason: None,
-        })
-        .unwrap();
+        s.record_message(&record(n, 1_795_493_183_000, None))
+            .unwrap();
     }
     s.flush_blocking().unwrap();
     let mut out = std::io::stdout();
@@ -216,19 +214,7 @@ fn journal_crash_child() {
 #[test]
 fn kill_9_loses_no_pixel_hit_older_than_the_journal_linger() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "journal_crash_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HITS_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child("journal_crash_child", HITS_ENV, dir.path());
     let stdout = child.stdout.take().unwrap();
     let mut journaled = 0;
     for line in BufReader::new(stdout).lines() {
@@ -290,18 +276,7 @@ fn records_crash_child() {
     writeln!(out).unwrap();
     for n in 0.. {
         ingest
-            .journal_message(&MessageRecord {
-                id: id(n),
-                queue_id: format!("Q{n}"),
-                at_ms: 1_795_493_183_000 + n,
-                sender: "news@example.com".into(),
-                recipients: vec![format!("r{n}@example.net")],
-                message_id: None,
-                subject: None,
-                size: 100,
-                tracked: true,
-                skip_reason: None,
-            })
+            .journal_message(&record(n, 1_795_493_183_000 + n, None))
             .unwrap();
         // Only now would the relay hand the message upstream.
         writeln!(out, "RECORDED {n}").unwrap();
@@ -312,19 +287,7 @@ fn records_crash_child() {
 #[test]
 fn kill_9_loses_no_message_record_once_journaled() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "records_crash_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(RECORDS_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child("records_crash_child", RECORDS_ENV, dir.path());
     let stdout = child.stdout.take().unwrap();
     let mut recorded = None;
     for line in BufReader::new(stdout).lines() {

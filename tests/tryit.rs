@@ -43,15 +43,6 @@ fn shipped_config(dir: &Path) -> (std::path::PathBuf, u16) {
     (path, http)
 }
 
-fn pixelrelay(args: &[&str], config: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_pixelrelay"))
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn log_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -65,7 +56,7 @@ async fn try_it_with_swaks_chromium_tail_and_the_open_log() {
     let Some(swaks) = need("swaks") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (config, _) = shipped_config(dir.path());
-    let check = pixelrelay(&["check-config"], &config);
+    let check = pixelrelay_cli(&["check-config"], &config);
     assert!(check.status.success());
     assert!(String::from_utf8_lossy(&check.stdout).contains("CAPTURE mode"));
     let relay = Proc::serve(&config);
@@ -126,7 +117,7 @@ async fn try_it_with_swaks_chromium_tail_and_the_open_log() {
         log_lines(&log).len() == 1
     })
     .await;
-    let tail = pixelrelay(&["tail", "--json", "-n", "5"], &config);
+    let tail = pixelrelay_cli(&["tail", "--json", "-n", "5"], &config);
     assert!(
         tail.status.success(),
         "{}",

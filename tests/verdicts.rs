@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{have_mmdb_writer, write_mmdb};
+use common::{delivered_message, have_mmdb_writer, write_mmdb};
 use pixelrelay::config::Config;
 use pixelrelay::evidence::{Evidence, EvidenceSource};
 use pixelrelay::http::pixel::{PixelState, serve};
 use pixelrelay::shutdown;
-use pixelrelay::store::{Delivery, MessageRecord, Store, now_ms};
+use pixelrelay::store::{Store, now_ms};
 use pixelrelay::token::{MessageId, Purpose, TokenKey};
 use pixelrelay::track::Windows;
 use serde::Deserialize;
@@ -97,32 +97,7 @@ path = "db"
 
 /// A tracked message handed upstream `delay` seconds ago; returns its id and pixel token.
 fn message(store: &Store, key: &TokenKey, delay: u64) -> (MessageId, String) {
-    let id = MessageId::random();
-    let at = now_ms() - delay * 1000;
-    store
-        .record_message(&MessageRecord {
-            id,
-            queue_id: "Q".into(),
-            at_ms: at - 100,
-            sender: "news@example.com".into(),
-            recipients: vec!["bob@example.net".into()],
-            message_id: None,
-            subject: None,
-            size: 10,
-            tracked: true,
-            skip_reason: None,
-        })
-        .unwrap();
-    store
-        .finish_message(
-            &id,
-            &Delivery {
-                accepted: true,
-                reply: "250 ok".into(),
-                at_ms: at,
-            },
-        )
-        .unwrap();
+    let id = delivered_message(store, "bob@example.net", now_ms() - delay * 1000);
     (id, key.mint(Purpose::Open, &id))
 }
 

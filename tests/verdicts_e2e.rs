@@ -203,18 +203,9 @@ anonymize_ip = true
     relay.stop().await;
 }
 
-fn pixelrelay(args: &[&str], config: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_pixelrelay"))
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 /// `pixelrelay tail --json`: the stored opens, oldest first.
 fn stored_opens(config: &Path) -> Vec<Value> {
-    let out = pixelrelay(&["tail", "--json", "-n", "10"], config);
+    let out = pixelrelay_cli(&["tail", "--json", "-n", "10"], config);
     assert!(
         out.status.success(),
         "{}",
@@ -260,7 +251,7 @@ listen = "127.0.0.1:{admin}"
         ),
     )
     .unwrap();
-    let check = pixelrelay(&["check-config"], &config);
+    let check = pixelrelay_cli(&["check-config"], &config);
     assert!(check.status.success());
     assert!(
         String::from_utf8_lossy(&check.stdout).contains("1 network prefixes from 1 catalogue"),

@@ -885,3 +885,45 @@ pub fn write_mmdb(out: &Path, kind: &str, rows: &[&str]) {
         .expect("run perl");
     assert!(status.success(), "mmdb.pl {kind} failed");
 }
+
+/// `pixelrelay -c CONFIG ARGS...`, run to completion.
+pub fn pixelrelay_cli(args: &[&str], config: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pixelrelay"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A tracked message to `rcpt` (subject "Hi"), recorded straight in the store as handed
+/// upstream at `sent_at` (ms since the epoch); its id.
+pub fn delivered_message(
+    store: &pixelrelay::store::Store,
+    rcpt: &str,
+    sent_at: u64,
+) -> pixelrelay::token::MessageId {
+    use pixelrelay::store::{Delivery, MessageRecord};
+    let id = pixelrelay::token::MessageId::random();
+    store
+        .record_message(&MessageRecord {
+            id,
+            queue_id: "Q".into(),
+            at_ms: sent_at - 100,
+            sender: "news@example.com".into(),
+            recipients: vec![rcpt.into()],
+            message_id: Some("<m1@example.com>".into()),
+            subject: Some("Hi".into()),
+            size: 10,
+            tracked: true,
+            skip_reason: None,
+        })
+        .unwrap();
+    let delivery = Delivery {
+        accepted: true,
+        reply: "250 ok".into(),
+        at_ms: sent_at,
+    };
+    store.finish_message(&id, &delivery).unwrap();
+    id
+}

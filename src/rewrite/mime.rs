@@ -6,42 +6,15 @@
 //! range (mail-parser's `offset_body..offset_end`, still encoded), transfer encoding and
 //! charset. Parts inside a `message/rfc822` are never chosen: they belong to another message,
 //! and their offsets may point into a decoded copy rather than the bytes we forward.
-//! The fast path is `scan.rs`, which answers from header fields and boundary lines and hands
-//! anything it cannot be sure of to the full parse here.
+//! The fast path is `scan.rs`, which answers from header fields and boundary lines; what it
+//! cannot be sure of comes here (`super::find_html` chooses).
 //! Does not own decoding or placement. The parsed tree is dropped before the caller allocates
 //! its output, so the parser's copies and ours are never alive together.
-
-use std::ops::Range;
 
 use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
 use super::SkipReason;
-
-/// Content-Transfer-Encoding of the chosen part, as far as the rewrite cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cte {
-    /// 7bit, 8bit, binary or none: the body is the decoded text.
-    Raw,
-    /// quoted-printable.
-    QuotedPrintable,
-    /// base64.
-    Base64,
-}
-
-/// The part that gets the pixel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HtmlPart {
-    /// Encoded body, as offsets into the message.
-    pub body: Range<usize>,
-    /// How the body is encoded.
-    pub cte: Cte,
-}
-
-/// Finds the part to rewrite, or the reason there is none: by the structure-only scan
-/// (`scan.rs`) when it can be sure, else by mail-parser's full parse.
-pub fn find_html(msg: &[u8]) -> Result<HtmlPart, SkipReason> {
-    super::scan::find_html(msg).unwrap_or_else(|| find_html_parsed(msg))
-}
+use super::part::{Cte, HtmlPart, ascii_compatible};
 
 /// [`find_html`] by mail-parser's full parse alone: the slow path, and the oracle the scan is
 /// tested against.
@@ -155,35 +128,6 @@ fn first_html<'m>(msg: &'m Message<'m>) -> Option<&'m MessagePart<'m>> {
     None
 }
 
-/// False for charsets in which ASCII markup is not the same bytes (UTF-16/32, UCS-2/4, UTF-7,
-/// EBCDIC code pages), where inserting `<img …>` would corrupt the text.
-pub fn ascii_compatible(charset: &str) -> bool {
-    let c = charset.trim().trim_matches('"').to_ascii_lowercase();
-    let c = c.replace('_', "-");
-    let bad_prefixes = [
-        "utf-16", "utf16", "utf-32", "utf32", "ucs-2", "ucs2", "ucs-4", "ucs4", "utf-7", "utf7",
-    ];
-    let bad_exact = [
-        "unicode",
-        "unicodefffe",
-        "iso-10646-ucs-2",
-        "iso-10646-ucs-4",
-        "csunicode",
-        "csucs4",
-        "ibm037",
-        "cp037",
-        "ibm500",
-        "cp500",
-        "ibm1026",
-        "cp1026",
-        "ibm1047",
-        "cp1047",
-    ];
-    !(bad_prefixes.iter().any(|p| c.starts_with(p))
-        || bad_exact.contains(&c.as_str())
-        || c.starts_with("ebcdic"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,12 +162,12 @@ mod tests {
     #[test]
     fn offsets_point_at_the_encoded_body() {
         let m = b"Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nplain\r\n--b\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<p>a=3Db</p>\r\n--b--\r\n";
-        let part = find_html(m);
+        let part = find_html_parsed(m);
         let Ok(part) = part else { panic!("{part:?}") };
         assert_eq!(&m[part.body.clone()], b"<p>a=3Db</p>");
         assert_eq!(part.cte, Cte::QuotedPrintable);
         let single = b"Content-Type: text/html\r\n\r\n<p>x</p>\r\n";
-        let Ok(part) = find_html(single) else {
+        let Ok(part) = find_html_parsed(single) else {
             panic!()
         };
         assert_eq!(&single[part.body], b"<p>x</p>\r\n");

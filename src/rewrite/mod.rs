@@ -43,6 +43,7 @@ mod b64;
 mod headers;
 mod html;
 mod mime;
+mod part;
 mod qp;
 mod raw;
 mod scan;
@@ -295,6 +296,12 @@ impl Checks<'_> {
 }
 
 /// The lowercase domain of an address (`user@Example.COM.` → `example.com`); empty when none.
+/// Finds the part to rewrite, or the reason there is none: by the structure-only scan
+/// (`scan.rs`) when it can be sure, else by mail-parser's full parse (`mime.rs`).
+fn find_html(msg: &[u8]) -> Result<part::HtmlPart, SkipReason> {
+    scan::find_html(msg).unwrap_or_else(|| mime::find_html_parsed(msg))
+}
+
 fn domain(addr: &str) -> String {
     let a = addr.trim().trim_start_matches('<').trim_end_matches('>');
     a.rsplit_once('@')
@@ -338,12 +345,12 @@ fn insert(
     pixel_url: &str,
     pixel_prefix: &str,
 ) -> Result<Vec<u8>, SkipReason> {
-    let part = mime::find_html(msg)?;
+    let part = find_html(msg)?;
     let body = &msg[part.body.clone()];
     let decoded: Cow<'_, [u8]> = match part.cte {
-        mime::Cte::Raw => Cow::Borrowed(body),
-        mime::Cte::QuotedPrintable => Cow::Owned(qp::decode(body)),
-        mime::Cte::Base64 => Cow::Owned(b64::decode(body).ok_or(SkipReason::Unparseable)?),
+        part::Cte::Raw => Cow::Borrowed(body),
+        part::Cte::QuotedPrintable => Cow::Owned(qp::decode(body)),
+        part::Cte::Base64 => Cow::Owned(b64::decode(body).ok_or(SkipReason::Unparseable)?),
     };
     if decoded.starts_with(b"\xfe\xff")
         || decoded.starts_with(b"\xff\xfe")
@@ -359,7 +366,7 @@ fn insert(
     // Only the base64 splice reads the decoded text again; free a QP copy before the output
     // buffer is allocated, so at most one message-sized buffer is added to the input.
     // (Shadowing alone would keep the old buffer alive to the end of the function.)
-    let decoded = if part.cte == mime::Cte::Base64 {
+    let decoded = if part.cte == part::Cte::Base64 {
         decoded
     } else {
         drop(decoded);
@@ -371,13 +378,13 @@ fn insert(
     let mut out = Vec::with_capacity(msg.len() + 2 * markup.len() + 16);
     headers::copy_without(&msg[..part.body.start], doomed, &mut out);
     match part.cte {
-        mime::Cte::Raw => raw::splice(body, p, &markup, nl, &mut out),
-        mime::Cte::QuotedPrintable => {
+        part::Cte::Raw => raw::splice(body, p, &markup, nl, &mut out),
+        part::Cte::QuotedPrintable => {
             if !qp::splice(body, total, p, &markup, nl, &mut out) {
                 return Err(SkipReason::Unparseable);
             }
         }
-        mime::Cte::Base64 => b64::splice(body, &decoded, p, &markup, nl, &mut out),
+        part::Cte::Base64 => b64::splice(body, &decoded, p, &markup, nl, &mut out),
     }
     out.extend_from_slice(&msg[part.body.end..]);
     Ok(out)

@@ -1,4 +1,4 @@
-//! Structure-only MIME scan: the hot path of [`super::mime::find_html`].
+//! Structure-only MIME scan: the hot path of [`super::find_html`].
 //!
 //! Owns reading the MIME tree from header fields and boundary lines alone (no body is decoded,
 //! nothing is allocated per body byte: one `memmem` pass per multipart level), and the answer to
@@ -32,7 +32,7 @@ use mail_parser::MessageParser;
 use memchr::memmem;
 
 use super::SkipReason;
-use super::mime::{Cte, HtmlPart, ascii_compatible};
+use super::part::{Cte, HtmlPart, ascii_compatible};
 
 /// Deeper trees go to mail-parser.
 const MAX_DEPTH: usize = 24;

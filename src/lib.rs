@@ -17,8 +17,8 @@
 //! upstream.rs     SMTP client to the smarthost: TLS, AUTH, timeouts, connection pool
 //! capture.rs      try-it mode: deliver into a folder instead of a smarthost
 //! relay.rs        where the stages meet: session backend -> rewrite -> record -> upstream
-//! rewrite/        pure: pick the HTML part (scan, mime), insert the pixel (html), re-encode
-//!                 (qp, b64, raw), headers; splice it back
+//! rewrite/        pure: pick the HTML part (scan, else mime; part: what both report), insert
+//!                 the pixel (html), re-encode (qp, b64, raw), headers; splice it back
 //! token.rs        pure: mint and verify pixel tokens
 //! track/          pure: classify a pixel hit (classify: client, device, proxy, machine),
 //!                 the network catalogue's longest-prefix lookups (networks), the open event
@@ -30,8 +30,8 @@
 //!                 sled_store/ is the sled backend (messages, opens, outbox, retention)
 //! openlog.rs      the JSON-lines open log (reopened on SIGHUP)
 //! http/           the accept loop both listeners share (serve), the pixel listener (pixel,
-//!                 client_ip: the address behind trusted proxies), the admin listener (admin:
-//!                 API, follow stream, dashboard)
+//!                 client_ip: the address behind trusted proxies), the admin listener (admin/:
+//!                 routes, state, respond, follow stream, dashboard)
 //! metrics.rs      a leaf: the Prometheus registry, rendered from snapshots handed to it
 //! notify/         webhooks: signed delivery of the store's outbox, retries, dead letters
 //! server.rs       wires everything together for `pixelrelay serve`

@@ -29,7 +29,8 @@ use hyper::header::{self, HeaderValue};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 
-use super::admin::{AdminBody, AdminState, ApiResult, bad};
+use super::respond::{AdminBody, ApiResult, bad};
+use super::state::AdminState;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::track::{OpenEvent, format_rfc3339_ms};
@@ -40,8 +41,6 @@ const BACKLOG_BATCH: usize = 500;
 const STREAM_BUFFER: usize = 64;
 /// How long the end line may wait for a slow client at shutdown.
 const END_LINE_WAIT: Duration = Duration::from_secs(1);
-/// Heartbeat interval of the follow stream.
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Starts a follow stream (see the module docs).
 pub(super) fn start(state: &Arc<AdminState>, since: Option<&str>) -> ApiResult {

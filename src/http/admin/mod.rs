@@ -35,31 +35,27 @@
 //!
 //! The follow stream (`GET /api/v1/opens?follow=1`) is in `follow`, the page in `dashboard`.
 
+mod dashboard;
+mod follow;
+mod respond;
+mod state;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
-use super::pixel::PixelState;
 use super::serve::Limits;
-use super::{dashboard, follow};
-use crate::metrics::Metrics;
-use crate::notify::Notifier;
-use crate::shutdown::Shutdown;
-use crate::store::{MessageFilter, Store, StoreError};
+use crate::store::MessageFilter;
 use crate::token::MessageId;
 use crate::track::parse_rfc3339_ms;
+use respond::{AdminBody, ApiError, ApiResult, bad, error, json, text, unauthorized};
+pub use state::{AdminState, HEARTBEAT};
 
 /// Most simultaneous admin connections (each follower holds one).
 const MAX_CONNECTIONS: usize = 256;
@@ -71,72 +67,6 @@ const DEFAULT_LIMIT: usize = 50;
 const CATCH_UP: Duration = Duration::from_secs(2);
 /// Largest page size.
 const MAX_LIMIT: usize = 1000;
-
-/// What the admin listener needs.
-pub struct AdminState {
-    /// Messages, opens, totals, live feed.
-    pub store: Store,
-    /// SHA-256 of the admin token.
-    token_hash: [u8; 32],
-    /// The registry `/metrics` renders.
-    pub metrics: Arc<Metrics>,
-    /// The pixel listener (its hit counters feed `/metrics`).
-    pub pixel: Arc<PixelState>,
-    /// Ends follow streams when the relay stops.
-    pub shutdown: Shutdown,
-    /// Heartbeat interval of follow streams ([`follow::HEARTBEAT`]; shorter in tests).
-    pub heartbeat: Duration,
-    /// Webhook outbox and dead letters (none when the listener runs without them).
-    pub notifier: Option<Arc<Notifier>>,
-}
-
-impl std::fmt::Debug for AdminState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminState")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AdminState {
-    /// State for a listener that accepts `token`.
-    pub fn new(
-        store: Store,
-        token: &[u8],
-        metrics: Arc<Metrics>,
-        pixel: Arc<PixelState>,
-        shutdown: Shutdown,
-    ) -> AdminState {
-        AdminState {
-            store,
-            token_hash: Sha256::digest(token).into(),
-            metrics,
-            pixel,
-            shutdown,
-            heartbeat: follow::HEARTBEAT,
-            notifier: None,
-        }
-    }
-
-    /// Whether the request carries the admin token.
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(v) = headers.get(header::AUTHORIZATION) else {
-            return false;
-        };
-        let v = v.as_bytes();
-        if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
-            return false;
-        }
-        let presented: [u8; 32] = Sha256::digest(v[7..].trim_ascii()).into();
-        constant_time_eq(&presented, &self.token_hash)
-    }
-}
-
-/// Compares two digests without an early exit.
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
 
 /// Serves the admin listener until `state.shutdown` fires; returns when every connection
 /// (follow streams included) has closed.
@@ -161,41 +91,6 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         }
     })
     .await;
-}
-
-/// A response body: a whole buffer, or the lines of a follow stream.
-pub enum AdminBody {
-    /// Sent at once.
-    Full(Option<Bytes>),
-    /// Chunks from the follower's task; ends when the task drops its sender.
-    Stream(mpsc::Receiver<Bytes>),
-}
-
-impl Body for AdminBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            AdminBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            AdminBody::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self, AdminBody::Full(None))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            AdminBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            AdminBody::Full(None) => SizeHint::with_exact(0),
-            AdminBody::Stream(_) => SizeHint::default(),
-        }
-    }
 }
 
 /// Routes one request.
@@ -301,29 +196,6 @@ fn retry_dead_letter(state: &AdminState, id: &str) -> Result<Response<AdminBody>
         ))
     }
 }
-
-/// An error answer: status and message.
-pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::BadCursor(c) => {
-                ApiError(StatusCode::BAD_REQUEST, format!("invalid cursor {c:?}"))
-            }
-            e => {
-                tracing::error!(error = %e, "admin API: store failure");
-                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store failure".into())
-            }
-        }
-    }
-}
-
-pub(super) fn bad(msg: String) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg)
-}
-
-pub(super) type ApiResult = Result<Response<AdminBody>, ApiError>;
 
 fn messages(state: &AdminState, q: &HashMap<String, String>) -> ApiResult {
     let limit = limit(q)?;
@@ -446,41 +318,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn unauthorized() -> Response<AdminBody> {
-    let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"pixelrelay admin\""),
-    );
-    r
-}
-
-fn error(status: StatusCode, msg: &str) -> Response<AdminBody> {
-    let body = serde_json::json!({ "error": msg }).to_string();
-    text(status, "application/json", body)
-}
-
-fn json<T: Serialize>(status: StatusCode, v: &T) -> ApiResult {
-    let body = serde_json::to_string(v).map_err(|e| {
-        tracing::error!(error = %e, "admin API: cannot encode");
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "encoding failure".into())
-    })?;
-    Ok(text(status, "application/json", body))
-}
-
-pub(super) fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-) -> Response<AdminBody> {
-    let mut r = Response::new(AdminBody::Full(Some(Bytes::from(body))));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
 /// What `/metrics` shows from the pixel counters, the store, ingest and the notifier.
 fn metrics_snapshot(state: &AdminState) -> crate::metrics::Snapshot {
     use std::sync::atomic::Ordering::Relaxed;
@@ -544,13 +381,5 @@ mod tests {
         assert_eq!(parse_time("yesterday"), None);
         assert_eq!(truthy("TRUE"), Some(true));
         assert_eq!(truthy("maybe"), None);
-    }
-
-    #[test]
-    fn token_comparison() {
-        let a: [u8; 32] = Sha256::digest(b"secret").into();
-        let b: [u8; 32] = Sha256::digest(b"secreT").into();
-        assert!(constant_time_eq(&a, &a));
-        assert!(!constant_time_eq(&a, &b));
     }
 }

@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use sha2::{Digest, Sha256};
 
-use super::admin::{AdminBody, text};
+use super::respond::{AdminBody, text};
 
 /// The dashboard template; `{{STYLE}}` and `{{SCRIPT}}` are filled from the sibling files so
 /// that their hashes can go into the Content-Security-Policy.

@@ -121,9 +121,19 @@ impl RelaySession {
     fn upstream_failed(&mut self, stage: &str, e: &UpstreamError) -> Reply {
         warn!(client = %self.peer, stage, error = %e, event = "upstream_error", "upstream failure");
         self.conn = None;
-        let r = e.client_reply();
+        let r = client_reply(e);
         self.failed = Some(r.clone());
         r
+    }
+}
+
+/// What the client hears when the upstream failed: always temporary, so its queue retries
+/// (the detail goes to the log, as Postfix's smtpd_proxy does).
+fn client_reply(e: &UpstreamError) -> Reply {
+    match e {
+        UpstreamError::Timeout(_) => reply::upstream_timeout(),
+        UpstreamError::Protocol(..) => reply::upstream_protocol_error(),
+        _ => reply::upstream_unavailable(),
     }
 }
 
@@ -166,7 +176,7 @@ impl Backend for RelaySession {
                     }
                     Err(e) => {
                         warn!(queue_id, client = %self.peer, error = %e, event = "upstream_error", "upstream unavailable at MAIL");
-                        e.client_reply()
+                        client_reply(&e)
                     }
                 }
             }

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{UpstreamConfig, UpstreamTarget, UpstreamTls, split_host_port};
-use crate::smtp::reply::{self, Reply};
+use crate::smtp::reply::Reply;
 
 /// Longest reply line accepted from the upstream.
 const MAX_REPLY_LINE: usize = 4096;
@@ -55,15 +55,6 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The reply the client gets: always temporary, so its queue retries.
-    pub fn client_reply(&self) -> Reply {
-        match self {
-            UpstreamError::Timeout(_) => reply::upstream_timeout(),
-            UpstreamError::Protocol(..) => reply::upstream_protocol_error(),
-            _ => reply::upstream_unavailable(),
-        }
-    }
-
     /// Whether a fresh connection might succeed where a pooled one failed.
     pub fn is_connection_failure(&self) -> bool {
         matches!(

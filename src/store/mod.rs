@@ -38,9 +38,6 @@ use crate::config::StoreConfig;
 use crate::token::MessageId;
 use crate::track::OpenEvent;
 
-pub use sled_store::{
-    OutboxItem, OutboxRow, OutboxVersion, PurgeReport, Subscription, outbox_key, parse_delivery_id,
-};
 pub use types::*;
 
 /// The wall clock in ms since the epoch (0 if the clock is before 1970).

@@ -367,3 +367,79 @@ impl PreparedOpen {
         &self.id
     }
 }
+
+// --- The webhook outbox -----------------------------------------------------------------
+
+/// Which events one endpoint subscribed to: what the store needs to write outbox rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// Stable endpoint id (see the module docs).
+    pub endpoint: u64,
+    /// Gets `open` events.
+    pub open: bool,
+    /// Gets `message` events.
+    pub message: bool,
+}
+
+/// One delivery as stored: the body to POST and its retry state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxRow {
+    /// The event's id (16 hex digits), also inside `body`.
+    pub event_id: String,
+    /// `open` or `message`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When the event happened (the age limit counts from here).
+    #[serde(rename = "created", with = "rfc3339_ms")]
+    pub created_ms: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not before this time (ms since the epoch) is the next attempt due.
+    #[serde(rename = "next_attempt", with = "rfc3339_ms")]
+    pub next_ms: u64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// The exact JSON body to POST.
+    pub body: String,
+}
+
+/// A row with its key, as listed for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxItem {
+    /// `endpoint ‖ seq` as 32 hex digits: what `Backend::retry_dead_letter` takes.
+    pub id: String,
+    /// The endpoint id (16 hex digits).
+    pub endpoint: String,
+    /// The row.
+    #[serde(flatten)]
+    pub row: OutboxRow,
+}
+
+/// Parses a 32-hex-digit delivery id.
+pub fn parse_delivery_id(id: &str) -> Option<(u64, u64)> {
+    if id.len() != 32 || !id.is_ascii() {
+        return None;
+    }
+    let e = u64::from_str_radix(&id[..16], 16).ok()?;
+    let s = u64::from_str_radix(&id[16..], 16).ok()?;
+    Some((e, s))
+}
+
+/// What the delivery workers watch: the last sequence committed and a counter bumped when a
+/// dead letter goes back into the outbox (rows behind the sequence: rescan).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxVersion {
+    /// Sequence of the newest row written.
+    pub last_seq: u64,
+    /// Bumped by `Backend::retry_dead_letter`.
+    pub retries: u64,
+}
+
+/// What one purge deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    /// Messages deleted.
+    pub messages: u64,
+    /// Opens deleted.
+    pub opens: u64,
+}

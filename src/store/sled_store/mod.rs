@@ -72,11 +72,6 @@ use crate::track::event::rfc3339_ms;
 use super::Backend;
 use super::types::*;
 
-pub use outbox::{
-    OutboxItem, OutboxRow, OutboxVersion, Subscription, outbox_key, parse_delivery_id,
-};
-pub use retention::PurgeReport;
-
 /// Fixed binary records: big-endian u64s back to back.
 fn put_u64s(vals: &[u64]) -> Vec<u8> {
     vals.iter().flat_map(|v| v.to_be_bytes()).collect()

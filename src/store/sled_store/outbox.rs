@@ -24,56 +24,12 @@
 //! pixel's transaction to one serialisation of the event and one insert per endpoint.
 
 use serde::Serialize;
+
+use crate::store::types::{OutboxItem, OutboxRow, OutboxVersion, Subscription, parse_delivery_id};
 use sled::transaction::TransactionalTree;
 use sled::{IVec, Transactional};
 
 use super::{SledStore, StoreError, TxResult, WriteState, abort, hex};
-use crate::track::event::rfc3339_ms;
-
-/// Which events one endpoint subscribed to: what the store needs to write outbox rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Subscription {
-    /// Stable endpoint id (see the module docs).
-    pub endpoint: u64,
-    /// Gets `open` events.
-    pub open: bool,
-    /// Gets `message` events.
-    pub message: bool,
-}
-
-/// One delivery as stored: the body to POST and its retry state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OutboxRow {
-    /// The event's id (16 hex digits), also inside `body`.
-    pub event_id: String,
-    /// `open` or `message`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// When the event happened (the age limit counts from here).
-    #[serde(rename = "created", with = "rfc3339_ms")]
-    pub created_ms: u64,
-    /// Failed attempts so far.
-    pub attempts: u32,
-    /// Not before this time (ms since the epoch) is the next attempt due.
-    #[serde(rename = "next_attempt", with = "rfc3339_ms")]
-    pub next_ms: u64,
-    /// Why the last attempt failed.
-    pub last_error: Option<String>,
-    /// The exact JSON body to POST.
-    pub body: String,
-}
-
-/// A row with its key, as listed for the admin API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OutboxItem {
-    /// `endpoint ‖ seq` as 32 hex digits: what [`SledStore::retry_dead_letter`] takes.
-    pub id: String,
-    /// The endpoint id (16 hex digits).
-    pub endpoint: String,
-    /// The row.
-    #[serde(flatten)]
-    pub row: OutboxRow,
-}
 
 /// `meta` key of the last event sequence number.
 pub(super) const LAST_EVENT: &[u8] = b"last_event";
@@ -149,16 +105,6 @@ fn split_key(k: &[u8]) -> Option<(u64, u64)> {
     (k.len() == 16).then(|| (u64::from_be_bytes(e), u64::from_be_bytes(s)))
 }
 
-/// Parses a 32-hex-digit delivery id.
-pub fn parse_delivery_id(id: &str) -> Option<(u64, u64)> {
-    if id.len() != 32 || !id.is_ascii() {
-        return None;
-    }
-    let e = u64::from_str_radix(&id[..16], 16).ok()?;
-    let s = u64::from_str_radix(&id[16..], 16).ok()?;
-    Some((e, s))
-}
-
 /// The event's JSON: `type` and `event_id`, then the event's own fields. An open event carries
 /// its own `type` (the follow stream shows it too), so the envelope leaves it to the event.
 #[derive(Serialize)]
@@ -217,16 +163,6 @@ pub(super) fn write_event<T: Serialize>(
         outbox.insert(&outbox_key(*endpoint, *last), value.as_slice())?;
     }
     Ok(targets.len())
-}
-
-/// What the delivery workers watch: the last sequence committed and a counter bumped when a
-/// dead letter goes back into the outbox (rows behind the sequence: rescan).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OutboxVersion {
-    /// Sequence of the newest row written.
-    pub last_seq: u64,
-    /// Bumped by [`SledStore::retry_dead_letter`].
-    pub retries: u64,
 }
 
 impl SledStore {

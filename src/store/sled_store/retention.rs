@@ -9,11 +9,11 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use serde::Serialize;
 use sled::Transactional;
 
 use super::{Inner, OPEN_ID_SHIFT, StoreError, decode_open_id};
 use crate::clock::now_ms;
+use crate::store::types::PurgeReport;
 use crate::token::MessageId;
 use crate::track::OpenEvent;
 
@@ -21,15 +21,6 @@ use crate::track::OpenEvent;
 const BATCH: usize = 512;
 /// How often the background task runs.
 const EVERY: Duration = Duration::from_secs(3600);
-
-/// What one purge deleted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct PurgeReport {
-    /// Messages deleted.
-    pub messages: u64,
-    /// Opens deleted.
-    pub opens: u64,
-}
 
 /// Deletes everything older than `cutoff_ms`.
 pub(super) fn purge(inner: &Inner, cutoff_ms: u64) -> Result<PurgeReport, StoreError> {

@@ -4,10 +4,11 @@
 //!
 //! Every pixel request gets the same 43-byte transparent GIF, valid token or not, so a broken
 //! image never shows in someone's mail and a prober learns nothing. A hit with an authentic
-//! token (the HMAC checks out; no lookup) is appended to the store's open journal before the
-//! response is sent; the store's indexer then classifies it and records the open, or drops it
-//! as invalid if the message is unknown (see `store::index`). Forged, truncated or mutated
-//! tokens record nothing and are counted as invalid at once.
+//! token (the HMAC checks out; no lookup) is appended to the journal (`ingest`) with what its
+//! address is (`evidence`: network catalogue, ASN, country, looked up before anonymisation);
+//! the indexer then classifies it and records the open, or drops it as invalid if the message
+//! is unknown. Forged, truncated or mutated tokens record nothing and are counted as invalid
+//! at once.
 //!
 //! Limits against slow or abusive clients (the accept loop in `http::serve`, shared with the
 //! admin listener): at most `http.max_connections` connections, 16 KiB of request head and 100
@@ -15,33 +16,15 @@
 //! keep-alive connection after `min(http.header_timeout, http.idle_timeout)`. On shutdown the
 //! listener stops accepting, idle connections close at once and requests in flight finish.
 //!
-//! The request does no store lookup and no sled write: one buffered journal append, encoded
-//! straight into the journal's buffer (0.2–0.3 µs). Recording the open in sled (several B-tree
-//! inserts in a transaction, ~27 µs per open in batches) happens behind, on the indexer thread
-//! under `SCHED_IDLE`, which pauses while a burst keeps every CPU busy (`store::pace`).
+//! The request does no store lookup and no store write: one catalogue lookup (a binary search)
+//! and one buffered journal append, encoded straight into the journal's buffer (0.2–0.3 µs).
+//! Recording the open (tens of µs in sled) happens behind, on the indexer thread under
+//! `SCHED_IDLE`, which pauses while a burst keeps every CPU busy (`ingest::pace`).
 //! Requests are served on `http.workers` threads of their own (one per CPU by default), each a
 //! single-threaded runtime (`http::serve::serve_on_threads`).
 //!
-//! Measured with `bench/pixel.sh 10` (`tests/pixel_bench.rs` under wrk, 2 threads, 64
-//! connections, 10 s, every hit a valid token of one of 10 000 messages; nginx `empty_gif` with
-//! its access log on in the same run; shared 2-core machine):
-//!
-//! | pixel path | nginx keep-alive | pixelrelay keep-alive | ratio | p99 |
-//! |---|---|---|---|---|
-//! | appends never wait for a journal write under way, indexer pauses in a row double up to 1.6 s; median of 15 alternating pairs in three script runs | 81 200–95 200 req/s | 83 300–100 300 req/s | 1.03× (0.96–1.15×) | 3.2–5.5 ms |
-//! | no lock both listener threads take per request but the journal's (sharded latency histogram, shutdown flag), one `write` per answer; median of 15 alternating pairs in three script runs | 86 200–104 400 req/s | 79 900–101 500 req/s | 0.99× (0.88–1.08×) | 3.6–5.0 ms |
-//! | the indexer also pauses while a burst's backlog grows on busy CPUs, mimalloc; median of 5 alternating pairs | 90 300–98 000 req/s | 80 800–96 200 req/s | 0.98× (0.84–1.03×) | 5.2–6.0 ms |
-//! | listener threads of its own, indexer under `SCHED_IDLE`; median of 3 alternating pairs | 82 700–90 100 req/s | 63 700–92 900 req/s | 0.97× (0.77–1.10×) | 4.9–7.0 ms |
-//! | journal, buffered 1 ms, indexer at nice 19 | ~90 400 req/s | 91 300 req/s | 1.01× | 4.8 ms |
-//! | journal, one `write` per hit, nice 19 | ~93 900 req/s | 79 800 req/s | 0.85× | 5.4 ms |
-//! | journal, one `write` per hit, nice 10 | ~93 600 req/s | 75 800 req/s | 0.81× | 6.0 ms |
-//! | sled transaction per batch, handler waits for its commit (before the journal) | 93 700 req/s | 18 800 req/s | 0.20× | 6.4 ms |
-//!
-//! (`~`: nginx's figure recovered from the ratio the script printed.) With the journal, every
-//! 200 is recorded once the index catches up (30–41 s after a 10 s keep-alive run here, at
-//! ~37 000 opens/s): the bench's stored-open count equals its valid-hit count. Peak RSS
-//! 550–630 MB after six bursts (~5 M opens: sled's cache, its IO buffers, the allocator's
-//! retained pages); nginx 6 MB.
+//! Measured against nginx with `bench/pixel.sh 10`: at nginx's pace with keep-alive; the
+//! figures and their history are in `bench/RESULTS.md`.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};

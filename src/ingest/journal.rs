@@ -1,5 +1,5 @@
 //! The open journal: an append-only file of pixel hits, written before the pixel is answered
-//! and indexed into sled behind it (see `index.rs`).
+//! and indexed into sled behind it (see `indexer.rs`).
 //!
 //! A pixel hit costs an append to a buffer here, a fraction of a microsecond, where recording
 //! it in sled costs tens (several B-tree inserts in a transaction). The journal lets the pixel

@@ -1,6 +1,6 @@
 //! When the open indexer stands back for the pixel listener.
 //!
-//! The indexer runs under `SCHED_IDLE` (see `index.rs`), so a pixel thread that wakes takes a
+//! The indexer runs under `SCHED_IDLE` (see `indexer.rs`), so a pixel thread that wakes takes a
 //! core from it at once. During a pixel burst that saturates the CPUs that is not enough: the
 //! indexer still runs in each short gap between requests, and every time a pixel thread wakes
 //! it has to push the indexer off a core whose caches sled's B-tree walk has just filled. With

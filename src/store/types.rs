@@ -25,7 +25,7 @@ pub struct Position {
 }
 
 impl Position {
-    /// 16 bytes, big-endian (for sled).
+    /// 16 bytes, big-endian (byte order is position order).
     pub fn encode(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&self.generation.to_be_bytes());
@@ -259,8 +259,9 @@ pub struct Page<T> {
 /// Why a store operation failed.
 #[derive(Debug)]
 pub enum StoreError {
-    /// sled failed (IO, corruption, the database locked by another process).
-    Sled(sled::Error),
+    /// The storage engine failed (IO, corruption, the database locked by another process);
+    /// its own message.
+    Engine(String),
     /// A stored value did not decode (or a value did not encode).
     Codec(serde_json::Error),
     /// The open log could not be written or opened.
@@ -278,7 +279,7 @@ pub enum StoreError {
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoreError::Sled(e) => write!(f, "store: {e}"),
+            StoreError::Engine(e) => write!(f, "store: {e}"),
             StoreError::Codec(e) => write!(f, "store: bad record: {e}"),
             StoreError::Io(e) => write!(f, "store: open log: {e}"),
             StoreError::BadCursor(c) => write!(f, "invalid cursor {c:?}"),

@@ -93,7 +93,7 @@ fn get_u64s<const N: usize>(b: &[u8], what: &'static str) -> Result<[u64; N], St
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Sled(e)
+        StoreError::Engine(e.to_string())
     }
 }
 
@@ -107,7 +107,7 @@ impl From<TransactionError<StoreError>> for StoreError {
     fn from(e: TransactionError<StoreError>) -> Self {
         match e {
             TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
+            TransactionError::Storage(e) => StoreError::Engine(e.to_string()),
         }
     }
 }

@@ -131,6 +131,34 @@ pub enum Read {
     Bad(u64, &'static str),
 }
 
+/// The error for a record over [`MAX_RECORD`] or over the length its caller announced.
+fn too_large() -> Lost {
+    Lost {
+        error: io::Error::new(io::ErrorKind::InvalidInput, "journal record too large"),
+        records: 1,
+    }
+}
+
+/// Appends one record (header and the payload `encode` writes, at most `max_len` bytes) to the
+/// buffer.
+fn push(t: &mut Tail, max_len: usize, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), Lost> {
+    let start = t.buf.len();
+    t.buf.extend_from_slice(&[0; HEADER]);
+    encode(&mut t.buf);
+    let payload = &t.buf[start + HEADER..];
+    if payload.len() > max_len {
+        t.buf.truncate(start);
+        return Err(too_large());
+    }
+    let header = [
+        (payload.len() as u32).to_le_bytes(),
+        crc32fast::hash(payload).to_le_bytes(),
+    ];
+    t.buf[start..start + HEADER].copy_from_slice(header.as_flattened());
+    t.buffered += 1;
+    Ok(())
+}
+
 impl Journal {
     /// Opens (creating, mode 0700) the journal directory, cuts a torn record off the newest
     /// segment, and deletes segments older than `keep_from` (already indexed).
@@ -204,15 +232,30 @@ impl Journal {
     }
 
     /// Appends one record and writes the buffer out at once, with everything appended before
-    /// it (one `write`): once this returns the record is in the kernel. The writer thread is not
-    /// woken for it.
+    /// it (one `write`): once this returns `Ok` the record is in the kernel. The write lock is
+    /// taken before the append, so the record is written by this call and no other: a failed
+    /// write is reported to the caller whose record it lost (a record appended behind another
+    /// caller's write could otherwise be lost with that write while its own caller saw `Ok`).
+    /// The writer thread is not woken for it.
     pub fn append_now(
         &self,
         max_len: usize,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Lost> {
-        self.append_inner(max_len, encode, false)?;
-        self.write_buffered()
+        if max_len > MAX_RECORD {
+            return Err(too_large());
+        }
+        let mut o = self.lock_out();
+        let full = self.lock().buf.len() + HEADER + max_len > BUFFER_BYTES;
+        if full {
+            // Others' records go out first; their loss, if any, is theirs (counted by the
+            // journal's writer report), and this record goes into the next write.
+            if let Err(l) = self.write_out(&mut o) {
+                tracing::error!(error = %l.error, lost = l.records, "journal: buffered records lost");
+            }
+        }
+        push(&mut self.lock(), max_len, encode)?;
+        self.write_out(&mut o)
     }
 
     fn append_inner(
@@ -221,10 +264,6 @@ impl Journal {
         encode: impl FnOnce(&mut Vec<u8>),
         wake_writer: bool,
     ) -> Result<(), Lost> {
-        let too_large = || Lost {
-            error: io::Error::new(io::ErrorKind::InvalidInput, "journal record too large"),
-            records: 1,
-        };
         if max_len > MAX_RECORD {
             return Err(too_large());
         }
@@ -240,20 +279,7 @@ impl Journal {
             t = self.lock();
         }
         let was_empty = t.buf.is_empty();
-        let start = t.buf.len();
-        t.buf.extend_from_slice(&[0; HEADER]);
-        encode(&mut t.buf);
-        let payload = &t.buf[start + HEADER..];
-        if payload.len() > max_len {
-            t.buf.truncate(start);
-            return Err(too_large());
-        }
-        let header = [
-            (payload.len() as u32).to_le_bytes(),
-            crc32fast::hash(payload).to_le_bytes(),
-        ];
-        t.buf[start..start + HEADER].copy_from_slice(header.as_flattened());
-        t.buffered += 1;
+        push(&mut t, max_len, encode)?;
         let write_now = t.closed;
         drop(t);
         if write_now {
@@ -696,6 +722,36 @@ mod tests {
         j.append(b"three").unwrap();
         j.write_buffered().unwrap();
         assert_eq!(all(&j, Position::default()), vec![b"three".to_vec()]);
+    }
+
+    #[test]
+    fn on_a_full_disk_no_append_now_reports_a_record_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/full", segment_path(dir.path(), 1)).unwrap();
+        let j = std::sync::Arc::new(Journal::open(dir.path(), 0).unwrap());
+        // A hit buffered before: it goes down with the first record's write, counted there.
+        j.append(b"hit").unwrap();
+        let first = j
+            .append_now(3, |b| b.extend_from_slice(b"rec"))
+            .unwrap_err();
+        assert_eq!(first.records, 2, "the record and the hit before it");
+        // Many callers at once: every one of them hears that its own record was lost, none
+        // gets Ok for a record another caller's failed write took with it.
+        let oks: usize = (0..8)
+            .map(|_| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    (0..200)
+                        .filter(|_| j.append_now(3, |b| b.extend_from_slice(b"rec")).is_ok())
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(oks, 0, "records reported written on a full disk");
+        assert_eq!(j.buffered_bytes(), 0);
     }
 
     #[test]

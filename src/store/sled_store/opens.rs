@@ -255,21 +255,8 @@ impl SledStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<OpenEvent>, StoreError> {
-        let end = match cursor {
-            Some(c) => Bound::Excluded(parse_open_id(c)?.to_be_bytes()),
-            None => Bound::Unbounded,
-        };
-        let mut items = Vec::new();
-        for kv in self
-            .inner
-            .opens
-            .range((Bound::Unbounded, end))
-            .rev()
-            .take(limit)
-        {
-            let (_, v) = kv?;
-            items.push(decode::<OpenEvent>(&v)?);
-        }
+        let range = (Bound::Unbounded, open_bound(cursor)?);
+        let items = decode_opens(self.inner.opens.range(range).rev(), limit)?;
         let next_cursor = if items.len() == limit {
             items.last().map(|e| e.id.clone())
         } else {
@@ -285,25 +272,30 @@ impl SledStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Vec<OpenEvent>, StoreError> {
-        let start = match cursor {
-            Some(c) => Bound::Excluded(parse_open_id(c)?.to_be_bytes()),
-            None => Bound::Unbounded,
-        };
-        let mut items = Vec::new();
-        for kv in self
-            .inner
-            .opens
-            .range((start, Bound::Unbounded))
-            .take(limit)
-        {
-            let (_, v) = kv?;
-            items.push(decode::<OpenEvent>(&v)?);
-        }
-        Ok(items)
+        let range = (open_bound(cursor)?, Bound::Unbounded);
+        decode_opens(self.inner.opens.range(range), limit)
     }
 
     /// The id of the newest open (16 zeros when there is none): a cursor meaning "from now".
     pub(super) fn last_open_cursor(&self) -> String {
         format_open_id(self.inner.lock().last_open)
     }
+}
+
+/// The key bound that excludes the open `cursor` names, or no bound without one.
+fn open_bound(cursor: Option<&str>) -> Result<Bound<[u8; 8]>, StoreError> {
+    Ok(match cursor {
+        Some(c) => Bound::Excluded(parse_open_id(c)?.to_be_bytes()),
+        None => Bound::Unbounded,
+    })
+}
+
+/// The first `limit` open events of a key-ordered scan of `opens`.
+fn decode_opens(
+    scan: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    limit: usize,
+) -> Result<Vec<OpenEvent>, StoreError> {
+    scan.take(limit)
+        .map(|kv| decode::<OpenEvent>(&kv?.1))
+        .collect()
 }

@@ -45,7 +45,25 @@ fn parts(ms: u64) -> (i64, u32, u32, u64, u64, u64, u64, i64) {
 /// `2026-11-24T04:06:23.123Z`.
 pub fn rfc3339_ms(ms: u64) -> String {
     let (y, mo, d, h, mi, s, frac, _) = parts(ms);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:03}Z")
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:03}Z");
+    }
+    // Digit by digit: every stored event and API answer prints several of these.
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y as u64);
+    put(5, 2, u64::from(mo));
+    put(8, 2, u64::from(d));
+    put(11, 2, h);
+    put(14, 2, mi);
+    put(17, 2, s);
+    put(20, 3, frac);
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 /// `Tue, 24 Nov 2026 04:06:23 +0000`.
@@ -124,5 +142,15 @@ mod tests {
         assert_eq!(day(ms), "2026-11-24");
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc5322(951_782_400_000), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn the_digit_by_digit_format_parses_back_across_four_centuries() {
+        let mut ms = 0u64;
+        while ms < 253_402_300_799_999 {
+            assert_eq!(parse_rfc3339_ms(&rfc3339_ms(ms)), Some(ms), "{ms}");
+            ms += 86_399_999 * 7 + 1_234;
+        }
+        assert_eq!(rfc3339_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
     }
 }

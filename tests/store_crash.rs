@@ -140,7 +140,7 @@ fn kill_9_loses_at_most_the_flush_interval() {
             .unwrap_or_else(|| panic!("message {n} lost"));
         assert_eq!(m.open_events.len(), 1, "open of message {n} lost");
         assert_eq!(
-            m.message.subject.as_deref(),
+            m.message.record.subject.as_deref(),
             Some(format!("subject {n}").as_str())
         );
     }

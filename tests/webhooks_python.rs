@@ -139,7 +139,7 @@ async fn python_receiver_verifies_every_event_with_the_readme_recipe() {
                 .list_messages(&MessageFilter::default(), None, 10)
                 .unwrap();
             assert_eq!(page.items.len(), 1);
-            let id: MessageId = page.items[0].id.parse().expect("message id");
+            let id: MessageId = page.items[0].record.id;
             let key = std::fs::read(rdir.path().join("data/secret.key")).unwrap();
             TokenKey::from_secret(key.trim_ascii()).mint(Purpose::Open, &id)
         }

@@ -4,7 +4,7 @@
 //! answers. One indexer thread per store reads the journal in order and, per batch of up to
 //! [`BATCH`] hits, looks up each message, classifies the hit (the early-load rule needs the
 //! message's hand-off time), and commits the opens, the message statistics, the counters, the
-//! webhook outbox rows and the journal position reached in ONE sled transaction. Then it feeds
+//! webhook outbox rows and the journal position reached in ONE atomic store write. Then it feeds
 //! live followers and the open log, and writes the one log line per open.
 //!
 //! The thread runs under `SCHED_IDLE` (nice 19 where refused): when the machine is saturated, answering
@@ -33,8 +33,11 @@ use crate::store::{
 use crate::token::MessageId;
 use crate::track::{OpenEvent, Proxy, classify};
 
-/// Hits indexed in one transaction at most.
-pub const BATCH: usize = 512;
+/// Hits indexed in one store write at most. Large, because what an open costs in the store is
+/// mostly its message's statistics record, written once per batch however often the message
+/// was opened in it; the first batch after the index was idle, and every batch while a pixel
+/// burst holds the CPUs, is a small probe instead (`pace.rs`).
+pub const BATCH: usize = 8192;
 /// How long the idle indexer waits after a first new entry for those that follow.
 const LINGER: Duration = Duration::from_millis(10);
 /// Wait after the store failed as a whole (sled cannot write) before trying again.
@@ -310,6 +313,8 @@ pub(super) fn spawn(
 fn run(weak: &WeakInner, mut reader: Reader, wake: &Receiver<()>, flush: Duration) {
     let mut synced = Instant::now();
     let mut pace = Pace::default();
+    // The journal was indexed to its end before the store was handed out (`catch_up`).
+    pace.caught_up();
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let ing = Ingest { inner };
@@ -351,8 +356,8 @@ fn run(weak: &WeakInner, mut reader: Reader, wake: &Receiver<()>, flush: Duratio
 }
 
 /// Woken from idle by a first new entry, waits [`LINGER`] for the entries that follow it, so
-/// that one transaction records them all: under a steady trickle of mail every message would
-/// otherwise cost two sled transactions of its own (record, reply), each a buffer write by
+/// that one store write records them all: under a steady trickle of mail every message would
+/// otherwise cost two store writes of its own (record, reply), each a buffer write by
 /// sled's IO threads. Not when a reader is waiting for the index.
 fn linger(weak: &WeakInner) {
     match weak.upgrade() {

@@ -2,7 +2,7 @@
 //! and indexed into sled behind it (see `indexer.rs`).
 //!
 //! A pixel hit costs an append to a buffer here, a fraction of a microsecond, where recording
-//! it in sled costs tens (several B-tree inserts in a transaction). The journal lets the pixel
+//! it in sled costs about ten (its share of a batch's B-tree inserts). The journal lets the pixel
 //! listener answer at the speed of its HTTP path whatever sled is doing, and absorbs bursts: the
 //! indexer catches up behind it. A writer thread ([`Journal::run_writer`]) writes the buffer
 //! with one `write(2)` within a millisecond of the first hit in it, so a `kill -9` loses at most
@@ -21,7 +21,7 @@
 //! records `len: u32 LE ‖ crc32(payload): u32 LE ‖ payload`. Appends go to the newest segment;
 //! past [`SEGMENT_BYTES`] the writer starts the next generation. A [`Position`] (generation,
 //! offset) names the end of a record; the indexer stores the position it has indexed up to in
-//! the same sled transaction as the opens, so replay after a crash indexes every hit exactly
+//! the same atomic store write as the opens, so replay after a crash indexes every hit exactly
 //! once. A segment is deleted once sled has durably indexed past it.
 //!
 //! On open, a torn record at the end of the newest segment (a crash mid-`write`) is cut off;

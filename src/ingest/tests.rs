@@ -51,7 +51,7 @@ async fn journaled_records_and_replies_are_indexed_in_order() {
         let m = s.store().get_message(id).unwrap().unwrap();
         let d = m.message.delivery.as_ref().unwrap();
         assert_eq!(d.at_ms, T0 + 1000 + i as u64);
-        assert_eq!(m.message.subject, None, "store.subjects is off");
+        assert_eq!(m.message.record.subject, None, "store.subjects is off");
     }
 }
 
@@ -372,9 +372,9 @@ fn the_indexer_pauses_for_busy_cpus_behind_a_backlog_and_catches_up_after() {
             })
         })
         .collect();
-    // A backlog of about twice pace::BACKLOG.
+    // A backlog of about twice pace::BACKLOG, and more than one batch.
     let ua = "x".repeat(1000);
-    let n = 2 * pace::BACKLOG / 1000;
+    let n = (2 * pace::BACKLOG / 1000).max(2 * super::BATCH as u64);
     for k in 0..n {
         s.append_hit(&journal_hit(id, T0 + 60_000 + k, "192.0.2.1", &ua))
             .unwrap();

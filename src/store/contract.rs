@@ -158,7 +158,7 @@ fn opens_count_first_and_counters() {
     assert_eq!(m.message.opens.first_at, Some(T0 + 1000));
     assert_eq!(m.message.opens.first_human_at, Some(T0 + 2000));
     assert_eq!(m.message.opens.last_at, Some(T0 + 2000));
-    assert_eq!(m.message.subject, None);
+    assert_eq!(m.message.record.subject, None);
 
     // Listing newest first with cursors.
     let p1 = s.list_opens(None, 2).unwrap();
@@ -272,7 +272,7 @@ fn list_messages_filters_and_pages() {
         .unwrap()
         .unwrap();
     let all = s.list_messages(&MessageFilter::default(), None, 3).unwrap();
-    let got: Vec<&str> = all.items.iter().map(|m| m.id.as_str()).collect();
+    let got: Vec<String> = all.items.iter().map(|m| m.record.id.to_string()).collect();
     assert_eq!(
         got,
         vec![ids[4].to_string(), ids[3].to_string(), ids[2].to_string()]

@@ -44,14 +44,17 @@ impl Position {
     }
 }
 
-/// What the relay knows about a message when it hands it upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the relay knows about a message when it hands it upstream: THE message record. The
+/// store keeps it as recorded (with its delivery beside it) and the API shows it inside
+/// [`Message`]; nothing copies it field by field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRecord {
-    /// Random id (the token carries it).
+    /// Random id (the token carries it); 32 hex digits in JSON.
     pub id: MessageId,
     /// The relay's queue id for logs.
     pub queue_id: String,
     /// When the relay received the message, ms since the epoch.
+    #[serde(rename = "at", with = "rfc3339_ms")]
     pub at_ms: u64,
     /// MAIL FROM.
     pub sender: String,
@@ -117,30 +120,13 @@ pub struct OpenStats {
 /// A message as the admin API shows it: its record, delivery and open statistics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
-    /// Message id, 32 hex digits.
-    pub id: String,
-    /// The relay's queue id.
-    pub queue_id: String,
-    /// When the relay received it.
-    #[serde(rename = "at", with = "rfc3339_ms")]
-    pub at_ms: u64,
-    /// MAIL FROM.
-    pub sender: String,
-    /// Accepted recipients.
-    pub recipients: Vec<String>,
-    /// Message-ID header.
-    pub message_id: Option<String>,
-    /// Subject (only with `store.subjects`).
-    pub subject: Option<String>,
-    /// Size in bytes.
-    pub size: u64,
-    /// A pixel was inserted.
-    pub tracked: bool,
-    /// Why not.
-    pub skip_reason: Option<String>,
+    /// The record as the relay wrote it (its fields are the message's own in JSON).
+    #[serde(flatten)]
+    pub record: MessageRecord,
     /// The upstream's final reply, once known.
     pub delivery: Option<Delivery>,
     /// Opens so far.
+    #[serde(default)]
     pub opens: OpenStats,
 }
 

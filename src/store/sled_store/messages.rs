@@ -1,57 +1,22 @@
-//! Messages in sled: the record as stored (`messages`, JSON), its open statistics and hand-off
-//! time (`message_opens`, 48 bytes), the time index (`messages_by_time`), and what reads them.
+//! Messages in sled: the record and its delivery (`m`, JSON), its open statistics, hand-off
+//! time and open index (`s` and `x`), the time index (`t`), and what reads them.
 
 use super::*;
 
-/// A message as stored in `messages` (the id is the key; open statistics live in
-/// `message_opens` so that an open never rewrites this record).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Stored {
-    /// See [`Message`].
-    pub(super) queue_id: String,
-    /// See [`Message`].
-    #[serde(rename = "at", with = "rfc3339_ms")]
-    pub(super) at_ms: u64,
-    /// See [`Message`].
-    pub(super) sender: String,
-    /// See [`Message`].
-    pub(super) recipients: Vec<String>,
-    /// See [`Message`].
-    pub(super) message_id: Option<String>,
-    /// See [`Message`].
-    pub(super) subject: Option<String>,
-    /// See [`Message`].
-    pub(super) size: u64,
-    /// See [`Message`].
-    pub(super) tracked: bool,
-    /// See [`Message`].
-    pub(super) skip_reason: Option<String>,
-    /// See [`Message`].
-    pub(super) delivery: Option<Delivery>,
-}
+/// Open ids per `x` chunk of a message's open index; the newest fewer than this many live in
+/// its `s` record, so that an open rewrites one small key however often its message is opened.
+pub(super) const CHUNK: usize = 128;
 
-impl Stored {
-    pub(super) fn into_message(self, id: &MessageId, stats: &MsgStats) -> Message {
-        Message {
-            id: id.to_string(),
-            queue_id: self.queue_id,
-            at_ms: self.at_ms,
-            sender: self.sender,
-            recipients: self.recipients,
-            message_id: self.message_id,
-            subject: self.subject,
-            size: self.size,
-            tracked: self.tracked,
-            skip_reason: self.skip_reason,
-            delivery: self.delivery,
-            opens: stats.view(),
-        }
-    }
-}
-
-/// The hot per-message record in `message_opens`: six big-endian u64s (48 bytes), rewritten
-/// by every open. A time of 0 means "none".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The hot per-message record under `s`, read and rewritten by every write that opens the
+/// message: its open statistics and hand-off time (six big-endian u64s; a time of 0 means
+/// "none"), the ids of its newest opens (`count % CHUNK` of them), and what an open event
+/// repeats of the record, so that preparing an open reads this one key.
+///
+/// ```text
+/// count human first last first_human sent_at (8 each) | n(4) | n × open id(8)
+/// | recipient | sender | message_id | subject        (each: len(4), u32::MAX for none, bytes)
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct MsgStats {
     /// Every open.
     pub(super) count: u64,
@@ -65,7 +30,22 @@ pub(super) struct MsgStats {
     pub(super) first_human: u64,
     /// When the relay handed the message upstream (the final reply, else the record time).
     pub(super) sent_at: u64,
+    /// The newest open ids, oldest first; older ones are in full `x` chunks.
+    pub(super) recent: Vec<u64>,
+    /// The record's first recipient.
+    pub(super) recipient: String,
+    /// The record's sender.
+    pub(super) sender: String,
+    /// The record's Message-ID.
+    pub(super) message_id: Option<String>,
+    /// The record's subject, when subjects are kept.
+    pub(super) subject: Option<String>,
 }
+
+/// Bytes of [`MsgStats`] before its open ids.
+const STATS_LEN: usize = 48;
+/// The length that stands for "none".
+const NONE: u32 = u32::MAX;
 
 impl MsgStats {
     pub(super) fn encode(&self) -> Vec<u8> {
@@ -77,12 +57,43 @@ impl MsgStats {
             self.first_human,
             self.sent_at,
         ];
-        put_u64s(&f)
+        let strings = [
+            Some(&self.recipient),
+            Some(&self.sender),
+            self.message_id.as_ref(),
+            self.subject.as_ref(),
+        ];
+        let text: usize = strings.iter().flatten().map(|s| s.len()).sum();
+        let mut v = Vec::with_capacity(STATS_LEN + 4 + 8 * self.recent.len() + 16 + text);
+        v.extend(f.iter().flat_map(|x| x.to_be_bytes()));
+        v.extend_from_slice(&(self.recent.len() as u32).to_be_bytes());
+        v.extend(self.recent.iter().flat_map(|x| x.to_be_bytes()));
+        for s in strings {
+            match s {
+                // Record fields come from one SMTP transaction, far below 4 GiB.
+                Some(s) => {
+                    v.extend_from_slice(&(s.len().min(NONE as usize - 1) as u32).to_be_bytes());
+                    v.extend_from_slice(s.as_bytes());
+                }
+                None => v.extend_from_slice(&NONE.to_be_bytes()),
+            }
+        }
+        v
     }
 
     pub(super) fn decode(b: &[u8]) -> Result<MsgStats, StoreError> {
+        let mut r = Cursor(b);
         let [count, human, first, last, first_human, sent_at] =
-            get_u64s(b, "message_opens record")?;
+            get_u64s(r.take(STATS_LEN)?, "message statistics")?;
+        let n = r.u32()? as usize;
+        let recent = u64s(r.take(n.checked_mul(8).ok_or_else(corrupt)?)?);
+        let recipient = r.string()?.unwrap_or_default();
+        let sender = r.string()?.unwrap_or_default();
+        let message_id = r.string()?;
+        let subject = r.string()?;
+        if !r.0.is_empty() {
+            return Err(corrupt());
+        }
         Ok(MsgStats {
             count,
             human,
@@ -90,7 +101,20 @@ impl MsgStats {
             last,
             first_human,
             sent_at,
+            recent,
+            recipient,
+            sender,
+            message_id,
+            subject,
         })
+    }
+
+    /// Takes what an open event repeats from `r`.
+    pub(super) fn set_record(&mut self, r: &MessageRecord) {
+        self.recipient = r.recipients.first().cloned().unwrap_or_default();
+        self.sender = r.sender.clone();
+        self.message_id = r.message_id.clone();
+        self.subject = r.subject.clone();
     }
 
     pub(super) fn view(&self) -> OpenStats {
@@ -103,44 +127,174 @@ impl MsgStats {
             first_human_at: t(self.first_human),
         }
     }
+
+    /// Counts one open with id `open_id` at `at_ms`; a chunk of ids that became full is
+    /// returned (with its number) for an `x` key.
+    pub(super) fn add(&mut self, open_id: u64, at_ms: u64, human: bool) -> Option<(u32, Vec<u8>)> {
+        if self.count == 0 {
+            self.first = at_ms;
+        }
+        if human {
+            if self.human == 0 {
+                self.first_human = at_ms;
+            }
+            self.human += 1;
+        }
+        self.count += 1;
+        self.last = self.last.max(at_ms);
+        self.recent.push(open_id);
+        if self.recent.len() < CHUNK {
+            return None;
+        }
+        let full = std::mem::take(&mut self.recent);
+        let n = (self.count / CHUNK as u64).saturating_sub(1) as u32;
+        Some((n, put_u64s(&full)))
+    }
+}
+
+fn corrupt() -> StoreError {
+    StoreError::Corrupt("message statistics")
+}
+
+/// Reads a [`MsgStats`] record front to back.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.0.len() < n {
+            return Err(corrupt());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(a))
+    }
+
+    fn string(&mut self) -> Result<Option<String>, StoreError> {
+        match self.u32()? {
+            NONE => Ok(None),
+            n => {
+                let b = self.take(n as usize)?;
+                Ok(Some(String::from_utf8(b.to_vec()).map_err(|_| corrupt())?))
+            }
+        }
+    }
+}
+
+/// Big-endian u64s back to back (a trailing partial one ignored).
+pub(super) fn u64s(b: &[u8]) -> Vec<u64> {
+    b.chunks_exact(8)
+        .map(|c| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            u64::from_be_bytes(a)
+        })
+        .collect()
+}
+
+/// The record and delivery of a message as stored under `m`: the API's [`Message`] without
+/// its open statistics, which live in `s` so that an open never rewrites this key.
+#[derive(Serialize)]
+pub(super) struct StoredRef<'a> {
+    /// The record.
+    #[serde(flatten)]
+    pub(super) record: &'a MessageRecord,
+    /// The final reply.
+    pub(super) delivery: &'a Option<Delivery>,
+}
+
+pub(super) fn encode_message(m: &Message) -> Result<Vec<u8>, StoreError> {
+    encode(&StoredRef {
+        record: &m.record,
+        delivery: &m.delivery,
+    })
 }
 
 /// The `message` webhook event: the admin API's message (tracking decision, upstream reply)
 /// without its open statistics, which are always zero-ish at that moment and change later.
-pub(super) fn message_event(m: &Message) -> Result<serde_json::Value, serde_json::Error> {
-    let mut v = serde_json::to_value(m)?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("opens");
+pub(super) fn message_event(m: &Message) -> StoredRef<'_> {
+    StoredRef {
+        record: &m.record,
+        delivery: &m.delivery,
     }
-    Ok(v)
 }
 
-pub(super) fn time_key(at_ms: u64, id: &MessageId) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&at_ms.to_be_bytes());
-    k[8..].copy_from_slice(id.as_bytes());
-    k
+pub(super) fn message_key(id: &MessageId) -> Vec<u8> {
+    key(P_MESSAGE, &[id.as_bytes()])
+}
+
+pub(super) fn stats_key(id: &MessageId) -> Vec<u8> {
+    key(P_STATS, &[id.as_bytes()])
+}
+
+pub(super) fn chunk_key(id: &MessageId, n: u32) -> Vec<u8> {
+    key(P_CHUNK, &[id.as_bytes(), &n.to_be_bytes()])
+}
+
+/// The prefix of message `id`'s `x` chunks.
+pub(super) fn chunk_prefix(id: &MessageId) -> Vec<u8> {
+    key(P_CHUNK, &[id.as_bytes()])
+}
+
+pub(super) fn time_key(at_ms: u64, id: &MessageId) -> Vec<u8> {
+    key(P_TIME, &[&at_ms.to_be_bytes(), id.as_bytes()])
 }
 
 pub(super) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// A message cursor (48 hex digits: `at_ms ‖ id`) as the time-index key it names.
 pub(super) fn parse_message_cursor(s: &str) -> Result<Vec<u8>, StoreError> {
     let bad = || StoreError::BadCursor(s.to_string());
     if s.len() != 48 || !s.is_ascii() {
         return Err(bad());
     }
-    (0..48)
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad()))
-        .collect()
+    let mut k = vec![P_TIME];
+    for i in (0..48).step_by(2) {
+        k.push(u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad())?);
+    }
+    Ok(k)
+}
+
+/// What one write changes of the messages it touches, read once from the tree.
+#[derive(Default)]
+struct Pending {
+    /// id → (record and delivery, statistics), as they will be written.
+    msgs: HashMap<MessageId, (Option<Message>, MsgStats)>,
+}
+
+impl Pending {
+    fn get<'a>(
+        &'a mut self,
+        data: &Tree,
+        id: &MessageId,
+    ) -> Result<&'a mut (Option<Message>, MsgStats), StoreError> {
+        match self.msgs.entry(*id) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let m = match data.get(message_key(id))? {
+                    Some(v) => Some(decode::<Message>(&v)?),
+                    None => None,
+                };
+                let s = match data.get(stats_key(id))? {
+                    Some(v) => MsgStats::decode(&v)?,
+                    None => MsgStats::default(),
+                };
+                Ok(e.insert((m, s)))
+            }
+        }
+    }
 }
 
 impl SledStore {
-    /// Message records, then final replies, in ONE transaction, with the journal position
-    /// `mark` when they come from the journal: what the indexer commits per run. All or
-    /// nothing.
+    /// Message records, then final replies, in ONE batch, with the journal position `mark`
+    /// when they come from the journal: what the indexer commits per run. All or nothing.
     pub(super) fn commit_messages(
         &self,
         recs: &[&MessageRecord],
@@ -149,114 +303,87 @@ impl SledStore {
     ) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let mut st = inner.lock();
-        let trees = (
-            &inner.messages,
-            &inner.message_opens,
-            &inner.messages_by_time,
-            &inner.meta,
-            &inner.outbox,
-        );
-        let (counters, last_event, written) =
-            trees.transaction(|(msgs, stats, by_time, meta, outbox)| {
-                let mut counters = st.counters.clone();
-                let mut last_event = st.last_event;
-                let mut written = 0;
-                for rec in recs {
-                    let id = rec.id;
-                    let old: Option<Stored> =
-                        msgs.get(id.as_bytes())?.map(|v| decode(&v)).transpose()?;
-                    let (delivery, mut ms) = match old {
-                        Some(old) => {
-                            by_time.remove(time_key(old.at_ms, &id).as_slice())?;
-                            let ms = match stats.get(id.as_bytes())? {
-                                Some(v) => MsgStats::decode(&v)?,
-                                None => MsgStats::default(),
-                            };
-                            (old.delivery, ms)
-                        }
-                        None => {
-                            counters.recorded += 1;
-                            (None, MsgStats::default())
-                        }
-                    };
-                    if delivery.is_none() {
-                        ms.sent_at = rec.at_ms;
-                    }
-                    let m = Stored {
-                        queue_id: rec.queue_id.clone(),
-                        at_ms: rec.at_ms,
-                        sender: rec.sender.clone(),
-                        recipients: rec.recipients.clone(),
-                        message_id: rec.message_id.clone(),
-                        subject: if inner.cfg.subjects {
-                            rec.subject.clone()
-                        } else {
-                            None
-                        },
-                        size: rec.size,
-                        tracked: rec.tracked,
-                        skip_reason: rec.skip_reason.clone(),
-                        delivery,
-                    };
-                    msgs.insert(id.as_bytes(), encode(&m)?)?;
-                    stats.insert(id.as_bytes(), ms.encode().as_slice())?;
-                    by_time.insert(time_key(rec.at_ms, &id).as_slice(), EMPTY)?;
+        let mut batch = sled::Batch::default();
+        let mut pending = Pending::default();
+        let mut counters = st.counters.clone();
+        let mut last_event = st.last_event;
+        let mut written = 0;
+        for rec in recs {
+            let (m, ms) = pending.get(&inner.data, &rec.id)?;
+            let mut record = (*rec).clone();
+            if !inner.cfg.subjects {
+                record.subject = None;
+            }
+            match m {
+                Some(old) => {
+                    batch.remove(time_key(old.record.at_ms, &rec.id));
+                    old.record = record;
                 }
-                for (id, delivery) in done {
-                    let Some(raw) = msgs.get(id.as_bytes())? else {
-                        return Err(abort(StoreError::NotFound(**id)));
-                    };
-                    let mut m: Stored = decode(&raw)?;
-                    let mut ms = match stats.get(id.as_bytes())? {
-                        Some(v) => MsgStats::decode(&v)?,
-                        None => MsgStats::default(),
-                    };
-                    let first_reply = m.delivery.is_none();
-                    if first_reply {
-                        if !delivery.accepted {
-                            counters.rejected += 1;
-                        } else {
-                            counters.relayed += 1;
-                            if m.tracked {
-                                counters.tracked += 1;
-                            } else {
-                                let reason = m
-                                    .skip_reason
-                                    .clone()
-                                    .unwrap_or_else(|| "unknown".to_string());
-                                *counters.skipped.entry(reason).or_default() += 1;
-                            }
-                        }
-                    }
-                    m.delivery = Some((*delivery).clone());
-                    ms.sent_at = delivery.at_ms;
-                    if first_reply {
-                        let view = m.clone().into_message(id, &ms);
-                        written += outbox::write_event(
-                            outbox,
-                            &st.hooks,
-                            &mut last_event,
-                            "message",
-                            delivery.at_ms,
-                            &message_event(&view).map_err(abort)?,
-                        )?;
-                    }
-                    msgs.insert(id.as_bytes(), encode(&m)?)?;
-                    stats.insert(id.as_bytes(), ms.encode().as_slice())?;
+                None => {
+                    counters.recorded += 1;
+                    *m = Some(Message {
+                        record,
+                        delivery: None,
+                        opens: OpenStats::default(),
+                    });
                 }
-                if written > 0 {
-                    meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;
+            }
+            if let Some(m) = m.as_ref() {
+                ms.set_record(&m.record);
+                if m.delivery.is_none() {
+                    ms.sent_at = rec.at_ms;
                 }
-                meta.insert(COUNTERS, encode(&counters)?)?;
-                if let Some(mark) = mark {
-                    meta.insert(JOURNAL_MARK, mark.encode().as_slice())?;
-                }
-                Ok((counters, last_event, written))
-            })?;
+            }
+            batch.insert(time_key(rec.at_ms, &rec.id), EMPTY);
+        }
+        for (id, delivery) in done {
+            let (m, ms) = pending.get(&inner.data, id)?;
+            let Some(m) = m else {
+                return Err(StoreError::NotFound(**id));
+            };
+            let first_reply = m.delivery.is_none();
+            m.delivery = Some((*delivery).clone());
+            ms.sent_at = delivery.at_ms;
+            if first_reply {
+                counters.count_delivery(&m.record, delivery);
+                written += outbox::write_event(
+                    &mut batch,
+                    &st.hooks,
+                    &mut last_event,
+                    "message",
+                    delivery.at_ms,
+                    &message_event(m),
+                )?;
+            }
+        }
+        for (id, (m, ms)) in &pending.msgs {
+            if let Some(m) = m {
+                batch.insert(message_key(id), encode_message(m)?);
+            }
+            batch.insert(stats_key(id), ms.encode());
+        }
+        if written > 0 {
+            batch.insert(outbox::LAST_EVENT, put_u64s(&[last_event]));
+        }
+        batch.insert(COUNTERS, encode(&counters)?);
+        if let Some(mark) = mark {
+            batch.insert(JOURNAL_MARK, mark.encode().as_slice());
+        }
+        inner.data.apply_batch(batch)?;
         st.counters = counters;
         st.last_event = last_event;
         self.outbox_written(&st, written);
         Ok(())
+    }
+
+    /// A message's open ids, oldest first: its full chunks, then the newest in `s`.
+    pub(super) fn open_ids(&self, id: &MessageId, ms: &MsgStats) -> Result<Vec<u64>, StoreError> {
+        let mut ids = Vec::new();
+        for kv in self.inner.data.scan_prefix(chunk_prefix(id)) {
+            ids.extend(u64s(&kv?.1));
+        }
+        ids.extend_from_slice(&ms.recent);
+        Ok(ids)
     }
 
     /// One message with all its opens, oldest first.
@@ -264,16 +391,10 @@ impl SledStore {
         &self,
         id: &MessageId,
     ) -> Result<Option<MessageWithOpens>, StoreError> {
-        let Some(message) = self.get_stored(id)? else {
+        let Some((message, ms)) = self.get_stored(id)? else {
             return Ok(None);
         };
-        let mut open_events = Vec::new();
-        for kv in self.inner.opens_by_message.scan_prefix(id.as_bytes()) {
-            let (k, _) = kv?;
-            if let Some(v) = self.inner.opens.get(&k[16..])? {
-                open_events.push(decode(&v)?);
-            }
-        }
+        let open_events = self.opens_by_id(&self.open_ids(id, &ms)?)?;
         Ok(Some(MessageWithOpens {
             message,
             open_events,
@@ -289,57 +410,48 @@ impl SledStore {
         limit: usize,
     ) -> Result<Page<Message>, StoreError> {
         let mut end = match cursor {
-            Some(c) => Some(parse_message_cursor(c)?),
-            None => None,
+            Some(c) => parse_message_cursor(c)?,
+            None => vec![P_TIME + 1],
         };
         if let Some(until) = filter.until_ms {
-            // Keys sort by time first: everything before `until` sorts below `until ‖ 0…0`.
-            let k = until.to_be_bytes().to_vec();
-            if end.as_ref().is_none_or(|e| k < *e) {
-                end = Some(k);
+            // Keys sort by time first: everything before `until` sorts below `t ‖ until ‖ 0…0`.
+            let k = key(P_TIME, &[&until.to_be_bytes()]);
+            if k < end {
+                end = k;
             }
         }
-        let end = match end {
-            Some(k) => Bound::Excluded(k),
-            None => Bound::Unbounded,
-        };
         let start = match filter.since_ms {
-            Some(since) => Bound::Included(since.to_be_bytes().to_vec()),
-            None => Bound::Unbounded,
+            Some(since) => key(P_TIME, &[&since.to_be_bytes()]),
+            None => vec![P_TIME],
         };
         let lower = |s: &Option<String>| s.as_ref().map(|r| r.to_ascii_lowercase());
         let (rcpt, sender) = (lower(&filter.rcpt), lower(&filter.sender));
         let mut items = Vec::new();
         let mut last_key = None;
-        for (scanned, kv) in self
-            .inner
-            .messages_by_time
-            .range((start, end))
-            .rev()
-            .enumerate()
-        {
+        for (scanned, kv) in self.inner.data.range(start..end).rev().enumerate() {
             if items.len() == limit || scanned == SCAN_LIMIT {
                 return Ok(Page {
                     items,
-                    next_cursor: last_key.map(|k: sled::IVec| hex(&k)),
+                    next_cursor: last_key.map(|k: sled::IVec| hex(&k[1..])),
                 });
             }
             let (k, _) = kv?;
-            let Some(id) = MessageId::from_slice(&k[8..]) else {
+            let Some(id) = k.get(9..).and_then(MessageId::from_slice) else {
                 continue;
             };
-            let Some(m) = self.get_stored(&id)? else {
+            let Some((m, _)) = self.get_stored(&id)? else {
                 continue;
             };
             last_key = Some(k);
-            let rcpt_ok = rcpt.as_ref().is_none_or(|r| {
-                m.recipients
+            let r = &m.record;
+            let rcpt_ok = rcpt.as_ref().is_none_or(|want| {
+                r.recipients
                     .iter()
-                    .any(|x| x.to_ascii_lowercase().contains(r.as_str()))
+                    .any(|x| x.to_ascii_lowercase().contains(want.as_str()))
             });
             let sender_ok = sender
                 .as_ref()
-                .is_none_or(|s| m.sender.to_ascii_lowercase().contains(s.as_str()));
+                .is_none_or(|s| r.sender.to_ascii_lowercase().contains(s.as_str()));
             let opened_ok = filter.opened.is_none_or(|o| o == (m.opens.count > 0));
             if rcpt_ok && sender_ok && opened_ok {
                 items.push(m);
@@ -351,37 +463,55 @@ impl SledStore {
         })
     }
 
-    pub(super) fn get_stored(&self, id: &MessageId) -> Result<Option<Message>, StoreError> {
-        let Some(v) = self.inner.messages.get(id.as_bytes())? else {
+    /// A message with its open statistics (and the raw statistics record).
+    pub(super) fn get_stored(
+        &self,
+        id: &MessageId,
+    ) -> Result<Option<(Message, MsgStats)>, StoreError> {
+        let Some(v) = self.inner.data.get(message_key(id))? else {
             return Ok(None);
         };
-        let stats = match self.inner.message_opens.get(id.as_bytes())? {
+        let stats = match self.inner.data.get(stats_key(id))? {
             Some(v) => MsgStats::decode(&v)?,
             None => MsgStats::default(),
         };
-        Ok(Some(decode::<Stored>(&v)?.into_message(id, &stats)))
+        let mut m: Message = decode(&v)?;
+        m.opens = stats.view();
+        Ok(Some((m, stats)))
     }
 
     /// What an open of message `id` needs from the store before it is recorded: the hand-off
     /// time (for the early-load rule) and the message fields an open event repeats. `None` if
-    /// the message is unknown. Read on the request's own task, so that the one writer thread
-    /// only commits.
+    /// the message is unknown.
     pub(super) fn open_context(&self, id: &MessageId) -> Result<Option<OpenContext>, StoreError> {
-        let inner = &*self.inner;
-        let Some(stats) = inner.message_opens.get(id.as_bytes())? else {
+        let Some(v) = self.inner.data.get(stats_key(id))? else {
             return Ok(None);
         };
-        let Some(raw) = inner.messages.get(id.as_bytes())? else {
-            return Ok(None);
-        };
-        let m: Stored = decode(&raw)?;
+        let ms = MsgStats::decode(&v)?;
         Ok(Some(OpenContext {
             id: *id,
-            sent_at: MsgStats::decode(&stats)?.sent_at,
-            recipient: m.recipients.into_iter().next().unwrap_or_default(),
-            sender: m.sender,
-            message_id: m.message_id,
-            subject: m.subject,
+            sent_at: ms.sent_at,
+            recipient: ms.recipient,
+            sender: ms.sender,
+            message_id: ms.message_id,
+            subject: ms.subject,
         }))
+    }
+}
+
+impl Counters {
+    /// Counts the first final reply to a message.
+    fn count_delivery(&mut self, r: &MessageRecord, delivery: &Delivery) {
+        if !delivery.accepted {
+            self.rejected += 1;
+        } else {
+            self.relayed += 1;
+            if r.tracked {
+                self.tracked += 1;
+            } else {
+                let reason = r.skip_reason.as_deref().unwrap_or("unknown");
+                *self.skipped.entry(reason.to_string()).or_default() += 1;
+            }
+        }
     }
 }

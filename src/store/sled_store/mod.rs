@@ -1,26 +1,38 @@
 //! The sled backend: the embedded default store, one process. The only code that names sled;
 //! the rest of pixelrelay sees it through [`crate::store::Backend`] (`backend.rs`).
 //!
-//! Split by what it stores: `messages.rs` (records, deliveries, listing), `opens.rs` (open
-//! events, per-message statistics, counters, the open-id scheme), `outbox.rs` (webhook rows
-//! and dead letters), `retention.rs` (purging); this file opens the database and holds what
+//! Split by what it stores: `messages.rs` (records, deliveries, a message's open statistics
+//! and open index, listing), `opens.rs` (open events in segments, counters, the open-id
+//! scheme), `outbox.rs` (webhook rows and dead letters), `retention.rs` (purging),
+//! `migrate.rs` (the layout of earlier versions); this file opens the database and holds what
 //! they share.
 //!
-//! # Layout in sled (all values JSON, keys big-endian so that byte order is time order)
+//! # Layout: one tree, prefixed keys, binary values
+//!
+//! Everything lives in ONE sled tree (`pixelrelay`) under a one-byte prefix, so that each
+//! write is one `apply_batch` (atomic in sled) instead of a transaction across trees: sled
+//! spends about 8 µs on any insert whatever its size, and a cross-tree transaction several
+//! times that, so what an open costs is the number of keys it writes.
 //!
 //! ```text
-//! messages          id(16)                      -> the record and its delivery (JSON)
-//! message_opens     id(16)                      -> open stats + hand-off time (48 bytes)
-//! messages_by_time  at_ms(8) id(16)             -> ()      listing newest first, retention
-//! opens             open_id(8)                  -> OpenEvent
-//! opens_by_message  id(16) open_id(8)           -> ()      a message's opens
-//! meta              "counters"                  -> Counters (JSON)
-//!                   "open_counters"             -> the 4 open totals (32 bytes)
-//!                   "journal_indexed"           -> journal position indexed (16 bytes)
-//!                   "last_event"                -> last webhook event sequence (8 bytes)
-//! outbox            endpoint(8) seq(8)          -> webhook delivery (JSON), see outbox.rs
-//! dead_letters      endpoint(8) seq(8)          -> webhook delivery out of time (JSON)
+//! m id(16)                  -> the message record and its delivery (JSON)
+//! s id(16)                  -> open statistics + hand-off time (48 bytes), then the ids of
+//!                              its newest opens (8 bytes each, fewer than CHUNK)
+//! x id(16) chunk(4)         -> CHUNK older open ids of the message, in order
+//! t at_ms(8) id(16)         -> ()      listing newest first, retention
+//! o first_open_id(8)        -> a segment: the opens one write committed (see opens.rs)
+//! q endpoint(8) seq(8)      -> webhook delivery waiting (binary, see outbox.rs)
+//! d endpoint(8) seq(8)      -> webhook delivery out of time
+//! c "counters"              -> Counters (JSON, written once per write)
+//! c "open_counters"         -> the 4 open totals (32 bytes)
+//! c "journal_indexed"       -> journal position indexed (16 bytes)
+//! c "last_event"            -> last webhook event sequence (8 bytes)
+//! c "layout"                -> layout version (8 bytes): 2
 //! ```
+//!
+//! An indexer batch of 512 opens is thus one segment key, one `s` key per message opened
+//! (its statistics and its open index together), the counters and the journal mark: a handful
+//! of keys, where the first layout wrote three keys per open in a five-tree transaction.
 //!
 //! An open id is `max(previous + 1, at_ms << 20)`: unique, strictly increasing, time-ordered
 //! (the high 44 bits are the ms timestamp, good until the year 2527), and printed as 16 hex
@@ -28,17 +40,16 @@
 //!
 //! # Writes and durability
 //!
-//! Every write runs in one sled transaction across the trees it touches (an open's event,
-//! index, message stats and counters commit together or not at all). Writers are serialised by
-//! one mutex, so transactions never conflict or retry, and the in-memory copy of the counters
-//! (for O(1) `stats()`) and the last open id stay exact. After each committed open the event
-//! goes to an in-process `broadcast` channel for live followers (never a sled subscriber: a slow
-//! reader there blocks writers).
+//! Writers are serialised by one mutex: each reads what it updates, builds one batch, and
+//! applies it; the in-memory copy of the counters (for O(1) `stats()`) and the last open id
+//! stay exact. Readers take no lock: a batch is visible all at once or not at all. After each
+//! committed open the event goes to an in-process `broadcast` channel for live followers
+//! (never a sled subscriber: a slow reader there blocks writers).
 //!
 //! Nothing reaches sled on the request paths: pixel hits, message records and final replies go
 //! to the journal first (`ingest`), whose indexer commits them here in journal order with the
-//! journal position reached ("journal_indexed" in `meta`, [`SledStore::journal_mark`]) in the same
-//! transaction, so a restart replays exactly what was not yet stored.
+//! journal position reached (`journal_indexed`, [`SledStore::journal_mark`]) in the same
+//! batch, so a restart replays exactly what was not yet stored.
 //!
 //! sled keeps writes in memory and fsyncs them every `store.flush_interval` (its own flusher
 //! thread, `flush_every_ms`), and [`SledStore::flush`] on shutdown. What a crash costs is the
@@ -46,6 +57,7 @@
 
 mod backend;
 mod messages;
+mod migrate;
 mod opens;
 mod outbox;
 mod retention;
@@ -55,19 +67,16 @@ use opens::*;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{Transactional, Tree};
+use sled::Tree;
 use tokio::sync::broadcast;
 
 use crate::config::StoreConfig;
 use crate::openlog::OpenLog;
 use crate::token::MessageId;
 use crate::track::OpenEvent;
-use crate::track::event::rfc3339_ms;
 
 use super::Backend;
 use super::types::*;
@@ -103,32 +112,42 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Engine(e.to_string()),
-        }
-    }
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-fn abort(e: impl Into<StoreError>) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e.into())
-}
-
 /// Value of index entries.
 const EMPTY: &[u8] = &[];
-/// Key of the counters in `meta` (JSON, written with messages; its four open totals are a
+/// Name of the one tree.
+const TREE: &str = "pixelrelay";
+/// Version of the layout described in the module docs.
+const LAYOUT: u64 = 2;
+/// Key prefixes (see the module docs).
+const P_MESSAGE: u8 = b'm';
+const P_STATS: u8 = b's';
+const P_CHUNK: u8 = b'x';
+const P_TIME: u8 = b't';
+const P_SEGMENT: u8 = b'o';
+const P_OUTBOX: u8 = b'q';
+const P_DEAD: u8 = b'd';
+// The keys below are the `c` (meta) prefix's.
+/// Key of the counters (JSON, written with every write; its four open totals are a
 /// snapshot, superseded by `OPEN_COUNTERS`).
-const COUNTERS: &[u8] = b"counters";
-/// Key of the open totals in `meta` (4 big-endian u64s), written with every open.
-const OPEN_COUNTERS: &[u8] = b"open_counters";
+const COUNTERS: &[u8] = b"ccounters";
+/// Key of the open totals (4 big-endian u64s), written with every open.
+const OPEN_COUNTERS: &[u8] = b"copen_counters";
+/// Key of the layout version.
+const LAYOUT_KEY: &[u8] = b"clayout";
 /// Bits of an open id below the timestamp.
 const OPEN_ID_SHIFT: u32 = 20;
-/// Key of the journal position indexed so far in `meta` (see `journal.rs`).
-const JOURNAL_MARK: &[u8] = b"journal_indexed";
+/// Key of the journal position indexed so far (see `journal.rs`).
+const JOURNAL_MARK: &[u8] = b"cjournal_indexed";
+
+/// `prefix ‖ a ‖ b …` as a key.
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
 /// Capacity of the live feed; a follower further behind gets `Lagged` and re-reads the store.
 const FEED_CAPACITY: usize = 4096;
 /// Entries a filtered listing scans per page at most, so a rare filter cannot stall a request.
@@ -155,22 +174,8 @@ struct Inner {
     cfg: StoreConfig,
     /// The database (for flush).
     db: sled::Db,
-    /// id → Stored (JSON).
-    messages: Tree,
-    /// id → MsgStats (48 bytes): open statistics and the hand-off time.
-    message_opens: Tree,
-    /// at_ms ‖ id → ().
-    messages_by_time: Tree,
-    /// open id → OpenEvent.
-    opens: Tree,
-    /// id ‖ open id → ().
-    opens_by_message: Tree,
-    /// Counters.
-    meta: Tree,
-    /// endpoint ‖ seq → webhook delivery waiting.
-    outbox: Tree,
-    /// endpoint ‖ seq → webhook delivery out of time.
-    dead_letters: Tree,
+    /// The one tree (see the module docs).
+    data: Tree,
     /// Tells the delivery workers that rows were written.
     outbox_watch: tokio::sync::watch::Sender<OutboxVersion>,
     /// Serialises writers; holds what must match the committed data exactly.
@@ -189,14 +194,14 @@ struct WriteState {
     last_open: u64,
     /// Endpoints that get outbox rows, and for which events.
     hooks: Vec<Subscription>,
-    /// The last webhook event sequence handed out (persisted in `meta`).
+    /// The last webhook event sequence handed out (persisted).
     last_event: u64,
 }
 
 impl SledStore {
-    /// Opens (or creates) the store at `cfg.path` and, when called inside a tokio runtime
-    /// with `retention_days > 0`, starts the retention task (it ends when the last clone of the
-    /// store is dropped).
+    /// Opens (or creates) the store at `cfg.path`, moving a store of the first layout into
+    /// this one, and, when called inside a tokio runtime with `retention_days > 0`, starts the
+    /// retention task (it ends when the last clone of the store is dropped).
     pub fn open(cfg: &StoreConfig) -> Result<SledStore, StoreError> {
         let flush_ms = cfg
             .flush_interval
@@ -204,32 +209,23 @@ impl SledStore {
             .clamp(1, u128::from(u64::MAX)) as u64;
         let db = sled::Config::new()
             .path(&cfg.path)
-            .cache_capacity(128 * 1024 * 1024)
+            .cache_capacity(64 * 1024 * 1024)
             .flush_every_ms(Some(flush_ms))
             .open()?;
-        let messages = db.open_tree("messages")?;
-        let message_opens = db.open_tree("message_opens")?;
-        let messages_by_time = db.open_tree("messages_by_time")?;
-        let opens = db.open_tree("opens")?;
-        let opens_by_message = db.open_tree("opens_by_message")?;
-        let meta = db.open_tree("meta")?;
-        let outbox = db.open_tree("outbox")?;
-        let dead_letters = db.open_tree("dead_letters")?;
-        let last_event = match meta.get(outbox::LAST_EVENT)? {
+        let data = db.open_tree(TREE)?;
+        migrate::to_current(&db, &data)?;
+        let last_event = match data.get(outbox::LAST_EVENT)? {
             Some(v) => get_u64s::<1>(&v, "last event")?[0],
             None => 0,
         };
-        let mut counters: Counters = match meta.get(COUNTERS)? {
+        let mut counters: Counters = match data.get(COUNTERS)? {
             Some(v) => serde_json::from_slice(&v)?,
             None => Counters::default(),
         };
-        if let Some(v) = meta.get(OPEN_COUNTERS)? {
+        if let Some(v) = data.get(OPEN_COUNTERS)? {
             decode_open_counters(&v, &mut counters)?;
         }
-        let last_open = match opens.last()? {
-            Some((k, _)) => decode_open_id(&k).unwrap_or(0),
-            None => 0,
-        };
+        let last_open = last_open_id(&data)?;
         let open_log = match &cfg.open_log {
             Some(p) => Some(OpenLog::open(p).map_err(StoreError::Io)?),
             None => None,
@@ -239,14 +235,7 @@ impl SledStore {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
                 db,
-                messages,
-                message_opens,
-                messages_by_time,
-                opens,
-                opens_by_message,
-                meta,
-                outbox,
-                dead_letters,
+                data,
                 outbox_watch: tokio::sync::watch::Sender::new(OutboxVersion {
                     last_seq: last_event,
                     retries: 0,
@@ -270,7 +259,7 @@ impl SledStore {
     /// How far the journal was indexed when the store last committed something from it
     /// (the start of the journal if never).
     pub fn journal_mark(&self) -> Result<Position, StoreError> {
-        match self.inner.meta.get(JOURNAL_MARK)? {
+        match self.inner.data.get(JOURNAL_MARK)? {
             Some(v) => Position::decode(&v).ok_or(StoreError::Corrupt("journal position")),
             None => Ok(Position::default()),
         }
@@ -351,18 +340,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn encode<T: Serialize>(v: &T) -> TxResult<Vec<u8>> {
-    serde_json::to_vec(v).map_err(abort)
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(serde_json::to_vec(v)?)
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T, StoreError> {
     Ok(serde_json::from_slice(v)?)
-}
-
-impl From<StoreError> for ConflictableTransactionError<StoreError> {
-    fn from(e: StoreError) -> Self {
-        abort(e)
-    }
 }
 
 #[cfg(test)]

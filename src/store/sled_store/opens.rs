@@ -1,6 +1,20 @@
 //! Opens in sled: committing events with their message statistics, counters and outbox rows
-//! in one transaction (`opens`, `opens_by_message`, `message_opens`, `meta`), the open-id
-//! scheme, and listing.
+//! in one batch, the segments they are stored in, the open-id scheme, and listing.
+//!
+//! # Segments
+//!
+//! The opens one write commits are stored together under `o ‖ first open id`, at most
+//! [`SEGMENT`] of them:
+//!
+//! ```text
+//! n(4) | n × (open_id(8) end(4)) | the n event JSONs back to back (end: offset after each)
+//! ```
+//!
+//! Ids are ascending within a segment and every id of a segment is below the next segment's
+//! key, so the segment holding open `id` is the last one whose key is at most `id`, and the
+//! entry is found by binary search over the fixed-size headers; only the events a reader
+//! wants are parsed. Retention rewrites a segment without the opens it purges (the key, a
+//! lower bound, stays).
 
 use super::*;
 
@@ -18,8 +32,18 @@ pub(super) struct OpenCounters {
 }
 
 impl Counters {
-    /// Counts an open's verdict in the kind, reason and proxy breakdowns.
-    pub(super) fn count_verdict(&mut self, ev: &OpenEvent) {
+    /// Counts an open in the day, client, device, kind, reason and proxy breakdowns.
+    pub(super) fn count_open(&mut self, ev: &OpenEvent) {
+        let day = crate::clock::day(ev.at_ms);
+        self.by_day.entry(day).or_default().add(ev.machine);
+        self.by_client
+            .entry(ev.client.clone())
+            .or_default()
+            .add(ev.machine);
+        self.by_device
+            .entry(ev.device.as_str().to_string())
+            .or_default()
+            .add(ev.machine);
         if ev.kind() == crate::track::OpenKind::Proxied {
             self.proxied_opens += 1;
         }
@@ -79,8 +103,13 @@ pub(super) fn next_open_id(last: u64, at_ms: u64) -> u64 {
     last.saturating_add(1).max(at_ms << OPEN_ID_SHIFT)
 }
 
+/// The 16 hex digits of an open id (by hand: `format!` is a tenth of the indexer's time).
 pub(super) fn format_open_id(id: u64) -> String {
-    format!("{id:016x}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let s: String = (0..16)
+        .map(|i| char::from(HEX[((id >> (60 - 4 * i)) & 0xf) as usize]))
+        .collect();
+    s
 }
 
 pub(super) fn parse_open_id(s: &str) -> Result<u64, StoreError> {
@@ -90,21 +119,155 @@ pub(super) fn parse_open_id(s: &str) -> Result<u64, StoreError> {
     u64::from_str_radix(s, 16).map_err(|_| StoreError::BadCursor(s.to_string()))
 }
 
-pub(super) fn decode_open_id(k: &[u8]) -> Option<u64> {
-    <[u8; 8]>::try_from(k).ok().map(u64::from_be_bytes)
+/// Opens per segment at most.
+pub(super) const SEGMENT: usize = 512;
+/// Bytes of event JSON per segment at most (about 40 opens): sled writes a page over 128 KiB
+/// as a file of its own, and rewrites a whole page when it changes, so pages stay small.
+const SEGMENT_BYTES: usize = 16 * 1024;
+
+/// `stored` cut into segments of at most [`SEGMENT`] opens and about [`SEGMENT_BYTES`].
+pub(super) fn segments<B: AsRef<[u8]>>(stored: &[(u64, B)]) -> Vec<&[(u64, B)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, json)) in stored.iter().enumerate() {
+        if i > start && (i - start == SEGMENT || bytes + json.as_ref().len() > SEGMENT_BYTES) {
+            out.push(&stored[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += json.as_ref().len();
+    }
+    if start < stored.len() {
+        out.push(&stored[start..]);
+    }
+    out
 }
 
-pub(super) fn open_index_key(id: &MessageId, open_id: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..16].copy_from_slice(id.as_bytes());
-    k[16..].copy_from_slice(&open_id.to_be_bytes());
-    k
+pub(super) fn segment_key(first: u64) -> Vec<u8> {
+    key(P_SEGMENT, &[&first.to_be_bytes()])
+}
+
+/// Encodes `(open id, event JSON)` pairs, ids ascending, as a segment.
+pub(super) fn encode_segment<B: AsRef<[u8]>>(entries: &[(u64, B)]) -> Vec<u8> {
+    let body: usize = entries.iter().map(|(_, j)| j.as_ref().len()).sum();
+    let mut v = Vec::with_capacity(4 + 12 * entries.len() + body);
+    v.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    let mut end = 0u32;
+    for (id, json) in entries {
+        end = end.saturating_add(json.as_ref().len() as u32);
+        v.extend_from_slice(&id.to_be_bytes());
+        v.extend_from_slice(&end.to_be_bytes());
+    }
+    for (_, json) in entries {
+        v.extend_from_slice(json.as_ref());
+    }
+    v
+}
+
+/// A segment read in place.
+pub(super) struct Segment<'a> {
+    /// The headers.
+    heads: &'a [u8],
+    /// The bodies.
+    bodies: &'a [u8],
+}
+
+impl<'a> Segment<'a> {
+    pub(super) fn parse(b: &'a [u8]) -> Result<Segment<'a>, StoreError> {
+        let bad = || StoreError::Corrupt("open segment");
+        let n: [u8; 4] = b.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
+        let heads_end = 4 + 12 * u32::from_be_bytes(n) as usize;
+        let heads = b.get(4..heads_end).ok_or_else(bad)?;
+        let seg = Segment {
+            heads,
+            bodies: &b[heads_end..],
+        };
+        let n = seg.len();
+        if n > 0 && seg.end(n - 1) != seg.bodies.len() {
+            return Err(bad());
+        }
+        Ok(seg)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.heads.len() / 12
+    }
+
+    pub(super) fn id(&self, i: usize) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&self.heads[12 * i..12 * i + 8]);
+        u64::from_be_bytes(a)
+    }
+
+    fn end(&self, i: usize) -> usize {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&self.heads[12 * i + 8..12 * i + 12]);
+        u32::from_be_bytes(a) as usize
+    }
+
+    /// The JSON of entry `i`.
+    pub(super) fn json(&self, i: usize) -> Result<&'a [u8], StoreError> {
+        let start = if i == 0 { 0 } else { self.end(i - 1) };
+        self.bodies
+            .get(start..self.end(i))
+            .ok_or(StoreError::Corrupt("open segment"))
+    }
+
+    pub(super) fn event(&self, i: usize) -> Result<OpenEvent, StoreError> {
+        decode(self.json(i)?)
+    }
+
+    /// The entry of open `id`.
+    pub(super) fn find(&self, id: u64) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.id(mid).cmp(&id) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
+
+    /// The first entry with an id above `id`.
+    fn after(&self, id: u64) -> usize {
+        (0..self.len())
+            .find(|&i| self.id(i) > id)
+            .unwrap_or(self.len())
+    }
+}
+
+/// The id of the newest open stored (0 when there is none).
+pub(super) fn last_open_id(data: &Tree) -> Result<u64, StoreError> {
+    match data.range(segment_key(0)..vec![P_SEGMENT + 1]).next_back() {
+        Some(kv) => {
+            let (_, v) = kv?;
+            let seg = Segment::parse(&v)?;
+            Ok(match seg.len() {
+                0 => 0,
+                n => seg.id(n - 1),
+            })
+        }
+        None => Ok(0),
+    }
+}
+
+/// The segment that would hold open `id`: the last whose key is at most `id`.
+pub(super) fn segment_for(
+    data: &Tree,
+    id: u64,
+) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+    Ok(data
+        .range(segment_key(0)..=segment_key(id))
+        .next_back()
+        .transpose()?)
 }
 
 impl SledStore {
     /// Commits open events (message id and event without id/first/count; `None` for an
-    /// unknown message) in one transaction, with the journal position `mark` when they come
-    /// from the journal, then feeds the open log and live followers.
+    /// unknown message) in one batch, with the journal position `mark` when they come from
+    /// the journal, then feeds the open log and live followers.
     pub(super) fn commit_events(
         &self,
         events: Vec<Option<(MessageId, &OpenEvent)>>,
@@ -112,141 +275,126 @@ impl SledStore {
     ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
         let inner = &*self.inner;
         let mut st = inner.lock();
+        let mut batch = sled::Batch::default();
+        let mut stats: HashMap<MessageId, Option<MsgStats>> = HashMap::new();
+        let mut oc = st.counters.clone_open();
+        let mut breakdown = st.counters.clone();
         let mut last = st.last_open;
-        let events: Vec<Option<(MessageId, u64, &OpenEvent)>> = events
-            .into_iter()
-            .map(|ev| {
-                ev.map(|(id, ev)| {
-                    last = next_open_id(last, ev.at_ms);
-                    (id, last, ev)
-                })
-            })
-            .collect();
-        let trees = (
-            &inner.message_opens,
-            &inner.opens,
-            &inner.opens_by_message,
-            &inner.meta,
-            &inner.outbox,
-        );
-        let (done, oc, breakdown, last_event, written) =
-            trees.transaction(|(stats, opens, by_msg, meta, outbox)| {
-                let mut cache: HashMap<MessageId, MsgStats> = HashMap::new();
-                let mut oc = st.counters.clone_open();
-                let mut breakdown = st.counters.clone();
-                let mut last_event = st.last_event;
-                let mut written = 0;
-                let mut out = Vec::with_capacity(events.len());
-                for ev in &events {
-                    let Some((id, open_id, ev)) = ev else {
-                        out.push(None);
-                        continue;
-                    };
-                    let at_ms = ev.at_ms;
-                    let ms = match cache.entry(*id) {
-                        Entry::Occupied(e) => e.into_mut(),
-                        // Absent only if the message was purged since it was read above.
-                        Entry::Vacant(e) => match stats.get(id.as_bytes())? {
-                            Some(v) => e.insert(MsgStats::decode(&v)?),
-                            None => {
-                                out.push(None);
-                                continue;
-                            }
-                        },
-                    };
-                    let human = !ev.machine;
-                    let first = ms.count == 0;
-                    let first_human = human && ms.human == 0;
-                    ms.count += 1;
-                    if first {
-                        ms.first = at_ms;
-                    }
-                    ms.last = ms.last.max(at_ms);
-                    if human {
-                        ms.human += 1;
-                        if first_human {
-                            ms.first_human = at_ms;
-                        }
-                    }
-                    let mut ev = (*ev).clone();
-                    ev.id = format_open_id(*open_id);
-                    ev.first = first;
-                    ev.count = ms.count;
-                    oc.opens += 1;
-                    oc.machine_opens += u64::from(!human);
-                    oc.unique_opens += u64::from(first);
-                    oc.unique_human_opens += u64::from(first_human);
-                    let day = crate::clock::day(at_ms);
-                    breakdown.by_day.entry(day).or_default().add(ev.machine);
-                    breakdown
-                        .by_client
-                        .entry(ev.client.clone())
-                        .or_default()
-                        .add(ev.machine);
-                    breakdown
-                        .by_device
-                        .entry(ev.device.as_str().to_string())
-                        .or_default()
-                        .add(ev.machine);
-                    breakdown.count_verdict(&ev);
-                    let json = encode(&ev)?;
-                    written += outbox::write_event(
-                        outbox,
-                        &st.hooks,
-                        &mut last_event,
-                        "open",
-                        at_ms,
-                        &ev,
-                    )?;
-                    opens.insert(&open_id.to_be_bytes(), json.as_slice())?;
-                    by_msg.insert(open_index_key(id, *open_id).as_slice(), EMPTY)?;
-                    out.push(Some((ev, json)));
-                }
-                for (id, ms) in &cache {
-                    stats.insert(id.as_bytes(), ms.encode().as_slice())?;
-                }
-                meta.insert(OPEN_COUNTERS, oc.encode().as_slice())?;
-                // The per-day/client/device breakdowns live in the JSON counters: once per batch.
-                meta.insert(COUNTERS, encode(&breakdown)?)?;
-                if written > 0 {
-                    meta.insert(outbox::LAST_EVENT, put_u64s(&[last_event]))?;
-                }
-                if let Some(mark) = mark {
-                    meta.insert(JOURNAL_MARK, mark.encode().as_slice())?;
-                }
-                Ok((out, oc, breakdown, last_event, written))
-            })?;
-        st.counters.by_day = breakdown.by_day;
-        st.counters.by_client = breakdown.by_client;
-        st.counters.by_device = breakdown.by_device;
-        st.counters.proxied_opens = breakdown.proxied_opens;
-        st.counters.by_reason = breakdown.by_reason;
-        st.counters.by_proxy = breakdown.by_proxy;
-        oc.apply(&mut st.counters);
+        let mut last_event = st.last_event;
+        let mut written = 0;
+        let mut out = Vec::with_capacity(events.len());
+        let mut stored: Vec<(u64, Vec<u8>)> = Vec::with_capacity(events.len());
+        for ev in events {
+            let Some((id, ev)) = ev else {
+                out.push(None);
+                continue;
+            };
+            let ms = match stats.entry(id) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(match inner.data.get(stats_key(&id))? {
+                    Some(v) => Some(MsgStats::decode(&v)?),
+                    // Purged since its context was read.
+                    None => None,
+                }),
+            };
+            let Some(ms) = ms else {
+                out.push(None);
+                continue;
+            };
+            last = next_open_id(last, ev.at_ms);
+            let human = !ev.machine;
+            let (first, first_human) = (ms.count == 0, human && ms.human == 0);
+            if let Some((n, chunk)) = ms.add(last, ev.at_ms, human) {
+                batch.insert(chunk_key(&id, n), chunk);
+            }
+            let mut ev = ev.clone();
+            ev.id = format_open_id(last);
+            ev.first = first;
+            ev.count = ms.count;
+            oc.opens += 1;
+            oc.machine_opens += u64::from(!human);
+            oc.unique_opens += u64::from(first);
+            oc.unique_human_opens += u64::from(first_human);
+            breakdown.count_open(&ev);
+            written += outbox::write_event(
+                &mut batch,
+                &st.hooks,
+                &mut last_event,
+                "open",
+                ev.at_ms,
+                &ev,
+            )?;
+            stored.push((last, encode(&ev)?));
+            out.push(Some(ev));
+        }
+        for seg in segments(&stored) {
+            batch.insert(segment_key(seg[0].0), encode_segment(seg));
+        }
+        for (id, ms) in &stats {
+            if let Some(ms) = ms {
+                batch.insert(stats_key(id), ms.encode());
+            }
+        }
+        if !stored.is_empty() {
+            batch.insert(OPEN_COUNTERS, oc.encode());
+            // The per-day/client/device breakdowns live in the JSON counters: once per batch.
+            batch.insert(COUNTERS, encode(&breakdown)?);
+        }
+        if written > 0 {
+            batch.insert(outbox::LAST_EVENT, put_u64s(&[last_event]));
+        }
+        if let Some(mark) = mark {
+            batch.insert(JOURNAL_MARK, mark.encode().as_slice());
+        }
+        inner.data.apply_batch(batch)?;
+        oc.apply(&mut breakdown);
+        st.counters = breakdown;
         st.last_open = last;
         st.last_event = last_event;
         self.outbox_written(&st, written);
-        let mut result = Vec::with_capacity(done.len());
-        for item in done {
-            let Some((event, json)) = item else {
-                result.push(None);
-                continue;
-            };
-            if let Some(log) = &inner.open_log {
+        // Still under the writer lock: the open log and the feed get the events in id order.
+        if let Some(log) = &inner.open_log {
+            for (_, json) in &stored {
                 // The open is committed; a full disk here must not undo it, so log and carry on.
-                if let Err(e) = log.append_raw(json) {
+                if let Err(e) = log.append_raw(json.clone()) {
                     tracing::warn!(error = %e, "cannot append to store.open_log");
                 }
             }
-            // Cloned only for live followers. One that subscribes after this check reads the
-            // event from the store: it is committed, and followers read their backlog after
-            // subscribing.
-            if inner.feed.receiver_count() > 0 {
-                let _ = inner.feed.send(event.clone());
-            }
-            result.push(Some(event));
         }
-        Ok(result)
+        // Cloned only for live followers. One that subscribes after this check reads the
+        // events from the store: they are committed, and followers read their backlog after
+        // subscribing.
+        if inner.feed.receiver_count() > 0 {
+            for ev in out.iter().flatten() {
+                let _ = inner.feed.send(ev.clone());
+            }
+        }
+        drop(st);
+        Ok(out)
+    }
+
+    /// The events of opens `ids` (ascending), skipping any purged.
+    pub(super) fn opens_by_id(&self, ids: &[u64]) -> Result<Vec<OpenEvent>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut cached: Option<sled::IVec> = None;
+        for &id in ids {
+            if let Some(v) = &cached {
+                let seg = Segment::parse(v)?;
+                if let Some(i) = seg.find(id) {
+                    out.push(seg.event(i)?);
+                    continue;
+                }
+            }
+            let Some((_, v)) = segment_for(&self.inner.data, id)? else {
+                continue;
+            };
+            let seg = Segment::parse(&v)?;
+            if let Some(i) = seg.find(id) {
+                out.push(seg.event(i)?);
+            }
+            cached = Some(v);
+        }
+        Ok(out)
     }
 
     /// Opens, newest first, strictly before `cursor` (an open id) or from the newest.
@@ -255,8 +403,27 @@ impl SledStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<OpenEvent>, StoreError> {
-        let range = (Bound::Unbounded, open_bound(cursor)?);
-        let items = decode_opens(self.inner.opens.range(range).rev(), limit)?;
+        let before = match cursor {
+            Some(c) => parse_open_id(c)?,
+            None => u64::MAX,
+        };
+        let mut items = Vec::new();
+        if before > 0 && limit > 0 {
+            let range = segment_key(0)..=segment_key(before - 1);
+            'segments: for kv in self.inner.data.range(range).rev() {
+                let (_, v) = kv?;
+                let seg = Segment::parse(&v)?;
+                for i in (0..seg.len()).rev() {
+                    if seg.id(i) >= before {
+                        continue;
+                    }
+                    items.push(seg.event(i)?);
+                    if items.len() == limit {
+                        break 'segments;
+                    }
+                }
+            }
+        }
         let next_cursor = if items.len() == limit {
             items.last().map(|e| e.id.clone())
         } else {
@@ -272,30 +439,39 @@ impl SledStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Vec<OpenEvent>, StoreError> {
-        let range = (open_bound(cursor)?, Bound::Unbounded);
-        decode_opens(self.inner.opens.range(range), limit)
+        let after = match cursor {
+            Some(c) => Some(parse_open_id(c)?),
+            None => None,
+        };
+        let mut items = Vec::new();
+        if limit == 0 {
+            return Ok(items);
+        }
+        let data = &self.inner.data;
+        // From the segment holding `after` (it may hold later opens too), else the first.
+        let start = match after {
+            Some(a) => match segment_for(data, a)? {
+                Some((k, _)) => k.to_vec(),
+                None => segment_key(0),
+            },
+            None => segment_key(0),
+        };
+        for kv in data.range(start..vec![P_SEGMENT + 1]) {
+            let (_, v) = kv?;
+            let seg = Segment::parse(&v)?;
+            let from = after.map_or(0, |a| seg.after(a));
+            for i in from..seg.len() {
+                items.push(seg.event(i)?);
+                if items.len() == limit {
+                    return Ok(items);
+                }
+            }
+        }
+        Ok(items)
     }
 
     /// The id of the newest open (16 zeros when there is none): a cursor meaning "from now".
     pub(super) fn last_open_cursor(&self) -> String {
         format_open_id(self.inner.lock().last_open)
     }
-}
-
-/// The key bound that excludes the open `cursor` names, or no bound without one.
-fn open_bound(cursor: Option<&str>) -> Result<Bound<[u8; 8]>, StoreError> {
-    Ok(match cursor {
-        Some(c) => Bound::Excluded(parse_open_id(c)?.to_be_bytes()),
-        None => Bound::Unbounded,
-    })
-}
-
-/// The first `limit` open events of a key-ordered scan of `opens`.
-fn decode_opens(
-    scan: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
-    limit: usize,
-) -> Result<Vec<OpenEvent>, StoreError> {
-    scan.take(limit)
-        .map(|kv| decode::<OpenEvent>(&kv?.1))
-        .collect()
 }

@@ -8,10 +8,10 @@
 //! delivery worker (`notify`) reads and updates the rows through the methods here.
 //!
 //! ```text
-//! outbox        endpoint(8) seq(8) -> row: created(8) attempts(4) next(8) kind(1)
-//!                                     error_len(2) error body      (binary, big-endian)
-//! dead_letters  endpoint(8) seq(8) -> the same row
-//! meta          "last_event"       -> the last event sequence number handed out (8 bytes)
+//! q endpoint(8) seq(8)   -> row: created(8) attempts(4) next(8) kind(1)
+//!                          error_len(2) error body      (binary, big-endian)
+//! d endpoint(8) seq(8)   -> the same row, out of time (a dead letter)
+//! c "last_event"         -> the last event sequence number handed out (8 bytes)
 //! ```
 //!
 //! `endpoint` is a stable id of the endpoint (a hash of its URL, so reordering `[[webhooks]]`
@@ -26,13 +26,12 @@
 use serde::Serialize;
 
 use crate::store::types::{OutboxItem, OutboxRow, OutboxVersion, Subscription, parse_delivery_id};
-use sled::transaction::TransactionalTree;
-use sled::{IVec, Transactional};
+use sled::transaction::ConflictableTransactionError;
 
-use super::{SledStore, StoreError, TxResult, WriteState, abort, hex};
+use super::{P_DEAD, P_OUTBOX, SledStore, StoreError, WriteState, hex};
 
-/// `meta` key of the last event sequence number.
-pub(super) const LAST_EVENT: &[u8] = b"last_event";
+/// Key of the last event sequence number.
+pub(super) const LAST_EVENT: &[u8] = b"clast_event";
 /// Bits of a sequence number below the ms timestamp.
 const SEQ_SHIFT: u32 = 20;
 
@@ -90,19 +89,20 @@ fn header(b: &[u8]) -> Option<(u64, u32, u64)> {
     Some((created, attempts, next))
 }
 
-/// The key of a row.
-pub fn outbox_key(endpoint: u64, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&endpoint.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
+/// The key of a row waiting (`prefix` [`P_OUTBOX`]) or dead ([`P_DEAD`]).
+fn row_key(prefix: u8, endpoint: u64, seq: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = prefix;
+    k[1..9].copy_from_slice(&endpoint.to_be_bytes());
+    k[9..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
-/// (endpoint, seq) of a key; `None` if it is not 16 bytes.
+/// (endpoint, seq) of a row key; `None` if it is not one.
 fn split_key(k: &[u8]) -> Option<(u64, u64)> {
-    let e = <[u8; 8]>::try_from(k.get(..8)?).ok()?;
-    let s = <[u8; 8]>::try_from(k.get(8..16)?).ok()?;
-    (k.len() == 16).then(|| (u64::from_be_bytes(e), u64::from_be_bytes(s)))
+    let e = <[u8; 8]>::try_from(k.get(1..9)?).ok()?;
+    let s = <[u8; 8]>::try_from(k.get(9..17)?).ok()?;
+    (k.len() == 17).then(|| (u64::from_be_bytes(e), u64::from_be_bytes(s)))
 }
 
 /// The event's JSON: `type` and `event_id`, then the event's own fields. An open event carries
@@ -123,16 +123,16 @@ fn is_open(kind: &&'static str) -> bool {
     *kind == "open"
 }
 
-/// Within a write transaction: writes one event's rows for every endpoint subscribed to
-/// `kind`, advancing `last` (the sequence). Returns how many rows were written.
+/// Into a write's batch: one event's rows for every endpoint subscribed to `kind`, advancing
+/// `last` (the sequence). Returns how many rows were written.
 pub(super) fn write_event<T: Serialize>(
-    outbox: &TransactionalTree,
+    batch: &mut sled::Batch,
     subs: &[Subscription],
     last: &mut u64,
     kind: &'static str,
     at_ms: u64,
     event: &T,
-) -> TxResult<usize> {
+) -> Result<usize, StoreError> {
     let targets: Vec<u64> = subs
         .iter()
         .filter(|s| if kind == "open" { s.open } else { s.message })
@@ -147,8 +147,7 @@ pub(super) fn write_event<T: Serialize>(
         kind,
         event_id: &event_id,
         event,
-    })
-    .map_err(abort)?;
+    })?;
     let row = OutboxRow {
         event_id,
         kind: kind.to_string(),
@@ -160,7 +159,7 @@ pub(super) fn write_event<T: Serialize>(
     };
     let value = row.encode();
     for endpoint in &targets {
-        outbox.insert(&outbox_key(*endpoint, *last), value.as_slice())?;
+        batch.insert(&row_key(P_OUTBOX, *endpoint, *last), value.as_slice());
     }
     Ok(targets.len())
 }
@@ -188,7 +187,7 @@ impl SledStore {
 
     /// One row of the outbox.
     pub fn outbox_get(&self, endpoint: u64, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
-        match self.inner.outbox.get(outbox_key(endpoint, seq))? {
+        match self.inner.data.get(row_key(P_OUTBOX, endpoint, seq))? {
             Some(v) => Ok(Some(OutboxRow::decode(seq, &v)?)),
             None => Ok(None),
         }
@@ -201,8 +200,8 @@ impl SledStore {
         let Some(start) = after.checked_add(1) else {
             return Ok(out);
         };
-        let range = outbox_key(endpoint, start)..=outbox_key(endpoint, u64::MAX);
-        for kv in self.inner.outbox.range(range) {
+        let range = row_key(P_OUTBOX, endpoint, start)..=row_key(P_OUTBOX, endpoint, u64::MAX);
+        for kv in self.inner.data.range(range) {
             let (k, v) = kv?;
             let Some((_, seq)) = split_key(&k) else {
                 continue;
@@ -215,7 +214,7 @@ impl SledStore {
 
     /// Delivered: the row goes.
     pub fn outbox_delivered(&self, endpoint: u64, seq: u64) -> Result<(), StoreError> {
-        self.inner.outbox.remove(outbox_key(endpoint, seq))?;
+        self.inner.data.remove(row_key(P_OUTBOX, endpoint, seq))?;
         Ok(())
     }
 
@@ -228,10 +227,10 @@ impl SledStore {
         next_ms: u64,
         error: &str,
     ) -> Result<(), StoreError> {
-        let key = outbox_key(endpoint, seq);
+        let key = row_key(P_OUTBOX, endpoint, seq);
         // Only the worker owning the endpoint updates its rows, so read-modify-write is safe;
         // a row gone meanwhile stays gone.
-        if let Some(v) = self.inner.outbox.get(key)? {
+        if let Some(v) = self.inner.data.get(key)? {
             let mut row = OutboxRow::decode(seq, &v)?;
             row.attempts = attempts;
             row.next_ms = next_ms;
@@ -239,7 +238,7 @@ impl SledStore {
             // A lost race (the row changed meanwhile) keeps the newer row.
             let _ = self
                 .inner
-                .outbox
+                .data
                 .compare_and_swap(key, Some(v), Some(row.encode()))?;
         }
         Ok(())
@@ -253,19 +252,14 @@ impl SledStore {
         attempts: u32,
         error: &str,
     ) -> Result<bool, StoreError> {
-        let key = outbox_key(endpoint, seq);
-        let inner = &*self.inner;
-        let moved = (&inner.outbox, &inner.dead_letters).transaction(|(outbox, dead)| {
-            let Some(v) = outbox.remove(&key)? else {
-                return Ok(false);
-            };
-            let mut row = OutboxRow::decode(seq, &v)?;
+        let (from, to) = (
+            row_key(P_OUTBOX, endpoint, seq),
+            row_key(P_DEAD, endpoint, seq),
+        );
+        move_row(&self.inner.data, &from, &to, seq, |row| {
             row.attempts = attempts;
             row.last_error = Some(error.to_string());
-            dead.insert(&key, row.encode())?;
-            Ok(true)
-        })?;
-        Ok(moved)
+        })
     }
 
     /// Deliveries waiting, oldest first, strictly after `cursor` (an item id); at most
@@ -275,7 +269,7 @@ impl SledStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Vec<OutboxItem>, StoreError> {
-        list(&self.inner.outbox, cursor, limit)
+        list(&self.inner.data, P_OUTBOX, cursor, limit)
     }
 
     /// Dead letters, oldest first, strictly after `cursor`; at most `limit`.
@@ -284,7 +278,7 @@ impl SledStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Vec<OutboxItem>, StoreError> {
-        list(&self.inner.dead_letters, cursor, limit)
+        list(&self.inner.data, P_DEAD, cursor, limit)
     }
 
     /// Puts a dead letter back into the outbox, due now, with its attempts reset (its
@@ -294,21 +288,17 @@ impl SledStore {
         let Some((endpoint, seq)) = parse_delivery_id(id) else {
             return Err(StoreError::BadCursor(id.to_string()));
         };
-        let key = outbox_key(endpoint, seq);
-        let inner = &*self.inner;
-        let moved = (&inner.outbox, &inner.dead_letters).transaction(|(outbox, dead)| {
-            let Some(v) = dead.remove(&key)? else {
-                return Ok(false);
-            };
-            let mut row = OutboxRow::decode(seq, &v)?;
+        let (from, to) = (
+            row_key(P_DEAD, endpoint, seq),
+            row_key(P_OUTBOX, endpoint, seq),
+        );
+        let moved = move_row(&self.inner.data, &from, &to, seq, |row| {
             row.attempts = 0;
             row.created_ms = now_ms;
             row.next_ms = now_ms;
-            outbox.insert(&key, row.encode())?;
-            Ok(true)
         })?;
         if moved {
-            inner.outbox_watch.send_modify(|v| v.retries += 1);
+            self.inner.outbox_watch.send_modify(|v| v.retries += 1);
         }
         Ok(moved)
     }
@@ -318,7 +308,9 @@ impl SledStore {
         let mut out = Vec::new();
         let mut from = 0u64;
         loop {
-            let Some(kv) = self.inner.outbox.range(outbox_key(from, 0)..).next() else {
+            let end = [P_OUTBOX + 1];
+            let start = row_key(P_OUTBOX, from, 0);
+            let Some(kv) = self.inner.data.range(&start[..]..&end[..]).next() else {
                 return Ok(out);
             };
             let (k, _) = kv?;
@@ -335,12 +327,38 @@ impl SledStore {
 
     /// Rows in the outbox (O(n): a scan). For tests and start-up.
     pub fn outbox_len(&self) -> usize {
-        self.inner.outbox.len()
+        self.inner.data.scan_prefix([P_OUTBOX]).count()
     }
 }
 
+/// Moves the row at `from` to `to`, changed by `change`, in one transaction; whether it
+/// was there.
+fn move_row(
+    data: &sled::Tree,
+    from: &[u8],
+    to: &[u8],
+    seq: u64,
+    change: impl Fn(&mut OutboxRow),
+) -> Result<bool, StoreError> {
+    let moved = data.transaction(|t| {
+        let Some(v) = t.remove(from)? else {
+            return Ok(false);
+        };
+        let mut row = OutboxRow::decode(seq, &v).map_err(ConflictableTransactionError::Abort)?;
+        change(&mut row);
+        t.insert(to, row.encode())?;
+        Ok(true)
+    });
+    moved.map_err(|e| match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => e.into(),
+    })
+}
+
+/// Rows under `prefix`, oldest first, strictly after `cursor`; at most `limit`.
 fn list(
-    tree: &sled::Tree,
+    data: &sled::Tree,
+    prefix: u8,
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<Vec<OutboxItem>, StoreError> {
@@ -348,21 +366,19 @@ fn list(
         Some(c) => {
             let (e, s) =
                 parse_delivery_id(c).ok_or_else(|| StoreError::BadCursor(c.to_string()))?;
-            std::ops::Bound::Excluded(IVec::from(&outbox_key(e, s)[..]))
+            std::ops::Bound::Excluded(row_key(prefix, e, s).to_vec())
         }
-        None => std::ops::Bound::Unbounded,
+        None => std::ops::Bound::Included(vec![prefix]),
     };
+    let end = std::ops::Bound::Excluded(vec![prefix + 1]);
     let mut out = Vec::new();
-    for kv in tree
-        .range::<IVec, _>((start, std::ops::Bound::Unbounded))
-        .take(limit)
-    {
+    for kv in data.range((start, end)).take(limit) {
         let (k, v) = kv?;
         let Some((endpoint, seq)) = split_key(&k) else {
             continue;
         };
         out.push(OutboxItem {
-            id: hex(&k),
+            id: hex(&k[1..]),
             endpoint: format!("{endpoint:016x}"),
             row: OutboxRow::decode(seq, &v)?,
         });

@@ -1,96 +1,143 @@
 //! Retention: deletes messages and opens older than `store.retention_days`, in small
-//! transactions under the writer lock so pixel hits are never stalled for long.
+//! batches under the writer lock so pixel hits are never stalled for long.
 //!
-//! Opens are purged by their id's timestamp (ids are time-ordered keys, so this is a range
-//! scan from the oldest); a purged message takes its remaining opens with it, since an open
-//! that no longer names a recipient or sender is of no use. The lifetime counters are not
-//! lowered.
+//! Opens are purged by their id's timestamp: segments are keyed by their first open id, so
+//! this is a range from the oldest, and the segment straddling the cutoff is rewritten with
+//! its newer opens only. A purged message takes its remaining opens with it (rewriting the
+//! segments that hold them), since an open that no longer names a recipient or sender is of
+//! no use. The lifetime counters are not lowered. A message's open index may keep the ids of
+//! opens purged by age; readers skip ids no segment holds.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Weak;
 use std::time::Duration;
 
-use sled::Transactional;
-
-use super::{Inner, OPEN_ID_SHIFT, StoreError, decode_open_id};
+use super::messages::{MsgStats, chunk_prefix, message_key, stats_key};
+use super::opens::{Segment, encode_segment, segment_for, segment_key};
+use super::{Inner, OPEN_ID_SHIFT, P_TIME, StoreError, key};
 use crate::clock::now_ms;
 use crate::store::types::PurgeReport;
 use crate::token::MessageId;
-use crate::track::OpenEvent;
 
-/// Records deleted per transaction.
-const BATCH: usize = 512;
+/// Keys (segments or messages) handled per batch.
+const BATCH: usize = 256;
 /// How often the background task runs.
 const EVERY: Duration = Duration::from_secs(3600);
 
 /// Deletes everything older than `cutoff_ms`.
 pub(super) fn purge(inner: &Inner, cutoff_ms: u64) -> Result<PurgeReport, StoreError> {
     let mut report = PurgeReport::default();
+    let cutoff_id = cutoff_ms << OPEN_ID_SHIFT;
     // Old opens, oldest first, by key range.
-    let end = (cutoff_ms << OPEN_ID_SHIFT).to_be_bytes();
     loop {
         let _w = inner.lock();
-        let mut batch = Vec::with_capacity(BATCH);
-        for kv in inner.opens.range(..end).take(BATCH) {
+        let mut drops = BTreeMap::new();
+        for kv in inner
+            .data
+            .range(segment_key(0)..segment_key(cutoff_id))
+            .take(BATCH)
+        {
             let (k, v) = kv?;
-            let ev: OpenEvent = serde_json::from_slice(&v)?;
-            batch.push((k, ev.message.parse::<MessageId>().ok()));
+            let seg = Segment::parse(&v)?;
+            let old: HashSet<u64> = (0..seg.len())
+                .map(|i| seg.id(i))
+                .filter(|&id| id < cutoff_id)
+                .collect();
+            drops.insert(k, (v, old));
         }
-        if batch.is_empty() {
+        if drops.is_empty() {
             break;
         }
-        (&inner.opens, &inner.opens_by_message).transaction(|(opens, by_msg)| {
-            for (k, msg) in &batch {
-                opens.remove(k)?;
-                if let (Some(m), Some(oid)) = (msg, decode_open_id(k)) {
-                    by_msg.remove(super::open_index_key(m, oid).as_slice())?;
-                }
-            }
-            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
-        })?;
-        report.opens += batch.len() as u64;
+        let removed = rewrite_segments(inner, drops, sled::Batch::default())?;
+        report.opens += removed;
+        if removed == 0 {
+            // Every segment below the cutoff holds an older open (its key is its first id);
+            // this only guards the loop against a store that breaks that.
+            break;
+        }
     }
     // Old messages with whatever opens they still have.
-    let end = cutoff_ms.to_be_bytes();
     loop {
         let _w = inner.lock();
-        let mut batch = Vec::with_capacity(BATCH);
-        for kv in inner.messages_by_time.range(..end).take(BATCH) {
+        let mut batch = sled::Batch::default();
+        let mut drops: BTreeMap<sled::IVec, (sled::IVec, HashSet<u64>)> = BTreeMap::new();
+        let mut n = 0;
+        let range = key(P_TIME, &[])..key(P_TIME, &[&cutoff_ms.to_be_bytes()]);
+        for kv in inner.data.range(range).take(BATCH) {
             let (k, _) = kv?;
-            let Some(id) = MessageId::from_slice(&k[8..]) else {
+            batch.remove(&k);
+            n += 1;
+            let Some(id) = k.get(9..).and_then(MessageId::from_slice) else {
                 continue;
             };
-            let mut opens = Vec::new();
-            for kv in inner.opens_by_message.scan_prefix(id.as_bytes()) {
-                opens.push(kv?.0);
-            }
-            batch.push((k, id, opens));
+            forget_message(inner, &id, &mut batch, &mut drops)?;
         }
-        if batch.is_empty() {
+        if n == 0 {
             break;
         }
-        let trees = (
-            &inner.messages,
-            &inner.message_opens,
-            &inner.messages_by_time,
-            &inner.opens,
-            &inner.opens_by_message,
-        );
-        trees.transaction(|(msgs, stats, by_time, opens, by_msg)| {
-            for (k, id, idx) in &batch {
-                by_time.remove(k)?;
-                msgs.remove(id.as_bytes())?;
-                stats.remove(id.as_bytes())?;
-                for ik in idx {
-                    by_msg.remove(ik)?;
-                    opens.remove(&ik[16..])?;
-                }
-            }
-            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
-        })?;
-        report.messages += batch.len() as u64;
-        report.opens += batch.iter().map(|b| b.2.len() as u64).sum::<u64>();
+        report.opens += rewrite_segments(inner, drops, batch)?;
+        report.messages += n;
     }
     Ok(report)
+}
+
+/// Into `batch`: removes message `id`'s record, statistics and open index; into `drops`: its
+/// opens, by the segment that holds them.
+fn forget_message(
+    inner: &Inner,
+    id: &MessageId,
+    batch: &mut sled::Batch,
+    drops: &mut BTreeMap<sled::IVec, (sled::IVec, HashSet<u64>)>,
+) -> Result<(), StoreError> {
+    let mut ids = Vec::new();
+    for kv in inner.data.scan_prefix(chunk_prefix(id)) {
+        let (k, v) = kv?;
+        ids.extend(super::messages::u64s(&v));
+        batch.remove(k);
+    }
+    if let Some(v) = inner.data.get(stats_key(id))? {
+        ids.extend(MsgStats::decode(&v)?.recent);
+    }
+    batch.remove(stats_key(id));
+    batch.remove(message_key(id));
+    for oid in ids {
+        if let Some((k, v)) = segment_for(&inner.data, oid)? {
+            drops
+                .entry(k)
+                .or_insert_with(|| (v, HashSet::new()))
+                .1
+                .insert(oid);
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites each segment without the opens listed for it (removing it when none is left),
+/// together with `batch`, in one batch. Returns how many opens went.
+fn rewrite_segments(
+    inner: &Inner,
+    drops: BTreeMap<sled::IVec, (sled::IVec, HashSet<u64>)>,
+    mut batch: sled::Batch,
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    for (k, (v, gone)) in &drops {
+        let seg = Segment::parse(v)?;
+        let mut keep = Vec::with_capacity(seg.len());
+        for i in 0..seg.len() {
+            if gone.contains(&seg.id(i)) {
+                removed += 1;
+            } else {
+                keep.push((seg.id(i), seg.json(i)?));
+            }
+        }
+        batch.remove(k);
+        if let Some(&(first, _)) = keep.first() {
+            // Keyed by its first open again: the key stays a lower bound of its ids.
+            batch.insert(segment_key(first), encode_segment(&keep));
+        }
+    }
+    inner.data.apply_batch(batch)?;
+    Ok(removed)
 }
 
 /// Runs [`purge`] at start and then hourly, until the store is dropped.

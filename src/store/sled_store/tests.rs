@@ -30,8 +30,8 @@ fn subjects_and_anonymisation_follow_the_config() {
         .unwrap();
     assert_eq!(e.ip, "198.51.100.0");
     // Nothing un-anonymised is stored anywhere.
-    for kv in s.inner.opens.iter() {
-        let v = String::from_utf8(kv.unwrap().1.to_vec()).unwrap();
+    for kv in s.inner.data.iter() {
+        let v = String::from_utf8_lossy(&kv.unwrap().1).into_owned();
         assert!(!v.contains("203.0.113.77") && !v.contains("abcd:12"), "{v}");
     }
 }
@@ -87,13 +87,11 @@ fn retention_purges_old_messages_and_opens_only() {
             .len(),
         1
     );
-    assert_eq!(
-        s.inner.opens_by_message.len(),
-        1,
-        "no index entries left behind"
-    );
-    assert_eq!(s.inner.message_opens.len(), 1, "no open stats left behind");
-    assert_eq!(s.inner.messages.len(), 1);
+    let count = |p: u8| s.inner.data.scan_prefix([p]).count();
+    assert_eq!(count(P_STATS), 1, "no open stats left behind");
+    assert_eq!(count(P_MESSAGE), 1);
+    assert_eq!(count(P_TIME), 1);
+    assert_eq!(count(P_SEGMENT), 1, "emptied segments are removed");
     // Lifetime counters are not lowered by a purge.
     assert_eq!(s.stats().counters.opens, 4);
     // Idempotent.
@@ -127,13 +125,13 @@ fn a_corrupt_record_fails_its_batch_but_not_a_retry_of_the_others() {
     s.record_message(&rec(good, T0, "a@example.net")).unwrap();
     s.record_message(&rec(bad, T0, "b@example.net")).unwrap();
     s.inner
-        .messages
-        .insert(bad.as_bytes(), b"not json".as_slice())
+        .data
+        .insert(messages::stats_key(&bad), b"not a record".as_slice())
         .unwrap();
     let h = hit(T0, "192.0.2.1", None);
     assert!(matches!(
         s.record_opens(&[(&good, &h), (&bad, &h)]),
-        Err(StoreError::Codec(_))
+        Err(StoreError::Corrupt(_))
     ));
     assert_eq!(s.stats().counters.opens, 0, "all or nothing");
     assert_eq!(s.record_open(&good, &h).unwrap().map(|e| e.count), Some(1));
@@ -149,13 +147,36 @@ fn binary_records_round_trip_and_reject_wrong_lengths() {
         last: u64::MAX,
         first_human: 0,
         sent_at: T0,
+        recent: vec![],
+        recipient: "r@example.net".into(),
+        sender: String::new(),
+        message_id: None,
+        subject: Some("Grüße".into()),
     };
-    assert_eq!(ms.encode().len(), 48);
     assert_eq!(MsgStats::decode(&ms.encode()).unwrap(), ms);
     assert!(matches!(
         MsgStats::decode(&[0; 47]),
         Err(StoreError::Corrupt(_))
     ));
+    let with_ids = MsgStats {
+        recent: vec![7, u64::MAX],
+        ..ms.clone()
+    };
+    assert_eq!(MsgStats::decode(&with_ids.encode()).unwrap(), with_ids);
+    let full = with_ids.encode();
+    for cut in [0, 48, 52, 60, full.len() - 1] {
+        assert!(MsgStats::decode(&full[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut longer = full.clone();
+    longer.push(0);
+    assert!(MsgStats::decode(&longer).is_err());
+    let seg = encode_segment(&[(5u64, &b"{}"[..]), (9, b"[1]")]);
+    let s = Segment::parse(&seg).unwrap();
+    assert_eq!((s.len(), s.id(1), s.json(1).unwrap()), (2, 9, &b"[1]"[..]));
+    assert_eq!((s.find(9), s.find(6)), (Some(1), None));
+    for cut in [0, 3, 10, seg.len() - 1] {
+        assert!(Segment::parse(&seg[..cut]).is_err(), "cut at {cut}");
+    }
     let mut c = Counters::default();
     assert!(decode_open_counters(&[0; 31], &mut c).is_err());
     decode_open_counters(&put_u64s(&[4, 3, 2, 1]), &mut c).unwrap();
@@ -168,4 +189,131 @@ fn binary_records_round_trip_and_reject_wrong_lengths() {
         ),
         (4, 3, 2, 1)
     );
+}
+
+#[test]
+fn a_message_opened_more_than_a_chunk_keeps_every_open_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(&cfg(dir.path())).unwrap();
+    let a = MessageId::random();
+    let b = MessageId::random();
+    s.record_message(&rec(a, T0, "a@example.net")).unwrap();
+    s.record_message(&rec(b, T0, "b@example.net")).unwrap();
+    let n = 2 * messages::CHUNK + 5;
+    let h = hit(T0 + 1000, "192.0.2.1", None);
+    let mut want = Vec::new();
+    // Interleaved with another message's opens, in batches of 7 across segments.
+    for round in (0..n).collect::<Vec<_>>().chunks(7) {
+        let hits: Vec<(&MessageId, &OpenHit)> =
+            round.iter().flat_map(|_| [(&a, &h), (&b, &h)]).collect();
+        let got = s.record_opens(&hits).unwrap();
+        want.extend(got.into_iter().step_by(2).map(Option::unwrap));
+    }
+    let m = s.get_message(&a).unwrap().unwrap();
+    assert_eq!(m.message.opens.count, n as u64);
+    assert_eq!(m.open_events, want);
+    assert_eq!(
+        s.inner.data.scan_prefix([P_CHUNK]).count(),
+        4,
+        "2 full chunks each"
+    );
+    // Reopened: the same, and new opens go on after.
+    drop(s);
+    let s2 = crate::store::contract::reopen(&cfg(dir.path()));
+    let e = s2.record_open(&a, &h).unwrap().unwrap();
+    assert_eq!(e.count, n as u64 + 1);
+    let m = s2.get_message(&a).unwrap().unwrap();
+    assert_eq!(m.open_events.len(), n + 1);
+    assert_eq!(m.open_events.last(), Some(&e));
+}
+
+#[test]
+fn a_store_of_the_first_layout_is_moved_whole_into_the_one_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let id = MessageId::random();
+    let (o1, o2) = ((T0 + 5) << OPEN_ID_SHIFT, (T0 + 9) << OPEN_ID_SHIFT);
+    {
+        // Layout 1 as pixelrelay wrote it: eight trees, JSON records without their ids.
+        let db = sled::open(&c.path).unwrap();
+        let t = |n: &str| db.open_tree(n).unwrap();
+        let stored = serde_json::json!({
+            "queue_id": "Q1", "at": "2023-11-14T22:13:20.000Z", "sender": "s@example.com",
+            "recipients": ["r@example.net"], "message_id": null, "subject": null,
+            "size": 10, "tracked": true, "skip_reason": null,
+            "delivery": {"accepted": true, "reply": "250 ok", "at": "2023-11-14T22:13:20.001Z"}
+        });
+        t("messages")
+            .insert(id.as_bytes(), serde_json::to_vec(&stored).unwrap())
+            .unwrap();
+        t("message_opens")
+            .insert(id.as_bytes(), put_u64s(&[2, 1, T0 + 5, T0 + 9, T0 + 5, T0]))
+            .unwrap();
+        let mut tk = T0.to_be_bytes().to_vec();
+        tk.extend_from_slice(id.as_bytes());
+        t("messages_by_time").insert(tk, EMPTY).unwrap();
+        for (oid, machine) in [(o1, false), (o2, true)] {
+            let ev = serde_json::json!({
+                "id": format_open_id(oid), "message": id.to_string(),
+                "at": "2023-11-14T22:13:20.005Z", "ip": "192.0.2.1", "user_agent": "UA",
+                "client": "Thunderbird", "device": "desktop", "machine": machine,
+                "first": !machine, "count": 1, "recipient": "r@example.net",
+                "sender": "s@example.com"
+            });
+            t("opens")
+                .insert(oid.to_be_bytes(), serde_json::to_vec(&ev).unwrap())
+                .unwrap();
+            let mut ik = id.as_bytes().to_vec();
+            ik.extend_from_slice(&oid.to_be_bytes());
+            t("opens_by_message").insert(ik, EMPTY).unwrap();
+        }
+        let counters = Counters {
+            recorded: 1,
+            relayed: 1,
+            tracked: 1,
+            ..Counters::default()
+        };
+        t("meta")
+            .insert("counters", serde_json::to_vec(&counters).unwrap())
+            .unwrap();
+        t("meta")
+            .insert("open_counters", put_u64s(&[2, 1, 1, 1]))
+            .unwrap();
+        t("outbox").insert([7u8; 16], b"row".as_slice()).unwrap();
+        db.flush().unwrap();
+    }
+    let s = SledStore::open(&c).unwrap();
+    let m = s.get_message(&id).unwrap().unwrap();
+    assert_eq!(m.message.record.queue_id, "Q1");
+    assert_eq!(m.message.opens.count, 2);
+    assert_eq!(m.message.delivery.as_ref().map(|d| d.accepted), Some(true));
+    let ids: Vec<String> = m.open_events.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, vec![format_open_id(o1), format_open_id(o2)]);
+    assert_eq!(s.list_opens(None, 10).unwrap().items.len(), 2);
+    assert_eq!(s.stats().counters.opens, 2);
+    assert_eq!(s.stats().counters.recorded, 1);
+    assert_eq!(
+        s.outbox_endpoints().unwrap(),
+        vec![u64::from_be_bytes([7; 8])]
+    );
+    // The next open continues after the moved ones, on the moved statistics.
+    let e = s
+        .record_open(&id, &hit(T0 + 20, "192.0.2.1", None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.count, 3);
+    assert!(e.id > format_open_id(o2));
+    let names = s.inner.db.tree_names();
+    assert!(
+        !names.iter().any(|n| n.as_ref() == b"opens"),
+        "the old trees are dropped"
+    );
+    // A layout newer than this binary is refused by name.
+    s.inner
+        .data
+        .insert(LAYOUT_KEY, put_u64s(&[LAYOUT + 1]))
+        .unwrap();
+    drop(s);
+    let err = SledStore::open(&c).unwrap_err().to_string();
+    assert!(err.contains("newer than this pixelrelay"), "{err}");
 }

@@ -1,0 +1,193 @@
+//! The layouts of earlier versions, moved into the current one when the store is opened.
+//!
+//! Layout 1 (pixelrelay before the one-tree layout) kept eight trees: `messages` (id → the
+//! record and delivery as JSON, without the id), `message_opens` (id → 48-byte statistics),
+//! `messages_by_time`, `opens` (open id → event JSON), `opens_by_message` (id ‖ open id → ()),
+//! `meta`, `outbox` and `dead_letters` (the binary rows this layout keeps as they were).
+//!
+//! The move copies everything into the one tree in batches, then writes the layout version,
+//! then drops the old trees. A crash before the version is written leaves the old trees whole:
+//! the next start clears the new tree and moves again. A crash after it leaves old trees that
+//! the next start drops. A layout newer than this binary knows is refused.
+
+use super::messages::{CHUNK, MsgStats, chunk_key, encode_message, message_key, stats_key};
+use super::opens::{SEGMENT, encode_segment, segment_key, segments};
+use super::outbox::LAST_EVENT;
+use super::*;
+
+/// The trees of layout 1.
+const OLD_TREES: [&str; 8] = [
+    "messages",
+    "message_opens",
+    "messages_by_time",
+    "opens",
+    "opens_by_message",
+    "meta",
+    "outbox",
+    "dead_letters",
+];
+/// Keys written per batch while moving.
+const BATCH: usize = 1024;
+
+/// Brings the store in `db` to the current layout (see the module docs).
+pub(super) fn to_current(db: &sled::Db, data: &Tree) -> Result<(), StoreError> {
+    let names = db.tree_names();
+    let old: Vec<&str> = OLD_TREES
+        .iter()
+        .copied()
+        .filter(|n| names.iter().any(|x| x.as_ref() == n.as_bytes()))
+        .collect();
+    match data.get(LAYOUT_KEY)? {
+        Some(v) => {
+            let [version] = get_u64s(&v, "layout version")?;
+            if version > LAYOUT {
+                return Err(StoreError::Engine(format!(
+                    "the store at this path has layout {version}, newer than this pixelrelay \
+                     knows ({LAYOUT}): run the newer pixelrelay, or point store.path elsewhere"
+                )));
+            }
+        }
+        None if old.is_empty() => {
+            data.insert(LAYOUT_KEY, put_u64s(&[LAYOUT]))?;
+            return Ok(());
+        }
+        None => {
+            tracing::info!("store: moving the store into the one-tree layout");
+            data.clear()?;
+            let moved = move_layout_1(db, data)?;
+            data.insert(LAYOUT_KEY, put_u64s(&[LAYOUT]))?;
+            db.flush()?;
+            tracing::info!(
+                messages = moved.messages,
+                opens = moved.opens,
+                "store: moved into the one-tree layout"
+            );
+        }
+    }
+    for name in old {
+        db.drop_tree(name)?;
+    }
+    Ok(())
+}
+
+/// Batches of at most [`BATCH`] keys, applied as they fill.
+struct Writer<'a> {
+    /// The tree.
+    data: &'a Tree,
+    /// The batch being filled.
+    batch: sled::Batch,
+    /// Keys in it.
+    n: usize,
+}
+
+impl Writer<'_> {
+    fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) -> Result<(), StoreError> {
+        self.batch.insert(k, v);
+        self.n += 1;
+        if self.n == BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.data.apply_batch(std::mem::take(&mut self.batch))?;
+        self.n = 0;
+        Ok(())
+    }
+}
+
+/// Copies layout 1's trees into `data`.
+fn move_layout_1(db: &sled::Db, data: &Tree) -> Result<PurgeReport, StoreError> {
+    let mut w = Writer {
+        data,
+        batch: sled::Batch::default(),
+        n: 0,
+    };
+    let mut moved = PurgeReport::default();
+    let by_message = db.open_tree("opens_by_message")?;
+    let stats = db.open_tree("message_opens")?;
+    for kv in db.open_tree("messages")?.iter() {
+        let (k, v) = kv?;
+        let id = MessageId::from_slice(&k).ok_or(StoreError::Corrupt("layout 1 message key"))?;
+        // The record as layout 1 stored it is this layout's, without its id.
+        let mut json: serde_json::Value = serde_json::from_slice(&v)?;
+        if let Some(o) = json.as_object_mut() {
+            o.insert("id".into(), id.to_string().into());
+        }
+        let m: Message = serde_json::from_value(json)?;
+        w.insert(message_key(&id), encode_message(&m)?)?;
+        let mut ms = MsgStats::default();
+        if let Some(v) = stats.get(id.as_bytes())? {
+            // Layout 1: the six u64s alone.
+            [
+                ms.count,
+                ms.human,
+                ms.first,
+                ms.last,
+                ms.first_human,
+                ms.sent_at,
+            ] = get_u64s(&v, "layout 1 message statistics")?;
+        }
+        ms.set_record(&m.record);
+        let ids: Vec<u64> = by_message
+            .scan_prefix(id.as_bytes())
+            .map(|kv| kv.map(|(k, _)| super::messages::u64s(&k[16..]).first().copied()))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let full = ids.len() / CHUNK;
+        for (n, chunk) in ids.chunks(CHUNK).take(full).enumerate() {
+            w.insert(chunk_key(&id, n as u32), put_u64s(chunk))?;
+        }
+        ms.recent = ids[full * CHUNK..].to_vec();
+        w.insert(stats_key(&id), ms.encode())?;
+        moved.messages += 1;
+    }
+    for kv in db.open_tree("messages_by_time")?.iter() {
+        let (k, _) = kv?;
+        w.insert(key(P_TIME, &[&k]), Vec::new())?;
+    }
+    let mut opens: Vec<(u64, sled::IVec)> = Vec::with_capacity(SEGMENT);
+    let mut all = db.open_tree("opens")?.iter();
+    loop {
+        let next = all.next().transpose()?;
+        let done = next.is_none();
+        if let Some((k, v)) = next {
+            let id: [u8; 8] = k[..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("layout 1 open key"))?;
+            opens.push((u64::from_be_bytes(id), v));
+            moved.opens += 1;
+        }
+        if opens.len() == SEGMENT || (done && !opens.is_empty()) {
+            for seg in segments(&opens) {
+                w.insert(segment_key(seg[0].0), encode_segment(seg))?;
+            }
+            opens.clear();
+        }
+        if done {
+            break;
+        }
+    }
+    let meta = db.open_tree("meta")?;
+    for (old, new) in [
+        (&b"counters"[..], COUNTERS),
+        (b"open_counters", OPEN_COUNTERS),
+        (b"journal_indexed", JOURNAL_MARK),
+        (b"last_event", LAST_EVENT),
+    ] {
+        if let Some(v) = meta.get(old)? {
+            w.insert(new.to_vec(), v.to_vec())?;
+        }
+    }
+    for (tree, prefix) in [("outbox", P_OUTBOX), ("dead_letters", P_DEAD)] {
+        for kv in db.open_tree(tree)?.iter() {
+            let (k, v) = kv?;
+            w.insert(key(prefix, &[&k]), v.to_vec())?;
+        }
+    }
+    w.flush()?;
+    Ok(moved)
+}

@@ -5,16 +5,19 @@
 //!
 //! ```text
 //! main.rs         CLI only: parse args, load config, call into the library
-//! config.rs       relay.toml -> typed sections, every error with its key
+//! config/         relay.toml -> typed sections, every error with its key (reader: the
+//!                 key-tracking TOML walk; sections: one reader per section)
 //! secret.rs       0600 secret files, generated on first start
 //! net.rs          CIDR ranges, IP anonymisation
 //! clock.rs        wall clock and the date formats
 //! shutdown.rs     shutdown signal + "all tasks finished" tracker
 //! tls.rs          inbound certificates (SMTP STARTTLS/implicit, pixel HTTPS), reload on SIGHUP
-//! smtp/           inbound ESMTP server: listener (accept, limits), session (protocol state
-//!                 machine over any byte stream), command (parser), data (DATA reader),
+//! smtp/           inbound ESMTP server: listener (accept, limits), session/ (protocol state
+//!                 machine over any byte stream; exchange: STARTTLS and AUTH; message: DATA
+//!                 and the Received header), command (parser), data (DATA reader),
 //!                 auth (AUTH PLAIN/LOGIN, password hashes), reply (every reply in one place)
-//! upstream.rs     SMTP client to the smarthost: TLS, AUTH, timeouts, connection pool
+//! upstream/       SMTP client to the smarthost: AUTH, timeouts, connection pool; tls (its
+//!                 rustls client configuration)
 //! capture.rs      try-it mode: deliver into a folder instead of a smarthost
 //! relay.rs        where the stages meet: session backend -> rewrite -> record -> upstream
 //! rewrite/        pure: pick the HTML part (scan, else mime; part: what both report), insert
@@ -27,7 +30,8 @@
 //!                 indexer thread that classifies hits and commits to the store (indexer)
 //!                 and its pacing (pace)
 //! store/          the store interface (Backend, Store, types) and its contract suite;
-//!                 sled_store/ is the sled backend (messages, opens, outbox, retention)
+//!                 sled_store/ is the sled backend (messages, opens, outbox, retention,
+//!                 migrate: earlier on-disk layouts)
 //! openlog.rs      the JSON-lines open log (reopened on SIGHUP)
 //! http/           the accept loop both listeners share (serve), the pixel listener (pixel,
 //!                 client_ip: the address behind trusted proxies), the admin listener (admin/:

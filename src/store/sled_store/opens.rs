@@ -264,6 +264,113 @@ pub(super) fn segment_for(
         .transpose()?)
 }
 
+/// One write of opens being built under the writer lock: the batch and what it changes.
+struct OpenWrite {
+    /// The keys to write.
+    batch: sled::Batch,
+    /// Statistics of the messages opened (`None`: purged), as they will be written.
+    stats: HashMap<MessageId, Option<MsgStats>>,
+    /// The open totals after the write.
+    totals: OpenCounters,
+    /// The counters (breakdowns) after the write.
+    counters: Counters,
+    /// The last open id handed out.
+    last: u64,
+    /// The last webhook event sequence handed out.
+    last_event: u64,
+    /// Outbox rows written.
+    written: usize,
+    /// (open id, event JSON) of every open, in order.
+    stored: Vec<(u64, Vec<u8>)>,
+}
+
+impl OpenWrite {
+    fn new(st: &WriteState, n: usize) -> OpenWrite {
+        OpenWrite {
+            batch: sled::Batch::default(),
+            stats: HashMap::new(),
+            totals: st.counters.clone_open(),
+            counters: st.counters.clone(),
+            last: st.last_open,
+            last_event: st.last_event,
+            written: 0,
+            stored: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds an open of message `id`: the stored event, or `None` if the message is gone.
+    fn add(
+        &mut self,
+        data: &Tree,
+        hooks: &[Subscription],
+        id: MessageId,
+        ev: &OpenEvent,
+    ) -> Result<Option<OpenEvent>, StoreError> {
+        let ms = match self.stats.entry(id) {
+            Entry::Occupied(e) => e.into_mut(),
+            // Absent if purged since its context was read.
+            Entry::Vacant(e) => e.insert(match data.get(stats_key(&id))? {
+                Some(v) => Some(MsgStats::decode(&v)?),
+                None => None,
+            }),
+        };
+        let Some(ms) = ms else {
+            return Ok(None);
+        };
+        self.last = next_open_id(self.last, ev.at_ms);
+        let human = !ev.machine;
+        let (first, first_human) = (ms.count == 0, human && ms.human == 0);
+        if let Some((n, chunk)) = ms.add(self.last, ev.at_ms, human) {
+            self.batch.insert(chunk_key(&id, n), chunk);
+        }
+        let mut ev = ev.clone();
+        ev.id = format_open_id(self.last);
+        ev.first = first;
+        ev.count = ms.count;
+        let t = &mut self.totals;
+        t.opens += 1;
+        t.machine_opens += u64::from(!human);
+        t.unique_opens += u64::from(first);
+        t.unique_human_opens += u64::from(first_human);
+        self.counters.count_open(&ev);
+        self.written += outbox::write_event(
+            &mut self.batch,
+            hooks,
+            &mut self.last_event,
+            "open",
+            ev.at_ms,
+            &ev,
+        )?;
+        self.stored.push((self.last, encode(&ev)?));
+        Ok(Some(ev))
+    }
+
+    /// The finished batch: segments, statistics, counters, the journal `mark`.
+    fn batch(&mut self, mark: Option<Position>) -> Result<sled::Batch, StoreError> {
+        let mut batch = std::mem::take(&mut self.batch);
+        for seg in segments(&self.stored) {
+            batch.insert(segment_key(seg[0].0), encode_segment(seg));
+        }
+        for (id, ms) in &self.stats {
+            if let Some(ms) = ms {
+                batch.insert(stats_key(id), ms.encode());
+            }
+        }
+        if !self.stored.is_empty() {
+            batch.insert(OPEN_COUNTERS, self.totals.encode());
+            // The per-day/client/device breakdowns live in the JSON counters: once per write.
+            batch.insert(COUNTERS, encode(&self.counters)?);
+        }
+        if self.written > 0 {
+            batch.insert(outbox::LAST_EVENT, put_u64s(&[self.last_event]));
+        }
+        if let Some(mark) = mark {
+            batch.insert(JOURNAL_MARK, mark.encode().as_slice());
+        }
+        Ok(batch)
+    }
+}
+
 impl SledStore {
     /// Commits open events (message id and event without id/first/count; `None` for an
     /// unknown message) in one batch, with the journal position `mark` when they come from
@@ -275,88 +382,25 @@ impl SledStore {
     ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
         let inner = &*self.inner;
         let mut st = inner.lock();
-        let mut batch = sled::Batch::default();
-        let mut stats: HashMap<MessageId, Option<MsgStats>> = HashMap::new();
-        let mut oc = st.counters.clone_open();
-        let mut breakdown = st.counters.clone();
-        let mut last = st.last_open;
-        let mut last_event = st.last_event;
-        let mut written = 0;
+        let mut w = OpenWrite::new(&st, events.len());
         let mut out = Vec::with_capacity(events.len());
-        let mut stored: Vec<(u64, Vec<u8>)> = Vec::with_capacity(events.len());
         for ev in events {
-            let Some((id, ev)) = ev else {
-                out.push(None);
-                continue;
-            };
-            let ms = match stats.entry(id) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => e.insert(match inner.data.get(stats_key(&id))? {
-                    Some(v) => Some(MsgStats::decode(&v)?),
-                    // Purged since its context was read.
-                    None => None,
-                }),
-            };
-            let Some(ms) = ms else {
-                out.push(None);
-                continue;
-            };
-            last = next_open_id(last, ev.at_ms);
-            let human = !ev.machine;
-            let (first, first_human) = (ms.count == 0, human && ms.human == 0);
-            if let Some((n, chunk)) = ms.add(last, ev.at_ms, human) {
-                batch.insert(chunk_key(&id, n), chunk);
-            }
-            let mut ev = ev.clone();
-            ev.id = format_open_id(last);
-            ev.first = first;
-            ev.count = ms.count;
-            oc.opens += 1;
-            oc.machine_opens += u64::from(!human);
-            oc.unique_opens += u64::from(first);
-            oc.unique_human_opens += u64::from(first_human);
-            breakdown.count_open(&ev);
-            written += outbox::write_event(
-                &mut batch,
-                &st.hooks,
-                &mut last_event,
-                "open",
-                ev.at_ms,
-                &ev,
-            )?;
-            stored.push((last, encode(&ev)?));
-            out.push(Some(ev));
+            out.push(match ev {
+                Some((id, ev)) => w.add(&inner.data, &st.hooks, id, ev)?,
+                None => None,
+            });
         }
-        for seg in segments(&stored) {
-            batch.insert(segment_key(seg[0].0), encode_segment(seg));
-        }
-        for (id, ms) in &stats {
-            if let Some(ms) = ms {
-                batch.insert(stats_key(id), ms.encode());
-            }
-        }
-        if !stored.is_empty() {
-            batch.insert(OPEN_COUNTERS, oc.encode());
-            // The per-day/client/device breakdowns live in the JSON counters: once per batch.
-            batch.insert(COUNTERS, encode(&breakdown)?);
-        }
-        if written > 0 {
-            batch.insert(outbox::LAST_EVENT, put_u64s(&[last_event]));
-        }
-        if let Some(mark) = mark {
-            batch.insert(JOURNAL_MARK, mark.encode().as_slice());
-        }
-        inner.data.apply_batch(batch)?;
-        oc.apply(&mut breakdown);
-        st.counters = breakdown;
-        st.last_open = last;
-        st.last_event = last_event;
-        self.outbox_written(&st, written);
+        inner.data.apply_batch(w.batch(mark)?)?;
+        w.totals.apply(&mut w.counters);
+        st.counters = w.counters;
+        st.last_open = w.last;
+        st.last_event = w.last_event;
+        self.outbox_written(&st, w.written);
         // Still under the writer lock: the open log and the feed get the events in id order.
         if let Some(log) = &inner.open_log {
-            for (_, json) in &stored {
+            for (_, json) in w.stored {
                 // The open is committed; a full disk here must not undo it, so log and carry on.
-                if let Err(e) = log.append_raw(json.clone()) {
+                if let Err(e) = log.append_raw(json) {
                     tracing::warn!(error = %e, "cannot append to store.open_log");
                 }
             }

@@ -24,6 +24,10 @@ use tokio_rustls::TlsConnector;
 use crate::config::{UpstreamConfig, UpstreamTarget, UpstreamTls, split_host_port};
 use crate::smtp::reply::Reply;
 
+mod tls;
+
+use tls::tls_config;
+
 /// Longest reply line accepted from the upstream.
 const MAX_REPLY_LINE: usize = 4096;
 /// Most lines in one reply.
@@ -578,129 +582,5 @@ impl Upstream {
     }
 }
 
-/// rustls client configuration: webpki roots plus `ca_file`, or no verification for labs.
-fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("upstream.tls: {e}"))?;
-    if !cfg.tls_verify {
-        return Ok(builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth());
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &cfg.ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("upstream.ca_file: {}: {e}", path.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("upstream.ca_file: {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "upstream.ca_file: {}: no certificates found",
-                path.display()
-            ));
-        }
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| format!("upstream.ca_file: {}: {e}", path.display()))?;
-        }
-    }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
-}
-
-/// Accepts any certificate (`upstream.tls_verify = false`); signatures are still checked.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn parse(bytes: &[u8]) -> Result<Reply, UpstreamError> {
-        let mut io = bytes;
-        let mut buf = Vec::new();
-        read_reply(&mut io, &mut buf, "test").await
-    }
-
-    #[tokio::test]
-    async fn reads_single_and_multi_line_replies() {
-        let r = parse(b"250-mx.example\r\n250-SIZE 1000\r\n250 8BITMIME\r\n")
-            .await
-            .unwrap();
-        assert_eq!(r.code, 250);
-        assert_eq!(r.lines, vec!["mx.example", "SIZE 1000", "8BITMIME"]);
-        let e = Extensions::parse(&r);
-        assert!(e.size && e.eight_bit && !e.dsn);
-        assert_eq!(parse(b"354\r\n").await.unwrap().code, 354);
-    }
-
-    #[tokio::test]
-    async fn rejects_garbage_and_truncation() {
-        assert!(matches!(
-            parse(b"hello\r\n").await,
-            Err(UpstreamError::Protocol(..))
-        ));
-        assert!(matches!(
-            parse(b"250-a\r\n550 b\r\n").await,
-            Err(UpstreamError::Protocol(..))
-        ));
-        assert!(matches!(
-            parse(b"250-a\r\n").await,
-            Err(UpstreamError::Closed(_))
-        ));
-        let long = vec![b'2'; MAX_REPLY_LINE + 10];
-        assert!(matches!(
-            parse(&long).await,
-            Err(UpstreamError::Protocol(..))
-        ));
-    }
-}
+mod tests;

@@ -1,0 +1,204 @@
+//! Tests of reading `relay.toml`.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(text, Path::new("/etc/pixelrelay"))
+}
+
+#[test]
+fn minimal_config_gets_defaults_and_resolves_paths() {
+    let c = parse("[upstream]\naddress = \"127.0.0.1:25\"\n").expect("valid");
+    assert_eq!(
+        c.smtp.listen,
+        vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(c.smtp.max_message_size, 52_428_800);
+    assert_eq!(
+        c.store.path,
+        Path::new("/etc/pixelrelay/data/pixelrelay.db")
+    );
+    assert_eq!(c.tracking.on_dkim_signed, OnDkimSigned::Skip);
+}
+
+#[test]
+fn every_error_is_reported_with_its_key() {
+    let text = r#"
+        [smtp]
+        listen = ["127.0.0.1:2525", "nonsense"]
+        max_recipents = 5
+        max_recipients = -1
+        [upstream]
+        address = "127.0.0.1:25"
+        tls = "sometimes"
+        [http]
+        listen = "localhost"
+        workers = -2
+        [bogus]
+    "#;
+    let errs = parse(text).expect_err("invalid").0;
+    let joined = errs.join("\n");
+    for needle in [
+        "smtp.listen[1]: invalid socket address \"nonsense\"",
+        "smtp.max_recipents: unknown key",
+        "smtp.max_recipients: must be a positive number",
+        "upstream.tls: \"sometimes\" is not one of none | starttls | implicit",
+        "http.listen: invalid socket address \"localhost\"",
+        "http.workers: must be a number from 0 to 1024, not -2",
+        "bogus: unknown section",
+    ] {
+        assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+    }
+    assert_eq!(errs.len(), 7, "{joined}");
+}
+
+#[test]
+fn address_and_capture_are_exclusive_and_one_is_required() {
+    let e =
+        parse("[upstream]\naddress = \"127.0.0.1:25\"\ncapture_dir = \"out\"\n").expect_err("both");
+    assert!(e.0[0].starts_with("upstream.capture_dir:"), "{e}");
+    let e = parse("").expect_err("neither");
+    assert!(e.0[0].starts_with("upstream.address: missing"), "{e}");
+    let c = parse("[upstream]\ncapture_dir = \"data/outbox\"\n").expect("capture");
+    assert!(
+        matches!(c.upstream.target, UpstreamTarget::Capture { ref dir } if dir.ends_with("data/outbox"))
+    );
+}
+
+#[test]
+fn password_in_toml_is_refused() {
+    let e = parse("[upstream]\naddress = \"h:25\"\nauth_user = \"u\"\npassword = \"x\"\n")
+        .expect_err("refused");
+    let j = e.to_string();
+    assert!(j.contains("upstream.password:"), "{j}");
+    assert!(j.contains("upstream.auth_user: needs"), "{j}");
+}
+
+#[test]
+fn tls_and_auth_subsections() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.pem"), "x").unwrap();
+    let text = r#"
+        [smtp.tls]
+        cert = "c.pem"
+        key = "missing.pem"
+        implicit_listen = ["127.0.0.1:4650", "bad"]
+        colour = "blue"
+        [smtp.auth]
+        allow_plaintext = true
+        [[smtp.auth.users]]
+        name = "alice"
+        hash = "plaintext"
+        [upstream]
+        address = "127.0.0.1:25"
+    "#;
+    let errs = Config::parse(text, dir.path())
+        .expect_err("invalid")
+        .to_string();
+    for needle in [
+        "smtp.tls.key: cannot read",
+        "smtp.tls.implicit_listen[1]: invalid socket address",
+        "smtp.tls.colour: unknown key",
+        "smtp.auth.users[0].hash: not an argon2id hash",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+    }
+    assert!(!errs.contains("smtp.tls.cert"), "{errs}");
+    assert!(!errs.contains("smtp.tls: unknown"), "{errs}");
+}
+
+#[test]
+fn webhooks_are_read_and_checked_with_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("hook.secret");
+    std::fs::write(&good, "s3cret\n").unwrap();
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let open = dir.path().join("open.secret");
+    std::fs::write(&open, "s3cret\n").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = r#"
+        [upstream]
+        address = "127.0.0.1:25"
+        [[webhooks]]
+        url = "https://hooks.example.com/pixel?x=1"
+        secret_file = "hook.secret"
+        events = ["open", "message"]
+        timeout = 3
+        max_age = 600
+        concurrency = 2
+        headers = { Authorization = "Bearer abc" }
+        [[webhooks]]
+        url = "http://127.0.0.1:9000/"
+        secret_env = "HOOK_SECRET"
+    "#;
+    let c = Config::parse(text, dir.path()).expect("valid");
+    assert_eq!(c.webhooks.len(), 2);
+    let w = &c.webhooks[0];
+    assert_eq!(w.secret, WebhookSecret::File(good.clone()));
+    assert!(w.open && w.message);
+    assert_eq!(w.timeout, Duration::from_secs(3));
+    assert_eq!(w.max_age, Duration::from_secs(600));
+    assert_eq!(w.concurrency, 2);
+    assert_eq!(
+        w.headers,
+        vec![("Authorization".into(), "Bearer abc".into())]
+    );
+    let d = &c.webhooks[1];
+    assert!(d.open && !d.message);
+    assert_eq!(d.timeout, Duration::from_secs(10));
+    assert_eq!(d.max_age, Duration::from_secs(86_400));
+    assert_eq!(d.concurrency, 4);
+
+    let bad = r#"
+        [upstream]
+        address = "127.0.0.1:25"
+        [[webhooks]]
+        url = "ftp://example.com/"
+        secret_file = "open.secret"
+        events = ["click"]
+        headers = { "X-A" = "a\r\nInjected: yes", Host = "evil", "bad name" = "v" }
+        concurrency = 0
+        colour = "blue"
+        [[webhooks]]
+        secret = "inline"
+    "#;
+    let errs = Config::parse(bad, dir.path())
+        .expect_err("invalid")
+        .to_string();
+    for needle in [
+        "webhooks[0].url: \"ftp://example.com/\" is not an http:// or https:// URL",
+        "webhooks[0].secret_file:",
+        "chmod 600",
+        "webhooks[0].events[0]: \"click\" is not one of open | message",
+        "webhooks[0].headers.X-A: must not contain CR, LF or NUL",
+        "webhooks[0].headers.Host: is set by pixelrelay itself",
+        "webhooks[0].headers.bad name: is not a header name",
+        "webhooks[0].concurrency: must be a positive number",
+        "webhooks[0].colour: unknown key",
+        "webhooks[1].url: missing",
+        "webhooks[1].secret_file: missing",
+        "webhooks[1].secret: secrets are not read from relay.toml",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+    }
+    let e = parse("[upstream]\naddress = \"h:25\"\n[webhooks]\nurl = \"http://x/\"\n")
+        .expect_err("not an array");
+    assert!(
+        e.to_string()
+            .contains("webhooks: must be an array of tables"),
+        "{e}"
+    );
+}
+
+#[test]
+fn host_port_split() {
+    assert_eq!(
+        split_host_port("mx.example.net:25").unwrap(),
+        ("mx.example.net".into(), 25)
+    );
+    assert_eq!(split_host_port("[::1]:2525").unwrap(), ("::1".into(), 2525));
+    assert!(split_host_port("::1:25").is_err());
+    assert!(split_host_port("host").is_err());
+    assert!(split_host_port("host:0").is_err());
+}

@@ -26,8 +26,8 @@
 //! - where the kernel does not report run-queue delay.
 //!
 //! Live followers and webhooks see the opens of a saturating burst after the burst (they would
-//! lag anyway: on the bench machine the listener answers ~90 000 hits/s, and the indexer,
-//! ~100 000 opens/s on a free core, shares the two cores with it). `pixelrelay_open_index_pauses_total` counts the pauses.
+//! lag anyway: on the bench machine the listener answers ~90 000 hits/s, and the indexer
+//! records 30 000–100 000 opens/s on a free core, depending on how many messages a batch opens). `pixelrelay_open_index_pauses_total` counts the pauses.
 
 use std::time::{Duration, Instant};
 

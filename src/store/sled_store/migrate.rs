@@ -104,9 +104,40 @@ fn move_layout_1(db: &sled::Db, data: &Tree) -> Result<PurgeReport, StoreError> 
         batch: sled::Batch::default(),
         n: 0,
     };
-    let mut moved = PurgeReport::default();
+    let moved = PurgeReport {
+        messages: move_messages(db, &mut w)?,
+        opens: move_opens(db, &mut w)?,
+    };
+    let meta = db.open_tree("meta")?;
+    for (old, new) in [
+        (&b"counters"[..], COUNTERS),
+        (b"open_counters", OPEN_COUNTERS),
+        (b"journal_indexed", JOURNAL_MARK),
+        (b"last_event", LAST_EVENT),
+    ] {
+        if let Some(v) = meta.get(old)? {
+            w.insert(new.to_vec(), v.to_vec())?;
+        }
+    }
+    for (tree, prefix) in [("outbox", P_OUTBOX), ("dead_letters", P_DEAD)] {
+        for kv in db.open_tree(tree)?.iter() {
+            let (k, v) = kv?;
+            w.insert(key(prefix, &[&k]), v.to_vec())?;
+        }
+    }
+    for kv in db.open_tree("messages_by_time")?.iter() {
+        let (k, _) = kv?;
+        w.insert(key(P_TIME, &[&k]), Vec::new())?;
+    }
+    w.flush()?;
+    Ok(moved)
+}
+
+/// Records, statistics and open indexes of layout 1's messages; how many.
+fn move_messages(db: &sled::Db, w: &mut Writer<'_>) -> Result<u64, StoreError> {
     let by_message = db.open_tree("opens_by_message")?;
     let stats = db.open_tree("message_opens")?;
+    let mut n = 0;
     for kv in db.open_tree("messages")?.iter() {
         let (k, v) = kv?;
         let id = MessageId::from_slice(&k).ok_or(StoreError::Corrupt("layout 1 message key"))?;
@@ -130,25 +161,24 @@ fn move_layout_1(db: &sled::Db, data: &Tree) -> Result<PurgeReport, StoreError> 
             ] = get_u64s(&v, "layout 1 message statistics")?;
         }
         ms.set_record(&m.record);
-        let ids: Vec<u64> = by_message
-            .scan_prefix(id.as_bytes())
-            .map(|kv| kv.map(|(k, _)| super::messages::u64s(&k[16..]).first().copied()))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut ids = Vec::new();
+        for kv in by_message.scan_prefix(id.as_bytes()) {
+            ids.extend(super::messages::u64s(&kv?.0[16..]));
+        }
         let full = ids.len() / CHUNK;
-        for (n, chunk) in ids.chunks(CHUNK).take(full).enumerate() {
-            w.insert(chunk_key(&id, n as u32), put_u64s(chunk))?;
+        for (c, chunk) in ids.chunks(CHUNK).take(full).enumerate() {
+            w.insert(chunk_key(&id, c as u32), put_u64s(chunk))?;
         }
         ms.recent = ids[full * CHUNK..].to_vec();
         w.insert(stats_key(&id), ms.encode())?;
-        moved.messages += 1;
+        n += 1;
     }
-    for kv in db.open_tree("messages_by_time")?.iter() {
-        let (k, _) = kv?;
-        w.insert(key(P_TIME, &[&k]), Vec::new())?;
-    }
+    Ok(n)
+}
+
+/// Layout 1's opens, in segments; how many.
+fn move_opens(db: &sled::Db, w: &mut Writer<'_>) -> Result<u64, StoreError> {
+    let mut n = 0;
     let mut opens: Vec<(u64, sled::IVec)> = Vec::with_capacity(SEGMENT);
     let mut all = db.open_tree("opens")?.iter();
     loop {
@@ -159,7 +189,7 @@ fn move_layout_1(db: &sled::Db, data: &Tree) -> Result<PurgeReport, StoreError> 
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("layout 1 open key"))?;
             opens.push((u64::from_be_bytes(id), v));
-            moved.opens += 1;
+            n += 1;
         }
         if opens.len() == SEGMENT || (done && !opens.is_empty()) {
             for seg in segments(&opens) {
@@ -168,26 +198,7 @@ fn move_layout_1(db: &sled::Db, data: &Tree) -> Result<PurgeReport, StoreError> 
             opens.clear();
         }
         if done {
-            break;
+            return Ok(n);
         }
     }
-    let meta = db.open_tree("meta")?;
-    for (old, new) in [
-        (&b"counters"[..], COUNTERS),
-        (b"open_counters", OPEN_COUNTERS),
-        (b"journal_indexed", JOURNAL_MARK),
-        (b"last_event", LAST_EVENT),
-    ] {
-        if let Some(v) = meta.get(old)? {
-            w.insert(new.to_vec(), v.to_vec())?;
-        }
-    }
-    for (tree, prefix) in [("outbox", P_OUTBOX), ("dead_letters", P_DEAD)] {
-        for kv in db.open_tree(tree)?.iter() {
-            let (k, v) = kv?;
-            w.insert(key(prefix, &[&k]), v.to_vec())?;
-        }
-    }
-    w.flush()?;
-    Ok(moved)
 }

@@ -13,7 +13,7 @@ pub(super) const CHUNK: usize = 128;
 /// repeats of the record, so that preparing an open reads this one key.
 ///
 /// ```text
-/// count human first last first_human sent_at (8 each) | n(4) | n × open id(8)
+/// count human first last first_human sent_at last_id (8 each) | n(4) | n × open id(8)
 /// | recipient | sender | message_id | subject        (each: len(4), u32::MAX for none, bytes)
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub(super) struct MsgStats {
     pub(super) first_human: u64,
     /// When the relay handed the message upstream (the final reply, else the record time).
     pub(super) sent_at: u64,
+    /// The id of the newest open counted here (0: none): replaying the opens written after
+    /// the last checkpoint skips those a message's record already counts.
+    pub(super) last_id: u64,
     /// The newest open ids, oldest first; older ones are in full `x` chunks.
     pub(super) recent: Vec<u64>,
     /// The record's first recipient.
@@ -42,8 +45,8 @@ pub(super) struct MsgStats {
     pub(super) subject: Option<String>,
 }
 
-/// Bytes of [`MsgStats`] before its open ids.
-const STATS_LEN: usize = 48;
+/// Bytes of [`MsgStats`]' fixed part.
+const STATS_LEN: usize = 56;
 /// The length that stands for "none".
 const NONE: u32 = u32::MAX;
 
@@ -56,6 +59,7 @@ impl MsgStats {
             self.last,
             self.first_human,
             self.sent_at,
+            self.last_id,
         ];
         let strings = [
             Some(&self.recipient),
@@ -83,7 +87,7 @@ impl MsgStats {
 
     pub(super) fn decode(b: &[u8]) -> Result<MsgStats, StoreError> {
         let mut r = Cursor(b);
-        let [count, human, first, last, first_human, sent_at] =
+        let [count, human, first, last, first_human, sent_at, last_id] =
             get_u64s(r.take(STATS_LEN)?, "message statistics")?;
         let n = r.u32()? as usize;
         let recent = u64s(r.take(n.checked_mul(8).ok_or_else(corrupt)?)?);
@@ -101,6 +105,7 @@ impl MsgStats {
             last,
             first_human,
             sent_at,
+            last_id,
             recent,
             recipient,
             sender,
@@ -142,6 +147,7 @@ impl MsgStats {
         }
         self.count += 1;
         self.last = self.last.max(at_ms);
+        self.last_id = open_id;
         self.recent.push(open_id);
         if self.recent.len() < CHUNK {
             return None;
@@ -272,20 +278,17 @@ struct Pending {
 impl Pending {
     fn get<'a>(
         &'a mut self,
-        data: &Tree,
+        inner: &Inner,
         id: &MessageId,
     ) -> Result<&'a mut (Option<Message>, MsgStats), StoreError> {
         match self.msgs.entry(*id) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
-                let m = match data.get(message_key(id))? {
+                let m = match inner.data.get(message_key(id))? {
                     Some(v) => Some(decode::<Message>(&v)?),
                     None => None,
                 };
-                let s = match data.get(stats_key(id))? {
-                    Some(v) => MsgStats::decode(&v)?,
-                    None => MsgStats::default(),
-                };
+                let s = inner.msg_stats(id)?.unwrap_or_default();
                 Ok(e.insert((m, s)))
             }
         }
@@ -309,7 +312,7 @@ impl SledStore {
         let mut last_event = st.last_event;
         let mut written = 0;
         for rec in recs {
-            let (m, ms) = pending.get(&inner.data, &rec.id)?;
+            let (m, ms) = pending.get(inner, &rec.id)?;
             let mut record = (*rec).clone();
             if !inner.cfg.subjects {
                 record.subject = None;
@@ -337,7 +340,7 @@ impl SledStore {
             batch.insert(time_key(rec.at_ms, &rec.id), EMPTY);
         }
         for (id, delivery) in done {
-            let (m, ms) = pending.get(&inner.data, id)?;
+            let (m, ms) = pending.get(inner, id)?;
             let Some(m) = m else {
                 return Err(StoreError::NotFound(**id));
             };
@@ -370,6 +373,8 @@ impl SledStore {
             batch.insert(JOURNAL_MARK, mark.encode().as_slice());
         }
         inner.data.apply_batch(batch)?;
+        // Their statistics are on disk now, newest open included.
+        inner.forget_dirty(pending.msgs.keys());
         st.counters = counters;
         st.last_event = last_event;
         self.outbox_written(&st, written);
@@ -471,10 +476,7 @@ impl SledStore {
         let Some(v) = self.inner.data.get(message_key(id))? else {
             return Ok(None);
         };
-        let stats = match self.inner.data.get(stats_key(id))? {
-            Some(v) => MsgStats::decode(&v)?,
-            None => MsgStats::default(),
-        };
+        let stats = self.inner.msg_stats(id)?.unwrap_or_default();
         let mut m: Message = decode(&v)?;
         m.opens = stats.view();
         Ok(Some((m, stats)))
@@ -484,10 +486,9 @@ impl SledStore {
     /// time (for the early-load rule) and the message fields an open event repeats. `None` if
     /// the message is unknown.
     pub(super) fn open_context(&self, id: &MessageId) -> Result<Option<OpenContext>, StoreError> {
-        let Some(v) = self.inner.data.get(stats_key(id))? else {
+        let Some(ms) = self.inner.msg_stats(id)? else {
             return Ok(None);
         };
-        let ms = MsgStats::decode(&v)?;
         Ok(Some(OpenContext {
             id: *id,
             sent_at: ms.sent_at,

@@ -108,6 +108,10 @@ fn move_layout_1(db: &sled::Db, data: &Tree) -> Result<PurgeReport, StoreError> 
         messages: move_messages(db, &mut w)?,
         opens: move_opens(db, &mut w)?,
     };
+    // Every moved open is counted in its message's statistics.
+    if let Some((k, _)) = db.open_tree("opens")?.last()? {
+        w.insert(CHECKPOINT_KEY.to_vec(), k.to_vec())?;
+    }
     let meta = db.open_tree("meta")?;
     for (old, new) in [
         (&b"counters"[..], COUNTERS),
@@ -170,6 +174,7 @@ fn move_messages(db: &sled::Db, w: &mut Writer<'_>) -> Result<u64, StoreError> {
             w.insert(chunk_key(&id, c as u32), put_u64s(chunk))?;
         }
         ms.recent = ids[full * CHUNK..].to_vec();
+        ms.last_id = ids.last().copied().unwrap_or(0);
         w.insert(stats_key(&id), ms.encode())?;
         n += 1;
     }

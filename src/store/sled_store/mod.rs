@@ -67,7 +67,8 @@ use opens::*;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sled::Tree;
@@ -134,6 +135,13 @@ const COUNTERS: &[u8] = b"ccounters";
 const OPEN_COUNTERS: &[u8] = b"copen_counters";
 /// Key of the layout version.
 const LAYOUT_KEY: &[u8] = b"clayout";
+/// Key of the statistics checkpoint: every open up to this id is counted in its message's
+/// `s` record on disk (see [`SledStore::checkpoint`]).
+const CHECKPOINT_KEY: &[u8] = b"cstats_through";
+/// Messages whose statistics may wait in memory before a checkpoint writes them.
+const DIRTY_MAX: usize = 65_536;
+/// How long statistics may wait in memory at most.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Bits of an open id below the timestamp.
 const OPEN_ID_SHIFT: u32 = 20;
 /// Key of the journal position indexed so far (see `journal.rs`).
@@ -184,6 +192,9 @@ struct Inner {
     feed: broadcast::Sender<OpenEvent>,
     /// Optional JSON-lines file of opens (`store.open_log`).
     open_log: Option<OpenLog>,
+    /// Statistics of messages opened since the last checkpoint, newer than their `s` keys.
+    /// Changed only under the writer lock; readers take the read lock for a lookup.
+    dirty: RwLock<HashMap<MessageId, MsgStats>>,
 }
 
 /// State owned by the writer lock.
@@ -196,6 +207,8 @@ struct WriteState {
     hooks: Vec<Subscription>,
     /// The last webhook event sequence handed out (persisted).
     last_event: u64,
+    /// When the statistics were last checkpointed.
+    checkpointed: Instant,
 }
 
 impl SledStore {
@@ -226,6 +239,13 @@ impl SledStore {
             decode_open_counters(&v, &mut counters)?;
         }
         let last_open = last_open_id(&data)?;
+        let replayed = replay(&data, last_open)?;
+        if replayed > 0 {
+            tracing::info!(
+                opens = replayed,
+                "store: counted the opens written after the last statistics checkpoint"
+            );
+        }
         let open_log = match &cfg.open_log {
             Some(p) => Some(OpenLog::open(p).map_err(StoreError::Io)?),
             None => None,
@@ -245,9 +265,11 @@ impl SledStore {
                     last_open,
                     hooks: Vec::new(),
                     last_event,
+                    checkpointed: Instant::now(),
                 }),
                 feed,
                 open_log,
+                dirty: RwLock::new(HashMap::new()),
             }),
         };
         if cfg.retention_days > 0 && tokio::runtime::Handle::try_current().is_ok() {
@@ -300,6 +322,7 @@ impl SledStore {
 
     /// Writes everything to disk (fsync). sled also does it every `store.flush_interval`.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.checkpoint(&mut self.inner.lock())?;
         self.inner.db.flush()?;
         if let Some(log) = &self.inner.open_log {
             log.sync().map_err(StoreError::Io)?;
@@ -332,6 +355,129 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, WriteState> {
         lock(&self.write)
     }
+
+    /// Message `id`'s statistics: in memory if opened since the last checkpoint, else its
+    /// `s` key; `None` for an unknown message.
+    fn msg_stats(&self, id: &MessageId) -> Result<Option<MsgStats>, StoreError> {
+        if let Some(ms) = self.dirty_map().get(id) {
+            return Ok(Some(ms.clone()));
+        }
+        match self.data.get(stats_key(id))? {
+            Some(v) => Ok(Some(MsgStats::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn dirty_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<MessageId, MsgStats>> {
+        self.dirty.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dirty_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<MessageId, MsgStats>> {
+        self.dirty.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Under the writer lock, after the `s` keys of `ids` were written with everything.
+    fn forget_dirty<'a>(&self, ids: impl Iterator<Item = &'a MessageId>) {
+        let mut d = self.dirty_mut();
+        if !d.is_empty() {
+            for id in ids {
+                d.remove(id);
+            }
+        }
+    }
+}
+
+impl SledStore {
+    /// Writes the statistics waiting in memory to their `s` keys, with the id of the newest
+    /// open as the checkpoint, in one batch. Under the writer lock.
+    ///
+    /// Between checkpoints an open's write carries its event (in a segment) but not its
+    /// message's statistics, which would cost one key per message per write; a crash
+    /// loses only the in-memory copy, and [`replay`] recounts the opens after the checkpoint
+    /// from their segments when the store is opened.
+    fn checkpoint(&self, st: &mut WriteState) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let mut batch = sled::Batch::default();
+        for (id, ms) in inner.dirty_map().iter() {
+            batch.insert(stats_key(id), ms.encode());
+        }
+        batch.insert(CHECKPOINT_KEY, put_u64s(&[st.last_open]));
+        inner.data.apply_batch(batch)?;
+        inner.dirty_mut().clear();
+        st.checkpointed = Instant::now();
+        Ok(())
+    }
+
+    /// After a write of opens: a checkpoint when enough statistics or time have piled up.
+    fn maybe_checkpoint(&self, st: &mut WriteState) -> Result<(), StoreError> {
+        let due = self.inner.dirty_map().len() >= DIRTY_MAX
+            || st.checkpointed.elapsed() >= CHECKPOINT_EVERY;
+        if due { self.checkpoint(st) } else { Ok(()) }
+    }
+}
+
+/// The fields of a stored open event that its message's statistics count.
+#[derive(Deserialize)]
+struct Counted {
+    /// The message.
+    message: MessageId,
+    /// When.
+    #[serde(rename = "at", with = "crate::track::event::rfc3339_ms")]
+    at_ms: u64,
+    /// Counted as a machine.
+    machine: bool,
+}
+
+/// Counts, into their messages' `s` keys, the opens stored after the statistics checkpoint
+/// (those whose message's record does not count them yet), then moves the checkpoint to
+/// `last_open`. Returns how many it counted.
+fn replay(data: &Tree, last_open: u64) -> Result<u64, StoreError> {
+    let from = match data.get(CHECKPOINT_KEY)? {
+        Some(v) => get_u64s::<1>(&v, "statistics checkpoint")?[0],
+        None => 0,
+    };
+    if from >= last_open {
+        return Ok(0);
+    }
+    let start = match segment_for(data, from)? {
+        Some((k, _)) => k.to_vec(),
+        None => segment_key(0),
+    };
+    let mut batch = sled::Batch::default();
+    let mut stats: HashMap<MessageId, Option<MsgStats>> = HashMap::new();
+    let mut counted = 0;
+    for kv in data.range(start..vec![P_SEGMENT + 1]) {
+        let (_, v) = kv?;
+        let seg = Segment::parse(&v)?;
+        for i in 0..seg.len() {
+            let id = seg.id(i);
+            if id <= from {
+                continue;
+            }
+            let c: Counted = decode(seg.json(i)?)?;
+            let ms = match stats.entry(c.message) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(match data.get(stats_key(&c.message))? {
+                    Some(v) => Some(MsgStats::decode(&v)?),
+                    None => None,
+                }),
+            };
+            if let Some(ms) = ms.as_mut().filter(|ms| id > ms.last_id) {
+                if let Some((n, chunk)) = ms.add(id, c.at_ms, !c.machine) {
+                    batch.insert(chunk_key(&c.message, n), chunk);
+                }
+                counted += 1;
+            }
+        }
+    }
+    for (id, ms) in &stats {
+        if let Some(ms) = ms {
+            batch.insert(stats_key(id), ms.encode());
+        }
+    }
+    batch.insert(CHECKPOINT_KEY, put_u64s(&[last_open]));
+    data.apply_batch(batch)?;
+    Ok(counted)
 }
 
 /// Locks, recovering from poisoning: the guarded state is only replaced after a commit, so a

@@ -301,7 +301,7 @@ impl OpenWrite {
     /// Adds an open of message `id`: the stored event, or `None` if the message is gone.
     fn add(
         &mut self,
-        data: &Tree,
+        inner: &Inner,
         hooks: &[Subscription],
         id: MessageId,
         ev: &OpenEvent,
@@ -309,10 +309,7 @@ impl OpenWrite {
         let ms = match self.stats.entry(id) {
             Entry::Occupied(e) => e.into_mut(),
             // Absent if purged since its context was read.
-            Entry::Vacant(e) => e.insert(match data.get(stats_key(&id))? {
-                Some(v) => Some(MsgStats::decode(&v)?),
-                None => None,
-            }),
+            Entry::Vacant(e) => e.insert(inner.msg_stats(&id)?),
         };
         let Some(ms) = ms else {
             return Ok(None);
@@ -345,16 +342,12 @@ impl OpenWrite {
         Ok(Some(ev))
     }
 
-    /// The finished batch: segments, statistics, counters, the journal `mark`.
+    /// The finished batch: segments, full chunks of open ids, counters, the journal `mark`.
+    /// The messages' statistics wait in memory for the next checkpoint.
     fn batch(&mut self, mark: Option<Position>) -> Result<sled::Batch, StoreError> {
         let mut batch = std::mem::take(&mut self.batch);
         for seg in segments(&self.stored) {
             batch.insert(segment_key(seg[0].0), encode_segment(seg));
-        }
-        for (id, ms) in &self.stats {
-            if let Some(ms) = ms {
-                batch.insert(stats_key(id), ms.encode());
-            }
         }
         if !self.stored.is_empty() {
             batch.insert(OPEN_COUNTERS, self.totals.encode());
@@ -386,16 +379,28 @@ impl SledStore {
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
             out.push(match ev {
-                Some((id, ev)) => w.add(&inner.data, &st.hooks, id, ev)?,
+                Some((id, ev)) => w.add(inner, &st.hooks, id, ev)?,
                 None => None,
             });
         }
         inner.data.apply_batch(w.batch(mark)?)?;
+        {
+            let mut dirty = inner.dirty_mut();
+            for (id, ms) in w.stats.drain() {
+                if let Some(ms) = ms {
+                    dirty.insert(id, ms);
+                }
+            }
+        }
         w.totals.apply(&mut w.counters);
         st.counters = w.counters;
         st.last_open = w.last;
         st.last_event = w.last_event;
         self.outbox_written(&st, w.written);
+        if let Err(e) = self.maybe_checkpoint(&mut st) {
+            // The opens are committed; their statistics stay in memory for the next try.
+            tracing::warn!(error = %e, "store: cannot checkpoint message statistics");
+        }
         // Still under the writer lock: the open log and the feed get the events in id order.
         if let Some(log) = &inner.open_log {
             for (_, json) in w.stored {

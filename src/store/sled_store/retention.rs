@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Weak;
 use std::time::Duration;
 
-use super::messages::{MsgStats, chunk_prefix, message_key, stats_key};
+use super::messages::{chunk_prefix, message_key, stats_key};
 use super::opens::{Segment, encode_segment, segment_for, segment_key};
 use super::{Inner, OPEN_ID_SHIFT, P_TIME, StoreError, key};
 use crate::clock::now_ms;
@@ -62,6 +62,7 @@ pub(super) fn purge(inner: &Inner, cutoff_ms: u64) -> Result<PurgeReport, StoreE
         let mut batch = sled::Batch::default();
         let mut drops: BTreeMap<sled::IVec, (sled::IVec, HashSet<u64>)> = BTreeMap::new();
         let mut n = 0;
+        let mut gone = Vec::new();
         let range = key(P_TIME, &[])..key(P_TIME, &[&cutoff_ms.to_be_bytes()]);
         for kv in inner.data.range(range).take(BATCH) {
             let (k, _) = kv?;
@@ -71,11 +72,14 @@ pub(super) fn purge(inner: &Inner, cutoff_ms: u64) -> Result<PurgeReport, StoreE
                 continue;
             };
             forget_message(inner, &id, &mut batch, &mut drops)?;
+            gone.push(id);
         }
         if n == 0 {
             break;
         }
         report.opens += rewrite_segments(inner, drops, batch)?;
+        // Their statistics must not come back with the next checkpoint.
+        inner.forget_dirty(gone.iter());
         report.messages += n;
     }
     Ok(report)
@@ -95,8 +99,8 @@ fn forget_message(
         ids.extend(super::messages::u64s(&v));
         batch.remove(k);
     }
-    if let Some(v) = inner.data.get(stats_key(id))? {
-        ids.extend(MsgStats::decode(&v)?.recent);
+    if let Some(ms) = inner.msg_stats(id)? {
+        ids.extend(ms.recent);
     }
     batch.remove(stats_key(id));
     batch.remove(message_key(id));

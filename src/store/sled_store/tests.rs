@@ -147,6 +147,7 @@ fn binary_records_round_trip_and_reject_wrong_lengths() {
         last: u64::MAX,
         first_human: 0,
         sent_at: T0,
+        last_id: 9,
         recent: vec![],
         recipient: "r@example.net".into(),
         sender: String::new(),
@@ -316,4 +317,41 @@ fn a_store_of_the_first_layout_is_moved_whole_into_the_one_tree() {
     drop(s);
     let err = SledStore::open(&c).unwrap_err().to_string();
     assert!(err.contains("newer than this pixelrelay"), "{err}");
+}
+
+#[test]
+fn statistics_wait_in_memory_and_a_crash_recounts_them_from_the_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(&cfg(dir.path())).unwrap();
+    let a = MessageId::random();
+    let b = MessageId::random();
+    s.record_message(&rec(a, T0, "a@example.net")).unwrap();
+    s.record_message(&rec(b, T0, "b@example.net")).unwrap();
+    let on_disk = |s: &SledStore, id: &MessageId| {
+        MsgStats::decode(&s.inner.data.get(messages::stats_key(id)).unwrap().unwrap())
+            .unwrap()
+            .count
+    };
+    let person = hit(T0 + 60_000, "192.0.2.1", None);
+    let mut want = Vec::new();
+    for _ in 0..3 {
+        want.push(s.record_open(&a, &person).unwrap().unwrap());
+    }
+    s.record_open(&b, &person).unwrap().unwrap();
+    // Seen by readers at once, written at the next checkpoint.
+    assert_eq!(s.get_message(&a).unwrap().unwrap().message.opens.count, 3);
+    assert_eq!(on_disk(&s, &a), 0);
+    s.flush_blocking().unwrap();
+    assert_eq!(on_disk(&s, &a), 3);
+    // Two more opens after the checkpoint, then the process dies (no flush, no checkpoint).
+    want.push(s.record_open(&a, &person).unwrap().unwrap());
+    want.push(s.record_open(&a, &person).unwrap().unwrap());
+    assert_eq!(on_disk(&s, &a), 3);
+    drop(s);
+    let s = crate::store::contract::reopen(&cfg(dir.path()));
+    let m = s.get_message(&a).unwrap().unwrap();
+    assert_eq!(m.message.opens.count, 5, "recounted, none twice");
+    assert_eq!(m.open_events, want);
+    assert_eq!(s.get_message(&b).unwrap().unwrap().message.opens.count, 1);
+    assert_eq!(s.record_open(&a, &person).unwrap().unwrap().count, 6);
 }

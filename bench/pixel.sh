@@ -48,12 +48,14 @@ run() { wrk -t2 -c64 -d"${SECS}s" --latency -s "$W/pixel.lua" "$@" 2>&1; }
 # After a pixelrelay run the open index works through the journal behind it: wait until it has
 # caught up (so the next run, nginx's included, does not share the CPU with it) and say how long.
 catchup() {
-  local t0=$SECONDS
+  local t0 t1
+  t0=$(date +%s.%N)
   until [ "$(cat "$W/lag" 2>/dev/null)" = 0 ]; do sleep 0.1; done
+  t1=$(date +%s.%N)
   # ...and until the kernel has written the dirty pages out, which it would otherwise do during
   # the next run, throttling whoever writes then.
   sync
-  echo $((SECONDS - t0))
+  awk -v a="$t0" -v b="$t1" -v c="$(date +%s.%N)" 'BEGIN { printf "%.1f s (then %.1f s to sync)", b - a, c - b }'
 }
 rps() { awk '/Requests\/sec/ {print $2}'; }
 p99() { awk '/ 99%/ {print $2}'; }
@@ -69,7 +71,7 @@ bench() {
   R[$target.$mode.$round]=$(rps <<<"$out")
   if [ "$target" = pixelrelay ]; then
     echo "$out" | total200 >> "$W/px-200s.txt"
-    lag="index caught up $(catchup) s after the run"
+    lag="index caught up $(catchup) after the run"
   fi
   printf "%-28s %12s %10s   %s\n" "$target/$mode #$round" "${R[$target.$mode.$round]}" "$(p99 <<<"$out")" "$lag"
 }

@@ -35,6 +35,14 @@ pub(super) struct MsgStats {
     pub(super) last_id: u64,
     /// The newest open ids, oldest first; older ones are in full `x` chunks.
     pub(super) recent: Vec<u64>,
+    /// What an open event repeats of the record; shared, so that copying the statistics
+    /// (every write that opens the message does) copies no strings.
+    pub(super) context: Arc<Repeated>,
+}
+
+/// The fields of a message record that each of its open events repeats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Repeated {
     /// The record's first recipient.
     pub(super) recipient: String,
     /// The record's sender.
@@ -62,10 +70,10 @@ impl MsgStats {
             self.last_id,
         ];
         let strings = [
-            Some(&self.recipient),
-            Some(&self.sender),
-            self.message_id.as_ref(),
-            self.subject.as_ref(),
+            Some(&self.context.recipient),
+            Some(&self.context.sender),
+            self.context.message_id.as_ref(),
+            self.context.subject.as_ref(),
         ];
         let text: usize = strings.iter().flatten().map(|s| s.len()).sum();
         let mut v = Vec::with_capacity(STATS_LEN + 4 + 8 * self.recent.len() + 16 + text);
@@ -91,10 +99,12 @@ impl MsgStats {
             get_u64s(r.take(STATS_LEN)?, "message statistics")?;
         let n = r.u32()? as usize;
         let recent = u64s(r.take(n.checked_mul(8).ok_or_else(corrupt)?)?);
-        let recipient = r.string()?.unwrap_or_default();
-        let sender = r.string()?.unwrap_or_default();
-        let message_id = r.string()?;
-        let subject = r.string()?;
+        let context = Arc::new(Repeated {
+            recipient: r.string()?.unwrap_or_default(),
+            sender: r.string()?.unwrap_or_default(),
+            message_id: r.string()?,
+            subject: r.string()?,
+        });
         if !r.0.is_empty() {
             return Err(corrupt());
         }
@@ -107,19 +117,18 @@ impl MsgStats {
             sent_at,
             last_id,
             recent,
-            recipient,
-            sender,
-            message_id,
-            subject,
+            context,
         })
     }
 
     /// Takes what an open event repeats from `r`.
     pub(super) fn set_record(&mut self, r: &MessageRecord) {
-        self.recipient = r.recipients.first().cloned().unwrap_or_default();
-        self.sender = r.sender.clone();
-        self.message_id = r.message_id.clone();
-        self.subject = r.subject.clone();
+        self.context = Arc::new(Repeated {
+            recipient: r.recipients.first().cloned().unwrap_or_default(),
+            sender: r.sender.clone(),
+            message_id: r.message_id.clone(),
+            subject: r.subject.clone(),
+        });
     }
 
     pub(super) fn view(&self) -> OpenStats {
@@ -492,10 +501,10 @@ impl SledStore {
         Ok(Some(OpenContext {
             id: *id,
             sent_at: ms.sent_at,
-            recipient: ms.recipient,
-            sender: ms.sender,
-            message_id: ms.message_id,
-            subject: ms.subject,
+            recipient: ms.context.recipient.clone(),
+            sender: ms.context.sender.clone(),
+            message_id: ms.context.message_id.clone(),
+            subject: ms.context.subject.clone(),
         }))
     }
 }

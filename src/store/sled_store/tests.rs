@@ -149,10 +149,12 @@ fn binary_records_round_trip_and_reject_wrong_lengths() {
         sent_at: T0,
         last_id: 9,
         recent: vec![],
-        recipient: "r@example.net".into(),
-        sender: String::new(),
-        message_id: None,
-        subject: Some("Grüße".into()),
+        context: std::sync::Arc::new(messages::Repeated {
+            recipient: "r@example.net".into(),
+            sender: String::new(),
+            message_id: None,
+            subject: Some("Grüße".into()),
+        }),
     };
     assert_eq!(MsgStats::decode(&ms.encode()).unwrap(), ms);
     assert!(matches!(

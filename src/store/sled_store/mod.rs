@@ -227,9 +227,11 @@ impl SledStore {
             .flush_interval
             .as_millis()
             .clamp(1, u128::from(u64::MAX)) as u64;
+        // sled's memory is several times its cache setting (it counts pages by their size on
+        // disk); 16 MiB kept the pixel bench's peak RSS lowest without slowing the indexer.
         let db = sled::Config::new()
             .path(&cfg.path)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(16 * 1024 * 1024)
             .flush_every_ms(Some(flush_ms))
             .open()?;
         let data = db.open_tree(TREE)?;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use super::entry::Entry;
 use super::hit::Hit;
 use super::journal::{Read, Reader};
-use super::pace::Pace;
+use super::pace::{self, Pace};
 use super::{Ingest, WeakInner};
 use crate::store::{
     Delivery, MessageRecord, OpenContext, OpenHit, Position, PreparedOpen, StoreError,
@@ -371,19 +371,38 @@ fn linger(weak: &WeakInner) {
     }
 }
 
-/// Pauses for `pause` (see `pace.rs`), less if a reader starts waiting for the index or the
-/// store is dropped meanwhile.
+/// Pauses for `pause` (see `pace.rs`), less if a reader starts waiting for the index, the
+/// CPUs go idle (the burst is over) or the store is dropped meanwhile.
 fn stand_back(weak: &WeakInner, pause: Duration) {
     const STEP: Duration = Duration::from_millis(10);
     let Some(inner) = weak.upgrade() else { return };
     inner.index_pauses.fetch_add(1, Ordering::Relaxed);
     drop(inner);
     let until = Instant::now() + pause;
+    // CPU readings of the last IDLE_WINDOW, oldest first.
+    let mut window = std::collections::VecDeque::new();
     while Instant::now() < until {
         std::thread::sleep(STEP);
         match weak.upgrade() {
             Some(inner) if inner.readers_waiting.load(Ordering::Relaxed) == 0 => {}
             _ => return,
+        }
+        let Some(now) = pace::cpu_ticks() else {
+            continue;
+        };
+        window.push_back((Instant::now(), now));
+        while window.len() > 1
+            && window
+                .get(1)
+                .is_some_and(|(at, _)| at.elapsed() >= pace::IDLE_WINDOW)
+        {
+            window.pop_front();
+        }
+        if let Some((at, then)) = window.front()
+            && at.elapsed() >= pace::IDLE_WINDOW
+            && pace::mostly_idle(*then, now)
+        {
+            return;
         }
     }
 }

@@ -17,8 +17,9 @@
 //! [`MAX_PAUSE`]: a probe batch costs a few milliseconds of CPU (B-tree pages fetched back into
 //! a cache the pixel threads have filled), which is 2 % of the listener process during a burst
 //! at one probe every 200 ms and an eighth of that once the pauses reach [`MAX_PAUSE`]; in
-//! exchange the index may start catching up up to [`MAX_PAUSE`] after a long burst ends. It
-//! does not stand back:
+//! exchange the index could start catching up up to [`MAX_PAUSE`] after a long burst ends, so
+//! a pause ends early once the CPUs go idle (`/proc/stat`: at least half of the CPU time of the
+//! last [`IDLE_WINDOW`] idle): the burst is over. It does not stand back:
 //! - when someone waits for the index (the admin API's read-your-opens wait): a pause ends as
 //!   soon as a reader arrives;
 //! - once it has been behind for [`LIMIT`] without a break: under a sustained overload the
@@ -43,6 +44,32 @@ pub const PROBE_BATCH: usize = 64;
 pub const LIMIT: Duration = Duration::from_secs(60);
 /// Run-queue delay below this is never contention (wake-up latency, clock granularity).
 const MIN_WAIT: Duration = Duration::from_millis(1);
+/// A pause ends once the CPUs were at least half idle over this long.
+pub const IDLE_WINDOW: Duration = Duration::from_millis(50);
+
+/// The machine's CPU time so far from `/proc/stat`: (all, idle incl. iowait), in clock ticks;
+/// `None` where it cannot be read.
+pub fn cpu_ticks() -> Option<(u64, u64)> {
+    parse_cpu_line(std::fs::read_to_string("/proc/stat").ok()?.lines().next()?)
+}
+
+/// (all, idle) of `/proc/stat`'s first line, `cpu  user nice system idle iowait irq …`.
+fn parse_cpu_line(line: &str) -> Option<(u64, u64)> {
+    let mut f = line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = f.map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((v.iter().take(8).sum(), idle))
+}
+
+/// Whether the CPUs were at least half idle between two [`cpu_ticks`] readings.
+pub fn mostly_idle(before: (u64, u64), after: (u64, u64)) -> bool {
+    let all = after.0.saturating_sub(before.0);
+    let idle = after.1.saturating_sub(before.1);
+    all > 0 && 2 * idle >= all
+}
 
 /// The indexer thread's CPU time and run-queue delay so far.
 #[derive(Debug, Clone, Copy)]
@@ -305,5 +332,24 @@ mod tests {
         p.start();
         assert!(!p.after(0, true));
         assert!(p.behind_since.is_none());
+    }
+
+    #[test]
+    fn cpu_ticks_parse_and_idle_means_half_the_time() {
+        assert_eq!(
+            parse_cpu_line("cpu  10 0 5 80 5 0 0 0 0 0"),
+            Some((100, 85))
+        );
+        assert_eq!(parse_cpu_line("cpu0 1 2 3 4"), None);
+        assert_eq!(parse_cpu_line("cpu  x 2 3 4"), None);
+        assert!(mostly_idle((100, 50), (120, 60)));
+        assert!(!mostly_idle((100, 50), (120, 59)));
+        assert!(
+            !mostly_idle((100, 50), (100, 50)),
+            "no time passed, no verdict"
+        );
+        if let Some((all, idle)) = cpu_ticks() {
+            assert!(all >= idle);
+        }
     }
 }

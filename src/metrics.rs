@@ -244,47 +244,59 @@ impl Metrics {
             webhook_pending: Gauge::default(),
             follow_lagged: Counter::default(),
         };
+        m.register_smtp(&mut registry);
+        m.register_pixel(&mut registry, pixel_latency);
+        m.register_store(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// The SMTP side: sessions, refusals, transactions, upstream replies, rewrite.
+    fn register_smtp(&self, registry: &mut Registry) {
         registry.register(
             "smtp_sessions",
             "SMTP sessions accepted",
-            m.smtp_sessions.clone(),
+            self.smtp_sessions.clone(),
         );
         registry.register(
             "smtp_refusals",
             "Clients refused by policy, by reason (relay_denied, auth_failed, too_many_errors, connection_limit, ip_connection_limit)",
-            m.smtp_refusals.clone(),
+            self.smtp_refusals.clone(),
         );
         registry.register(
             "smtp_transactions",
             "SMTP transactions finished, by outcome (accepted, rejected, tempfail)",
-            m.transactions.clone(),
+            self.transactions.clone(),
         );
         registry.register(
             "upstream_replies",
             "Replies from the upstream by SMTP stage and class",
-            m.upstream_replies.clone(),
+            self.upstream_replies.clone(),
         );
         registry.register(
             "rewrite_decisions",
             "Tracking decisions: tracked, or skipped with the reason",
-            m.rewrite_decisions.clone(),
+            self.rewrite_decisions.clone(),
         );
         registry.register_with_unit(
             "relayed",
             "Message bytes the upstream accepted",
             Unit::Bytes,
-            m.relayed_bytes.clone(),
+            self.relayed_bytes.clone(),
         );
         registry.register_with_unit(
             "relay_duration",
             "Time from the end of DATA to the final reply",
             Unit::Seconds,
-            m.relay_latency.clone(),
+            self.relay_latency.clone(),
         );
+    }
+
+    /// The pixel side: requests, latency, opens and their verdicts.
+    fn register_pixel(&self, registry: &mut Registry, pixel_latency: LatencyHistogram) {
         registry.register(
             "pixel_requests",
             "Pixel requests by result (valid: an open was recorded)",
-            m.pixel_requests.clone(),
+            self.pixel_requests.clone(),
         );
         registry.register_with_unit(
             "pixel_duration",
@@ -295,51 +307,54 @@ impl Metrics {
         registry.register(
             "opens",
             "Recorded opens by device and machine flag (lifetime)",
-            m.opens.clone(),
+            self.opens.clone(),
         );
         registry.register(
             "open_verdicts",
             "Recorded opens by kind (person, proxied, machine) and machine reason (lifetime)",
-            m.verdicts.clone(),
+            self.verdicts.clone(),
         );
+    }
+
+    /// The store, the open index, followers and webhooks.
+    fn register_store(&self, registry: &mut Registry) {
         registry.register_with_unit(
             "store_size",
             "Size of the sled store on disk",
             Unit::Bytes,
-            m.store_size.clone(),
+            self.store_size.clone(),
         );
         registry.register_with_unit(
             "open_index_lag",
             "Pixel hits journaled but not yet recorded in the store",
             Unit::Bytes,
-            m.index_lag.clone(),
+            self.index_lag.clone(),
         );
         registry.register(
             "open_index_pauses",
             "Times the open indexer paused to leave contended CPUs to the pixel listener",
-            m.index_pauses.clone(),
+            self.index_pauses.clone(),
         );
         registry.register(
             "admin_follow_streams",
             "Follow streams (tail -f, dashboards) connected now",
-            m.follow_streams.clone(),
+            self.follow_streams.clone(),
         );
         registry.register(
             "webhook_events",
             "Webhook events by result: delivered, failed_attempt, dead_lettered",
-            m.webhooks.clone(),
+            self.webhooks.clone(),
         );
         registry.register(
             "webhook_pending",
             "Webhook events waiting in the outbox or in flight",
-            m.webhook_pending.clone(),
+            self.webhook_pending.clone(),
         );
         registry.register(
             "admin_follow_lagged",
             "Times a follower fell behind the live feed and caught up from the store",
-            m.follow_lagged.clone(),
+            self.follow_lagged.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     /// A session was accepted.

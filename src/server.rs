@@ -269,31 +269,14 @@ impl Server {
         let (hard_trigger, hard_stop) = shutdown::channel();
         let mut session_cfg = SessionConfig::from_config(&cfg.smtp);
         session_cfg.metrics = Some(Arc::clone(&metrics));
-        let session_cfg = Arc::new(session_cfg);
-        let limits = Limits {
-            max_connections: cfg.smtp.max_connections,
-            max_per_ip: cfg.smtp.max_connections_per_ip,
-            tls: tls.clone(),
-            implicit: false,
-        };
-        let factory = Arc::new(RelayFactory(Arc::clone(&relay)));
-        let mut tasks = Vec::new();
-        let implicit_limits = Limits {
-            implicit: true,
-            ..limits.clone()
-        };
-        let listeners = smtp.into_iter().map(|l| (l, limits.clone()));
-        let listeners = listeners.chain(smtps.into_iter().map(|l| (l, implicit_limits.clone())));
-        for (l, limits) in listeners {
-            tasks.push(tokio::spawn(smtp::serve(
-                l,
-                Arc::clone(&session_cfg),
-                limits,
-                Arc::clone(&factory),
-                shutdown.clone(),
-                hard_stop.clone(),
-            )));
-        }
+        let tasks = spawn_smtp(
+            &cfg,
+            (smtp, smtps),
+            Arc::new(session_cfg),
+            tls.clone(),
+            Arc::new(RelayFactory(Arc::clone(&relay))),
+            (&shutdown, &hard_stop),
+        );
         // SIGHUP: re-read the certificate files (sessions in progress keep theirs) and the
         // network catalogue, and reopen the open log (logrotate).
         let certs: Vec<Arc<TlsSource>> = tls.iter().chain(pixel.tls.iter()).cloned().collect();
@@ -331,20 +314,7 @@ impl Server {
             "shutting down: no new connections"
         );
         trigger.trigger();
-        let drain = async {
-            for t in tasks {
-                let _ = t.await;
-            }
-        };
-        tokio::pin!(drain);
-        tokio::select! {
-            () = &mut drain => {}
-            () = tokio::time::sleep(cfg.smtp.shutdown_grace) => {
-                warn!("grace period over: closing the remaining sessions with 421");
-                hard_trigger.trigger();
-                drain.await;
-            }
-        }
+        drain(tasks, cfg.smtp.shutdown_grace, hard_trigger).await;
         let _ = pixel_task.await;
         let _ = admin_task.await;
         // Undelivered events stay in the outbox for the next start.
@@ -359,6 +329,63 @@ impl Server {
             warn!(error = %e, "store flush at shutdown failed");
         }
         info!("pixelrelay stopped");
+    }
+}
+
+/// Starts one task per SMTP listener (plain, then implicit TLS).
+fn spawn_smtp(
+    cfg: &Config,
+    (smtp, smtps): (Vec<TcpListener>, Vec<TcpListener>),
+    session_cfg: Arc<SessionConfig>,
+    tls: Option<Arc<TlsSource>>,
+    factory: Arc<RelayFactory>,
+    (shutdown, hard_stop): (&shutdown::Shutdown, &shutdown::Shutdown),
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let limits = Limits {
+        max_connections: cfg.smtp.max_connections,
+        max_per_ip: cfg.smtp.max_connections_per_ip,
+        tls,
+        implicit: false,
+    };
+    let implicit_limits = Limits {
+        implicit: true,
+        ..limits.clone()
+    };
+    let listeners = smtp.into_iter().map(|l| (l, limits.clone()));
+    let listeners = listeners.chain(smtps.into_iter().map(|l| (l, implicit_limits.clone())));
+    listeners
+        .map(|(l, limits)| {
+            tokio::spawn(smtp::serve(
+                l,
+                Arc::clone(&session_cfg),
+                limits,
+                Arc::clone(&factory),
+                shutdown.clone(),
+                hard_stop.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Waits for the SMTP tasks; after `grace`, tells the remaining sessions 421 and waits on.
+async fn drain(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    grace: std::time::Duration,
+    hard_trigger: shutdown::ShutdownTrigger,
+) {
+    let all = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    tokio::pin!(all);
+    tokio::select! {
+        () = &mut all => {}
+        () = tokio::time::sleep(grace) => {
+            warn!("grace period over: closing the remaining sessions with 421");
+            hard_trigger.trigger();
+            all.await;
+        }
     }
 }
 

@@ -375,80 +375,9 @@ pub(super) fn read_webhooks(r: &mut Reader<'_>) -> Vec<WebhookConfig> {
                 String::new()
             }
         };
-        let file = s.opt_path("secret_file");
-        let env = s.opt::<String>("secret_env");
-        let secret = match (file, env) {
-            (Some(_), Some(e)) => {
-                s.err(
-                    "secret_env",
-                    "set either secret_file or secret_env, not both",
-                );
-                WebhookSecret::Env(e)
-            }
-            (Some(p), None) => {
-                if let Err(e) = crate::secret::read(&p) {
-                    s.err("secret_file", e);
-                }
-                WebhookSecret::File(p)
-            }
-            (None, Some(e)) => {
-                if e.is_empty() {
-                    s.err("secret_env", "must name an environment variable");
-                }
-                WebhookSecret::Env(e)
-            }
-            (None, None) => {
-                s.err(
-                    "secret_file",
-                    "missing: set secret_file (mode 0600) or secret_env (never a secret in the TOML)",
-                );
-                WebhookSecret::Env(String::new())
-            }
-        };
-        if s.raw("secret").is_some() {
-            s.err(
-                "secret",
-                "secrets are not read from relay.toml: use secret_file or secret_env",
-            );
-        }
-        let events = s.get::<Vec<String>>("events", vec!["open".to_string()]);
-        let (mut open, mut message) = (false, false);
-        for (j, e) in events.iter().enumerate() {
-            match e.as_str() {
-                "open" => open = true,
-                "message" => message = true,
-                other => s.err(
-                    &format!("events[{j}]"),
-                    format!("\"{other}\" is not one of open | message"),
-                ),
-            }
-        }
-        if events.is_empty() {
-            s.err("events", "needs at least one of open | message");
-        }
-        let mut headers = Vec::new();
-        for (name, v) in s
-            .get::<toml::Table>("headers", toml::Table::new())
-            .into_iter()
-        {
-            let Some(value) = v.as_str() else {
-                s.err(&format!("headers.{name}"), "must be a string");
-                continue;
-            };
-            let name_ok = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !name_ok {
-                s.err(&format!("headers.{name}"), "is not a header name");
-            } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-                s.err(&format!("headers.{name}"), "is set by pixelrelay itself");
-            } else if value.contains(['\r', '\n', '\0']) {
-                s.err(&format!("headers.{name}"), "must not contain CR, LF or NUL");
-            } else {
-                headers.push((name, value.to_string()));
-            }
-        }
+        let secret = webhook_secret(&mut s);
+        let (open, message) = webhook_events(&mut s);
+        let headers = webhook_headers(&mut s);
         let mut cfg = WebhookConfig::new(&url, secret);
         cfg.open = open;
         cfg.message = message;
@@ -464,4 +393,93 @@ pub(super) fn read_webhooks(r: &mut Reader<'_>) -> Vec<WebhookConfig> {
         out.push(cfg);
     }
     out
+}
+
+/// `secret_file` or `secret_env` of one `[[webhooks]]` table (never `secret`).
+fn webhook_secret(s: &mut Section<'_, '_>) -> WebhookSecret {
+    let file = s.opt_path("secret_file");
+    let env = s.opt::<String>("secret_env");
+    let secret = match (file, env) {
+        (Some(_), Some(e)) => {
+            s.err(
+                "secret_env",
+                "set either secret_file or secret_env, not both",
+            );
+            WebhookSecret::Env(e)
+        }
+        (Some(p), None) => {
+            if let Err(e) = crate::secret::read(&p) {
+                s.err("secret_file", e);
+            }
+            WebhookSecret::File(p)
+        }
+        (None, Some(e)) => {
+            if e.is_empty() {
+                s.err("secret_env", "must name an environment variable");
+            }
+            WebhookSecret::Env(e)
+        }
+        (None, None) => {
+            s.err(
+                "secret_file",
+                "missing: set secret_file (mode 0600) or secret_env (never a secret in the TOML)",
+            );
+            WebhookSecret::Env(String::new())
+        }
+    };
+    if s.raw("secret").is_some() {
+        s.err(
+            "secret",
+            "secrets are not read from relay.toml: use secret_file or secret_env",
+        );
+    }
+    secret
+}
+
+/// `events` of one `[[webhooks]]` table: (open, message).
+fn webhook_events(s: &mut Section<'_, '_>) -> (bool, bool) {
+    let events = s.get::<Vec<String>>("events", vec!["open".to_string()]);
+    let (mut open, mut message) = (false, false);
+    for (j, e) in events.iter().enumerate() {
+        match e.as_str() {
+            "open" => open = true,
+            "message" => message = true,
+            other => s.err(
+                &format!("events[{j}]"),
+                format!("\"{other}\" is not one of open | message"),
+            ),
+        }
+    }
+    if events.is_empty() {
+        s.err("events", "needs at least one of open | message");
+    }
+    (open, message)
+}
+
+/// `headers` of one `[[webhooks]]` table: names checked, values without CR, LF or NUL.
+fn webhook_headers(s: &mut Section<'_, '_>) -> Vec<(String, String)> {
+    let mut headers = Vec::new();
+    for (name, v) in s
+        .get::<toml::Table>("headers", toml::Table::new())
+        .into_iter()
+    {
+        let Some(value) = v.as_str() else {
+            s.err(&format!("headers.{name}"), "must be a string");
+            continue;
+        };
+        let name_ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !name_ok {
+            s.err(&format!("headers.{name}"), "is not a header name");
+        } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            s.err(&format!("headers.{name}"), "is set by pixelrelay itself");
+        } else if value.contains(['\r', '\n', '\0']) {
+            s.err(&format!("headers.{name}"), "must not contain CR, LF or NUL");
+        } else {
+            headers.push((name, value.to_string()));
+        }
+    }
+    headers
 }

@@ -35,7 +35,8 @@
 //! An indexer batch of 8 192 opens is thus a few hundred segment keys, the counters and the
 //! journal mark, where the first layout wrote three keys per open in a five-tree transaction.
 //! The `s` keys of the messages it opened are written at the next statistics checkpoint
-//! (every 5 s, or once 65 536 messages wait): until then their statistics live in memory,
+//! (with the first write of opens 5 s after the last one, once 65 536 messages wait, and on
+//! `flush`): until then their statistics live in memory,
 //! where readers see them, and after a crash the store recounts the opens after the
 //! checkpoint from their segments when it is opened ([`replay`]), each message skipping the
 //! opens its record already counts, so nothing is lost or counted twice.

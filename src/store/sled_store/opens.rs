@@ -444,26 +444,26 @@ impl SledStore {
         Ok(out)
     }
 
-    /// The events of opens `ids` (ascending), skipping any purged.
+    /// The events of opens `ids` (ascending), skipping any purged. Each segment is read and
+    /// decompressed once for all the ids it holds.
     pub(super) fn opens_by_id(&self, ids: &[u64]) -> Result<Vec<OpenEvent>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
-        let mut cached: Option<sled::IVec> = None;
-        for &id in ids {
-            if let Some(v) = &cached {
-                let seg = Segment::parse(v)?;
-                if let Some(i) = seg.find(id) {
-                    out.push(seg.event(i)?);
-                    continue;
-                }
-            }
-            let Some((_, v)) = segment_for(&self.inner.data, id)? else {
+        let mut i = 0;
+        while i < ids.len() {
+            let Some((_, v)) = segment_for(&self.inner.data, ids[i])? else {
+                i += 1;
                 continue;
             };
             let seg = Segment::parse(&v)?;
-            if let Some(i) = seg.find(id) {
-                out.push(seg.event(i)?);
+            let start = i;
+            while let Some(j) = ids.get(i).and_then(|&id| seg.find(id)) {
+                out.push(seg.event(j)?);
+                i += 1;
             }
-            cached = Some(v);
+            if i == start {
+                // Not in the segment that would hold it: purged.
+                i += 1;
+            }
         }
         Ok(out)
     }

@@ -4,6 +4,15 @@
 use super::*;
 use crate::store::contract::{T0, cfg, hit, rec};
 
+/// A store in `dir` with two messages recorded (recipients a@ and b@example.net).
+fn two_messages(dir: &std::path::Path) -> (SledStore, MessageId, MessageId) {
+    let s = SledStore::open(&cfg(dir)).unwrap();
+    let (a, b) = (MessageId::random(), MessageId::random());
+    s.record_message(&rec(a, T0, "a@example.net")).unwrap();
+    s.record_message(&rec(b, T0, "b@example.net")).unwrap();
+    (s, a, b)
+}
+
 #[test]
 fn subjects_and_anonymisation_follow_the_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -132,11 +141,7 @@ fn open_ids_are_time_ordered_and_unique() {
 #[test]
 fn a_corrupt_record_fails_its_batch_but_not_a_retry_of_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(&cfg(dir.path())).unwrap();
-    let good = MessageId::random();
-    let bad = MessageId::random();
-    s.record_message(&rec(good, T0, "a@example.net")).unwrap();
-    s.record_message(&rec(bad, T0, "b@example.net")).unwrap();
+    let (s, good, bad) = two_messages(dir.path());
     s.inner
         .data
         .insert(messages::stats_key(&bad), b"not a record".as_slice())
@@ -210,11 +215,7 @@ fn binary_records_round_trip_and_reject_wrong_lengths() {
 #[test]
 fn a_message_opened_more_than_a_chunk_keeps_every_open_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(&cfg(dir.path())).unwrap();
-    let a = MessageId::random();
-    let b = MessageId::random();
-    s.record_message(&rec(a, T0, "a@example.net")).unwrap();
-    s.record_message(&rec(b, T0, "b@example.net")).unwrap();
+    let (s, a, b) = two_messages(dir.path());
     let n = 2 * messages::CHUNK + 5;
     let h = hit(T0 + 1000, "192.0.2.1", None);
     let mut want = Vec::new();
@@ -337,11 +338,7 @@ fn a_store_of_the_first_layout_is_moved_whole_into_the_one_tree() {
 #[test]
 fn statistics_wait_in_memory_and_a_crash_recounts_them_from_the_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(&cfg(dir.path())).unwrap();
-    let a = MessageId::random();
-    let b = MessageId::random();
-    s.record_message(&rec(a, T0, "a@example.net")).unwrap();
-    s.record_message(&rec(b, T0, "b@example.net")).unwrap();
+    let (s, a, b) = two_messages(dir.path());
     let on_disk = |s: &SledStore, id: &MessageId| {
         MsgStats::decode(&s.inner.data.get(messages::stats_key(id)).unwrap().unwrap())
             .unwrap()

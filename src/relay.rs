@@ -1,10 +1,12 @@
 //! Where the stages meet: the SMTP session's backend.
 //!
-//! MAIL takes an upstream connection (pooled) and relays the command; each RCPT is relayed as
-//! it comes, and the client gets the upstream's own reply, so per-recipient acceptance is exact.
-//! After DATA the message goes through `rewrite` (pixel or not), the decision is recorded, the
-//! message goes upstream, and the client gets the upstream's final reply, never a 250 the
-//! upstream did not give. Any failure to reach or hear the upstream is a 4xx to the client.
+//! MAIL takes an upstream connection (pooled); MAIL, RCPT and DATA are relayed as the session
+//! hands them over, a pipelined group in one write when the upstream offers PIPELINING, and
+//! the client gets the upstream's own reply to each, so per-recipient acceptance is exact and
+//! the 354 is the upstream's. After the message the content goes through `rewrite` (pixel or
+//! not), the decision is recorded, the message goes upstream, and the client gets the
+//! upstream's final reply, never a 250 the upstream did not give. Any failure to reach or hear
+//! the upstream is a 4xx to the client.
 //!
 //! A failure of the tracking side (rewriter, store) never blocks a message: it goes out
 //! unmodified and the reason is logged.
@@ -21,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::rewrite::{self, Decision, MessageInfo, Policy, SkipReason};
 use crate::smtp::command::PathArg;
 use crate::smtp::reply::{self, Reply};
-use crate::smtp::{Backend, BackendFactory, Transaction};
+use crate::smtp::{Backend, BackendFactory, Envelope, Transaction};
 use crate::store::{Delivery, MessageRecord};
 use crate::token::{MessageId, Purpose, TokenKey};
 use crate::upstream::{Connection, Upstream, UpstreamError};
@@ -93,7 +95,7 @@ impl BackendFactory for RelayFactory {
             relay: Some(Arc::clone(&self.0)),
             conn: None,
             peer,
-            mail: None,
+            in_data: false,
             failed: None,
         }
     }
@@ -107,8 +109,8 @@ pub struct RelaySession {
     conn: Option<Connection>,
     /// Client address (logs).
     peer: SocketAddr,
-    /// MAIL FROM of the open transaction.
-    mail: Option<PathArg>,
+    /// The upstream answered DATA with 354 and waits for the message.
+    in_data: bool,
     /// The upstream connection broke mid-transaction: every later step gets this reply.
     failed: Option<Reply>,
 }
@@ -154,61 +156,20 @@ fn path_command(verb: &str, arg: &PathArg, conn: &Connection) -> String {
 }
 
 impl Backend for RelaySession {
-    async fn mail(&mut self, queue_id: &str, mail: &PathArg) -> Reply {
-        self.failed = None;
+    async fn envelope(&mut self, cmds: &[Envelope]) -> Vec<Reply> {
         let Some(relay) = self.relay() else {
-            return reply::local_error();
-        };
-        let r = match &relay.target {
-            Target::Capture(_) => reply::sender_ok(),
-            Target::Smtp(up) => {
-                // Parameters depend on the connection's EHLO, so build the line per attempt.
-                let line = |c: &Connection| path_command("MAIL FROM", mail, c);
-                match begin(up, &line).await {
-                    Ok((conn, r)) => {
-                        relay.metrics.upstream_reply("mail", r.code);
-                        if r.is_positive() {
-                            self.conn = Some(conn);
-                        } else {
-                            up.give_back(conn);
-                        }
-                        r
-                    }
-                    Err(e) => {
-                        warn!(queue_id, client = %self.peer, error = %e, event = "upstream_error", "upstream unavailable at MAIL");
-                        client_reply(&e)
-                    }
-                }
-            }
-        };
-        if r.is_positive() {
-            self.mail = Some(mail.clone());
-        }
-        r
-    }
-
-    async fn rcpt(&mut self, rcpt: &PathArg) -> Reply {
-        if let Some(r) = &self.failed {
-            return r.clone();
-        }
-        let Some(relay) = self.relay() else {
-            return reply::local_error();
+            return vec![reply::local_error(); cmds.len()];
         };
         match &relay.target {
-            Target::Capture(_) => reply::rcpt_ok(),
-            Target::Smtp(_) => {
-                let Some(conn) = self.conn.as_mut() else {
-                    return reply::upstream_unavailable();
-                };
-                let line = path_command("RCPT TO", rcpt, conn);
-                match conn.command(&line, "RCPT TO").await {
-                    Ok(r) => {
-                        relay.metrics.upstream_reply("rcpt", r.code);
-                        r
-                    }
-                    Err(e) => self.upstream_failed("RCPT TO", &e),
-                }
-            }
+            Target::Capture(_) => cmds
+                .iter()
+                .map(|c| match c {
+                    Envelope::Mail { .. } => reply::sender_ok(),
+                    Envelope::Rcpt(_) => reply::rcpt_ok(),
+                    Envelope::Data => reply::start_data(),
+                })
+                .collect(),
+            Target::Smtp(up) => self.relay_envelope(&relay, up, cmds).await,
         }
     }
 
@@ -276,7 +237,7 @@ impl Backend for RelaySession {
             Target::Capture(cap) => cap.deliver(&queue_id, &content).await,
             Target::Smtp(up) => match self.conn.take() {
                 None => reply::upstream_unavailable(),
-                Some(mut conn) => match conn.send_message(&content).await {
+                Some(mut conn) => match conn.send_body(&content).await {
                     Ok(r) => {
                         relay.metrics.upstream_reply("data", r.code);
                         up.give_back(conn);
@@ -287,7 +248,7 @@ impl Backend for RelaySession {
             },
         };
         self.failed = None;
-        self.mail = None;
+        self.in_data = false;
         if let Some(rec) = recorder {
             let delivery = Delivery {
                 accepted: r.is_positive(),
@@ -322,11 +283,15 @@ impl Backend for RelaySession {
     }
 
     async fn reset(&mut self) {
-        self.mail = None;
         self.failed = None;
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        // After a 354 the upstream reads everything as the message: the connection cannot
+        // be reset, only closed (dropping it is closing it).
+        if std::mem::take(&mut self.in_data) {
+            return;
+        }
         let Some(relay) = self.relay() else { return };
         if let Target::Smtp(up) = &relay.target
             && let Ok(r) = conn.command("RSET", "RSET").await
@@ -337,23 +302,128 @@ impl Backend for RelaySession {
     }
 }
 
-/// MAIL on a pooled connection, retried on a fresh one when the pooled one was dead
-/// (nothing has been relayed on it yet, so the retry is safe).
-async fn begin(
-    up: &Upstream,
-    line: &(dyn Fn(&Connection) -> String + Sync),
-) -> Result<(Connection, Reply), UpstreamError> {
+impl RelaySession {
+    /// Relays a group of commands on the transaction's connection (a pooled one for MAIL),
+    /// pipelined when the upstream offers PIPELINING.
+    async fn relay_envelope(
+        &mut self,
+        relay: &Relay,
+        up: &Upstream,
+        cmds: &[Envelope],
+    ) -> Vec<Reply> {
+        let opens = matches!(cmds.first(), Some(Envelope::Mail { .. }));
+        if opens {
+            self.failed = None;
+            if let Some(conn) = self.conn.take() {
+                up.give_back(conn);
+            }
+        }
+        if let Some(r) = &self.failed {
+            return vec![r.clone(); cmds.len()];
+        }
+        let conn = match (opens, self.conn.take()) {
+            (true, _) => begin(up, cmds).await,
+            (false, Some(mut conn)) => {
+                let r = conn.exchange(&lines(cmds, &conn)).await;
+                Ok((conn, r))
+            }
+            (false, None) => return vec![reply::upstream_unavailable(); cmds.len()],
+        };
+        let (conn, result) = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(client = %self.peer, error = %e, event = "upstream_error", "upstream unavailable at MAIL");
+                return vec![client_reply(&e); cmds.len()];
+            }
+        };
+        let mut replies = match result {
+            Ok(replies) => replies,
+            Err((mut got, e)) => {
+                let stage = stage(cmds.get(got.len()));
+                let r = self.upstream_failed(stage, &e);
+                got.resize(cmds.len(), r);
+                return got;
+            }
+        };
+        for (cmd, r) in cmds.iter().zip(&replies) {
+            // `data` counts the upstream's last word on a message: a refused DATA, or the
+            // reply to the message (the 354 in between is not an outcome).
+            match cmd {
+                Envelope::Mail { .. } => relay.metrics.upstream_reply("mail", r.code),
+                Envelope::Rcpt(_) => relay.metrics.upstream_reply("rcpt", r.code),
+                Envelope::Data if r.code != 354 => relay.metrics.upstream_reply("data", r.code),
+                Envelope::Data => {}
+            }
+        }
+        let refused = opens && replies.first().is_some_and(|r| !r.is_positive());
+        let closing = replies.last().is_some_and(|r| r.code == 421);
+        // A 421 or a refused MAIL ends the group early (the rest were not sent, or the
+        // upstream is closing): the remaining commands share that fate.
+        if let Some(last) = replies.last().cloned()
+            && replies.len() < cmds.len()
+        {
+            replies.resize(cmds.len(), last);
+        }
+        if closing {
+            self.failed = Some(reply::upstream_unavailable());
+            drop(conn);
+        } else if refused && replies.iter().any(|r| r.code == 354) {
+            // An upstream that took DATA without a sender waits for a message: not reusable.
+            drop(conn);
+        } else if refused {
+            // No transaction is open upstream: the connection is clean for the next one.
+            up.give_back(conn);
+        } else {
+            self.in_data = matches!(cmds.last(), Some(Envelope::Data))
+                && replies.last().is_some_and(|r| r.code == 354);
+            self.conn = Some(conn);
+        }
+        replies
+    }
+}
+
+/// The wire lines for a group on `conn` (parameters depend on the connection's EHLO).
+fn lines(cmds: &[Envelope], conn: &Connection) -> Vec<(String, &'static str)> {
+    cmds.iter()
+        .map(|c| {
+            let line = match c {
+                Envelope::Mail { path, .. } => path_command("MAIL FROM", path, conn),
+                Envelope::Rcpt(path) => path_command("RCPT TO", path, conn),
+                Envelope::Data => "DATA".to_string(),
+            };
+            (line, stage(Some(c)))
+        })
+        .collect()
+}
+
+fn stage(cmd: Option<&Envelope>) -> &'static str {
+    match cmd {
+        Some(Envelope::Mail { .. }) => "MAIL FROM",
+        Some(Envelope::Rcpt(_)) => "RCPT TO",
+        Some(Envelope::Data) => "DATA",
+        None => "command",
+    }
+}
+
+/// The group opened by MAIL on a pooled connection, retried on a fresh one when the pooled
+/// one was dead (nothing has been relayed on it yet, so the retry is safe).
+async fn begin(up: &Upstream, cmds: &[Envelope]) -> Result<(Connection, Exchanged), UpstreamError> {
     let mut conn = up.take().await?;
-    let first = conn.command(&line(&conn), "MAIL FROM").await;
-    match first {
-        Ok(r) if !(conn.reused && r.code == 421) => return Ok((conn, r)),
-        Err(e) if !(conn.reused && e.is_connection_failure()) => return Err(e),
-        _ => {}
+    let first = conn.exchange(&lines(cmds, &conn)).await;
+    let dead = match &first {
+        Ok(r) => r.first().is_some_and(|r| r.code == 421),
+        Err((got, e)) => got.is_empty() && e.is_connection_failure(),
+    };
+    if !(conn.reused && dead) {
+        return Ok((conn, first));
     }
     let mut conn = up.connect().await?;
-    let r = conn.command(&line(&conn), "MAIL FROM").await?;
+    let r = conn.exchange(&lines(cmds, &conn)).await;
     Ok((conn, r))
 }
+
+/// The upstream's replies to a group, or the ones before an error and the error.
+type Exchanged = Result<Vec<Reply>, (Vec<Reply>, UpstreamError)>;
 
 /// Original and rewritten bytes, the decision, and the header facts.
 type Tracked = (Vec<u8>, Option<Vec<u8>>, Decision, MessageInfo);

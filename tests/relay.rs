@@ -363,6 +363,52 @@ async fn upstream_failures_give_4xx_and_nothing_is_held() {
 }
 
 #[tokio::test]
+async fn a_pipelined_envelope_is_relayed_with_each_reply_in_its_place() {
+    for pipelining in [true, false] {
+        let up = FakeUpstream::start().await;
+        up.set(|s| {
+            s.pipelining = pipelining;
+            s.rcpt_overrides = vec![(
+                "gone@example.net".into(),
+                Act::reply("550 5.1.1 no such user"),
+            )];
+        });
+        let relay = start_relay(&config_text(&up.addr.to_string(), "")).await;
+        let mut c = Client::hello(relay.smtp()).await;
+        // Everything up to DATA in one write, as Postfix sends it.
+        c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<gone@example.net>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+            .await;
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            codes.push(c.reply().await.0);
+        }
+        assert_eq!(codes, vec![250, 550, 250, 354], "pipelining={pipelining}");
+        c.send(&dot_stuff(&html_message("grouped"))).await;
+        assert_eq!(c.reply().await.0, 250, "pipelining={pipelining}");
+        let got = up.messages();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].rcpts, vec!["b@example.net"]);
+        // A refused sender: the pipelined RCPT and DATA get 503, nothing is relayed, and the
+        // connection still works.
+        up.set(|s| s.mail = Act::reply("550 5.7.1 sender refused"));
+        c.send(b"MAIL FROM:<x@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+            .await;
+        let mut codes = Vec::new();
+        for _ in 0..3 {
+            codes.push(c.reply().await.0);
+        }
+        assert_eq!(codes, vec![550, 503, 503], "pipelining={pipelining}");
+        up.set(|s| s.mail = Act::reply("250 2.1.0 Ok"));
+        let (code, text) = c
+            .send_mail("a@example.com", &["b@example.net"], &html_message("again"))
+            .await;
+        assert_eq!(code, 250, "pipelining={pipelining}: {text}");
+        assert_eq!(up.messages().len(), 2);
+        relay.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn upstream_down_gives_451() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();

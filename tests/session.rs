@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use pixelrelay::config::BareNewline;
 use pixelrelay::shutdown::Shutdown;
-use pixelrelay::smtp::command::PathArg;
 use pixelrelay::smtp::session::Session;
-use pixelrelay::smtp::{Backend, Reply, SessionConfig, Transaction};
+use pixelrelay::smtp::{Backend, Envelope, Reply, SessionConfig, Transaction};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Default, Clone)]
@@ -17,28 +16,43 @@ struct Log(Arc<Mutex<Vec<String>>>);
 
 struct Recorder {
     log: Log,
+    /// The commands of each group the session handed over, e.g. "MAIL RCPT DATA".
+    groups: Log,
 }
 
 impl Backend for Recorder {
-    async fn mail(&mut self, _q: &str, m: &PathArg) -> Reply {
-        self.log
-            .0
-            .lock()
-            .unwrap()
-            .push(format!("MAIL {}{}", m.address, m.params_wire()));
-        Reply::new(250, "2.1.0 Ok")
-    }
-    async fn rcpt(&mut self, r: &PathArg) -> Reply {
-        self.log
-            .0
-            .lock()
-            .unwrap()
-            .push(format!("RCPT {}", r.address));
-        if r.address.starts_with("bad") {
-            Reply::new(550, "5.1.1 no")
-        } else {
-            Reply::new(250, "2.1.5 Ok")
-        }
+    async fn envelope(&mut self, cmds: &[Envelope]) -> Vec<Reply> {
+        let kinds: Vec<&str> = cmds
+            .iter()
+            .map(|c| match c {
+                Envelope::Mail { .. } => "MAIL",
+                Envelope::Rcpt(_) => "RCPT",
+                Envelope::Data => "DATA",
+            })
+            .collect();
+        self.groups.0.lock().unwrap().push(kinds.join(" "));
+        let mut log = self.log.0.lock().unwrap();
+        cmds.iter()
+            .map(|c| match c {
+                Envelope::Mail { path, .. } => {
+                    log.push(format!("MAIL {}{}", path.address, path.params_wire()));
+                    if path.address.starts_with("refused") {
+                        Reply::new(550, "5.7.1 sender refused")
+                    } else {
+                        Reply::new(250, "2.1.0 Ok")
+                    }
+                }
+                Envelope::Rcpt(r) => {
+                    log.push(format!("RCPT {}", r.address));
+                    if r.address.starts_with("bad") {
+                        Reply::new(550, "5.1.1 no")
+                    } else {
+                        Reply::new(250, "2.1.5 Ok")
+                    }
+                }
+                Envelope::Data => Reply::new(354, "go ahead"),
+            })
+            .collect()
     }
     async fn data(&mut self, t: Transaction) -> Reply {
         let body = String::from_utf8_lossy(&t.content).to_string();
@@ -82,14 +96,24 @@ fn cfg() -> Arc<SessionConfig> {
 
 /// Feeds `input` in chunks of `step` bytes, then closes; returns the reply codes and the log.
 async fn drive(input: &[u8], step: usize) -> (Vec<u16>, Vec<String>) {
+    let (codes, log, _) = drive_groups(input, step).await;
+    (codes, log)
+}
+
+/// Like `drive`, with the groups of commands the backend was asked to answer.
+async fn drive_groups(input: &[u8], step: usize) -> (Vec<u16>, Vec<String>, Vec<String>) {
     let (client, server) = tokio::io::duplex(1 << 16);
     let log = Log::default();
+    let groups = Log::default();
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let session = Session::new(
         server,
         peer,
         cfg(),
-        Recorder { log: log.clone() },
+        Recorder {
+            log: log.clone(),
+            groups: groups.clone(),
+        },
         Shutdown::never(),
         Shutdown::never(),
     );
@@ -113,7 +137,8 @@ async fn drive(input: &[u8], step: usize) -> (Vec<u16>, Vec<String>) {
         .map(|l| l[..3].parse().unwrap())
         .collect();
     let log = log.0.lock().unwrap().clone();
-    (codes, log)
+    let groups = groups.0.lock().unwrap().clone();
+    (codes, log, groups)
 }
 
 const SCRIPT: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<bad@y.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: t\r\n\r\n..dot\r\nx\r\n.\r\nQUIT\r\n";
@@ -136,6 +161,46 @@ async fn every_split_gives_the_same_replies_and_calls() {
         assert_eq!(c2, codes, "step {step}");
         assert_eq!(l2, log, "step {step}");
     }
+}
+
+#[tokio::test]
+async fn a_pipelined_envelope_goes_to_the_backend_as_one_group() {
+    let (codes, _, groups) = drive_groups(SCRIPT, SCRIPT.len()).await;
+    assert_eq!(codes, vec![220, 250, 250, 550, 250, 354, 250, 221]);
+    assert_eq!(groups, vec!["MAIL RCPT RCPT DATA"]);
+    // One command per packet, waiting for nothing: the session answers each as it comes.
+    let lockstep = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\n";
+    let (codes, _, groups) = drive_groups(lockstep, 1).await;
+    assert_eq!(codes, vec![220, 250, 250]);
+    assert_eq!(groups, vec!["MAIL"]);
+}
+
+#[tokio::test]
+async fn a_refused_mail_takes_its_pipelined_commands_with_it() {
+    let input = b"EHLO c\r\nMAIL FROM:<refused@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nQUIT\r\n";
+    let (codes, log, groups) = drive_groups(input, input.len()).await;
+    assert_eq!(codes, vec![220, 250, 550, 503, 503, 250, 250, 221]);
+    assert_eq!(groups, vec!["MAIL RCPT DATA", "MAIL RCPT"]);
+    assert!(!log.iter().any(|l| l.starts_with("DATA")), "{log:?}");
+}
+
+#[tokio::test]
+async fn data_after_only_refused_recipients_gets_554_and_the_backend_is_reset() {
+    let input =
+        b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<bad@y.test>\r\nDATA\r\nRSET\r\nQUIT\r\n";
+    let (codes, log, groups) = drive_groups(input, input.len()).await;
+    assert_eq!(codes, vec![220, 250, 250, 550, 554, 250, 221]);
+    assert_eq!(groups, vec!["MAIL RCPT DATA"]);
+    // The backend said 354 to DATA: it is told that no message will follow.
+    assert_eq!(log.last().map(String::as_str), Some("RESET"), "{log:?}");
+}
+
+#[tokio::test]
+async fn refusals_given_here_keep_their_place_behind_the_groups_answers() {
+    let input = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test> FOO=1\r\nRCPT TO:<c@y.test>\r\nQUIT\r\n";
+    let (codes, _, groups) = drive_groups(input, input.len()).await;
+    assert_eq!(codes, vec![220, 250, 250, 555, 250, 221]);
+    assert_eq!(groups, vec!["MAIL RCPT"]);
 }
 
 #[tokio::test]
@@ -197,6 +262,7 @@ async fn idle_client_times_out_with_421() {
         cfg(),
         Recorder {
             log: Log::default(),
+            groups: Log::default(),
         },
         Shutdown::never(),
         Shutdown::never(),

@@ -174,13 +174,58 @@ impl Connection {
         self.read_reply(stage, self.timeouts.command).await
     }
 
-    /// Sends DATA and, after a 354, the message (dot-stuffed, terminated). Returns the
-    /// upstream's reply to DATA if it was not 354, else its reply to the message.
-    pub async fn send_message(&mut self, content: &[u8]) -> Result<Reply, UpstreamError> {
-        let r = self.command("DATA", "DATA").await?;
-        if r.code != 354 {
-            return Ok(r);
+    /// Sends command lines (CRLF added) and reads one reply per line. With PIPELINING the
+    /// lines go out in one write and the replies are read after it (RFC 2920; the last line
+    /// may be DATA); without it each line waits for its reply, and nothing follows a refused
+    /// MAIL. A 421 ends the exchange (the upstream is closing). On an error, the replies read
+    /// before it come with it.
+    pub async fn exchange(
+        &mut self,
+        lines: &[(String, &'static str)],
+    ) -> Result<Vec<Reply>, (Vec<Reply>, UpstreamError)> {
+        let mut replies = Vec::with_capacity(lines.len());
+        if self.ext.pipelining {
+            let mut wire = Vec::with_capacity(lines.iter().map(|(l, _)| l.len() + 2).sum());
+            for (line, _) in lines {
+                wire.extend_from_slice(line.as_bytes());
+                wire.extend_from_slice(b"\r\n");
+            }
+            let stage = lines.first().map_or("command", |(_, s)| s);
+            self.write(&wire, stage)
+                .await
+                .map_err(|e| (Vec::new(), e))?;
+            for (_, stage) in lines {
+                match self.read_reply(stage, self.timeouts.command).await {
+                    Ok(r) => {
+                        let closing = r.code == 421;
+                        replies.push(r);
+                        if closing {
+                            break;
+                        }
+                    }
+                    Err(e) => return Err((replies, e)),
+                }
+            }
+            return Ok(replies);
         }
+        for (line, stage) in lines {
+            match self.command(line, stage).await {
+                Ok(r) => {
+                    let stop = r.code == 421 || (line.starts_with("MAIL") && !r.is_positive());
+                    replies.push(r);
+                    if stop {
+                        break;
+                    }
+                }
+                Err(e) => return Err((replies, e)),
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Sends the message after the upstream's 354 (dot-stuffed, terminated) and reads the
+    /// reply to it.
+    pub async fn send_body(&mut self, content: &[u8]) -> Result<Reply, UpstreamError> {
         let mut out = Vec::with_capacity(content.len().min(WRITE_CHUNK) + 8);
         let mut last = 0;
         if content.first() == Some(&b'.') {

@@ -41,6 +41,8 @@ pub struct Script {
     pub data: Act,
     /// After the message.
     pub end: Act,
+    /// PIPELINING offered in the EHLO reply.
+    pub pipelining: bool,
 }
 
 impl Default for Script {
@@ -52,6 +54,7 @@ impl Default for Script {
             rcpt_overrides: Vec::new(),
             data: Act::reply("354 go ahead"),
             end: Act::reply("250 2.0.0 Ok: queued as FAKE"),
+            pipelining: true,
         }
     }
 }
@@ -233,9 +236,11 @@ async fn fake_session(
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         let act = if upper.starts_with("EHLO") {
-            let mut ext = String::from(
-                "250-fake.upstream\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n",
-            );
+            let mut ext = String::from("250-fake.upstream\r\n");
+            if sc().pipelining {
+                ext.push_str("250-PIPELINING\r\n");
+            }
+            ext.push_str("250-SIZE 100000000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n");
             if ctx.sec.tls.is_some() && !secure {
                 ext.push_str("250-STARTTLS\r\n");
             }
@@ -300,6 +305,10 @@ async fn fake_session(
                 });
             }
             a
+        } else if upper.starts_with("RCPT TO:") && cur.is_none() {
+            Act::reply("503 5.5.1 Error: need MAIL command")
+        } else if upper == "DATA" && cur.as_ref().is_none_or(|c| c.rcpts.is_empty()) {
+            Act::reply("554 5.5.1 Error: no valid recipients")
         } else if upper.starts_with("RCPT TO:") {
             let addr = text[8..]
                 .trim()

@@ -395,6 +395,7 @@ impl Journal {
             dir: self.dir.clone(),
             file: None,
             at: from,
+            window: Window::default(),
         }
     }
 }
@@ -404,6 +405,37 @@ pub struct Reader {
     dir: PathBuf,
     file: Option<(u64, File)>,
     at: Position,
+    /// Bytes read ahead from the current segment.
+    window: Window,
+}
+
+/// Bytes `at..at + bytes.len()` of a segment, read ahead so that the records of a busy
+/// journal (one per `write`, often a few hundred bytes) cost one `pread` per window rather
+/// than two each.
+#[derive(Default)]
+struct Window {
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+/// How far ahead a reader reads.
+const READ_AHEAD: usize = 256 * 1024;
+
+impl Window {
+    /// Bytes `offset..offset + len` of `file`, none of them at or past `limit` (the caller
+    /// checked), from the window or read into it.
+    fn get(&mut self, file: &File, offset: u64, len: usize, limit: u64) -> io::Result<&[u8]> {
+        let end = offset + len as u64;
+        let covered = offset >= self.at && end <= self.at + self.bytes.len() as u64;
+        if !covered {
+            let want = (limit - offset).min(len.max(READ_AHEAD) as u64) as usize;
+            self.bytes.resize(want, 0);
+            file.read_exact_at(&mut self.bytes, offset)?;
+            self.at = offset;
+        }
+        let from = (offset - self.at) as usize;
+        Ok(&self.bytes[from..from + len])
+    }
 }
 
 impl Reader {
@@ -421,7 +453,10 @@ impl Reader {
             let g = self.at.generation;
             if self.file.as_ref().is_none_or(|(fg, _)| *fg != g) {
                 match File::open(segment_path(&self.dir, g)) {
-                    Ok(f) => self.file = Some((g, f)),
+                    Ok(f) => {
+                        self.file = Some((g, f));
+                        self.window = Window::default();
+                    }
                     // Never written (a generation skipped) or already removed: go on.
                     Err(e) if e.kind() == io::ErrorKind::NotFound && g < end.generation => {
                         self.at = Position {
@@ -441,7 +476,7 @@ impl Reader {
             } else {
                 end.offset
             };
-            match read_record(file, self.at.offset, limit)? {
+            match read_record(file, self.at.offset, limit, &mut self.window)? {
                 Some(Ok((payload, next))) => {
                     self.at.offset = next;
                     return Ok(Read::Record(payload, self.at));
@@ -474,15 +509,19 @@ type Checked = Result<(Vec<u8>, u64), &'static str>;
 
 /// The record at `offset` if one starts there before `limit`: `None` at the limit, `Err` for
 /// a record that is cut short or fails its checksum.
-fn read_record(file: &File, offset: u64, limit: u64) -> io::Result<Option<Checked>> {
+fn read_record(
+    file: &File,
+    offset: u64,
+    limit: u64,
+    window: &mut Window,
+) -> io::Result<Option<Checked>> {
     if offset >= limit {
         return Ok(None);
     }
     if limit - offset < HEADER as u64 {
         return Ok(Some(Err("record header cut short")));
     }
-    let mut h = [0u8; HEADER];
-    file.read_exact_at(&mut h, offset)?;
+    let h = window.get(file, offset, HEADER, limit)?;
     let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
     let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
     if len > MAX_RECORD {
@@ -492,18 +531,18 @@ fn read_record(file: &File, offset: u64, limit: u64) -> io::Result<Option<Checke
     if next > limit {
         return Ok(Some(Err("record cut short")));
     }
-    let mut payload = vec![0u8; len];
-    file.read_exact_at(&mut payload, offset + HEADER as u64)?;
-    if crc32fast::hash(&payload) != crc {
+    let payload = window.get(file, offset + HEADER as u64, len, limit)?;
+    if crc32fast::hash(payload) != crc {
         return Ok(Some(Err("record checksum mismatch")));
     }
-    Ok(Some(Ok((payload, next))))
+    Ok(Some(Ok((payload.to_vec(), next))))
 }
 
 /// Bytes of `file` (of length `len`) that are whole, checked records.
 fn valid_prefix(file: &File, len: u64) -> io::Result<u64> {
     let mut at = 0;
-    while let Some(Ok((_, next))) = read_record(file, at, len)? {
+    let mut window = Window::default();
+    while let Some(Ok((_, next))) = read_record(file, at, len, &mut window)? {
         at = next;
     }
     Ok(at)

@@ -4,18 +4,6 @@
 use super::*;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
-    pub(super) fn data_command(&mut self) -> Step {
-        match &self.txn {
-            None => self.reject(reply::need_mail()),
-            Some(t) if t.rcpt_count == 0 => self.reject(reply::need_rcpt()),
-            Some(t) if t.accepted.is_empty() => self.reject(reply::no_valid_recipients()),
-            Some(_) => {
-                self.queue(&reply::start_data());
-                Step::Data
-            }
-        }
-    }
-
     /// Reads the message after 354 and hands it to the backend.
     pub(super) async fn data(&mut self) -> Result<(), End> {
         let Some(txn) = self.txn.take() else {

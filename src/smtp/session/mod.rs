@@ -7,7 +7,9 @@
 //!
 //! Pipelining (RFC 2920): every complete command in the input buffer is handled in order and
 //! its reply queued; queued replies are written whenever the session is about to wait for the
-//! client, so reply order always equals command order.
+//! client, so reply order always equals command order. MAIL, RCPT and DATA that pass the
+//! session's checks go to the backend as one group (`envelope.rs`), so a pipelined envelope
+//! costs the relay one exchange with the upstream, not one per command.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,8 +28,12 @@ use crate::metrics::Metrics;
 use crate::net::{self, Cidr};
 use crate::shutdown::Shutdown;
 
+mod envelope;
 mod exchange;
 mod message;
+
+pub use envelope::Envelope;
+use envelope::Held;
 
 /// Longest command line (with CRLF), RFC 5321 4.5.3.1.4.
 const MAX_COMMAND_LINE: usize = 512;
@@ -110,12 +116,13 @@ pub struct Transaction {
 
 /// What a session does with MAIL, RCPT and the message.
 pub trait Backend: Send {
-    /// MAIL FROM; the reply goes to the client as is.
-    fn mail(&mut self, queue_id: &str, mail: &PathArg) -> impl Future<Output = Reply> + Send;
-    /// RCPT TO; a 2xx reply counts the recipient as accepted.
-    fn rcpt(&mut self, rcpt: &PathArg) -> impl Future<Output = Reply> + Send;
-    /// The message; the reply is the final answer for the transaction. Only called when at
-    /// least one RCPT was accepted.
+    /// Answers a group of commands the session accepted, one reply per command, in order
+    /// (the client pipelined them, or it is a group of one). A 2xx to MAIL opens the
+    /// transaction; a 2xx to RCPT counts the recipient as accepted; a 354 to DATA means the
+    /// message follows. Replies go to the client as they are.
+    fn envelope(&mut self, cmds: &[Envelope]) -> impl Future<Output = Vec<Reply>> + Send;
+    /// The message; the reply is the final answer for the transaction. Only called after a
+    /// 354 to DATA with at least one RCPT accepted.
     fn data(&mut self, txn: Transaction) -> impl Future<Output = Reply> + Send;
     /// Abandons the current transaction (RSET, a new EHLO, a refused message, the end of the
     /// session).
@@ -155,6 +162,10 @@ pub struct Session<S, B> {
     start: usize,
     /// Replies not yet written.
     outbuf: Vec<u8>,
+    /// Commands accepted here and waiting for the backend's answer (a pipelined group).
+    group: Vec<Envelope>,
+    /// Replies held behind the group's answers, in command order.
+    held: Vec<Held>,
     /// Limits and names.
     cfg: Arc<SessionConfig>,
     /// Whatever handles the mail.
@@ -208,6 +219,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             inbuf: Vec::with_capacity(4096),
             start: 0,
             outbuf: Vec::with_capacity(1024),
+            group: Vec::new(),
+            held: Vec::new(),
             cfg,
             backend,
             peer,
@@ -272,6 +285,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         loop {
             // Handle every complete command already buffered (pipelining).
             while let Some(line) = self.take_line() {
+                // MAIL and RCPT join the group, and DATA ends it; anything else is answered
+                // after it.
+                let joins = line.as_ref().is_ok_and(|l| {
+                    starts_with_ci(l, b"MAIL ")
+                        || starts_with_ci(l, b"RCPT ")
+                        || starts_with_ci(l, b"DATA")
+                });
+                if !joins {
+                    self.resolve().await;
+                }
                 let step = match line {
                     Ok(line) => self.command(&line).await,
                     Err(r) => {
@@ -281,7 +304,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 };
                 match step {
                     Step::Continue => {}
-                    Step::Close(end) => return end,
+                    Step::Close(end) => {
+                        self.resolve().await;
+                        return end;
+                    }
                     Step::Data => {
                         self.in_data = true;
                         let r = self.data().await;
@@ -304,6 +330,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
 
     /// Writes queued replies, then reads more input. Errors are how the session ends.
     async fn fill(&mut self, timeout: Duration) -> Result<(), End> {
+        self.resolve().await;
         if self.flush().await.is_err() {
             return Err(End::Closed);
         }
@@ -346,7 +373,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
     }
 
     fn queue(&mut self, r: &Reply) {
-        self.outbuf.extend_from_slice(r.to_wire().as_bytes());
+        if self.group.is_empty() {
+            self.outbuf.extend_from_slice(r.to_wire().as_bytes());
+        } else {
+            self.held.push(Held::Reply(r.clone()));
+        }
     }
 
     /// The next complete command line (without line end), `Err` with the reply for an
@@ -424,9 +455,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         match cmd {
             Command::Ehlo(name) => self.ehlo(name, true).await,
             Command::Helo(name) => self.ehlo(name, false).await,
-            Command::Mail(arg) => self.mail(arg).await,
-            Command::Rcpt(arg) => self.rcpt(arg).await,
-            Command::Data => self.data_command(),
+            Command::Mail(arg) => self.mail(arg),
+            Command::Rcpt(arg) => self.rcpt(arg),
+            Command::Data => self.data_command().await,
             Command::Rset => {
                 self.abort().await;
                 self.queue(&reply::ok());
@@ -479,104 +510,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             reply::helo(&self.cfg.hostname)
         };
         self.helo = Some((name, esmtp));
-        self.queue(&r);
-        Step::Continue
-    }
-
-    async fn mail(&mut self, arg: PathArg) -> Step {
-        if self.helo.is_none() {
-            return self.reject(reply::need_helo());
-        }
-        if self.txn.is_some() {
-            return self.reject(reply::nested_mail());
-        }
-        if self.cfg.tls_required && !self.secure {
-            return self.reject(reply::need_starttls());
-        }
-        if let Err(r) = self.check_mail_params(&arg) {
-            return self.reject(r);
-        }
-        let queue_id = new_queue_id();
-        // A client that may not relay gets its MAIL accepted locally and every RCPT refused
-        // (as Postfix does): the upstream is never contacted on its behalf.
-        let r = if self.may_relay {
-            self.backend.mail(&queue_id, &arg).await
-        } else {
-            reply::sender_ok()
-        };
-        if r.is_positive() {
-            debug!(queue_id = %queue_id, from = %arg.address, "mail");
-            self.txn = Some(Txn {
-                queue_id,
-                mail: arg,
-                accepted: Vec::new(),
-                rcpt_count: 0,
-                started: Instant::now(),
-            });
-        } else if self.may_relay {
-            self.backend.reset().await;
-        }
-        self.queue(&r);
-        Step::Continue
-    }
-
-    fn check_mail_params(&self, arg: &PathArg) -> Result<(), Reply> {
-        let mut utf8 = false;
-        for (k, v) in &arg.params {
-            match (k.as_str(), v.as_deref()) {
-                ("SIZE", Some(v)) => {
-                    let size: u64 = v.parse().map_err(|_| reply::bad_mail_syntax())?;
-                    if size > self.cfg.max_message_size as u64 {
-                        return Err(reply::message_too_big());
-                    }
-                }
-                ("BODY", Some(v))
-                    if v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME") => {}
-                ("SMTPUTF8", None) => utf8 = true,
-                ("RET", Some(v))
-                    if v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS") => {}
-                ("ENVID", Some(_)) => {}
-                _ => return Err(reply::bad_parameter()),
-            }
-        }
-        if !utf8 && !arg.address.is_ascii() {
-            return Err(reply::need_smtputf8());
-        }
-        Ok(())
-    }
-
-    async fn rcpt(&mut self, arg: PathArg) -> Step {
-        let Some(txn) = self.txn.as_mut() else {
-            return self.reject(reply::need_mail());
-        };
-        if txn.rcpt_count >= self.cfg.max_recipients {
-            self.queue(&reply::too_many_recipients());
-            return Step::Continue;
-        }
-        for (k, v) in &arg.params {
-            let ok = matches!(
-                (k.as_str(), v.as_deref()),
-                ("NOTIFY", Some(_)) | ("ORCPT", Some(_))
-            );
-            if !ok {
-                return self.reject(reply::bad_parameter());
-            }
-        }
-        if !arg.address.is_ascii() && txn.mail.param("SMTPUTF8").is_none() {
-            return self.reject(reply::need_smtputf8());
-        }
-        if !self.may_relay {
-            warn!(client = %self.peer, rcpt = %arg.address, event = "relay_denied", "relay access denied");
-            self.count("relay_denied");
-            return self.reject(reply::relay_denied());
-        }
-        txn.rcpt_count += 1;
-        let r = self.backend.rcpt(&arg).await;
-        if r.is_positive()
-            && let Some(txn) = self.txn.as_mut()
-        {
-            txn.accepted.push(arg.address);
-        }
         self.queue(&r);
         Step::Continue
     }

@@ -62,6 +62,15 @@ fn corpus_messages() {
             Decision::Skipped(reason) => reason.as_str(),
         };
         *counts.entry(label).or_default() += 1;
+        // The Subject is decoded from its own fields; mail-parser reading the whole header
+        // block must agree.
+        if let Some(whole) = MessageParser::new().parse_headers(&input[..]) {
+            assert_eq!(
+                r.info.subject.as_deref(),
+                whole.subject(),
+                "{name}: subject"
+            );
+        }
         if matches!(
             r.decision,
             Decision::Skipped(SkipReason::Unparseable | SkipReason::Charset)

@@ -61,19 +61,6 @@ pub fn fields(msg: &[u8]) -> Vec<Field<'_>> {
     out
 }
 
-/// Offset just past the empty line ending the header block, or the message length.
-pub fn body_start(msg: &[u8]) -> usize {
-    let mut pos = 0;
-    while pos < msg.len() {
-        let end = line_end(msg, pos);
-        if matches!(&msg[pos..end], b"\r\n" | b"\n") {
-            return end;
-        }
-        pos = end;
-    }
-    msg.len()
-}
-
 /// The line ending of the first line of `bytes`, or `fallback` when it has none.
 pub fn line_ending<'a>(bytes: &[u8], fallback: &'a [u8]) -> &'a [u8] {
     match memchr(b'\n', bytes) {
@@ -146,8 +133,6 @@ mod tests {
         assert_eq!(names, vec![&b"Subject"[..], b"X-Track-Opens", b"To"]);
         assert_eq!(f[0].unfolded(), "a b");
         assert_eq!(&m[f[0].range.clone()], b"Subject: a\r\n b\r\n");
-        assert_eq!(body_start(m), 57);
-        assert_eq!(&m[body_start(m)..], b"Body: no\r\n");
     }
 
     #[test]

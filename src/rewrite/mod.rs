@@ -316,11 +316,25 @@ fn message_info(message: &[u8], fields: &[headers::Field<'_>]) -> Option<Message
     if fields.is_empty() {
         return None;
     }
-    let head = &message[..headers::body_start(message)];
-    // See `mime::parse` for why the parser runs under `catch_unwind`.
-    let parsed = std::panic::catch_unwind(|| MessageParser::new().parse_headers(head))
-        .ok()
-        .flatten()?;
+    // Only the Subject needs the parser (RFC 2047 words): it gets those fields alone, not
+    // the whole header block with its Received chain.
+    let mut head = Vec::new();
+    for f in fields
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case(b"Subject"))
+    {
+        head.extend_from_slice(&message[f.range.clone()]);
+    }
+    let subject = if head.is_empty() {
+        None
+    } else {
+        head.extend_from_slice(b"\r\n");
+        // See `mime::parse` for why the parser runs under `catch_unwind`.
+        std::panic::catch_unwind(|| MessageParser::new().parse_headers(&head[..]))
+            .ok()
+            .flatten()
+            .and_then(|parsed| parsed.subject().map(str::to_string))
+    };
     let message_id = fields
         .iter()
         .find(|f| f.name.eq_ignore_ascii_case(b"Message-ID"))
@@ -333,7 +347,7 @@ fn message_info(message: &[u8], fields: &[headers::Field<'_>]) -> Option<Message
         });
     Some(MessageInfo {
         message_id,
-        subject: parsed.subject().map(str::to_string),
+        subject,
     })
 }
 

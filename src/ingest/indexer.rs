@@ -42,16 +42,19 @@ use crate::track::{OpenEvent, Proxy, classify};
 pub const BATCH: usize = 8192;
 /// How long the idle indexer waits after a first new entry for those that follow.
 const LINGER: Duration = Duration::from_millis(10);
+/// A batch smaller than this is a trickle: the indexer lingers before the next one. (sled
+/// writes two log buffers for every batch, whatever its size, on its IO threads.)
+const SMALL_BATCH: usize = 256;
 /// Wait after the store failed as a whole (sled cannot write) before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Indexes the next batch of journaled hits after `reader`'s position, up to the journal's
-/// end at the time of the call. Returns whether it got anywhere.
+/// end at the time of the call. Returns how many entries it took (0: it got nowhere).
 pub(super) fn index_batch(
     ing: &Ingest,
     reader: &mut Reader,
     limit: usize,
-) -> Result<bool, StoreError> {
+) -> Result<usize, StoreError> {
     let inner = &*ing.inner;
     let end = inner.journal.end();
     let start = reader.position();
@@ -93,12 +96,12 @@ pub(super) fn index_batch(
         if at > *inner.indexed.borrow() {
             inner.indexed.send_replace(at);
         }
-        return Ok(false);
+        return Ok(0);
     }
     // The last run commits the mark past everything read, undecodable entries included.
     run.flush(ing, mark)?;
     inner.indexed_up_to(mark);
-    Ok(true)
+    Ok(taken.max(1))
 }
 
 /// Consecutive entries of one sort, committed together: pixel hits, or message records and
@@ -287,7 +290,7 @@ fn log_open(e: &OpenEvent) {
 
 /// Indexes everything journaled so far (on open, before the store is handed out).
 pub(super) fn catch_up(ing: &Ingest, reader: &mut Reader) -> Result<(), StoreError> {
-    while index_batch(ing, reader, BATCH)? {}
+    while index_batch(ing, reader, BATCH)? > 0 {}
     Ok(())
 }
 
@@ -321,8 +324,9 @@ fn run(weak: &WeakInner, mut reader: Reader, wake: &Receiver<()>, flush: Duratio
         let Some(inner) = weak.upgrade() else { return };
         let ing = Ingest { inner };
         pace.start();
-        let progressed = match index_batch(&ing, &mut reader, pace.batch_limit(BATCH)) {
-            Ok(p) => p,
+        let limit = pace.batch_limit(BATCH);
+        let taken = match index_batch(&ing, &mut reader, limit) {
+            Ok(n) => n,
             Err(e) => {
                 ing.inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "open index: cannot write; retrying");
@@ -338,6 +342,7 @@ fn run(weak: &WeakInner, mut reader: Reader, wake: &Receiver<()>, flush: Duratio
                 tracing::error!(error = %e, "cannot fsync the open journal");
             }
         }
+        let progressed = taken > 0;
         let pause = progressed
             && pace.after(
                 ing.index_lag_bytes(),
@@ -353,6 +358,11 @@ fn run(weak: &WeakInner, mut reader: Reader, wake: &Receiver<()>, flush: Duratio
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+        } else if taken < SMALL_BATCH.min(limit) {
+            // A trickle (the batch took all there was, and that was little): the next entries
+            // are a few that came in during it. Let more join them rather than be written on
+            // their own.
+            linger(weak);
         }
     }
 }

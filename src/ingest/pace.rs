@@ -30,6 +30,7 @@
 //! lag anyway: on the bench machine the listener answers ~90 000 hits/s, and the indexer
 //! records 30 000–100 000 opens/s on a free core, depending on how many messages a batch opens). `pixelrelay_open_index_pauses_total` counts the pauses.
 
+use std::fs::File;
 use std::time::{Duration, Instant};
 
 /// A backlog below this many journal bytes is always indexed at once.
@@ -79,10 +80,11 @@ struct Usage {
 }
 
 impl Usage {
-    /// The calling thread's usage; `None` where the kernel does not report run-queue delay.
-    fn now() -> Option<Usage> {
-        let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-        let waited: u64 = schedstat.split_whitespace().nth(1)?.parse().ok()?;
+    /// The calling thread's usage, `schedstat` being its `/proc/thread-self/schedstat` (kept
+    /// open: opening it per batch cost more than the batch under a trickle of mail); `None`
+    /// where the kernel does not report run-queue delay.
+    fn now(schedstat: &mut Option<File>) -> Option<Usage> {
+        let (_, waited) = read_schedstat(schedstat)?;
         let cpu = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
         Some(Usage {
             ran: Duration::new(
@@ -92,6 +94,20 @@ impl Usage {
             waited: Duration::from_nanos(waited),
         })
     }
+}
+
+/// (time on a CPU, time waiting for one) in nanoseconds from the calling thread's
+/// `/proc/thread-self/schedstat`, opened into `file` on first use and re-read after.
+fn read_schedstat(file: &mut Option<File>) -> Option<(u64, u64)> {
+    use std::os::unix::fs::FileExt as _;
+    if file.is_none() {
+        *file = File::open("/proc/thread-self/schedstat").ok();
+    }
+    let mut buf = [0u8; 128];
+    // A proc file read from offset 0 is generated afresh.
+    let n = file.as_ref()?.read_at(&mut buf, 0).ok()?;
+    let mut f = std::str::from_utf8(&buf[..n]).ok()?.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
 /// What the indexer saw over one batch.
@@ -130,6 +146,8 @@ pub struct Pace {
     probe: bool,
     /// Pauses in a row so far.
     pauses: u32,
+    /// The indexer thread's `/proc/thread-self/schedstat`, once opened (by that thread).
+    schedstat: Option<File>,
 }
 
 impl Pace {
@@ -140,7 +158,7 @@ impl Pace {
 
     /// Call before indexing a batch.
     pub fn start(&mut self) {
-        self.start = Usage::now();
+        self.start = Usage::now(&mut self.schedstat);
     }
 
     /// Call after a batch that indexed something, with the backlog left: whether to pause.
@@ -152,7 +170,7 @@ impl Pace {
         } else {
             now - *self.behind_since.get_or_insert(now)
         };
-        let (Some(start), Some(end)) = (self.start.take(), Usage::now()) else {
+        let (Some(start), Some(end)) = (self.start.take(), Usage::now(&mut self.schedstat)) else {
             // No measurement, no pause: this also ends a row of pauses.
             self.probe = false;
             self.pauses = 0;
@@ -265,15 +283,20 @@ mod tests {
 
     #[test]
     fn the_thread_reports_its_cpu_time_and_run_queue_delay() {
-        let start = Usage::now().expect("/proc/thread-self/schedstat on Linux");
+        let mut file = None;
+        let start = Usage::now(&mut file).expect("/proc/thread-self/schedstat on Linux");
+        let (on_cpu, _) = read_schedstat(&mut file).expect("schedstat");
         let t = Instant::now();
         let mut x = 0u64;
         while t.elapsed() < 20 * MS {
             x = std::hint::black_box(x.wrapping_add(1));
         }
-        let end = Usage::now().expect("schedstat");
+        let end = Usage::now(&mut file).expect("schedstat");
         assert!(end.ran >= start.ran + 5 * MS, "{start:?} → {end:?}");
         assert!(end.waited >= start.waited);
+        // The file stays open and each read is fresh.
+        let (later, _) = read_schedstat(&mut file).expect("schedstat");
+        assert!(later >= on_cpu + 5_000_000, "{on_cpu} → {later}");
     }
 
     #[test]

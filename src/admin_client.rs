@@ -344,27 +344,6 @@ fn clean(s: &str) -> String {
 pub fn human_stats(v: &Value) -> String {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let pct = |k: &str| format!("{:.1}%", v[k].as_f64().unwrap_or(0.0) * 100.0);
-    let breakdown = |k: &str| -> String {
-        let Some(m) = v[k].as_object() else {
-            return String::new();
-        };
-        let mut parts: Vec<(String, u64, u64)> = m
-            .iter()
-            .map(|(name, c)| {
-                (
-                    clean(name),
-                    c["opens"].as_u64().unwrap_or(0),
-                    c["machine"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect();
-        parts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        parts
-            .iter()
-            .map(|(name, opens, machine)| format!("{name} {opens} ({machine} machine)"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let skipped = v["skipped"]
         .as_object()
         .map(|m| {
@@ -413,26 +392,56 @@ pub fn human_stats(v: &Value) -> String {
         ("by device", "by_device"),
         ("by proxy", "by_proxy"),
     ] {
-        let b = breakdown(key);
+        let b = breakdown(&v[key]);
         if !b.is_empty() {
             row(label, String::new(), b);
         }
     }
-    if let Some(m) = v["machine_share_by_reason"].as_object() {
-        let mut reasons: Vec<(String, f64)> = m
-            .iter()
-            .map(|(r, f)| (clean(r), f.as_f64().unwrap_or(0.0)))
-            .collect();
-        reasons.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let text: Vec<String> = reasons
-            .iter()
-            .map(|(r, f)| format!("{r} {:.1}%", f * 100.0))
-            .collect();
-        if !text.is_empty() {
-            row("machine share", String::new(), text.join(", "));
-        }
+    let shares = machine_shares(&v["machine_share_by_reason"]);
+    if !shares.is_empty() {
+        row("machine share", String::new(), shares);
     }
     out
+}
+
+/// `name opens (machine machine), …` for a `by_*` breakdown, most opens first.
+fn breakdown(v: &Value) -> String {
+    let Some(m) = v.as_object() else {
+        return String::new();
+    };
+    let mut parts: Vec<(String, u64, u64)> = m
+        .iter()
+        .map(|(name, c)| {
+            (
+                clean(name),
+                c["opens"].as_u64().unwrap_or(0),
+                c["machine"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    parts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    parts
+        .iter()
+        .map(|(name, opens, machine)| format!("{name} {opens} ({machine} machine)"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `reason 12.5%, …` for `machine_share_by_reason`, largest first.
+fn machine_shares(v: &Value) -> String {
+    let Some(m) = v.as_object() else {
+        return String::new();
+    };
+    let mut reasons: Vec<(String, f64)> = m
+        .iter()
+        .map(|(r, f)| (clean(r), f.as_f64().unwrap_or(0.0)))
+        .collect();
+    reasons.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    reasons
+        .iter()
+        .map(|(r, f)| format!("{r} {:.1}%", f * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `pixelrelay stats [--json]`.

@@ -211,42 +211,13 @@ impl Backend for RelaySession {
             tracked,
             skip_reason,
         };
-        // Record before relaying, so that a pixel loaded a moment after delivery finds its
-        // message and a crash cannot lose the record of a message the upstream may have. If
-        // the store cannot take it, the message goes out as it came, unrecorded.
-        let mut decision = decision;
-        let recorder = match &relay.recorder {
-            Some(rec) => match rec.record(&record) {
-                Ok(()) => Some(rec),
-                Err(e) => {
-                    warn!(queue_id = %queue_id, error = %e, event = "store_error", "store failed; forwarding untracked");
-                    if decision == Decision::Tracked {
-                        decision = Decision::Skipped(SkipReason::Store);
-                    }
-                    None
-                }
-            },
-            None => None,
-        };
+        let (recorder, decision) = record_first(&relay, &record, decision);
         let changed = rewritten.is_some() && decision != Decision::Skipped(SkipReason::Store);
         let content = match (decision, rewritten) {
             (Decision::Skipped(SkipReason::Store), _) | (_, None) => original,
             (_, Some(new)) => new,
         };
-        let r = match &relay.target {
-            Target::Capture(cap) => cap.deliver(&queue_id, &content).await,
-            Target::Smtp(up) => match self.conn.take() {
-                None => reply::upstream_unavailable(),
-                Some(mut conn) => match conn.send_body(&content).await {
-                    Ok(r) => {
-                        relay.metrics.upstream_reply("data", r.code);
-                        up.give_back(conn);
-                        r
-                    }
-                    Err(e) => self.upstream_failed("DATA", &e),
-                },
-            },
-        };
+        let r = self.forward(&relay, &queue_id, &content).await;
         self.failed = None;
         self.in_data = false;
         if let Some(rec) = recorder {
@@ -303,6 +274,25 @@ impl Backend for RelaySession {
 }
 
 impl RelaySession {
+    /// Sends the message on the connection waiting in DATA (or to the capture folder) and
+    /// returns the reply the client gets.
+    async fn forward(&mut self, relay: &Relay, queue_id: &str, content: &[u8]) -> Reply {
+        match &relay.target {
+            Target::Capture(cap) => cap.deliver(queue_id, content).await,
+            Target::Smtp(up) => match self.conn.take() {
+                None => reply::upstream_unavailable(),
+                Some(mut conn) => match conn.send_body(content).await {
+                    Ok(r) => {
+                        relay.metrics.upstream_reply("data", r.code);
+                        up.give_back(conn);
+                        r
+                    }
+                    Err(e) => self.upstream_failed("DATA", &e),
+                },
+            },
+        }
+    }
+
     /// Relays a group of commands on the transaction's connection (a pooled one for MAIL),
     /// pipelined when the upstream offers PIPELINING.
     async fn relay_envelope(
@@ -379,6 +369,30 @@ impl RelaySession {
             self.conn = Some(conn);
         }
         replies
+    }
+}
+
+/// Records the message before it is relayed, so that a pixel loaded a moment after delivery
+/// finds its message and a crash cannot lose the record of a message the upstream may have.
+/// If the store cannot take it, the message goes out as it came, unrecorded: the recorder to
+/// finish with (none then) and the decision that holds.
+fn record_first<'r>(
+    relay: &'r Relay,
+    record: &MessageRecord,
+    decision: Decision,
+) -> (Option<&'r Arc<dyn Recorder>>, Decision) {
+    let Some(rec) = &relay.recorder else {
+        return (None, decision);
+    };
+    match rec.record(record) {
+        Ok(()) => (Some(rec), decision),
+        Err(e) => {
+            warn!(queue_id = %record.queue_id, error = %e, event = "store_error", "store failed; forwarding untracked");
+            match decision {
+                Decision::Tracked => (None, Decision::Skipped(SkipReason::Store)),
+                d => (None, d),
+            }
+        }
     }
 }
 

@@ -101,6 +101,44 @@ async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// Where accepted mail goes: the upstream (pooled connections) or the capture folder.
+fn target(cfg: &Config) -> Result<Target, String> {
+    Ok(match &cfg.upstream.target {
+        UpstreamTarget::Smtp { .. } => {
+            let up = Upstream::new(&cfg.upstream, upstream_password(cfg)?)?;
+            if !cfg.upstream.tls_verify {
+                warn!("upstream.tls_verify = false: the upstream's certificate is NOT checked");
+            }
+            Target::Smtp(Arc::new(up))
+        }
+        UpstreamTarget::Capture { dir } => Target::Capture(Arc::new(
+            Capture::new(dir)
+                .map_err(|e| format!("upstream.capture_dir: {}: {e}", dir.display()))?,
+        )),
+    })
+}
+
+/// The pixel listener's state: token key, ingest, evidence catalogue, TLS.
+fn pixel_state(cfg: &Config, key: TokenKey, ingest: Ingest) -> Result<PixelState, String> {
+    let evidence = Evidence::load(&cfg.tracking)?;
+    info!(event = "evidence_load", loaded = %evidence.summary(), "network catalogue loaded");
+    let windows = Windows {
+        machine: cfg.tracking.machine_window,
+        probable: cfg.tracking.probable_window,
+    };
+    let mut pixel = PixelState::new(
+        key,
+        ingest,
+        cfg.http.clone(),
+        windows,
+        Arc::new(EvidenceSource::new(evidence)),
+    );
+    if let Some((cert, key)) = &cfg.http.tls {
+        pixel.tls = Some(Arc::new(TlsSource::load(cert, key, "http")?));
+    }
+    Ok(pixel)
+}
+
 /// Reads the upstream password from its file (0600) or environment variable.
 fn upstream_password(cfg: &Config) -> Result<Option<String>, String> {
     let u = &cfg.upstream;
@@ -122,19 +160,7 @@ impl Server {
     /// Loads secrets, builds the parts and binds every listener. Errors name what failed.
     pub async fn bind(cfg: Config) -> Result<Server, String> {
         install_crypto();
-        let target = match &cfg.upstream.target {
-            UpstreamTarget::Smtp { .. } => {
-                let up = Upstream::new(&cfg.upstream, upstream_password(&cfg)?)?;
-                if !cfg.upstream.tls_verify {
-                    warn!("upstream.tls_verify = false: the upstream's certificate is NOT checked");
-                }
-                Target::Smtp(Arc::new(up))
-            }
-            UpstreamTarget::Capture { dir } => Target::Capture(Arc::new(
-                Capture::new(dir)
-                    .map_err(|e| format!("upstream.capture_dir: {}: {e}", dir.display()))?,
-            )),
-        };
+        let target = target(&cfg)?;
         // The key is needed to verify pixels even while inserting them is switched off.
         let secret = secret::read_or_create(&cfg.tracking.secret_file, || secret::random_hex(32))
             .map_err(|e| format!("tracking.secret_file: {e}"))?;
@@ -162,23 +188,7 @@ impl Server {
         let http = listen(cfg.http.listen)
             .await
             .map_err(|e| format!("http.listen: cannot listen on {}: {e}", cfg.http.listen))?;
-        let evidence = Evidence::load(&cfg.tracking)?;
-        info!(event = "evidence_load", loaded = %evidence.summary(), "network catalogue loaded");
-        let windows = Windows {
-            machine: cfg.tracking.machine_window,
-            probable: cfg.tracking.probable_window,
-        };
-        let mut pixel = PixelState::new(
-            key,
-            ingest.clone(),
-            cfg.http.clone(),
-            windows,
-            Arc::new(EvidenceSource::new(evidence)),
-        );
-        if let Some((cert, key)) = &cfg.http.tls {
-            pixel.tls = Some(Arc::new(TlsSource::load(cert, key, "http")?));
-        }
-        let pixel = Arc::new(pixel);
+        let pixel = Arc::new(pixel_state(&cfg, key, ingest.clone())?);
         let admin_token = secret::read_or_create(&cfg.admin.token_file, || secret::random_hex(32))
             .map_err(|e| format!("admin.token_file: {e}"))?;
         let admin = TcpListener::bind(cfg.admin.listen)
@@ -199,10 +209,11 @@ impl Server {
         };
         let mut smtps = Vec::new();
         for addr in cfg.smtp.tls.iter().flat_map(|t| t.implicit_listen.iter()) {
-            let l = listen(*addr)
-                .await
-                .map_err(|e| format!("smtp.tls.implicit_listen: cannot listen on {addr}: {e}"))?;
-            smtps.push(l);
+            smtps.push(
+                listen(*addr).await.map_err(|e| {
+                    format!("smtp.tls.implicit_listen: cannot listen on {addr}: {e}")
+                })?,
+            );
         }
         Ok(Server {
             cfg,

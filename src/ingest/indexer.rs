@@ -248,6 +248,16 @@ fn index_hits(
             out
         }
     };
+    count_results(inner, &prepared, results);
+    Ok(())
+}
+
+/// Counts and logs what became of each prepared open.
+fn count_results(
+    inner: &super::Inner,
+    prepared: &[Option<PreparedOpen>],
+    results: Vec<Result<Option<OpenEvent>, StoreError>>,
+) {
     for (open, result) in prepared.iter().flatten().zip(results) {
         match result {
             Ok(Some(e)) => {
@@ -263,7 +273,6 @@ fn index_hits(
             }
         }
     }
-    Ok(())
 }
 
 /// A journaled country code as the event shows it.

@@ -144,7 +144,7 @@ impl AdminClient {
     }
 
     /// `GET path` and parse the JSON body.
-    pub async fn get_json(&self, path: &str) -> Result<Value, CliError> {
+    async fn get_json(&self, path: &str) -> Result<Value, CliError> {
         let resp = self.get(path).await?;
         let body = resp
             .into_body()
@@ -291,7 +291,7 @@ fn print_open(out: &mut impl Write, e: &Value, json: bool) -> Result<(), CliErro
 
 /// One aligned line: time, recipient, subject, client, device, kind (`person`,
 /// `proxied:google`, `machine:apple-mpp`), IP.
-pub fn human_open(e: &Value) -> String {
+fn human_open(e: &Value) -> String {
     let s = |k: &str| e[k].as_str().unwrap_or("");
     let at = s("at");
     let time = if at.len() >= 19 {
@@ -341,7 +341,7 @@ fn clean(s: &str) -> String {
 }
 
 /// `pixelrelay stats` in human form.
-pub fn human_stats(v: &Value) -> String {
+fn human_stats(v: &Value) -> String {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let pct = |k: &str| format!("{:.1}%", v[k].as_f64().unwrap_or(0.0) * 100.0);
     let skipped = v["skipped"]

@@ -22,7 +22,7 @@ use crate::config::{NetworkSource, TrackingConfig};
 use crate::track::networks::{self, Catalogue, Network};
 
 /// The shipped scanner list, built in so that the default needs no file next to the config.
-pub const BUILTIN_SCANNERS: &str = include_str!("../contrib/networks/scanners.csv");
+const BUILTIN_SCANNERS: &str = include_str!("../contrib/networks/scanners.csv");
 
 /// What one address is, as far as the evidence knows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

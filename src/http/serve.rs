@@ -40,7 +40,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use crate::shutdown::{Shutdown, TaskTracker};
 
 /// Largest request head accepted (request line + headers).
-pub const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEAD: usize = 16 * 1024;
 
 /// Limits of one listener.
 #[derive(Debug, Clone)]

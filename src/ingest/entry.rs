@@ -20,9 +20,9 @@ use crate::store::{Delivery, MessageRecord};
 use crate::token::MessageId;
 
 /// A message record.
-pub const MESSAGE_V1: u8 = 0x10;
+const MESSAGE_V1: u8 = 0x10;
 /// The upstream's final reply to a message.
-pub const FINISH_V1: u8 = 0x11;
+const FINISH_V1: u8 = 0x11;
 
 /// One journal payload, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -370,7 +370,9 @@ fn run(weak: &WeakInner, mut reader: Reader, wake: &Receiver<()>, flush: Duratio
         } else if taken < SMALL_BATCH.min(limit) {
             // A trickle (the batch took all there was, and that was little): the next entries
             // are a few that came in during it. Let more join them rather than be written on
-            // their own.
+            // their own. It took all there was: caught up, so the next batch is a probe again
+            // (a burst that starts now is measured before it gets a full batch).
+            pace.caught_up();
             linger(weak);
         }
     }

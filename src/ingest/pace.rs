@@ -36,13 +36,13 @@ use std::time::{Duration, Instant};
 /// A backlog below this many journal bytes is always indexed at once.
 pub const BACKLOG: u64 = 1 << 20;
 /// The first pause of a row.
-pub const PAUSE: Duration = Duration::from_millis(200);
+const PAUSE: Duration = Duration::from_millis(200);
 /// The longest pause (the fourth in a row and later).
-pub const MAX_PAUSE: Duration = Duration::from_millis(1600);
+const MAX_PAUSE: Duration = Duration::from_millis(1600);
 /// Hits indexed between pauses, to measure the contention again.
-pub const PROBE_BATCH: usize = 64;
+const PROBE_BATCH: usize = 64;
 /// The indexer stops pausing once it has been behind this long without a break.
-pub const LIMIT: Duration = Duration::from_secs(60);
+const LIMIT: Duration = Duration::from_secs(60);
 /// Run-queue delay below this is never contention (wake-up latency, clock granularity).
 const MIN_WAIT: Duration = Duration::from_millis(1);
 /// A pause ends once the CPUs were at least half idle over this long.

@@ -238,7 +238,7 @@ impl Notifier {
     }
 
     /// The URL of the endpoint with stable id `id` (as in [`OutboxItem::endpoint`]).
-    pub fn endpoint_url(&self, id: u64) -> Option<&str> {
+    fn endpoint_url(&self, id: u64) -> Option<&str> {
         self.endpoints
             .iter()
             .find(|e| e.id == id)

@@ -30,7 +30,7 @@ const PAD: u8 = 0xfd;
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Line length used when the body is one line, so its own length says nothing.
-pub const DEFAULT_LINE: usize = 76;
+const DEFAULT_LINE: usize = 76;
 
 /// Decodes a base64 body. `None` when it holds anything but base64, whitespace and trailing
 /// padding, or ends in a lone character.

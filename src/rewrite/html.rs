@@ -133,7 +133,7 @@ fn next_lt(html: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The end of the part, before one final line break.
-pub fn end_point(html: &[u8]) -> usize {
+fn end_point(html: &[u8]) -> usize {
     if html.ends_with(b"\r\n") {
         html.len() - 2
     } else if html.ends_with(b"\n") {

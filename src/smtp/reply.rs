@@ -32,16 +32,6 @@ impl Reply {
         (200..300).contains(&self.code)
     }
 
-    /// 4xx.
-    pub fn is_transient(&self) -> bool {
-        (400..500).contains(&self.code)
-    }
-
-    /// 5xx.
-    pub fn is_permanent(&self) -> bool {
-        (500..600).contains(&self.code)
-    }
-
     /// "2xx", "4xx", "5xx" or "other": the class used in logs and metrics.
     pub fn class(&self) -> &'static str {
         match self.code / 100 {

@@ -241,7 +241,7 @@ impl Store {
     }
 
     /// A handle on `backend`.
-    pub fn from_backend(backend: Arc<dyn Backend>) -> Store {
+    fn from_backend(backend: Arc<dyn Backend>) -> Store {
         Store { backend }
     }
 

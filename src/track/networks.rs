@@ -125,7 +125,7 @@ pub struct Network {
 pub const HEADER: &str = "prefix,kind,label,certainty,source";
 
 /// The label of every row of Apple's egress list.
-pub const APPLE_RELAY: &str = "iCloud Private Relay";
+const APPLE_RELAY: &str = "iCloud Private Relay";
 
 /// A prefix as `[first, last]` addresses of one family, with its row.
 #[derive(Debug, Clone, Copy)]

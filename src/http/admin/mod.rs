@@ -270,7 +270,7 @@ fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<u64>, Api
 }
 
 /// Parses the time forms `since`/`until` accept.
-pub fn parse_time(v: &str) -> Option<u64> {
+fn parse_time(v: &str) -> Option<u64> {
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         return v.parse().ok();
     }

@@ -13,11 +13,13 @@
 //! shutdown.rs     shutdown signal + "all tasks finished" tracker
 //! tls.rs          inbound certificates (SMTP STARTTLS/implicit, pixel HTTPS), reload on SIGHUP
 //! smtp/           inbound ESMTP server: listener (accept, limits), session/ (protocol state
-//!                 machine over any byte stream; exchange: STARTTLS and AUTH; message: DATA
-//!                 and the Received header), command (parser), data (DATA reader),
+//!                 machine over any byte stream; envelope: MAIL/RCPT/DATA and the groups the
+//!                 backend answers; exchange: STARTTLS and AUTH; message: DATA and the
+//!                 Received header), command (parser), data (DATA reader),
 //!                 auth (AUTH PLAIN/LOGIN, password hashes), reply (every reply in one place)
-//! upstream/       SMTP client to the smarthost: AUTH, timeouts, connection pool; tls (its
-//!                 rustls client configuration)
+//! upstream/       SMTP client to the smarthost: AUTH, timeouts, connection pool, pipelined
+//!                 exchanges; extensions (what its EHLO offers); tls (its rustls client
+//!                 configuration)
 //! capture.rs      try-it mode: deliver into a folder instead of a smarthost
 //! relay.rs        where the stages meet: session backend -> rewrite -> record -> upstream
 //! rewrite/        pure: pick the HTML part (scan, else mime; part: what both report), insert

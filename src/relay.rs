@@ -304,7 +304,10 @@ impl RelaySession {
         let opens = matches!(cmds.first(), Some(Envelope::Mail { .. }));
         if opens {
             self.failed = None;
-            if let Some(conn) = self.conn.take() {
+            // A connection still held is clean unless it waits in DATA (then it is closed).
+            if let Some(conn) = self.conn.take()
+                && !std::mem::take(&mut self.in_data)
+            {
                 up.give_back(conn);
             }
         }

@@ -24,7 +24,10 @@ use tokio_rustls::TlsConnector;
 use crate::config::{UpstreamConfig, UpstreamTarget, UpstreamTls, split_host_port};
 use crate::smtp::reply::Reply;
 
+mod extensions;
 mod tls;
+
+pub use extensions::Extensions;
 
 use tls::tls_config;
 
@@ -83,57 +86,6 @@ impl std::fmt::Display for UpstreamError {
 }
 
 impl std::error::Error for UpstreamError {}
-
-/// What the upstream said it supports in its EHLO reply.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Extensions {
-    /// SIZE.
-    pub size: bool,
-    /// 8BITMIME.
-    pub eight_bit: bool,
-    /// SMTPUTF8.
-    pub smtputf8: bool,
-    /// DSN.
-    pub dsn: bool,
-    /// STARTTLS.
-    pub starttls: bool,
-    /// PIPELINING.
-    pub pipelining: bool,
-    /// AUTH mechanisms, upper case.
-    pub auth: Vec<String>,
-}
-
-impl Extensions {
-    fn parse(r: &Reply) -> Extensions {
-        let mut e = Extensions::default();
-        for line in r.lines.iter().skip(1) {
-            let mut words = line.split_ascii_whitespace();
-            let Some(kw) = words.next() else { continue };
-            match kw.to_ascii_uppercase().as_str() {
-                "SIZE" => e.size = true,
-                "8BITMIME" => e.eight_bit = true,
-                "SMTPUTF8" => e.smtputf8 = true,
-                "DSN" => e.dsn = true,
-                "STARTTLS" => e.starttls = true,
-                "PIPELINING" => e.pipelining = true,
-                "AUTH" => e.auth = words.map(str::to_ascii_uppercase).collect(),
-                _ => {}
-            }
-        }
-        e
-    }
-
-    /// Whether the upstream understands MAIL/RCPT parameter `key`. SMTPUTF8 is always passed:
-    /// dropping it would misrepresent the message, and the upstream's refusal is the right answer.
-    pub fn allows_param(&self, key: &str) -> bool {
-        match key {
-            "SIZE" => self.size,
-            "BODY" => self.eight_bit,
-            "RET" | "ENVID" | "NOTIFY" | "ORCPT" => self.dsn,
-            _ => true,
-        }
-    }
-}
 
 /// One connection to the upstream, past greeting, EHLO, STARTTLS and AUTH.
 pub struct Connection {

@@ -40,56 +40,64 @@ pub(super) fn read_smtp(r: &mut Reader<'_>) -> SmtpConfig {
     s.finish();
     let mut cfg = cfg;
     if has_tls {
-        let mut t = r.subsection("smtp", "tls", "smtp.tls");
-        let cert = t.path("cert", "");
-        let key = t.path("key", "");
-        for (k, p) in [("cert", &cert), ("key", &key)] {
-            if let Err(e) = std::fs::File::open(p) {
-                t.err(k, format!("cannot read {}: {e}", p.display()));
-            }
-        }
-        let implicit_listen = t.get::<Vec<String>>("implicit_listen", Vec::new());
-        let mut addrs = Vec::new();
-        for (i, a) in implicit_listen.iter().enumerate() {
-            match parse_addr(a) {
-                Ok(a) => addrs.push(a),
-                Err(e) => {
-                    t.r.errors
-                        .push(format!("smtp.tls.implicit_listen[{i}]: {e}"))
-                }
-            }
-        }
-        let required = t.get("required", false);
-        t.finish();
-        cfg.tls = Some(SmtpTlsConfig {
-            cert,
-            key,
-            implicit_listen: addrs,
-            required,
-        });
+        cfg.tls = Some(read_smtp_tls(r));
     }
     if has_auth {
-        let mut a = r.subsection("smtp", "auth", "smtp.auth");
-        let allow_plaintext = a.get("allow_plaintext", false);
-        let users = a.get::<Vec<AuthUser>>("users", Vec::new());
-        for (i, u) in users.iter().enumerate() {
-            if u.name.is_empty() || u.name.contains(|c: char| c.is_control()) {
-                a.r.errors
-                    .push(format!("smtp.auth.users[{i}].name: invalid user name"));
-            }
-            if !u.hash.starts_with("$argon2id$") || argon2::PasswordHash::new(&u.hash).is_err() {
-                a.r.errors.push(format!(
-                    "smtp.auth.users[{i}].hash: not an argon2id hash (make one with `pixelrelay hash-password`)"
-                ));
-            }
-        }
-        a.finish();
-        cfg.auth = AuthConfig {
-            allow_plaintext,
-            users,
-        };
+        cfg.auth = read_smtp_auth(r);
     }
     cfg
+}
+
+fn read_smtp_tls(r: &mut Reader<'_>) -> SmtpTlsConfig {
+    let mut t = r.subsection("smtp", "tls", "smtp.tls");
+    let cert = t.path("cert", "");
+    let key = t.path("key", "");
+    for (k, p) in [("cert", &cert), ("key", &key)] {
+        if let Err(e) = std::fs::File::open(p) {
+            t.err(k, format!("cannot read {}: {e}", p.display()));
+        }
+    }
+    let implicit_listen = t.get::<Vec<String>>("implicit_listen", Vec::new());
+    let mut addrs = Vec::new();
+    for (i, a) in implicit_listen.iter().enumerate() {
+        match parse_addr(a) {
+            Ok(a) => addrs.push(a),
+            Err(e) => {
+                t.r.errors
+                    .push(format!("smtp.tls.implicit_listen[{i}]: {e}"))
+            }
+        }
+    }
+    let required = t.get("required", false);
+    t.finish();
+    SmtpTlsConfig {
+        cert,
+        key,
+        implicit_listen: addrs,
+        required,
+    }
+}
+
+fn read_smtp_auth(r: &mut Reader<'_>) -> AuthConfig {
+    let mut a = r.subsection("smtp", "auth", "smtp.auth");
+    let allow_plaintext = a.get("allow_plaintext", false);
+    let users = a.get::<Vec<AuthUser>>("users", Vec::new());
+    for (i, u) in users.iter().enumerate() {
+        if u.name.is_empty() || u.name.contains(|c: char| c.is_control()) {
+            a.r.errors
+                .push(format!("smtp.auth.users[{i}].name: invalid user name"));
+        }
+        if !u.hash.starts_with("$argon2id$") || argon2::PasswordHash::new(&u.hash).is_err() {
+            a.r.errors.push(format!(
+                "smtp.auth.users[{i}].hash: not an argon2id hash (make one with `pixelrelay hash-password`)"
+            ));
+        }
+    }
+    a.finish();
+    AuthConfig {
+        allow_plaintext,
+        users,
+    }
 }
 
 pub(super) fn read_upstream(r: &mut Reader<'_>, hostname: &str) -> UpstreamConfig {

@@ -162,15 +162,7 @@ impl Hit<'_> {
         } else {
             (0, [0; 2], b)
         };
-        let (ip, b) = if flags & 4 != 0 {
-            let (ip, b) = b.split_at_checked(16)?;
-            let ip: [u8; 16] = ip.try_into().ok()?;
-            (IpAddr::V6(Ipv6Addr::from(ip)), b)
-        } else {
-            let (ip, b) = b.split_at_checked(4)?;
-            let ip: [u8; 4] = ip.try_into().ok()?;
-            (IpAddr::V4(Ipv4Addr::from(ip)), b)
-        };
+        let (ip, b) = take_ip(flags & 4 != 0, b)?;
         let (label, b) = if v == HIT_V2 {
             let (&len, b) = b.split_first()?;
             let (l, b) = b.split_at_checked(usize::from(len))?;
@@ -183,18 +175,7 @@ impl Hit<'_> {
         if ua.len() != len {
             return None;
         }
-        let network = match net {
-            0 => None,
-            n => {
-                let kind = *NET_KINDS.get(usize::from(n) - 1)?;
-                let certainty = if flags & 16 != 0 {
-                    Certainty::Certain
-                } else {
-                    Certainty::Probable
-                };
-                Some((kind, certainty))
-            }
-        };
+        let network = network(net, flags & 16 != 0)?;
         Some(Hit {
             message: MessageId::from_slice(id)?,
             at_ms: u64::from_le_bytes(at.try_into().ok()?),
@@ -217,6 +198,34 @@ impl Hit<'_> {
             },
         })
     }
+}
+
+/// The address at the front of `b`: 16 octets when `v6`, else 4.
+fn take_ip(v6: bool, b: &[u8]) -> Option<(IpAddr, &[u8])> {
+    if v6 {
+        let (ip, b) = b.split_at_checked(16)?;
+        let ip: [u8; 16] = ip.try_into().ok()?;
+        Some((IpAddr::V6(Ipv6Addr::from(ip)), b))
+    } else {
+        let (ip, b) = b.split_at_checked(4)?;
+        let ip: [u8; 4] = ip.try_into().ok()?;
+        Some((IpAddr::V4(Ipv4Addr::from(ip)), b))
+    }
+}
+
+/// The network a hit came from, as encoded: 0 is none, `n` is `NET_KINDS[n - 1]`; `None` when
+/// `n` is past the table.
+fn network(n: u8, certain: bool) -> Option<Option<(NetKind, Certainty)>> {
+    if n == 0 {
+        return Some(None);
+    }
+    let kind = *NET_KINDS.get(usize::from(n) - 1)?;
+    let certainty = if certain {
+        Certainty::Certain
+    } else {
+        Certainty::Probable
+    };
+    Some(Some((kind, certainty)))
 }
 
 #[cfg(test)]

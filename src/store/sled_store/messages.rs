@@ -304,6 +304,46 @@ impl Pending {
     }
 }
 
+/// Puts `recs` into `pending` (a record seen again replaces the first, under its new time key)
+/// and their time keys into `batch`; new messages are counted in `counters`.
+fn stage_records(
+    inner: &Inner,
+    recs: &[&MessageRecord],
+    pending: &mut Pending,
+    counters: &mut Counters,
+    batch: &mut sled::Batch,
+) -> Result<(), StoreError> {
+    for rec in recs {
+        let (m, ms) = pending.get(inner, &rec.id)?;
+        let mut record = (*rec).clone();
+        if !inner.cfg.subjects {
+            record.subject = None;
+        }
+        match m {
+            Some(old) => {
+                batch.remove(time_key(old.record.at_ms, &rec.id));
+                old.record = record;
+            }
+            None => {
+                counters.recorded += 1;
+                *m = Some(Message {
+                    record,
+                    delivery: None,
+                    opens: OpenStats::default(),
+                });
+            }
+        }
+        if let Some(m) = m.as_ref() {
+            ms.set_record(&m.record);
+            if m.delivery.is_none() {
+                ms.sent_at = rec.at_ms;
+            }
+        }
+        batch.insert(time_key(rec.at_ms, &rec.id), EMPTY);
+    }
+    Ok(())
+}
+
 impl SledStore {
     /// Message records, then final replies, in ONE batch, with the journal position `mark`
     /// when they come from the journal: what the indexer commits per run. All or nothing.
@@ -320,34 +360,7 @@ impl SledStore {
         let mut counters = st.counters.clone();
         let mut last_event = st.last_event;
         let mut written = 0;
-        for rec in recs {
-            let (m, ms) = pending.get(inner, &rec.id)?;
-            let mut record = (*rec).clone();
-            if !inner.cfg.subjects {
-                record.subject = None;
-            }
-            match m {
-                Some(old) => {
-                    batch.remove(time_key(old.record.at_ms, &rec.id));
-                    old.record = record;
-                }
-                None => {
-                    counters.recorded += 1;
-                    *m = Some(Message {
-                        record,
-                        delivery: None,
-                        opens: OpenStats::default(),
-                    });
-                }
-            }
-            if let Some(m) = m.as_ref() {
-                ms.set_record(&m.record);
-                if m.delivery.is_none() {
-                    ms.sent_at = rec.at_ms;
-                }
-            }
-            batch.insert(time_key(rec.at_ms, &rec.id), EMPTY);
-        }
+        stage_records(inner, recs, &mut pending, &mut counters, &mut batch)?;
         for (id, delivery) in done {
             let (m, ms) = pending.get(inner, id)?;
             let Some(m) = m else {

@@ -12,6 +12,7 @@
 //! clock.rs        wall clock and the date formats
 //! shutdown.rs     shutdown signal + "all tasks finished" tracker
 //! tls.rs          inbound certificates (SMTP STARTTLS/implicit, pixel HTTPS), reload on SIGHUP
+//! budget.rs       the memory budget for messages in flight (`smtp.max_inflight_bytes`)
 //! smtp/           inbound ESMTP server: listener (accept, limits), session/ (protocol state
 //!                 machine over any byte stream; envelope: MAIL/RCPT/DATA and the groups the
 //!                 backend answers; exchange: STARTTLS and AUTH; message: DATA and the
@@ -53,6 +54,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_client;
+pub mod budget;
 pub mod capture;
 pub mod clock;
 pub mod config;

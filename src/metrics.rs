@@ -28,6 +28,9 @@
 //! | `pixelrelay_open_index_pauses_total` | counter | times the indexer paused for a busy pixel listener |
 //! | `pixelrelay_admin_follow_streams` | gauge | |
 //! | `pixelrelay_admin_follow_lagged_total` | counter | |
+//! | `pixelrelay_smtp_inflight_bytes` | gauge | message bytes reserved from `smtp.max_inflight_bytes` now |
+//! | `pixelrelay_smtp_inflight_limit_bytes` | gauge | `smtp.max_inflight_bytes` |
+//! | `pixelrelay_smtp_inflight_refused_total` | counter | reservations refused (452 4.3.1, or a rewrite skipped) |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -66,6 +69,8 @@ pub struct Snapshot {
     pub index_pauses: u64,
     /// Webhook delivery counts, when webhooks are configured.
     pub webhooks: Option<WebhookCounts>,
+    /// Messages in flight: bytes reserved now, the limit, reservations refused so far.
+    pub inflight: Option<(u64, u64, u64)>,
 }
 
 /// Webhook delivery counts (lifetime) and the rows waiting now.
@@ -119,6 +124,12 @@ pub struct Metrics {
     webhook_pending: Gauge,
     /// Times a follower fell behind the live feed and re-read the store.
     follow_lagged: Counter,
+    /// Bytes of messages in flight reserved now (collected).
+    inflight_bytes: Gauge,
+    /// `smtp.max_inflight_bytes` (collected).
+    inflight_limit: Gauge,
+    /// Reservations refused: 452 4.3.1 given, or a rewrite skipped (collected).
+    inflight_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -243,6 +254,9 @@ impl Metrics {
             webhooks: Family::default(),
             webhook_pending: Gauge::default(),
             follow_lagged: Counter::default(),
+            inflight_bytes: Gauge::default(),
+            inflight_limit: Gauge::default(),
+            inflight_refused: Counter::default(),
         };
         m.register_smtp(&mut registry);
         m.register_pixel(&mut registry, pixel_latency);
@@ -259,7 +273,7 @@ impl Metrics {
         );
         registry.register(
             "smtp_refusals",
-            "Clients refused by policy, by reason (relay_denied, auth_failed, too_many_errors, connection_limit, ip_connection_limit)",
+            "Clients refused by policy, by reason (relay_denied, auth_failed, too_many_errors, connection_limit, ip_connection_limit, insufficient_storage)",
             self.smtp_refusals.clone(),
         );
         registry.register(
@@ -288,6 +302,23 @@ impl Metrics {
             "Time from the end of DATA to the final reply",
             Unit::Seconds,
             self.relay_latency.clone(),
+        );
+        registry.register_with_unit(
+            "smtp_inflight",
+            "Message bytes held in memory now, reserved from smtp.max_inflight_bytes",
+            Unit::Bytes,
+            self.inflight_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "smtp_inflight_limit",
+            "smtp.max_inflight_bytes",
+            Unit::Bytes,
+            self.inflight_limit.clone(),
+        );
+        registry.register(
+            "smtp_inflight_refused",
+            "Reservations the in-flight budget refused: 452 4.3.1 given, or a rewrite skipped",
+            self.inflight_refused.clone(),
         );
     }
 
@@ -462,6 +493,15 @@ impl Metrics {
             }
             self.webhook_pending
                 .set(i64::try_from(w.pending).unwrap_or(i64::MAX));
+        }
+        if let Some((used, limit, refused)) = snap.inflight {
+            self.inflight_bytes
+                .set(i64::try_from(used).unwrap_or(i64::MAX));
+            self.inflight_limit
+                .set(i64::try_from(limit).unwrap_or(i64::MAX));
+            self.inflight_refused
+                .inner()
+                .store(refused, Ordering::Relaxed);
         }
         let mut out = String::new();
         // Writing into a String cannot fail; an error would only mean a bad metric name.

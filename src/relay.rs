@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use crate::budget::Reservation;
 use crate::capture::Capture;
 use crate::clock;
 use crate::ingest::Ingest;
@@ -187,14 +188,29 @@ impl Backend for RelaySession {
             mail,
             recipients,
             content: original,
+            mut reserved,
             started,
             ..
         } = txn;
         let received_at = clock::now_ms();
         let data_started = std::time::Instant::now();
         let id = MessageId::random();
-        let (original, rewritten, decision, info) =
-            track(&relay, &mail.address, &recipients, original, &id).await;
+        let (original, rewritten, decision, info) = match track(
+            &relay,
+            &mail.address,
+            &recipients,
+            original,
+            &id,
+            &mut reserved,
+        )
+        .await
+        {
+            Ok(t) => t,
+            Err(r) => {
+                self.reset().await;
+                return r;
+            }
+        };
         let (tracked, skip_reason) = match decision {
             Decision::Tracked => (true, None),
             Decision::Skipped(r) => (false, Some(r.as_str().to_string())),
@@ -445,24 +461,65 @@ type Exchanged = Result<Vec<Reply>, (Vec<Reply>, UpstreamError)>;
 /// Original and rewritten bytes, the decision, and the header facts.
 type Tracked = (Vec<u8>, Option<Vec<u8>>, Decision, MessageInfo);
 
-/// Runs the rewriter (on a blocking thread for large messages).
+/// Runs the rewriter (on a blocking thread for large messages), once the memory its copy
+/// takes is `reserved`: twice the message covers the rewrite's peak (`tests/rewrite_memory.rs`).
+/// Without room for that the message goes as it is (skip reason `memory`); `Err` (452 4.3.1)
+/// only when there is not even room to take our opt-out header out of it.
 async fn track(
     relay: &Arc<Relay>,
     sender: &str,
     recipients: &[String],
     content: Vec<u8>,
     id: &MessageId,
-) -> Tracked {
+    reserved: &mut Reservation,
+) -> Result<Tracked, Reply> {
     let Some(t) = &relay.tracking else {
         // Tracking off: still never forward our own control header.
-        let stripped = rewrite::strip_opt_out(&content, &relay.opt_out_header);
-        return (
-            content,
-            stripped,
-            Decision::Skipped(SkipReason::Disabled),
-            MessageInfo::default(),
-        );
+        return untracked(relay, content, SkipReason::Disabled, reserved);
     };
+    let may_rewrite = recipients.len() == 1 && content.len() as u64 <= t.policy.max_rewrite_size;
+    if may_rewrite && !reserved.grow(content.len().saturating_mul(2)) {
+        warn!(
+            size = content.len(),
+            event = "insufficient_storage",
+            "no memory to rewrite now; forwarding without a pixel"
+        );
+        reserved.budget().count_refusal();
+        return untracked(relay, content, SkipReason::Memory, reserved);
+    }
+    Ok(rewrite_now(relay, t, sender, recipients, content, id).await)
+}
+
+/// `content` as it goes without a pixel: without our opt-out header, whose removal is a copy
+/// the budget must have room for.
+fn untracked(
+    relay: &Relay,
+    content: Vec<u8>,
+    why: SkipReason,
+    reserved: &mut Reservation,
+) -> Result<Tracked, Reply> {
+    if rewrite::has_header(&content, &relay.opt_out_header) && !reserved.grow(content.len()) {
+        reserved.budget().count_refusal();
+        return Err(reply::insufficient_storage());
+    }
+    let stripped = rewrite::strip_opt_out(&content, &relay.opt_out_header);
+    Ok((
+        content,
+        stripped,
+        Decision::Skipped(why),
+        MessageInfo::default(),
+    ))
+}
+
+/// The rewrite proper.
+async fn rewrite_now(
+    relay: &Arc<Relay>,
+    t: &Tracking,
+    sender: &str,
+    recipients: &[String],
+    content: Vec<u8>,
+    id: &MessageId,
+) -> Tracked {
     let url = format!("{}/o/{}.gif", t.base_url, t.key.mint(Purpose::Open, id));
     if content.len() < BLOCKING_REWRITE {
         let env = rewrite::Envelope { sender, recipients };

@@ -280,6 +280,7 @@ impl Server {
         let (hard_trigger, hard_stop) = shutdown::channel();
         let mut session_cfg = SessionConfig::from_config(&cfg.smtp);
         session_cfg.metrics = Some(Arc::clone(&metrics));
+        let budget = Arc::clone(&session_cfg.budget);
         let tasks = spawn_smtp(
             &cfg,
             (smtp, smtps),
@@ -312,6 +313,7 @@ impl Server {
             shutdown.clone(),
         );
         admin_state.notifier = Some(Arc::clone(&notifier));
+        admin_state.budget = Some(Arc::clone(&budget));
         let admin_state = Arc::new(admin_state);
         let admin_task = tokio::spawn(http::admin::serve(admin, admin_state));
         let mode = match &relay.target {

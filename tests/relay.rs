@@ -529,3 +529,74 @@ async fn connection_limits_answer_421() {
     drop(_b);
     relay.stop().await;
 }
+
+/// A single-part HTML message of about `size` bytes.
+fn html_of_size(size: usize) -> Vec<u8> {
+    let mut html = String::from("<html><body>\r\n");
+    while html.len() < size {
+        html.push_str("<p>news of the week, with a few words in it</p>\r\n");
+    }
+    html.push_str("</body></html>\r\n");
+    format!(
+        "From: a@example.com\r\nTo: b@example.net\r\nSubject: hi\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/html; charset=utf-8\r\n\r\n{html}"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_message_the_budget_has_no_room_to_rewrite_goes_unchanged_and_is_counted() {
+    let up = FakeUpstream::start().await;
+    // Room for one 60 KB message, not for its rewritten copy as well.
+    let relay = start_relay(&config_text(
+        &up.addr.to_string(),
+        "max_message_size = 100000\nmax_inflight_bytes = 150000",
+    ))
+    .await;
+    let mut c = Client::hello(relay.smtp()).await;
+    let big = html_of_size(60_000);
+    let (code, text) = c.send_mail("a@example.com", &["b@example.net"], &big).await;
+    assert_eq!(code, 250, "{text}");
+    let small = html_of_size(2_000);
+    let (code, text) = c
+        .send_mail("a@example.com", &["b@example.net"], &small)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let got = up.messages();
+    assert_eq!(got.len(), 2);
+    assert_eq!(strip_received(&got[0].data), &big[..], "sent as it came");
+    assert!(
+        String::from_utf8_lossy(&got[1].data).contains("/o/"),
+        "the small one has room and gets its pixel"
+    );
+    let metrics = admin_text(&relay, "/metrics").await;
+    for want in [
+        "pixelrelay_rewrite_decisions_total{decision=\"skipped\",reason=\"memory\"} 1",
+        "pixelrelay_rewrite_decisions_total{decision=\"tracked\",reason=\"\"} 1",
+        "pixelrelay_smtp_inflight_refused_total 1",
+        "pixelrelay_smtp_inflight_bytes 0",
+        "pixelrelay_smtp_inflight_limit_bytes 150000",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+    c.cmd("QUIT").await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_budget_below_the_largest_message_is_a_config_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        config_text(
+            "127.0.0.1:25",
+            "max_message_size = 100000\nmax_inflight_bytes = 50000",
+        ),
+    )
+    .unwrap();
+    let err = pixelrelay::config::Config::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("smtp.max_inflight_bytes"), "{err}");
+}

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pixelrelay::budget::Budget;
 use pixelrelay::config::BareNewline;
 use pixelrelay::shutdown::Shutdown;
 use pixelrelay::smtp::session::Session;
@@ -77,6 +78,10 @@ impl Backend for Recorder {
 }
 
 fn cfg() -> Arc<SessionConfig> {
+    cfg_with(Budget::unlimited())
+}
+
+fn cfg_with(budget: Arc<Budget>) -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
         hostname: "relay.test".into(),
         max_message_size: 1 << 20,
@@ -91,6 +96,7 @@ fn cfg() -> Arc<SessionConfig> {
         auth: None,
         auth_plaintext: false,
         metrics: None,
+        budget,
     })
 }
 
@@ -102,6 +108,15 @@ async fn drive(input: &[u8], step: usize) -> (Vec<u16>, Vec<String>) {
 
 /// Like `drive`, with the groups of commands the backend was asked to answer.
 async fn drive_groups(input: &[u8], step: usize) -> (Vec<u16>, Vec<String>, Vec<String>) {
+    drive_config(cfg(), input, step).await
+}
+
+/// Like `drive_groups`, with a session configuration of its own.
+async fn drive_config(
+    cfg: Arc<SessionConfig>,
+    input: &[u8],
+    step: usize,
+) -> (Vec<u16>, Vec<String>, Vec<String>) {
     let (client, server) = tokio::io::duplex(1 << 16);
     let log = Log::default();
     let groups = Log::default();
@@ -109,7 +124,7 @@ async fn drive_groups(input: &[u8], step: usize) -> (Vec<u16>, Vec<String>, Vec<
     let session = Session::new(
         server,
         peer,
-        cfg(),
+        cfg,
         Recorder {
             log: log.clone(),
             groups: groups.clone(),
@@ -139,6 +154,35 @@ async fn drive_groups(input: &[u8], step: usize) -> (Vec<u16>, Vec<String>, Vec<
     let log = log.0.lock().unwrap().clone();
     let groups = groups.0.lock().unwrap().clone();
     (codes, log, groups)
+}
+
+#[tokio::test]
+async fn the_in_flight_budget_refuses_with_452_and_takes_the_next_message_that_fits() {
+    let budget = Budget::new(100 * 1024);
+    let big = "x".repeat(76) + "\r\n";
+    let mut input = String::from("EHLO c.test\r\n");
+    // A declared size with no room: 452 at MAIL, and the transaction never opens.
+    input += "MAIL FROM:<a@x.test> SIZE=200000\r\nRCPT TO:<b@y.test>\r\n";
+    // Undeclared, and past the budget while it is read: 452 after the message, nothing sent.
+    input += "RSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n";
+    input += &big.repeat(2000);
+    input += ".\r\n";
+    // One that fits, declared: delivered.
+    input += "MAIL FROM:<a@x.test> SIZE=40000\r\nRCPT TO:<b@y.test>\r\nDATA\r\n";
+    input += &big.repeat(400);
+    input += ".\r\nQUIT\r\n";
+    let (codes, log, _) = drive_config(cfg_with(Arc::clone(&budget)), input.as_bytes(), 4096).await;
+    assert_eq!(
+        codes,
+        vec![
+            220, 250, 452, 503, 250, 250, 250, 354, 452, 250, 250, 354, 250, 221
+        ]
+    );
+    let delivered: Vec<&String> = log.iter().filter(|l| l.starts_with("DATA")).collect();
+    assert_eq!(delivered.len(), 1, "{log:?}");
+    assert!(log.contains(&"RESET".to_string()), "{log:?}");
+    assert_eq!(budget.in_use(), 0, "every reservation is given back");
+    assert_eq!(budget.refused(), 2, "the MAIL and the message");
 }
 
 const SCRIPT: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<bad@y.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: t\r\n\r\n..dot\r\nx\r\n.\r\nQUIT\r\n";

@@ -63,6 +63,10 @@ pub struct SmtpConfig {
     pub hostname: String,
     /// Largest message accepted, advertised as SIZE and enforced with 552.
     pub max_message_size: u64,
+    /// Most bytes of messages held in memory at once, all transactions together; past it
+    /// MAIL with a `SIZE=` that does not fit and DATA get 452 4.3.1 (`budget.rs`). Default: a
+    /// quarter of the machine's (or the cgroup's) memory, at least one largest message.
+    pub max_inflight_bytes: u64,
     /// Most RCPTs in one transaction; more get 452 4.5.3.
     pub max_recipients: usize,
     /// Most simultaneous SMTP sessions; more get 421 and are closed.

@@ -12,10 +12,25 @@ pub(super) fn read_smtp(r: &mut Reader<'_>) -> SmtpConfig {
     if hostname.is_empty() || hostname.contains(|c: char| c.is_whitespace() || c.is_control()) {
         s.err("hostname", format!("\"{hostname}\" is not a host name"));
     }
+    let max_message_size = s.positive("max_message_size", 52_428_800);
+    let max_inflight_bytes = match s.raw("max_inflight_bytes") {
+        None => crate::budget::default_limit(max_message_size),
+        Some(_) => {
+            let n = s.positive("max_inflight_bytes", max_message_size);
+            if n < max_message_size {
+                s.err(
+                    "max_inflight_bytes",
+                    format!("{n} is less than max_message_size ({max_message_size}): the largest message could never be taken"),
+                );
+            }
+            n
+        }
+    };
     let cfg = SmtpConfig {
         listen,
         hostname,
-        max_message_size: s.positive("max_message_size", 52_428_800),
+        max_message_size,
+        max_inflight_bytes,
         max_recipients: s.positive("max_recipients", 100) as usize,
         max_connections: s.positive("max_connections", 1000) as usize,
         max_connections_per_ip: s.positive("max_connections_per_ip", 100) as usize,

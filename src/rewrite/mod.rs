@@ -114,6 +114,8 @@ pub enum SkipReason {
     Unparseable,
     /// The store could not record the message, so it went out without a pixel.
     Store,
+    /// The memory budget for messages in flight had no room for the rewritten copy.
+    Memory,
 }
 
 impl SkipReason {
@@ -134,6 +136,7 @@ impl SkipReason {
             SkipReason::Charset => "charset",
             SkipReason::Unparseable => "unparseable",
             SkipReason::Store => "store_error",
+            SkipReason::Memory => "memory",
         }
     }
 }
@@ -232,6 +235,11 @@ pub fn scan_agrees(message: &[u8]) -> Result<bool, String> {
     } else {
         Err(format!("scan: {fast:?}, mail-parser: {slow:?}"))
     }
+}
+
+/// Whether the message's header block has a field `name` (any case).
+pub fn has_header(message: &[u8], name: &str) -> bool {
+    !headers::ranges(&headers::fields(message), name).is_empty()
 }
 
 /// Removes every occurrence of the opt-out header `name`, for callers that forward without

@@ -88,6 +88,26 @@ impl DataReader {
         self.content.is_empty()
     }
 
+    /// Bytes the content can hold without growing.
+    pub fn capacity(&self) -> usize {
+        self.content.capacity()
+    }
+
+    /// Makes room for `additional` more bytes of content, exactly (the caller has reserved
+    /// them from the memory budget, and `feed` then never grows the buffer past them).
+    pub fn reserve_exact(&mut self, additional: usize) {
+        if !self.overflow {
+            self.content.reserve_exact(additional);
+        }
+    }
+
+    /// Stores nothing more and frees what is stored: the caller has no memory for the rest.
+    /// The reader goes on looking for the end of data, as past the size limit.
+    pub fn stop_storing(&mut self) {
+        self.overflow = true;
+        self.content = Vec::new();
+    }
+
     /// Consumes bytes from `input`. Returns how many were consumed and whether the end of data
     /// (`<CRLF>.<CRLF>`) was reached; on `true` the bytes after the terminator are not consumed.
     pub fn feed(&mut self, input: &[u8]) -> (usize, bool) {

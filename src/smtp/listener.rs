@@ -191,10 +191,11 @@ impl Conn {
             )
         };
         if implicit {
-            let Some(tls) = self.handshake(stream).await else {
+            // TLS state is boxed: a plain connection's task does not carry it.
+            let Some(tls) = Box::pin(self.handshake(stream)).await else {
                 return End::Closed;
             };
-            return session(tls, backend).secure(true).run().await;
+            return Box::pin(session(tls, backend).secure(true).run()).await;
         }
         let (end, upgrade) = Session::new(
             stream,
@@ -209,10 +210,10 @@ impl Conn {
         let Some((io, backend, errors)) = upgrade else {
             return end;
         };
-        let Some(tls) = self.handshake(io).await else {
+        let Some(tls) = Box::pin(self.handshake(io)).await else {
             return End::Closed;
         };
-        session(tls, backend).after_starttls(errors).run().await
+        Box::pin(session(tls, backend).after_starttls(errors).run()).await
     }
 
     async fn handshake(

@@ -140,6 +140,8 @@ replies! {
     too_many_recipients => 452, "4.5.3 Error: too many recipients";
     /// SIZE or actual size over the limit.
     message_too_big => 552, "5.3.4 Error: message file too big";
+    /// The memory budget for messages in flight (`smtp.max_inflight_bytes`) has no room now.
+    insufficient_storage => 452, "4.3.1 Insufficient system storage";
     /// Bare LF or CR in DATA with `smtp.bare_newline = "reject"`.
     bare_newline => 550, "5.5.2 Error: bare <CR> or <LF> received";
     /// A client outside `smtp.allow_networks` that has not authenticated.

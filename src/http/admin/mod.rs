@@ -351,6 +351,10 @@ fn metrics_snapshot(state: &AdminState) -> crate::metrics::Snapshot {
         store_size: state.store.size_on_disk().ok(),
         index_lag: ingest.index_lag_bytes(),
         index_pauses: ingest.index_pauses(),
+        inflight: state
+            .budget
+            .as_ref()
+            .map(|b| (b.in_use() as u64, b.limit() as u64, b.refused())),
         webhooks: state.notifier.as_ref().map(|n| {
             let m = n.metrics();
             crate::metrics::WebhookCounts {

@@ -32,6 +32,8 @@ pub struct AdminState {
     pub heartbeat: Duration,
     /// Webhook outbox and dead letters (none when the listener runs without them).
     pub notifier: Option<Arc<Notifier>>,
+    /// The SMTP side's budget for messages in flight (none without an SMTP listener).
+    pub budget: Option<Arc<crate::budget::Budget>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -59,6 +61,7 @@ impl AdminState {
             shutdown,
             heartbeat: HEARTBEAT,
             notifier: None,
+            budget: None,
         }
     }
 

@@ -39,7 +39,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         }
         let group = std::mem::take(&mut self.group);
         let held = std::mem::take(&mut self.held);
-        let mut answers = self.backend.envelope(&group).await.into_iter();
+        // Boxed, as every backend call: an idle session's task holds none of their state.
+        let mut answers = Box::pin(self.backend.envelope(&group)).await.into_iter();
         let mut commands = group.into_iter();
         let mut mail_refused = false;
         let mut data = None;
@@ -99,6 +100,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         }
         if let Err(r) = self.check_mail_params(&arg) {
             return self.reject(r);
+        }
+        // A declared size with no room now: come back later (not a protocol error).
+        if let Some(size) = declared_size(&arg)
+            && !self.cfg.budget.has_room(size)
+        {
+            info!(client = %self.peer, size, event = "insufficient_storage", "MAIL refused: no memory for a message this size now");
+            self.count("insufficient_storage");
+            self.cfg.budget.count_refusal();
+            self.queue(&reply::insufficient_storage());
+            return Step::Continue;
         }
         let queue_id = new_queue_id();
         debug!(queue_id = %queue_id, from = %arg.address, "mail");
@@ -194,32 +205,77 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 self.resolve().await;
                 return self.reject(reply::no_valid_recipients());
             }
-            Some(_) => self.join(Envelope::Data),
+            Some(t) => match self.reserve(t) {
+                Some(r) => {
+                    self.reserved = Some(r);
+                    self.join(Envelope::Data);
+                }
+                None => {
+                    // No memory for the message now: the client's queue retries later.
+                    self.resolve().await;
+                    if self.txn.is_none() {
+                        return self.reject(reply::need_mail());
+                    }
+                    info!(client = %self.peer, event = "insufficient_storage", "DATA refused: the in-flight budget is spent");
+                    self.count("insufficient_storage");
+                    self.cfg.budget.count_refusal();
+                    self.queue(&reply::insufficient_storage());
+                    self.abort().await;
+                    return Step::Continue;
+                }
+            },
         }
         let answer = self.resolve().await.unwrap_or_else(reply::local_error);
         match &self.txn {
             // The MAIL was refused: its reply and a 503 for DATA are already queued.
-            None => self.error(),
+            None => {
+                self.reserved = None;
+                self.error()
+            }
             Some(t) if t.accepted.is_empty() => {
+                self.reserved = None;
                 if answer.code == 354 {
                     // The backend is waiting for a message that will not come: the
                     // transaction is over.
                     self.txn = None;
-                    self.backend.reset().await;
+                    Box::pin(self.backend.reset()).await;
                 }
                 self.reject(reply::no_valid_recipients())
             }
-            Some(_) if answer.code == 354 => {
-                self.queue(&reply::start_data());
-                Step::Data
-            }
-            // A refused DATA ends the transaction, as the reply after a message would: clients
-            // that go straight to their next MAIL (not every one sends RSET) find none open.
-            Some(_) => {
+            _ if answer.code != 354 => {
+                self.reserved = None;
                 self.queue(&answer);
                 self.abort().await;
                 Step::Continue
             }
+            Some(_) => {
+                self.queue(&reply::start_data());
+                Step::Data
+            }
         }
     }
+
+    /// Reserves memory for the message `t` is about to send: its declared size (and a little
+    /// for our header and the stuffing the reader drops), else a first 64 KiB that grows as
+    /// the message does.
+    fn reserve(&self, t: &Txn) -> Option<Reservation> {
+        let expected =
+            declared_size(&t.mail).map_or(FIRST_RESERVATION, |d| d.saturating_add(d / 32));
+        let bytes = expected
+            .min(self.cfg.max_message_size)
+            .saturating_add(RECEIVED_ROOM);
+        self.cfg.budget.try_reserve(bytes)
+    }
+}
+
+/// Memory reserved at DATA for a message without `SIZE=`; it grows as the message does.
+const FIRST_RESERVATION: usize = 64 * 1024;
+/// Room for our `Received:` header in a reservation.
+pub(super) const RECEIVED_ROOM: usize = 1024;
+
+/// The `SIZE=` a MAIL declared, if any.
+pub(super) fn declared_size(mail: &PathArg) -> Option<usize> {
+    mail.param("SIZE")
+        .flatten()
+        .and_then(|v| v.parse::<usize>().ok())
 }

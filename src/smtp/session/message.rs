@@ -10,35 +10,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             return Ok(());
         };
         let received = self.received_header(&txn);
-        // Size the buffer from the client's SIZE= when it gave one (MTAs do): a message then
-        // takes one allocation instead of a doubling series that can reach twice its size.
-        let declared = txn
-            .mail
-            .param("SIZE")
-            .flatten()
-            .and_then(|v| v.parse::<usize>().ok());
-        let expected = declared
-            .unwrap_or(16 * 1024)
-            .saturating_add(declared.map_or(0, |d| d / 32));
-        let capacity = received.len() + expected.min(self.cfg.max_message_size);
-        let mut content = Vec::with_capacity(capacity);
+        // The buffer takes what was reserved at DATA (the declared size when the client gave
+        // one, as MTAs do: one allocation instead of a doubling series) and grows only by
+        // what the budget grants.
+        let mut reserved = match self.reserved.take() {
+            Some(r) => r,
+            None => match self.cfg.budget.try_reserve(envelope::RECEIVED_ROOM) {
+                Some(r) => r,
+                None => return self.refuse_for_memory(&txn.queue_id).await,
+            },
+        };
+        let mut content = Vec::with_capacity(reserved.bytes().max(received.len()));
         content.extend_from_slice(received.as_bytes());
         let mut reader = DataReader::new(content, self.cfg.max_message_size);
+        let mut out_of_memory = false;
         loop {
-            let (used, end) = reader.feed(&self.inbuf[self.start..]);
+            let input = &self.inbuf[self.start..];
+            if !out_of_memory && !make_room(&mut reader, &mut reserved, input.len()) {
+                out_of_memory = true;
+                reader.stop_storing();
+            }
+            let (used, end) = reader.feed(input);
             self.start += used;
             if end {
                 break;
             }
             if let Err(end) = self.fill(self.cfg.data_timeout).await {
-                self.backend.reset().await;
+                Box::pin(self.backend.reset()).await;
                 return Err(end);
             }
+        }
+        if out_of_memory {
+            return self.refuse_for_memory(&txn.queue_id).await;
         }
         let done = reader.finish();
         if done.overflow {
             info!(queue_id = %txn.queue_id, client = %self.peer, event = "too_big", "message refused: over max_message_size");
-            self.backend.reset().await;
+            Box::pin(self.backend.reset()).await;
             self.queue(&reply::message_too_big());
             return Ok(());
         }
@@ -47,33 +55,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             match self.cfg.bare_newline {
                 BareNewline::Reject => {
                     info!(queue_id = %txn.queue_id, client = %self.peer, event = "bare_newline", "message refused: bare <CR> or <LF>");
-                    self.backend.reset().await;
+                    Box::pin(self.backend.reset()).await;
                     self.queue(&reply::bare_newline());
                     return Ok(());
                 }
-                BareNewline::Normalize => content = data::normalize_newlines(&content),
+                BareNewline::Normalize => {
+                    // The normalised copy needs memory too (at most one extra octet per 64).
+                    if !reserved.grow(content.len() + content.len() / 64 + 64) {
+                        return self.refuse_for_memory(&txn.queue_id).await;
+                    }
+                    content = data::normalize_newlines(&content);
+                }
             }
         }
         let (helo, _) = self.helo.clone().unwrap_or_default();
-        let r = self
-            .backend
-            .data(Transaction {
-                queue_id: txn.queue_id,
-                peer: self.peer,
-                helo,
-                mail: txn.mail,
-                recipients: txn.accepted,
-                content,
-                started: txn.started,
-            })
-            .await;
+        let r = Box::pin(self.backend.data(Transaction {
+            queue_id: txn.queue_id,
+            peer: self.peer,
+            helo,
+            mail: txn.mail,
+            recipients: txn.accepted,
+            content,
+            reserved,
+            started: txn.started,
+        }))
+        .await;
         self.queue(&r);
+        Ok(())
+    }
+
+    /// Ends a transaction the memory budget has no room for with 452 4.3.1.
+    async fn refuse_for_memory(&mut self, queue_id: &str) -> Result<(), End> {
+        info!(queue_id = %queue_id, client = %self.peer, event = "insufficient_storage", "message refused: the in-flight budget is spent");
+        self.count("insufficient_storage");
+        self.cfg.budget.count_refusal();
+        Box::pin(self.backend.reset()).await;
+        self.queue(&reply::insufficient_storage());
         Ok(())
     }
 
     pub(super) async fn abort(&mut self) {
         if self.txn.take().is_some() {
-            self.backend.reset().await;
+            Box::pin(self.backend.reset()).await;
         }
     }
 
@@ -110,4 +133,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         h.push_str(&format!("; {}\r\n", clock::rfc5322(clock::now_ms())));
         h
     }
+}
+
+/// Makes sure `reader` can take `incoming` more bytes without growing its buffer past what
+/// `reserved` holds: grows both, doubling while the budget allows, else by what is needed.
+/// `false` when the budget has no room for the next bytes.
+fn make_room(reader: &mut DataReader, reserved: &mut Reservation, incoming: usize) -> bool {
+    let need = reader.len().saturating_add(incoming);
+    if need <= reader.capacity() {
+        return true;
+    }
+    let doubled = reader.capacity().saturating_mul(2).max(need);
+    let target = if reserved.grow_to(doubled) {
+        doubled
+    } else if reserved.grow_to(need) {
+        need
+    } else {
+        return false;
+    };
+    reader.reserve_exact(target - reader.len());
+    true
 }

@@ -22,6 +22,7 @@ use super::auth::{self, Authenticator};
 use super::command::{self, Command, PathArg};
 use super::data::{self, DataReader};
 use super::reply::{self, Reply};
+use crate::budget::{Budget, Reservation};
 use crate::clock;
 use crate::config::{BareNewline, SmtpConfig};
 use crate::metrics::Metrics;
@@ -39,8 +40,13 @@ use envelope::Held;
 const MAX_COMMAND_LINE: usize = 512;
 /// MAIL and RCPT may be longer: ESMTP parameters (SIZE, ORCPT, ENVID) extend the limit.
 const MAX_PATH_COMMAND_LINE: usize = 2048;
-/// Bytes read from the socket at a time.
+/// Room for the next read while a message is coming: 64 KiB at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// Room for the next read between messages: commands are short, and an idle connection
+/// should cost little (a pipelined group longer than this takes another read).
+const COMMAND_CHUNK: usize = 1024;
+/// An input buffer larger than this is given back once a message has been read.
+const KEEP_BETWEEN_MESSAGES: usize = 4 * 1024;
 
 /// The limits and names a session needs; built once from `[smtp]`.
 #[derive(Debug, Clone)]
@@ -71,6 +77,8 @@ pub struct SessionConfig {
     pub auth_plaintext: bool,
     /// Where refusals are counted (none in tests).
     pub metrics: Option<Arc<Metrics>>,
+    /// Memory for messages in flight, shared by every session (`smtp.max_inflight_bytes`).
+    pub budget: Arc<Budget>,
 }
 
 impl SessionConfig {
@@ -91,6 +99,7 @@ impl SessionConfig {
                 .then(|| Arc::new(Authenticator::new(c.auth.users.clone()))),
             auth_plaintext: c.auth.allow_plaintext,
             metrics: None,
+            budget: Budget::new(usize::try_from(c.max_inflight_bytes).unwrap_or(usize::MAX)),
         }
     }
 }
@@ -110,6 +119,9 @@ pub struct Transaction {
     pub recipients: Vec<String>,
     /// Message content, unstuffed, CRLF line ends, our `Received:` header first.
     pub content: Vec<u8>,
+    /// The memory `content` holds, reserved from the budget; the backend grows it before it
+    /// makes a copy (the rewrite), and it is given back when the transaction ends.
+    pub reserved: Reservation,
     /// When MAIL FROM arrived.
     pub started: Instant,
 }
@@ -182,6 +194,8 @@ pub struct Session<S, B> {
     discarding: bool,
     /// Reading a message: a transaction is in flight even though `txn` was taken.
     in_data: bool,
+    /// Memory reserved at DATA for the message to come.
+    reserved: Option<Reservation>,
     /// The connection is TLS (implicit or after STARTTLS).
     secure: bool,
     /// Authenticated user, if any.
@@ -216,9 +230,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         let may_relay = net::any_contains(&cfg.allow_networks, peer.ip());
         Session {
             io,
-            inbuf: Vec::with_capacity(4096),
+            inbuf: Vec::new(),
             start: 0,
-            outbuf: Vec::with_capacity(1024),
+            outbuf: Vec::new(),
             group: Vec::new(),
             held: Vec::new(),
             cfg,
@@ -229,6 +243,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             errors: 0,
             discarding: false,
             in_data: false,
+            reserved: None,
             secure: false,
             authed: None,
             greet: true,
@@ -274,7 +289,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             return (end, Some((self.io, self.backend, self.errors)));
         }
         if self.txn.take().is_some() {
-            self.backend.reset().await;
+            Box::pin(self.backend.reset()).await;
         }
         let _ = self.flush().await;
         let _ = self.io.shutdown().await;
@@ -338,7 +353,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             self.inbuf.drain(..self.start);
             self.start = 0;
         }
-        self.inbuf.reserve(READ_CHUNK);
+        if self.in_data {
+            self.inbuf.reserve(READ_CHUNK);
+        } else {
+            // Between messages the buffer shrinks back to what commands need.
+            if self.inbuf.capacity() > KEEP_BETWEEN_MESSAGES {
+                self.inbuf
+                    .shrink_to(KEEP_BETWEEN_MESSAGES.max(self.inbuf.len()));
+            }
+            self.inbuf.reserve(COMMAND_CHUNK);
+        }
         let idle = self.txn.is_none() && !self.in_data;
         let mut soft = self.shutdown.clone();
         let mut hard = self.hard_stop.clone();
@@ -367,6 +391,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         if !self.outbuf.is_empty() {
             self.io.write_all(&self.outbuf).await?;
             self.outbuf.clear();
+            if self.outbuf.capacity() > KEEP_BETWEEN_MESSAGES {
+                self.outbuf = Vec::new();
+            }
             self.io.flush().await?;
         }
         Ok(())

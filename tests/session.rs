@@ -229,6 +229,32 @@ async fn a_refused_mail_takes_its_pipelined_commands_with_it() {
 }
 
 #[tokio::test]
+async fn the_503s_behind_a_refused_mail_are_not_held_against_the_client() {
+    // A pipelining client refused 12 times at MAIL for want of memory (more than
+    // max_errors = 10) is still served: it sent its RCPT and DATA before it could hear.
+    let budget = Budget::new(100 * 1024);
+    let mut input = String::from("EHLO c\r\n");
+    for _ in 0..12 {
+        input += "MAIL FROM:<a@x.test> SIZE=200000\r\nRCPT TO:<b@y.test>\r\nDATA\r\n";
+    }
+    input += "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n";
+    let (codes, log, _) = drive_config(cfg_with(budget), input.as_bytes(), input.len()).await;
+    let mut want = vec![220, 250];
+    for _ in 0..12 {
+        want.extend([452, 503, 503]);
+    }
+    want.extend([250, 250, 354, 250, 221]);
+    assert_eq!(codes, want);
+    assert!(log.iter().any(|l| l.starts_with("DATA")), "{log:?}");
+    // RCPT with no MAIL ever sent is the client's own error: the 11th closes the session.
+    let mut input = String::from("EHLO c\r\n");
+    input += &"RCPT TO:<b@y.test>\r\n".repeat(12);
+    let (codes, _, _) = drive_groups(input.as_bytes(), input.len()).await;
+    assert_eq!(codes.last(), Some(&421), "{codes:?}");
+    assert!(codes.len() < 14, "{codes:?}");
+}
+
+#[tokio::test]
 async fn data_after_only_refused_recipients_gets_554_and_the_backend_is_reset() {
     let input =
         b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<bad@y.test>\r\nDATA\r\nRSET\r\nQUIT\r\n";

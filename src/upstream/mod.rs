@@ -178,34 +178,40 @@ impl Connection {
     /// Sends the message after the upstream's 354 (dot-stuffed, terminated) and reads the
     /// reply to it.
     pub async fn send_body(&mut self, content: &[u8]) -> Result<Reply, UpstreamError> {
+        // Stuffed and written a chunk at a time: the copy never exceeds WRITE_CHUNK, however
+        // far apart the dot lines are.
         let mut out = Vec::with_capacity(content.len().min(WRITE_CHUNK) + 8);
         let mut last = 0;
         if content.first() == Some(&b'.') {
             out.push(b'.');
         }
         for pos in memchr::memmem::find_iter(content, b"\n.") {
-            out.extend_from_slice(&content[last..=pos]);
+            self.put(&mut out, &content[last..=pos]).await?;
             out.push(b'.');
             last = pos + 1;
-            if out.len() >= WRITE_CHUNK {
-                self.write(&out, "message").await?;
-                out.clear();
-            }
         }
-        let tail = &content[last..];
-        for chunk in tail.chunks(WRITE_CHUNK) {
-            out.extend_from_slice(chunk);
-            if out.len() >= WRITE_CHUNK {
-                self.write(&out, "message").await?;
-                out.clear();
-            }
-        }
+        self.put(&mut out, &content[last..]).await?;
         if !content.is_empty() && !content.ends_with(b"\r\n") {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
         self.write(&out, "message").await?;
         self.read_reply("end of data", self.timeouts.data).await
+    }
+
+    /// Appends `bytes` to `out`, writing `out` whenever it holds WRITE_CHUNK.
+    async fn put(&mut self, out: &mut Vec<u8>, mut bytes: &[u8]) -> Result<(), UpstreamError> {
+        while !bytes.is_empty() {
+            let room = WRITE_CHUNK.saturating_sub(out.len()).max(1);
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            out.extend_from_slice(now);
+            bytes = rest;
+            if out.len() >= WRITE_CHUNK {
+                self.write(out, "message").await?;
+                out.clear();
+            }
+        }
+        Ok(())
     }
 
     async fn write(&mut self, bytes: &[u8], stage: &'static str) -> Result<(), UpstreamError> {

@@ -54,6 +54,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                     match cmd {
                         Some(Envelope::Mail { .. }) if !a.is_positive() => {
                             self.txn = None;
+                            self.mail_refused = true;
                             mail_refused = true;
                             a
                         }
@@ -89,6 +90,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
     }
 
     pub(super) fn mail(&mut self, arg: PathArg) -> Step {
+        // Until this one is accepted, what follows it has no transaction either.
+        self.mail_refused = true;
         if self.helo.is_none() {
             return self.reject(reply::need_helo());
         }
@@ -123,6 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         } else {
             self.queue(&reply::sender_ok());
         }
+        self.mail_refused = false;
         self.txn = Some(Txn {
             queue_id,
             mail: arg,
@@ -160,7 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
 
     pub(super) fn rcpt(&mut self, arg: PathArg) -> Step {
         let Some(txn) = self.txn.as_mut() else {
-            return self.reject(reply::need_mail());
+            return self.need_mail();
         };
         if txn.rcpt_count >= self.cfg.max_recipients {
             self.queue(&reply::too_many_recipients());
@@ -195,7 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         match &self.txn {
             None => {
                 self.resolve().await;
-                return self.reject(reply::need_mail());
+                return self.need_mail();
             }
             Some(t) if t.rcpt_count == 0 => {
                 self.resolve().await;
@@ -214,7 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                     // No memory for the message now: the client's queue retries later.
                     self.resolve().await;
                     if self.txn.is_none() {
-                        return self.reject(reply::need_mail());
+                        return self.need_mail();
                     }
                     info!(client = %self.peer, event = "insufficient_storage", "DATA refused: the in-flight budget is spent");
                     self.count("insufficient_storage");
@@ -230,7 +234,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             // The MAIL was refused: its reply and a 503 for DATA are already queued.
             None => {
                 self.reserved = None;
-                self.error()
+                Step::Continue
             }
             Some(t) if t.accepted.is_empty() => {
                 self.reserved = None;
@@ -252,6 +256,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 self.queue(&reply::start_data());
                 Step::Data
             }
+        }
+    }
+
+    /// 503 to RCPT or DATA without a transaction: a protocol error, unless it follows a
+    /// refused MAIL (a pipelining client sends them before it hears the refusal).
+    fn need_mail(&mut self) -> Step {
+        if self.mail_refused {
+            self.queue(&reply::need_mail());
+            Step::Continue
+        } else {
+            self.reject(reply::need_mail())
         }
     }
 

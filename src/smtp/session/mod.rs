@@ -196,6 +196,9 @@ pub struct Session<S, B> {
     in_data: bool,
     /// Memory reserved at DATA for the message to come.
     reserved: Option<Reservation>,
+    /// The last MAIL was refused: the RCPT and DATA a pipelining client sent behind it get
+    /// 503 without counting as errors (it could not have known).
+    mail_refused: bool,
     /// The connection is TLS (implicit or after STARTTLS).
     secure: bool,
     /// Authenticated user, if any.
@@ -244,6 +247,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             discarding: false,
             in_data: false,
             reserved: None,
+            mail_refused: false,
             secure: false,
             authed: None,
             greet: true,
@@ -486,6 +490,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             Command::Rcpt(arg) => self.rcpt(arg),
             Command::Data => self.data_command().await,
             Command::Rset => {
+                self.mail_refused = false;
                 self.abort().await;
                 self.queue(&reply::ok());
                 Step::Continue
@@ -514,6 +519,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
     }
 
     async fn ehlo(&mut self, name: String, esmtp: bool) -> Step {
+        self.mail_refused = false;
         self.abort().await;
         let r = if esmtp {
             let mut lines = vec![

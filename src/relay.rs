@@ -478,7 +478,8 @@ async fn track(
         return untracked(relay, content, SkipReason::Disabled, reserved);
     };
     let may_rewrite = recipients.len() == 1 && content.len() as u64 <= t.policy.max_rewrite_size;
-    if may_rewrite && !reserved.grow(content.len().saturating_mul(2)) {
+    let room = may_rewrite && reserved.grow(content.len().saturating_mul(2));
+    if may_rewrite && !room && rewrite::may_copy_body(&content) {
         warn!(
             size = content.len(),
             event = "insufficient_storage",
@@ -486,6 +487,15 @@ async fn track(
         );
         reserved.budget().count_refusal();
         return untracked(relay, content, SkipReason::Memory, reserved);
+    }
+    // A message that gets no pixel is only read: the copy that drops our opt-out header is
+    // all it may need room for.
+    if !room
+        && rewrite::has_header(&content, &relay.opt_out_header)
+        && !reserved.grow(content.len())
+    {
+        reserved.budget().count_refusal();
+        return Err(reply::insufficient_storage());
     }
     Ok(rewrite_now(relay, t, sender, recipients, content, id).await)
 }

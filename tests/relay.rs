@@ -562,9 +562,20 @@ async fn a_message_the_budget_has_no_room_to_rewrite_goes_unchanged_and_is_count
         .send_mail("a@example.com", &["b@example.net"], &small)
         .await;
     assert_eq!(code, 250, "{text}");
+    // Plain text as large: it would get no pixel anyway, so it needs no room for a copy and
+    // keeps its true skip reason.
+    let mut text_only = b"Subject: plain\r\n\r\n".to_vec();
+    while text_only.len() < 60_000 {
+        text_only.extend_from_slice(b"just words, no markup at all, line after line\r\n");
+    }
+    let (code, text) = c
+        .send_mail("a@example.com", &["b@example.net"], &text_only)
+        .await;
+    assert_eq!(code, 250, "{text}");
     let got = up.messages();
-    assert_eq!(got.len(), 2);
+    assert_eq!(got.len(), 3);
     assert_eq!(strip_received(&got[0].data), &big[..], "sent as it came");
+    assert_eq!(strip_received(&got[2].data), &text_only[..]);
     assert!(
         String::from_utf8_lossy(&got[1].data).contains("/o/"),
         "the small one has room and gets its pixel"
@@ -573,6 +584,7 @@ async fn a_message_the_budget_has_no_room_to_rewrite_goes_unchanged_and_is_count
     for want in [
         "pixelrelay_rewrite_decisions_total{decision=\"skipped\",reason=\"memory\"} 1",
         "pixelrelay_rewrite_decisions_total{decision=\"tracked\",reason=\"\"} 1",
+        "pixelrelay_rewrite_decisions_total{decision=\"skipped\",reason=\"no_html\"} 1",
         "pixelrelay_smtp_inflight_refused_total 1",
         "pixelrelay_smtp_inflight_bytes 0",
         "pixelrelay_smtp_inflight_limit_bytes 150000",

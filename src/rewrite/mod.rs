@@ -237,6 +237,13 @@ pub fn scan_agrees(message: &[u8]) -> Result<bool, String> {
     }
 }
 
+/// Whether [`rewrite`] may copy the body of `message`: false when the fast MIME scan alone
+/// can tell that it has no HTML part to take a pixel (the rewrite then copies at most the
+/// header block less the opt-out header); true when it has one, or only a full parse can say.
+pub fn may_copy_body(message: &[u8]) -> bool {
+    !matches!(scan::find_html(message), Some(Err(_)))
+}
+
 /// Whether the message's header block has a field `name` (any case).
 pub fn has_header(message: &[u8], name: &str) -> bool {
     !headers::ranges(&headers::fields(message), name).is_empty()
@@ -303,13 +310,13 @@ impl Checks<'_> {
     }
 }
 
-/// The lowercase domain of an address (`user@Example.COM.` → `example.com`); empty when none.
 /// Finds the part to rewrite, or the reason there is none: by the structure-only scan
 /// (`scan.rs`) when it can be sure, else by mail-parser's full parse (`mime.rs`).
 fn find_html(msg: &[u8]) -> Result<part::HtmlPart, SkipReason> {
     scan::find_html(msg).unwrap_or_else(|| mime::find_html_parsed(msg))
 }
 
+/// The lowercase domain of an address (`user@Example.COM.` → `example.com`); empty when none.
 fn domain(addr: &str) -> String {
     let a = addr.trim().trim_start_matches('<').trim_end_matches('>');
     a.rsplit_once('@')

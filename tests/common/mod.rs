@@ -666,7 +666,10 @@ impl Proc {
             .arg("-c")
             .arg(config)
             .arg("serve")
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("PIXELRELAY_TEST_LOG").unwrap_or("info".into()),
+            )
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -151,8 +151,10 @@ async fn main() {
                             break;
                         }
                         Ok(code) if retry && (400..500).contains(&code) => {
+                            // Come back a little later, as a queue would.
                             retries.fetch_add(1, Ordering::Relaxed);
                             conn = None;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                         Ok(_) => {
                             failed += 1;

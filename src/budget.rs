@@ -118,6 +118,12 @@ impl Reservation {
         }
     }
 
+    /// Takes over what `other` holds (from the same budget), so that one drop gives all back.
+    pub fn absorb(&mut self, mut other: Reservation) {
+        debug_assert!(std::ptr::eq(&*self.budget, &*other.budget));
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+
     /// Holds at least `total` bytes in all: grows by the difference, if it fits.
     pub fn grow_to(&mut self, total: usize) -> bool {
         total <= self.bytes || self.grow(total - self.bytes)

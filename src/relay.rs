@@ -157,6 +157,15 @@ fn path_command(verb: &str, arg: &PathArg, conn: &Connection) -> String {
 }
 
 impl Backend for RelaySession {
+    fn working_room(&self, recipients: usize, size: usize) -> usize {
+        match self.relay().as_ref().and_then(|r| r.tracking.as_ref()) {
+            Some(t) if recipients == 1 && size as u64 <= t.policy.max_rewrite_size => {
+                size.saturating_mul(2)
+            }
+            _ => 0,
+        }
+    }
+
     async fn envelope(&mut self, cmds: &[Envelope]) -> Vec<Reply> {
         let Some(relay) = self.relay() else {
             return vec![reply::local_error(); cmds.len()];
@@ -478,7 +487,11 @@ async fn track(
         return untracked(relay, content, SkipReason::Disabled, reserved);
     };
     let may_rewrite = recipients.len() == 1 && content.len() as u64 <= t.policy.max_rewrite_size;
-    let room = may_rewrite && reserved.grow(content.len().saturating_mul(2));
+    // Held: the message's buffer; needed besides: the rewrite's peak, twice the message (the
+    // session reserved it at DATA when the client declared the size).
+    let held = content.capacity();
+    let room =
+        may_rewrite && reserved.grow_to(held.saturating_add(content.len().saturating_mul(2)));
     if may_rewrite && !room && rewrite::may_copy_body(&content) {
         warn!(
             size = content.len(),
@@ -492,7 +505,7 @@ async fn track(
     // all it may need room for.
     if !room
         && rewrite::has_header(&content, &relay.opt_out_header)
-        && !reserved.grow(content.len())
+        && !reserved.grow_to(held.saturating_add(content.len()))
     {
         reserved.budget().count_refusal();
         return Err(reply::insufficient_storage());
@@ -508,7 +521,9 @@ fn untracked(
     why: SkipReason,
     reserved: &mut Reservation,
 ) -> Result<Tracked, Reply> {
-    if rewrite::has_header(&content, &relay.opt_out_header) && !reserved.grow(content.len()) {
+    if rewrite::has_header(&content, &relay.opt_out_header)
+        && !reserved.grow_to(content.capacity().saturating_add(content.len()))
+    {
         reserved.budget().count_refusal();
         return Err(reply::insufficient_storage());
     }

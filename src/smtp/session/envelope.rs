@@ -210,8 +210,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 return self.reject(reply::no_valid_recipients());
             }
             Some(t) => match self.reserve(t) {
-                Some(r) => {
-                    self.reserved = Some(r);
+                Some((message, working)) => {
+                    self.reserved = Some(message);
+                    self.working = working;
                     self.join(Envelope::Data);
                 }
                 None => {
@@ -233,11 +234,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         match &self.txn {
             // The MAIL was refused: its reply and a 503 for DATA are already queued.
             None => {
-                self.reserved = None;
+                self.release();
                 Step::Continue
             }
             Some(t) if t.accepted.is_empty() => {
-                self.reserved = None;
+                self.release();
                 if answer.code == 354 {
                     // The backend is waiting for a message that will not come: the
                     // transaction is over.
@@ -247,7 +248,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 self.reject(reply::no_valid_recipients())
             }
             _ if answer.code != 354 => {
-                self.reserved = None;
+                self.release();
                 self.queue(&answer);
                 self.abort().await;
                 Step::Continue
@@ -272,14 +273,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
 
     /// Reserves memory for the message `t` is about to send: its declared size (and a little
     /// for our header and the stuffing the reader drops), else a first 64 KiB that grows as
-    /// the message does.
-    fn reserve(&self, t: &Txn) -> Option<Reservation> {
+    /// the message does; and, apart, the room the backend needs to work on it. When both
+    /// could fit the budget but do not now, `None`: the client comes back later and the
+    /// message is then handled in full. Only a message whose working room could never fit
+    /// is taken with the message's own room alone.
+    fn reserve(&self, t: &Txn) -> Option<(Reservation, Option<Reservation>)> {
         let expected =
             declared_size(&t.mail).map_or(FIRST_RESERVATION, |d| d.saturating_add(d / 32));
         let bytes = expected
             .min(self.cfg.max_message_size)
             .saturating_add(RECEIVED_ROOM);
-        self.cfg.budget.try_reserve(bytes)
+        let budget = &self.cfg.budget;
+        let room = self.backend.working_room(t.rcpt_count, bytes);
+        if room == 0 || bytes.saturating_add(room) > budget.limit() {
+            return budget.try_reserve(bytes).map(|r| (r, None));
+        }
+        let working = budget.try_reserve(room)?;
+        Some((budget.try_reserve(bytes)?, Some(working)))
+    }
+
+    /// Gives back what was reserved at DATA.
+    pub(super) fn release(&mut self) {
+        self.reserved = None;
+        self.working = None;
     }
 }
 

@@ -13,6 +13,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         // The buffer takes what was reserved at DATA (the declared size when the client gave
         // one, as MTAs do: one allocation instead of a doubling series) and grows only by
         // what the budget grants.
+        // Held here, so that every early return gives it back.
+        let working = self.working.take();
         let mut reserved = match self.reserved.take() {
             Some(r) => r,
             None => match self.cfg.budget.try_reserve(envelope::RECEIVED_ROOM) {
@@ -67,6 +69,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                     content = data::normalize_newlines(&content);
                 }
             }
+        }
+        if let Some(working) = working {
+            reserved.absorb(working);
         }
         let (helo, _) = self.helo.clone().unwrap_or_default();
         let r = Box::pin(self.backend.data(Transaction {

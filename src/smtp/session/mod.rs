@@ -139,6 +139,13 @@ pub trait Backend: Send {
     /// Abandons the current transaction (RSET, a new EHLO, a refused message, the end of the
     /// session).
     fn reset(&mut self) -> impl Future<Output = ()> + Send;
+    /// Memory the backend will need besides the message itself to handle one of `size` bytes
+    /// to `recipients` recipients (a rewrite's copy): the session reserves it with the
+    /// message at DATA, so that a message it takes is handled in full, not degraded later.
+    fn working_room(&self, recipients: usize, size: usize) -> usize {
+        let _ = (recipients, size);
+        0
+    }
 }
 
 /// Why the session ended (for the listener and logs).
@@ -196,6 +203,8 @@ pub struct Session<S, B> {
     in_data: bool,
     /// Memory reserved at DATA for the message to come.
     reserved: Option<Reservation>,
+    /// Memory reserved at DATA for the backend's work on it ([`Backend::working_room`]).
+    working: Option<Reservation>,
     /// The last MAIL was refused: the RCPT and DATA a pipelining client sent behind it get
     /// 503 without counting as errors (it could not have known).
     mail_refused: bool,
@@ -247,6 +256,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             discarding: false,
             in_data: false,
             reserved: None,
+            working: None,
             mail_refused: false,
             secure: false,
             authed: None,

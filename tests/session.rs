@@ -19,6 +19,9 @@ struct Recorder {
     log: Log,
     /// The commands of each group the session handed over, e.g. "MAIL RCPT DATA".
     groups: Log,
+    /// Working room asked for a single-recipient message, in multiples of its size (as the
+    /// relay asks twice the size for a rewrite); 0 for none.
+    room: usize,
 }
 
 impl Backend for Recorder {
@@ -65,15 +68,18 @@ impl Backend for Recorder {
             .split_once("+0000\r\n")
             .map(|(_, b)| b.to_string())
             .unwrap_or(body);
-        self.log
-            .0
-            .lock()
-            .unwrap()
-            .push(format!("DATA {} {:?}", t.recipients.join(","), body));
+        let mut log = self.log.0.lock().unwrap();
+        log.push(format!("DATA {} {:?}", t.recipients.join(","), body));
+        if self.room > 0 {
+            log.push(format!("RESERVED {}", t.reserved.bytes()));
+        }
         Reply::new(250, "2.0.0 Ok: queued")
     }
     async fn reset(&mut self) {
         self.log.0.lock().unwrap().push("RESET".into());
+    }
+    fn working_room(&self, recipients: usize, size: usize) -> usize {
+        if recipients == 1 { size * self.room } else { 0 }
     }
 }
 
@@ -117,6 +123,16 @@ async fn drive_config(
     input: &[u8],
     step: usize,
 ) -> (Vec<u16>, Vec<String>, Vec<String>) {
+    drive_backend(cfg, 0, input, step).await
+}
+
+/// Like `drive_config`, with a backend that asks `room` times a message's size to work on it.
+async fn drive_backend(
+    cfg: Arc<SessionConfig>,
+    room: usize,
+    input: &[u8],
+    step: usize,
+) -> (Vec<u16>, Vec<String>, Vec<String>) {
     let (client, server) = tokio::io::duplex(1 << 16);
     let log = Log::default();
     let groups = Log::default();
@@ -128,6 +144,7 @@ async fn drive_config(
         Recorder {
             log: log.clone(),
             groups: groups.clone(),
+            room,
         },
         Shutdown::never(),
         Shutdown::never(),
@@ -183,6 +200,51 @@ async fn the_in_flight_budget_refuses_with_452_and_takes_the_next_message_that_f
     assert!(log.contains(&"RESET".to_string()), "{log:?}");
     assert_eq!(budget.in_use(), 0, "every reservation is given back");
     assert_eq!(budget.refused(), 2, "the MAIL and the message");
+}
+
+#[tokio::test]
+async fn the_backends_working_room_is_reserved_with_the_message_or_the_message_waits() {
+    let message = |rcpts: &str| {
+        let mut m = format!("EHLO c.test\r\nMAIL FROM:<a@x.test> SIZE=60000\r\n{rcpts}DATA\r\n");
+        m += &("y".repeat(76) + "\r\n").repeat(700);
+        m + ".\r\nQUIT\r\n"
+    };
+    let one = message("RCPT TO:<b@y.test>\r\n");
+    let two = message("RCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\n");
+    // 60 000 declared: ~63 KB for the message, twice that for the backend's copy.
+    let budget = Budget::new(300 * 1024);
+    let busy = budget.try_reserve(200 * 1024).expect("room");
+    // The message alone would fit the 100 KiB left, the two together would not: 452 at DATA,
+    // rather than a message taken and then handled in part.
+    // (A client waits for 354 before it sends the message.)
+    let refused =
+        "EHLO c.test\r\nMAIL FROM:<a@x.test> SIZE=60000\r\nRCPT TO:<b@y.test>\r\nDATA\r\nQUIT\r\n";
+    let (codes, log, _) =
+        drive_backend(cfg_with(Arc::clone(&budget)), 2, refused.as_bytes(), 4096).await;
+    assert_eq!(codes, vec![220, 250, 250, 250, 452, 221], "{log:?}");
+    // Two recipients need no working room: it fits, and goes.
+    let (codes, _, _) = drive_backend(cfg_with(Arc::clone(&budget)), 2, two.as_bytes(), 4096).await;
+    assert_eq!(codes, vec![220, 250, 250, 250, 250, 354, 250, 221]);
+    // Once the budget has room, the single-recipient one goes with both reserved.
+    drop(busy);
+    let (codes, log, _) =
+        drive_backend(cfg_with(Arc::clone(&budget)), 2, one.as_bytes(), 4096).await;
+    assert_eq!(codes, vec![220, 250, 250, 250, 354, 250, 221]);
+    let held: usize = log
+        .iter()
+        .find_map(|l| l.strip_prefix("RESERVED "))
+        .and_then(|n| n.parse().ok())
+        .expect("reserved");
+    assert!(held >= 3 * 60_000, "message and working room: {held}");
+    // A working room the budget could never hold is not asked for: the message goes with its
+    // own room alone, and the backend decides what to do without the rest.
+    let small = Budget::new(150 * 1024);
+    let (codes, log, _) =
+        drive_backend(cfg_with(Arc::clone(&small)), 2, one.as_bytes(), 4096).await;
+    assert_eq!(codes, vec![220, 250, 250, 250, 354, 250, 221]);
+    assert!(log.iter().any(|l| l.starts_with("RESERVED ")), "{log:?}");
+    assert_eq!(budget.in_use(), 0);
+    assert_eq!(small.in_use(), 0);
 }
 
 const SCRIPT: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<bad@y.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: t\r\n\r\n..dot\r\nx\r\n.\r\nQUIT\r\n";
@@ -333,6 +395,7 @@ async fn idle_client_times_out_with_421() {
         Recorder {
             log: Log::default(),
             groups: Log::default(),
+            room: 0,
         },
         Shutdown::never(),
         Shutdown::never(),

@@ -97,7 +97,9 @@ fn main() -> ExitCode {
         Command::CheckConfig => match Config::load(&cli.config) {
             // The catalogue files and databases are read too: a bad line is found now, not at
             // the next start or SIGHUP.
-            Ok(cfg) => match pixelrelay::evidence::Evidence::load(&cfg.tracking) {
+            Ok(cfg) => match server::previous_secrets(&cfg.tracking)
+                .and_then(|_| pixelrelay::evidence::Evidence::load(&cfg.tracking))
+            {
                 Ok(e) => {
                     println!("{}; {}", cfg.summary(), e.summary());
                     ExitCode::SUCCESS

@@ -156,6 +156,18 @@ fn upstream_password(cfg: &Config) -> Result<Option<String>, String> {
     Ok(None)
 }
 
+/// The contents of `tracking.previous_secret_files`, each read as a secret (0600, not empty);
+/// an error names the key and the file. Never generated: an older key is one that existed.
+pub fn previous_secrets(cfg: &TrackingConfig) -> Result<Vec<Vec<u8>>, String> {
+    cfg.previous_secret_files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            secret::read(f).map_err(|e| format!("tracking.previous_secret_files[{i}]: {e}"))
+        })
+        .collect()
+}
+
 impl Server {
     /// Loads secrets, builds the parts and binds every listener. Errors name what failed.
     pub async fn bind(cfg: Config) -> Result<Server, String> {
@@ -164,7 +176,7 @@ impl Server {
         // The key is needed to verify pixels even while inserting them is switched off.
         let secret = secret::read_or_create(&cfg.tracking.secret_file, || secret::random_hex(32))
             .map_err(|e| format!("tracking.secret_file: {e}"))?;
-        let key = TokenKey::from_secret(&secret);
+        let key = TokenKey::from_secret(&secret).with_previous(&previous_secrets(&cfg.tracking)?);
         let tracking = cfg.tracking.enabled.then(|| Tracking {
             policy: policy(&cfg),
             key: key.clone(),

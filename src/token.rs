@@ -144,11 +144,14 @@ const RAW_LEN: usize = 1 + 16 + TAG_LEN;
 /// Encoded length (33 bytes → 44 base64 characters, no padding needed).
 pub const TOKEN_LEN: usize = 44;
 
-/// The instance's token key, derived once from the secret file. Cheap to clone.
+/// The instance's token key, derived once from the secret file, and the keys it replaced that
+/// still verify during a rotation. Cheap to clone.
 #[derive(Clone)]
 pub struct TokenKey {
     /// HMAC-SHA256 keyed with the derived key; cloned per token so the key schedule runs once.
     mac: Hmac<Sha256>,
+    /// Older keys (`tracking.previous_secret_files`): they verify, they never mint.
+    previous: Vec<Hmac<Sha256>>,
 }
 
 impl fmt::Debug for TokenKey {
@@ -161,10 +164,19 @@ impl TokenKey {
     /// Derives the token key from the contents of the secret file (any length; the generated
     /// file holds 64 hex digits = 256 bits).
     pub fn from_secret(secret: &[u8]) -> TokenKey {
-        let derived = hmac_sha256(secret, b"pixelrelay token key v1");
         TokenKey {
-            mac: hmac_keyed(&derived),
+            mac: derive(secret),
+            previous: Vec::new(),
         }
+    }
+
+    /// The same key, still accepting the tokens minted under each of `older` (the contents of
+    /// older secret files): a rotation keeps the pixels of mail already sent working while new
+    /// mail gets tokens under the new key. Tokens carry no key id: a forged one costs one MAC
+    /// per key to refuse.
+    pub fn with_previous<S: AsRef<[u8]>>(mut self, older: &[S]) -> TokenKey {
+        self.previous = older.iter().map(|s| derive(s.as_ref())).collect();
+        self
     }
 
     /// Mints the URL-safe token for `id` (44 characters).
@@ -191,11 +203,15 @@ impl TokenKey {
             return None;
         }
         let id = MessageId::from_slice(&raw[1..17])?;
-        let mut mac = self.mac.clone();
-        feed(&mut mac, purpose, raw[0], &id);
-        // `verify_truncated_left` compares in constant time.
-        mac.verify_truncated_left(&raw[17..]).ok()?;
-        Some(id)
+        std::iter::once(&self.mac)
+            .chain(&self.previous)
+            .any(|key| {
+                let mut mac = key.clone();
+                feed(&mut mac, purpose, raw[0], &id);
+                // `verify_truncated_left` compares in constant time.
+                mac.verify_truncated_left(&raw[17..]).is_ok()
+            })
+            .then_some(id)
     }
 
     /// The full 32-byte MAC over purpose, version and id.
@@ -211,6 +227,11 @@ fn feed(mac: &mut Hmac<Sha256>, purpose: Purpose, version: u8, id: &MessageId) {
     mac.update(b"pixelrelay/token");
     mac.update(&[purpose.tag_byte(), version]);
     mac.update(&id.0);
+}
+
+/// The MAC keyed for tokens from the contents of a secret file.
+fn derive(secret: &[u8]) -> Hmac<Sha256> {
+    hmac_keyed(&hmac_sha256(secret, b"pixelrelay token key v1"))
 }
 
 fn hmac_keyed(key: &[u8]) -> Hmac<Sha256> {
@@ -273,6 +294,28 @@ mod tests {
             TokenKey::from_secret(b"another secret").verify(Purpose::Open, &t),
             None
         );
+    }
+
+    #[test]
+    fn a_rotated_key_verifies_the_old_tokens_and_mints_new_ones() {
+        let id = MessageId::random();
+        let old = TokenKey::from_secret(b"old secret");
+        let older = TokenKey::from_secret(b"older secret");
+        let (t_old, t_older) = (old.mint(Purpose::Open, &id), older.mint(Purpose::Open, &id));
+        let k =
+            TokenKey::from_secret(b"new secret").with_previous(&[b"old secret", b"older secret"]);
+        assert_eq!(k.verify(Purpose::Open, &t_old), Some(id));
+        assert_eq!(k.verify(Purpose::Open, &t_older), Some(id));
+        // New tokens are the new key's alone.
+        let t = k.mint(Purpose::Open, &id);
+        assert_eq!(
+            t,
+            TokenKey::from_secret(b"new secret").mint(Purpose::Open, &id)
+        );
+        assert_eq!(old.verify(Purpose::Open, &t), None);
+        // A key dropped from the list stops verifying.
+        let k = TokenKey::from_secret(b"new secret").with_previous(&[b"old secret"]);
+        assert_eq!(k.verify(Purpose::Open, &t_older), None);
     }
 
     #[test]

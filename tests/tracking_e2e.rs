@@ -256,3 +256,123 @@ async fn pixel_loads_with_real_user_agents_and_chromium_are_recorded() {
     assert!(by_ua[0].first && by_ua[0].count == 1);
     assert_eq!(by_ua[4].count, 5);
 }
+
+/// Opens stored, as (message, count) pairs oldest first, once there are `want` of them (or
+/// what there is after 10 s): `pixelrelay tail --json` against the admin API.
+fn opens_of(config: &std::path::Path, want: usize) -> Vec<(String, u64)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = pixelrelay_cli(&["tail", "--json", "-n", "100"], config);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let opens: Vec<(String, u64)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["message"].as_str().unwrap().to_string(),
+                    v["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        if opens.len() >= want || std::time::Instant::now() > deadline {
+            return opens;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_key_keeps_the_pixels_of_mail_already_sent() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (http, admin) = (free_port(), free_port());
+    let config = config_text(&up.addr.to_string(), "")
+        .replace(
+            "base_url = \"http://127.0.0.1:8080\"",
+            &format!("base_url = \"http://127.0.0.1:{http}\""),
+        )
+        .replace(
+            "[http]\nlisten = \"127.0.0.1:0\"",
+            &format!("[http]\nlisten = \"127.0.0.1:{http}\""),
+        )
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
+        );
+    let path = dir.path().join("relay.toml");
+    let ua = "Mozilla/5.0 Thunderbird/128.0";
+    let send = |smtp, to: &'static str| async move {
+        let mut c = Client::hello(smtp).await;
+        let (code, text) = c
+            .send_mail("news@example.com", &[to], html_mail("8bit").as_bytes())
+            .await;
+        assert_eq!(code, 250, "{text}");
+        c.cmd("QUIT").await;
+    };
+
+    std::fs::write(&path, &config).unwrap();
+    let relay = Proc::serve(&path);
+    send(relay.smtp, "bob@example.net").await;
+    let old_url = pixel_urls(&up.messages()[0].data).remove(0);
+    assert_eq!(relay.stop(), Some(0));
+
+    // The rotation: the key in use becomes the previous one, a new key mints from now on.
+    let data = dir.path().join("data");
+    std::fs::rename(data.join("secret.key"), data.join("old.key")).unwrap();
+    let rotated = config.replace(
+        "[tracking]\n",
+        "[tracking]\nprevious_secret_files = [\"data/old.key\"]\n",
+    );
+    std::fs::write(&path, &rotated).unwrap();
+    let relay = Proc::serve(&path);
+    send(relay.smtp, "ann@example.net").await;
+    let new_url = pixel_urls(&up.messages()[1].data).remove(0);
+    let new_token = new_url.rsplit('/').next().unwrap().trim_end_matches(".gif");
+    let old_key = TokenKey::from_secret(&pixelrelay::secret::read(&data.join("old.key")).unwrap());
+    assert!(
+        old_key.verify(Purpose::Open, new_token).is_none(),
+        "new mail gets the new key's token"
+    );
+    for url in [&old_url, &new_url] {
+        assert_eq!(http_get(url, ua).await.0, 200);
+    }
+    let opens = opens_of(&path, 2);
+    assert_eq!(opens.len(), 2, "both pixels count: {opens:?}");
+    assert_ne!(opens[0].0, opens[1].0);
+    assert_eq!(relay.stop(), Some(0));
+
+    // The old key dropped from the list: its pixels verify no more, and record nothing.
+    std::fs::write(&path, &config).unwrap();
+    let relay = Proc::serve(&path);
+    assert_eq!(
+        http_get(&old_url, ua).await.0,
+        200,
+        "the same image, whatever the token"
+    );
+    assert_eq!(http_get(&new_url, ua).await.0, 200);
+    let opens = opens_of(&path, 3);
+    assert_eq!(opens.len(), 3, "{opens:?}");
+    assert_eq!(
+        opens[2],
+        (opens[1].0.clone(), 2),
+        "only the new key's pixel counted again"
+    );
+    assert_eq!(relay.stop(), Some(0));
+    // A previous key that is missing is a config error naming the key and the file.
+    let missing = config.replace(
+        "[tracking]\n",
+        "[tracking]\nprevious_secret_files = [\"data/gone.key\"]\n",
+    );
+    std::fs::write(&path, &missing).unwrap();
+    let out = pixelrelay_cli(&["check-config"], &path);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tracking.previous_secret_files[0]") && err.contains("gone.key"),
+        "{err}"
+    );
+}

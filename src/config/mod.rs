@@ -200,6 +200,8 @@ pub struct TrackingConfig {
     pub base_url: String,
     /// HMAC key for tokens (generated 0600 when missing).
     pub secret_file: PathBuf,
+    /// Older token keys that still verify during a rotation (never generated, never minting).
+    pub previous_secret_files: Vec<PathBuf>,
     /// DKIM-signed mail policy.
     pub on_dkim_signed: OnDkimSigned,
     /// Header that opts a message out; always removed before forwarding.

@@ -230,6 +230,7 @@ pub(super) fn read_tracking(r: &mut Reader<'_>) -> TrackingConfig {
         enabled: s.get("enabled", true),
         base_url: base_url.trim_end_matches('/').to_string(),
         secret_file: s.path("secret_file", "data/secret.key"),
+        previous_secret_files: previous_secret_files(&mut s),
         on_dkim_signed: s.choice(
             "on_dkim_signed",
             OnDkimSigned::Skip,
@@ -250,6 +251,22 @@ pub(super) fn read_tracking(r: &mut Reader<'_>) -> TrackingConfig {
 }
 
 /// `tracking.networks`: absent means the built-in scanner list.
+/// `tracking.previous_secret_files`: paths, none empty.
+fn previous_secret_files(s: &mut Section<'_, '_>) -> Vec<PathBuf> {
+    let list = s
+        .opt::<Vec<String>>("previous_secret_files")
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, f) in list.iter().enumerate() {
+        if f.trim().is_empty() {
+            s.err(&format!("previous_secret_files[{i}]"), "must not be empty");
+        } else {
+            out.push(s.r.base.join(f));
+        }
+    }
+    out
+}
+
 fn networks(s: &mut Section<'_, '_>) -> Vec<NetworkSource> {
     let Some(list) = s.opt::<Vec<String>>("networks") else {
         return vec![NetworkSource::Builtin];

@@ -302,8 +302,8 @@ mod tests {
         let old = TokenKey::from_secret(b"old secret");
         let older = TokenKey::from_secret(b"older secret");
         let (t_old, t_older) = (old.mint(Purpose::Open, &id), older.mint(Purpose::Open, &id));
-        let k =
-            TokenKey::from_secret(b"new secret").with_previous(&[b"old secret", b"older secret"]);
+        let k = TokenKey::from_secret(b"new secret")
+            .with_previous(&[&b"old secret"[..], b"older secret"]);
         assert_eq!(k.verify(Purpose::Open, &t_old), Some(id));
         assert_eq!(k.verify(Purpose::Open, &t_older), Some(id));
         // New tokens are the new key's alone.

@@ -187,7 +187,14 @@ where
             return ExitCode::from(2);
         }
     };
-    let client = match AdminClient::from_config(&cfg.admin) {
+    let Some(admin) = &cfg.admin else {
+        eprintln!(
+            "pixelrelay: {}: no [admin] section: the admin API is off on this node; point -c at the config of a node that runs it",
+            config.display()
+        );
+        return ExitCode::from(2);
+    };
+    let client = match AdminClient::from_config(admin) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pixelrelay: {e}");
@@ -251,7 +258,13 @@ fn serve(cfg: Config) -> ExitCode {
         };
         let a = server.addresses();
         let smtp: Vec<String> = a.smtp.iter().map(ToString::to_string).collect();
-        tracing::info!(smtp = %smtp.join(","), http = %a.http, admin = %a.admin, "ready");
+        let smtp = if smtp.is_empty() {
+            "off".to_string()
+        } else {
+            smtp.join(",")
+        };
+        let off = |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+        tracing::info!(smtp = %smtp, http = %off(a.http), admin = %off(a.admin), "ready");
         server.run(server::termination()).await;
         ExitCode::SUCCESS
     })

@@ -40,16 +40,15 @@ pub struct Server {
     tls: Option<Arc<TlsSource>>,
     /// The relay shared by all sessions.
     relay: Arc<Relay>,
-    /// Bound pixel listener.
-    http: TcpListener,
+    /// Bound pixel listener, unless this node has no `[http]`.
+    http: Option<TcpListener>,
     /// The store (also the relay's recorder).
     store: Store,
     /// Pixel listener state (token key, counters).
     pixel: Arc<PixelState>,
-    /// Bound admin listener.
-    admin: TcpListener,
-    /// The admin token (from `admin.token_file`).
-    admin_token: Vec<u8>,
+    /// Bound admin listener and its token (from `admin.token_file`), unless this node has no
+    /// `[admin]`.
+    admin: Option<(TcpListener, Vec<u8>)>,
     /// Prometheus registry shared by the relay and the listeners.
     metrics: Arc<Metrics>,
     /// Webhook endpoints and their delivery workers (started by `run`).
@@ -63,10 +62,10 @@ pub struct Addresses {
     pub smtp: Vec<SocketAddr>,
     /// Implicit-TLS SMTP listeners.
     pub smtps: Vec<SocketAddr>,
-    /// Pixel listener.
-    pub http: SocketAddr,
-    /// Admin listener.
-    pub admin: SocketAddr,
+    /// Pixel listener (`None`: off on this node).
+    pub http: Option<SocketAddr>,
+    /// Admin listener (`None`: off on this node).
+    pub admin: Option<SocketAddr>,
 }
 
 /// Installs ring as the process-wide rustls provider (two enabled providers make rustls panic).
@@ -129,11 +128,11 @@ fn pixel_state(cfg: &Config, key: TokenKey, ingest: Ingest) -> Result<PixelState
     let mut pixel = PixelState::new(
         key,
         ingest,
-        cfg.http.clone(),
+        cfg.http.clone().unwrap_or_default(),
         windows,
         Arc::new(EvidenceSource::new(evidence)),
     );
-    if let Some((cert, key)) = &cfg.http.tls {
+    if let Some((cert, key)) = cfg.http.as_ref().and_then(|h| h.tls.as_ref()) {
         pixel.tls = Some(Arc::new(TlsSource::load(cert, key, "http")?));
     }
     Ok(pixel)
@@ -197,15 +196,26 @@ impl Server {
                     .map_err(|e| format!("smtp.listen: cannot listen on {addr}: {e}"))?,
             );
         }
-        let http = listen(cfg.http.listen)
-            .await
-            .map_err(|e| format!("http.listen: cannot listen on {}: {e}", cfg.http.listen))?;
+        let http = match &cfg.http {
+            Some(h) => Some(
+                listen(h.listen)
+                    .await
+                    .map_err(|e| format!("http.listen: cannot listen on {}: {e}", h.listen))?,
+            ),
+            None => None,
+        };
         let pixel = Arc::new(pixel_state(&cfg, key, ingest.clone())?);
-        let admin_token = secret::read_or_create(&cfg.admin.token_file, || secret::random_hex(32))
-            .map_err(|e| format!("admin.token_file: {e}"))?;
-        let admin = TcpListener::bind(cfg.admin.listen)
-            .await
-            .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", cfg.admin.listen))?;
+        let admin = match &cfg.admin {
+            Some(a) => {
+                let token = secret::read_or_create(&a.token_file, || secret::random_hex(32))
+                    .map_err(|e| format!("admin.token_file: {e}"))?;
+                let listener = TcpListener::bind(a.listen)
+                    .await
+                    .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", a.listen))?;
+                Some((listener, token))
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
         let recorder: Arc<dyn Recorder> = Arc::new(ingest);
         let relay = Arc::new(Relay {
@@ -237,7 +247,6 @@ impl Server {
             store,
             pixel,
             admin,
-            admin_token,
             metrics,
             notifier,
         })
@@ -266,8 +275,8 @@ impl Server {
                 .iter()
                 .filter_map(|l| l.local_addr().ok())
                 .collect(),
-            http: self.http.local_addr().unwrap_or(self.cfg.http.listen),
-            admin: self.admin.local_addr().unwrap_or(self.cfg.admin.listen),
+            http: self.http.as_ref().and_then(|l| l.local_addr().ok()),
+            admin: self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok()),
         }
     }
 
@@ -284,7 +293,6 @@ impl Server {
             store,
             pixel,
             admin,
-            admin_token,
             metrics,
             notifier,
         } = self;
@@ -312,22 +320,25 @@ impl Server {
         };
         tokio::spawn(on_hangup(reload));
         let hooks_task = notifier.start(shutdown.clone());
-        let pixel_task = tokio::spawn(http::pixel::serve(
-            http,
-            Arc::clone(&pixel),
-            shutdown.clone(),
-        ));
-        let mut admin_state = AdminState::new(
-            store.clone(),
-            &admin_token,
-            metrics,
-            Arc::clone(&pixel),
-            shutdown.clone(),
-        );
-        admin_state.notifier = Some(Arc::clone(&notifier));
-        admin_state.budget = Some(Arc::clone(&budget));
-        let admin_state = Arc::new(admin_state);
-        let admin_task = tokio::spawn(http::admin::serve(admin, admin_state));
+        let pixel_task = http.map(|http| {
+            tokio::spawn(http::pixel::serve(
+                http,
+                Arc::clone(&pixel),
+                shutdown.clone(),
+            ))
+        });
+        let admin_task = admin.map(|(listener, token)| {
+            let mut admin_state = AdminState::new(
+                store.clone(),
+                &token,
+                metrics,
+                Arc::clone(&pixel),
+                shutdown.clone(),
+            );
+            admin_state.notifier = Some(Arc::clone(&notifier));
+            admin_state.budget = Some(Arc::clone(&budget));
+            tokio::spawn(http::admin::serve(listener, Arc::new(admin_state)))
+        });
         let mode = match &relay.target {
             Target::Smtp(up) => format!("relay to {}", up.address()),
             Target::Capture(c) => format!("CAPTURE into {} (not relaying)", c.dir().display()),
@@ -340,8 +351,9 @@ impl Server {
         );
         trigger.trigger();
         drain(tasks, cfg.smtp.shutdown_grace, hard_trigger).await;
-        let _ = pixel_task.await;
-        let _ = admin_task.await;
+        for task in pixel_task.into_iter().chain(admin_task) {
+            let _ = task.await;
+        }
         // Undelivered events stay in the outbox for the next start.
         let _ = hooks_task.await;
         if let Target::Smtp(up) = &relay.target {

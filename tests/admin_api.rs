@@ -780,7 +780,7 @@ async fn a_relayed_message_shows_in_the_metrics_of_a_running_relay() {
     let relay = common::start_relay(&common::config_text(&up.addr.to_string(), "")).await;
     let token = std::fs::read_to_string(relay.dir.path().join("data/admin.token")).unwrap();
     let token = token.trim();
-    let admin = relay.addrs.admin;
+    let admin = relay.admin();
     assert_eq!(get(admin, "/metrics", None).await.status, 401);
     let mut c = common::Client::hello(relay.smtp()).await;
     let (code, _) = c
@@ -837,7 +837,7 @@ async fn a_relayed_message_shows_in_the_metrics_of_a_running_relay() {
     // The public pixel listener serves none of it, token or not.
     for route in ["/", "/api/v1/stats", "/api/v1/opens?follow=1", "/metrics"] {
         assert_eq!(
-            get(relay.addrs.http, route, Some(token)).await.status,
+            get(relay.http(), route, Some(token)).await.status,
             404,
             "{route}"
         );

@@ -143,7 +143,7 @@ async fn idle_connections_hold_only_what_they_need() {
         "max_connections = 1000\nmax_connections_per_ip = 1000",
     ))
     .await;
-    let (smtp, http) = (relay.smtp(), relay.addrs.http);
+    let (smtp, http) = (relay.smtp(), relay.http());
     // Warm up: lazily built statics, pools and listener threads are not per-connection costs.
     let warm: Vec<TcpStream> = vec![idle_smtp(smtp).await, idle_pixel(http).await];
     drop(warm);

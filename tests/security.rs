@@ -455,7 +455,7 @@ async fn pixel_listener_serves_https_with_its_own_certificate() {
         ),
     );
     let relay = start_relay(&cfg).await;
-    let tcp = TcpStream::connect(relay.addrs.http).await.unwrap();
+    let tcp = TcpStream::connect(relay.http()).await.unwrap();
     let mut tls = connector(&p.pem)
         .connect("localhost".try_into().unwrap(), tcp)
         .await
@@ -473,7 +473,7 @@ async fn pixel_listener_serves_https_with_its_own_certificate() {
         "{text}"
     );
     // Plain HTTP on the same port is not served.
-    let (status, _, _) = http_get(&format!("http://{}/healthz", relay.addrs.http), "curl").await;
+    let (status, _, _) = http_get(&format!("http://{}/healthz", relay.http()), "curl").await;
     assert_ne!(status, 200);
     relay.stop().await;
 }

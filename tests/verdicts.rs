@@ -171,7 +171,7 @@ async fn every_labelled_case_gets_its_kind_reason_and_proxy() {
     let state = Arc::new(PixelState::new(
         key.clone(),
         ingest.clone(),
-        cfg.http.clone(),
+        cfg.http.clone().expect("[http]"),
         windows,
         Arc::new(EvidenceSource::new(evidence)),
     ));

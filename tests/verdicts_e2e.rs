@@ -169,7 +169,7 @@ anonymize_ip = true
         ),
     ];
     for (client, ua, _) in cases {
-        load(relay.addrs.http, &path, client, ua).await;
+        load(relay.http(), &path, client, ua).await;
     }
     let messages = admin_json(&relay, "/api/v1/messages?limit=1").await;
     let mid = messages["items"][0]["id"].as_str().unwrap().to_string();

@@ -9,9 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn admin_post(relay: &Relay, path: &str) -> (u16, String) {
     let token = std::fs::read_to_string(relay.dir.path().join("data/admin.token")).unwrap();
-    let mut s = tokio::net::TcpStream::connect(relay.addrs.admin)
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(relay.admin()).await.unwrap();
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         token.trim()

@@ -146,7 +146,9 @@ async fn python_receiver_verifies_every_event_with_the_readme_recipe() {
     };
 
     for ua in ["Mozilla/5.0 Thunderbird/115.0", "Microsoft Outlook 16.0"] {
-        let mut s = tokio::net::TcpStream::connect(addrs.http).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(addrs.http.expect("pixel listener"))
+            .await
+            .unwrap();
         s.write_all(
             format!("GET /o/{token}.gif HTTP/1.1\r\nHost: t\r\nUser-Agent: {ua}\r\nConnection: close\r\n\r\n")
                 .as_bytes(),

@@ -33,10 +33,10 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Pixel insertion policy.
     pub tracking: TrackingConfig,
-    /// Public pixel listener.
-    pub http: HttpConfig,
-    /// Private admin listener.
-    pub admin: AdminConfig,
+    /// Public pixel listener; `None` (no `[http]` section): this node serves no pixels.
+    pub http: Option<HttpConfig>,
+    /// Private admin listener; `None` (no `[admin]` section): no admin API on this node.
+    pub admin: Option<AdminConfig>,
     /// The sled store.
     pub store: StoreConfig,
     /// Log output.
@@ -257,6 +257,22 @@ pub struct HttpConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
+impl Default for HttpConfig {
+    /// The values an `[http]` section with no keys gets (the pixel state of a node without a
+    /// pixel listener is built from them too).
+    fn default() -> HttpConfig {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            trusted_proxies: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            workers: 0,
+            tls: None,
+        }
+    }
+}
+
 /// `[admin]`.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
@@ -407,6 +423,19 @@ impl Config {
         let store = read_store(&mut r);
         let log = read_log(&mut r);
         let webhooks = read_webhooks(&mut r);
+        let smtp_off = smtp.listen.is_empty()
+            && smtp
+                .tls
+                .as_ref()
+                .is_none_or(|t| t.implicit_listen.is_empty());
+        // Only for an otherwise valid config: a listen address that did not parse is already
+        // the error to fix.
+        if errors.is_empty() && smtp_off && http.is_none() && admin.is_none() {
+            errors.push(
+                "nothing to serve: smtp.listen is empty and there is no [http] or [admin] section"
+                    .to_string(),
+            );
+        }
         if errors.is_empty() {
             Ok(Config {
                 source: base.join("relay.toml"),
@@ -443,11 +472,19 @@ impl Config {
             1 => "; 1 webhook".to_string(),
             n => format!("; {n} webhooks"),
         };
+        let smtp = if listen.is_empty() {
+            "smtp off".to_string()
+        } else {
+            format!("smtp on {} -> {mode}", listen.join(","))
+        };
+        let pixel = self.http.as_ref().map_or("pixel off".to_string(), |h| {
+            format!("pixel http://{}", h.listen)
+        });
+        let admin = self.admin.as_ref().map_or("admin off".to_string(), |a| {
+            format!("admin http://{}", a.listen)
+        });
         format!(
-            "ok: smtp on {} -> {mode}; pixel http://{}; admin http://{}; store {}{hooks}",
-            listen.join(","),
-            self.http.listen,
-            self.admin.listen,
+            "ok: {smtp}; {pixel}; {admin}; store {}{hooks}",
             self.store.path.display()
         )
     }

@@ -161,12 +161,7 @@ impl Section<'_, '_> {
                 Err(e) => self.r.errors.push(format!("{}.{key}[{i}]: {e}", self.name)),
             }
         }
-        if out.is_empty() && !list.is_empty() {
-            return out;
-        }
-        if list.is_empty() {
-            self.err(key, "needs at least one address");
-        }
+        // An empty list is allowed: `smtp.listen = []` turns SMTP off on this node.
         out
     }
 

@@ -284,7 +284,11 @@ fn networks(s: &mut Section<'_, '_>) -> Vec<NetworkSource> {
     out
 }
 
-pub(super) fn read_http(r: &mut Reader<'_>) -> HttpConfig {
+/// `[http]`, or `None` when the section is absent (no pixel listener on this node).
+pub(super) fn read_http(r: &mut Reader<'_>) -> Option<HttpConfig> {
+    if !r.root.contains_key("http") {
+        return None;
+    }
     let mut s = r.section("http");
     let cfg = HttpConfig {
         listen: s.addr("listen", "127.0.0.1:8080"),
@@ -311,17 +315,21 @@ pub(super) fn read_http(r: &mut Reader<'_>) -> HttpConfig {
         (None, Some(_)) => s.err("tls_cert", "missing: http.tls_key needs http.tls_cert"),
     }
     s.finish();
-    cfg
+    Some(cfg)
 }
 
-pub(super) fn read_admin(r: &mut Reader<'_>) -> AdminConfig {
+/// `[admin]`, or `None` when the section is absent (no admin API on this node).
+pub(super) fn read_admin(r: &mut Reader<'_>) -> Option<AdminConfig> {
+    if !r.root.contains_key("admin") {
+        return None;
+    }
     let mut s = r.section("admin");
     let cfg = AdminConfig {
         listen: s.addr("listen", "127.0.0.1:8081"),
         token_file: s.path("token_file", "data/admin.token"),
     };
     s.finish();
-    cfg
+    Some(cfg)
 }
 
 pub(super) fn read_store(r: &mut Reader<'_>) -> StoreConfig {

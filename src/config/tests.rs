@@ -22,6 +22,38 @@ fn minimal_config_gets_defaults_and_resolves_paths() {
 }
 
 #[test]
+fn a_node_runs_only_the_faces_its_config_names() {
+    // No [http], no [admin]: a relay-only node.
+    let c = parse("[upstream]\naddress = \"127.0.0.1:25\"\n").expect("valid");
+    assert!(c.http.is_none() && c.admin.is_none());
+    assert!(
+        c.summary().contains("pixel off; admin off"),
+        "{}",
+        c.summary()
+    );
+    // An empty smtp.listen: a pixel-only node.
+    let c = parse(
+        "[smtp]\nlisten = []\n[upstream]\naddress = \"127.0.0.1:25\"\n[http]\nlisten = \"127.0.0.1:8080\"\n",
+    )
+    .expect("valid");
+    assert!(c.smtp.listen.is_empty());
+    assert_eq!(c.http.as_ref().map(|h| h.listen.port()), Some(8080));
+    assert!(
+        c.summary()
+            .starts_with("ok: smtp off; pixel http://127.0.0.1:8080; admin off"),
+        "{}",
+        c.summary()
+    );
+    // An [admin] with no keys gets the default address.
+    let c = parse("[smtp]\nlisten = []\n[upstream]\naddress = \"127.0.0.1:25\"\n[admin]\n")
+        .expect("valid");
+    assert_eq!(c.admin.map(|a| a.listen.port()), Some(8081));
+    // Nothing at all to serve is an error that says so.
+    let e = parse("[smtp]\nlisten = []\n[upstream]\naddress = \"127.0.0.1:25\"\n").unwrap_err();
+    assert!(e.to_string().contains("nothing to serve"), "{e}");
+}
+
+#[test]
 fn every_error_is_reported_with_its_key() {
     let text = r#"
         [smtp]

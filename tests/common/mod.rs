@@ -392,6 +392,16 @@ impl Relay {
         self.addrs.smtp[0]
     }
 
+    /// The pixel listener (the config must have `[http]`).
+    pub fn http(&self) -> SocketAddr {
+        self.addrs.http.expect("this relay has a pixel listener")
+    }
+
+    /// The admin listener (the config must have `[admin]`).
+    pub fn admin(&self) -> SocketAddr {
+        self.addrs.admin.expect("this relay has an admin listener")
+    }
+
     /// Graceful shutdown; waits for the server to finish. Returns the relay's folder (its
     /// config, secrets and store), deleted when dropped.
     pub async fn stop(mut self) -> tempfile::TempDir {
@@ -843,7 +853,7 @@ pub fn chromium(args: &[&str]) -> Option<std::process::Output> {
 /// GET an admin path with the relay's bearer token; the body (asserting 200).
 pub async fn admin_text(relay: &Relay, path: &str) -> String {
     let token = std::fs::read_to_string(relay.dir.path().join("data/admin.token")).unwrap();
-    let mut s = TcpStream::connect(relay.addrs.admin).await.unwrap();
+    let mut s = TcpStream::connect(relay.admin()).await.unwrap();
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
         token.trim()

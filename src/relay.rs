@@ -140,6 +140,18 @@ fn client_reply(e: &UpstreamError) -> Reply {
     }
 }
 
+/// Records the upstream's final reply to message `id` (a failure is logged: the message went).
+fn record_reply(rec: &dyn Recorder, id: &MessageId, queue_id: &str, r: &Reply) {
+    let delivery = Delivery {
+        accepted: r.is_positive(),
+        reply: r.one_line(),
+        at_ms: clock::now_ms(),
+    };
+    if let Err(e) = rec.finish(id, &delivery) {
+        warn!(queue_id = %queue_id, error = %e, event = "store_error", "cannot record the upstream reply");
+    }
+}
+
 /// `MAIL FROM:<a> params` / `RCPT TO:<a> params` with only the parameters the upstream knows.
 fn path_command(verb: &str, arg: &PathArg, conn: &Connection) -> String {
     let mut line = format!("{verb}:<{}>", arg.address);
@@ -183,7 +195,7 @@ impl Backend for RelaySession {
         }
     }
 
-    async fn data(&mut self, txn: Transaction) -> Reply {
+    async fn data(&mut self, mut txn: Transaction) -> Reply {
         if let Some(r) = self.failed.take() {
             self.reset().await;
             return r;
@@ -191,50 +203,40 @@ impl Backend for RelaySession {
         let Some(relay) = self.relay() else {
             return reply::local_error();
         };
-        let Transaction {
-            queue_id,
-            peer,
-            mail,
-            recipients,
-            content: original,
-            mut reserved,
-            started,
-            ..
-        } = txn;
         let received_at = clock::now_ms();
         let data_started = std::time::Instant::now();
         let id = MessageId::random();
-        let (original, rewritten, decision, info) = match track(
+        let content = std::mem::take(&mut txn.content);
+        let (mail, recipients) = (&txn.mail, &txn.recipients);
+        let tracked = track(
             &relay,
             &mail.address,
-            &recipients,
-            original,
+            recipients,
+            content,
             &id,
-            &mut reserved,
-        )
-        .await
-        {
+            &mut txn.reserved,
+        );
+        let (original, rewritten, decision, info) = match tracked.await {
             Ok(t) => t,
             Err(r) => {
                 self.reset().await;
                 return r;
             }
         };
-        let (tracked, skip_reason) = match decision {
-            Decision::Tracked => (true, None),
-            Decision::Skipped(r) => (false, Some(r.as_str().to_string())),
-        };
         let record = MessageRecord {
             id,
-            queue_id: queue_id.clone(),
+            queue_id: txn.queue_id.clone(),
             at_ms: received_at,
             sender: mail.address.clone(),
             recipients: recipients.clone(),
             message_id: info.message_id,
             subject: info.subject,
             size: rewritten.as_ref().unwrap_or(&original).len() as u64,
-            tracked,
-            skip_reason,
+            tracked: decision == Decision::Tracked,
+            skip_reason: match decision {
+                Decision::Tracked => None,
+                Decision::Skipped(r) => Some(r.as_str().to_string()),
+            },
         };
         let (recorder, decision) = record_first(&relay, &record, decision);
         let changed = rewritten.is_some() && decision != Decision::Skipped(SkipReason::Store);
@@ -242,39 +244,30 @@ impl Backend for RelaySession {
             (Decision::Skipped(SkipReason::Store), _) | (_, None) => original,
             (_, Some(new)) => new,
         };
-        let r = self.forward(&relay, &queue_id, &content).await;
+        let r = self.forward(&relay, &txn.queue_id, &content).await;
         self.failed = None;
         self.in_data = false;
         if let Some(rec) = recorder {
-            let delivery = Delivery {
-                accepted: r.is_positive(),
-                reply: r.one_line(),
-                at_ms: clock::now_ms(),
-            };
-            if let Err(e) = rec.finish(&id, &delivery) {
-                warn!(queue_id = %queue_id, error = %e, event = "store_error", "cannot record the upstream reply");
-            }
+            record_reply(rec.as_ref(), &id, &txn.queue_id, &r);
         }
         let tracking = match decision {
             Decision::Tracked => "tracked",
             Decision::Skipped(reason) => reason.as_str(),
         };
         info!(
-            queue_id = %queue_id,
-            client = %peer,
+            queue_id = %txn.queue_id,
+            client = %txn.peer,
             from = %mail.address,
             rcpts = %recipients.join(","),
             size = content.len(),
             tracking,
             changed,
             reply = %r.one_line(),
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = txn.started.elapsed().as_millis() as u64,
             "relayed"
         );
         let took = data_started.elapsed();
-        relay
-            .metrics
-            .transaction(tracking, r.code, content.len(), took);
+        (relay.metrics).transaction(tracking, r.code, content.len(), took);
         r
     }
 

@@ -48,7 +48,7 @@ pub struct Server {
     pixel: Arc<PixelState>,
     /// Bound admin listener and its token (from `admin.token_file`), unless this node has no
     /// `[admin]`.
-    admin: Option<(TcpListener, Vec<u8>)>,
+    admin: AdminFace,
     /// Prometheus registry shared by the relay and the listeners.
     metrics: Arc<Metrics>,
     /// Webhook endpoints and their delivery workers (started by `run`).
@@ -196,26 +196,8 @@ impl Server {
                     .map_err(|e| format!("smtp.listen: cannot listen on {addr}: {e}"))?,
             );
         }
-        let http = match &cfg.http {
-            Some(h) => Some(
-                listen(h.listen)
-                    .await
-                    .map_err(|e| format!("http.listen: cannot listen on {}: {e}", h.listen))?,
-            ),
-            None => None,
-        };
+        let (http, admin) = bind_http_faces(&cfg).await?;
         let pixel = Arc::new(pixel_state(&cfg, key, ingest.clone())?);
-        let admin = match &cfg.admin {
-            Some(a) => {
-                let token = secret::read_or_create(&a.token_file, || secret::random_hex(32))
-                    .map_err(|e| format!("admin.token_file: {e}"))?;
-                let listener = TcpListener::bind(a.listen)
-                    .await
-                    .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", a.listen))?;
-                Some((listener, token))
-            }
-            None => None,
-        };
         let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
         let recorder: Arc<dyn Recorder> = Arc::new(ingest);
         let relay = Arc::new(Relay {
@@ -328,16 +310,15 @@ impl Server {
             ))
         });
         let admin_task = admin.map(|(listener, token)| {
-            let mut admin_state = AdminState::new(
+            let mut state = AdminState::new(
                 store.clone(),
                 &token,
                 metrics,
                 Arc::clone(&pixel),
                 shutdown.clone(),
             );
-            admin_state.notifier = Some(Arc::clone(&notifier));
-            admin_state.budget = Some(Arc::clone(&budget));
-            tokio::spawn(http::admin::serve(listener, Arc::new(admin_state)))
+            (state.notifier, state.budget) = (Some(Arc::clone(&notifier)), Some(budget));
+            tokio::spawn(http::admin::serve(listener, Arc::new(state)))
         });
         let mode = match &relay.target {
             Target::Smtp(up) => format!("relay to {}", up.address()),
@@ -356,18 +337,50 @@ impl Server {
         }
         // Undelivered events stay in the outbox for the next start.
         let _ = hooks_task.await;
-        if let Target::Smtp(up) = &relay.target {
-            up.close_idle().await;
-        }
-        if let Err(e) = pixel.ingest.sync() {
-            warn!(error = %e, "journal sync at shutdown failed");
-        }
-        if let Err(e) = store.flush().await {
-            warn!(error = %e, "store flush at shutdown failed");
-        }
-        info!("pixelrelay stopped");
+        settle(&relay, &pixel, &store).await;
     }
 }
+
+/// The last of a shutdown: idle upstream connections closed, the journal and the store on disk.
+async fn settle(relay: &Relay, pixel: &PixelState, store: &Store) {
+    if let Target::Smtp(up) = &relay.target {
+        up.close_idle().await;
+    }
+    if let Err(e) = pixel.ingest.sync() {
+        warn!(error = %e, "journal sync at shutdown failed");
+    }
+    if let Err(e) = store.flush().await {
+        warn!(error = %e, "store flush at shutdown failed");
+    }
+    info!("pixelrelay stopped");
+}
+
+/// The pixel listener and the admin listener with its token, each when the config has it.
+async fn bind_http_faces(cfg: &Config) -> Result<(Option<TcpListener>, AdminFace), String> {
+    let http = match &cfg.http {
+        Some(h) => Some(
+            listen(h.listen)
+                .await
+                .map_err(|e| format!("http.listen: cannot listen on {}: {e}", h.listen))?,
+        ),
+        None => None,
+    };
+    let admin = match &cfg.admin {
+        Some(a) => {
+            let token = secret::read_or_create(&a.token_file, || secret::random_hex(32))
+                .map_err(|e| format!("admin.token_file: {e}"))?;
+            let listener = TcpListener::bind(a.listen)
+                .await
+                .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", a.listen))?;
+            Some((listener, token))
+        }
+        None => None,
+    };
+    Ok((http, admin))
+}
+
+/// The admin listener and its token, when the node runs one.
+type AdminFace = Option<(TcpListener, Vec<u8>)>;
 
 /// Starts one task per SMTP listener (plain, then implicit TLS).
 fn spawn_smtp(

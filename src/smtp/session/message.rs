@@ -10,39 +10,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             return Ok(());
         };
         let received = self.received_header(&txn);
+        // The backend's working room, held here so that every early return gives it back.
+        let working = self.working.take();
         // The buffer takes what was reserved at DATA (the declared size when the client gave
         // one, as MTAs do: one allocation instead of a doubling series) and grows only by
         // what the budget grants.
-        // Held here, so that every early return gives it back.
-        let working = self.working.take();
-        let mut reserved = match self.reserved.take() {
-            Some(r) => r,
-            None => match self.cfg.budget.try_reserve(envelope::RECEIVED_ROOM) {
-                Some(r) => r,
-                None => return self.refuse_for_memory(&txn.queue_id).await,
-            },
+        let budget = &self.cfg.budget;
+        let reserved =
+            (self.reserved.take()).or_else(|| budget.try_reserve(envelope::RECEIVED_ROOM));
+        let Some(mut reserved) = reserved else {
+            return self.refuse_for_memory(&txn.queue_id).await;
         };
         let mut content = Vec::with_capacity(reserved.bytes().max(received.len()));
         content.extend_from_slice(received.as_bytes());
         let mut reader = DataReader::new(content, self.cfg.max_message_size);
-        let mut out_of_memory = false;
-        loop {
-            let input = &self.inbuf[self.start..];
-            if !out_of_memory && !make_room(&mut reader, &mut reserved, input.len()) {
-                out_of_memory = true;
-                reader.stop_storing();
-            }
-            let (used, end) = reader.feed(input);
-            self.start += used;
-            if end {
-                break;
-            }
-            if let Err(end) = self.fill(self.cfg.data_timeout).await {
-                Box::pin(self.backend.reset()).await;
-                return Err(end);
-            }
-        }
-        if out_of_memory {
+        if !self.read_message(&mut reader, &mut reserved).await? {
             return self.refuse_for_memory(&txn.queue_id).await;
         }
         let done = reader.finish();
@@ -52,24 +34,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             self.queue(&reply::message_too_big());
             return Ok(());
         }
-        let mut content = done.content;
-        if done.bare_newline {
-            match self.cfg.bare_newline {
-                BareNewline::Reject => {
-                    info!(queue_id = %txn.queue_id, client = %self.peer, event = "bare_newline", "message refused: bare <CR> or <LF>");
-                    Box::pin(self.backend.reset()).await;
-                    self.queue(&reply::bare_newline());
-                    return Ok(());
-                }
-                BareNewline::Normalize => {
-                    // The normalised copy needs memory too (at most one extra octet per 64).
-                    if !reserved.grow(content.len() + content.len() / 64 + 64) {
-                        return self.refuse_for_memory(&txn.queue_id).await;
-                    }
-                    content = data::normalize_newlines(&content);
-                }
+        let content = match (done.bare_newline, self.cfg.bare_newline) {
+            (false, _) => done.content,
+            (true, BareNewline::Reject) => {
+                info!(queue_id = %txn.queue_id, client = %self.peer, event = "bare_newline", "message refused: bare <CR> or <LF>");
+                Box::pin(self.backend.reset()).await;
+                self.queue(&reply::bare_newline());
+                return Ok(());
             }
-        }
+            // The normalised copy needs memory too (at most one extra octet per 64).
+            (true, BareNewline::Normalize) => {
+                let c = done.content;
+                if !reserved.grow(c.len() + c.len() / 64 + 64) {
+                    return self.refuse_for_memory(&txn.queue_id).await;
+                }
+                data::normalize_newlines(&c)
+            }
+        };
         if let Some(working) = working {
             reserved.absorb(working);
         }
@@ -87,6 +68,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
         .await;
         self.queue(&r);
         Ok(())
+    }
+
+    /// Feeds the client's bytes to `reader` up to the final dot, growing `reserved` as the
+    /// message does. `false` when the budget ran out: the rest was read and dropped.
+    async fn read_message(
+        &mut self,
+        reader: &mut DataReader,
+        reserved: &mut Reservation,
+    ) -> Result<bool, End> {
+        let mut out_of_memory = false;
+        loop {
+            let input = &self.inbuf[self.start..];
+            if !out_of_memory && !make_room(reader, reserved, input.len()) {
+                out_of_memory = true;
+                reader.stop_storing();
+            }
+            let (used, end) = reader.feed(input);
+            self.start += used;
+            if end {
+                return Ok(!out_of_memory);
+            }
+            if let Err(end) = self.fill(self.cfg.data_timeout).await {
+                Box::pin(self.backend.reset()).await;
+                return Err(end);
+            }
+        }
     }
 
     /// Ends a transaction the memory budget has no room for with 452 4.3.1.

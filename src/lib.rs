@@ -34,7 +34,8 @@
 //!                 and its pacing (pace)
 //! store/          the store interface (Backend, Store, types) and its contract suite;
 //!                 sled_store/ is the sled backend (messages, opens, outbox, retention,
-//!                 migrate: earlier on-disk layouts)
+//!                 migrate: earlier on-disk layouts); postgres/ the shared store's schema
+//!                 and its versioned migrations (the backend over it is under way)
 //! openlog.rs      the JSON-lines open log (reopened on SIGHUP)
 //! http/           the accept loop both listeners share (serve), the pixel listener (pixel,
 //!                 client_ip: the address behind trusted proxies), the admin listener (admin/:

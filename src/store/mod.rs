@@ -26,6 +26,7 @@
 
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod postgres;
 mod sled_store;
 pub mod types;
 

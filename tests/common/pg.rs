@@ -1,0 +1,219 @@
+//! A throwaway PostgreSQL cluster for the tests: `initdb` and `pg_ctl` under a temporary
+//! directory, on a free loopback port, run as the `postgres` system user when the tests run as
+//! root (PostgreSQL refuses root), stopped and removed on drop. Debian's `postgresql` package
+//! provides the binaries (scripts/test installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A running cluster; its superuser is `postgres` with password [`Cluster::PASSWORD`].
+pub struct Cluster {
+    pub port: u16,
+    bin: PathBuf,
+    data: PathBuf,
+    /// Run as this user (root's tests), or as ourselves (`None`).
+    user: Option<&'static str>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub const PASSWORD: &'static str = "throwaway-test-password";
+
+    /// Starts a cluster; `None` (the test skips, loudly) when PostgreSQL is not installed and
+    /// the suite does not require peers.
+    pub fn start() -> Option<Cluster> {
+        let Some(bin) = bin_dir() else {
+            if std::env::var_os("PIXELRELAY_REQUIRE_PEERS").is_some() {
+                panic!("PostgreSQL is required but not installed (apt-get install postgresql)");
+            }
+            eprintln!("SKIPPED: PostgreSQL not installed (scripts/test installs it)");
+            return None;
+        };
+        let user = is_root().then_some("postgres");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, Self::PASSWORD).expect("pwfile");
+        if let Some(u) = user {
+            // The postgres user must reach the directory and own what it writes.
+            chmod(dir.path(), 0o755);
+            chmod(&pwfile, 0o644);
+            std::fs::create_dir(&data).expect("data dir");
+            chown(&data, u);
+        }
+        let port = super::free_port();
+        run(
+            user,
+            &bin.join("initdb"),
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "--auth=scram-sha-256".as_ref(),
+                "--pwfile".as_ref(),
+                pwfile.as_os_str(),
+                "--no-sync".as_ref(),
+            ],
+        );
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            data.display()
+        );
+        let log = data.join("server.log");
+        run(
+            user,
+            &bin.join("pg_ctl"),
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-o".as_ref(),
+                opts.as_ref(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-w".as_ref(),
+                "start".as_ref(),
+            ],
+        );
+        Some(Cluster {
+            port,
+            bin,
+            data,
+            user,
+            _dir: dir,
+        })
+    }
+
+    /// A connection string for database `db` as the superuser.
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{db}",
+            Self::PASSWORD,
+            self.port
+        )
+    }
+
+    /// Connects to `db` (driving the connection on a task of the current runtime).
+    pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the test cluster: {e}"));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    /// Creates an empty database `name`.
+    pub async fn create_db(&self, name: &str) {
+        let c = self.connect("postgres").await;
+        c.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+    }
+
+    /// Stops the server now (`pg_ctl stop -m immediate`): the database goes away under its
+    /// clients, as when its machine dies.
+    pub fn kill(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate"]);
+    }
+
+    /// Starts it again after [`Cluster::kill`], on the same port.
+    pub fn restart(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            self.port,
+            self.data.display()
+        );
+        let log = self.data.join("server.log");
+        let args: [&std::ffi::OsStr; 7] = [
+            "-o".as_ref(),
+            opts.as_ref(),
+            "-l".as_ref(),
+            log.as_os_str(),
+            "-w".as_ref(),
+            "start".as_ref(),
+            "-D".as_ref(),
+        ];
+        let mut all: Vec<&std::ffi::OsStr> = args.to_vec();
+        all.push(self.data.as_os_str());
+        run(self.user, &self.bin.join("pg_ctl"), &all);
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let mut all: Vec<&std::ffi::OsStr> = vec!["-D".as_ref(), self.data.as_os_str()];
+        all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+        all.push("-w".as_ref());
+        run(self.user, &self.bin.join("pg_ctl"), &all);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut cmd = command(self.user, &self.bin.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["stop", "-m", "immediate"]);
+        let _ = cmd.output();
+    }
+}
+
+/// The newest installed PostgreSQL's binaries (Debian keeps them per version).
+fn bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, b)| b)
+}
+
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() == 0 }
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn chown(p: &Path, user: &str) {
+    let out = Command::new("chown")
+        .arg(user)
+        .arg(p)
+        .output()
+        .expect("chown");
+    assert!(out.status.success(), "chown {user} {}", p.display());
+}
+
+fn command(user: Option<&str>, program: &Path) -> Command {
+    match user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--"]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn run(user: Option<&str>, program: &Path, args: &[&std::ffi::OsStr]) {
+    let out = command(user, program)
+        .args(args)
+        .current_dir("/")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{} failed: {}{}",
+        program.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -92,12 +92,7 @@ async fn pixel_bench_server() {
     out.flush().unwrap();
     let http = HttpConfig {
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        trusted_proxies: Vec::new(),
-        header_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
-        max_connections: 10_000,
-        workers: 0,
-        tls: None,
+        ..HttpConfig::default()
     };
     let ingest = pixelrelay::ingest::Ingest::open(store.clone()).unwrap();
     let state = Arc::new(PixelState::new(

@@ -13,7 +13,15 @@ use pixelrelay::track::OpenEvent;
 /// A relay whose pixel listener runs on a known port, so that `base_url` points at it.
 async fn tracked_relay(up: &FakeUpstream, extra_store: &str) -> (Relay, u16) {
     let http = free_port();
-    let cfg = config_text(&up.addr.to_string(), "")
+    let cfg = with_ports(config_text(&up.addr.to_string(), ""), http, None);
+    let cfg = format!("{cfg}\n[store]\nsubjects = true\n{extra_store}\n");
+    (start_relay(&cfg).await, http)
+}
+
+/// `config` with its pixel listener (and `base_url`) on port `http`, and its admin listener on
+/// `admin` when given.
+fn with_ports(config: String, http: u16, admin: Option<u16>) -> String {
+    let config = config
         .replace(
             "base_url = \"http://127.0.0.1:8080\"",
             &format!("base_url = \"http://127.0.0.1:{http}\""),
@@ -22,8 +30,13 @@ async fn tracked_relay(up: &FakeUpstream, extra_store: &str) -> (Relay, u16) {
             "[http]\nlisten = \"127.0.0.1:0\"",
             &format!("[http]\nlisten = \"127.0.0.1:{http}\""),
         );
-    let cfg = format!("{cfg}\n[store]\nsubjects = true\n{extra_store}\n");
-    (start_relay(&cfg).await, http)
+    match admin {
+        Some(a) => config.replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"127.0.0.1:{a}\""),
+        ),
+        None => config,
+    }
 }
 
 fn key(relay: &Relay) -> TokenKey {
@@ -290,19 +303,7 @@ async fn a_rotated_token_key_keeps_the_pixels_of_mail_already_sent() {
     let up = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (http, admin) = (free_port(), free_port());
-    let config = config_text(&up.addr.to_string(), "")
-        .replace(
-            "base_url = \"http://127.0.0.1:8080\"",
-            &format!("base_url = \"http://127.0.0.1:{http}\""),
-        )
-        .replace(
-            "[http]\nlisten = \"127.0.0.1:0\"",
-            &format!("[http]\nlisten = \"127.0.0.1:{http}\""),
-        )
-        .replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
-        );
+    let config = with_ports(config_text(&up.addr.to_string(), ""), http, Some(admin));
     let path = dir.path().join("relay.toml");
     let ua = "Mozilla/5.0 Thunderbird/128.0";
     let send = |smtp, to: &'static str| async move {

@@ -56,32 +56,15 @@ impl Cluster {
                 "--no-sync".as_ref(),
             ],
         );
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            data.display()
-        );
-        let log = data.join("server.log");
-        run(
-            user,
-            &bin.join("pg_ctl"),
-            &[
-                "-D".as_ref(),
-                data.as_os_str(),
-                "-o".as_ref(),
-                opts.as_ref(),
-                "-l".as_ref(),
-                log.as_os_str(),
-                "-w".as_ref(),
-                "start".as_ref(),
-            ],
-        );
-        Some(Cluster {
+        let cluster = Cluster {
             port,
             bin,
             data,
             user,
             _dir: dir,
-        })
+        };
+        cluster.restart();
+        Some(cluster)
     }
 
     /// A connection string for database `db` as the superuser.
@@ -118,7 +101,8 @@ impl Cluster {
         self.pg_ctl(&["stop", "-m", "immediate"]);
     }
 
-    /// Starts it again after [`Cluster::kill`], on the same port.
+    /// Starts the server (again, after [`Cluster::kill`]) on its port, durability off: a
+    /// test cluster trades it for speed.
     pub fn restart(&self) {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
@@ -126,18 +110,7 @@ impl Cluster {
             self.data.display()
         );
         let log = self.data.join("server.log");
-        let args: [&std::ffi::OsStr; 7] = [
-            "-o".as_ref(),
-            opts.as_ref(),
-            "-l".as_ref(),
-            log.as_os_str(),
-            "-w".as_ref(),
-            "start".as_ref(),
-            "-D".as_ref(),
-        ];
-        let mut all: Vec<&std::ffi::OsStr> = args.to_vec();
-        all.push(self.data.as_os_str());
-        run(self.user, &self.bin.join("pg_ctl"), &all);
+        self.pg_ctl(&["-o", &opts, "-l", &log.to_string_lossy(), "start"]);
     }
 
     fn pg_ctl(&self, args: &[&str]) {

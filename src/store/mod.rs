@@ -27,6 +27,7 @@
 #[cfg(test)]
 pub(crate) mod contract;
 pub mod postgres;
+pub(crate) mod shared;
 mod sled_store;
 pub mod types;
 

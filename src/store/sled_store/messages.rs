@@ -214,14 +214,7 @@ pub(super) fn u64s(b: &[u8]) -> Vec<u64> {
 
 /// The record and delivery of a message as stored under `m`: the API's [`Message`] without
 /// its open statistics, which live in `s` so that an open never rewrites this key.
-#[derive(Serialize)]
-pub(super) struct StoredRef<'a> {
-    /// The record.
-    #[serde(flatten)]
-    pub(super) record: &'a MessageRecord,
-    /// The final reply.
-    pub(super) delivery: &'a Option<Delivery>,
-}
+pub(super) use crate::store::shared::MessageEvent as StoredRef;
 
 pub(super) fn encode_message(m: &Message) -> Result<Vec<u8>, StoreError> {
     encode(&StoredRef {
@@ -519,22 +512,5 @@ impl SledStore {
             message_id: ms.context.message_id.clone(),
             subject: ms.context.subject.clone(),
         }))
-    }
-}
-
-impl Counters {
-    /// Counts the first final reply to a message.
-    fn count_delivery(&mut self, r: &MessageRecord, delivery: &Delivery) {
-        if !delivery.accepted {
-            self.rejected += 1;
-        } else {
-            self.relayed += 1;
-            if r.tracked {
-                self.tracked += 1;
-            } else {
-                let reason = r.skip_reason.as_deref().unwrap_or("unknown");
-                *self.skipped.entry(reason.to_string()).or_default() += 1;
-            }
-        }
     }
 }

@@ -151,7 +151,7 @@ const DIRTY_MAX: usize = 65_536;
 /// about 1 s per 100 000 opens).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// Bits of an open id below the timestamp.
-const OPEN_ID_SHIFT: u32 = 20;
+const OPEN_ID_SHIFT: u32 = crate::store::shared::ID_SHIFT;
 /// Key of the journal position indexed so far (see `journal.rs`).
 const JOURNAL_MARK: &[u8] = b"cjournal_indexed";
 
@@ -304,30 +304,7 @@ impl SledStore {
 
     /// The totals, from memory: O(1).
     pub fn stats(&self) -> Stats {
-        let counters = self.inner.lock().counters.clone();
-        let skipped_total = counters.skipped.values().sum();
-        let rate = |n: u64| {
-            if counters.tracked == 0 {
-                0.0
-            } else {
-                n as f64 / counters.tracked as f64
-            }
-        };
-        let human_opens = counters.opens - counters.machine_opens;
-        let machine_share_by_reason = counters
-            .by_reason
-            .iter()
-            .map(|(r, n)| (r.clone(), *n as f64 / counters.opens.max(1) as f64))
-            .collect();
-        Stats {
-            skipped_total,
-            human_opens,
-            direct_opens: human_opens.saturating_sub(counters.proxied_opens),
-            machine_share_by_reason,
-            open_rate: rate(counters.unique_opens),
-            human_open_rate: rate(counters.unique_human_opens),
-            counters,
-        }
+        Stats::of(self.inner.lock().counters.clone())
     }
 
     /// Writes everything to disk (fsync). sled also does it every `store.flush_interval`.

@@ -36,32 +36,6 @@ pub(super) struct OpenCounters {
 }
 
 impl Counters {
-    /// Counts an open in the day, client, device, kind, reason and proxy breakdowns.
-    pub(super) fn count_open(&mut self, ev: &OpenEvent) {
-        let day = crate::clock::day(ev.at_ms);
-        self.by_day.entry(day).or_default().add(ev.machine);
-        self.by_client
-            .entry(ev.client.clone())
-            .or_default()
-            .add(ev.machine);
-        self.by_device
-            .entry(ev.device.as_str().to_string())
-            .or_default()
-            .add(ev.machine);
-        if ev.kind() == crate::track::OpenKind::Proxied {
-            self.proxied_opens += 1;
-        }
-        if let Some(r) = ev.machine_reason.as_deref().filter(|_| ev.machine) {
-            *self.by_reason.entry(r.to_string()).or_default() += 1;
-        }
-        if let Some(p) = ev.proxy {
-            self.by_proxy
-                .entry(p.as_str().to_string())
-                .or_default()
-                .add(ev.machine);
-        }
-    }
-
     pub(super) fn clone_open(&self) -> OpenCounters {
         OpenCounters {
             opens: self.opens,
@@ -102,26 +76,9 @@ pub(super) fn decode_open_counters(b: &[u8], c: &mut Counters) -> Result<(), Sto
     Ok(())
 }
 
-/// The next open id: strictly after `last`, and at least `at_ms` in its high bits.
-pub(super) fn next_open_id(last: u64, at_ms: u64) -> u64 {
-    last.saturating_add(1).max(at_ms << OPEN_ID_SHIFT)
-}
-
-/// The 16 hex digits of an open id (by hand: `format!` is a tenth of the indexer's time).
-pub(super) fn format_open_id(id: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let s: String = (0..16)
-        .map(|i| char::from(HEX[((id >> (60 - 4 * i)) & 0xf) as usize]))
-        .collect();
-    s
-}
-
-pub(super) fn parse_open_id(s: &str) -> Result<u64, StoreError> {
-    if s.len() != 16 {
-        return Err(StoreError::BadCursor(s.to_string()));
-    }
-    u64::from_str_radix(s, 16).map_err(|_| StoreError::BadCursor(s.to_string()))
-}
+pub(super) use crate::store::shared::{
+    format_id as format_open_id, next_id as next_open_id, parse_id as parse_open_id,
+};
 
 /// Opens per segment at most.
 pub(super) const SEGMENT: usize = 512;

@@ -32,8 +32,6 @@ use super::{P_DEAD, P_OUTBOX, SledStore, StoreError, WriteState, hex};
 
 /// Key of the last event sequence number.
 pub(super) const LAST_EVENT: &[u8] = b"clast_event";
-/// Bits of a sequence number below the ms timestamp.
-const SEQ_SHIFT: u32 = 20;
 
 /// Bytes of a row before its error text.
 const HEADER: usize = 8 + 4 + 8 + 1 + 2;
@@ -105,24 +103,6 @@ fn split_key(k: &[u8]) -> Option<(u64, u64)> {
     (k.len() == 17).then(|| (u64::from_be_bytes(e), u64::from_be_bytes(s)))
 }
 
-/// The event's JSON: `type` and `event_id`, then the event's own fields. An open event carries
-/// its own `type` (the follow stream shows it too), so the envelope leaves it to the event.
-#[derive(Serialize)]
-struct Envelope<'a, T: Serialize> {
-    /// `open` or `message`.
-    #[serde(rename = "type", skip_serializing_if = "is_open")]
-    kind: &'static str,
-    /// Unique per event; retries and the copy to another endpoint repeat it.
-    event_id: &'a str,
-    /// The SPEC event (or the message record).
-    #[serde(flatten)]
-    event: &'a T,
-}
-
-fn is_open(kind: &&'static str) -> bool {
-    *kind == "open"
-}
-
 /// Into a write's batch: one event's rows for every endpoint subscribed to `kind`, advancing
 /// `last` (the sequence). Returns how many rows were written.
 pub(super) fn write_event<T: Serialize>(
@@ -141,13 +121,9 @@ pub(super) fn write_event<T: Serialize>(
     if targets.is_empty() {
         return Ok(0);
     }
-    *last = last.saturating_add(1).max(at_ms << SEQ_SHIFT);
+    *last = crate::store::shared::next_id(*last, at_ms);
     let event_id = format!("{:016x}", *last);
-    let body = serde_json::to_string(&Envelope {
-        kind,
-        event_id: &event_id,
-        event,
-    })?;
+    let body = crate::store::shared::webhook_body(kind, &event_id, event)?;
     let row = OutboxRow {
         event_id,
         kind: kind.to_string(),

@@ -56,6 +56,7 @@ async fn pixel_bench_server() {
         retention_days: 0,
         flush_interval: Duration::from_millis(500),
         open_log: None,
+        postgres: None,
     };
     let store = Store::open(&store_cfg).unwrap();
     let key = TokenKey::from_secret(b"bench-secret");
@@ -197,6 +198,7 @@ async fn store_record_open_rate() {
         retention_days: 0,
         flush_interval: Duration::from_millis(500),
         open_log: None,
+        postgres: None,
     };
     let store = Store::open(&store_cfg).unwrap();
     // As many messages as bench/pixel.sh opens in turn: each open of a batch is then of a

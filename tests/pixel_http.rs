@@ -53,6 +53,7 @@ async fn start(http: HttpConfig, anonymize_ip: bool) -> Server {
         retention_days: 0,
         flush_interval: Duration::from_millis(500),
         open_log: None,
+        postgres: None,
     };
     let store = Store::open(&cfg).unwrap();
     let ingest = pixelrelay::ingest::Ingest::open(store).unwrap();

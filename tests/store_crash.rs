@@ -29,6 +29,7 @@ fn cfg(dir: &Path) -> StoreConfig {
         retention_days: 0,
         flush_interval: FLUSH,
         open_log: None,
+        postgres: None,
     }
 }
 

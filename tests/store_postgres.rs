@@ -47,7 +47,7 @@ async fn migrations_apply_once_in_order_and_a_newer_schema_is_refused() {
     for t in [
         "messages",
         "opens",
-        "counters",
+        "state",
         "journal_marks",
         "outbox",
         "dead_letters",

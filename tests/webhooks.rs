@@ -26,6 +26,7 @@ fn store_cfg(dir: &std::path::Path) -> StoreConfig {
         retention_days: 0,
         flush_interval: Duration::from_millis(100),
         open_log: None,
+        postgres: None,
     }
 }
 

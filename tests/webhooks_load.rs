@@ -179,6 +179,7 @@ fn store_at(dir: &std::path::Path) -> Store {
         retention_days: 0,
         flush_interval: Duration::from_millis(500),
         open_log: None,
+        postgres: None,
     })
     .unwrap()
 }

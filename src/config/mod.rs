@@ -297,6 +297,17 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
     /// Optional JSON-lines file of opens.
     pub open_log: Option<PathBuf>,
+    /// `backend = "postgres"`: the shared database (`None`: sled at `path`).
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// `[store] backend = "postgres"`: where the shared store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// `postgres://USER@HOST:PORT/DB` (never with a password in it).
+    pub url: String,
+    /// The password, 0600 (else `PIXELRELAY_PG_PASSWORD` in the environment, else none).
+    pub password_file: Option<PathBuf>,
 }
 
 /// Log format.

@@ -341,9 +341,41 @@ pub(super) fn read_store(r: &mut Reader<'_>) -> StoreConfig {
         retention_days: s.get::<u32>("retention_days", 0),
         flush_interval: s.millis("flush_interval_ms", 500),
         open_log: s.opt_path("open_log"),
+        postgres: None,
     };
+    let mut cfg = cfg;
+    cfg.postgres = postgres(&mut s);
     s.finish();
     cfg
+}
+
+/// `backend`, `url` and `password_file` of `[store]`: `Some` for `backend = "postgres"`.
+fn postgres(s: &mut Section<'_, '_>) -> Option<PostgresConfig> {
+    let postgres = s.choice("backend", false, &[("sled", false), ("postgres", true)]);
+    let url = s.opt::<String>("url");
+    let password_file = s.opt_path("password_file");
+    if !postgres {
+        if url.is_some() {
+            s.err("url", "only with backend = \"postgres\"");
+        }
+        return None;
+    }
+    let Some(url) = url else {
+        s.err(
+            "url",
+            "missing: backend = \"postgres\" needs url = \"postgres://USER@HOST:PORT/DB\"",
+        );
+        return None;
+    };
+    match url.parse::<tokio_postgres::Config>() {
+        Err(e) => s.err("url", format!("not a PostgreSQL URL: {e}")),
+        Ok(c) if c.get_password().is_some() => s.err(
+            "url",
+            "holds a password: put it in store.password_file (0600) or PIXELRELAY_PG_PASSWORD",
+        ),
+        Ok(_) => {}
+    }
+    Some(PostgresConfig { url, password_file })
 }
 
 pub(super) fn read_log(r: &mut Reader<'_>) -> LogConfig {

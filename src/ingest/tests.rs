@@ -351,6 +351,9 @@ fn the_indexer_runs_under_sched_idle() {
 
 #[test]
 fn the_indexer_pauses_for_busy_cpus_behind_a_backlog_and_catches_up_after() {
+    let _heavy = crate::store::contract::CPU_HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let s = open(&cfg(dir.path()));
     let id = MessageId::random();

@@ -234,12 +234,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the configured backend: sled at `cfg.path`, and, inside a tokio runtime with
-    /// `retention_days > 0`, its retention task.
+    /// Opens the configured backend (PostgreSQL when `cfg.postgres` is set, else sled at
+    /// `cfg.path`) and, inside a tokio runtime with `retention_days > 0`, its retention task.
     pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
-        Ok(Store::from_backend(Arc::new(sled_store::SledStore::open(
-            cfg,
-        )?)))
+        let backend: Arc<dyn Backend> = match &cfg.postgres {
+            Some(pg) => Arc::new(postgres::PgStore::open(cfg, pg)?),
+            None => Arc::new(sled_store::SledStore::open(cfg)?),
+        };
+        Ok(Store::from_backend(backend))
     }
 
     /// A handle on `backend`.

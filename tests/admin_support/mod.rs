@@ -40,6 +40,7 @@ pub fn store_cfg(dir: &std::path::Path) -> StoreConfig {
         retention_days: 0,
         flush_interval: Duration::from_millis(500),
         open_log: None,
+        postgres: None,
     }
 }
 

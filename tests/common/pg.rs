@@ -1,4 +1,5 @@
-//! A throwaway PostgreSQL cluster for the tests: `initdb` and `pg_ctl` under a temporary
+//! A throwaway PostgreSQL cluster for the tests (the integration tests' `common::pg`, and the
+//! store contract suite's, which includes this file): `initdb` and `pg_ctl` under a temporary
 //! directory, on a free loopback port, run as the `postgres` system user when the tests run as
 //! root (PostgreSQL refuses root), stopped and removed on drop. Debian's `postgresql` package
 //! provides the binaries (scripts/test installs it).
@@ -41,7 +42,7 @@ impl Cluster {
             std::fs::create_dir(&data).expect("data dir");
             chown(&data, u);
         }
-        let port = super::free_port();
+        let port = free_port();
         run(
             user,
             &bin.join("initdb"),
@@ -146,9 +147,16 @@ fn bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, b)| b)
 }
 
+/// A free loopback port (PostgreSQL cannot report the one it bound).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() == 0 }
+    rustix::process::getuid().is_root()
 }
 
 fn chmod(p: &Path, mode: u32) {

@@ -1,7 +1,42 @@
-//! The PostgreSQL store, shared by several nodes (`[store] backend = "postgres"`): its schema
-//! and migrations. The [`Backend`](super::Backend) over it is being built on these.
+//! The PostgreSQL store, shared by several nodes (`[store] backend = "postgres"`).
+//!
+//! Split like the sled store: `write.rs` (message records, replies and opens, each commit one
+//! transaction), `read.rs` (messages, opens, totals), `outbox.rs` (webhook rows), `schema.rs`
+//! (versioned migrations). This file opens the database and bridges the synchronous
+//! [`Backend`] to tokio-postgres.
+//!
+//! # The bridge
+//!
+//! [`Backend`] is synchronous (sled answers in microseconds; its callers are the indexer
+//! thread, admin handlers and the webhook workers). The store owns a small runtime of its own
+//! with a few connections; a call sends its query there and waits on a channel, so it works
+//! from a plain thread and from inside any tokio runtime alike (it blocks the calling thread
+//! for one round trip, as a sled call blocks on its disk).
+//!
+//! # Writes
+//!
+//! Every writing transaction takes one advisory lock, so that open ids and event sequences
+//! (`max(previous + 1, at_ms << 20)`, see `shared.rs`) are handed out and committed in one
+//! order across all nodes, and the shared totals (`state` table) are read and written back
+//! without a lost update. An indexer commits thousands of opens per transaction, so the lock
+//! is taken a few times per second, not per open.
 
 pub mod schema;
+
+mod outbox;
+mod read;
+mod write;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::broadcast;
+use tokio_postgres::{Client, NoTls};
+
+use super::{Backend, OpenEvent, types::*};
+use crate::config::{PostgresConfig, StoreConfig};
+use crate::openlog::OpenLog;
+use crate::token::MessageId;
 
 /// A database error as an admin needs it: the server's own message (and its detail, hint and
 /// SQLSTATE) rather than tokio-postgres's bare "db error".
@@ -19,4 +54,454 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         s.push_str(h);
     }
     s
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> StoreError {
+        StoreError::Engine(describe(&e))
+    }
+}
+
+/// Connections kept open to the database.
+const CONNECTIONS: usize = 4;
+/// Live followers' buffer, as the sled store's.
+const FEED_CAPACITY: usize = 4096;
+
+/// The PostgreSQL backend.
+pub struct PgStore {
+    inner: Arc<Inner>,
+    /// The store's own runtime (dropped last: it runs the connections).
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+/// What the store's calls share.
+pub(crate) struct Inner {
+    /// Subjects, anonymisation, retention.
+    cfg: StoreConfig,
+    /// The database.
+    pg: PostgresConfig,
+    /// This node's name in it (its journal's mark): `PATH.node`, made on first start.
+    node: String,
+    /// The password (`store.password_file` or the environment), if any.
+    password: Option<String>,
+    /// Open connections (`None`: not yet, or lost: made again on next use).
+    conns: Vec<tokio::sync::Mutex<Option<Client>>>,
+    /// Round robin over `conns`.
+    next: AtomicUsize,
+    /// Live feed of opens committed by this node.
+    feed: broadcast::Sender<OpenEvent>,
+    /// Tells the delivery workers that rows were written.
+    outbox_watch: tokio::sync::watch::Sender<OutboxVersion>,
+    /// Endpoints that get outbox rows, and for which events.
+    hooks: RwLock<Vec<Subscription>>,
+    /// Optional JSON-lines file of the opens this node commits.
+    open_log: Option<OpenLog>,
+    /// The totals as last read or written, for `stats()` when the database is away.
+    counters: Mutex<Counters>,
+    /// The newest open id this node saw committed (for `last_open_cursor`).
+    last_open: Mutex<u64>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("node", &self.inner.node)
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Connects, brings the schema up to date (or refuses a newer one) and, when called
+    /// inside a tokio runtime with `retention_days > 0`, starts the retention task.
+    pub fn open(cfg: &StoreConfig, pg: &PostgresConfig) -> Result<PgStore, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pixelrelay-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        let password = match &pg.password_file {
+            Some(f) => Some(
+                crate::secret::read(f)
+                    .map_err(|e| StoreError::Engine(format!("store.password_file: {e}")))
+                    .and_then(|b| {
+                        String::from_utf8(b).map_err(|_| {
+                            StoreError::Engine("store.password_file: not UTF-8".into())
+                        })
+                    })?,
+            ),
+            None => std::env::var("PIXELRELAY_PG_PASSWORD").ok(),
+        };
+        let mut node_file = cfg.path.clone().into_os_string();
+        node_file.push(".node");
+        let node = crate::secret::read_or_create(std::path::Path::new(&node_file), || {
+            crate::secret::random_hex(8)
+        })
+        .map_err(|e| StoreError::Engine(format!("node id: {e}")))?;
+        let node = String::from_utf8_lossy(&node).into_owned();
+        let open_log = match &cfg.open_log {
+            Some(p) => Some(OpenLog::open(p).map_err(StoreError::Io)?),
+            None => None,
+        };
+        let inner = Arc::new(Inner {
+            cfg: cfg.clone(),
+            pg: pg.clone(),
+            node,
+            password,
+            conns: (0..CONNECTIONS)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+            feed: broadcast::channel(FEED_CAPACITY).0,
+            outbox_watch: tokio::sync::watch::Sender::new(OutboxVersion::default()),
+            hooks: RwLock::new(Vec::new()),
+            open_log,
+            counters: Mutex::new(Counters::default()),
+            last_open: Mutex::new(0),
+        });
+        let store = PgStore {
+            inner,
+            rt: Some(rt),
+        };
+        store.call(|i| async move { i.start().await })?;
+        if cfg.retention_days > 0 && tokio::runtime::Handle::try_current().is_ok() {
+            store.spawn_retention();
+        }
+        Ok(store)
+    }
+
+    /// Runs `f` on the store's runtime and waits for it, from any thread.
+    fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let Some(rt) = &self.rt else {
+            return Err(StoreError::Task("the store is closed".into()));
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let fut = f(Arc::clone(&self.inner));
+        rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .map_err(|_| StoreError::Task("the database task ended".into()))?
+    }
+
+    /// Purges at start and hourly, until the store is dropped.
+    fn spawn_retention(&self) {
+        let Some(rt) = &self.rt else { return };
+        let weak = Arc::downgrade(&self.inner);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let days = u64::from(inner.cfg.retention_days);
+                let cutoff = crate::clock::now_ms().saturating_sub(days * 86_400_000);
+                match inner.purge(cutoff).await {
+                    Ok(r) if r.messages + r.opens > 0 => {
+                        tracing::info!(
+                            messages = r.messages,
+                            opens = r.opens,
+                            days,
+                            "retention purge"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+                }
+            }
+        });
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Not from inside the runtime's own context: shut it down without waiting.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A connection taken from the pool for one operation.
+pub(crate) type Conn<'a> = tokio::sync::MappedMutexGuard<'a, Client>;
+
+impl Inner {
+    /// A connection, made (again) if it was never made or was lost.
+    async fn conn(&self) -> Result<Conn<'_>, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let mut slot = self.conns[i].lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(self.connect().await?);
+        }
+        tokio::sync::MutexGuard::try_map(slot, Option::as_mut)
+            .map_err(|_| StoreError::Engine("no connection".into()))
+    }
+
+    async fn connect(&self) -> Result<Client, StoreError> {
+        let mut config: tokio_postgres::Config = self
+            .pg
+            .url
+            .parse()
+            .map_err(|e| StoreError::Engine(format!("store.url: {e}")))?;
+        if let Some(p) = &self.password {
+            config.password(p);
+        }
+        config.application_name("pixelrelay");
+        let (client, conn) = config.connect(NoTls).await.map_err(|e| {
+            StoreError::Engine(format!("cannot reach the database: {}", describe(&e)))
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %describe(&e), "database connection lost");
+            }
+        });
+        Ok(client)
+    }
+
+    /// At open: the schema, then what this node mirrors in memory.
+    async fn start(self: Arc<Self>) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        schema::migrate(&mut c)
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string()))?;
+        drop(c);
+        let (counters, last_open, last_event) = self.load_state().await?;
+        *lock(&self.counters) = counters;
+        *lock(&self.last_open) = last_open;
+        self.outbox_watch.send_modify(|v| v.last_seq = last_event);
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The 8 bytes an endpoint id is stored as (big-endian: sorts as the unsigned id).
+fn endpoint_key(endpoint: u64) -> Vec<u8> {
+    endpoint.to_be_bytes().to_vec()
+}
+
+fn endpoint_of(b: &[u8]) -> Result<u64, StoreError> {
+    let a: [u8; 8] = b
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("outbox endpoint"))?;
+    Ok(u64::from_be_bytes(a))
+}
+
+/// A u64 as PostgreSQL's signed bigint (ids and times stay below 2^63).
+fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A bigint read back as u64 (negative never written: 0).
+fn unbig(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Backend for PgStore {
+    fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    fn commit_messages(
+        &self,
+        recs: &[&MessageRecord],
+        done: &[(&MessageId, &Delivery)],
+        mark: Option<Position>,
+    ) -> Result<(), StoreError> {
+        let recs: Vec<MessageRecord> = recs.iter().map(|r| (*r).clone()).collect();
+        let done: Vec<(MessageId, Delivery)> =
+            done.iter().map(|(i, d)| (**i, (*d).clone())).collect();
+        self.call(move |i| async move { i.commit_messages(recs, done, mark).await })
+    }
+
+    fn get_message(&self, id: &MessageId) -> Result<Option<MessageWithOpens>, StoreError> {
+        let id = *id;
+        self.call(move |i| async move { i.get_message(id).await })
+    }
+
+    fn list_messages(
+        &self,
+        filter: &MessageFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Message>, StoreError> {
+        let (filter, cursor) = (filter.clone(), cursor.map(str::to_string));
+        self.call(move |i| async move { i.list_messages(filter, cursor, limit).await })
+    }
+
+    fn open_context(&self, id: &MessageId) -> Result<Option<OpenContext>, StoreError> {
+        let id = *id;
+        self.call(move |i| async move { i.open_context(id).await })
+    }
+
+    fn commit_opens(
+        &self,
+        opens: &[Option<PreparedOpen>],
+        mark: Option<Position>,
+    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
+        let opens = opens.to_vec();
+        self.call(move |i| async move { i.commit_opens(opens, mark).await })
+    }
+
+    fn list_opens(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<OpenEvent>, StoreError> {
+        let cursor = cursor.map(str::to_string);
+        self.call(move |i| async move { i.list_opens(cursor, limit).await })
+    }
+
+    fn opens_after(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OpenEvent>, StoreError> {
+        let cursor = cursor.map(str::to_string);
+        self.call(move |i| async move { i.opens_after(cursor, limit).await })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<OpenEvent> {
+        self.inner.feed.subscribe()
+    }
+
+    fn last_open_cursor(&self) -> String {
+        match self.call(|i| async move { i.last_open().await }) {
+            Ok(id) => super::shared::format_id(id),
+            Err(_) => super::shared::format_id(*lock(&self.inner.last_open)),
+        }
+    }
+
+    fn followers(&self) -> usize {
+        self.inner.feed.receiver_count()
+    }
+
+    fn stats(&self) -> Stats {
+        match self.call(|i| async move { i.load_state().await }) {
+            Ok((c, _, _)) => Stats::of(c),
+            // The database away: the totals as this node last saw them.
+            Err(_) => Stats::of(lock(&self.inner.counters).clone()),
+        }
+    }
+
+    fn journal_mark(&self) -> Result<Position, StoreError> {
+        self.call(|i| async move { i.journal_mark().await })
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.call(|i| async move { i.size_on_disk().await })
+    }
+
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        // Every commit is durable when it returns (the server's own fsync).
+        Ok(())
+    }
+
+    fn reopen_open_log(&self) -> Result<(), StoreError> {
+        match &self.inner.open_log {
+            Some(log) => log.reopen().map_err(StoreError::Io),
+            None => Ok(()),
+        }
+    }
+
+    fn purge_expired(&self, now_ms: u64) -> Result<PurgeReport, StoreError> {
+        let days = u64::from(self.inner.cfg.retention_days);
+        if days == 0 {
+            return Ok(PurgeReport::default());
+        }
+        let cutoff = now_ms.saturating_sub(days * 86_400_000);
+        self.call(move |i| async move { i.purge(cutoff).await })
+    }
+
+    fn set_subscriptions(&self, subs: Vec<Subscription>) {
+        *self
+            .inner
+            .hooks
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = subs;
+    }
+
+    fn watch_outbox(&self) -> tokio::sync::watch::Receiver<OutboxVersion> {
+        self.inner.outbox_watch.subscribe()
+    }
+
+    fn outbox_get(&self, endpoint: u64, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
+        self.call(move |i| async move { i.outbox_get(endpoint, seq).await })
+    }
+
+    fn outbox_scan(&self, endpoint: u64, after: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.call(move |i| async move { i.outbox_scan(endpoint, after).await })
+    }
+
+    fn outbox_delivered(&self, endpoint: u64, seq: u64) -> Result<(), StoreError> {
+        self.call(move |i| async move { i.outbox_delivered(endpoint, seq).await })
+    }
+
+    fn outbox_reschedule(
+        &self,
+        endpoint: u64,
+        seq: u64,
+        attempts: u32,
+        next_ms: u64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let error = error.to_string();
+        self.call(move |i| async move {
+            i.outbox_reschedule(endpoint, seq, attempts, next_ms, error)
+                .await
+        })
+    }
+
+    fn outbox_kill(
+        &self,
+        endpoint: u64,
+        seq: u64,
+        attempts: u32,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let error = error.to_string();
+        self.call(move |i| async move { i.outbox_kill(endpoint, seq, attempts, error).await })
+    }
+
+    fn pending(&self, cursor: Option<&str>, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let cursor = cursor.map(str::to_string);
+        self.call(move |i| async move { i.list_rows("outbox", cursor, limit).await })
+    }
+
+    fn dead_letters(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let cursor = cursor.map(str::to_string);
+        self.call(move |i| async move { i.list_rows("dead_letters", cursor, limit).await })
+    }
+
+    fn retry_dead_letter(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let Some((endpoint, seq)) = parse_delivery_id(id) else {
+            return Err(StoreError::BadCursor(id.to_string()));
+        };
+        let moved =
+            self.call(move |i| async move { i.retry_dead_letter(endpoint, seq, now_ms).await })?;
+        if moved {
+            self.inner.outbox_watch.send_modify(|v| v.retries += 1);
+        }
+        Ok(moved)
+    }
+
+    fn outbox_endpoints(&self) -> Result<Vec<u64>, StoreError> {
+        self.call(|i| async move { i.outbox_endpoints().await })
+    }
+
+    fn outbox_len(&self) -> usize {
+        self.call(|i| async move { i.outbox_len().await })
+            .unwrap_or(0)
+    }
 }

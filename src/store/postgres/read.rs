@@ -1,0 +1,287 @@
+//! Reads: messages with their statistics and opens, listings with cursors, what an open needs
+//! from its message, the totals, the journal mark; and retention.
+
+use tokio_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use super::{Inner, big, unbig};
+use crate::store::shared::parse_id;
+use crate::store::types::*;
+use crate::token::MessageId;
+use crate::track::OpenEvent;
+
+/// The columns [`message_of`] reads, in its order.
+const MESSAGE_COLUMNS: &str =
+    "id, queue_id, at_ms, sender, recipients, message_id, subject, size, tracked,
+     skip_reason, delivery, opens, human_opens, first_open_ms, last_open_ms, first_human_ms";
+
+/// A message from a row of [`MESSAGE_COLUMNS`].
+fn message_of(row: &Row) -> Result<Message, StoreError> {
+    let id =
+        MessageId::from_slice(row.get::<_, &[u8]>(0)).ok_or(StoreError::Corrupt("message id"))?;
+    let delivery = match row.get::<_, Option<serde_json::Value>>(10) {
+        Some(v) => Some(serde_json::from_value(v)?),
+        None => None,
+    };
+    let opt = |i: usize| row.get::<_, Option<i64>>(i).map(unbig);
+    Ok(Message {
+        record: MessageRecord {
+            id,
+            queue_id: row.get(1),
+            at_ms: unbig(row.get(2)),
+            sender: row.get(3),
+            recipients: row.get(4),
+            message_id: row.get(5),
+            subject: row.get(6),
+            size: unbig(row.get(7)),
+            tracked: row.get(8),
+            skip_reason: row.get(9),
+        },
+        delivery,
+        opens: OpenStats {
+            count: unbig(row.get(11)),
+            human: unbig(row.get(12)),
+            first_at: opt(13),
+            last_at: opt(14),
+            first_human_at: opt(15),
+        },
+    })
+}
+
+/// One message (locked for the transaction when `for_update`).
+pub(super) async fn message_row(
+    c: &impl GenericClient,
+    id: &MessageId,
+    for_update: bool,
+) -> Result<Option<Message>, StoreError> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    let q = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1{lock}");
+    match c.query_opt(&q, &[&id.as_bytes().as_slice()]).await? {
+        Some(row) => Ok(Some(message_of(&row)?)),
+        None => Ok(None),
+    }
+}
+
+/// Events from rows whose first column is the stored event JSON.
+fn events(rows: &[Row]) -> Result<Vec<OpenEvent>, StoreError> {
+    rows.iter()
+        .map(|r| Ok(serde_json::from_str(r.get::<_, &str>(0))?))
+        .collect()
+}
+
+/// A message cursor: 48 hex digits, `at_ms(8) ‖ id(16)`, as the sled store's.
+fn parse_message_cursor(s: &str) -> Result<(u64, Vec<u8>), StoreError> {
+    let bad = || StoreError::BadCursor(s.to_string());
+    if s.len() != 48 || !s.is_ascii() {
+        return Err(bad());
+    }
+    let mut b = Vec::with_capacity(24);
+    for i in (0..48).step_by(2) {
+        b.push(u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad())?);
+    }
+    let at = u64::from_be_bytes(b[..8].try_into().map_err(|_| bad())?);
+    Ok((at, b[8..].to_vec()))
+}
+
+fn message_cursor(m: &Message) -> String {
+    let mut s: String = m
+        .record
+        .at_ms
+        .to_be_bytes()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    s.push_str(&m.record.id.to_string());
+    s
+}
+
+impl Inner {
+    pub(super) async fn get_message(
+        &self,
+        id: MessageId,
+    ) -> Result<Option<MessageWithOpens>, StoreError> {
+        let c = self.conn().await?;
+        let Some(message) = message_row(&*c, &id, false).await? else {
+            return Ok(None);
+        };
+        let rows = c
+            .query(
+                "SELECT event FROM opens WHERE message = $1 ORDER BY id",
+                &[&id.as_bytes().as_slice()],
+            )
+            .await?;
+        Ok(Some(MessageWithOpens {
+            message,
+            open_events: events(&rows)?,
+        }))
+    }
+
+    pub(super) async fn list_messages(
+        &self,
+        f: MessageFilter,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Page<Message>, StoreError> {
+        let (before_at, before_id) = match &cursor {
+            Some(c) => parse_message_cursor(c)?,
+            None => (u64::MAX >> 1, vec![0xff; 16]),
+        };
+        let q = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE (at_ms, id) < ($1, $2)
+               AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM unnest(recipients) r WHERE strpos(lower(r), lower($3)) > 0))
+               AND ($4::text IS NULL OR strpos(lower(sender), lower($4)) > 0)
+               AND ($5::boolean IS NULL OR (opens > 0) = $5)
+               AND ($6::bigint IS NULL OR at_ms >= $6)
+               AND ($7::bigint IS NULL OR at_ms < $7)
+             ORDER BY at_ms DESC, id DESC LIMIT $8"
+        );
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                &q,
+                &[
+                    &big(before_at),
+                    &before_id,
+                    &f.rcpt,
+                    &f.sender,
+                    &f.opened,
+                    &f.since_ms.map(big),
+                    &f.until_ms.map(big),
+                    &(big(limit as u64).saturating_add(1)),
+                ],
+            )
+            .await?;
+        let mut items = rows.iter().map(message_of).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(message_cursor)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    pub(super) async fn open_context(
+        &self,
+        id: MessageId,
+    ) -> Result<Option<OpenContext>, StoreError> {
+        let c = self.conn().await?;
+        let row = c
+            .query_opt(
+                "SELECT sent_at_ms, coalesce(recipients[1], ''), sender, message_id, subject
+                 FROM messages WHERE id = $1",
+                &[&id.as_bytes().as_slice()],
+            )
+            .await?;
+        Ok(row.map(|r| OpenContext {
+            id,
+            sent_at: unbig(r.get(0)),
+            recipient: r.get(1),
+            sender: r.get(2),
+            message_id: r.get(3),
+            subject: r.get(4),
+        }))
+    }
+
+    pub(super) async fn list_opens(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Page<OpenEvent>, StoreError> {
+        let before = match &cursor {
+            Some(c) => parse_id(c)?,
+            None => u64::MAX,
+        };
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT event FROM opens WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                &[&big(before), &big(limit as u64)],
+            )
+            .await?;
+        let items = events(&rows)?;
+        let next_cursor = if items.len() == limit && limit > 0 {
+            items.last().map(|e| e.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    pub(super) async fn opens_after(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<OpenEvent>, StoreError> {
+        let after = match &cursor {
+            Some(c) => Some(parse_id(c)?),
+            None => None,
+        };
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT event FROM opens WHERE $1::bigint IS NULL OR id > $1 ORDER BY id LIMIT $2",
+                &[&after.map(big), &big(limit as u64)],
+            )
+            .await?;
+        events(&rows)
+    }
+
+    /// The newest open id committed by any node.
+    pub(super) async fn last_open(&self) -> Result<u64, StoreError> {
+        let c = self.conn().await?;
+        let row = c
+            .query_one("SELECT coalesce(max(id), 0) FROM opens", &[])
+            .await?;
+        Ok(unbig(row.get(0)))
+    }
+
+    /// The totals, the last open id and the last event sequence, as committed.
+    pub(super) async fn load_state(&self) -> Result<(Counters, u64, u64), StoreError> {
+        let c = self.conn().await?;
+        let state = super::write::read_state(&*c).await?;
+        *super::lock(&self.counters) = state.0.clone();
+        Ok(state)
+    }
+
+    /// How far this node's journal is indexed.
+    pub(super) async fn journal_mark(&self) -> Result<Position, StoreError> {
+        let c = self.conn().await?;
+        let row = c
+            .query_opt(
+                "SELECT generation, \"offset\" FROM journal_marks WHERE node = $1",
+                &[&self.node],
+            )
+            .await?;
+        Ok(row.map_or(Position::default(), |r| Position {
+            generation: unbig(r.get(0)),
+            offset: unbig(r.get(1)),
+        }))
+    }
+
+    pub(super) async fn size_on_disk(&self) -> Result<u64, StoreError> {
+        let c = self.conn().await?;
+        let row = c
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await?;
+        Ok(unbig(row.get(0)))
+    }
+
+    /// Removes the messages received before `cutoff_ms` and their opens, once, whichever
+    /// node runs it (the totals keep counting them).
+    pub(super) async fn purge(&self, cutoff_ms: u64) -> Result<PurgeReport, StoreError> {
+        let c = self.conn().await?;
+        let row = c
+            .query_one(
+                "WITH gone AS (DELETE FROM messages WHERE at_ms < $1 RETURNING opens)
+                 SELECT count(*), coalesce(sum(opens), 0)::bigint FROM gone",
+                &[&big(cutoff_ms)],
+            )
+            .await?;
+        Ok(PurgeReport {
+            messages: unbig(row.get(0)),
+            opens: unbig(row.get(1)),
+        })
+    }
+}

@@ -1,0 +1,354 @@
+//! Writes: message records and final replies, and opens, each commit ONE transaction under the
+//! writers' advisory lock, with the shared totals read and written back in it and the
+//! journal position of this node when the commit comes from its journal.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Transaction;
+
+use super::{Inner, big, endpoint_key, lock, unbig};
+use crate::store::shared::{MessageEvent, format_id, next_id, webhook_body};
+use crate::store::types::*;
+use crate::token::MessageId;
+use crate::track::OpenEvent;
+
+/// The lock every writer takes ("pixelrelay writes").
+const WRITE_LOCK: i64 = 0x7069_7865_6c77_7269;
+
+/// What a write changes of the shared state, read at its start under the lock.
+pub(super) struct Shared {
+    pub(super) counters: Counters,
+    pub(super) last_open: u64,
+    pub(super) last_event: u64,
+    /// Outbox rows written.
+    written: usize,
+}
+
+/// One open's statistics as a commit of opens reads and updates them.
+#[derive(Clone, Copy, Default)]
+struct OpenStatsRow {
+    opens: u64,
+    human: u64,
+    first: Option<u64>,
+    last: Option<u64>,
+    first_human: Option<u64>,
+}
+
+impl Inner {
+    /// Begins a writing transaction: the lock, then the shared state.
+    async fn begin<'c>(
+        &self,
+        c: &'c mut tokio_postgres::Client,
+    ) -> Result<(Transaction<'c>, Shared), StoreError> {
+        let tx = c.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+            .await?;
+        let (counters, last_open, last_event) = read_state(&tx).await?;
+        Ok((
+            tx,
+            Shared {
+                counters,
+                last_open,
+                last_event,
+                written: 0,
+            },
+        ))
+    }
+
+    /// Ends a writing transaction: the shared state and this node's journal `mark`, commit,
+    /// then the node's mirrors.
+    async fn finish(
+        &self,
+        tx: Transaction<'_>,
+        sh: &Shared,
+        mark: Option<Position>,
+    ) -> Result<(), StoreError> {
+        let counters = serde_json::to_value(&sh.counters)?;
+        tx.execute(
+            "INSERT INTO state (name, value) VALUES ('counters', $1), ('last_open', $2), ('last_event', $3)
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            &[
+                &counters,
+                &serde_json::Value::from(sh.last_open),
+                &serde_json::Value::from(sh.last_event),
+            ],
+        )
+        .await?;
+        if let Some(m) = mark {
+            tx.execute(
+                "INSERT INTO journal_marks (node, generation, \"offset\") VALUES ($1, $2, $3)
+                 ON CONFLICT (node) DO UPDATE SET generation = EXCLUDED.generation, \"offset\" = EXCLUDED.\"offset\"",
+                &[&self.node, &big(m.generation), &big(m.offset)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        *lock(&self.counters) = sh.counters.clone();
+        *lock(&self.last_open) = sh.last_open;
+        if sh.written > 0 {
+            let last = sh.last_event;
+            self.outbox_watch.send_modify(|v| v.last_seq = last);
+        }
+        Ok(())
+    }
+
+    /// Rows for every endpoint subscribed to `kind`: the event's sequence advances when there
+    /// is at least one.
+    async fn write_event<T: serde::Serialize>(
+        &self,
+        tx: &Transaction<'_>,
+        sh: &mut Shared,
+        kind: &'static str,
+        at_ms: u64,
+        event: &T,
+    ) -> Result<(), StoreError> {
+        let targets: Vec<Vec<u8>> = self
+            .hooks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|s| if kind == "open" { s.open } else { s.message })
+            .map(|s| endpoint_key(s.endpoint))
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        sh.last_event = next_id(sh.last_event, at_ms);
+        let body = webhook_body(kind, &format_id(sh.last_event), event)?;
+        tx.execute(
+            "INSERT INTO outbox (endpoint, seq, kind, created_ms, attempts, next_ms, body)
+             SELECT e, $2, $3, $4, 0, $4, $5 FROM unnest($1::bytea[]) AS e",
+            &[&targets, &big(sh.last_event), &kind, &big(at_ms), &body],
+        )
+        .await?;
+        sh.written += targets.len();
+        Ok(())
+    }
+
+    /// Message records, then final replies, in one transaction (see `Backend`).
+    pub(super) async fn commit_messages(
+        &self,
+        recs: Vec<MessageRecord>,
+        done: Vec<(MessageId, Delivery)>,
+        mark: Option<Position>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let (tx, mut sh) = self.begin(&mut c).await?;
+        for mut r in recs {
+            if !self.cfg.subjects {
+                r.subject = None;
+            }
+            let row = tx
+                .query_one(
+                    "INSERT INTO messages (id, queue_id, at_ms, sender, recipients, message_id, subject,
+                                           size, tracked, skip_reason, sent_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $3)
+                     ON CONFLICT (id) DO UPDATE SET
+                        queue_id = EXCLUDED.queue_id, at_ms = EXCLUDED.at_ms, sender = EXCLUDED.sender,
+                        recipients = EXCLUDED.recipients, message_id = EXCLUDED.message_id,
+                        subject = EXCLUDED.subject, size = EXCLUDED.size, tracked = EXCLUDED.tracked,
+                        skip_reason = EXCLUDED.skip_reason,
+                        sent_at_ms = CASE WHEN messages.delivery IS NULL THEN EXCLUDED.at_ms
+                                          ELSE messages.sent_at_ms END
+                     RETURNING (xmax = 0)",
+                    &[
+                        &r.id.as_bytes().as_slice(),
+                        &r.queue_id,
+                        &big(r.at_ms),
+                        &r.sender,
+                        &r.recipients,
+                        &r.message_id,
+                        &r.subject,
+                        &big(r.size),
+                        &r.tracked,
+                        &r.skip_reason,
+                    ],
+                )
+                .await?;
+            if row.get::<_, bool>(0) {
+                sh.counters.recorded += 1;
+            }
+        }
+        for (id, d) in done {
+            let Some(m) = super::read::message_row(&tx, &id, true).await? else {
+                // Dropping the transaction rolls it back: all or nothing.
+                return Err(StoreError::NotFound(id));
+            };
+            tx.execute(
+                "UPDATE messages SET delivery = $2, sent_at_ms = $3 WHERE id = $1",
+                &[
+                    &id.as_bytes().as_slice(),
+                    &serde_json::to_value(&d)?,
+                    &big(d.at_ms),
+                ],
+            )
+            .await?;
+            if m.delivery.is_none() {
+                sh.counters.count_delivery(&m.record, &d);
+                let delivery = Some(d.clone());
+                let ev = MessageEvent {
+                    record: &m.record,
+                    delivery: &delivery,
+                };
+                self.write_event(&tx, &mut sh, "message", d.at_ms, &ev)
+                    .await?;
+            }
+        }
+        self.finish(tx, &sh, mark).await
+    }
+
+    /// Prepared opens in one transaction, in order (see `Backend`); then the open log and
+    /// the live feed.
+    pub(super) async fn commit_opens(
+        &self,
+        opens: Vec<Option<PreparedOpen>>,
+        mark: Option<Position>,
+    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
+        let mut c = self.conn().await?;
+        let (tx, mut sh) = self.begin(&mut c).await?;
+        let ids: Vec<&[u8]> = opens
+            .iter()
+            .flatten()
+            .map(|o| o.id.as_bytes().as_slice())
+            .collect();
+        let mut stats: HashMap<MessageId, OpenStatsRow> = HashMap::new();
+        for row in tx
+            .query(
+                "SELECT id, opens, human_opens, first_open_ms, last_open_ms, first_human_ms
+                 FROM messages WHERE id = ANY($1) FOR UPDATE",
+                &[&ids],
+            )
+            .await?
+        {
+            let Some(id) = MessageId::from_slice(row.get::<_, &[u8]>(0)) else {
+                continue;
+            };
+            let opt = |i: usize| row.get::<_, Option<i64>>(i).map(unbig);
+            stats.insert(
+                id,
+                OpenStatsRow {
+                    opens: unbig(row.get(1)),
+                    human: unbig(row.get(2)),
+                    first: opt(3),
+                    last: opt(4),
+                    first_human: opt(5),
+                },
+            );
+        }
+        let mut out = Vec::with_capacity(opens.len());
+        let (mut new_ids, mut new_msgs, mut new_events) = (Vec::new(), Vec::new(), Vec::new());
+        for o in opens {
+            let Some(PreparedOpen { id, event }) = o else {
+                out.push(None);
+                continue;
+            };
+            // Purged since its context was read.
+            let Some(st) = stats.get_mut(&id) else {
+                out.push(None);
+                continue;
+            };
+            let ev = count_open(&mut sh, st, event);
+            self.write_event(&tx, &mut sh, "open", ev.at_ms, &ev)
+                .await?;
+            new_ids.push(big(sh.last_open));
+            new_msgs.push(id.as_bytes().to_vec());
+            new_events.push(serde_json::to_string(&ev)?);
+            out.push(Some(ev));
+        }
+        if !new_ids.is_empty() {
+            tx.execute(
+                "INSERT INTO opens (id, message, event)
+                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[])",
+                &[&new_ids, &new_msgs, &new_events],
+            )
+            .await?;
+            write_stats(&tx, &stats).await?;
+        }
+        self.finish(tx, &sh, mark).await?;
+        if let Some(log) = &self.open_log {
+            for json in new_events {
+                // The opens are committed; a full disk here must not undo them.
+                if let Err(e) = log.append_raw(json.into_bytes()) {
+                    tracing::warn!(error = %e, "cannot append to store.open_log");
+                }
+            }
+        }
+        if self.feed.receiver_count() > 0 {
+            for ev in out.iter().flatten() {
+                let _ = self.feed.send(ev.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Gives `event` its id, `first` and `count`, and counts it in the message's statistics and
+/// the totals.
+fn count_open(sh: &mut Shared, st: &mut OpenStatsRow, mut ev: OpenEvent) -> OpenEvent {
+    sh.last_open = next_id(sh.last_open, ev.at_ms);
+    let human = !ev.machine;
+    let (first, first_human) = (st.opens == 0, human && st.human == 0);
+    st.opens += 1;
+    st.human += u64::from(human);
+    st.first = st.first.or(Some(ev.at_ms));
+    st.last = Some(st.last.map_or(ev.at_ms, |l| l.max(ev.at_ms)));
+    if first_human {
+        st.first_human = Some(ev.at_ms);
+    }
+    ev.id = format_id(sh.last_open);
+    ev.first = first;
+    ev.count = st.opens;
+    let c = &mut sh.counters;
+    c.opens += 1;
+    c.machine_opens += u64::from(!human);
+    c.unique_opens += u64::from(first);
+    c.unique_human_opens += u64::from(first_human);
+    c.count_open(&ev);
+    ev
+}
+
+/// Writes back the statistics of the messages a commit of opens touched.
+async fn write_stats(
+    tx: &Transaction<'_>,
+    stats: &HashMap<MessageId, OpenStatsRow>,
+) -> Result<(), StoreError> {
+    let mut ids = Vec::new();
+    let (mut opens, mut human) = (Vec::new(), Vec::new());
+    let (mut first, mut last, mut first_human) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, s) in stats {
+        ids.push(id.as_bytes().to_vec());
+        opens.push(big(s.opens));
+        human.push(big(s.human));
+        first.push(s.first.map(big));
+        last.push(s.last.map(big));
+        first_human.push(s.first_human.map(big));
+    }
+    tx.execute(
+        "UPDATE messages m SET opens = u.opens, human_opens = u.human, first_open_ms = u.f,
+                               last_open_ms = u.l, first_human_ms = u.fh
+         FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+              AS u(id, opens, human, f, l, fh)
+         WHERE m.id = u.id",
+        &[&ids, &opens, &human, &first, &last, &first_human],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The shared totals, the last open id and the last event sequence.
+pub(super) async fn read_state(
+    c: &impl tokio_postgres::GenericClient,
+) -> Result<(Counters, u64, u64), StoreError> {
+    let mut counters = Counters::default();
+    let (mut last_open, mut last_event) = (0, 0);
+    for row in c.query("SELECT name, value FROM state", &[]).await? {
+        let value: serde_json::Value = row.get(1);
+        match row.get::<_, &str>(0) {
+            "counters" => counters = serde_json::from_value(value)?,
+            "last_open" => last_open = value.as_u64().unwrap_or(0),
+            "last_event" => last_event = value.as_u64().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok((counters, last_open, last_event))
+}

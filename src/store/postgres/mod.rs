@@ -66,6 +66,10 @@ impl From<tokio_postgres::Error> for StoreError {
 const CONNECTIONS: usize = 4;
 /// Live followers' buffer, as the sled store's.
 const FEED_CAPACITY: usize = 4096;
+/// How often the live feed looks for opens committed by any node.
+const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Opens fed per poll at most (a full batch polls again at once).
+const FEED_BATCH: usize = 1000;
 
 /// The PostgreSQL backend.
 pub struct PgStore {
@@ -100,6 +104,9 @@ pub(crate) struct Inner {
     counters: Mutex<Counters>,
     /// The newest open id this node saw committed (for `last_open_cursor`).
     last_open: Mutex<u64>,
+    /// The newest open id sent to the live feed: opens go there in id order, each once,
+    /// whichever node committed them.
+    fed: tokio::sync::Mutex<u64>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -158,6 +165,7 @@ impl PgStore {
             open_log,
             counters: Mutex::new(Counters::default()),
             last_open: Mutex::new(0),
+            fed: tokio::sync::Mutex::new(0),
         });
         let store = PgStore {
             inner,
@@ -167,7 +175,27 @@ impl PgStore {
         if cfg.retention_days > 0 && tokio::runtime::Handle::try_current().is_ok() {
             store.spawn_retention();
         }
+        store.spawn_feed();
         Ok(store)
+    }
+
+    /// Feeds live followers the opens other nodes commit: while anyone follows, looks for
+    /// them every [`FEED_POLL`] (this node's own commits feed theirs at once).
+    fn spawn_feed(&self) {
+        let Some(rt) = &self.rt else { return };
+        let weak = Arc::downgrade(&self.inner);
+        rt.spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.feed.receiver_count() > 0
+                    && let Err(e) = inner.feed_through(None).await
+                {
+                    tracing::debug!(error = %e, "live feed poll failed");
+                }
+                drop(inner);
+                tokio::time::sleep(FEED_POLL).await;
+            }
+        });
     }
 
     /// Runs `f` on the store's runtime and waits for it, from any thread.
@@ -231,6 +259,27 @@ impl Drop for PgStore {
 pub(crate) type Conn<'a> = tokio::sync::MappedMutexGuard<'a, Client>;
 
 impl Inner {
+    /// Sends the live feed every open committed after the last one it got, up to `upto`
+    /// (all when `None`), in id order. Ids are committed in order on every node, so what a
+    /// read sees is a prefix: nothing is skipped or sent twice.
+    async fn feed_through(&self, upto: Option<u64>) -> Result<(), StoreError> {
+        let mut fed = self.fed.lock().await;
+        loop {
+            if upto.is_some_and(|u| *fed >= u) {
+                return Ok(());
+            }
+            let events = self.opens_after_id(*fed, upto, FEED_BATCH).await?;
+            let full = events.len() == FEED_BATCH;
+            for ev in events {
+                *fed = super::shared::parse_id(&ev.id).unwrap_or(*fed);
+                let _ = self.feed.send(ev);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
     /// A connection, made (again) if it was never made or was lost.
     async fn conn(&self) -> Result<Conn<'_>, StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
@@ -273,6 +322,7 @@ impl Inner {
         let (counters, last_open, last_event) = self.load_state().await?;
         *lock(&self.counters) = counters;
         *lock(&self.last_open) = last_open;
+        *self.fed.lock().await = last_open;
         self.outbox_watch.send_modify(|v| v.last_seq = last_event);
         Ok(())
     }
@@ -369,7 +419,16 @@ impl Backend for PgStore {
     }
 
     fn subscribe(&self) -> broadcast::Receiver<OpenEvent> {
-        self.inner.feed.subscribe()
+        let rx = self.inner.feed.subscribe();
+        // A new follower reads its backlog from the store: the feed starts from now, not
+        // from whatever committed while nobody followed.
+        let _ = self.call(|i| async move {
+            let last = i.last_open().await?;
+            let mut fed = i.fed.lock().await;
+            *fed = (*fed).max(last);
+            Ok(())
+        });
+        rx
     }
 
     fn last_open_cursor(&self) -> String {

@@ -228,6 +228,23 @@ impl Inner {
         events(&rows)
     }
 
+    /// Opens after id `after` (up to `upto`), oldest first: what the live feed sends next.
+    pub(super) async fn opens_after_id(
+        &self,
+        after: u64,
+        upto: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OpenEvent>, StoreError> {
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT event FROM opens WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
+                &[&big(after), &big(upto.unwrap_or(u64::MAX)), &big(limit as u64)],
+            )
+            .await?;
+        events(&rows)
+    }
+
     /// The newest open id committed by any node.
     pub(super) async fn last_open(&self) -> Result<u64, StoreError> {
         let c = self.conn().await?;

@@ -273,10 +273,12 @@ impl Inner {
                 }
             }
         }
+        // Live followers: these opens now, with any another node committed before them.
         if self.feed.receiver_count() > 0 {
-            for ev in out.iter().flatten() {
-                let _ = self.feed.send(ev.clone());
-            }
+            self.feed_through(Some(sh.last_open)).await?;
+        } else {
+            let mut fed = self.fed.lock().await;
+            *fed = (*fed).max(sh.last_open);
         }
         Ok(out)
     }

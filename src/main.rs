@@ -14,6 +14,14 @@ use pixelrelay::server::{self, Server};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// With the shared store, the token key every node uses must already be there.
+fn shared_key(cfg: &Config) -> Result<(), String> {
+    match cfg.store.postgres {
+        Some(_) => server::token_secret(cfg).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP=1` asks for
 /// them. mimalloc commits its arena up front, and on a kernel with THP `always` every 2 MiB of
 /// it a thread touches becomes resident whole: 45 of the idle process's 56 MB, and twice the
@@ -98,6 +106,7 @@ fn main() -> ExitCode {
             // The catalogue files and databases are read too: a bad line is found now, not at
             // the next start or SIGHUP.
             Ok(cfg) => match server::previous_secrets(&cfg.tracking)
+                .and_then(|_| shared_key(&cfg))
                 .and_then(|_| pixelrelay::evidence::Evidence::load(&cfg.tracking))
             {
                 Ok(e) => {

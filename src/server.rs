@@ -155,6 +155,20 @@ fn upstream_password(cfg: &Config) -> Result<Option<String>, String> {
     Ok(None)
 }
 
+/// The token key: generated (0600) on first start with the sled store; with the PostgreSQL
+/// store every node must verify every other node's tokens, so the key is provisioned, the same
+/// file on each, and a missing one is an error rather than a key of this node's own.
+pub fn token_secret(cfg: &Config) -> Result<Vec<u8>, String> {
+    let path = &cfg.tracking.secret_file;
+    if cfg.store.postgres.is_some() {
+        return secret::read(path).map_err(|e| {
+            format!("tracking.secret_file: {e} (with store.backend = \"postgres\" every node needs the same key: copy it to each node, it is not generated)")
+        });
+    }
+    secret::read_or_create(path, || secret::random_hex(32))
+        .map_err(|e| format!("tracking.secret_file: {e}"))
+}
+
 /// The contents of `tracking.previous_secret_files`, each read as a secret (0600, not empty);
 /// an error names the key and the file. Never generated: an older key is one that existed.
 pub fn previous_secrets(cfg: &TrackingConfig) -> Result<Vec<Vec<u8>>, String> {
@@ -173,16 +187,17 @@ impl Server {
         install_crypto();
         let target = target(&cfg)?;
         // The key is needed to verify pixels even while inserting them is switched off.
-        let secret = secret::read_or_create(&cfg.tracking.secret_file, || secret::random_hex(32))
-            .map_err(|e| format!("tracking.secret_file: {e}"))?;
+        let secret = token_secret(&cfg)?;
         let key = TokenKey::from_secret(&secret).with_previous(&previous_secrets(&cfg.tracking)?);
         let tracking = cfg.tracking.enabled.then(|| Tracking {
             policy: policy(&cfg),
             key: key.clone(),
             base_url: cfg.tracking.base_url.clone(),
         });
-        let store = Store::open(&cfg.store)
-            .map_err(|e| format!("store.path: {}: {e}", cfg.store.path.display()))?;
+        let store = Store::open(&cfg.store).map_err(|e| match &cfg.store.postgres {
+            Some(pg) => format!("store.url: {}: {e}", pg.url),
+            None => format!("store.path: {}: {e}", cfg.store.path.display()),
+        })?;
         // Before any open is recorded: the store must know whom to write outbox rows for.
         let notifier = Arc::new(Notifier::from_config(&cfg.webhooks, store.clone())?);
         // Replays what the journal holds and was not yet stored, then indexes behind.

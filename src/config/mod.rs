@@ -494,10 +494,11 @@ impl Config {
         let admin = self.admin.as_ref().map_or("admin off".to_string(), |a| {
             format!("admin http://{}", a.listen)
         });
-        format!(
-            "ok: {smtp}; {pixel}; {admin}; store {}{hooks}",
-            self.store.path.display()
-        )
+        let store = match &self.store.postgres {
+            Some(pg) => format!("postgres {}", pg.url),
+            None => self.store.path.display().to_string(),
+        };
+        format!("ok: {smtp}; {pixel}; {admin}; store {store}{hooks}")
     }
 }
 

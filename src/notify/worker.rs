@@ -34,6 +34,9 @@ pub(super) async fn worker(ep: Arc<Endpoint>, store: Store, clock: Clock, mut sh
     // Which row each attempt carries, so that even a panicked attempt frees its slot.
     let mut rows: HashMap<tokio::task::Id, u64> = HashMap::new();
     let limit = ep.cfg.concurrency.max(1);
+    let mut rescan = tokio::time::interval(SHARED_RESCAN);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shared = store.shared();
     loop {
         let now = clock.now_ms();
         while inflight.len() < limit {
@@ -93,6 +96,9 @@ pub(super) async fn worker(ep: Arc<Endpoint>, store: Store, clock: Clock, mut sh
                 }
             }
             () = sleep_until(next_due) => {}
+            _ = rescan.tick(), if shared => {
+                scan(&ep, &store, 0, &mut queue, &mut known, &mut last_seen);
+            }
         }
     }
     inflight.abort_all();
@@ -101,6 +107,11 @@ pub(super) async fn worker(ep: Arc<Endpoint>, store: Store, clock: Clock, mut sh
     while inflight.join_next().await.is_some() {}
     debug!(url = %ep.cfg.url, "webhook worker stopped");
 }
+
+/// What a lease adds to twice the request timeout.
+const LEASE_MARGIN_MS: u64 = 5_000;
+/// How often a worker on a shared store looks for rows other nodes wrote.
+const SHARED_RESCAN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -134,6 +145,18 @@ fn scan(
 
 /// One delivery attempt of row `seq`, and its bookkeeping in the store.
 async fn attempt(ep: &Endpoint, store: &Store, clock: Clock, seq: u64) -> Outcome {
+    // With a store several nodes share, one of them sends each row at a time; the lease
+    // outlasts an attempt, and runs out if its node dies mid-delivery.
+    let lease = 2 * ep.cfg.timeout.as_millis() as u64 + LEASE_MARGIN_MS;
+    let now = clock.now_ms();
+    match store.outbox_claim(ep.id, seq, now, now + lease) {
+        Ok(true) => {}
+        Ok(false) => return Outcome::Retry(now + lease),
+        Err(e) => {
+            warn!(url = %ep.cfg.url, error = %e, "cannot lease a webhook outbox row");
+            return Outcome::Retry(now + ep.backoff(1).as_millis() as u64);
+        }
+    }
     let row = match store.outbox_get(ep.id, seq) {
         Ok(Some(r)) => r,
         Ok(None) => return Outcome::Done,

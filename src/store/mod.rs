@@ -182,6 +182,26 @@ pub trait Backend: Send + Sync + 'static {
     /// Rows waiting, all endpoints together.
     fn outbox_len(&self) -> usize;
 
+    /// Takes row (`endpoint`, `seq`) for delivery by this process until `until_ms`: `false`
+    /// while another process holds it (its lease runs out if that process dies, and the row
+    /// is anyone's again). A store only this process writes grants every claim.
+    fn outbox_claim(
+        &self,
+        endpoint: u64,
+        seq: u64,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let _ = (endpoint, seq, now_ms, until_ms);
+        Ok(true)
+    }
+
+    /// Whether other processes write to this store too: the webhook workers then look for
+    /// rows they did not write themselves.
+    fn shared(&self) -> bool {
+        false
+    }
+
     // --- Provided: the single-item forms -------------------------------------------------
 
     /// Records a message before it goes upstream (see [`Backend::commit_messages`]).

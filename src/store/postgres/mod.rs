@@ -104,6 +104,8 @@ pub(crate) struct Inner {
     counters: Mutex<Counters>,
     /// The newest open id this node saw committed (for `last_open_cursor`).
     last_open: Mutex<u64>,
+    /// Connected once and the schema brought up to date (see [`Inner::ready`]).
+    ready: tokio::sync::OnceCell<()>,
     /// The newest open id sent to the live feed: opens go there in id order, each once,
     /// whichever node committed them.
     fed: tokio::sync::Mutex<u64>,
@@ -166,12 +168,17 @@ impl PgStore {
             counters: Mutex::new(Counters::default()),
             last_open: Mutex::new(0),
             fed: tokio::sync::Mutex::new(0),
+            ready: tokio::sync::OnceCell::new(),
         });
         let store = PgStore {
             inner,
             rt: Some(rt),
         };
-        store.call(|i| async move { i.start().await })?;
+        // A database away at start is not fatal: the relay relays and the pixel answers (both
+        // journal locally), and the store connects, migrates and catches up when it is back.
+        if let Err(e) = store.call(|i| async move { i.ready().await }) {
+            tracing::warn!(error = %e, event = "store_unreachable", "store: the database cannot be reached now; retrying on every use");
+        }
         if cfg.retention_days > 0 && tokio::runtime::Handle::try_current().is_ok() {
             store.spawn_retention();
         }
@@ -280,8 +287,20 @@ impl Inner {
         }
     }
 
-    /// A connection, made (again) if it was never made or was lost.
+    /// A connection for an operation: the first use also migrates the schema and loads the
+    /// node's mirrors ([`Inner::start`]), and tries again on the next use if that failed.
     async fn conn(&self) -> Result<Conn<'_>, StoreError> {
+        self.ready().await?;
+        self.raw_conn().await
+    }
+
+    /// Connected and migrated, once.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.ready.get_or_try_init(|| self.start()).await.map(|_| ())
+    }
+
+    /// A connection, made (again) if it was never made or was lost.
+    async fn raw_conn(&self) -> Result<Conn<'_>, StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         let mut slot = self.conns[i].lock().await;
         if slot.as_ref().is_none_or(Client::is_closed) {
@@ -312,14 +331,17 @@ impl Inner {
         Ok(client)
     }
 
-    /// At open: the schema, then what this node mirrors in memory.
-    async fn start(self: Arc<Self>) -> Result<(), StoreError> {
-        let mut c = self.conn().await?;
+    /// The schema, then what this node mirrors in memory.
+    async fn start(&self) -> Result<(), StoreError> {
+        let mut c = self.raw_conn().await?;
         schema::migrate(&mut c)
             .await
             .map_err(|e| StoreError::Engine(e.to_string()))?;
         drop(c);
-        let (counters, last_open, last_event) = self.load_state().await?;
+        let (counters, last_open, last_event) = {
+            let c = self.raw_conn().await?;
+            write::read_state(&*c).await?
+        };
         *lock(&self.counters) = counters;
         *lock(&self.last_open) = last_open;
         *self.fed.lock().await = last_open;
@@ -557,6 +579,20 @@ impl Backend for PgStore {
 
     fn outbox_endpoints(&self) -> Result<Vec<u64>, StoreError> {
         self.call(|i| async move { i.outbox_endpoints().await })
+    }
+
+    fn outbox_claim(
+        &self,
+        endpoint: u64,
+        seq: u64,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.call(move |i| async move { i.outbox_claim(endpoint, seq, now_ms, until_ms).await })
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     fn outbox_len(&self) -> usize {

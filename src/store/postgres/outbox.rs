@@ -173,6 +173,37 @@ impl Inner {
             .collect()
     }
 
+    /// The lease: this node's until `until_ms`, if nobody else's is running. A row already
+    /// gone (delivered by another node) is granted: the attempt then finds nothing to send.
+    pub(super) async fn outbox_claim(
+        &self,
+        endpoint: u64,
+        seq: u64,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let c = self.conn().await?;
+        let row = c
+            .query_one(
+                "WITH taken AS (
+                    UPDATE outbox SET lease_node = $3, lease_until_ms = $5
+                    WHERE endpoint = $1 AND seq = $2
+                      AND (lease_until_ms IS NULL OR lease_until_ms <= $4 OR lease_node = $3)
+                    RETURNING 1)
+                 SELECT EXISTS (SELECT 1 FROM taken)
+                     OR NOT EXISTS (SELECT 1 FROM outbox WHERE endpoint = $1 AND seq = $2)",
+                &[
+                    &endpoint_key(endpoint),
+                    &big(seq),
+                    &self.node,
+                    &big(now_ms),
+                    &big(until_ms),
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     pub(super) async fn outbox_endpoints(&self) -> Result<Vec<u64>, StoreError> {
         let c = self.conn().await?;
         let rows = c

@@ -62,6 +62,9 @@ CREATE TABLE outbox (
     next_ms     bigint NOT NULL,
     last_error  text,
     body        text NOT NULL,
+    -- The node delivering it now, and until when (another node takes it after that).
+    lease_node  text,
+    lease_until_ms bigint,
     PRIMARY KEY (endpoint, seq)
 );
 

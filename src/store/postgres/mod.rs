@@ -296,7 +296,10 @@ impl Inner {
 
     /// Connected and migrated, once.
     async fn ready(&self) -> Result<(), StoreError> {
-        self.ready.get_or_try_init(|| self.start()).await.map(|_| ())
+        self.ready
+            .get_or_try_init(|| self.start())
+            .await
+            .map(|_| ())
     }
 
     /// A connection, made (again) if it was never made or was lost.

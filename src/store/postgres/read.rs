@@ -239,7 +239,11 @@ impl Inner {
         let rows = c
             .query(
                 "SELECT event FROM opens WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
-                &[&big(after), &big(upto.unwrap_or(u64::MAX)), &big(limit as u64)],
+                &[
+                    &big(after),
+                    &big(upto.unwrap_or(u64::MAX)),
+                    &big(limit as u64),
+                ],
             )
             .await?;
         events(&rows)

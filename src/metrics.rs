@@ -19,7 +19,7 @@
 //! | `pixelrelay_rewrite_decisions_total` | counter | `decision` = tracked, skipped; `reason` |
 //! | `pixelrelay_relayed_bytes_total` | counter | |
 //! | `pixelrelay_relay_duration_seconds` | histogram | |
-//! | `pixelrelay_pixel_requests_total` | counter | `result` = valid, invalid, store_error |
+//! | `pixelrelay_pixel_requests_total` | counter | `result` = valid, invalid, store_error, held (waiting for a record another node has not indexed yet) |
 //! | `pixelrelay_pixel_duration_seconds` | histogram | |
 //! | `pixelrelay_opens_total` | counter | `device`; `machine` = true, false |
 //! | `pixelrelay_open_verdicts_total` | counter | `kind` = person, proxied, machine; `reason` (machine only) |
@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub pixel_invalid: u64,
     /// Valid hits that could not be recorded.
     pub pixel_store_errors: u64,
+    /// Valid hits held for a message record not yet in the shared store.
+    pub pixel_held: u64,
     /// Opens per device: (device, opens, of which machine).
     pub opens_by_device: Vec<(String, u64, u64)>,
     /// Opens per kind and machine reason: (kind, reason, opens).
@@ -458,6 +460,7 @@ impl Metrics {
             ("valid", snap.pixel_valid),
             ("invalid", snap.pixel_invalid),
             ("store_error", snap.pixel_store_errors),
+            ("held", snap.pixel_held),
         ] {
             counter(
                 &self.pixel_requests,

@@ -266,3 +266,105 @@ fn a_shared_store_needs_the_token_key_provisioned() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_before_its_record_is_held_and_counted_when_the_record_comes() {
+    let Some(pg) = Cluster::start() else { return };
+    pg.create_db("early").await;
+    let db_url = format!("postgres://postgres@127.0.0.1:{}/early", pg.port);
+    let shared = tempfile::tempdir().unwrap();
+    let key = shared.path().join("secret.key");
+    let secret = b"fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    secret_file(&key, secret);
+    let hooks = Receiver::start(HOOK_SECRET, |_, _| Reply::Status(200)).await;
+    let b = Node::new(
+        "127.0.0.1:25",
+        &db_url,
+        &key,
+        &format!("{}/hook", hooks.url()),
+    );
+    let node_b = Proc::serve(&b.config());
+
+    // A pixel of a message whose record another node has not indexed yet.
+    let id = pixelrelay::token::MessageId::random();
+    let token = pixelrelay::token::TokenKey::from_secret(secret)
+        .mint(pixelrelay::token::Purpose::Open, &id);
+    b.load(&format!("/o/{token}.gif")).await;
+    let metrics = || metrics_of(&b);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !metrics()
+        .await
+        .contains("pixelrelay_pixel_requests_total{result=\"held\"} 1")
+    {
+        assert!(Instant::now() < deadline, "the hit was never held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(opens(&b.config(), 0).is_empty());
+
+    // The record arrives (as the relaying node's indexer would write it): the held hit counts.
+    let other = tempfile::tempdir().unwrap();
+    let store = pixelrelay::store::Store::open(&pixelrelay::config::StoreConfig {
+        path: other.path().join("db"),
+        subjects: false,
+        anonymize_ip: false,
+        retention_days: 0,
+        flush_interval: Duration::from_millis(100),
+        open_log: None,
+        postgres: Some(pixelrelay::config::PostgresConfig {
+            url: pg.url("early"),
+            password_file: None,
+        }),
+    })
+    .expect("open the shared store");
+    store
+        .record_message(&pixelrelay::store::MessageRecord {
+            id,
+            queue_id: "Q".into(),
+            at_ms: pixelrelay::store::now_ms(),
+            sender: "news@example.com".into(),
+            recipients: vec!["bob@example.net".into()],
+            message_id: None,
+            subject: None,
+            size: 100,
+            tracked: true,
+            skip_reason: None,
+        })
+        .unwrap();
+    let got = opens(&b.config(), 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].1.as_str(), got[0].2), (id.to_string().as_str(), 1));
+    let m = metrics().await;
+    assert!(
+        m.contains("pixelrelay_pixel_requests_total{result=\"invalid\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pixelrelay_pixel_requests_total{result=\"valid\"} 1"),
+        "{m}"
+    );
+    assert_eq!(node_b.stop(), Some(0));
+}
+
+/// A node's `/metrics`, with its admin token.
+async fn metrics_of(node: &Node) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = std::fs::read_to_string(node.dir.path().join("data/admin.token")).unwrap();
+    let mut s = tokio::net::TcpStream::connect(admin_addr(&node.config()))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The admin address in a node's config.
+fn admin_addr(config: &Path) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    let at = text.find("[admin]\nlisten = \"").unwrap() + "[admin]\nlisten = \"".len();
+    text[at..].split('"').next().unwrap().to_string()
+}

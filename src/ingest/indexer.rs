@@ -14,7 +14,10 @@
 //! ([`super::Ingest::caught_up`]).
 //!
 //! A hit whose message is unknown (purged, or another instance's store) is counted invalid and
-//! dropped; a hit that cannot be decoded or committed is counted as a store error, logged, and
+//! dropped, except on a store several nodes share, where the record may still be in the
+//! journal of the node that relayed the message: such a hit is held in memory and retried
+//! every [`HOLD_RETRY`] for up to [`HOLD`] (at most [`HOLD_MAX`] hits at once), counted as held,
+//! then recorded, or counted invalid when its time is up; a hit that cannot be decoded or committed is counted as a store error, logged, and
 //! skipped, so one bad record never stops the index.
 
 use std::collections::HashMap;
@@ -45,6 +48,12 @@ const LINGER: Duration = Duration::from_millis(10);
 /// A batch smaller than this is a trickle: the indexer lingers before the next one. (sled
 /// writes two log buffers for every batch, whatever its size, on its IO threads.)
 const SMALL_BATCH: usize = 256;
+/// How long a hit for a message not yet in a shared store is held, from its load.
+pub const HOLD: Duration = Duration::from_secs(600);
+/// How often held hits are tried again.
+const HOLD_RETRY: Duration = Duration::from_secs(1);
+/// Hits held at once at most (beyond, they are counted invalid at once).
+const HOLD_MAX: usize = 100_000;
 /// Wait after the store failed as a whole (sled cannot write) before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -90,6 +99,10 @@ pub(super) fn index_batch(
         }
     }
     if mark == start {
+        // Held hits whose time to try again has come, while nothing new arrives.
+        if has_due_holds(ing) {
+            index_hits(ing, Vec::new(), start)?;
+        }
         // No record, but possibly past segments that no longer exist (a fresh journal starts
         // at generation 1): that is indexed too.
         let at = reader.position();
@@ -187,11 +200,16 @@ fn index_hits(
     let inner = &*ing.inner;
     let store = &inner.store;
     let anonymize = store.config().anonymize_ip;
+    let now = crate::clock::now_ms();
+    let mut hits = hits;
+    // Hits from `fresh` on are held ones tried again.
+    let fresh = hits.len();
+    hits.extend(due_holds(ing, now).into_iter().map(|h| (h, mark)));
     let mut prepared = Vec::with_capacity(hits.len());
     let mut ends = Vec::with_capacity(hits.len());
     // A message opened several times in one batch is read from the store once.
     let mut contexts: HashMap<MessageId, Option<OpenContext>> = HashMap::new();
-    for (h, at) in hits {
+    for (i, (h, at)) in hits.into_iter().enumerate() {
         let context = match contexts.get(&h.message) {
             Some(c) => Ok(c.clone()),
             None => store.open_context(&h.message).inspect(|c| {
@@ -220,8 +238,9 @@ fn index_hits(
                 ends.push(at);
             }
             Ok(None) => {
-                // Authentic token, no record: purged by retention, or another instance's store.
-                inner.hits.invalid.fetch_add(1, Ordering::Relaxed);
+                // Authentic token, no record: purged by retention, or another instance's
+                // store; on a shared store, perhaps not indexed yet by the node that relayed it.
+                hold_or_drop(ing, h, now, i >= fresh);
             }
             Err(e) => {
                 inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -250,6 +269,46 @@ fn index_hits(
     };
     count_results(inner, &prepared, results);
     Ok(())
+}
+
+/// Holds a hit whose message is not (yet) in a shared store, or counts it invalid.
+fn hold_or_drop(ing: &Ingest, h: Hit<'static>, now: u64, again: bool) {
+    let inner = &*ing.inner;
+    let young = now.saturating_sub(h.at_ms) < HOLD.as_millis() as u64;
+    if inner.store.shared() && young {
+        let mut held = lock_held(ing);
+        if held.len() < HOLD_MAX {
+            if !again {
+                inner.hits.held.fetch_add(1, Ordering::Relaxed);
+            }
+            held.push((h, now + HOLD_RETRY.as_millis() as u64));
+            return;
+        }
+    }
+    inner.hits.invalid.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Held hits due for another try, taken out of the hold.
+fn due_holds(ing: &Ingest, now: u64) -> Vec<Hit<'static>> {
+    let mut held = lock_held(ing);
+    if held.is_empty() {
+        return Vec::new();
+    }
+    let (due, wait): (Vec<_>, Vec<_>) = held.drain(..).partition(|(_, at)| *at <= now);
+    *held = wait;
+    due.into_iter().map(|(h, _)| h).collect()
+}
+
+fn has_due_holds(ing: &Ingest) -> bool {
+    let now = crate::clock::now_ms();
+    lock_held(ing).iter().any(|(_, at)| *at <= now)
+}
+
+fn lock_held(ing: &Ingest) -> std::sync::MutexGuard<'_, Vec<(Hit<'static>, u64)>> {
+    ing.inner
+        .held
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Counts and logs what became of each prepared open.

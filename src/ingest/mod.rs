@@ -44,6 +44,10 @@ pub struct HitCounters {
     pub invalid: AtomicU64,
     /// Valid hits the store failed to record (the GIF was still served).
     pub store_errors: AtomicU64,
+    /// Valid hits held because their message's record was not in the shared store yet
+    /// (another node had not indexed it): retried, then recorded or, after
+    /// [`indexer::HOLD`], counted invalid.
+    pub held: AtomicU64,
 }
 
 /// The ingest handle. Cheap to clone; all clones share one journal and one indexer.
@@ -79,6 +83,8 @@ struct Inner {
     readers_waiting: AtomicUsize,
     /// Times the indexer paused to leave the CPU to the listener (`pace.rs`).
     index_pauses: AtomicU64,
+    /// Hits held for a record not yet in the shared store, with when to try them again.
+    held: std::sync::Mutex<Vec<(hit::Hit<'static>, u64)>>,
 }
 
 impl Ingest {
@@ -108,6 +114,7 @@ impl Ingest {
                 hits,
                 readers_waiting: AtomicUsize::new(0),
                 index_pauses: AtomicU64::new(0),
+                held: std::sync::Mutex::new(Vec::new()),
             }),
         };
         // Entries journaled before the last stop (or crash) and not yet indexed: index them

@@ -341,6 +341,7 @@ fn metrics_snapshot(state: &AdminState) -> crate::metrics::Snapshot {
         pixel_valid: c.valid.load(Relaxed),
         pixel_invalid: c.invalid.load(Relaxed),
         pixel_store_errors: c.store_errors.load(Relaxed),
+        pixel_held: c.held.load(Relaxed),
         opens_by_device: stats
             .counters
             .by_device

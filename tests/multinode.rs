@@ -368,3 +368,65 @@ fn admin_addr(config: &Path) -> String {
     let at = text.find("[admin]\nlisten = \"").unwrap() + "[admin]\nlisten = \"".len();
     text[at..].split('"').next().unwrap().to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_away_stops_nothing_and_what_was_journaled_meanwhile_is_indexed_after() {
+    let Some(pg) = Cluster::start() else { return };
+    pg.create_db("away").await;
+    let db_url = format!("postgres://postgres@127.0.0.1:{}/away", pg.port);
+    let up = FakeUpstream::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let key = shared.path().join("secret.key");
+    secret_file(
+        &key,
+        b"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    );
+    let hooks = Receiver::start(HOOK_SECRET, |_, _| Reply::Status(200)).await;
+    let a = Node::new(
+        &up.addr.to_string(),
+        &db_url,
+        &key,
+        &format!("{}/hook", hooks.url()),
+    );
+    let node = Proc::serve(&a.config());
+    let html = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n<html><body>hello</body></html>\r\n";
+
+    // The database goes away: mail is still relayed with its pixel, pixels still answer.
+    pg.kill();
+    let mut c = Client::hello(node.smtp).await;
+    for rcpt in ["one@example.net", "two@example.net"] {
+        let (code, text) = c.send_mail("news@example.com", &[rcpt], html).await;
+        assert_eq!(code, 250, "{text}");
+    }
+    c.cmd("QUIT").await;
+    let urls: Vec<String> = up
+        .messages()
+        .iter()
+        .map(|m| pixel_urls(&m.data).remove(0))
+        .collect();
+    assert_eq!(urls.len(), 2, "both relayed with a pixel");
+    for url in &urls {
+        a.load(&url[url.find("/o/").unwrap()..]).await;
+    }
+
+    // It comes back: the journal's records and hits reach it, each once.
+    pg.restart();
+    let got = opens(&a.config(), 2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_ne!(got[0].1, got[1].1);
+    assert!(got.iter().all(|o| o.2 == 1));
+    let db = pg.connect("away").await;
+    let messages: i64 = db
+        .query_one(
+            "SELECT count(*) FROM messages WHERE delivery IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        messages, 2,
+        "records and replies journaled while it was away"
+    );
+    assert_eq!(node.stop(), Some(0));
+}

@@ -194,17 +194,33 @@ fn index_messages(
 /// Classifies and records a run of hits with the journal position `mark`.
 fn index_hits(
     ing: &Ingest,
+    mut hits: Vec<(Hit<'static>, Position)>,
+    mark: Position,
+) -> Result<(), StoreError> {
+    let now = crate::clock::now_ms();
+    let due = due_holds(ing, now);
+    // Hits from `fresh` on are held ones tried again; held again if the store is away.
+    let fresh = hits.len();
+    hits.extend(due.iter().cloned().map(|h| (h, mark)));
+    let r = record_hits(ing, hits, mark, now, fresh);
+    if r.is_err() {
+        let retry = now + HOLD_RETRY.as_millis() as u64;
+        lock_held(ing).extend(due.into_iter().map(|h| (h, retry)));
+    }
+    r
+}
+
+/// [`index_hits`] for `hits`, of which those from `fresh` on come out of the hold.
+fn record_hits(
+    ing: &Ingest,
     hits: Vec<(Hit<'static>, Position)>,
     mark: Position,
+    now: u64,
+    fresh: usize,
 ) -> Result<(), StoreError> {
     let inner = &*ing.inner;
     let store = &inner.store;
     let anonymize = store.config().anonymize_ip;
-    let now = crate::clock::now_ms();
-    let mut hits = hits;
-    // Hits from `fresh` on are held ones tried again.
-    let fresh = hits.len();
-    hits.extend(due_holds(ing, now).into_iter().map(|h| (h, mark)));
     let mut prepared = Vec::with_capacity(hits.len());
     let mut ends = Vec::with_capacity(hits.len());
     // A message opened several times in one batch is read from the store once.
@@ -242,6 +258,9 @@ fn index_hits(
                 // store; on a shared store, perhaps not indexed yet by the node that relayed it.
                 hold_or_drop(ing, h, now, i >= fresh);
             }
+            // The store unreachable (a database away, a disk error): the whole batch is tried
+            // again from its start, never dropped.
+            Err(e @ (StoreError::Engine(_) | StoreError::Task(_))) => return Err(e),
             Err(e) => {
                 inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(message = %h.message, error = %e, "cannot read message for open");

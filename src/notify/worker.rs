@@ -60,18 +60,8 @@ pub(super) async fn worker(ep: Arc<Endpoint>, store: Store, clock: Clock, mut sh
         tokio::select! {
             () = shutdown.wait() => break,
             Some(joined) = inflight.join_next_with_id(), if !inflight.is_empty() => {
-                let (seq, out) = match joined {
-                    Ok((id, done)) => {
-                        rows.remove(&id);
-                        done
-                    }
-                    Err(e) => {
-                        let Some(seq) = rows.remove(&e.id()) else {
-                            continue;
-                        };
-                        warn!(url = %ep.cfg.url, error = %e, "webhook attempt failed unexpectedly");
-                        (seq, Outcome::Retry(clock.now_ms() + ep.backoff(1).as_millis() as u64))
-                    }
+                let Some((seq, out)) = settled(&ep, clock, &mut rows, joined) else {
+                    continue;
                 };
                 match out {
                     Outcome::Done => {
@@ -112,6 +102,29 @@ pub(super) async fn worker(ep: Arc<Endpoint>, store: Store, clock: Clock, mut sh
 const LEASE_MARGIN_MS: u64 = 5_000;
 /// How often a worker on a shared store looks for rows other nodes wrote.
 const SHARED_RESCAN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The row an attempt carried and what became of it; a panicked attempt is tried again later.
+fn settled(
+    ep: &Endpoint,
+    clock: Clock,
+    rows: &mut HashMap<tokio::task::Id, u64>,
+    joined: Result<(tokio::task::Id, (u64, Outcome)), tokio::task::JoinError>,
+) -> Option<(u64, Outcome)> {
+    match joined {
+        Ok((id, done)) => {
+            rows.remove(&id);
+            Some(done)
+        }
+        Err(e) => {
+            let seq = rows.remove(&e.id())?;
+            warn!(url = %ep.cfg.url, error = %e, "webhook attempt failed unexpectedly");
+            Some((
+                seq,
+                Outcome::Retry(clock.now_ms() + ep.backoff(1).as_millis() as u64),
+            ))
+        }
+    }
+}
 
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {

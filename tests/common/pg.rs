@@ -102,11 +102,12 @@ impl Cluster {
         self.pg_ctl(&["stop", "-m", "immediate"]);
     }
 
-    /// Starts the server (again, after [`Cluster::kill`]) on its port, durability off: a
-    /// test cluster trades it for speed.
+    /// Starts the server (again, after [`Cluster::kill`]) on its port. No fsync (a test
+    /// cluster need not survive the machine), but each commit is written before it returns,
+    /// so that it survives the server's own death.
     pub fn restart(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
             self.port,
             self.data.display()
         );

@@ -211,30 +211,7 @@ impl Inner {
             .flatten()
             .map(|o| o.id.as_bytes().as_slice())
             .collect();
-        let mut stats: HashMap<MessageId, OpenStatsRow> = HashMap::new();
-        for row in tx
-            .query(
-                "SELECT id, opens, human_opens, first_open_ms, last_open_ms, first_human_ms
-                 FROM messages WHERE id = ANY($1) FOR UPDATE",
-                &[&ids],
-            )
-            .await?
-        {
-            let Some(id) = MessageId::from_slice(row.get::<_, &[u8]>(0)) else {
-                continue;
-            };
-            let opt = |i: usize| row.get::<_, Option<i64>>(i).map(unbig);
-            stats.insert(
-                id,
-                OpenStatsRow {
-                    opens: unbig(row.get(1)),
-                    human: unbig(row.get(2)),
-                    first: opt(3),
-                    last: opt(4),
-                    first_human: opt(5),
-                },
-            );
-        }
+        let mut stats = read_stats(&tx, &ids).await?;
         let mut out = Vec::with_capacity(opens.len());
         let (mut new_ids, mut new_msgs, mut new_events) = (Vec::new(), Vec::new(), Vec::new());
         for o in opens {
@@ -307,6 +284,38 @@ fn count_open(sh: &mut Shared, st: &mut OpenStatsRow, mut ev: OpenEvent) -> Open
     c.unique_human_opens += u64::from(first_human);
     c.count_open(&ev);
     ev
+}
+
+/// The statistics of messages `ids` (those that still exist), locked for the transaction.
+async fn read_stats(
+    tx: &Transaction<'_>,
+    ids: &[&[u8]],
+) -> Result<HashMap<MessageId, OpenStatsRow>, StoreError> {
+    let mut stats = HashMap::new();
+    let rows = tx
+        .query(
+            "SELECT id, opens, human_opens, first_open_ms, last_open_ms, first_human_ms
+             FROM messages WHERE id = ANY($1) FOR UPDATE",
+            &[&ids],
+        )
+        .await?;
+    for row in rows {
+        let Some(id) = MessageId::from_slice(row.get::<_, &[u8]>(0)) else {
+            continue;
+        };
+        let opt = |i: usize| row.get::<_, Option<i64>>(i).map(unbig);
+        stats.insert(
+            id,
+            OpenStatsRow {
+                opens: unbig(row.get(1)),
+                human: unbig(row.get(2)),
+                first: opt(3),
+                last: opt(4),
+                first_human: opt(5),
+            },
+        );
+    }
+    Ok(stats)
 }
 
 /// Writes back the statistics of the messages a commit of opens touched.

@@ -299,7 +299,18 @@ fn a_store_of_the_first_layout_is_moved_whole_into_the_one_tree() {
         t("outbox").insert([7u8; 16], b"row".as_slice()).unwrap();
         db.flush().unwrap();
     }
-    let s = SledStore::open(&c).unwrap();
+    // sled's IO threads may hold the dropped database's lock for a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let s = loop {
+        match SledStore::open(&c) {
+            Ok(s) => break s,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     let m = s.get_message(&id).unwrap().unwrap();
     assert_eq!(m.message.record.queue_id, "Q1");
     assert_eq!(m.message.opens.count, 2);

@@ -313,6 +313,7 @@ async fn a_hit_before_its_record_is_held_and_counted_when_the_record_comes() {
         postgres: Some(pixelrelay::config::PostgresConfig {
             url: pg.url("early"),
             password_file: None,
+            ca_file: None,
         }),
     })
     .expect("open the shared store");

@@ -131,3 +131,63 @@ async fn a_migration_that_fails_leaves_the_database_as_it_was() {
     schema::migrate(&mut c).await.expect("migrate");
     assert_eq!(versions(&c).await.len(), schema::latest() as usize);
 }
+
+/// A PostgreSQL store on `url` (with `ca_file`), its files in `dir`.
+fn store_cfg(
+    dir: &std::path::Path,
+    url: String,
+    ca_file: Option<std::path::PathBuf>,
+) -> pixelrelay::config::StoreConfig {
+    pixelrelay::config::StoreConfig {
+        path: dir.join("db"),
+        subjects: false,
+        anonymize_ip: false,
+        retention_days: 0,
+        flush_interval: std::time::Duration::from_millis(100),
+        open_log: None,
+        postgres: Some(pixelrelay::config::PostgresConfig {
+            url,
+            password_file: None,
+            ca_file,
+        }),
+    }
+}
+
+#[test]
+fn tls_to_the_database_when_the_url_asks_verified_with_rustls() {
+    use pixelrelay::store::Store;
+    let Some((pg, cert)) = Cluster::start_tls() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("db-ca.pem");
+    std::fs::write(&ca, cert).unwrap();
+    let url = format!("{}?sslmode=require", pg.url("postgres"));
+    // The server's certificate trusted through store.ca_file: connected over TLS.
+    let s = Store::open(&store_cfg(dir.path(), url.clone(), Some(ca))).expect("TLS store");
+    assert_eq!(s.stats().counters.recorded, 0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tls_in_use = rt.block_on(async {
+        let c = pg.connect("postgres").await;
+        c.query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE s.ssl AND a.application_name = 'pixelrelay'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    });
+    assert!(tls_in_use > 0, "the store's connections use TLS");
+    drop(s);
+    // Not trusted: refused, and the error says why.
+    let err = Store::open(&store_cfg(dir.path(), url, None))
+        .and_then(|s| s.journal_mark().map(|_| s))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("certificate") || err.contains("Certificate"),
+        "{err}"
+    );
+}

@@ -308,6 +308,9 @@ pub struct PostgresConfig {
     pub url: String,
     /// The password, 0600 (else `PIXELRELAY_PG_PASSWORD` in the environment, else none).
     pub password_file: Option<PathBuf>,
+    /// With `sslmode=require` in the URL: CA certificates (PEM) trusted besides the public
+    /// roots, for a database with a certificate of a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Log format.

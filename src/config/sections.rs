@@ -354,6 +354,7 @@ fn postgres(s: &mut Section<'_, '_>) -> Option<PostgresConfig> {
     let postgres = s.choice("backend", false, &[("sled", false), ("postgres", true)]);
     let url = s.opt::<String>("url");
     let password_file = s.opt_path("password_file");
+    let ca_file = s.opt_path("ca_file");
     if !postgres {
         if url.is_some() {
             s.err("url", "only with backend = \"postgres\"");
@@ -375,7 +376,11 @@ fn postgres(s: &mut Section<'_, '_>) -> Option<PostgresConfig> {
         ),
         Ok(_) => {}
     }
-    Some(PostgresConfig { url, password_file })
+    Some(PostgresConfig {
+        url,
+        password_file,
+        ca_file,
+    })
 }
 
 pub(super) fn read_log(r: &mut Reader<'_>) -> LogConfig {

@@ -14,6 +14,8 @@ pub struct Cluster {
     data: PathBuf,
     /// Run as this user (root's tests), or as ourselves (`None`).
     user: Option<&'static str>,
+    /// Server options beyond the port and socket (TLS).
+    extra: String,
     _dir: tempfile::TempDir,
 }
 
@@ -62,10 +64,30 @@ impl Cluster {
             bin,
             data,
             user,
+            extra: String::new(),
             _dir: dir,
         };
         cluster.restart();
         Some(cluster)
+    }
+
+    /// Starts a cluster that also speaks TLS, with a certificate for 127.0.0.1 made now;
+    /// returns it with the certificate (PEM) a client must trust.
+    pub fn start_tls() -> Option<(Cluster, String)> {
+        let mut c = Cluster::start()?;
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+        let (crt, key) = (c.data.join("server.crt"), c.data.join("server.key"));
+        std::fs::write(&crt, ck.cert.pem()).expect("cert file");
+        std::fs::write(&key, ck.signing_key.serialize_pem()).expect("key file");
+        chmod(&key, 0o600);
+        if let Some(u) = c.user {
+            chown(&crt, u);
+            chown(&key, u);
+        }
+        c.kill();
+        c.extra = "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into();
+        c.restart();
+        Some((c, ck.cert.pem()))
     }
 
     /// A connection string for database `db` as the superuser.
@@ -107,9 +129,10 @@ impl Cluster {
     /// so that it survives the server's own death.
     pub fn restart(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off {}",
             self.port,
-            self.data.display()
+            self.data.display(),
+            self.extra
         );
         let log = self.data.join("server.log");
         self.pg_ctl(&["-o", &opts, "-l", &log.to_string_lossy(), "start"]);

@@ -34,6 +34,7 @@ pub(crate) fn cfg(dir: &Path) -> StoreConfig {
             crate::config::PostgresConfig {
                 url: format!("{server}/{db}"),
                 password_file: None,
+                ca_file: None,
             }
         }),
     }

@@ -42,7 +42,15 @@ use crate::openlog::OpenLog;
 /// SQLSTATE) rather than tokio-postgres's bare "db error".
 pub fn describe(e: &tokio_postgres::Error) -> String {
     let Some(db) = e.as_db_error() else {
-        return e.to_string();
+        // The cause, e.g. the certificate a TLS handshake refused.
+        let mut s = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cause = c.source();
+        }
+        return s;
     };
     let mut s = format!("{} ({})", db.message(), db.code().code());
     if let Some(d) = db.detail() {
@@ -347,14 +355,20 @@ impl Inner {
             config.password(p);
         }
         config.application_name("pixelrelay");
-        let (client, conn) = config.connect(NoTls).await.map_err(|e| {
+        let unreachable = |e: tokio_postgres::Error| {
             StoreError::Engine(format!("cannot reach the database: {}", describe(&e)))
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %describe(&e), "database connection lost");
-            }
-        });
+        };
+        // TLS when the URL asks for it (`sslmode=require`), verified against the public roots
+        // and `store.ca_file`; otherwise none (libpq's "prefer" would take any certificate).
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(&self.pg)?);
+            let (client, conn) = config.connect(tls).await.map_err(unreachable)?;
+            tokio::spawn(watch_connection(conn));
+            return Ok(client);
+        }
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        let (client, conn) = config.connect(NoTls).await.map_err(unreachable)?;
+        tokio::spawn(watch_connection(conn));
         Ok(client)
     }
 
@@ -375,6 +389,44 @@ impl Inner {
         self.outbox_watch.send_modify(|v| v.last_seq = last_event);
         Ok(())
     }
+}
+
+/// Drives a connection until it ends, and says why it did.
+async fn watch_connection<F>(conn: F)
+where
+    F: Future<Output = Result<(), tokio_postgres::Error>>,
+{
+    if let Err(e) = conn.await {
+        tracing::warn!(error = %describe(&e), "database connection lost");
+    }
+}
+
+/// The rustls client configuration for the database: public roots plus `store.ca_file`.
+fn tls_config(pg: &PostgresConfig) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |e: String| StoreError::Engine(format!("store.ca_file: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &pg.ca_file {
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(bad(format!("{}: no certificates found", path.display())));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

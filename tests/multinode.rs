@@ -84,7 +84,7 @@ timeout = 2
 fn opens(config: &Path, want: usize) -> Vec<(String, String, u64)> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let out = pixelrelay_cli(&["tail", "--json", "-n", "100"], config);
+        let out = pixelrelay_cli(&["tail", "--json", "-n", "1000"], config);
         assert!(
             out.status.success(),
             "{}",
@@ -430,4 +430,88 @@ async fn the_database_away_stops_nothing_and_what_was_journaled_meanwhile_is_ind
         "records and replies journaled while it was away"
     );
     assert_eq!(node.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_load_loses_nothing_and_the_other_keeps_serving() {
+    let Some(pg) = Cluster::start() else { return };
+    pg.create_db("killed").await;
+    let db_url = format!("postgres://postgres@127.0.0.1:{}/killed", pg.port);
+    let up = FakeUpstream::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let key = shared.path().join("secret.key");
+    secret_file(
+        &key,
+        b"99887766554433221100ffeeddccbbaa99887766554433221100ffeeddccbbaa",
+    );
+    let hooks = Receiver::start(HOOK_SECRET, |_, _| Reply::Status(200)).await;
+    let hook = format!("{}/hook", hooks.url());
+    let (a, b) = (
+        Node::new(&up.addr.to_string(), &db_url, &key, &hook),
+        Node::new(&up.addr.to_string(), &db_url, &key, &hook),
+    );
+    let node_a = Proc::serve(&a.config());
+    let mut node_b = Proc::serve(&b.config());
+    let mut c = Client::hello(node_a.smtp).await;
+    let html = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n<html><body>hello</body></html>\r\n";
+    let (code, text) = c
+        .send_mail("news@example.com", &["bob@example.net"], html)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    c.cmd("QUIT").await;
+    let url = pixel_urls(&up.messages()[0].data).remove(0);
+    let path = url[url.find("/o/").unwrap()..].to_string();
+
+    // Loads through B, and kill -9 in the middle of them.
+    let mut answered = 0u64;
+    for i in 0..200 {
+        if i == 100 {
+            // The property is about hits older than the journal's linger (1 ms): let the
+            // last one age past it, then kill -9.
+            std::thread::sleep(Duration::from_millis(20));
+            node_b.child.kill().expect("kill -9");
+            let _ = node_b.child.wait();
+        }
+        let u = format!("http://127.0.0.1:{}{path}", b.http);
+        if let Ok(Ok(200)) = tokio::time::timeout(Duration::from_secs(2), status_of(&u)).await {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 100, "B answered until it died, and not after");
+    // A kept serving.
+    a.load(&path).await;
+    // B back on its journal: every hit it answered before dying is indexed, each once.
+    let node_b = Proc::serve(&b.config());
+    let got = opens(&a.config(), 101);
+    let mut ids: Vec<&str> = got.iter().map(|o| o.0.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), got.len(), "no open recorded twice");
+    assert_eq!(
+        got.len(),
+        101,
+        "100 answered by B before the kill, 1 by A: {got:?}"
+    );
+    let counts: Vec<u64> = got.iter().map(|o| o.2).collect();
+    assert_eq!(counts, (1..=101).collect::<Vec<_>>(), "counts run 1..n");
+    assert_eq!(node_a.stop(), Some(0));
+    assert_eq!(node_b.stop(), Some(0));
+}
+
+/// The status of a GET of `url` (an error when nothing answers).
+async fn status_of(url: &str) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Mozilla/5.0 Thunderbird/128.0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out)
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
 }

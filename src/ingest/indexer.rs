@@ -175,8 +175,11 @@ fn index_messages(
     let store = &ing.inner.store;
     let r: Vec<&MessageRecord> = recs.iter().collect();
     let d: Vec<(&MessageId, &Delivery)> = done.iter().map(|(i, d)| (i, d)).collect();
-    if store.commit_messages(&r, &d, Some(mark)).is_ok() {
-        return Ok(());
+    match store.commit_messages(&r, &d, Some(mark)) {
+        Ok(()) => return Ok(()),
+        // The store away (a database down, a disk error): all of it again later, never past.
+        Err(e) if unavailable(&e) => return Err(e),
+        Err(_) => {}
     }
     for rec in recs {
         if let Err(e) = store.record_message(rec) {
@@ -260,7 +263,7 @@ fn record_hits(
             }
             // The store unreachable (a database away, a disk error): the whole batch is tried
             // again from its start, never dropped.
-            Err(e @ (StoreError::Engine(_) | StoreError::Task(_))) => return Err(e),
+            Err(e) if unavailable(&e) => return Err(e),
             Err(e) => {
                 inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(message = %h.message, error = %e, "cannot read message for open");
@@ -269,6 +272,8 @@ fn record_hits(
     }
     let results = match store.commit_opens(&prepared, Some(mark)) {
         Ok(events) => events.into_iter().map(Ok).collect(),
+        // The store away: the whole run again later (held hits go back to the hold).
+        Err(e) if unavailable(&e) => return Err(e),
         // One bad record must not cost the others their opens: retry them one by one, each
         // with its own journal position, so that a failure part way leaves the index exact.
         Err(_) => {
@@ -288,6 +293,12 @@ fn record_hits(
     };
     count_results(inner, &prepared, results);
     Ok(())
+}
+
+/// Whether `e` says the store could not be reached or written at all (rather than that one
+/// record is wrong): the indexer then retries from where it was, skipping nothing.
+fn unavailable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Engine(_) | StoreError::Task(_))
 }
 
 /// Holds a hit whose message is not (yet) in a shared store, or counts it invalid.

@@ -515,3 +515,63 @@ async fn status_of(url: &str) -> std::io::Result<u16> {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_the_database_is_down_says_so_and_starts_when_it_is_back() {
+    let Some(pg) = Cluster::start() else { return };
+    pg.create_db("late").await;
+    let db_url = format!("postgres://postgres@127.0.0.1:{}/late", pg.port);
+    let shared = tempfile::tempdir().unwrap();
+    let key = shared.path().join("secret.key");
+    secret_file(
+        &key,
+        b"0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    );
+    let hooks = Receiver::start(HOOK_SECRET, |_, _| Reply::Status(200)).await;
+    let a = Node::new(
+        "127.0.0.1:25",
+        &db_url,
+        &key,
+        &format!("{}/hook", hooks.url()),
+    );
+    pg.kill();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pixelrelay"))
+        .arg("-c")
+        .arg(a.config())
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |what: &str| loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.contains(what) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {what:?}: {e}"),
+        }
+    };
+    // One line says why it waits, and it is still running.
+    let line = wait_for("cannot be reached");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(child.try_wait().unwrap().is_none(), "serve did not give up");
+    // The database back: the node gets ready and serves.
+    pg.restart();
+    wait_for("ready smtp=");
+    a.load("/o/not-a-token.gif").await;
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -87,6 +87,23 @@ struct Inner {
     held: std::sync::Mutex<Vec<(hit::Hit<'static>, u64)>>,
 }
 
+/// The store's journal mark; a shared store that cannot be reached is waited for, with a
+/// line in the log per attempt and a backoff of up to 30 s, rather than failing the start.
+fn journal_mark_when_reachable(store: &Store) -> Result<Position, StoreError> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match store.journal_mark() {
+            Ok(m) => return Ok(m),
+            Err(e @ (StoreError::Engine(_) | StoreError::Task(_))) if store.shared() => {
+                tracing::warn!(error = %e, retry_s = wait.as_secs(), event = "store_unreachable", "the database cannot be reached; retrying");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Ingest {
     /// Opens the journal beside the store (`PATH.journal/`, 0700, with the store's
     /// `anonymize_ip`, `subjects` and `flush_interval`), indexes whatever a previous
@@ -94,7 +111,7 @@ impl Ingest {
     /// it after the store knows its webhook subscriptions: replayed opens write outbox rows.
     pub fn open(store: Store) -> Result<Ingest, StoreError> {
         let cfg = store.config().clone();
-        let mark = store.journal_mark()?;
+        let mark = journal_mark_when_reachable(&store)?;
         let journal =
             journal::Journal::open(&journal_dir(&cfg.path), mark.generation).map_err(|e| {
                 StoreError::Io(std::io::Error::new(e.kind(), format!("open journal: {e}")))
@@ -120,7 +137,14 @@ impl Ingest {
         // Entries journaled before the last stop (or crash) and not yet indexed: index them
         // now, so the store is complete from the start; then keep indexing in the background.
         let mut reader = ingest.inner.journal.reader(mark);
-        indexer::catch_up(&ingest, &mut reader)?;
+        if let Err(e) = indexer::catch_up(&ingest, &mut reader) {
+            // A shared store that went away again: the indexer thread carries on from here.
+            if !ingest.inner.store.shared() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "journal replay interrupted; the indexer retries");
+            reader = ingest.inner.journal.reader(*ingest.inner.indexed.borrow());
+        }
         indexer::spawn(
             Arc::downgrade(&ingest.inner),
             reader,

@@ -265,6 +265,7 @@ fn serve(cfg: Config) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let stop = server::termination();
         let a = server.addresses();
         let smtp: Vec<String> = a.smtp.iter().map(ToString::to_string).collect();
         let smtp = if smtp.is_empty() {
@@ -274,7 +275,7 @@ fn serve(cfg: Config) -> ExitCode {
         };
         let off = |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
         tracing::info!(smtp = %smtp, http = %off(a.http), admin = %off(a.admin), "ready");
-        server.run(server::termination()).await;
+        server.run(stop).await;
         ExitCode::SUCCESS
     })
 }

@@ -503,10 +503,19 @@ async fn on_hangup(r: Reload) {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn termination() {
+/// The handlers are in place when this returns (before the future is first polled), so that
+/// a SIGTERM right after the `ready` line stops the relay gracefully rather than killing it.
+pub fn termination() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
+    wait_for_signal(term, int)
+}
+
+async fn wait_for_signal(
+    term: std::io::Result<tokio::signal::unix::Signal>,
+    int: std::io::Result<tokio::signal::unix::Signal>,
+) {
     match (term, int) {
         (Ok(mut t), Ok(mut i)) => {
             tokio::select! {

@@ -18,6 +18,8 @@
 //! At the end it prints the hits counted valid/invalid and the opens stored, to compare with
 //! the 200s wrk reports.
 
+mod common;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -200,7 +202,37 @@ async fn store_record_open_rate() {
         open_log: None,
         postgres: None,
     };
-    let store = Store::open(&store_cfg).unwrap();
+    record_open_rate(&store_cfg).await;
+}
+
+/// The same into PostgreSQL (a throwaway cluster on this machine, fsync off: what the
+/// indexer and the database cost, not the disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a manual measurement"]
+async fn store_record_open_rate_postgres() {
+    let Some(pg) = common::pg::Cluster::start() else {
+        return;
+    };
+    pg.create_db("bench").await;
+    let dir = tempfile::tempdir().unwrap();
+    let store_cfg = StoreConfig {
+        path: dir.path().join("db"),
+        subjects: false,
+        anonymize_ip: false,
+        retention_days: 0,
+        flush_interval: Duration::from_millis(500),
+        open_log: None,
+        postgres: Some(pixelrelay::config::PostgresConfig {
+            url: pg.url("bench"),
+            password_file: None,
+            ca_file: None,
+        }),
+    };
+    record_open_rate(&store_cfg).await;
+}
+
+async fn record_open_rate(store_cfg: &StoreConfig) {
+    let store = Store::open(store_cfg).unwrap();
     // As many messages as bench/pixel.sh opens in turn: each open of a batch is then of a
     // message of its own, the store's dearest case (one statistics key per open).
     let messages: usize = std::env::var("PIXEL_BENCH_MESSAGES")
@@ -208,20 +240,24 @@ async fn store_record_open_rate() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let ids: Vec<MessageId> = (0..messages).map(|_| MessageId::random()).collect();
-    for id in &ids {
+    let recs: Vec<MessageRecord> = ids
+        .iter()
+        .map(|id| MessageRecord {
+            id: *id,
+            queue_id: "B".into(),
+            at_ms: 1,
+            sender: "bench@example.com".into(),
+            recipients: vec!["r@example.net".into()],
+            message_id: None,
+            subject: None,
+            size: 1000,
+            tracked: true,
+            skip_reason: None,
+        })
+        .collect();
+    for chunk in recs.chunks(1000) {
         store
-            .record_message(&MessageRecord {
-                id: *id,
-                queue_id: "B".into(),
-                at_ms: 1,
-                sender: "bench@example.com".into(),
-                recipients: vec!["r@example.net".into()],
-                message_id: None,
-                subject: None,
-                size: 1000,
-                tracked: true,
-                skip_reason: None,
-            })
+            .record_messages(&chunk.iter().collect::<Vec<_>>())
             .unwrap();
     }
     let ingest = pixelrelay::ingest::Ingest::open(store.clone()).unwrap();

@@ -226,15 +226,25 @@ fn record_hits(
     let anonymize = store.config().anonymize_ip;
     let mut prepared = Vec::with_capacity(hits.len());
     let mut ends = Vec::with_capacity(hits.len());
-    // A message opened several times in one batch is read from the store once.
-    let mut contexts: HashMap<MessageId, Option<OpenContext>> = HashMap::new();
+    // Every message the batch opens, read from the store at once (one query for a database).
+    let mut wanted: Vec<MessageId> = hits.iter().map(|(h, _)| h.message).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let contexts: HashMap<MessageId, OpenContext> = match store.open_contexts(&wanted) {
+        Ok(c) => c,
+        Err(e) if unavailable(&e) => return Err(e),
+        Err(e) => {
+            inner
+                .hits
+                .store_errors
+                .fetch_add(hits.len() as u64, Ordering::Relaxed);
+            tracing::error!(error = %e, "cannot read the messages of a batch of opens");
+            return Ok(());
+        }
+    };
     for (i, (h, at)) in hits.into_iter().enumerate() {
-        let context = match contexts.get(&h.message) {
-            Some(c) => Ok(c.clone()),
-            None => store.open_context(&h.message).inspect(|c| {
-                contexts.insert(h.message, c.clone());
-            }),
-        };
+        let context: Result<Option<OpenContext>, StoreError> =
+            Ok(contexts.get(&h.message).cloned());
         match context {
             Ok(Some(ctx)) => {
                 let since = Duration::from_millis(h.at_ms.saturating_sub(ctx.sent_at()));

@@ -79,6 +79,20 @@ pub trait Backend: Send + Sync + 'static {
     /// What an open of message `id` needs before it is recorded; `None` if it is unknown.
     fn open_context(&self, id: &MessageId) -> Result<Option<OpenContext>, StoreError>;
 
+    /// [`Backend::open_context`] for several messages at once (a batch of hits): those known.
+    fn open_contexts(
+        &self,
+        ids: &[MessageId],
+    ) -> Result<std::collections::HashMap<MessageId, OpenContext>, StoreError> {
+        let mut out = std::collections::HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(c) = self.open_context(id)? {
+                out.insert(*id, c);
+            }
+        }
+        Ok(out)
+    }
+
     /// Commits prepared opens (`None`: skipped) in ONE transaction, in order, with the journal
     /// position `mark` when they come from the journal; then feeds the open log and live
     /// followers. For each, the stored event (its id, `first` and `count` set), or `None` for

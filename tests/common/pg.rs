@@ -64,7 +64,8 @@ impl Cluster {
             bin,
             data,
             user,
-            extra: String::new(),
+            // Extra server settings for a profiling run (e.g. log_min_duration_statement).
+            extra: std::env::var("PIXELRELAY_TEST_PG_OPTIONS").unwrap_or_default(),
             _dir: dir,
         };
         cluster.restart();

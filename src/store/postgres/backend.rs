@@ -46,6 +46,14 @@ impl Backend for PgStore {
         self.call(move |i| async move { i.open_context(id).await })
     }
 
+    fn open_contexts(
+        &self,
+        ids: &[MessageId],
+    ) -> Result<std::collections::HashMap<MessageId, OpenContext>, StoreError> {
+        let ids = ids.to_vec();
+        self.call(move |i| async move { i.open_contexts(ids).await })
+    }
+
     fn commit_opens(
         &self,
         opens: &[Option<PreparedOpen>],

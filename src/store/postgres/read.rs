@@ -184,6 +184,40 @@ impl Inner {
         }))
     }
 
+    /// The contexts of several messages in one query (an indexer batch).
+    pub(super) async fn open_contexts(
+        &self,
+        ids: Vec<MessageId>,
+    ) -> Result<std::collections::HashMap<MessageId, OpenContext>, StoreError> {
+        let keys: Vec<&[u8]> = ids.iter().map(|i| i.as_bytes().as_slice()).collect();
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT id, sent_at_ms, coalesce(recipients[1], ''), sender, message_id, subject
+                 FROM messages WHERE id = ANY($1)",
+                &[&keys],
+            )
+            .await?;
+        let mut out = std::collections::HashMap::with_capacity(rows.len());
+        for r in rows {
+            let Some(id) = MessageId::from_slice(r.get::<_, &[u8]>(0)) else {
+                continue;
+            };
+            out.insert(
+                id,
+                OpenContext {
+                    id,
+                    sent_at: unbig(r.get(1)),
+                    recipient: r.get(2),
+                    sender: r.get(3),
+                    message_id: r.get(4),
+                    subject: r.get(5),
+                },
+            );
+        }
+        Ok(out)
+    }
+
     pub(super) async fn list_opens(
         &self,
         cursor: Option<String>,

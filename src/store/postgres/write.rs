@@ -233,12 +233,7 @@ impl Inner {
             out.push(Some(ev));
         }
         if !new_ids.is_empty() {
-            tx.execute(
-                "INSERT INTO opens (id, message, event)
-                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[])",
-                &[&new_ids, &new_msgs, &new_events],
-            )
-            .await?;
+            copy_opens(&tx, &new_ids, &new_msgs, &new_events).await?;
             write_stats(&tx, &stats).await?;
         }
         self.finish(tx, &sh, mark).await?;
@@ -286,7 +281,29 @@ fn count_open(sh: &mut Shared, st: &mut OpenStatsRow, mut ev: OpenEvent) -> Open
     ev
 }
 
-/// The statistics of messages `ids` (those that still exist), locked for the transaction.
+/// The new opens, by binary COPY (several times the rows per second of an INSERT).
+async fn copy_opens(
+    tx: &Transaction<'_>,
+    ids: &[i64],
+    msgs: &[Vec<u8>],
+    events: &[String],
+) -> Result<(), StoreError> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let sink = tx
+        .copy_in("COPY opens (id, message, event) FROM STDIN (FORMAT binary)")
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::BYTEA, Type::TEXT]);
+    let mut writer = std::pin::pin!(writer);
+    for ((id, msg), ev) in ids.iter().zip(msgs).zip(events) {
+        writer.as_mut().write(&[id, msg, ev]).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// The statistics of messages `ids` (those that still exist). Every writer of them holds the
+/// writers' lock, so they cannot change before this transaction writes them back.
 async fn read_stats(
     tx: &Transaction<'_>,
     ids: &[&[u8]],
@@ -295,7 +312,7 @@ async fn read_stats(
     let rows = tx
         .query(
             "SELECT id, opens, human_opens, first_open_ms, last_open_ms, first_human_ms
-             FROM messages WHERE id = ANY($1) FOR UPDATE",
+             FROM messages WHERE id = ANY($1)",
             &[&ids],
         )
         .await?;

@@ -243,41 +243,14 @@ fn record_hits(
         }
     };
     for (i, (h, at)) in hits.into_iter().enumerate() {
-        let context: Result<Option<OpenContext>, StoreError> =
-            Ok(contexts.get(&h.message).cloned());
-        match context {
-            Ok(Some(ctx)) => {
-                let since = Duration::from_millis(h.at_ms.saturating_sub(ctx.sent_at()));
-                let classification = classify(
-                    &h.user_agent,
-                    &h.hints,
-                    &h.seen.as_seen(),
-                    Some(since),
-                    &h.windows,
-                );
-                let hit = OpenHit {
-                    at_ms: h.at_ms,
-                    ip: h.ip,
-                    // Decoded hits own their user agent: moved, not copied.
-                    user_agent: h.user_agent.into_owned(),
-                    classification,
-                    country: h.seen.country.map(country_code),
-                };
-                prepared.push(Some(PreparedOpen::new(ctx, &hit, anonymize)));
+        match contexts.get(&h.message) {
+            Some(ctx) => {
+                prepared.push(Some(prepare(h, ctx.clone(), anonymize)));
                 ends.push(at);
             }
-            Ok(None) => {
-                // Authentic token, no record: purged by retention, or another instance's
-                // store; on a shared store, perhaps not indexed yet by the node that relayed it.
-                hold_or_drop(ing, h, now, i >= fresh);
-            }
-            // The store unreachable (a database away, a disk error): the whole batch is tried
-            // again from its start, never dropped.
-            Err(e) if unavailable(&e) => return Err(e),
-            Err(e) => {
-                inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(message = %h.message, error = %e, "cannot read message for open");
-            }
+            // Authentic token, no record: purged by retention, or another instance's store;
+            // on a shared store, perhaps not indexed yet by the node that relayed it.
+            None => hold_or_drop(ing, h, now, i >= fresh),
         }
     }
     let results = match store.commit_opens(&prepared, Some(mark)) {
@@ -303,6 +276,27 @@ fn record_hits(
     };
     count_results(inner, &prepared, results);
     Ok(())
+}
+
+/// Classifies hit `h` of the message of `ctx` (the early-load rule counts from its hand-off).
+fn prepare(h: Hit<'static>, ctx: OpenContext, anonymize: bool) -> PreparedOpen {
+    let since = Duration::from_millis(h.at_ms.saturating_sub(ctx.sent_at()));
+    let classification = classify(
+        &h.user_agent,
+        &h.hints,
+        &h.seen.as_seen(),
+        Some(since),
+        &h.windows,
+    );
+    let hit = OpenHit {
+        at_ms: h.at_ms,
+        ip: h.ip,
+        // Decoded hits own their user agent: moved, not copied.
+        user_agent: h.user_agent.into_owned(),
+        classification,
+        country: h.seen.country.map(country_code),
+    };
+    PreparedOpen::new(ctx, &hit, anonymize)
 }
 
 /// Whether `e` says the store could not be reached or written at all (rather than that one

@@ -62,6 +62,21 @@ pub(super) async fn message_row(
     }
 }
 
+/// Several messages by id, those that exist.
+pub(super) async fn message_rows(
+    c: &impl GenericClient,
+    ids: &[MessageId],
+) -> Result<std::collections::HashMap<MessageId, Message>, StoreError> {
+    let keys: Vec<&[u8]> = ids.iter().map(|i| i.as_bytes().as_slice()).collect();
+    let q = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1)");
+    let mut out = std::collections::HashMap::with_capacity(ids.len());
+    for row in c.query(&q, &[&keys]).await? {
+        let m = message_of(&row)?;
+        out.insert(m.record.id, m);
+    }
+    Ok(out)
+}
+
 /// Events from rows whose first column is the stored event JSON.
 fn events(rows: &[Row]) -> Result<Vec<OpenEvent>, StoreError> {
     rows.iter()

@@ -134,67 +134,115 @@ impl Inner {
     ) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         let (tx, mut sh) = self.begin(&mut c).await?;
+        if !recs.is_empty() {
+            sh.counters.recorded += self.upsert_records(&tx, recs).await?;
+        }
+        if !done.is_empty() {
+            self.record_replies(&tx, &mut sh, done).await?;
+        }
+        self.finish(tx, &sh, mark).await
+    }
+
+    /// Writes message records in one statement (an id seen again updates its record and keeps
+    /// its reply and opens); how many were new.
+    async fn upsert_records(
+        &self,
+        tx: &Transaction<'_>,
+        recs: Vec<MessageRecord>,
+    ) -> Result<u64, StoreError> {
+        // One row per id (the last record of it), as writing them in turn would leave.
+        let mut last: HashMap<MessageId, MessageRecord> = HashMap::with_capacity(recs.len());
         for mut r in recs {
             if !self.cfg.subjects {
                 r.subject = None;
             }
-            let row = tx
-                .query_one(
-                    "INSERT INTO messages (id, queue_id, at_ms, sender, recipients, message_id, subject,
-                                           size, tracked, skip_reason, sent_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $3)
-                     ON CONFLICT (id) DO UPDATE SET
-                        queue_id = EXCLUDED.queue_id, at_ms = EXCLUDED.at_ms, sender = EXCLUDED.sender,
-                        recipients = EXCLUDED.recipients, message_id = EXCLUDED.message_id,
-                        subject = EXCLUDED.subject, size = EXCLUDED.size, tracked = EXCLUDED.tracked,
-                        skip_reason = EXCLUDED.skip_reason,
-                        sent_at_ms = CASE WHEN messages.delivery IS NULL THEN EXCLUDED.at_ms
-                                          ELSE messages.sent_at_ms END
-                     RETURNING (xmax = 0)",
-                    &[
-                        &r.id.as_bytes().as_slice(),
-                        &r.queue_id,
-                        &big(r.at_ms),
-                        &r.sender,
-                        &r.recipients,
-                        &r.message_id,
-                        &r.subject,
-                        &big(r.size),
-                        &r.tracked,
-                        &r.skip_reason,
-                    ],
-                )
-                .await?;
-            if row.get::<_, bool>(0) {
-                sh.counters.recorded += 1;
-            }
+            last.insert(r.id, r);
         }
-        for (id, d) in done {
-            let Some(m) = super::read::message_row(&tx, &id, true).await? else {
-                // Dropping the transaction rolls it back: all or nothing.
-                return Err(StoreError::NotFound(id));
-            };
-            tx.execute(
-                "UPDATE messages SET delivery = $2, sent_at_ms = $3 WHERE id = $1",
+        let recs: Vec<MessageRecord> = last.into_values().collect();
+        let col = |f: &dyn Fn(&MessageRecord) -> Option<String>| -> Vec<Option<String>> {
+            recs.iter().map(f).collect()
+        };
+        let ids: Vec<&[u8]> = recs.iter().map(|r| r.id.as_bytes().as_slice()).collect();
+        let at: Vec<i64> = recs.iter().map(|r| big(r.at_ms)).collect();
+        let size: Vec<i64> = recs.iter().map(|r| big(r.size)).collect();
+        let tracked: Vec<bool> = recs.iter().map(|r| r.tracked).collect();
+        let rcpts: Vec<String> = recs
+            .iter()
+            .map(|r| serde_json::to_string(&r.recipients))
+            .collect::<Result<_, _>>()?;
+        let rows = tx
+            .query(
+                "INSERT INTO messages (id, queue_id, at_ms, sender, recipients, message_id, subject,
+                                       size, tracked, skip_reason, sent_at_ms)
+                 SELECT id, q, at, s, ARRAY(SELECT jsonb_array_elements_text(r::jsonb)), mid, subj,
+                        sz, tr, sk, at
+                 FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::bigint[], $9::boolean[], $10::text[])
+                      AS u(id, q, at, s, r, mid, subj, sz, tr, sk)
+                 ON CONFLICT (id) DO UPDATE SET
+                    queue_id = EXCLUDED.queue_id, at_ms = EXCLUDED.at_ms, sender = EXCLUDED.sender,
+                    recipients = EXCLUDED.recipients, message_id = EXCLUDED.message_id,
+                    subject = EXCLUDED.subject, size = EXCLUDED.size, tracked = EXCLUDED.tracked,
+                    skip_reason = EXCLUDED.skip_reason,
+                    sent_at_ms = CASE WHEN messages.delivery IS NULL THEN EXCLUDED.at_ms
+                                      ELSE messages.sent_at_ms END
+                 RETURNING (xmax = 0)",
                 &[
-                    &id.as_bytes().as_slice(),
-                    &serde_json::to_value(&d)?,
-                    &big(d.at_ms),
+                    &ids,
+                    &col(&|r| Some(r.queue_id.clone())),
+                    &at,
+                    &col(&|r| Some(r.sender.clone())),
+                    &rcpts,
+                    &col(&|r| r.message_id.clone()),
+                    &col(&|r| r.subject.clone()),
+                    &size,
+                    &tracked,
+                    &col(&|r| r.skip_reason.clone()),
                 ],
             )
             .await?;
+        Ok(rows.iter().filter(|r| r.get::<_, bool>(0)).count() as u64)
+    }
+
+    /// Final replies, in one statement: each message's first reply is counted and announced;
+    /// a reply for an unknown message fails the whole write.
+    async fn record_replies(
+        &self,
+        tx: &Transaction<'_>,
+        sh: &mut Shared,
+        done: Vec<(MessageId, Delivery)>,
+    ) -> Result<(), StoreError> {
+        let ids: Vec<MessageId> = done.iter().map(|(i, _)| *i).collect();
+        let mut messages = super::read::message_rows(tx, &ids).await?;
+        let mut last: HashMap<MessageId, &Delivery> = HashMap::with_capacity(done.len());
+        for (id, d) in &done {
+            // Dropping the transaction rolls it back: all or nothing.
+            let m = messages.get_mut(id).ok_or(StoreError::NotFound(*id))?;
             if m.delivery.is_none() {
-                sh.counters.count_delivery(&m.record, &d);
-                let delivery = Some(d.clone());
+                sh.counters.count_delivery(&m.record, d);
+                m.delivery = Some(d.clone());
                 let ev = MessageEvent {
                     record: &m.record,
-                    delivery: &delivery,
+                    delivery: &m.delivery,
                 };
-                self.write_event(&tx, &mut sh, "message", d.at_ms, &ev)
-                    .await?;
+                self.write_event(tx, sh, "message", d.at_ms, &ev).await?;
             }
+            last.insert(*id, d);
         }
-        self.finish(tx, &sh, mark).await
+        let keys: Vec<&[u8]> = last.keys().map(|i| i.as_bytes().as_slice()).collect();
+        let replies: Vec<serde_json::Value> = last
+            .values()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        let at: Vec<i64> = last.values().map(|d| big(d.at_ms)).collect();
+        tx.execute(
+            "UPDATE messages m SET delivery = u.d, sent_at_ms = u.t
+             FROM unnest($1::bytea[], $2::jsonb[], $3::bigint[]) AS u(id, d, t)
+             WHERE m.id = u.id",
+            &[&keys, &replies, &at],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Prepared opens in one transaction, in order (see `Backend`); then the open log and

@@ -24,6 +24,47 @@ fn secret_file(path: &Path, contents: &[u8]) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// What the nodes of a test share: a cluster with one database, the token key, and a webhook
+/// endpoint that acknowledges everything.
+struct Deployment {
+    pg: Cluster,
+    db_url: String,
+    key: PathBuf,
+    secret: Vec<u8>,
+    hooks: Receiver,
+    _dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    async fn start(db: &str) -> Option<Deployment> {
+        let pg = Cluster::start()?;
+        pg.create_db(db).await;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("secret.key");
+        let secret = format!(
+            "{}{}",
+            pixelrelay::token::MessageId::random(),
+            pixelrelay::token::MessageId::random()
+        )
+        .into_bytes();
+        secret_file(&key, &secret);
+        Some(Deployment {
+            db_url: format!("postgres://postgres@127.0.0.1:{}/{db}", pg.port),
+            pg,
+            key,
+            secret,
+            hooks: Receiver::start(HOOK_SECRET, |_, _| Reply::Status(200)).await,
+            _dir: dir,
+        })
+    }
+
+    /// A node of the deployment relaying to `upstream`.
+    fn node(&self, upstream: &str) -> Node {
+        let hook = format!("{}/hook", self.hooks.url());
+        Node::new(upstream, &self.db_url, &self.key, &hook)
+    }
+}
+
 /// A node's folder and config: its own journal and admin token, the shared database and key.
 struct Node {
     dir: tempfile::TempDir,
@@ -110,21 +151,13 @@ fn opens(config: &Path, want: usize) -> Vec<(String, String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_messages_opens_the_live_tail_and_webhooks() {
-    let Some(pg) = Cluster::start() else { return };
-    pg.create_db("nodes").await;
-    let db_url = format!("postgres://postgres@127.0.0.1:{}/nodes", pg.port);
+    let Some(dep) = Deployment::start("nodes").await else {
+        return;
+    };
     let up = FakeUpstream::start().await;
-    let hooks = Receiver::start(HOOK_SECRET, |_, _| Reply::Status(200)).await;
-    let shared = tempfile::tempdir().unwrap();
-    let key = shared.path().join("secret.key");
-    secret_file(
-        &key,
-        b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    );
-    let hook = format!("{}/hook", hooks.url());
     let (a, b) = (
-        Node::new(&up.addr.to_string(), &db_url, &key, &hook),
-        Node::new(&up.addr.to_string(), &db_url, &key, &hook),
+        dep.node(&up.addr.to_string()),
+        dep.node(&up.addr.to_string()),
     );
     let node_a = Proc::serve(&a.config());
     let node_b = Proc::serve(&b.config());
@@ -166,15 +199,7 @@ async fn two_nodes_share_messages_opens_the_live_tail_and_webhooks() {
         .spawn()
         .expect("tail -f");
     let stdout = tail.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(stdout);
     // Until the follower is connected, loads may land in its backlog (-n 0: not shown):
     // load again until one shows, then check it is the newest count.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -202,7 +227,7 @@ async fn two_nodes_share_messages_opens_the_live_tail_and_webhooks() {
 
     // Every open reached the webhook once, whichever node sent it: wait until the outbox is
     // empty (a row is removed when delivered), then count.
-    let db = pg.connect("nodes").await;
+    let db = dep.pg.connect("nodes").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left: i64 = db
@@ -210,7 +235,7 @@ async fn two_nodes_share_messages_opens_the_live_tail_and_webhooks() {
             .await
             .unwrap()
             .get(0);
-        if left == 0 && hooks.received().iter().filter(|r| r.acked()).count() >= all.len() {
+        if left == 0 && dep.hooks.received().iter().filter(|r| r.acked()).count() >= all.len() {
             break;
         }
         assert!(
@@ -219,7 +244,7 @@ async fn two_nodes_share_messages_opens_the_live_tail_and_webhooks() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let got = hooks.received();
+    let got = dep.hooks.received();
     let mut ids: Vec<&str> = got.iter().map(|r| r.event_id()).collect();
     ids.sort();
     let before = ids.len();
@@ -269,25 +294,15 @@ fn a_shared_store_needs_the_token_key_provisioned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hit_before_its_record_is_held_and_counted_when_the_record_comes() {
-    let Some(pg) = Cluster::start() else { return };
-    pg.create_db("early").await;
-    let db_url = format!("postgres://postgres@127.0.0.1:{}/early", pg.port);
-    let shared = tempfile::tempdir().unwrap();
-    let key = shared.path().join("secret.key");
-    let secret = b"fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
-    secret_file(&key, secret);
-    let hooks = Receiver::start(HOOK_SECRET, |_, _| Reply::Status(200)).await;
-    let b = Node::new(
-        "127.0.0.1:25",
-        &db_url,
-        &key,
-        &format!("{}/hook", hooks.url()),
-    );
+    let Some(dep) = Deployment::start("early").await else {
+        return;
+    };
+    let b = dep.node("127.0.0.1:25");
     let node_b = Proc::serve(&b.config());
 
     // A pixel of a message whose record another node has not indexed yet.
     let id = pixelrelay::token::MessageId::random();
-    let token = pixelrelay::token::TokenKey::from_secret(secret)
+    let token = pixelrelay::token::TokenKey::from_secret(&dep.secret)
         .mint(pixelrelay::token::Purpose::Open, &id);
     b.load(&format!("/o/{token}.gif")).await;
     let metrics = || metrics_of(&b);
@@ -311,7 +326,7 @@ async fn a_hit_before_its_record_is_held_and_counted_when_the_record_comes() {
         flush_interval: Duration::from_millis(100),
         open_log: None,
         postgres: Some(pixelrelay::config::PostgresConfig {
-            url: pg.url("early"),
+            url: dep.pg.url("early"),
             password_file: None,
             ca_file: None,
         }),
@@ -363,6 +378,17 @@ async fn metrics_of(node: &Node) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The lines a child process writes to `out`, as they come.
+fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 /// The admin address in a node's config.
 fn admin_addr(config: &Path) -> String {
     let text = std::fs::read_to_string(config).unwrap();
@@ -372,28 +398,16 @@ fn admin_addr(config: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_away_stops_nothing_and_what_was_journaled_meanwhile_is_indexed_after() {
-    let Some(pg) = Cluster::start() else { return };
-    pg.create_db("away").await;
-    let db_url = format!("postgres://postgres@127.0.0.1:{}/away", pg.port);
+    let Some(dep) = Deployment::start("away").await else {
+        return;
+    };
     let up = FakeUpstream::start().await;
-    let shared = tempfile::tempdir().unwrap();
-    let key = shared.path().join("secret.key");
-    secret_file(
-        &key,
-        b"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
-    );
-    let hooks = Receiver::start(HOOK_SECRET, |_, _| Reply::Status(200)).await;
-    let a = Node::new(
-        &up.addr.to_string(),
-        &db_url,
-        &key,
-        &format!("{}/hook", hooks.url()),
-    );
+    let a = dep.node(&up.addr.to_string());
     let node = Proc::serve(&a.config());
     let html = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n<html><body>hello</body></html>\r\n";
 
     // The database goes away: mail is still relayed with its pixel, pixels still answer.
-    pg.kill();
+    dep.pg.kill();
     let mut c = Client::hello(node.smtp).await;
     for rcpt in ["one@example.net", "two@example.net"] {
         let (code, text) = c.send_mail("news@example.com", &[rcpt], html).await;
@@ -411,12 +425,12 @@ async fn the_database_away_stops_nothing_and_what_was_journaled_meanwhile_is_ind
     }
 
     // It comes back: the journal's records and hits reach it, each once.
-    pg.restart();
+    dep.pg.restart();
     let got = opens(&a.config(), 2);
     assert_eq!(got.len(), 2, "{got:?}");
     assert_ne!(got[0].1, got[1].1);
     assert!(got.iter().all(|o| o.2 == 1));
-    let db = pg.connect("away").await;
+    let db = dep.pg.connect("away").await;
     let messages: i64 = db
         .query_one(
             "SELECT count(*) FROM messages WHERE delivery IS NOT NULL",
@@ -434,21 +448,13 @@ async fn the_database_away_stops_nothing_and_what_was_journaled_meanwhile_is_ind
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_load_loses_nothing_and_the_other_keeps_serving() {
-    let Some(pg) = Cluster::start() else { return };
-    pg.create_db("killed").await;
-    let db_url = format!("postgres://postgres@127.0.0.1:{}/killed", pg.port);
+    let Some(dep) = Deployment::start("killed").await else {
+        return;
+    };
     let up = FakeUpstream::start().await;
-    let shared = tempfile::tempdir().unwrap();
-    let key = shared.path().join("secret.key");
-    secret_file(
-        &key,
-        b"99887766554433221100ffeeddccbbaa99887766554433221100ffeeddccbbaa",
-    );
-    let hooks = Receiver::start(HOOK_SECRET, |_, _| Reply::Status(200)).await;
-    let hook = format!("{}/hook", hooks.url());
     let (a, b) = (
-        Node::new(&up.addr.to_string(), &db_url, &key, &hook),
-        Node::new(&up.addr.to_string(), &db_url, &key, &hook),
+        dep.node(&up.addr.to_string()),
+        dep.node(&up.addr.to_string()),
     );
     let node_a = Proc::serve(&a.config());
     let mut node_b = Proc::serve(&b.config());
@@ -518,23 +524,11 @@ async fn status_of(url: &str) -> std::io::Result<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_started_while_the_database_is_down_says_so_and_starts_when_it_is_back() {
-    let Some(pg) = Cluster::start() else { return };
-    pg.create_db("late").await;
-    let db_url = format!("postgres://postgres@127.0.0.1:{}/late", pg.port);
-    let shared = tempfile::tempdir().unwrap();
-    let key = shared.path().join("secret.key");
-    secret_file(
-        &key,
-        b"0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
-    );
-    let hooks = Receiver::start(HOOK_SECRET, |_, _| Reply::Status(200)).await;
-    let a = Node::new(
-        "127.0.0.1:25",
-        &db_url,
-        &key,
-        &format!("{}/hook", hooks.url()),
-    );
-    pg.kill();
+    let Some(dep) = Deployment::start("late").await else {
+        return;
+    };
+    let a = dep.node("127.0.0.1:25");
+    dep.pg.kill();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pixelrelay"))
         .arg("-c")
         .arg(a.config())
@@ -545,15 +539,7 @@ async fn a_node_started_while_the_database_is_down_says_so_and_starts_when_it_is
         .spawn()
         .expect("serve");
     let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(stderr);
     let wait_for = |what: &str| loop {
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(l) if l.contains(what) => return l,
@@ -566,7 +552,7 @@ async fn a_node_started_while_the_database_is_down_says_so_and_starts_when_it_is
     assert!(line.contains("WARN"), "{line}");
     assert!(child.try_wait().unwrap().is_none(), "serve did not give up");
     // The database back: the node gets ready and serves.
-    pg.restart();
+    dep.pg.restart();
     wait_for("ready smtp=");
     a.load("/o/not-a-token.gif").await;
     let _ = std::process::Command::new("kill")

@@ -193,16 +193,7 @@ async fn pixel_bench_server() {
 #[ignore = "a manual measurement"]
 async fn store_record_open_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let store_cfg = StoreConfig {
-        path: dir.path().join("db"),
-        subjects: false,
-        anonymize_ip: false,
-        retention_days: 0,
-        flush_interval: Duration::from_millis(500),
-        open_log: None,
-        postgres: None,
-    };
-    record_open_rate(&store_cfg).await;
+    record_open_rate(&bench_store(dir.path(), None)).await;
 }
 
 /// The same into PostgreSQL (a throwaway cluster on this machine, fsync off: what the
@@ -215,20 +206,28 @@ async fn store_record_open_rate_postgres() {
     };
     pg.create_db("bench").await;
     let dir = tempfile::tempdir().unwrap();
-    let store_cfg = StoreConfig {
-        path: dir.path().join("db"),
+    let pg = pixelrelay::config::PostgresConfig {
+        url: pg.url("bench"),
+        password_file: None,
+        ca_file: None,
+    };
+    record_open_rate(&bench_store(dir.path(), Some(pg))).await;
+}
+
+/// The store the rate tests write: sled in `dir`, or PostgreSQL with `pg`.
+fn bench_store(
+    dir: &std::path::Path,
+    pg: Option<pixelrelay::config::PostgresConfig>,
+) -> StoreConfig {
+    StoreConfig {
+        path: dir.join("db"),
         subjects: false,
         anonymize_ip: false,
         retention_days: 0,
         flush_interval: Duration::from_millis(500),
         open_log: None,
-        postgres: Some(pixelrelay::config::PostgresConfig {
-            url: pg.url("bench"),
-            password_file: None,
-            ca_file: None,
-        }),
-    };
-    record_open_rate(&store_cfg).await;
+        postgres: pg,
+    }
 }
 
 async fn record_open_rate(store_cfg: &StoreConfig) {

@@ -561,3 +561,73 @@ async fn a_node_started_while_the_database_is_down_says_so_and_starts_when_it_is
         .status();
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_lease_of_a_node_killed_mid_delivery_runs_out_and_another_node_sends_it() {
+    let Some(mut dep) = Deployment::start("lease").await else {
+        return;
+    };
+    // The endpoint hangs on the first request (node A's), answers the rest.
+    dep.hooks = Receiver::start(HOOK_SECRET, |n, _| {
+        if n == 0 {
+            Reply::Stall
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let up = FakeUpstream::start().await;
+    let (a, b) = (
+        dep.node(&up.addr.to_string()),
+        dep.node(&up.addr.to_string()),
+    );
+    let mut node_a = Proc::serve(&a.config());
+    let mut c = Client::hello(node_a.smtp).await;
+    let html = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n<html><body>hello</body></html>\r\n";
+    let (code, text) = c
+        .send_mail("news@example.com", &["bob@example.net"], html)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    c.cmd("QUIT").await;
+    let url = pixel_urls(&up.messages()[0].data).remove(0);
+    a.load(&url[url.find("/o/").unwrap()..]).await;
+    // A is delivering the open (the endpoint holds the request): kill -9 it there.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while dep.hooks.received().is_empty() {
+        assert!(Instant::now() < deadline, "A never sent the event");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leased = Instant::now();
+    let event = dep.hooks.received()[0].event_id().to_string();
+    node_a.child.kill().expect("kill -9");
+    let _ = node_a.child.wait();
+    // B finds the row, waits out A's lease (2 x 2 s timeout + 5 s), and sends the same event.
+    let node_b = Proc::serve(&b.config());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = dep.hooks.received();
+        if let Some(r) = got.iter().find(|r| r.acked()) {
+            assert_eq!(r.event_id(), event, "the event A could not finish");
+            // Not before A's lease ran out: nobody sent it while A might still have been.
+            assert!(
+                leased.elapsed() >= Duration::from_secs(8),
+                "sent {:?} after A took it, inside its 9 s lease",
+                leased.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node sent the event after A died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let db = dep.pg.connect("lease").await;
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    assert_eq!(node_b.stop(), Some(0));
+}

@@ -670,7 +670,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Runs `pixelrelay -c CONFIG serve` and waits for its "ready" line.
+    /// Runs `pixelrelay -c CONFIG serve` and waits for its "ready" line. Its log level is
+    /// `info`, or `PIXELRELAY_TEST_LOG` (e.g. `debug`) when a test is being looked into.
     pub fn serve(config: &Path) -> Proc {
         use std::io::BufRead;
         use std::process::{Command, Stdio};

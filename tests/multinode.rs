@@ -163,15 +163,7 @@ async fn two_nodes_share_messages_opens_the_live_tail_and_webhooks() {
     let node_b = Proc::serve(&b.config());
 
     // Mail through A.
-    let mut c = Client::hello(node_a.smtp).await;
-    let html = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n<html><body>hello</body></html>\r\n";
-    let (code, text) = c
-        .send_mail("news@example.com", &["bob@example.net"], html)
-        .await;
-    assert_eq!(code, 250, "{text}");
-    c.cmd("QUIT").await;
-    let url = pixel_urls(&up.messages()[0].data).remove(0);
-    let path = &url[url.find("/o/").expect("pixel path")..];
+    let path = &mail_one(node_a.smtp, &up).await;
 
     // Its pixel through B, then through A: one message, two opens, on both nodes' APIs.
     b.load(path).await;
@@ -383,6 +375,20 @@ async fn metrics_of(node: &Node) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Relays one HTML message to bob through the node at `smtp`; the path (`/o/TOKEN.gif`) of
+/// the pixel the upstream received in it.
+async fn mail_one(smtp: std::net::SocketAddr, up: &FakeUpstream) -> String {
+    let mut c = Client::hello(smtp).await;
+    let html = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n<html><body>hello</body></html>\r\n";
+    let (code, text) = c
+        .send_mail("news@example.com", &["bob@example.net"], html)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    c.cmd("QUIT").await;
+    let url = pixel_urls(&up.messages().last().expect("relayed").data).remove(0);
+    url[url.find("/o/").expect("pixel path")..].to_string()
+}
+
 /// The lines a child process writes to `out`, as they come.
 fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -463,15 +469,7 @@ async fn a_node_killed_mid_load_loses_nothing_and_the_other_keeps_serving() {
     );
     let node_a = Proc::serve(&a.config());
     let mut node_b = Proc::serve(&b.config());
-    let mut c = Client::hello(node_a.smtp).await;
-    let html = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n<html><body>hello</body></html>\r\n";
-    let (code, text) = c
-        .send_mail("news@example.com", &["bob@example.net"], html)
-        .await;
-    assert_eq!(code, 250, "{text}");
-    c.cmd("QUIT").await;
-    let url = pixel_urls(&up.messages()[0].data).remove(0);
-    let path = url[url.find("/o/").unwrap()..].to_string();
+    let path = mail_one(node_a.smtp, &up).await;
 
     // Loads through B, and kill -9 in the middle of them.
     let mut answered = 0u64;
@@ -587,15 +585,7 @@ async fn a_webhook_lease_of_a_node_killed_mid_delivery_runs_out_and_another_node
         dep.node(&up.addr.to_string()),
     );
     let mut node_a = Proc::serve(&a.config());
-    let mut c = Client::hello(node_a.smtp).await;
-    let html = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n<html><body>hello</body></html>\r\n";
-    let (code, text) = c
-        .send_mail("news@example.com", &["bob@example.net"], html)
-        .await;
-    assert_eq!(code, 250, "{text}");
-    c.cmd("QUIT").await;
-    let url = pixel_urls(&up.messages()[0].data).remove(0);
-    a.load(&url[url.find("/o/").unwrap()..]).await;
+    a.load(&mail_one(node_a.smtp, &up).await).await;
     // A is delivering the open (the endpoint holds the request): kill -9 it there.
     let deadline = Instant::now() + Duration::from_secs(15);
     while dep.hooks.received().is_empty() {

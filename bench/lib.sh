@@ -9,3 +9,21 @@ wait_port() {
   echo "nothing listening on $1" >&2
   exit 1
 }
+
+# haproxy in TCP mode from 127.0.0.1:$2 to 127.0.0.1:$3 (one byte-for-byte hop), its config in
+# $1; appends its pid to the caller's `pids`.
+start_haproxy() {
+  cat > "$1" <<CFG
+global
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen smtp
+  bind 127.0.0.1:$2
+  server sink 127.0.0.1:$3
+CFG
+  haproxy -f "$1" -db >/dev/null 2>&1 & pids+=($!)
+}

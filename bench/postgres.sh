@@ -46,17 +46,7 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg/log" -w \
 PGPASSWORD=bench-password "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -qc "CREATE DATABASE relay"
 
 smtp-sink -u nobody -h sink.localhost -m 1000 127.0.0.1:$SINK 1024 & pids+=($!)
-cat > "$W/haproxy.cfg" <<CFG
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-listen smtp
-  bind 127.0.0.1:$HAP
-  server sink 127.0.0.1:$SINK
-CFG
-haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+start_haproxy "$W/haproxy.cfg" "$HAP" "$SINK"
 
 declare -A PORT
 for store in sled postgres; do

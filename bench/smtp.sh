@@ -32,19 +32,7 @@ SINK=$(port); HAP=$(port); RELAY=$(port); HTTP=$(port); ADMIN=$(port); MTA=$(por
 
 smtp-sink -u nobody -h sink.localhost -m 1000 127.0.0.1:$SINK 1024 & pids+=($!)
 
-cat > "$W/haproxy.cfg" <<CFG
-global
-  maxconn 4096
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-listen smtp
-  bind 127.0.0.1:$HAP
-  server sink 127.0.0.1:$SINK
-CFG
-haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+start_haproxy "$W/haproxy.cfg" "$HAP" "$SINK"
 
 mkdir -p "$W/relay"
 cat > "$W/relay/relay.toml" <<CFG

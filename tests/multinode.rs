@@ -309,6 +309,29 @@ async fn a_hit_before_its_record_is_held_and_counted_when_the_record_comes() {
     assert!(opens(&b.config(), 0).is_empty());
 
     // The record arrives (as the relaying node's indexer would write it): the held hit counts.
+    record_elsewhere(&dep, "early", id);
+    let got = opens(&b.config(), 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].1.as_str(), got[0].2), (id.to_string().as_str(), 1));
+    // Counted valid once its commit returns (a moment after the API can see the open).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = metrics().await;
+        if m.contains("pixelrelay_pixel_requests_total{result=\"valid\"} 1") {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        m.contains("pixelrelay_pixel_requests_total{result=\"invalid\"} 0"),
+        "{m}"
+    );
+    assert_eq!(node_b.stop(), Some(0));
+}
+
+/// Records message `id` in database `db` as the indexer of a node that relayed it would.
+fn record_elsewhere(dep: &Deployment, db: &str, id: pixelrelay::token::MessageId) {
     let other = tempfile::tempdir().unwrap();
     let store = pixelrelay::store::Store::open(&pixelrelay::config::StoreConfig {
         path: other.path().join("db"),
@@ -318,7 +341,7 @@ async fn a_hit_before_its_record_is_held_and_counted_when_the_record_comes() {
         flush_interval: Duration::from_millis(100),
         open_log: None,
         postgres: Some(pixelrelay::config::PostgresConfig {
-            url: dep.pg.url("early"),
+            url: dep.pg.url(db),
             password_file: None,
             ca_file: None,
         }),
@@ -338,23 +361,55 @@ async fn a_hit_before_its_record_is_held_and_counted_when_the_record_comes() {
             skip_reason: None,
         })
         .unwrap();
-    let got = opens(&b.config(), 1);
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!((got[0].1.as_str(), got[0].2), (id.to_string().as_str(), 1));
-    // Counted valid once its commit returns (a moment after the API can see the open).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let m = loop {
-        let m = metrics().await;
-        if m.contains("pixelrelay_pixel_requests_total{result=\"valid\"} 1") {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "{m}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_hits_outlive_a_kill_of_their_node_and_count_once_when_the_record_comes() {
+    let Some(dep) = Deployment::start("heldkill").await else {
+        return;
     };
-    assert!(
-        m.contains("pixelrelay_pixel_requests_total{result=\"invalid\"} 0"),
-        "{m}"
+    let b = dep.node("127.0.0.1:25");
+    let mut node_b = Proc::serve(&b.config());
+    let id = pixelrelay::token::MessageId::random();
+    let token = pixelrelay::token::TokenKey::from_secret(&dep.secret)
+        .mint(pixelrelay::token::Purpose::Open, &id);
+    for _ in 0..3 {
+        b.load(&format!("/o/{token}.gif")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !metrics_of(&b)
+        .await
+        .contains("pixelrelay_pixel_requests_total{result=\"held\"} 3")
+    {
+        assert!(Instant::now() < deadline, "the hits were never held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Held, and the journal indexed past them: kill -9, then the record comes.
+    node_b.child.kill().expect("kill -9");
+    let _ = node_b.child.wait();
+    record_elsewhere(&dep, "heldkill", id);
+    let node_b = Proc::serve(&b.config());
+    let loaded = |p: &Proc| {
+        p.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("held hits loaded") && l.contains("held=3"))
+    };
+    assert!(loaded(&node_b), "the holds were loaded on start");
+    let got = opens(&b.config(), 3);
+    assert_eq!(
+        got.len(),
+        3,
+        "every held hit recorded after the restart: {got:?}"
     );
+    let counts: Vec<u64> = got.iter().map(|o| o.2).collect();
+    assert_eq!(counts, [1, 2, 3], "each once");
+    // Released with their opens: a further restart records nothing again.
+    assert_eq!(node_b.stop(), Some(0));
+    let node_b = Proc::serve(&b.config());
+    assert!(!loaded(&node_b), "nothing held after they were recorded");
+    assert_eq!(opens(&b.config(), 3).len(), 3);
     assert_eq!(node_b.stop(), Some(0));
 }
 

@@ -83,7 +83,6 @@ fn capped(s: &str, max: usize) -> &str {
 
 impl Hit<'_> {
     /// [`Hit::encode_with_ip`] with the hit's own address, into a vector of its own.
-    #[cfg(test)]
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(self.encoded_len());
         self.encode_with_ip(self.ip, &mut b);

@@ -15,10 +15,10 @@
 //!
 //! A hit whose message is unknown (purged, or another instance's store) is counted invalid and
 //! dropped, except on a store several nodes share, where the record may still be in the
-//! journal of the node that relayed the message: such a hit is held in memory and retried
-//! every [`HOLD_RETRY`] for up to [`HOLD`] (at most [`HOLD_MAX`] hits at once), counted as held,
-//! then recorded, or counted invalid when its time is up; a hit that cannot be decoded or committed is counted as a store error, logged, and
-//! skipped, so one bad record never stops the index.
+//! journal of the node that relayed the message: such a hit is held (`hold.rs`, durably) and
+//! tried again until its record comes or its time is up. A hit that cannot be decoded or
+//! committed is counted as a store error, logged, and skipped, so one bad record never stops
+//! the index.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::entry::Entry;
 use super::hit::Hit;
+use super::hold;
 use super::journal::{Read, Reader};
 use super::pace::{self, Pace};
 use super::{Ingest, WeakInner};
@@ -48,12 +49,6 @@ const LINGER: Duration = Duration::from_millis(10);
 /// A batch smaller than this is a trickle: the indexer lingers before the next one. (sled
 /// writes two log buffers for every batch, whatever its size, on its IO threads.)
 const SMALL_BATCH: usize = 256;
-/// How long a hit for a message not yet in a shared store is held, from its load.
-pub const HOLD: Duration = Duration::from_secs(600);
-/// How often held hits are tried again.
-const HOLD_RETRY: Duration = Duration::from_secs(1);
-/// Hits held at once at most (beyond, they are counted invalid at once).
-const HOLD_MAX: usize = 100_000;
 /// Wait after the store failed as a whole (sled cannot write) before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -100,7 +95,7 @@ pub(super) fn index_batch(
     }
     if mark == start {
         // Held hits whose time to try again has come, while nothing new arrives.
-        if has_due_holds(ing) {
+        if hold::any_due(ing) {
             index_hits(ing, Vec::new(), start)?;
         }
         // No record, but possibly past segments that no longer exist (a fresh journal starts
@@ -194,40 +189,44 @@ fn index_messages(
     store.commit_opens(&[], Some(mark)).map(|_| ())
 }
 
-/// Classifies and records a run of hits with the journal position `mark`.
+/// Classifies and records a run of hits with the journal position `mark`, with the held hits
+/// due for another try.
 fn index_hits(
-    ing: &Ingest,
-    mut hits: Vec<(Hit<'static>, Position)>,
-    mark: Position,
-) -> Result<(), StoreError> {
-    let now = crate::clock::now_ms();
-    let due = due_holds(ing, now);
-    // Hits from `fresh` on are held ones tried again; held again if the store is away.
-    let fresh = hits.len();
-    hits.extend(due.iter().cloned().map(|h| (h, mark)));
-    let r = record_hits(ing, hits, mark, now, fresh);
-    if r.is_err() {
-        let retry = now + HOLD_RETRY.as_millis() as u64;
-        lock_held(ing).extend(due.into_iter().map(|h| (h, retry)));
-    }
-    r
-}
-
-/// [`index_hits`] for `hits`, of which those from `fresh` on come out of the hold.
-fn record_hits(
     ing: &Ingest,
     hits: Vec<(Hit<'static>, Position)>,
     mark: Position,
-    now: u64,
-    fresh: usize,
 ) -> Result<(), StoreError> {
+    let now = crate::clock::now_ms();
+    let due = hold::due(ing, now);
+    match record_hits(ing, hits, due.clone(), mark, now) {
+        Ok(plan) => {
+            plan.done(ing);
+            Ok(())
+        }
+        // The store away: the held ones back as they were; the fresh ones are read again
+        // from the journal.
+        Err(e) => {
+            hold::put_back(ing, due, now);
+            Err(e)
+        }
+    }
+}
+
+/// [`index_hits`]: the opens of `hits` and `due` committed with the journal position `mark`,
+/// and the holds that changed with them. What stays held is the returned plan's to keep.
+fn record_hits(
+    ing: &Ingest,
+    hits: Vec<(Hit<'static>, Position)>,
+    due: Vec<hold::Held>,
+    mark: Position,
+    now: u64,
+) -> Result<hold::Plan, StoreError> {
     let inner = &*ing.inner;
     let store = &inner.store;
     let anonymize = store.config().anonymize_ip;
-    let mut prepared = Vec::with_capacity(hits.len());
-    let mut ends = Vec::with_capacity(hits.len());
     // Every message the batch opens, read from the store at once (one query for a database).
     let mut wanted: Vec<MessageId> = hits.iter().map(|(h, _)| h.message).collect();
+    wanted.extend(due.iter().map(|d| d.hit.message));
     wanted.sort_unstable();
     wanted.dedup();
     let contexts: HashMap<MessageId, OpenContext> = match store.open_contexts(&wanted) {
@@ -239,43 +238,73 @@ fn record_hits(
                 .store_errors
                 .fetch_add(hits.len() as u64, Ordering::Relaxed);
             tracing::error!(error = %e, "cannot read the messages of a batch of opens");
-            return Ok(());
+            // The held ones stay held.
+            return Ok(hold::Plan::keeping(due));
         }
     };
-    for (i, (h, at)) in hits.into_iter().enumerate() {
+    let mut plan = hold::Plan::default();
+    let mut prepared = Vec::with_capacity(hits.len() + due.len());
+    let mut ends = Vec::with_capacity(prepared.capacity());
+    for (h, at) in hits {
         match contexts.get(&h.message) {
             Some(ctx) => {
                 prepared.push(Some(prepare(h, ctx.clone(), anonymize)));
                 ends.push(at);
+                plan.recorded.push(None);
             }
             // Authentic token, no record: purged by retention, or another instance's store;
             // on a shared store, perhaps not indexed yet by the node that relayed it.
-            None => hold_or_drop(ing, h, now, i >= fresh),
+            None => plan.unknown(ing, h, at, now),
         }
     }
-    let results = match store.commit_opens(&prepared, Some(mark)) {
-        Ok(events) => events.into_iter().map(Ok).collect(),
-        // The store away: the whole run again later (held hits go back to the hold).
-        Err(e) if unavailable(&e) => return Err(e),
-        // One bad record must not cost the others their opens: retry them one by one, each
-        // with its own journal position, so that a failure part way leaves the index exact.
-        Err(_) => {
-            let out: Vec<_> = prepared
-                .iter()
-                .zip(&ends)
-                .map(|(o, at)| {
-                    store
-                        .commit_opens(std::slice::from_ref(o), Some(*at))
-                        .map(|mut v| v.pop().flatten())
-                })
-                .collect();
-            // Past whatever failed or was skipped.
-            store.commit_opens(&[], Some(mark))?;
-            out
+    for d in due {
+        match contexts.get(&d.hit.message) {
+            Some(ctx) => {
+                plan.recorded.push(Some(d.key));
+                prepared.push(Some(prepare(d.hit, ctx.clone(), anonymize)));
+                ends.push(mark);
+            }
+            None => plan.still_unknown(ing, d, now),
         }
+    }
+    let results = match store.commit_opens_holding(&prepared, Some(mark), &plan.all_changes()) {
+        Ok(events) => events.into_iter().map(Ok).collect(),
+        // The store away: the whole run again later.
+        Err(e) if unavailable(&e) => return Err(e),
+        Err(_) => one_by_one(store, &prepared, &ends, &plan, mark)?,
     };
     count_results(inner, &prepared, results);
-    Ok(())
+    Ok(plan)
+}
+
+/// After a commit of a batch failed on one bad record: the opens one by one, each with its own
+/// journal position (and the release of its hold), so that a failure part way leaves the
+/// index exact and costs the others nothing. The batch's new holds and the releases of those
+/// out of time go with the first commit.
+fn one_by_one(
+    store: &crate::store::Store,
+    prepared: &[Option<PreparedOpen>],
+    ends: &[Position],
+    plan: &hold::Plan,
+    mark: Position,
+) -> Result<Vec<Result<Option<OpenEvent>, StoreError>>, StoreError> {
+    let mut first = Some(plan.changes.clone());
+    let mut out = Vec::with_capacity(prepared.len());
+    for ((o, at), key) in prepared.iter().zip(ends).zip(&plan.recorded) {
+        let mut changes = first.take().unwrap_or_default();
+        changes.release.extend(key);
+        let r = store
+            .commit_opens_holding(std::slice::from_ref(o), Some(*at), &changes)
+            .map(|mut v| v.pop().flatten());
+        if r.is_err() {
+            // The open is lost; its hold changes are not.
+            store.commit_opens_holding(&[], Some(*at), &changes)?;
+        }
+        out.push(r);
+    }
+    // Past whatever failed or was skipped.
+    store.commit_opens_holding(&[], Some(mark), &first.unwrap_or_default())?;
+    Ok(out)
 }
 
 /// Classifies hit `h` of the message of `ctx` (the early-load rule counts from its hand-off).
@@ -303,46 +332,6 @@ fn prepare(h: Hit<'static>, ctx: OpenContext, anonymize: bool) -> PreparedOpen {
 /// record is wrong): the indexer then retries from where it was, skipping nothing.
 fn unavailable(e: &StoreError) -> bool {
     matches!(e, StoreError::Engine(_) | StoreError::Task(_))
-}
-
-/// Holds a hit whose message is not (yet) in a shared store, or counts it invalid.
-fn hold_or_drop(ing: &Ingest, h: Hit<'static>, now: u64, again: bool) {
-    let inner = &*ing.inner;
-    let young = now.saturating_sub(h.at_ms) < HOLD.as_millis() as u64;
-    if inner.store.shared() && young {
-        let mut held = lock_held(ing);
-        if held.len() < HOLD_MAX {
-            if !again {
-                inner.hits.held.fetch_add(1, Ordering::Relaxed);
-            }
-            held.push((h, now + HOLD_RETRY.as_millis() as u64));
-            return;
-        }
-    }
-    inner.hits.invalid.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Held hits due for another try, taken out of the hold.
-fn due_holds(ing: &Ingest, now: u64) -> Vec<Hit<'static>> {
-    let mut held = lock_held(ing);
-    if held.is_empty() {
-        return Vec::new();
-    }
-    let (due, wait): (Vec<_>, Vec<_>) = held.drain(..).partition(|(_, at)| *at <= now);
-    *held = wait;
-    due.into_iter().map(|(h, _)| h).collect()
-}
-
-fn has_due_holds(ing: &Ingest) -> bool {
-    let now = crate::clock::now_ms();
-    lock_held(ing).iter().any(|(_, at)| *at <= now)
-}
-
-fn lock_held(ing: &Ingest) -> std::sync::MutexGuard<'_, Vec<(Hit<'static>, u64)>> {
-    ing.inner
-        .held
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Counts and logs what became of each prepared open.

@@ -16,6 +16,7 @@
 
 mod entry;
 mod hit;
+mod hold;
 mod indexer;
 mod journal;
 mod pace;
@@ -46,7 +47,7 @@ pub struct HitCounters {
     pub store_errors: AtomicU64,
     /// Valid hits held because their message's record was not in the shared store yet
     /// (another node had not indexed it): retried, then recorded or, after
-    /// [`indexer::HOLD`], counted invalid.
+    /// [`hold::HOLD`], counted invalid.
     pub held: AtomicU64,
 }
 
@@ -84,15 +85,18 @@ struct Inner {
     /// Times the indexer paused to leave the CPU to the listener (`pace.rs`).
     index_pauses: AtomicU64,
     /// Hits held for a record not yet in the shared store, with when to try them again.
-    held: std::sync::Mutex<Vec<(hit::Hit<'static>, u64)>>,
+    held: std::sync::Mutex<Vec<hold::Held>>,
 }
 
-/// The store's journal mark; a shared store that cannot be reached is waited for, with a
-/// line in the log per attempt and a backoff of up to 30 s, rather than failing the start.
-fn journal_mark_when_reachable(store: &Store) -> Result<Position, StoreError> {
+/// `read` of the store; a shared store that cannot be reached is waited for, with a line in
+/// the log per attempt and a backoff of up to 30 s, rather than failing the start.
+fn when_reachable<T>(
+    store: &Store,
+    read: impl Fn() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     let mut wait = Duration::from_secs(1);
     loop {
-        match store.journal_mark() {
+        match read() {
             Ok(m) => return Ok(m),
             Err(e @ (StoreError::Engine(_) | StoreError::Task(_))) if store.shared() => {
                 tracing::warn!(error = %e, retry_s = wait.as_secs(), event = "store_unreachable", "the database cannot be reached; retrying");
@@ -111,7 +115,7 @@ impl Ingest {
     /// it after the store knows its webhook subscriptions: replayed opens write outbox rows.
     pub fn open(store: Store) -> Result<Ingest, StoreError> {
         let cfg = store.config().clone();
-        let mark = journal_mark_when_reachable(&store)?;
+        let mark = when_reachable(&store, || store.journal_mark())?;
         let journal =
             journal::Journal::open(&journal_dir(&cfg.path), mark.generation).map_err(|e| {
                 StoreError::Io(std::io::Error::new(e.kind(), format!("open journal: {e}")))
@@ -134,6 +138,11 @@ impl Ingest {
                 held: std::sync::Mutex::new(Vec::new()),
             }),
         };
+        // Hits this node held for a record when it stopped (or crashed): tried first.
+        let held = when_reachable(&ingest.inner.store, || hold::load(&ingest))?;
+        if held > 0 {
+            tracing::info!(held, "held hits loaded from the store");
+        }
         // Entries journaled before the last stop (or crash) and not yet indexed: index them
         // now, so the store is complete from the start; then keep indexing in the background.
         let mut reader = ingest.inner.journal.reader(mark);

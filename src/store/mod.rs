@@ -103,6 +103,27 @@ pub trait Backend: Send + Sync + 'static {
         mark: Option<Position>,
     ) -> Result<Vec<Option<OpenEvent>>, StoreError>;
 
+    /// [`Backend::commit_opens`] with changes to this node's held hits in the same
+    /// transaction. Only a shared store holds hits; the others accept no change.
+    fn commit_opens_holding(
+        &self,
+        opens: &[Option<PreparedOpen>],
+        mark: Option<Position>,
+        holds: &HoldChanges,
+    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
+        if holds.is_empty() {
+            return self.commit_opens(opens, mark);
+        }
+        Err(StoreError::Engine(
+            "only a store several nodes share holds hits".into(),
+        ))
+    }
+
+    /// This node's held hits, oldest first (see [`HoldChanges`]).
+    fn held_hits(&self) -> Result<Vec<(Position, Vec<u8>)>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Opens newest first, strictly before `cursor` (an open id) or from the newest.
     fn list_opens(&self, cursor: Option<&str>, limit: usize)
     -> Result<Page<OpenEvent>, StoreError>;

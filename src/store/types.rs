@@ -44,6 +44,26 @@ impl Position {
     }
 }
 
+/// Changes to this node's held hits (valid hits whose message was not yet in a shared store
+/// when they were indexed), committed in the same transaction as the opens and the journal
+/// mark that passes them: a node killed while it holds hits finds them again on start, and a
+/// hit recorded from the hold is never recorded twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HoldChanges {
+    /// Newly held: where each hit ends in this node's journal (its key) and the hit as
+    /// journaled.
+    pub add: Vec<(Position, Vec<u8>)>,
+    /// No longer held (recorded, or out of time), by key.
+    pub release: Vec<Position>,
+}
+
+impl HoldChanges {
+    /// Nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.release.is_empty()
+    }
+}
+
 /// What the relay knows about a message when it hands it upstream: THE message record. The
 /// store keeps it as recorded (with its delivery beside it) and the API shows it inside
 /// [`Message`]; nothing copies it field by field.

@@ -59,8 +59,21 @@ impl Backend for PgStore {
         opens: &[Option<PreparedOpen>],
         mark: Option<Position>,
     ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
-        let opens = opens.to_vec();
-        self.call(move |i| async move { i.commit_opens(opens, mark).await })
+        self.commit_opens_holding(opens, mark, &HoldChanges::default())
+    }
+
+    fn commit_opens_holding(
+        &self,
+        opens: &[Option<PreparedOpen>],
+        mark: Option<Position>,
+        holds: &HoldChanges,
+    ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
+        let (opens, holds) = (opens.to_vec(), holds.clone());
+        self.call(move |i| async move { i.commit_opens(opens, mark, holds).await })
+    }
+
+    fn held_hits(&self) -> Result<Vec<(Position, Vec<u8>)>, StoreError> {
+        self.call(|i| async move { i.held_hits().await })
     }
 
     fn list_opens(

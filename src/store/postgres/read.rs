@@ -330,6 +330,28 @@ impl Inner {
         }))
     }
 
+    /// This node's held hits, oldest first.
+    pub(super) async fn held_hits(&self) -> Result<Vec<(Position, Vec<u8>)>, StoreError> {
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT generation, \"offset\", hit FROM held_hits WHERE node = $1
+                 ORDER BY generation, \"offset\"",
+                &[&self.node],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let at = Position {
+                    generation: unbig(r.get(0)),
+                    offset: unbig(r.get(1)),
+                };
+                (at, r.get::<_, Vec<u8>>(2))
+            })
+            .collect())
+    }
+
     pub(super) async fn size_on_disk(&self) -> Result<u64, StoreError> {
         let c = self.conn().await?;
         let row = c

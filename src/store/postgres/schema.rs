@@ -6,8 +6,14 @@
 use tokio_postgres::Client;
 
 /// Every migration, oldest first: (version, name, SQL). Versions count up from 1 with no gap.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (
+        2,
+        "held_hits",
+        include_str!("migrations/0002_held_hits.sql"),
+    ),
+];
 
 /// The schema version this binary writes.
 pub fn latest() -> i32 {

@@ -251,6 +251,7 @@ impl Inner {
         &self,
         opens: Vec<Option<PreparedOpen>>,
         mark: Option<Position>,
+        holds: HoldChanges,
     ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
         let mut c = self.conn().await?;
         let (tx, mut sh) = self.begin(&mut c).await?;
@@ -284,6 +285,7 @@ impl Inner {
             copy_opens(&tx, &new_ids, &new_msgs, &new_events).await?;
             write_stats(&tx, &stats).await?;
         }
+        self.write_holds(&tx, &holds).await?;
         self.finish(tx, &sh, mark).await?;
         if let Some(log) = &self.open_log {
             for json in new_events {
@@ -301,6 +303,36 @@ impl Inner {
             *fed = (*fed).max(sh.last_open);
         }
         Ok(out)
+    }
+}
+
+impl Inner {
+    /// This node's held hits: the new ones in (again after a replay: kept as they were), the
+    /// released ones out.
+    async fn write_holds(&self, tx: &Transaction<'_>, h: &HoldChanges) -> Result<(), StoreError> {
+        if !h.add.is_empty() {
+            let g: Vec<i64> = h.add.iter().map(|(p, _)| big(p.generation)).collect();
+            let o: Vec<i64> = h.add.iter().map(|(p, _)| big(p.offset)).collect();
+            let hit: Vec<&[u8]> = h.add.iter().map(|(_, b)| b.as_slice()).collect();
+            tx.execute(
+                "INSERT INTO held_hits (node, generation, \"offset\", hit)
+                 SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bytea[])
+                 ON CONFLICT DO NOTHING",
+                &[&self.node, &g, &o, &hit],
+            )
+            .await?;
+        }
+        if !h.release.is_empty() {
+            let g: Vec<i64> = h.release.iter().map(|p| big(p.generation)).collect();
+            let o: Vec<i64> = h.release.iter().map(|p| big(p.offset)).collect();
+            tx.execute(
+                "DELETE FROM held_hits h USING unnest($2::bigint[], $3::bigint[]) AS r(g, o)
+                 WHERE h.node = $1 AND h.generation = r.g AND h.\"offset\" = r.o",
+                &[&self.node, &g, &o],
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 

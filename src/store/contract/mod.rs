@@ -584,3 +584,4 @@ fn the_journal_mark_commits_with_the_write_it_came_with() {
 
 mod holds;
 mod outbox;
+mod replies;

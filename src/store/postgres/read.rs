@@ -110,6 +110,9 @@ fn message_cursor(m: &Message) -> String {
     s
 }
 
+/// Messages deleted per transaction of a purge.
+const PURGE_CHUNK: i64 = 1000;
+
 impl Inner {
     pub(super) async fn get_message(
         &self,
@@ -363,17 +366,33 @@ impl Inner {
     /// Removes the messages received before `cutoff_ms` and their opens, once, whichever
     /// node runs it (the totals keep counting them).
     pub(super) async fn purge(&self, cutoff_ms: u64) -> Result<PurgeReport, StoreError> {
-        let c = self.conn().await?;
-        let row = c
-            .query_one(
-                "WITH gone AS (DELETE FROM messages WHERE at_ms < $1 RETURNING opens)
-                 SELECT count(*), coalesce(sum(opens), 0)::bigint FROM gone",
-                &[&big(cutoff_ms)],
-            )
-            .await?;
-        Ok(PurgeReport {
-            messages: unbig(row.get(0)),
-            opens: unbig(row.get(1)),
-        })
+        let mut c = self.conn().await?;
+        let mut report = PurgeReport::default();
+        // In chunks, each under the writers' lock (no commit of opens can then write an open
+        // of a message deleted under it), so that a large purge holds the indexers up for
+        // one chunk at a time.
+        loop {
+            let tx = c.transaction().await?;
+            super::write::lock_writers(&tx).await?;
+            let row = tx
+                .query_one(
+                    "WITH gone AS (
+                         DELETE FROM messages WHERE id IN
+                             (SELECT id FROM messages WHERE at_ms < $1 LIMIT $2)
+                         RETURNING id, opens),
+                     opens_gone AS (
+                         DELETE FROM opens WHERE message IN (SELECT id FROM gone))
+                     SELECT count(*), coalesce(sum(opens), 0)::bigint FROM gone",
+                    &[&big(cutoff_ms), &PURGE_CHUNK],
+                )
+                .await?;
+            tx.commit().await?;
+            let (messages, opens) = (unbig(row.get(0)), unbig(row.get(1)));
+            report.messages += messages;
+            report.opens += opens;
+            if messages < PURGE_CHUNK as u64 {
+                return Ok(report);
+            }
+        }
     }
 }

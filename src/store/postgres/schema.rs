@@ -13,6 +13,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "held_hits",
         include_str!("migrations/0002_held_hits.sql"),
     ),
+    (
+        3,
+        "opens_without_fk",
+        include_str!("migrations/0003_opens_without_fk.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.

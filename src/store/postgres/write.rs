@@ -2,7 +2,7 @@
 //! writers' advisory lock, with the shared totals read and written back in it and the
 //! journal position of this node when the commit comes from its journal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::Transaction;
 
@@ -14,6 +14,34 @@ use crate::track::OpenEvent;
 
 /// The lock every writer takes ("pixelrelay writes").
 const WRITE_LOCK: i64 = 0x7069_7865_6c77_7269;
+
+/// The final replies of one write, by message: the first (counted and announced) and the
+/// last (stored).
+struct Replies<'a> {
+    first: HashMap<MessageId, &'a Delivery>,
+    last: HashMap<MessageId, &'a Delivery>,
+}
+
+impl<'a> Replies<'a> {
+    fn of(done: &'a [(MessageId, Delivery)]) -> Replies<'a> {
+        let mut r = Replies {
+            first: HashMap::with_capacity(done.len()),
+            last: HashMap::with_capacity(done.len()),
+        };
+        for (id, d) in done {
+            r.first.entry(*id).or_insert(d);
+            r.last.insert(*id, d);
+        }
+        r
+    }
+}
+
+/// Takes the writers' lock for the rest of transaction `tx`.
+pub(super) async fn lock_writers(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .await?;
+    Ok(())
+}
 
 /// What a write changes of the shared state, read at its start under the lock.
 pub(super) struct Shared {
@@ -41,8 +69,7 @@ impl Inner {
         c: &'c mut tokio_postgres::Client,
     ) -> Result<(Transaction<'c>, Shared), StoreError> {
         let tx = c.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-            .await?;
+        lock_writers(&tx).await?;
         let (counters, last_open, last_event) = read_state(&tx).await?;
         Ok((
             tx,
@@ -134,22 +161,59 @@ impl Inner {
     ) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         let (tx, mut sh) = self.begin(&mut c).await?;
-        if !recs.is_empty() {
-            sh.counters.recorded += self.upsert_records(&tx, recs).await?;
-        }
-        if !done.is_empty() {
-            self.record_replies(&tx, &mut sh, done).await?;
+        // A reply journaled in the same run as its record (the usual case: the relay journals
+        // both within milliseconds) is written with the new row: one insert, no update.
+        let folded = if recs.is_empty() {
+            HashSet::new()
+        } else {
+            self.record_new(&tx, &mut sh, recs, &done).await?
+        };
+        let rest: Vec<_> = done
+            .into_iter()
+            .filter(|(id, _)| !folded.contains(id))
+            .collect();
+        if !rest.is_empty() {
+            self.record_replies(&tx, &mut sh, rest).await?;
         }
         self.finish(tx, &sh, mark).await
     }
 
+    /// Message records, each new one with its reply in `done` if any (counted and announced
+    /// here): the ids whose reply was written so.
+    async fn record_new(
+        &self,
+        tx: &Transaction<'_>,
+        sh: &mut Shared,
+        recs: Vec<MessageRecord>,
+        done: &[(MessageId, Delivery)],
+    ) -> Result<HashSet<MessageId>, StoreError> {
+        let replies = Replies::of(done);
+        let new = self.upsert_records(tx, recs, &replies).await?;
+        sh.counters.recorded += new.len() as u64;
+        let mut folded = HashSet::new();
+        for rec in &new {
+            if let Some(first) = replies.first.get(&rec.id).copied() {
+                sh.counters.count_delivery(rec, first);
+                let ev = MessageEvent {
+                    record: rec,
+                    delivery: &Some(first.clone()),
+                };
+                self.write_event(tx, sh, "message", first.at_ms, &ev)
+                    .await?;
+                folded.insert(rec.id);
+            }
+        }
+        Ok(folded)
+    }
+
     /// Writes message records in one statement (an id seen again updates its record and keeps
-    /// its reply and opens); how many were new.
+    /// its reply and opens; a new one gets its reply from `replies`); the new ones.
     async fn upsert_records(
         &self,
         tx: &Transaction<'_>,
         recs: Vec<MessageRecord>,
-    ) -> Result<u64, StoreError> {
+        replies: &Replies<'_>,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
         // One row per id (the last record of it), as writing them in turn would leave.
         let mut last: HashMap<MessageId, MessageRecord> = HashMap::with_capacity(recs.len());
         for mut r in recs {
@@ -159,6 +223,15 @@ impl Inner {
             last.insert(r.id, r);
         }
         let recs: Vec<MessageRecord> = last.into_values().collect();
+        let reply = |r: &MessageRecord| replies.last.get(&r.id).copied();
+        let delivery: Vec<Option<serde_json::Value>> = recs
+            .iter()
+            .map(|r| reply(r).map(serde_json::to_value).transpose())
+            .collect::<Result<_, _>>()?;
+        let sent: Vec<i64> = recs
+            .iter()
+            .map(|r| big(reply(r).map_or(r.at_ms, |d| d.at_ms)))
+            .collect();
         let col = |f: &dyn Fn(&MessageRecord) -> Option<String>| -> Vec<Option<String>> {
             recs.iter().map(f).collect()
         };
@@ -173,12 +246,13 @@ impl Inner {
         let rows = tx
             .query(
                 "INSERT INTO messages (id, queue_id, at_ms, sender, recipients, message_id, subject,
-                                       size, tracked, skip_reason, sent_at_ms)
+                                       size, tracked, skip_reason, delivery, sent_at_ms)
                  SELECT id, q, at, s, ARRAY(SELECT jsonb_array_elements_text(r::jsonb)), mid, subj,
-                        sz, tr, sk, at
+                        sz, tr, sk, d, t
                  FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                             $6::text[], $7::text[], $8::bigint[], $9::boolean[], $10::text[])
-                      AS u(id, q, at, s, r, mid, subj, sz, tr, sk)
+                             $6::text[], $7::text[], $8::bigint[], $9::boolean[], $10::text[],
+                             $11::jsonb[], $12::bigint[])
+                      AS u(id, q, at, s, r, mid, subj, sz, tr, sk, d, t)
                  ON CONFLICT (id) DO UPDATE SET
                     queue_id = EXCLUDED.queue_id, at_ms = EXCLUDED.at_ms, sender = EXCLUDED.sender,
                     recipients = EXCLUDED.recipients, message_id = EXCLUDED.message_id,
@@ -186,7 +260,7 @@ impl Inner {
                     skip_reason = EXCLUDED.skip_reason,
                     sent_at_ms = CASE WHEN messages.delivery IS NULL THEN EXCLUDED.at_ms
                                       ELSE messages.sent_at_ms END
-                 RETURNING (xmax = 0)",
+                 RETURNING id, (xmax = 0)",
                 &[
                     &ids,
                     &col(&|r| Some(r.queue_id.clone())),
@@ -198,10 +272,20 @@ impl Inner {
                     &size,
                     &tracked,
                     &col(&|r| r.skip_reason.clone()),
+                    &delivery,
+                    &sent,
                 ],
             )
             .await?;
-        Ok(rows.iter().filter(|r| r.get::<_, bool>(0)).count() as u64)
+        let new: HashSet<&[u8]> = rows
+            .iter()
+            .filter(|r| r.get::<_, bool>(1))
+            .map(|r| r.get::<_, &[u8]>(0))
+            .collect();
+        Ok(recs
+            .into_iter()
+            .filter(|r| new.contains(r.id.as_bytes().as_slice()))
+            .collect())
     }
 
     /// Final replies, in one statement: each message's first reply is counted and announced;

@@ -5,15 +5,17 @@
 #      cluster the test starts, fsync off);
 #   2. the SMTP path: 20 000 pipelined 12.6 KB messages at 10 connections into smtp-sink
 #      through haproxy (TCP mode), pixelrelay on sled, pixelrelay on PostgreSQL (same machine,
-#      the cluster started here), rounds alternated; prints msgs/s and the ratios.
-# Usage: bench/postgres.sh [MESSAGES] [ROUNDS]    (needs postgresql, postfix, haproxy)
+#      the cluster started here), rounds alternated; prints msgs/s and the ratios;
+#   3. index lag: two pixel-only nodes on that database, a 10 s keep-alive wrk burst at each
+#      (PG_BENCH_BURST seconds), then the time until every answered hit is an open.
+# Usage: bench/postgres.sh [MESSAGES] [ROUNDS]    (needs postgresql, postfix, haproxy, wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
 N=${1:-20000}
 ROUNDS=${2:-3}
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-for tool in smtp-sink haproxy python3 "$PGBIN/initdb"; do
+for tool in smtp-sink haproxy wrk python3 "$PGBIN/initdb"; do
   command -v "$tool" >/dev/null || { echo "bench/postgres.sh: needs $tool"; exit 2; }
 done
 
@@ -109,3 +111,64 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 echo "messages recorded with their reply in PostgreSQL: $got of $want ($(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s after the last round)"
+
+# 3. Two pixel-only nodes over the same database (each its own journal and indexer), a
+#    keep-alive burst of BURST seconds against both at once (one wrk each, cycling through the
+#    tokens of 10 000 messages), then how long until every answered hit is an open in the
+#    database: the index lag a load balancer in front of two pixel nodes leaves behind.
+BURST=${PG_BENCH_BURST:-10}
+echo "== index lag after a ${BURST} s keep-alive burst against two pixel nodes"
+PSQL() { PGPASSWORD=bench-password "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -d relay -Atc "$1"; }
+PIXEL_BENCH_PG_URL="postgres://postgres@127.0.0.1:$PGPORT/relay" PIXELRELAY_PG_PASSWORD=bench-password \
+  PIXEL_BENCH_SECRET="$W/postgres/secret.key" PIXEL_BENCH_TOKENS="$W/tokens.txt" \
+  cargo test --release -q --test pixel_bench -- --ignored --exact pixel_bench_seed_postgres >/dev/null 2>&1
+cat > "$W/pixel.lua" <<LUA
+local t, i = {}, 0
+for l in io.lines("$W/tokens.txt") do t[#t + 1] = l end
+request = function() i = i % #t + 1; return wrk.format("GET", "/o/" .. t[i] .. ".gif") end
+LUA
+declare -A PX
+for node in px1 px2; do
+  d="$W/$node"; mkdir -p "$d"; PX[$node]=$(port); ADMIN=$(port)
+  cp "$W/postgres/secret.key" "$W/postgres/pg.password" "$d/"
+  cat > "$d/relay.toml" <<CFG
+[smtp]
+listen = []
+[upstream]
+address = "127.0.0.1:$SINK"
+[tracking]
+base_url = "http://127.0.0.1:${PX[$node]}"
+secret_file = "secret.key"
+[http]
+listen = "127.0.0.1:${PX[$node]}"
+[admin]
+listen = "127.0.0.1:$ADMIN"
+[store]
+backend = "postgres"
+url = "postgres://postgres@127.0.0.1:$PGPORT/relay"
+password_file = "pg.password"
+[log]
+level = "warn"
+CFG
+  target/release/pixelrelay -c "$d/relay.toml" serve 2>"$d/log" & pids+=($!)
+done
+for node in px1 px2; do wait_port "${PX[$node]}"; done
+before=$(PSQL "SELECT count(*) FROM opens")
+wrks=()
+for node in px1 px2; do
+  wrk -t1 -c32 -d"${BURST}s" -s "$W/pixel.lua" "http://127.0.0.1:${PX[$node]}" > "$W/wrk-$node.txt" 2>&1 &
+  wrks+=($!)
+done
+wait "${wrks[@]}"
+t0=$(date +%s.%N)
+served=0
+for node in px1 px2; do
+  n=$(awk '/requests in/ {print $1}' "$W/wrk-$node.txt"); served=$((served + n))
+  echo "$node: $(awk '/Requests\/sec/ {print $2}' "$W/wrk-$node.txt") req/s, $n answered"
+done
+until [ $(( $(PSQL "SELECT count(*) FROM opens") - before )) -ge "$served" ]; do sleep 0.1; done
+t1=$(date +%s.%N)
+sleep 1
+stored=$(( $(PSQL "SELECT count(*) FROM opens") - before ))
+python3 -c "print(f'every answered hit an open in PostgreSQL {$t1 - $t0:.1f} s after the burst; '
+             f'{$served} answered, {$stored} opens stored ({$served / $BURST:.0f} hits/s over the burst)')"

@@ -187,6 +187,61 @@ async fn pixel_bench_server() {
     }
 }
 
+/// Seeds a PostgreSQL store for a multi-node pixel load: `PIXEL_BENCH_MESSAGES` messages
+/// (10 000) recorded and handed off an hour ago in the database of `PIXEL_BENCH_PG_URL` (its
+/// password in `PIXELRELAY_PG_PASSWORD`), and their pixel tokens, minted with the nodes' key
+/// (`PIXEL_BENCH_SECRET`, a `tracking.secret_file`), one per line in `PIXEL_BENCH_TOKENS`.
+#[test]
+#[ignore = "a helper for bench/postgres.sh"]
+fn pixel_bench_seed_postgres() {
+    let url = std::env::var("PIXEL_BENCH_PG_URL").expect("PIXEL_BENCH_PG_URL");
+    let secret = std::fs::read(std::env::var("PIXEL_BENCH_SECRET").expect("PIXEL_BENCH_SECRET"))
+        .expect("read PIXEL_BENCH_SECRET");
+    let key = TokenKey::from_secret(secret.trim_ascii());
+    let tokens = std::env::var("PIXEL_BENCH_TOKENS").expect("PIXEL_BENCH_TOKENS");
+    let n = env("PIXEL_BENCH_MESSAGES", 10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = bench_store(dir.path(), None);
+    cfg.postgres = Some(pixelrelay::config::PostgresConfig {
+        url,
+        password_file: None,
+        ca_file: None,
+    });
+    let store = Store::open(&cfg).unwrap();
+    let sent = now_ms() - 3_600_000;
+    let recs: Vec<MessageRecord> = (0..n)
+        .map(|i| MessageRecord {
+            id: MessageId::random(),
+            queue_id: format!("B{i}"),
+            at_ms: sent,
+            sender: "bench@example.com".into(),
+            recipients: vec![format!("r{i}@example.net")],
+            message_id: None,
+            subject: None,
+            size: 1000,
+            tracked: true,
+            skip_reason: None,
+        })
+        .collect();
+    let reply = Delivery {
+        accepted: true,
+        reply: "250 ok".into(),
+        at_ms: sent,
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tokens).unwrap());
+    for chunk in recs.chunks(1000) {
+        let done: Vec<(&MessageId, &Delivery)> = chunk.iter().map(|r| (&r.id, &reply)).collect();
+        store
+            .commit_messages(&chunk.iter().collect::<Vec<_>>(), &done, None)
+            .unwrap();
+        for r in chunk {
+            writeln!(out, "{}", key.mint(Purpose::Open, &r.id)).unwrap();
+        }
+    }
+    out.flush().unwrap();
+    println!("SEEDED {n}");
+}
+
 /// Store-only rates: journaling hits (what the pixel's request waits for), and indexing them
 /// into sled behind it (prints hits/s for each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

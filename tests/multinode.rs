@@ -74,7 +74,8 @@ struct Node {
 impl Node {
     fn new(upstream: &str, db_url: &str, key: &Path, hook: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let (http, admin) = (free_port(), free_port());
+        // Nodes are killed and started again on their ports.
+        let (http, admin) = (free_port_for_restarts(), free_port_for_restarts());
         secret_file(
             &dir.path().join("pg.password"),
             Cluster::PASSWORD.as_bytes(),

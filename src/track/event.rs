@@ -24,8 +24,10 @@ pub struct OpenEvent {
     #[serde(rename = "type", default)]
     pub event_type: EventType,
     /// Time-ordered unique id (16 hex digits); also the cursor for listing and following.
+    #[serde(default)]
     pub id: String,
     /// The message's id (32 hex digits).
+    #[serde(default)]
     pub message: String,
     /// When the pixel was loaded, ms since the Unix epoch; RFC 3339 in JSON.
     #[serde(rename = "at", with = "rfc3339_ms")]
@@ -54,8 +56,10 @@ pub struct OpenEvent {
     /// Running count of opens of this message, this one included.
     pub count: u64,
     /// The message's (single) recipient.
+    #[serde(default)]
     pub recipient: String,
     /// The envelope sender.
+    #[serde(default)]
     pub sender: String,
     /// The message's Message-ID header, if it had one.
     pub message_id: Option<String>,

@@ -719,9 +719,18 @@ impl Proc {
                 l.lock().unwrap().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("pixelrelay did not become ready");
+        let addr = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(e) => {
+                let status = child.try_wait();
+                let lines = log.lock().unwrap();
+                let tail = &lines[lines.len().saturating_sub(20)..];
+                panic!(
+                    "pixelrelay did not become ready ({e}; exit: {status:?}); its last lines:\n{}",
+                    tail.join("\n")
+                );
+            }
+        };
         Proc {
             child,
             smtp: addr.parse().expect("ready address"),
@@ -747,6 +756,9 @@ impl Drop for Proc {
 }
 
 /// A free loopback port for a peer that cannot report the port it bound.
+#[allow(unused_imports)] // Not every test binary restarts a listener.
+pub use pg::free_port_for_restarts;
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -44,7 +44,8 @@ impl Cluster {
             std::fs::create_dir(&data).expect("data dir");
             chown(&data, u);
         }
-        let port = free_port();
+        // PostgreSQL cannot report the port it bound; the tests stop and restart it on it.
+        let port = free_port_for_restarts();
         run(
             user,
             &bin.join("initdb"),
@@ -172,12 +173,29 @@ fn bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, b)| b)
 }
 
-/// A free loopback port (PostgreSQL cannot report the one it bound).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// A free port for a listener that a test stops and starts again on the same port: below the
+/// kernel's ephemeral range, so that no outgoing connection (which takes its local port from
+/// that range) can sit on it while its process is down and make the restart fail to bind.
+pub fn free_port_for_restarts() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_001));
+    let mut x = (std::process::id() as u64)
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64));
+    loop {
+        // xorshift: a different port each try, spread over the range.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let p = from + (x % u64::from(to - from)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 fn is_root() -> bool {

@@ -24,6 +24,7 @@
 pub mod schema;
 
 mod backend;
+mod event;
 mod outbox;
 mod read;
 mod write;

@@ -4,6 +4,7 @@
 use tokio_postgres::GenericClient;
 use tokio_postgres::Row;
 
+use super::event::{OPEN_COLUMNS, events};
 use super::{Inner, big, unbig};
 use crate::store::shared::parse_id;
 use crate::store::types::*;
@@ -77,13 +78,6 @@ pub(super) async fn message_rows(
     Ok(out)
 }
 
-/// Events from rows whose first column is the stored event JSON.
-fn events(rows: &[Row]) -> Result<Vec<OpenEvent>, StoreError> {
-    rows.iter()
-        .map(|r| Ok(serde_json::from_str(r.get::<_, &str>(0))?))
-        .collect()
-}
-
 /// A message cursor: 48 hex digits, `at_ms(8) ‖ id(16)`, as the sled store's.
 fn parse_message_cursor(s: &str) -> Result<(u64, Vec<u8>), StoreError> {
     let bad = || StoreError::BadCursor(s.to_string());
@@ -124,7 +118,10 @@ impl Inner {
         };
         let rows = c
             .query(
-                "SELECT event FROM opens WHERE message = $1 ORDER BY id",
+                &format!(
+                    "SELECT {OPEN_COLUMNS} FROM opens o JOIN messages m ON m.id = o.message
+                     WHERE o.message = $1 ORDER BY o.id"
+                ),
                 &[&id.as_bytes().as_slice()],
             )
             .await?;
@@ -248,7 +245,10 @@ impl Inner {
         let c = self.conn().await?;
         let rows = c
             .query(
-                "SELECT event FROM opens WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                &format!(
+                    "SELECT {OPEN_COLUMNS} FROM opens o JOIN messages m ON m.id = o.message
+                     WHERE o.id < $1 ORDER BY o.id DESC LIMIT $2"
+                ),
                 &[&big(before), &big(limit as u64)],
             )
             .await?;
@@ -273,7 +273,10 @@ impl Inner {
         let c = self.conn().await?;
         let rows = c
             .query(
-                "SELECT event FROM opens WHERE $1::bigint IS NULL OR id > $1 ORDER BY id LIMIT $2",
+                &format!(
+                    "SELECT {OPEN_COLUMNS} FROM opens o JOIN messages m ON m.id = o.message
+                     WHERE $1::bigint IS NULL OR o.id > $1 ORDER BY o.id LIMIT $2"
+                ),
                 &[&after.map(big), &big(limit as u64)],
             )
             .await?;
@@ -290,7 +293,10 @@ impl Inner {
         let c = self.conn().await?;
         let rows = c
             .query(
-                "SELECT event FROM opens WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
+                &format!(
+                    "SELECT {OPEN_COLUMNS} FROM opens o JOIN messages m ON m.id = o.message
+                     WHERE o.id > $1 AND o.id <= $2 ORDER BY o.id LIMIT $3"
+                ),
                 &[
                     &big(after),
                     &big(upto.unwrap_or(u64::MAX)),

@@ -362,7 +362,7 @@ impl Inner {
                 .await?;
             new_ids.push(big(sh.last_open));
             new_msgs.push(id.as_bytes().to_vec());
-            new_events.push(serde_json::to_string(&ev)?);
+            new_events.push(super::event::stored(&ev)?);
             out.push(Some(ev));
         }
         if !new_ids.is_empty() {
@@ -372,9 +372,12 @@ impl Inner {
         self.write_holds(&tx, &holds).await?;
         self.finish(tx, &sh, mark).await?;
         if let Some(log) = &self.open_log {
-            for json in new_events {
+            for ev in out.iter().flatten() {
                 // The opens are committed; a full disk here must not undo them.
-                if let Err(e) = log.append_raw(json.into_bytes()) {
+                if let Err(e) = serde_json::to_vec(ev)
+                    .map_err(std::io::Error::other)
+                    .and_then(|json| log.append_raw(json))
+                {
                     tracing::warn!(error = %e, "cannot append to store.open_log");
                 }
             }

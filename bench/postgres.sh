@@ -86,8 +86,12 @@ for p in $SINK $HAP ${PORT[sled]} ${PORT[postgres]}; do wait_port "$p"; done
 
 echo "== SMTP, $N pipelined messages at 10 connections, $ROUNDS rounds"
 declare -A SUM
+# The order rotates each round, so that no target always runs right after another (whose
+# indexer may still be finishing its last batches).
+order=(haproxy sled postgres)
 for r in $(seq "$ROUNDS"); do
-  for path in haproxy sled postgres; do
+  for i in 0 1 2; do
+    path=${order[$(( (i + r - 1) % 3 ))]}
     case $path in haproxy) P=$HAP;; *) P=${PORT[$path]};; esac
     out=$($LOAD 127.0.0.1:$P "$W/msg.eml" "$N" 10)
     rate=$(sed -E 's/.*msgs_per_s=([0-9.]+).*/\1/' <<<"$out")

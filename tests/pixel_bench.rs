@@ -62,37 +62,7 @@ async fn pixel_bench_server() {
     };
     let store = Store::open(&store_cfg).unwrap();
     let key = TokenKey::from_secret(b"bench-secret");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tokens).unwrap());
-    let sent = now_ms() - 3_600_000;
-    for i in 0..n {
-        let id = MessageId::random();
-        store
-            .record_message(&MessageRecord {
-                id,
-                queue_id: format!("B{i}"),
-                at_ms: sent,
-                sender: "bench@example.com".into(),
-                recipients: vec![format!("r{i}@example.net")],
-                message_id: None,
-                subject: None,
-                size: 1000,
-                tracked: true,
-                skip_reason: None,
-            })
-            .unwrap();
-        store
-            .finish_message(
-                &id,
-                &Delivery {
-                    accepted: true,
-                    reply: "250 ok".into(),
-                    at_ms: sent,
-                },
-            )
-            .unwrap();
-        writeln!(out, "{}", key.mint(Purpose::Open, &id)).unwrap();
-    }
-    out.flush().unwrap();
+    seed(&store, &key, n, &tokens);
     let http = HttpConfig {
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
         ..HttpConfig::default()
@@ -208,6 +178,13 @@ fn pixel_bench_seed_postgres() {
         ca_file: None,
     });
     let store = Store::open(&cfg).unwrap();
+    seed(&store, &key, n, &tokens);
+    println!("SEEDED {n}");
+}
+
+/// Records `n` messages handed off an hour ago (the early-load rule then leaves their opens
+/// alone) and writes their pixel tokens, minted with `key`, one per line to `tokens`.
+fn seed(store: &Store, key: &TokenKey, n: u64, tokens: &str) {
     let sent = now_ms() - 3_600_000;
     let recs: Vec<MessageRecord> = (0..n)
         .map(|i| MessageRecord {
@@ -228,7 +205,7 @@ fn pixel_bench_seed_postgres() {
         reply: "250 ok".into(),
         at_ms: sent,
     };
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tokens).unwrap());
+    let mut out = std::io::BufWriter::new(std::fs::File::create(tokens).unwrap());
     for chunk in recs.chunks(1000) {
         let done: Vec<(&MessageId, &Delivery)> = chunk.iter().map(|r| (&r.id, &reply)).collect();
         store
@@ -239,7 +216,6 @@ fn pixel_bench_seed_postgres() {
         }
     }
     out.flush().unwrap();
-    println!("SEEDED {n}");
 }
 
 /// Store-only rates: journaling hits (what the pixel's request waits for), and indexing them

@@ -52,7 +52,7 @@ pub(super) struct Shared {
     written: usize,
 }
 
-/// One open's statistics as a commit of opens reads and updates them.
+/// A message's open statistics: what a commit of opens adds to them, or their counts before it.
 #[derive(Clone, Copy, Default)]
 struct OpenStatsRow {
     opens: u64,
@@ -339,12 +339,9 @@ impl Inner {
     ) -> Result<Vec<Option<OpenEvent>>, StoreError> {
         let mut c = self.conn().await?;
         let (tx, mut sh) = self.begin(&mut c).await?;
-        let ids: Vec<&[u8]> = opens
-            .iter()
-            .flatten()
-            .map(|o| o.id.as_bytes().as_slice())
-            .collect();
-        let mut stats = read_stats(&tx, &ids).await?;
+        // The statistics updated first, in one statement that returns them: what each open's
+        // `first` and `count` are then follows from the totals before this batch.
+        let mut stats = update_stats(&tx, &opens).await?;
         let mut out = Vec::with_capacity(opens.len());
         let (mut new_ids, mut new_msgs, mut new_events) = (Vec::new(), Vec::new(), Vec::new());
         for o in opens {
@@ -367,7 +364,6 @@ impl Inner {
         }
         if !new_ids.is_empty() {
             copy_opens(&tx, &new_ids, &new_msgs, &new_events).await?;
-            write_stats(&tx, &stats).await?;
         }
         self.write_holds(&tx, &holds).await?;
         self.finish(tx, &sh, mark).await?;
@@ -431,11 +427,6 @@ fn count_open(sh: &mut Shared, st: &mut OpenStatsRow, mut ev: OpenEvent) -> Open
     let (first, first_human) = (st.opens == 0, human && st.human == 0);
     st.opens += 1;
     st.human += u64::from(human);
-    st.first = st.first.or(Some(ev.at_ms));
-    st.last = Some(st.last.map_or(ev.at_ms, |l| l.max(ev.at_ms)));
-    if first_human {
-        st.first_human = Some(ev.at_ms);
-    }
     ev.id = format_id(sh.last_open);
     ev.first = first;
     ev.count = st.opens;
@@ -469,65 +460,68 @@ async fn copy_opens(
     Ok(())
 }
 
-/// The statistics of messages `ids` (those that still exist). Every writer of them holds the
-/// writers' lock, so they cannot change before this transaction writes them back.
-async fn read_stats(
+/// Counts the opens of `opens` in their messages' statistics, in one statement; returns, for
+/// each message that still exists, its counts as they were before (every writer holds the
+/// writers' lock, so nothing changed them in between). A message purged since its open was
+/// prepared is missing: its opens are not recorded.
+async fn update_stats(
     tx: &Transaction<'_>,
-    ids: &[&[u8]],
+    opens: &[Option<PreparedOpen>],
 ) -> Result<HashMap<MessageId, OpenStatsRow>, StoreError> {
-    let mut stats = HashMap::new();
+    // Per message: opens, human opens, the first open's and the first human open's time (in
+    // batch order, as counting them one by one would set them), the latest time.
+    let mut delta: HashMap<MessageId, OpenStatsRow> = HashMap::new();
+    for o in opens.iter().flatten() {
+        let d = delta.entry(o.id).or_default();
+        let (at, human) = (o.event.at_ms, !o.event.machine);
+        d.opens += 1;
+        d.human += u64::from(human);
+        d.first = d.first.or(Some(at));
+        if human {
+            d.first_human = d.first_human.or(Some(at));
+        }
+        d.last = Some(d.last.map_or(at, |l| l.max(at)));
+    }
+    let mut ids = Vec::with_capacity(delta.len());
+    let (mut n, mut h) = (Vec::new(), Vec::new());
+    let (mut first, mut last, mut first_human) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, d) in &delta {
+        ids.push(id.as_bytes().as_slice());
+        n.push(big(d.opens));
+        h.push(big(d.human));
+        first.push(d.first.map(big));
+        last.push(d.last.map(big));
+        first_human.push(d.first_human.map(big));
+    }
     let rows = tx
         .query(
-            "SELECT id, opens, human_opens, first_open_ms, last_open_ms, first_human_ms
-             FROM messages WHERE id = ANY($1)",
-            &[&ids],
+            "UPDATE messages m SET opens = m.opens + u.n, human_opens = m.human_opens + u.h,
+                                   first_open_ms = coalesce(m.first_open_ms, u.f),
+                                   last_open_ms = greatest(m.last_open_ms, u.l),
+                                   first_human_ms = coalesce(m.first_human_ms, u.fh)
+             FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+                  AS u(id, n, h, f, l, fh)
+             WHERE m.id = u.id
+             RETURNING m.id, m.opens, m.human_opens",
+            &[&ids, &n, &h, &first, &last, &first_human],
         )
         .await?;
+    let mut before = HashMap::with_capacity(rows.len());
     for row in rows {
         let Some(id) = MessageId::from_slice(row.get::<_, &[u8]>(0)) else {
             continue;
         };
-        let opt = |i: usize| row.get::<_, Option<i64>>(i).map(unbig);
-        stats.insert(
-            id,
-            OpenStatsRow {
-                opens: unbig(row.get(1)),
-                human: unbig(row.get(2)),
-                first: opt(3),
-                last: opt(4),
-                first_human: opt(5),
-            },
-        );
+        let Some(d) = delta.get(&id) else {
+            continue;
+        };
+        let row = OpenStatsRow {
+            opens: unbig(row.get(1)).saturating_sub(d.opens),
+            human: unbig(row.get(2)).saturating_sub(d.human),
+            ..OpenStatsRow::default()
+        };
+        before.insert(id, row);
     }
-    Ok(stats)
-}
-
-/// Writes back the statistics of the messages a commit of opens touched.
-async fn write_stats(
-    tx: &Transaction<'_>,
-    stats: &HashMap<MessageId, OpenStatsRow>,
-) -> Result<(), StoreError> {
-    let mut ids = Vec::new();
-    let (mut opens, mut human) = (Vec::new(), Vec::new());
-    let (mut first, mut last, mut first_human) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, s) in stats {
-        ids.push(id.as_bytes().to_vec());
-        opens.push(big(s.opens));
-        human.push(big(s.human));
-        first.push(s.first.map(big));
-        last.push(s.last.map(big));
-        first_human.push(s.first_human.map(big));
-    }
-    tx.execute(
-        "UPDATE messages m SET opens = u.opens, human_opens = u.human, first_open_ms = u.f,
-                               last_open_ms = u.l, first_human_ms = u.fh
-         FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-              AS u(id, opens, human, f, l, fh)
-         WHERE m.id = u.id",
-        &[&ids, &opens, &human, &first, &last, &first_human],
-    )
-    .await?;
-    Ok(())
+    Ok(before)
 }
 
 /// The shared totals, the last open id and the last event sequence.

@@ -317,9 +317,10 @@ async fn record_open_rate(store_cfg: &StoreConfig) {
     assert_eq!(store.stats().counters.opens, n as u64);
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
-        "JOURNAL {:.0} hits/s ({:.2} us each); INDEXED {:.0} opens/s over {messages} messages",
+        "JOURNAL {:.0} hits/s ({:.2} us each); INDEXED {:.0} opens/s over {messages} messages ({} pauses)",
         rate(journaled),
         journaled.as_secs_f64() * 1e6 / n as f64,
-        rate(indexed)
+        rate(indexed),
+        ingest.index_pauses()
     );
 }

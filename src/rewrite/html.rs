@@ -66,6 +66,23 @@ pub fn contains_pixel(html: &[u8], prefix: &str) -> bool {
 pub fn insertion_point(html: &[u8]) -> usize {
     let mut last_body = None;
     let mut last_html = None;
+    for_each_tag(html, |lt| {
+        let rest = &html[lt + 1..];
+        if rest.first() == Some(&b'/') {
+            match rest.get(1).copied() {
+                Some(b'b' | b'B') if is_tag(&rest[1..], b"body") => last_body = Some(lt),
+                Some(b'h' | b'H') if is_tag(&rest[1..], b"html") => last_html = Some(lt),
+                _ => {}
+            }
+        }
+    });
+    last_body.or(last_html).unwrap_or_else(|| end_point(html))
+}
+
+/// Calls `tag` with the offset of the `<` of every tag that is real markup, in order: not
+/// inside a comment, and not in the text of a raw-text element (whose start and end tags are
+/// visited). Stops at a comment or raw-text element that never ends: the rest is its text.
+pub(super) fn for_each_tag(html: &[u8], mut tag: impl FnMut(usize)) {
     // Offsets before this are inside a comment or raw text already skipped.
     let mut resume = 0;
     while let Some(lt) = next_lt(html, resume) {
@@ -84,27 +101,25 @@ pub fn insertion_point(html: &[u8]) -> usize {
                 } else {
                     match memmem::find(tail, b"-->") {
                         Some(end) => resume = body + end + 3,
-                        None => break,
+                        None => return,
                     }
                 }
+                continue;
             }
-            Some(b'/') => match rest.get(1).copied() {
-                Some(b'b' | b'B') if is_tag(&rest[1..], b"body") => last_body = Some(lt),
-                Some(b'h' | b'H') if is_tag(&rest[1..], b"html") => last_html = Some(lt),
-                _ => {}
-            },
             Some(b's' | b'S' | b't' | b'T' | b'x' | b'X') => {
                 if let Some(name) = RAW_TEXT.iter().find(|n| is_tag(rest, n)) {
+                    tag(lt);
                     match skip_raw_text(html, lt + 1 + name.len(), name) {
                         Some(next) => resume = next,
-                        None => break,
+                        None => return,
                     }
+                    continue;
                 }
             }
             _ => {}
         }
+        tag(lt);
     }
-    last_body.or(last_html).unwrap_or_else(|| end_point(html))
 }
 
 /// The offset of the first `<` at or after `from`.
@@ -144,7 +159,7 @@ fn end_point(html: &[u8]) -> usize {
 }
 
 /// `s` starts with tag name `name` (ASCII case-insensitive) followed by a tag-name terminator.
-fn is_tag(s: &[u8], name: &[u8]) -> bool {
+pub(super) fn is_tag(s: &[u8], name: &[u8]) -> bool {
     s.len() > name.len()
         && s[..name.len()].eq_ignore_ascii_case(name)
         && matches!(

@@ -42,6 +42,7 @@
 mod b64;
 mod headers;
 mod html;
+pub mod links;
 mod mime;
 mod part;
 mod qp;

@@ -1,0 +1,319 @@
+//! The links of decoded HTML that click tracking may replace (`tracking.clicks`).
+//!
+//! Owns: which `<a href>` values are trackable and where each sits, byte for byte, in the
+//! decoded part. Does not own: tokens, transfer encodings or the edit itself.
+//!
+//! A link is trackable when it is the `href` of an `<a>` tag that is real markup (not inside a
+//! comment or the text of `<script>`, `<style>`, `<textarea>`, `<title>` or `<xmp>`, found by
+//! the same scan that places the pixel), its URL is `http:` or `https:` once HTML character
+//! references are decoded and surrounding whitespace trimmed (so `mailto:`, `tel:`, `#frag`,
+//! relative and `javascript:` links stay), the tag carries no `data-track="off"` (any case;
+//! the attribute is kept), and no pattern of `exclude` occurs in the URL (ASCII
+//! case-insensitive: by default unsubscribe links, so that a scanner's click never
+//! unsubscribes anyone). A skipped link is not touched at all.
+
+use std::ops::Range;
+
+use super::html::{for_each_tag, is_tag};
+
+/// The URL patterns left alone when `tracking.click_exclude` is not set.
+pub const DEFAULT_EXCLUDE: [&str; 3] = ["unsubscribe", "optout", "opt-out"];
+
+/// One trackable link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The `href` value's bytes in the decoded HTML, without its quotes: what a rewrite
+    /// replaces.
+    pub value: Range<usize>,
+    /// The URL it stands for (character references decoded, whitespace trimmed).
+    pub url: String,
+}
+
+/// The trackable links of `html`, in document order.
+pub fn trackable(html: &[u8], exclude: &[String]) -> Vec<Link> {
+    let mut out = Vec::new();
+    for_each_tag(html, |lt| {
+        let rest = &html[lt + 1..];
+        if matches!(rest.first(), Some(b'a' | b'A'))
+            && is_tag(rest, b"a")
+            && let Some(link) = anchor(html, lt + 2, exclude)
+        {
+            out.push(link);
+        }
+    });
+    out
+}
+
+/// The link of the `<a` tag whose attributes start at `from`, if it is trackable.
+fn anchor(html: &[u8], from: usize, exclude: &[String]) -> Option<Link> {
+    let mut href = None;
+    let mut opted_out = false;
+    let mut attrs = Attributes { html, at: from };
+    for (name, value) in attrs.by_ref() {
+        if name.eq_ignore_ascii_case(b"href") && href.is_none() {
+            // The first of duplicate attributes is the one a browser keeps.
+            href = value;
+        } else if name.eq_ignore_ascii_case(b"data-track") {
+            opted_out |= value.is_some_and(|v| html[v].eq_ignore_ascii_case(b"off"));
+        }
+    }
+    // A tag the part ends inside is no link to a browser.
+    let value = href?;
+    if opted_out || html.get(attrs.at) != Some(&b'>') {
+        return None;
+    }
+    let url = decode_references(&html[value.clone()]);
+    let url = url.trim_matches(|c: char| c.is_ascii_whitespace());
+    let scheme_ok = ["http://", "https://"]
+        .iter()
+        .any(|s| url.len() >= s.len() && url[..s.len()].eq_ignore_ascii_case(s));
+    let lower = url.to_ascii_lowercase();
+    let excluded = exclude
+        .iter()
+        .any(|p| !p.is_empty() && lower.contains(&p.to_ascii_lowercase()));
+    (scheme_ok && !excluded && url.len() > "https://".len()).then(|| Link {
+        value,
+        url: url.to_string(),
+    })
+}
+
+/// The attributes of a start tag: (name, value range without quotes; `None` when the
+/// attribute has no value), up to the tag's `>`.
+struct Attributes<'a> {
+    html: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Iterator for Attributes<'a> {
+    type Item = (&'a [u8], Option<Range<usize>>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let h = self.html;
+        let space = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0x0c | b'/');
+        while self.at < h.len() && space(h[self.at]) {
+            self.at += 1;
+        }
+        if self.at >= h.len() || h[self.at] == b'>' {
+            return None;
+        }
+        let start = self.at;
+        while self.at < h.len() && !space(h[self.at]) && !matches!(h[self.at], b'>' | b'=') {
+            self.at += 1;
+        }
+        let name = &h[start..self.at];
+        let mut j = self.at;
+        while j < h.len() && space(h[j]) && h[j] != b'/' {
+            j += 1;
+        }
+        if h.get(j) != Some(&b'=') {
+            return Some((name, None));
+        }
+        j += 1;
+        while j < h.len() && matches!(h[j], b' ' | b'\t' | b'\r' | b'\n' | 0x0c) {
+            j += 1;
+        }
+        let value = match h.get(j).copied() {
+            Some(q @ (b'"' | b'\'')) => {
+                let end = memchr::memchr(q, &h[j + 1..]).map_or(h.len(), |e| j + 1 + e);
+                self.at = (end + 1).min(h.len());
+                j + 1..end
+            }
+            _ => {
+                let mut end = j;
+                while end < h.len() && !matches!(h[end], b' ' | b'\t' | b'\r' | b'\n' | 0x0c | b'>')
+                {
+                    end += 1;
+                }
+                self.at = end;
+                j..end
+            }
+        };
+        Some((name, Some(value)))
+    }
+}
+
+/// `value` with the character references of an attribute decoded: numeric ones (`&#38;`,
+/// `&#x26;`) and the named ones links carry (`&amp; &lt; &gt; &quot; &apos; &nbsp;`), each with
+/// its `;`. Anything else stays as written; bytes that are not UTF-8 are replaced.
+pub fn decode_references(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    if !text.contains('&') {
+        return text.into_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest: &str = &text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        match reference(rest) {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &rest[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The character of the reference `s` starts with (`&…;`) and its length.
+fn reference(s: &str) -> Option<(char, usize)> {
+    let semi = s.get(..s.len().min(12))?.find(';')?;
+    let body = &s[1..semi];
+    let c = if let Some(num) = body.strip_prefix('#') {
+        let n = match num.strip_prefix(['x', 'X']) {
+            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+            None => num.parse().ok()?,
+        };
+        char::from_u32(n).filter(|c| *c != '\0')?
+    } else {
+        match body {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            "nbsp" => '\u{a0}',
+            _ => return None,
+        }
+    };
+    Some((c, semi + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(html: &str) -> Vec<String> {
+        let exclude: Vec<String> = DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect();
+        trackable(html.as_bytes(), &exclude)
+            .into_iter()
+            .map(|l| {
+                // The range is exactly the value as written.
+                assert!(l.value.end <= html.len());
+                l.url
+            })
+            .collect()
+    }
+
+    #[test]
+    fn http_and_https_links_in_any_quoting() {
+        let h = r#"<p><a href="https://a.example/x">a</a> <A HREF='http://b.example/'>b</A>
+            <a class=x href=https://c.example/?q=1>c</a><a
+            href = "https://d.example/"
+            >d</a></p>"#;
+        assert_eq!(
+            urls(h),
+            [
+                "https://a.example/x",
+                "http://b.example/",
+                "https://c.example/?q=1",
+                "https://d.example/"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_range_is_the_value_as_written() {
+        let h = r#"<a title="x>y" href="https://a.example/?a=1&amp;b=2">"#;
+        let l = &trackable(h.as_bytes(), &[])[0];
+        assert_eq!(&h[l.value.clone()], "https://a.example/?a=1&amp;b=2");
+        assert_eq!(l.url, "https://a.example/?a=1&b=2");
+    }
+
+    #[test]
+    fn other_schemes_fragments_and_relative_links_stay() {
+        let h = r##"<a href="mailto:x@example.com">m</a><a href="tel:+123">t</a>
+            <a href="#top">f</a><a href="/relative">r</a><a href="javascript:alert(1)">j</a>
+            <a href="ftp://f.example/">f</a><a>no href</a><a href>empty</a><a href="https://">bare</a>"##;
+        assert!(urls(h).is_empty(), "{:?}", urls(h));
+    }
+
+    #[test]
+    fn hidden_links_stay() {
+        let h = r#"<!-- <a href="https://c.example/">c</a> -->
+            <script>var s = '<a href="https://s.example/">';</script>
+            <style>/* <a href="https://st.example/"> */</style>
+            <textarea><a href="https://t.example/"></textarea>
+            <a href="https://real.example/">r</a>"#;
+        assert_eq!(urls(h), ["https://real.example/"]);
+    }
+
+    #[test]
+    fn opted_out_and_excluded_links_stay() {
+        let h = r#"<a data-track="off" href="https://o.example/">o</a>
+            <a href="https://o2.example/" DATA-TRACK='OFF'>o2</a>
+            <a href="https://x.example/Unsubscribe?u=1">u</a>
+            <a href="https://x.example/opt-out">u</a>
+            <a href="https://x.example/" data-track="on">kept</a>"#;
+        assert_eq!(urls(h), ["https://x.example/"]);
+        let only = vec!["list-manage".to_string()];
+        let h = r#"<a href="https://us1.list-manage.com/track">l</a><a href="https://x.example/unsubscribe">u</a>"#;
+        let got: Vec<String> = trackable(h.as_bytes(), &only)
+            .into_iter()
+            .map(|l| l.url)
+            .collect();
+        assert_eq!(got, ["https://x.example/unsubscribe"]);
+    }
+
+    #[test]
+    fn references_and_whitespace_are_decoded_to_find_the_url() {
+        let h = "<a href=\" &#104;ttps://e.example/?a=1&amp;b=&#x32;&unknown; \">x</a><a href=\"HTTPS://U.EXAMPLE/\">u</a>";
+        assert_eq!(
+            urls(h),
+            ["https://e.example/?a=1&b=2&unknown;", "HTTPS://U.EXAMPLE/"]
+        );
+        assert_eq!(
+            decode_references(b"a&amp;b&lt;&#0;&#xZZ;&"),
+            "a&b<&#0;&#xZZ;&"
+        );
+    }
+
+    #[test]
+    fn the_first_of_duplicate_hrefs_counts_and_area_is_not_a() {
+        let h = r#"<a href="https://one.example/" href="https://two.example/">x</a>
+            <abbr href="https://abbr.example/">x</abbr><area href="https://area.example/">"#;
+        assert_eq!(urls(h), ["https://one.example/"]);
+    }
+
+    proptest::proptest! {
+        /// Any input built from the pieces links are made of: no panic, and every link's
+        /// range is in bounds and is what its URL was decoded from.
+        #[test]
+        fn any_markup_gives_links_that_are_what_they_span(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "<a ", "<A ", "href=", "HREF = ", "\"", "'", ">", "</a>", "https://e.example/",
+                "http://h.example/p?x=1&amp;y", "mailto:m", "data-track=off", "<!--", "-->",
+                "<script>", "</script>", "&#x68;", "unsubscribe", " ", "\n", "é", "/", "=",
+            ]), 0..40)
+        ) {
+            let html = parts.concat();
+            for l in trackable(html.as_bytes(), &[]) {
+                proptest::prop_assert!(l.value.end <= html.len());
+                let decoded = decode_references(&html.as_bytes()[l.value.clone()]);
+                proptest::prop_assert_eq!(decoded.trim_matches(|c: char| c.is_ascii_whitespace()), l.url.as_str());
+                proptest::prop_assert!(l.url.to_ascii_lowercase().starts_with("http"));
+            }
+        }
+    }
+
+    #[test]
+    fn unterminated_markup_does_not_panic() {
+        for h in [
+            "<a href=\"https://x.example/",
+            "<a href='",
+            "<a href=",
+            "<a",
+            "<a href=\"https://x.example/\" data-track=",
+            "<!-- <a href=\"https://x.example/\">",
+        ] {
+            let _ = urls(h);
+        }
+        assert!(urls("<a href=https://x.example/").is_empty());
+        assert_eq!(urls("<a href=https://x.example/>"), ["https://x.example/"]);
+    }
+}

@@ -29,6 +29,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+pub mod click;
+
 /// A tracked message's random identity (128 bits), the key of its store record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub [u8; 16]);
@@ -124,6 +126,8 @@ fn hex_val(c: u8) -> Option<u8> {
 pub enum Purpose {
     /// The open-tracking pixel (`/o/{token}.gif`).
     Open,
+    /// A tracked link's redirect (`/c/{token}`, [`click`]).
+    Click,
 }
 
 impl Purpose {
@@ -131,6 +135,7 @@ impl Purpose {
     fn tag_byte(self) -> u8 {
         match self {
             Purpose::Open => b'o',
+            Purpose::Click => b'c',
         }
     }
 }

@@ -53,10 +53,12 @@ impl Plan {
         c
     }
 
-    /// A plan that changes nothing and keeps `held` as it is.
-    pub(super) fn keeping(held: Vec<Held>) -> Plan {
+    /// A plan that changes nothing and keeps `held`, to be tried again after [`RETRY`] (not
+    /// at once: the store just failed to say anything about them).
+    pub(super) fn keeping(held: Vec<Held>, now: u64) -> Plan {
+        let retry_ms = now + RETRY.as_millis() as u64;
         Plan {
-            keep: held,
+            keep: held.into_iter().map(|h| Held { retry_ms, ..h }).collect(),
             ..Plan::default()
         }
     }

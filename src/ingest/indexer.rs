@@ -245,7 +245,7 @@ fn record_hits(
                 .fetch_add(hits.len() as u64, Ordering::Relaxed);
             tracing::error!(error = %e, "cannot read the messages of a batch of opens");
             // The held ones stay held.
-            return Ok(hold::Plan::keeping(due));
+            return Ok(hold::Plan::keeping(due, now));
         }
     };
     let mut plan = hold::Plan::default();

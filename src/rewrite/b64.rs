@@ -183,6 +183,39 @@ fn col_at(enc: &[u8], end: usize) -> usize {
 pub fn splice(enc: &[u8], dec: &[u8], p: usize, insert: &[u8], nl: &[u8], out: &mut Vec<u8>) {
     let p = p.min(dec.len());
     let group = p / 3;
+    let tail = dec[group * 3..p]
+        .iter()
+        .chain(insert)
+        .chain(&dec[p..])
+        .copied();
+    reencode_from(enc, dec, group, tail, nl, out);
+}
+
+/// Writes `enc` (whose decoding is `dec`) with `edits` (sorted, not overlapping, within
+/// `dec`) applied to `out`: kept verbatim up to the group holding the first edit, re-encoded
+/// from there.
+pub fn edit(enc: &[u8], dec: &[u8], edits: &[super::edit::Edit], nl: &[u8], out: &mut Vec<u8>) {
+    let Some(first) = edits.first() else {
+        out.extend_from_slice(enc);
+        return;
+    };
+    let group = first.range.start.min(dec.len()) / 3;
+    let from = group * 3;
+    let tail = super::edit::apply_from(dec, from, edits);
+    reencode_from(enc, dec, group, tail.into_iter(), nl, out);
+}
+
+/// Writes `enc` verbatim up to 4-character group `group`, then `tail` (the decoded text from
+/// that group on) encoded, continuing that line and wrapping as the body does, then whatever
+/// followed the last base64 character.
+fn reencode_from(
+    enc: &[u8],
+    dec: &[u8],
+    group: usize,
+    mut tail: impl Iterator<Item = u8>,
+    nl: &[u8],
+    out: &mut Vec<u8>,
+) {
     let total = dec.len() / 3 * 4 + [0, 2, 3][dec.len() % 3];
     let (start, mut col, line) = find_group(enc, group * 4, total);
     // What followed the last base64 character or padding (usually the final line break).
@@ -191,11 +224,6 @@ pub fn splice(enc: &[u8], dec: &[u8], p: usize, insert: &[u8], nl: &[u8], out: &
         .rposition(|&c| TABLE[usize::from(c)] != WS)
         .map_or(enc.len(), |i| i + 1);
     out.extend_from_slice(&enc[..start]);
-    let mut tail = dec[group * 3..p]
-        .iter()
-        .chain(insert)
-        .chain(&dec[p..])
-        .copied();
     let mut push = |c: u8, out: &mut Vec<u8>| {
         if col >= line {
             out.extend_from_slice(nl);

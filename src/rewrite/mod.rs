@@ -39,13 +39,14 @@
 //! mail-parser's full parse, for whatever the scan is unsure of), `html.rs` (placement,
 //! markup), `raw.rs`, `qp.rs`, `b64.rs` (one per encoding).
 
-mod b64;
+pub mod b64;
+pub mod edit;
 mod headers;
 mod html;
 pub mod links;
 mod mime;
 mod part;
-mod qp;
+pub mod qp;
 mod raw;
 mod scan;
 #[cfg(test)]

@@ -10,6 +10,8 @@
 
 use memchr::{memchr_iter, memchr2, memrchr};
 
+use super::edit::Edit;
+
 /// Longest encoded line, including the `=` of a soft break (RFC 2045 §6.7 rule 5).
 pub const MAX_LINE: usize = 76;
 
@@ -55,8 +57,7 @@ fn line_at(enc: &[u8], start: usize, end: usize) -> Line {
     }
 }
 
-/// Splits `enc` into physical lines, first to last (the reference decoding in the tests).
-#[cfg(test)]
+/// Splits `enc` into physical lines, first to last.
 fn lines(enc: &[u8]) -> impl Iterator<Item = Line> + '_ {
     let mut start = 0;
     std::iter::from_fn(move || {
@@ -103,7 +104,6 @@ fn escape_at(content: &[u8], i: usize) -> Option<u8> {
 
 /// Decodes one line's content (no terminator, no soft break) onto `out`. An `=` not followed by
 /// two hex digits stands for itself, as most readers treat it.
-#[cfg(test)]
 fn decode_content(content: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while let Some(off) = memchr::memchr(b'=', &content[i..]) {
@@ -280,6 +280,112 @@ pub fn splice(
     }
     out.extend_from_slice(&enc[e..]);
     true
+}
+
+/// Writes `enc` (whose decoding is `total` bytes long) with `edits` (decoded offsets, sorted,
+/// not overlapping) applied to `out`. An edit re-encodes only the physical lines it touches
+/// (from the line its start is on to the line its end is on, which soft breaks join), wrapped
+/// at [`MAX_LINE`] with soft breaks and ending as the last of them ended; every other line stays
+/// byte for byte. Returns false, with `out` untouched, when an edit starts or ends inside a hard
+/// line break or reaches across one.
+pub fn edit(enc: &[u8], total: usize, edits: &[Edit], nl: &[u8], out: &mut Vec<u8>) -> bool {
+    let all: Vec<Line> = lines(enc).collect();
+    // Each line's decoded start and decoded content length.
+    let mut spans = Vec::with_capacity(all.len());
+    let mut d = 0;
+    for l in &all {
+        let len = decoded_len(&enc[l.start..l.content_end]);
+        spans.push((d, len));
+        d += len + if l.soft { 0 } else { l.end - l.raw_end };
+    }
+    if d != total || !super::edit::well_formed(edits, total) {
+        return false;
+    }
+    if all.is_empty() {
+        // An empty body: what is inserted is all there is.
+        encode_run(&super::edit::apply(b"", edits), false, nl, out);
+        return true;
+    }
+    // The first line whose content holds (or ends at) decoded offset `p`.
+    let line_of = |p: usize| {
+        let i = spans.partition_point(|&(start, len)| start + len < p);
+        (i < spans.len() && spans[i].0 <= p).then_some(i)
+    };
+    // Runs of lines to re-encode, each with the edits in it.
+    let mut runs: Vec<(usize, usize, &[Edit])> = Vec::new();
+    let mut first = 0;
+    for (k, e) in edits.iter().enumerate() {
+        let (Some(a), Some(b)) = (line_of(e.range.start), line_of(e.range.end)) else {
+            return false;
+        };
+        if all[a..b].iter().any(|l| !l.soft) {
+            return false;
+        }
+        match runs.last_mut() {
+            Some(run) if a <= run.1 => {
+                run.1 = run.1.max(b);
+                run.2 = &edits[first..=k];
+            }
+            _ => {
+                first = k;
+                runs.push((a, b, &edits[k..=k]));
+            }
+        }
+    }
+    let mut copied = 0;
+    for (a, b, run_edits) in runs {
+        out.extend_from_slice(&enc[copied..all[a].start]);
+        let mut text = Vec::new();
+        for l in &all[a..=b] {
+            decode_content(&enc[l.start..l.content_end], &mut text);
+        }
+        let from = spans[a].0;
+        let shifted: Vec<Edit> = run_edits
+            .iter()
+            .map(|e| Edit {
+                range: e.range.start - from..e.range.end - from,
+                with: e.with.clone(),
+            })
+            .collect();
+        let text = super::edit::apply(&text, &shifted);
+        let last = &all[b];
+        let own_nl = &enc[all[a].raw_end..all[a].end];
+        let soft_nl = if own_nl.is_empty() { nl } else { own_nl };
+        encode_run(&text, last.soft, soft_nl, out);
+        if last.soft {
+            out.push(b'=');
+        }
+        out.extend_from_slice(&enc[last.raw_end..last.end]);
+        copied = last.end;
+    }
+    out.extend_from_slice(&enc[copied..]);
+    true
+}
+
+/// Encodes `text` (no line breaks of its own) as physical lines joined by soft breaks (`=` and
+/// `nl`), each at most [`MAX_LINE`] octets with room left for a final soft break. Whitespace at
+/// the very end is escaped unless a soft break follows (a reader drops it before a line end).
+fn encode_run(text: &[u8], soft_end: bool, nl: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut col = 0;
+    for (i, &b) in text.iter().enumerate() {
+        let last_ws = i + 1 == text.len() && !soft_end && (b == b' ' || b == b'\t');
+        let literal = (0x20..=0x7e).contains(&b) && b != b'=' || b == b'\t';
+        let esc;
+        let tok: &[u8] = if literal && !last_ws {
+            std::slice::from_ref(&b)
+        } else {
+            esc = [b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
+            &esc
+        };
+        if col > 0 && col + tok.len() > MAX_LINE - 1 {
+            out.push(b'=');
+            out.extend_from_slice(nl);
+            col = 0;
+        }
+        out.extend_from_slice(tok);
+        col += tok.len();
+    }
 }
 
 #[cfg(test)]

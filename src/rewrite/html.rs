@@ -30,6 +30,13 @@ pub fn markup(url: &str) -> Vec<u8> {
     out
 }
 
+/// `url` as a double-quoted attribute's value (see [`push_attr_url`]).
+pub fn attr_url(url: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(url.len() + 8);
+    push_attr_url(&mut out, url);
+    out
+}
+
 /// Writes `url` so that it is safe inside a double-quoted attribute and stays ASCII:
 /// `& " < >` become entities, spaces, controls and non-ASCII bytes are percent-encoded.
 fn push_attr_url(out: &mut Vec<u8>, url: &str) {

@@ -172,12 +172,35 @@ pub struct Rewritten {
     pub info: MessageInfo,
 }
 
+/// Click tracking for one message: which links stay, and the tracked URL of each other one.
+pub struct Links<'a> {
+    /// URL patterns left alone (`tracking.click_exclude`, see [`links::trackable`]).
+    pub exclude: &'a [String],
+    /// Links already pointing here (`{base_url}/c/`) are left as they are.
+    pub own_prefix: &'a str,
+    /// The tracked URL for the link at a position (from 0, among the tracked links) going to
+    /// a URL; `None` leaves that link as it is.
+    pub url: &'a dyn Fn(u16, &str) -> Option<String>,
+}
+
 /// Decides and, when eligible, inserts the pixel pointing at `pixel_url`.
 ///
 /// `message` is the unstuffed DATA content; CRLF or LF line ends both work, and any line break
 /// the rewrite adds uses the ending the message already uses. Never panics, whatever the
 /// input; allocates at most a few times the message size.
 pub fn rewrite(env: &Envelope<'_>, message: &[u8], pixel_url: &str, policy: &Policy) -> Rewritten {
+    rewrite_with_links(env, message, pixel_url, None, policy)
+}
+
+/// [`rewrite`], and with `links` the trackable links of the part that gets the pixel replaced
+/// by their tracked URLs (only the `href` values change; see [`links`]).
+pub fn rewrite_with_links(
+    env: &Envelope<'_>,
+    message: &[u8],
+    pixel_url: &str,
+    links: Option<&Links<'_>>,
+    policy: &Policy,
+) -> Rewritten {
     let fields = headers::fields(message);
     let info = message_info(message, &fields);
     let opt_out = fields
@@ -201,7 +224,7 @@ pub fn rewrite(env: &Envelope<'_>, message: &[u8], pixel_url: &str, policy: &Pol
     let info = info.unwrap_or_default();
     match checks
         .run()
-        .and_then(|()| insert(message, &doomed, pixel_url, &policy.pixel_prefix))
+        .and_then(|()| insert(message, &doomed, pixel_url, links, &policy.pixel_prefix))
     {
         Ok(out) => Rewritten {
             message: Some(out),
@@ -368,12 +391,13 @@ fn message_info(message: &[u8], fields: &[headers::Field<'_>]) -> Option<Message
     })
 }
 
-/// Finds the HTML part of `msg`, inserts the pixel and splices the part back, leaving out the
-/// header fields in `doomed`.
+/// Finds the HTML part of `msg`, inserts the pixel (and replaces the tracked links) and
+/// splices the part back, leaving out the header fields in `doomed`.
 fn insert(
     msg: &[u8],
     doomed: &[std::ops::Range<usize>],
     pixel_url: &str,
+    links: Option<&Links<'_>>,
     pixel_prefix: &str,
 ) -> Result<Vec<u8>, SkipReason> {
     let part = find_html(msg)?;
@@ -394,29 +418,116 @@ fn insert(
     }
     let p = html::insertion_point(&decoded);
     let total = decoded.len();
-    // Only the base64 splice reads the decoded text again; free a QP copy before the output
-    // buffer is allocated, so at most one message-sized buffer is added to the input.
-    // (Shadowing alone would keep the old buffer alive to the end of the function.)
-    let decoded = if part.cte == part::Cte::Base64 {
-        decoded
-    } else {
-        drop(decoded);
-        Cow::Borrowed(&[][..])
-    };
+    let link_edits = links.map_or_else(Vec::new, |l| link_edits(&decoded, l));
     let markup = html::markup(pixel_url);
     let nl = headers::line_ending(body, headers::line_ending(msg, b"\r\n"));
+    // Only the base64 splice reads the decoded text again (and the raw one with links); free
+    // a QP copy before the output buffer is allocated, so at most one message-sized buffer is
+    // added to the input. (Shadowing alone would keep the old buffer alive to the end.)
+    let decoded = if part.cte == part::Cte::QuotedPrintable {
+        drop(decoded);
+        Cow::Borrowed(&[][..])
+    } else {
+        decoded
+    };
     // The markup grows by a third in QP and base64, plus line breaks: 2× leaves room.
-    let mut out = Vec::with_capacity(msg.len() + 2 * markup.len() + 16);
+    let grow: usize = link_edits.iter().map(|e| 2 * e.with.len()).sum();
+    let mut out = Vec::with_capacity(msg.len() + 2 * markup.len() + grow + 16);
     headers::copy_without(&msg[..part.body.start], doomed, &mut out);
+    let pixel = edit::Edit {
+        range: p..p,
+        with: markup,
+    };
+    splice_part(
+        &part, body, &decoded, total, link_edits, pixel, nl, &mut out,
+    )?;
+    out.extend_from_slice(&msg[part.body.end..]);
+    Ok(out)
+}
+
+/// The edits that replace the tracked links' `href` values in `decoded`.
+fn link_edits(decoded: &[u8], l: &Links<'_>) -> Vec<edit::Edit> {
+    let mut out = Vec::new();
+    let found = links::trackable(decoded, l.exclude);
+    let mine = found
+        .into_iter()
+        .filter(|k| !k.url.starts_with(l.own_prefix) || l.own_prefix.is_empty());
+    for (i, link) in mine.enumerate() {
+        let Ok(i) = u16::try_from(i) else { break };
+        if let Some(url) = (l.url)(i, &link.url) {
+            out.push(edit::Edit {
+                range: link.value,
+                with: html::attr_url(&url),
+            });
+        }
+    }
+    out
+}
+
+/// Writes the part's body with the pixel inserted and the link edits applied, in its own
+/// transfer encoding. Without link edits the pixel's own splices run (they keep every other
+/// line as it was); links that cannot be applied (a 7bit line that would pass 998 octets, a
+/// quoted-printable edit across a hard break) are left as they are.
+#[allow(clippy::too_many_arguments)]
+fn splice_part(
+    part: &part::HtmlPart,
+    body: &[u8],
+    decoded: &[u8],
+    total: usize,
+    mut link_edits: Vec<edit::Edit>,
+    pixel: edit::Edit,
+    nl: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), SkipReason> {
+    let p = pixel.range.start;
     match part.cte {
-        part::Cte::Raw => raw::splice(body, p, &markup, nl, &mut out),
+        part::Cte::Raw => {
+            link_edits = raw::fitting(body, link_edits);
+            if link_edits.is_empty() {
+                raw::splice(body, p, &pixel.with, nl, out);
+            } else {
+                let shift: isize = link_edits
+                    .iter()
+                    .filter(|e| e.range.end <= p)
+                    .map(|e| e.with.len() as isize - e.range.len() as isize)
+                    .sum();
+                let edited = edit::apply(body, &link_edits);
+                raw::splice(
+                    &edited,
+                    p.saturating_add_signed(shift),
+                    &pixel.with,
+                    nl,
+                    out,
+                );
+            }
+        }
         part::Cte::QuotedPrintable => {
-            if !qp::splice(body, total, p, &markup, nl, &mut out) {
+            let start = out.len();
+            if !link_edits.is_empty() {
+                let all = with_pixel(link_edits, pixel.clone());
+                if qp::edit(body, total, &all, nl, out) {
+                    return Ok(());
+                }
+                out.truncate(start);
+            }
+            if !qp::splice(body, total, p, &pixel.with, nl, out) {
                 return Err(SkipReason::Unparseable);
             }
         }
-        part::Cte::Base64 => b64::splice(body, &decoded, p, &markup, nl, &mut out),
+        part::Cte::Base64 => {
+            if link_edits.is_empty() {
+                b64::splice(body, decoded, p, &pixel.with, nl, out);
+            } else {
+                b64::edit(body, decoded, &with_pixel(link_edits, pixel), nl, out);
+            }
+        }
     }
-    out.extend_from_slice(&msg[part.body.end..]);
-    Ok(out)
+    Ok(())
+}
+
+/// The link edits with the pixel's insertion among them, in order.
+fn with_pixel(mut edits: Vec<edit::Edit>, pixel: edit::Edit) -> Vec<edit::Edit> {
+    let at = edits.partition_point(|e| e.range.end <= pixel.range.start);
+    edits.insert(at, pixel);
+    edits
 }

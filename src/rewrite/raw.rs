@@ -10,6 +10,37 @@ use memchr::{memchr, memrchr};
 /// Longest line, without its CRLF, that SMTP must carry.
 pub const MAX_LINE: usize = 998;
 
+/// Of `edits` (in order), those that keep every line of `body` within [`MAX_LINE`] when
+/// applied: a link's URL cannot be broken across lines, so an edit that would make its line
+/// too long (or that spans a line break) is left out.
+pub fn fitting(body: &[u8], edits: Vec<super::edit::Edit>) -> Vec<super::edit::Edit> {
+    // The line being filled: its start and its length so far with the edits kept on it.
+    let mut current: Option<(usize, usize)> = None;
+    edits
+        .into_iter()
+        .filter(|e| {
+            let start = e.range.start.min(body.len());
+            let end = e.range.end.clamp(start, body.len());
+            if memchr(b'\n', &body[start..end]).is_some() {
+                return false;
+            }
+            let line_start = memrchr(b'\n', &body[..start]).map_or(0, |i| i + 1);
+            let len = match current {
+                Some((s, len)) if s == line_start => len,
+                _ => {
+                    let line_end = memchr(b'\n', &body[end..]).map_or(body.len(), |i| end + i);
+                    let cr = usize::from(body[..line_end].ends_with(b"\r"));
+                    line_end - line_start - cr
+                }
+            };
+            let after = len - (end - start) + e.with.len();
+            let ok = after <= MAX_LINE;
+            current = Some((line_start, if ok { after } else { len }));
+            ok
+        })
+        .collect()
+}
+
 /// Writes `body` with `markup` inserted at `p` to `out`, using `nl` for any line break added.
 pub fn splice(body: &[u8], p: usize, markup: &[u8], nl: &[u8], out: &mut Vec<u8>) {
     let p = p.min(body.len());

@@ -1,0 +1,173 @@
+//! Click tracking in the rewrite core, on messages Python's email package wrote
+//! (`fixtures/links/{7bit,8bit,qp,base64}.eml`, links in every context): exactly the trackable
+//! links are replaced, the decoded HTML is the original but for those `href` values and the
+//! pixel, and every byte outside the HTML part's body is as it was.
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use mail_parser::{MessageParser, PartType};
+use pixelrelay::config::OnDkimSigned;
+use pixelrelay::rewrite::{Decision, Envelope, Links, Policy, rewrite_with_links};
+
+const PIXEL: &str = "http://127.0.0.1:8080/o/TESTTOKEN.gif";
+
+fn policy() -> Policy {
+    Policy {
+        pixel_prefix: "http://127.0.0.1:8080/o/".into(),
+        on_dkim_signed: OnDkimSigned::Skip,
+        opt_out_header: "X-Track-Opens".into(),
+        sender_domains: Vec::new(),
+        exclude_recipient_domains: Vec::new(),
+        max_rewrite_size: 25 << 20,
+    }
+}
+
+/// The links that must be tracked, as found (references decoded), and how each is written.
+const TRACKED: [(&str, &str); 4] = [
+    (
+        "https://shop.example/spring?utm=mail&id=42",
+        "\"https://shop.example/spring?utm=mail&amp;id=42\"",
+    ),
+    ("http://plain.example/", "'http://plain.example/'"),
+    ("https://unquoted.example/x", "https://unquoted.example/x"),
+    (
+        "https://long.example/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa?x=1",
+        "\"https://long.example/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa?x=1\"",
+    ),
+];
+
+fn html_of(msg: &[u8]) -> String {
+    let parsed = MessageParser::new().parse(msg).expect("parses");
+    parsed
+        .parts
+        .iter()
+        .find_map(|p| match &p.body {
+            PartType::Html(h) => Some(h.to_string()),
+            _ => None,
+        })
+        .expect("an HTML part")
+}
+
+/// The encoded body of the HTML part: from its header's blank line to the next boundary.
+fn html_body_range(msg: &[u8]) -> std::ops::Range<usize> {
+    let s = String::from_utf8_lossy(msg);
+    let head = s.find("Content-Type: text/html").expect("html part");
+    let start = head + s[head..].find("\r\n\r\n").expect("blank line") + 4;
+    let end = start + s[start..].find("\r\n--").expect("boundary");
+    start..end
+}
+
+#[test]
+fn exactly_the_trackable_links_change_in_every_transfer_encoding() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/links");
+    let rcpts = vec!["bob@example.net".to_string()];
+    let env = Envelope {
+        sender: "news@example.com",
+        recipients: &rcpts,
+    };
+    let exclude = vec!["unsubscribe".to_string()];
+    for name in ["7bit", "8bit", "qp", "base64"] {
+        let input = std::fs::read(dir.join(format!("{name}.eml"))).expect("fixture");
+        let seen = RefCell::new(Vec::new());
+        let url = |i: u16, u: &str| {
+            seen.borrow_mut().push((i, u.to_string()));
+            Some(format!("https://t.example/c/{i}"))
+        };
+        let links = Links {
+            exclude: &exclude,
+            own_prefix: "https://t.example/c/",
+            url: &url,
+        };
+        let r = rewrite_with_links(&env, &input, PIXEL, Some(&links), &policy());
+        assert_eq!(r.decision, Decision::Tracked, "{name}");
+        let out = r.message.expect("rewritten");
+        let want: Vec<(u16, String)> = TRACKED
+            .iter()
+            .enumerate()
+            .map(|(i, (u, _))| (i as u16, u.to_string()))
+            .collect();
+        assert_eq!(
+            *seen.borrow(),
+            want,
+            "{name}: the links offered for tracking"
+        );
+
+        // The decoded HTML: the original, but for the tracked href values and the pixel.
+        let mut expected = html_of(&input);
+        for (i, (_, written)) in TRACKED.iter().enumerate() {
+            let quote = &written[..usize::from(written.starts_with(['"', '\'']))];
+            let with = format!("{quote}https://t.example/c/{i}{quote}");
+            assert!(expected.contains(written), "{name}: {written}");
+            expected = expected.replacen(written, &with, 1);
+        }
+        let pixel_at = expected.rfind("</body>").expect("</body>");
+        let got = html_of(&out);
+        assert!(
+            got.contains(&format!("<img src=\"{PIXEL}\"")),
+            "{name}: pixel"
+        );
+        let img_start = got.find("<img src=").unwrap_or(0);
+        let img_end = img_start + got[img_start..].find('>').unwrap_or(0) + 1;
+        let without_pixel = format!("{}{}", &got[..img_start], &got[img_end..]);
+        assert_eq!(without_pixel, expected, "{name}: decoded HTML");
+        assert_eq!(img_start, pixel_at, "{name}: the pixel before </body>");
+
+        // Every byte outside the HTML part's body as it was.
+        let (a, b) = (html_body_range(&input), html_body_range(&out));
+        assert_eq!(
+            &out[..b.start],
+            &input[..a.start],
+            "{name}: before the part"
+        );
+        assert_eq!(&out[b.end..], &input[a.end..], "{name}: after the part");
+        if name == "qp" {
+            // Lines it wrote itself (Python's own may run to 77).
+            let before: Vec<&[u8]> = input[a.clone()].split(|&c| c == b'\n').collect();
+            for line in out[b.clone()]
+                .split(|&c| c == b'\n')
+                .filter(|l| !before.contains(l))
+            {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                assert!(
+                    line.len() <= 76,
+                    "{name}: a line over 76 octets: {:?}",
+                    String::from_utf8_lossy(line)
+                );
+            }
+        }
+        // A second pass tracks nothing more: the message already carries the pixel.
+        let again = rewrite_with_links(&env, &out, PIXEL, Some(&links), &policy());
+        assert_ne!(again.decision, Decision::Tracked);
+    }
+}
+
+#[test]
+fn a_7bit_link_that_would_pass_998_octets_stays() {
+    let rcpts = vec!["bob@example.net".to_string()];
+    let env = Envelope {
+        sender: "news@example.com",
+        recipients: &rcpts,
+    };
+    let pad = "x".repeat(900);
+    let msg = format!(
+        "From: a@example.com\r\nTo: bob@example.net\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n<html><body><p>{pad}<a href=\"https://a.example/\">a</a></p>\r\n<p><a href=\"https://b.example/\">b</a></p></body></html>\r\n"
+    );
+    let url = |_: u16, u: &str| Some(format!("https://t.example/c/{}", "T".repeat(60) + u));
+    let links = Links {
+        exclude: &[],
+        own_prefix: "https://t.example/c/",
+        url: &url,
+    };
+    let r = rewrite_with_links(&env, msg.as_bytes(), PIXEL, Some(&links), &policy());
+    let out = String::from_utf8(r.message.expect("rewritten")).expect("utf-8");
+    assert!(
+        out.contains("href=\"https://a.example/\""),
+        "the long line's link stays"
+    );
+    assert!(
+        !out.contains("href=\"https://b.example/\""),
+        "the short line's link is tracked"
+    );
+    assert!(out.split("\r\n").all(|l| l.len() <= 998));
+}

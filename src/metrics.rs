@@ -20,6 +20,7 @@
 //! | `pixelrelay_relayed_bytes_total` | counter | |
 //! | `pixelrelay_relay_duration_seconds` | histogram | |
 //! | `pixelrelay_pixel_requests_total` | counter | `result` = valid, invalid, store_error, held (waiting for a record another node has not indexed yet) |
+//! | `pixelrelay_click_requests_total` | counter | `result` = redirected, invalid (tracked-link requests on the pixel listener) |
 //! | `pixelrelay_pixel_duration_seconds` | histogram | |
 //! | `pixelrelay_opens_total` | counter | `device`; `machine` = true, false |
 //! | `pixelrelay_open_verdicts_total` | counter | `kind` = person, proxied, machine; `reason` (machine only) |
@@ -59,6 +60,10 @@ pub struct Snapshot {
     pub pixel_store_errors: u64,
     /// Valid hits held for a message record not yet in the shared store.
     pub pixel_held: u64,
+    /// Tracked-link requests redirected.
+    pub click_redirects: u64,
+    /// Tracked-link requests refused as invalid.
+    pub click_invalid: u64,
     /// Opens per device: (device, opens, of which machine).
     pub opens_by_device: Vec<(String, u64, u64)>,
     /// Opens per kind and machine reason: (kind, reason, opens).
@@ -108,6 +113,7 @@ pub struct Metrics {
     relay_latency: LatencyHistogram,
     /// Pixel requests by result (collected from [`PixelCounters`]).
     pixel_requests: Family<Labels, Counter>,
+    click_requests: Family<Labels, Counter>,
     /// Opens by device and machine flag (collected from the store's counters).
     opens: Family<Labels, Counter>,
     /// Opens by kind, and machine opens by reason (collected from the store's counters).
@@ -247,6 +253,7 @@ impl Metrics {
             relayed_bytes: Counter::default(),
             relay_latency: LatencyHistogram::default(),
             pixel_requests: Family::default(),
+            click_requests: Family::default(),
             opens: Family::default(),
             verdicts: Family::default(),
             store_size: Gauge::default(),
@@ -330,6 +337,11 @@ impl Metrics {
             "pixel_requests",
             "Pixel requests by result (valid: an open was recorded)",
             self.pixel_requests.clone(),
+        );
+        registry.register(
+            "click_requests",
+            "Tracked-link requests by result (redirected: the token was authentic)",
+            self.click_requests.clone(),
         );
         registry.register_with_unit(
             "pixel_duration",
@@ -464,6 +476,16 @@ impl Metrics {
         ] {
             counter(
                 &self.pixel_requests,
+                vec![("result", result.to_string())],
+                n,
+            );
+        }
+        for (result, n) in [
+            ("redirected", snap.click_redirects),
+            ("invalid", snap.click_invalid),
+        ] {
+            counter(
+                &self.click_requests,
                 vec![("result", result.to_string())],
                 n,
             );

@@ -660,3 +660,74 @@ async fn concurrent_hits_are_each_recorded_once_with_exact_counts() {
     let st = s.store().await.stats().counters;
     assert_eq!((st.opens, st.unique_opens), (400, 2));
 }
+
+#[tokio::test]
+async fn tracked_links_redirect_and_forged_ones_go_nowhere() {
+    let s = start(http_cfg(), false).await;
+    let (id, _) = s.message("bob@example.net", HOUR);
+    let url = "https://shop.example/spring?utm=mail&id=42";
+    let token = s.state.key.mint_click(&id, 2, url).unwrap();
+    let mut c = s.connect().await;
+    let r = c.get(&format!("/c/{token}"), "").await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some(url));
+    assert_eq!(
+        r.header("cache-control"),
+        Some("no-store, no-cache, must-revalidate, private, max-age=0")
+    );
+    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    c.send(&format!("HEAD /c/{token} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        .await;
+    let r = c.read(true).await;
+    assert_eq!((r.status, r.header("location")), (302, Some(url)));
+    // An international destination goes out percent-encoded, as a Location must be.
+    let intl = s
+        .state
+        .key
+        .mint_click(&id, 0, "https://b\u{fc}cher.example/caf\u{e9}")
+        .unwrap();
+    let r = c.get(&format!("/c/{intl}"), "").await;
+    assert_eq!(
+        r.header("location"),
+        Some("https://b%C3%BCcher.example/caf%C3%A9")
+    );
+
+    // Forged, re-signed, truncated, mutated and random tokens: 404, nowhere, nothing recorded.
+    let other = TokenKey::from_secret(b"another key")
+        .mint_click(&id, 2, "https://evil.example/")
+        .unwrap();
+    let mut flipped = token.clone().into_bytes();
+    flipped[30] = if flipped[30] == b'A' { b'B' } else { b'A' };
+    let mut bad = vec![
+        other,
+        token[..token.len() - 1].to_string(),
+        String::from_utf8(flipped).unwrap(),
+        s.state.key.mint(Purpose::Open, &id),
+        String::new(),
+    ];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..300 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let raw: Vec<u8> = (0..40 + (x % 60) as usize)
+            .map(|i| (x >> (i % 56)) as u8 ^ i as u8)
+            .collect();
+        bad.push(URL_SAFE_NO_PAD.encode(raw));
+    }
+    for t in &bad {
+        let r = c.get(&format!("/c/{t}"), "").await;
+        assert_eq!(r.status, 404, "{t}");
+        assert_eq!(r.header("location"), None);
+        assert_eq!(r.body, b"not found\n");
+    }
+    let counters = &s.state.counters;
+    assert_eq!(counters.click_redirects.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        counters.click_invalid.load(Ordering::Relaxed),
+        bad.len() as u64
+    );
+    // A redirect is not an open.
+    assert_eq!(s.store().await.stats().counters.opens, 0);
+    assert_eq!(counters.invalid.load(Ordering::Relaxed), 0);
+}

@@ -1,5 +1,5 @@
-//! The public pixel listener (`[http].listen`): `GET|HEAD /o/{token}.gif`, `/healthz`, 404
-//! for everything else. A `HEAD` gets the same answer and is recorded as a machine open
+//! The public pixel listener (`[http].listen`): `GET|HEAD /o/{token}.gif`, tracked links'
+//! redirects `GET|HEAD /c/{token}`, `/healthz`, 404 for everything else. A `HEAD` gets the same answer and is recorded as a machine open
 //! (`head-request`): link checkers send it, mail clients fetch the image.
 //!
 //! Every pixel request gets the same 43-byte transparent GIF, valid token or not, so a broken
@@ -131,7 +131,9 @@ pub async fn serve(listener: TcpListener, state: Arc<PixelState>, shutdown: Shut
 fn handle(state: &PixelState, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let head = req.method() == Method::HEAD;
-    let route_known = path == "/healthz" || (path.starts_with("/o/") && path.ends_with(".gif"));
+    let route_known = path == "/healthz"
+        || (path.starts_with("/o/") && path.ends_with(".gif"))
+        || path.starts_with("/c/");
     if !route_known {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -154,9 +156,57 @@ fn handle(state: &PixelState, peer: SocketAddr, req: Request<Incoming>) -> Respo
     if path == "/healthz" {
         return text(StatusCode::OK, "ok");
     }
+    if let Some(token) = path.strip_prefix("/c/") {
+        return redirect(state, token);
+    }
     let token = &path[3..path.len() - 4];
     record(state, peer.ip(), req.headers(), head, token);
     gif()
+}
+
+/// A tracked link: `302` to the URL its token carries when the token is authentic (under the
+/// key or a previous one; no lookup, so any node holding the key answers), else a plain `404`
+/// that records nothing. The destination can only be a URL minted into a message
+/// (`token::click`): no open redirect.
+fn redirect(state: &PixelState, token: &str) -> Response<Full<Bytes>> {
+    let c = &state.counters;
+    let Some(click) = state.key.verify_click(token) else {
+        c.click_invalid.fetch_add(1, Ordering::Relaxed);
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let Ok(location) = HeaderValue::from_bytes(&location(&click.url)) else {
+        c.click_invalid.fetch_add(1, Ordering::Relaxed);
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    c.click_redirects.fetch_add(1, Ordering::Relaxed);
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::FOUND;
+    let h = r.headers_mut();
+    h.insert(header::LOCATION, location);
+    h.insert(header::CACHE_CONTROL, NO_CACHE);
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    h.insert(header::EXPIRES, HeaderValue::from_static("0"));
+    // The destination learns nothing of the token from the Referer.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+/// `url` as a `Location` value: visible ASCII as it is, every other byte (spaces, controls,
+/// UTF-8 of an international URL) percent-encoded.
+fn location(url: &str) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(url.len());
+    for &b in url.as_bytes() {
+        if (0x21..=0x7e).contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    out
 }
 
 /// Verifies the token, looks the address up and journals the hit; never fails the request.
@@ -266,15 +316,16 @@ static GIF_HEADERS: LazyLock<HeaderMap> = LazyLock::new(|| {
     let mut h = HeaderMap::with_capacity(8);
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/gif"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("43"));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store, no-cache, must-revalidate, private, max-age=0"),
-    );
+    h.insert(header::CACHE_CONTROL, NO_CACHE);
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     h.insert(header::EXPIRES, HeaderValue::from_static("0"));
     h.insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex"));
     h
 });
+
+/// What keeps a pixel or a redirect from being cached anywhere, so that each load reaches us.
+const NO_CACHE: HeaderValue =
+    HeaderValue::from_static("no-store, no-cache, must-revalidate, private, max-age=0");
 
 /// The pixel response.
 fn gif() -> Response<Full<Bytes>> {

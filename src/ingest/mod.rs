@@ -49,6 +49,10 @@ pub struct HitCounters {
     /// (another node had not indexed it): retried, then recorded or, after
     /// [`hold::HOLD`], counted invalid.
     pub held: AtomicU64,
+    /// Tracked-link requests (`/c/{token}`) with an authentic token: redirected.
+    pub click_redirects: AtomicU64,
+    /// Tracked-link requests with a forged, malformed or mutated token: `404`, nothing else.
+    pub click_invalid: AtomicU64,
 }
 
 /// The ingest handle. Cheap to clone; all clones share one journal and one indexer.

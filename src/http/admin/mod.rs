@@ -342,6 +342,8 @@ fn metrics_snapshot(state: &AdminState) -> crate::metrics::Snapshot {
         pixel_invalid: c.invalid.load(Relaxed),
         pixel_store_errors: c.store_errors.load(Relaxed),
         pixel_held: c.held.load(Relaxed),
+        click_redirects: c.click_redirects.load(Relaxed),
+        click_invalid: c.click_invalid.load(Relaxed),
         opens_by_device: stats
             .counters
             .by_device

@@ -41,6 +41,12 @@ pub fn attr_url(url: &str) -> Vec<u8> {
 /// `& " < >` become entities, spaces, controls and non-ASCII bytes are percent-encoded.
 fn push_attr_url(out: &mut Vec<u8>, url: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let plain = |b: &u8| matches!(b, 0x21..=0x7e) && !matches!(b, b'&' | b'"' | b'<' | b'>');
+    // Minted URLs (base64url tokens) need nothing escaped: one copy.
+    if url.as_bytes().iter().all(plain) {
+        out.extend_from_slice(url.as_bytes());
+        return;
+    }
     for &b in url.as_bytes() {
         match b {
             b'&' => out.extend_from_slice(b"&amp;"),

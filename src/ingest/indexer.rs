@@ -65,6 +65,17 @@ pub(super) fn index_batch(
     reader: &mut Reader,
     limit: usize,
 ) -> Result<usize, StoreError> {
+    let r = read_and_index(ing, reader, limit);
+    if r.is_err() {
+        // The caller goes back to the index's position: a commit still in flight must have
+        // moved it (or failed) first, or what it commits would be indexed twice.
+        let _ = join_pending(ing);
+    }
+    r
+}
+
+/// [`index_batch`].
+fn read_and_index(ing: &Ingest, reader: &mut Reader, limit: usize) -> Result<usize, StoreError> {
     let inner = &*ing.inner;
     let end = inner.journal.end();
     let start = reader.position();
@@ -100,9 +111,11 @@ pub(super) fn index_batch(
         }
     }
     if mark == start {
+        // Nothing new: the commit in flight, if any, is waited for (its error is this one).
+        join_pending(ing)?;
         // Held hits whose time to try again has come, while nothing new arrives.
         if hold::any_due(ing) {
-            index_hits(ing, Vec::new(), start)?;
+            index_hits(ing, Vec::new(), start, false)?;
         }
         // No record, but possibly past segments that no longer exist (a fresh journal starts
         // at generation 1): that is indexed too.
@@ -112,9 +125,12 @@ pub(super) fn index_batch(
         }
         return Ok(0);
     }
-    // The last run commits the mark past everything read, undecodable entries included.
-    run.flush(ing, mark)?;
-    inner.indexed_up_to(mark);
+    // The last run commits the mark past everything read, undecodable entries included. On a
+    // shared database a last run of hits commits on a thread of its own while the next batch
+    // is read and classified; that thread moves the index's position once it is in.
+    if !run.flush(ing, mark, true)? {
+        inner.indexed_up_to(mark);
+    }
     Ok(taken.max(1))
 }
 
@@ -139,7 +155,7 @@ impl Run {
         let has_messages = !self.messages.is_empty() || !self.finishes.is_empty();
         if (is_hit && has_messages) || (!is_hit && !self.hits.is_empty()) {
             let last = self.last;
-            self.flush(ing, last)?;
+            self.flush(ing, last, false)?;
         }
         match e {
             Entry::Hit(h) => self.hits.push((h, at)),
@@ -150,16 +166,18 @@ impl Run {
         Ok(())
     }
 
-    /// Commits the run with the journal position `mark` and empties it.
-    fn flush(&mut self, ing: &Ingest, mark: Position) -> Result<(), StoreError> {
+    /// Commits the run with the journal position `mark` and empties it; with `defer`, a run of
+    /// hits on a shared store commits in the background. Whether it did.
+    fn flush(&mut self, ing: &Ingest, mark: Position, defer: bool) -> Result<bool, StoreError> {
         if !self.hits.is_empty() {
-            index_hits(ing, std::mem::take(&mut self.hits), mark)
+            index_hits(ing, std::mem::take(&mut self.hits), mark, defer)
         } else {
             let (recs, done) = (
                 std::mem::take(&mut self.messages),
                 std::mem::take(&mut self.finishes),
             );
-            index_messages(ing, &recs, &done, mark)
+            join_pending(ing)?;
+            index_messages(ing, &recs, &done, mark).map(|()| false)
         }
     }
 }
@@ -196,21 +214,52 @@ fn index_messages(
 }
 
 /// Classifies and records a run of hits with the journal position `mark`, with the held hits
-/// due for another try.
+/// due for another try. With `defer` on a shared store, the commit runs on a thread of its own
+/// (the one before it waited for first) and this returns `Ok(true)` before it is in.
 fn index_hits(
     ing: &Ingest,
     hits: Vec<(Hit<'static>, Position)>,
     mark: Position,
-) -> Result<(), StoreError> {
+    defer: bool,
+) -> Result<bool, StoreError> {
     let now = crate::clock::now_ms();
     let due = hold::due(ing, now);
-    match record_hits(ing, hits, due.clone(), mark, now) {
-        Ok(plan) => {
-            plan.done(ing);
-            Ok(())
-        }
+    // Classified (and the batch's messages read) while the commit before it may still run;
+    // that one is in (or failed) before anything else happens.
+    let prepared = prepare_batch(ing, hits, due.clone(), mark, now);
+    let batch = match (prepared, join_pending(ing)) {
+        (Ok(b), Ok(())) => b,
         // The store away: the held ones back as they were; the fresh ones are read again
         // from the journal.
+        (Err(e), _) | (_, Err(e)) => {
+            hold::put_back(ing, due, now);
+            return Err(e);
+        }
+    };
+    if defer && ing.inner.store.shared() {
+        let owned = ing.clone();
+        let commit = std::thread::Builder::new()
+            .name("open-commit".into())
+            .spawn(move || match commit_batch(&owned, batch, mark) {
+                Ok(plan) => {
+                    plan.done(&owned);
+                    owned.inner.indexed_up_to(mark);
+                    Ok(())
+                }
+                Err(e) => {
+                    hold::put_back(&owned, due, now);
+                    Err(e)
+                }
+            })
+            .map_err(|e| StoreError::Task(format!("cannot start a commit: {e}")))?;
+        *lock_pending(ing) = Some(commit);
+        return Ok(true);
+    }
+    match commit_batch(ing, batch, mark) {
+        Ok(plan) => {
+            plan.done(ing);
+            Ok(false)
+        }
         Err(e) => {
             hold::put_back(ing, due, now);
             Err(e)
@@ -218,15 +267,23 @@ fn index_hits(
     }
 }
 
-/// [`index_hits`]: the opens of `hits` and `due` committed with the journal position `mark`,
-/// and the holds that changed with them. What stays held is the returned plan's to keep.
-fn record_hits(
+/// A run of hits classified and ready to commit: the opens (with where each ends in the
+/// journal) and what becomes of the held hits; or, when the batch's messages could not be read,
+/// only the latter.
+struct Batch {
+    prepared: Vec<Option<PreparedOpen>>,
+    ends: Vec<Position>,
+    plan: hold::Plan,
+}
+
+/// [`index_hits`]' first half: the batch's messages read and every hit classified.
+fn prepare_batch(
     ing: &Ingest,
     hits: Vec<(Hit<'static>, Position)>,
     due: Vec<hold::Held>,
     mark: Position,
     now: u64,
-) -> Result<hold::Plan, StoreError> {
+) -> Result<Batch, StoreError> {
     let inner = &*ing.inner;
     let store = &inner.store;
     let anonymize = store.config().anonymize_ip;
@@ -245,7 +302,11 @@ fn record_hits(
                 .fetch_add(hits.len() as u64, Ordering::Relaxed);
             tracing::error!(error = %e, "cannot read the messages of a batch of opens");
             // The held ones stay held.
-            return Ok(hold::Plan::keeping(due, now));
+            return Ok(Batch {
+                prepared: Vec::new(),
+                ends: Vec::new(),
+                plan: hold::Plan::keeping(due, now),
+            });
         }
     };
     let mut plan = hold::Plan::default();
@@ -273,14 +334,50 @@ fn record_hits(
             None => plan.still_unknown(ing, d, now),
         }
     }
+    Ok(Batch {
+        prepared,
+        ends,
+        plan,
+    })
+}
+
+/// [`index_hits`]' second half: the batch's opens and hold changes committed with `mark`, and
+/// counted. What stays held is the returned plan's to keep.
+fn commit_batch(ing: &Ingest, batch: Batch, mark: Position) -> Result<hold::Plan, StoreError> {
+    let Batch {
+        prepared,
+        ends,
+        plan,
+    } = batch;
+    let store = &ing.inner.store;
     let results = match store.commit_opens_holding(&prepared, Some(mark), &plan.all_changes()) {
         Ok(events) => events.into_iter().map(Ok).collect(),
         // The store away: the whole run again later.
         Err(e) if unavailable(&e) => return Err(e),
         Err(_) => one_by_one(store, &prepared, &ends, &plan, mark)?,
     };
-    count_results(inner, &prepared, results);
+    count_results(&ing.inner, &prepared, results);
     Ok(plan)
+}
+
+/// Waits for the commit in flight, if any; its error if it failed (the index's position is
+/// then where the commit before it left it, and the reader goes back there).
+fn join_pending(ing: &Ingest) -> Result<(), StoreError> {
+    let pending = lock_pending(ing).take();
+    match pending.map(std::thread::JoinHandle::join) {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(_)) => Err(StoreError::Task("a commit of opens panicked".into())),
+    }
+}
+
+fn lock_pending(
+    ing: &Ingest,
+) -> std::sync::MutexGuard<'_, Option<std::thread::JoinHandle<Result<(), StoreError>>>> {
+    ing.inner
+        .pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// After a commit of a batch failed on one bad record: the opens one by one, each with its own

@@ -90,6 +90,8 @@ struct Inner {
     index_pauses: AtomicU64,
     /// Hits held for a record not yet in the shared store, with when to try them again.
     held: std::sync::Mutex<Vec<hold::Held>>,
+    /// The commit of opens in flight on a shared store (see `indexer::index_hits`).
+    pending: std::sync::Mutex<Option<std::thread::JoinHandle<Result<(), StoreError>>>>,
 }
 
 /// `read` of the store; a shared store that cannot be reached is waited for, with a line in
@@ -140,6 +142,7 @@ impl Ingest {
                 readers_waiting: AtomicUsize::new(0),
                 index_pauses: AtomicU64::new(0),
                 held: std::sync::Mutex::new(Vec::new()),
+                pending: std::sync::Mutex::new(None),
             }),
         };
         // Hits this node held for a record when it stopped (or crashed): tried first.

@@ -342,7 +342,15 @@ fn a_store_of_the_first_layout_is_moved_whole_into_the_one_tree() {
         .insert(LAYOUT_KEY, put_u64s(&[LAYOUT + 1]))
         .unwrap();
     drop(s);
-    let err = SledStore::open(&c).unwrap_err().to_string();
+    // Again past the dropped database's lock, which its IO threads may hold for a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let err = loop {
+        let err = SledStore::open(&c).unwrap_err().to_string();
+        if !err.contains("could not acquire lock") || std::time::Instant::now() > deadline {
+            break err;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     assert!(err.contains("newer than this pixelrelay"), "{err}");
 }
 

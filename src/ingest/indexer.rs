@@ -5,7 +5,10 @@
 //! [`BATCH`] hits, looks up each message, classifies the hit (the early-load rule needs the
 //! message's hand-off time), and commits the opens, the message statistics, the counters, the
 //! webhook outbox rows and the journal position reached in ONE atomic store write. Then it feeds
-//! live followers and the open log, and writes the one log line per open.
+//! live followers and the open log, and writes the one log line per open. On a database
+//! several nodes share, a batch's commit runs on a thread of its own while the next batch is
+//! read and classified (the database's part is the larger); commits stay one at a time and in
+//! order, and the index's position moves only once a commit is in.
 //!
 //! The thread runs under `SCHED_IDLE` (nice 19 where refused): when the machine is saturated, answering
 //! pixels comes first and the index catches up after the burst. While a backlog builds up on

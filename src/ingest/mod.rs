@@ -16,6 +16,7 @@
 
 mod entry;
 mod hit;
+mod hits;
 mod hold;
 mod indexer;
 mod journal;
@@ -90,7 +91,7 @@ struct Inner {
     index_pauses: AtomicU64,
     /// Hits held for a record not yet in the shared store, with when to try them again.
     held: std::sync::Mutex<Vec<hold::Held>>,
-    /// The commit of opens in flight on a shared store (see `indexer::index_hits`).
+    /// The commit of opens in flight on a shared store (see `hits::index_hits`).
     pending: std::sync::Mutex<Option<std::thread::JoinHandle<Result<(), StoreError>>>>,
 }
 

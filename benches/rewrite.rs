@@ -99,19 +99,22 @@ pub fn message(cte: &str, size: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The HTML size that makes the whole message close to 100 KB in encoding `cte`.
+fn html_size(cte: &str) -> usize {
+    match cte {
+        "quoted-printable" => 100_000 * 100 / 108,
+        "base64" => 100_000 * 3 / 4 - 1_500,
+        _ => 100_000,
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let rcpts = vec!["bob@example.net".to_string()];
     let two = vec!["bob@example.net".to_string(), "eve@example.net".to_string()];
     let policy = policy();
     let mut group = c.benchmark_group("rewrite_100k");
     for cte in ["7bit", "8bit", "quoted-printable", "base64"] {
-        // Size the HTML so the whole message is close to 100 KB in each encoding.
-        let target = match cte {
-            "quoted-printable" => 100_000 * 100 / 108,
-            "base64" => 100_000 * 3 / 4 - 1_500,
-            _ => 100_000,
-        };
-        let msg = message(cte, target);
+        let msg = message(cte, html_size(cte));
         let env = Envelope {
             sender: "news@example.com",
             recipients: &rcpts,
@@ -167,12 +170,7 @@ fn bench_clicks(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("rewrite_100k_clicks");
     for cte in ["7bit", "quoted-printable", "base64"] {
-        let target = match cte {
-            "quoted-printable" => 100_000 * 100 / 108,
-            "base64" => 100_000 * 3 / 4 - 1_500,
-            _ => 100_000,
-        };
-        let msg = message(cte, target);
+        let msg = message(cte, html_size(cte));
         let env = Envelope {
             sender: "news@example.com",
             recipients: &rcpts,

@@ -58,6 +58,11 @@ impl Deployment {
         })
     }
 
+    /// Two nodes of the deployment relaying to `upstream`.
+    fn pair(&self, upstream: &str) -> (Node, Node) {
+        (self.node(upstream), self.node(upstream))
+    }
+
     /// A node of the deployment relaying to `upstream`.
     fn node(&self, upstream: &str) -> Node {
         let hook = format!("{}/hook", self.hooks.url());
@@ -156,10 +161,7 @@ async fn two_nodes_share_messages_opens_the_live_tail_and_webhooks() {
         return;
     };
     let up = FakeUpstream::start().await;
-    let (a, b) = (
-        dep.node(&up.addr.to_string()),
-        dep.node(&up.addr.to_string()),
-    );
+    let (a, b) = dep.pair(&up.addr.to_string());
     let node_a = Proc::serve(&a.config());
     let node_b = Proc::serve(&b.config());
 
@@ -519,10 +521,7 @@ async fn a_node_killed_mid_load_loses_nothing_and_the_other_keeps_serving() {
         return;
     };
     let up = FakeUpstream::start().await;
-    let (a, b) = (
-        dep.node(&up.addr.to_string()),
-        dep.node(&up.addr.to_string()),
-    );
+    let (a, b) = dep.pair(&up.addr.to_string());
     let node_a = Proc::serve(&a.config());
     let mut node_b = Proc::serve(&b.config());
     let path = mail_one(node_a.smtp, &up).await;
@@ -636,10 +635,7 @@ async fn a_webhook_lease_of_a_node_killed_mid_delivery_runs_out_and_another_node
     })
     .await;
     let up = FakeUpstream::start().await;
-    let (a, b) = (
-        dep.node(&up.addr.to_string()),
-        dep.node(&up.addr.to_string()),
-    );
+    let (a, b) = dep.pair(&up.addr.to_string());
     let mut node_a = Proc::serve(&a.config());
     a.load(&mail_one(node_a.smtp, &up).await).await;
     // A is delivering the open (the endpoint holds the request): kill -9 it there.

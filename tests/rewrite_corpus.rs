@@ -12,20 +12,12 @@ use std::fs;
 
 use common::{corpus_dir, files_below};
 use mail_parser::{MessageParser, MimeHeaders};
-use pixelrelay::config::OnDkimSigned;
 use pixelrelay::rewrite::{Decision, Envelope, Policy, SkipReason, rewrite};
 
 const URL: &str = "http://127.0.0.1:8080/o/TESTTOKEN.gif";
 
 fn policy() -> Policy {
-    Policy {
-        pixel_prefix: "http://127.0.0.1:8080/o/".into(),
-        on_dkim_signed: OnDkimSigned::Skip,
-        opt_out_header: "X-Track-Opens".into(),
-        sender_domains: Vec::new(),
-        exclude_recipient_domains: Vec::new(),
-        max_rewrite_size: 64 << 20,
-    }
+    common::rewrite_policy(64 << 20)
 }
 
 /// The decoded body of the top-level part whose encoded body spans `range`, if it is HTML.

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use common::to_lf;
 use mail_parser::MessageParser;
-use pixelrelay::config::OnDkimSigned;
 use pixelrelay::rewrite::{Decision, Envelope, Policy, Rewritten, rewrite};
 
 const URL: &str = "http://127.0.0.1:8080/o/TESTTOKEN.gif";
@@ -20,14 +19,7 @@ const URL: &str = "http://127.0.0.1:8080/o/TESTTOKEN.gif";
 const MIN_FIXTURES: usize = 30;
 
 fn policy() -> Policy {
-    Policy {
-        pixel_prefix: "http://127.0.0.1:8080/o/".into(),
-        on_dkim_signed: OnDkimSigned::Skip,
-        opt_out_header: "X-Track-Opens".into(),
-        sender_domains: Vec::new(),
-        exclude_recipient_domains: Vec::new(),
-        max_rewrite_size: 25 << 20,
-    }
+    common::rewrite_policy(25 << 20)
 }
 
 fn to_crlf(b: &[u8]) -> Vec<u8> {

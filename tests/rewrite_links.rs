@@ -3,24 +3,18 @@
 //! links are replaced, the decoded HTML is the original but for those `href` values and the
 //! pixel, and every byte outside the HTML part's body is as it was.
 
+mod common;
+
 use std::cell::RefCell;
 use std::path::Path;
 
 use mail_parser::{MessageParser, PartType};
-use pixelrelay::config::OnDkimSigned;
 use pixelrelay::rewrite::{Decision, Envelope, Links, Policy, rewrite_with_links};
 
 const PIXEL: &str = "http://127.0.0.1:8080/o/TESTTOKEN.gif";
 
 fn policy() -> Policy {
-    Policy {
-        pixel_prefix: "http://127.0.0.1:8080/o/".into(),
-        on_dkim_signed: OnDkimSigned::Skip,
-        opt_out_header: "X-Track-Opens".into(),
-        sender_domains: Vec::new(),
-        exclude_recipient_domains: Vec::new(),
-        max_rewrite_size: 25 << 20,
-    }
+    common::rewrite_policy(25 << 20)
 }
 
 /// The links that must be tracked, as found (references decoded), and how each is written.

@@ -15,7 +15,6 @@ use mail_builder::MessageBuilder;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::{BodyPart, MimePart};
 use mail_parser::{MessageParser, MimeHeaders};
-use pixelrelay::config::OnDkimSigned;
 use pixelrelay::rewrite::{Decision, Envelope, Policy, SkipReason, rewrite};
 use proptest::prelude::*;
 
@@ -23,14 +22,7 @@ const URL: &str = "http://127.0.0.1:8080/o/TESTTOKEN.gif";
 const MARKUP: &str = r#"<img src="http://127.0.0.1:8080/o/TESTTOKEN.gif" width="1" height="1" alt="" border="0" style="display:block;width:1px;height:1px;border:0;margin:0;padding:0">"#;
 
 fn policy() -> Policy {
-    Policy {
-        pixel_prefix: "http://127.0.0.1:8080/o/".into(),
-        on_dkim_signed: OnDkimSigned::Skip,
-        opt_out_header: "X-Track-Opens".into(),
-        sender_domains: Vec::new(),
-        exclude_recipient_domains: Vec::new(),
-        max_rewrite_size: 64 << 20,
-    }
+    common::rewrite_policy(64 << 20)
 }
 
 /// Where the generated HTML says the pixel must go.

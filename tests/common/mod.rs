@@ -964,3 +964,16 @@ pub fn delivered_message(
     store.finish_message(&id, &delivery).unwrap();
     id
 }
+
+/// The rewrite policy the rewrite tests share: pixels under `http://127.0.0.1:8080/o/`, DKIM-
+/// signed mail skipped, messages up to `max_rewrite_size` rewritten.
+pub fn rewrite_policy(max_rewrite_size: u64) -> pixelrelay::rewrite::Policy {
+    pixelrelay::rewrite::Policy {
+        pixel_prefix: "http://127.0.0.1:8080/o/".into(),
+        on_dkim_signed: pixelrelay::config::OnDkimSigned::Skip,
+        opt_out_header: "X-Track-Opens".into(),
+        sender_domains: Vec::new(),
+        exclude_recipient_domains: Vec::new(),
+        max_rewrite_size,
+    }
+}

@@ -43,7 +43,9 @@ pub struct Click {
 /// Whether `url` may be a click's destination: `http:` or `https:` with something after it,
 /// at most [`MAX_URL`] bytes.
 pub fn trackable_url(url: &str) -> bool {
-    let lower = |s: &str, p: &str| s.len() > p.len() && s[..p.len()].eq_ignore_ascii_case(p);
+    let lower = |s: &str, p: &str| {
+        s.len() > p.len() && s.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p))
+    };
     url.len() <= MAX_URL && (lower(url, "http://") || lower(url, "https://"))
 }
 
@@ -157,6 +159,9 @@ mod tests {
             "https://",
             "/relative",
             "ftp://x.example/",
+            "é",
+            "httpé://x.example/",
+            "https:/é/x",
         ] {
             assert_eq!(key().mint_click(&id, 0, bad), None, "{bad}");
         }

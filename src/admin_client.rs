@@ -174,19 +174,25 @@ pub async fn tail(
     opts: TailOptions,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    // One more than asked: the newest open is the follow cursor even with `-n 0`.
-    let page = client
-        .get_json(&format!(
-            "/api/v1/opens?limit={}",
-            opts.lines.clamp(1, 1000)
-        ))
-        .await?;
-    let items = page["items"].as_array().cloned().unwrap_or_default();
+    // At least one of each: the newest event is the follow cursor even with `-n 0`. Opens and
+    // clicks share one id sequence; the newest of both, merged.
+    let mut items = Vec::new();
+    for kind in ["opens", "clicks"] {
+        let page = client
+            .get_json(&format!(
+                "/api/v1/{kind}?limit={}",
+                opts.lines.clamp(1, 1000)
+            ))
+            .await?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+    }
+    let id = |e: &Value| e["id"].as_str().unwrap_or("").to_string();
+    items.sort_by_key(|e| std::cmp::Reverse(id(e)));
     let mut cursor = items
         .first()
-        .and_then(|e| e["id"].as_str())
-        .unwrap_or("0000000000000000")
-        .to_string();
+        .map(id)
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "0000000000000000".to_string());
     for e in items.iter().take(opts.lines).rev() {
         print_open(out, e, opts.json)?;
     }
@@ -289,8 +295,9 @@ fn print_open(out: &mut impl Write, e: &Value, json: bool) -> Result<(), CliErro
     write_line(out, line.as_bytes())
 }
 
-/// One aligned line: time, recipient, subject, client, device, kind (`person`,
-/// `proxied:google`, `machine:apple-mpp`), IP.
+/// One aligned line: time, kind (`open`, `click`), recipient, subject, client, device,
+/// verdict (`person`, `proxied:google`, `machine:apple-mpp`), IP; a click ends with its link's
+/// position and URL.
 fn human_open(e: &Value) -> String {
     let s = |k: &str| e[k].as_str().unwrap_or("");
     let at = s("at");
@@ -308,9 +315,16 @@ fn human_open(e: &Value) -> String {
         (false, "") => "person".to_string(),
         (false, proxy) => format!("proxied:{proxy}"),
     };
+    let (kind, link) = if s("type") == "click" {
+        let n = e["link"].as_u64().unwrap_or(0);
+        ("click", format!("  #{n} {}", clean(s("url"))))
+    } else {
+        ("open", String::new())
+    };
     format!(
-        "{}  {}  {}  {}  {}  {}  {}",
+        "{}  {}  {}  {}  {}  {}  {}  {}{link}",
         cell(&time, 19),
+        cell(kind, 5),
         cell(s("recipient"), 28),
         cell(subject, 32),
         cell(s("client"), 14),
@@ -387,6 +401,29 @@ fn human_stats(v: &Value) -> String {
         pct("open_rate"),
         format!("people only {}", pct("human_open_rate")),
     );
+    if n("clicks") > 0 {
+        row(
+            "clicks",
+            n("clicks").to_string(),
+            format!(
+                "people {}, machine {}; links {} (people {})",
+                n("human_clicks"),
+                n("machine_clicks"),
+                n("link_clicks"),
+                n("human_link_clicks")
+            ),
+        );
+        row(
+            "unique clicks",
+            n("unique_clicks").to_string(),
+            format!("people {}", n("unique_human_clicks")),
+        );
+        row(
+            "click rate",
+            pct("click_rate"),
+            format!("people only {}", pct("human_click_rate")),
+        );
+    }
     for (label, key) in [
         ("by client", "by_client"),
         ("by device", "by_device"),
@@ -478,6 +515,18 @@ mod tests {
         assert!(t.contains("people only 37.5%"), "{t}");
         assert!(t.contains("google 2 (0 machine)"), "{t}");
         assert!(t.contains("apple-mpp 25.0%, scanner-asn 12.5%"), "{t}");
+        assert!(!t.contains("click"), "no click lines before the first click: {t}");
+        let mut v = v;
+        v["clicks"] = 5.into();
+        v["human_clicks"] = 3.into();
+        v["machine_clicks"] = 2.into();
+        v["unique_clicks"] = 4.into();
+        v["unique_human_clicks"] = 2.into();
+        v["click_rate"] = 0.5.into();
+        v["human_click_rate"] = 0.25.into();
+        let t = human_stats(&v);
+        assert!(t.contains("people 3, machine 2"), "{t}");
+        assert!(t.contains("people only 25.0%"), "{t}");
     }
 
     #[test]
@@ -490,7 +539,7 @@ mod tests {
         });
         let l = human_open(&e);
         assert!(
-            l.starts_with("2026-11-24 04:06:23  bob@example.net "),
+            l.starts_with("2026-11-24 04:06:23  open   bob@example.net "),
             "{l}"
         );
         assert!(!l.contains('\u{1b}'), "{l}");
@@ -502,6 +551,14 @@ mod tests {
         proxied["proxy"] = Value::Null;
         assert!(human_open(&proxied).contains("person"));
         assert!(l.ends_with("203.0.113.5"), "{l}");
+        assert!(l.contains(":23  open   bob@"), "{l}");
+        let mut click = e.clone();
+        click["type"] = "click".into();
+        click["link"] = 3.into();
+        click["url"] = "https://example.com/\u{7}x".into();
+        let lc = human_open(&click);
+        assert!(lc.contains(":23  click  bob@"), "{lc}");
+        assert!(lc.ends_with("203.0.113.5  #3 https://example.com/?x"), "{lc}");
         let mut e2 = e.clone();
         e2["subject"] = Value::Null;
         e2["recipient"] = "a-very-long-recipient-address@example.invalid".into();

@@ -48,6 +48,36 @@ pub struct Tracking {
     pub key: TokenKey,
     /// `tracking.base_url`.
     pub base_url: String,
+    /// With `tracking.clicks`: the URL patterns left alone (`tracking.click_exclude`); `None`
+    /// rewrites no link.
+    pub click_exclude: Option<Vec<String>>,
+}
+
+impl Tracking {
+    /// The rewrite of `content` for message `id`: the pixel at `pixel_url` and, with clicks
+    /// on, the part's links as `{base_url}/c/{token}`.
+    fn rewrite(
+        &self,
+        env: &rewrite::Envelope<'_>,
+        content: &[u8],
+        pixel_url: &str,
+        id: &MessageId,
+    ) -> rewrite::Rewritten {
+        let Some(exclude) = &self.click_exclude else {
+            return rewrite::rewrite(env, content, pixel_url, &self.policy);
+        };
+        let own_prefix = format!("{}/c/", self.base_url);
+        let url = |link: u16, url: &str| {
+            let token = self.key.mint_click(id, link, url)?;
+            Some(format!("{own_prefix}{token}"))
+        };
+        let links = rewrite::Links {
+            exclude,
+            own_prefix: &own_prefix,
+            url: &url,
+        };
+        rewrite::rewrite_with_links(env, content, pixel_url, Some(&links), &self.policy)
+    }
 }
 
 /// Where relayed messages are recorded: the store's journal. Both calls return once the
@@ -541,13 +571,14 @@ async fn rewrite_now(
     let url = format!("{}/o/{}.gif", t.base_url, t.key.mint(Purpose::Open, id));
     if content.len() < BLOCKING_REWRITE {
         let env = rewrite::Envelope { sender, recipients };
-        let out = rewrite::rewrite(&env, &content, &url, &t.policy);
+        let out = t.rewrite(&env, &content, &url, id);
         return (content, out.message, out.decision, out.info);
     }
     // The blocking task shares the bytes, so a panic in the rewriter cannot take them along.
     let shared = Arc::new(content);
     let (relay, bytes) = (Arc::clone(relay), Arc::clone(&shared));
     let (sender, recipients) = (sender.to_string(), recipients.to_vec());
+    let id = *id;
     let job = tokio::task::spawn_blocking(move || {
         let env = rewrite::Envelope {
             sender: &sender,
@@ -556,7 +587,7 @@ async fn rewrite_now(
         relay
             .tracking
             .as_ref()
-            .map(|t| rewrite::rewrite(&env, &bytes, &url, &t.policy))
+            .map(|t| t.rewrite(&env, &bytes, &url, &id))
     });
     let out = job.await;
     let content = Arc::try_unwrap(shared).unwrap_or_else(|a| a.as_ref().clone());

@@ -193,6 +193,10 @@ impl Server {
             policy: policy(&cfg),
             key: key.clone(),
             base_url: cfg.tracking.base_url.clone(),
+            click_exclude: cfg
+                .tracking
+                .clicks
+                .then(|| cfg.tracking.click_exclude.clone()),
         });
         let store = Store::open(&cfg.store).map_err(|e| match &cfg.store.postgres {
             Some(pg) => format!("store.url: {}: {e}", pg.url),

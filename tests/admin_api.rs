@@ -171,6 +171,7 @@ async fn open_pages_neither_skip_nor_repeat_under_concurrent_writes() {
                             proxy: None,
                         },
                         country: None,
+                        click: None,
                     },
                 )
                 .unwrap()

@@ -27,6 +27,7 @@ fn hit(i: usize) -> OpenHit {
             proxy: None,
         },
         country: None,
+        click: None,
     }
 }
 

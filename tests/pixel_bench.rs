@@ -308,6 +308,7 @@ async fn record_open_rate(store_cfg: &StoreConfig) {
                     probable: Duration::from_secs(900),
                 },
                 seen: Default::default(),
+                click: None,
             })
             .unwrap();
     }

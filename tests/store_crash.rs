@@ -84,6 +84,7 @@ fn write_one(s: &Store, n: u64) {
             proxy: None,
         },
         country: None,
+        click: None,
     };
     assert!(s.record_open(&id(n), &hit).unwrap().is_some());
 }
@@ -179,6 +180,7 @@ fn hit(n: u64) -> Hit<'static> {
             probable: Duration::from_secs(900),
         },
         seen: Default::default(),
+        click: None,
     }
 }
 

@@ -223,6 +223,10 @@ pub struct TrackingConfig {
     pub asn_db: Option<PathBuf>,
     /// MaxMind-format country database (`GeoLite2-Country` layout), for the `country` field.
     pub country_db: Option<PathBuf>,
+    /// Rewrite the links of a tracked message's HTML part to signed redirects.
+    pub clicks: bool,
+    /// Links whose URL contains one of these (ASCII case-insensitive) are left alone.
+    pub click_exclude: Vec<String>,
 }
 
 /// One entry of `tracking.networks`.
@@ -351,6 +355,8 @@ pub struct WebhookConfig {
     pub open: bool,
     /// Send `message` events (each relayed message with its tracking decision and reply).
     pub message: bool,
+    /// Send `click` events.
+    pub click: bool,
     /// Time allowed for one attempt: connect, TLS, request and response.
     pub timeout: Duration,
     /// Extra request headers (names checked, values free of CR/LF).
@@ -373,6 +379,7 @@ impl WebhookConfig {
             secret,
             open: true,
             message: false,
+            click: false,
             timeout: Duration::from_secs(10),
             headers: Vec::new(),
             max_age: Duration::from_secs(86_400),

@@ -245,9 +245,26 @@ pub(super) fn read_tracking(r: &mut Reader<'_>) -> TrackingConfig {
         networks: networks(&mut s),
         asn_db: s.opt_path_or_none("asn_db"),
         country_db: s.opt_path_or_none("country_db"),
+        clicks: s.get("clicks", false),
+        click_exclude: click_exclude(&mut s),
     };
     s.finish();
     cfg
+}
+
+/// `tracking.click_exclude`: substrings, none empty (an empty one would exclude every link).
+fn click_exclude(s: &mut Section<'_, '_>) -> Vec<String> {
+    let default = crate::rewrite::links::DEFAULT_EXCLUDE.map(str::to_string).to_vec();
+    let patterns = s.get::<Vec<String>>("click_exclude", default);
+    for (i, p) in patterns.iter().enumerate() {
+        if p.trim().is_empty() {
+            s.err(
+                &format!("click_exclude[{i}]"),
+                "is empty: it would match every link (use clicks = false to track none)",
+            );
+        }
+    }
+    patterns
 }
 
 /// `tracking.networks`: absent means the built-in scanner list.
@@ -461,11 +478,12 @@ pub(super) fn read_webhooks(r: &mut Reader<'_>) -> Vec<WebhookConfig> {
             }
         };
         let secret = webhook_secret(&mut s);
-        let (open, message) = webhook_events(&mut s);
+        let (open, message, click) = webhook_events(&mut s);
         let headers = webhook_headers(&mut s);
         let mut cfg = WebhookConfig::new(&url, secret);
         cfg.open = open;
         cfg.message = message;
+        cfg.click = click;
         cfg.headers = headers;
         cfg.timeout = s.seconds("timeout", 10);
         cfg.max_age = s.seconds("max_age", 86_400);
@@ -521,24 +539,25 @@ fn webhook_secret(s: &mut Section<'_, '_>) -> WebhookSecret {
     secret
 }
 
-/// `events` of one `[[webhooks]]` table: (open, message).
-fn webhook_events(s: &mut Section<'_, '_>) -> (bool, bool) {
+/// `events` of one `[[webhooks]]` table: (open, message, click).
+fn webhook_events(s: &mut Section<'_, '_>) -> (bool, bool, bool) {
     let events = s.get::<Vec<String>>("events", vec!["open".to_string()]);
-    let (mut open, mut message) = (false, false);
+    let (mut open, mut message, mut click) = (false, false, false);
     for (j, e) in events.iter().enumerate() {
         match e.as_str() {
             "open" => open = true,
             "message" => message = true,
+            "click" => click = true,
             other => s.err(
                 &format!("events[{j}]"),
-                format!("\"{other}\" is not one of open | message"),
+                format!("\"{other}\" is not one of open | click | message"),
             ),
         }
     }
     if events.is_empty() {
-        s.err("events", "needs at least one of open | message");
+        s.err("events", "needs at least one of open | click | message");
     }
-    (open, message)
+    (open, message, click)
 }
 
 /// `headers` of one `[[webhooks]]` table: names checked, values without CR, LF or NUL.

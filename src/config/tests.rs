@@ -155,7 +155,7 @@ fn webhooks_are_read_and_checked_with_keys() {
         [[webhooks]]
         url = "https://hooks.example.com/pixel?x=1"
         secret_file = "hook.secret"
-        events = ["open", "message"]
+        events = ["open", "message", "click"]
         timeout = 3
         max_age = 600
         concurrency = 2
@@ -168,7 +168,8 @@ fn webhooks_are_read_and_checked_with_keys() {
     assert_eq!(c.webhooks.len(), 2);
     let w = &c.webhooks[0];
     assert_eq!(w.secret, WebhookSecret::File(good.clone()));
-    assert!(w.open && w.message);
+    assert!(w.open && w.message && w.click);
+    assert!(c.webhooks[1].open && !c.webhooks[1].click, "open events only by default");
     assert_eq!(w.timeout, Duration::from_secs(3));
     assert_eq!(w.max_age, Duration::from_secs(600));
     assert_eq!(w.concurrency, 2);
@@ -188,7 +189,7 @@ fn webhooks_are_read_and_checked_with_keys() {
         [[webhooks]]
         url = "ftp://example.com/"
         secret_file = "open.secret"
-        events = ["click"]
+        events = ["clicks"]
         headers = { "X-A" = "a\r\nInjected: yes", Host = "evil", "bad name" = "v" }
         concurrency = 0
         colour = "blue"
@@ -202,7 +203,7 @@ fn webhooks_are_read_and_checked_with_keys() {
         "webhooks[0].url: \"ftp://example.com/\" is not an http:// or https:// URL",
         "webhooks[0].secret_file:",
         "chmod 600",
-        "webhooks[0].events[0]: \"click\" is not one of open | message",
+        "webhooks[0].events[0]: \"clicks\" is not one of open | click | message",
         "webhooks[0].headers.X-A: must not contain CR, LF or NUL",
         "webhooks[0].headers.Host: is set by pixelrelay itself",
         "webhooks[0].headers.bad name: is not a header name",

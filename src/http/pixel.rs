@@ -46,7 +46,7 @@ use crate::evidence::EvidenceSource;
 use crate::ingest::{Hit, HitSeen, Ingest};
 use crate::shutdown::Shutdown;
 use crate::store::now_ms;
-use crate::token::{Purpose, TOKEN_LEN, TokenKey};
+use crate::token::{MessageId, Purpose, TOKEN_LEN, TokenKey};
 use crate::track::{Hints, Windows};
 
 /// The classic transparent 1×1 GIF89a (the same 43 bytes as nginx's `empty_gif`): a 2-entry
@@ -157,18 +157,33 @@ fn handle(state: &PixelState, peer: SocketAddr, req: Request<Incoming>) -> Respo
         return text(StatusCode::OK, "ok");
     }
     if let Some(token) = path.strip_prefix("/c/") {
-        return redirect(state, token);
+        return redirect(state, peer.ip(), req.headers(), head, token);
     }
     let token = &path[3..path.len() - 4];
-    record(state, peer.ip(), req.headers(), head, token);
+    let c = &state.counters;
+    match (token.len() == TOKEN_LEN)
+        .then(|| state.key.verify(Purpose::Open, token))
+        .flatten()
+    {
+        Some(id) => record(state, peer.ip(), req.headers(), head, id, None),
+        None => {
+            c.invalid.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     gif()
 }
 
 /// A tracked link: `302` to the URL its token carries when the token is authentic (under the
-/// key or a previous one; no lookup, so any node holding the key answers), else a plain `404`
-/// that records nothing. The destination can only be a URL minted into a message
-/// (`token::click`): no open redirect.
-fn redirect(state: &PixelState, token: &str) -> Response<Full<Bytes>> {
+/// key or a previous one; no lookup, so any node holding the key answers), and the click
+/// journaled; else a plain `404` that records nothing. The destination can only be a URL
+/// minted into a message (`token::click`): no open redirect.
+fn redirect(
+    state: &PixelState,
+    peer: IpAddr,
+    headers: &HeaderMap,
+    head: bool,
+    token: &str,
+) -> Response<Full<Bytes>> {
     let c = &state.counters;
     let Some(click) = state.key.verify_click(token) else {
         c.click_invalid.fetch_add(1, Ordering::Relaxed);
@@ -179,6 +194,8 @@ fn redirect(state: &PixelState, token: &str) -> Response<Full<Bytes>> {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
     c.click_redirects.fetch_add(1, Ordering::Relaxed);
+    let clicked = (click.link, Cow::Borrowed(click.url.as_str()));
+    record(state, peer, headers, head, click.id, Some(clicked));
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::FOUND;
     let h = r.headers_mut();
@@ -209,16 +226,17 @@ fn location(url: &str) -> Vec<u8> {
     out
 }
 
-/// Verifies the token, looks the address up and journals the hit; never fails the request.
-fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, head: bool, token: &str) {
+/// Looks the address up and journals the hit on message `id` (a pixel load, or a click on
+/// `click`); never fails the request.
+fn record(
+    state: &PixelState,
+    peer: IpAddr,
+    headers: &HeaderMap,
+    head: bool,
+    id: MessageId,
+    click: Option<(u16, Cow<'_, str>)>,
+) {
     let c = &state.counters;
-    let Some(id) = (token.len() == TOKEN_LEN)
-        .then(|| state.key.verify(Purpose::Open, token))
-        .flatten()
-    else {
-        c.invalid.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
     let ip = client_ip(peer, headers, &state.http.trusted_proxies);
     let evidence = state.evidence.current();
     let looked = evidence.look_up(ip);
@@ -238,10 +256,11 @@ fn record(state: &PixelState, peer: IpAddr, headers: &HeaderMap, head: bool, tok
             label: Cow::Borrowed(looked.label()),
             country: looked.country,
         },
+        click,
     };
     if let Err(e) = state.ingest.append_hit(&hit) {
         c.store_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(message = %id, error = %e, "cannot journal open");
+        tracing::error!(message = %id, error = %e, "cannot journal a pixel hit or click");
     }
 }
 

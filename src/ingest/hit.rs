@@ -12,8 +12,10 @@ use crate::track::{Certainty, Hints, NetKind, Proxy, Seen, Windows};
 
 /// The first byte of a hit journaled before address evidence existed (still read).
 const HIT_V1: u8 = 1;
-/// The first byte of an encoded [`Hit`].
+/// The first byte of an encoded [`Hit`] of the pixel.
 const HIT_V2: u8 = 2;
+/// The first byte of an encoded [`Hit`] of a tracked link: version 2's fields, then the link.
+const CLICK_V1: u8 = 3;
 
 /// A pixel load with an authentic token, as the listener hands it to the store; classified
 /// when indexed.
@@ -34,6 +36,9 @@ pub struct Hit<'a> {
     pub windows: Windows,
     /// What the full address was when the hit arrived (`evidence`), before anonymisation.
     pub seen: HitSeen<'a>,
+    /// A click on a tracked link: its position and URL, as the token carried them (`None`: a
+    /// pixel load).
+    pub click: Option<(u16, Cow<'a, str>)>,
 }
 
 /// The evidence about a hit's address, journaled with it.
@@ -91,19 +96,28 @@ impl Hit<'_> {
 
     /// The most bytes [`Hit::encode_with_ip`] appends.
     pub(crate) fn encoded_len(&self) -> usize {
-        58 + self.seen.label.len().min(MAX_LABEL) + self.user_agent.len().min(u16::MAX as usize)
+        let click = self.click.as_ref().map_or(0, |(_, url)| 4 + url.len());
+        58 + self.seen.label.len().min(MAX_LABEL)
+            + self.user_agent.len().min(u16::MAX as usize)
+            + click
     }
 
     /// Appends the journal record to `b`, with `ip` in place of the hit's own (the anonymised
     /// address): `2 ‖ id(16) ‖ at_ms(8) ‖ machine_window_ms(4) ‖ probable_window_ms(4) ‖
     /// flags(1) ‖ net(1) ‖ country(2) ‖ ip(4|16) ‖ label_len(1) ‖ label ‖ ua_len(2) ‖ ua`,
     /// integers little-endian; flags: 1 prefetch, 2 mobile, 4 IPv6, 8 HEAD, 16 certain network,
-    /// 32 scanner ASN, 64 country known; net: 0 none, else 1 + the index in `NET_KINDS`.
+    /// 32 scanner ASN, 64 country known; net: 0 none, else 1 + the index in `NET_KINDS`. A
+    /// click starts with 3 instead and ends with `link(2) ‖ url_len(2) ‖ url` (URLs in tokens
+    /// are at most 2 048 bytes).
     pub(crate) fn encode_with_ip(&self, ip: IpAddr, b: &mut Vec<u8>) {
         let ua = &self.user_agent.as_bytes()[..self.user_agent.len().min(u16::MAX as usize)];
         let label = capped(&self.seen.label, MAX_LABEL).as_bytes();
         let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-        b.push(HIT_V2);
+        b.push(if self.click.is_some() {
+            CLICK_V1
+        } else {
+            HIT_V2
+        });
         b.extend_from_slice(self.message.as_bytes());
         b.extend_from_slice(&self.at_ms.to_le_bytes());
         b.extend_from_slice(&ms(self.windows.machine).to_le_bytes());
@@ -130,15 +144,22 @@ impl Hit<'_> {
         b.extend_from_slice(label);
         b.extend_from_slice(&(ua.len() as u16).to_le_bytes());
         b.extend_from_slice(ua);
+        if let Some((link, url)) = &self.click {
+            let url = capped(url, u16::MAX as usize).as_bytes();
+            b.extend_from_slice(&link.to_le_bytes());
+            b.extend_from_slice(&(url.len() as u16).to_le_bytes());
+            b.extend_from_slice(url);
+        }
     }
 
     /// The inverse of [`Hit::encode_with_ip`] (and of the version-1 record written before
     /// address evidence existed); `None` for anything else.
     pub(crate) fn decode(b: &[u8]) -> Option<Hit<'static>> {
         let (&v, b) = b.split_first()?;
-        if v != HIT_V1 && v != HIT_V2 {
+        if v != HIT_V1 && v != HIT_V2 && v != CLICK_V1 {
             return None;
         }
+        let v2 = v != HIT_V1;
         let (id, b) = b.split_at_checked(16)?;
         let (at, b) = b.split_at_checked(8)?;
         let (window, b) = b.split_at_checked(4)?;
@@ -147,14 +168,14 @@ impl Hit<'_> {
                 w.try_into().ok()?,
             ))))
         };
-        let (probable, b) = if v == HIT_V2 {
+        let (probable, b) = if v2 {
             let (p, b) = b.split_at_checked(4)?;
             (ms(p)?, b)
         } else {
             (Duration::ZERO, b)
         };
         let (&flags, b) = b.split_first()?;
-        let (net, country, b) = if v == HIT_V2 {
+        let (net, country, b) = if v2 {
             let (&net, b) = b.split_first()?;
             let (c, b) = b.split_at_checked(2)?;
             (net, [c[0], c[1]], b)
@@ -162,16 +183,29 @@ impl Hit<'_> {
             (0, [0; 2], b)
         };
         let (ip, b) = take_ip(flags & 4 != 0, b)?;
-        let (label, b) = if v == HIT_V2 {
+        let (label, b) = if v2 {
             let (&len, b) = b.split_first()?;
             let (l, b) = b.split_at_checked(usize::from(len))?;
             (String::from_utf8_lossy(l).into_owned(), b)
         } else {
             (String::new(), b)
         };
-        let (len, ua) = b.split_at_checked(2)?;
-        let len = u16::from_le_bytes(len.try_into().ok()?) as usize;
-        if ua.len() != len {
+        let (len, b) = b.split_at_checked(2)?;
+        let (ua, b) = b.split_at_checked(usize::from(u16::from_le_bytes(len.try_into().ok()?)))?;
+        let (click, b) = if v == CLICK_V1 {
+            let (link, b) = b.split_at_checked(2)?;
+            let (len, b) = b.split_at_checked(2)?;
+            let (url, b) =
+                b.split_at_checked(usize::from(u16::from_le_bytes(len.try_into().ok()?)))?;
+            let url = String::from_utf8(url.to_vec()).ok()?;
+            (
+                Some((u16::from_le_bytes(link.try_into().ok()?), Cow::Owned(url))),
+                b,
+            )
+        } else {
+            (None, b)
+        };
+        if !b.is_empty() {
             return None;
         }
         let network = network(net, flags & 16 != 0)?;
@@ -195,6 +229,7 @@ impl Hit<'_> {
                 label: Cow::Owned(label),
                 country: (flags & 64 != 0).then_some(country),
             },
+            click,
         })
     }
 }
@@ -252,6 +287,7 @@ mod tests {
                 label: "iCloud Private Relay".into(),
                 country: Some(*b"DE"),
             },
+            click: None,
         }
     }
 
@@ -319,8 +355,27 @@ mod tests {
         let mut longer = b.clone();
         longer.push(b'x');
         assert_eq!(Hit::decode(&longer), None);
-        let mut v3 = b;
+        let mut v3 = b.clone();
         v3[0] = 3;
-        assert_eq!(Hit::decode(&v3), None);
+        assert_eq!(Hit::decode(&v3), None, "a pixel hit is no click");
+        let mut v4 = b;
+        v4[0] = 4;
+        assert_eq!(Hit::decode(&v4), None);
+    }
+
+    #[test]
+    fn clicks_round_trip_and_refuse_cuts() {
+        let mut h = hit("2001:db8::7", "Mozilla/5.0");
+        h.click = Some((7, "https://example.com/a?b=c&d=é".into()));
+        let b = h.encode();
+        assert_eq!(b[0], CLICK_V1);
+        assert!(b.len() <= h.encoded_len());
+        assert_eq!(Hit::decode(&b), Some(h));
+        for cut in 0..b.len() {
+            assert_eq!(Hit::decode(&b[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = b;
+        longer.push(0);
+        assert_eq!(Hit::decode(&longer), None);
     }
 }

@@ -113,11 +113,22 @@ fn prepare_batch(
     };
     let mut plan = hold::Plan::default();
     let mut prepared = Vec::with_capacity(hits.len() + due.len());
+    let mut bursts = inner
+        .bursts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut prepare = |h: Hit<'static>, ctx: &OpenContext| {
+        let burst = h
+            .click
+            .as_ref()
+            .is_some_and(|(link, _)| bursts.burst(h.message, h.ip, *link, h.at_ms));
+        prepare(h, ctx.clone(), anonymize, burst)
+    };
     let mut ends = Vec::with_capacity(prepared.capacity());
     for (h, at) in hits {
         match contexts.get(&h.message) {
             Some(ctx) => {
-                prepared.push(Some(prepare(h, ctx.clone(), anonymize)));
+                prepared.push(Some(prepare(h, ctx)));
                 ends.push(at);
                 plan.recorded.push(None);
             }
@@ -130,7 +141,7 @@ fn prepare_batch(
         match contexts.get(&d.hit.message) {
             Some(ctx) => {
                 plan.recorded.push(Some(d.key));
-                prepared.push(Some(prepare(d.hit, ctx.clone(), anonymize)));
+                prepared.push(Some(prepare(d.hit, ctx)));
                 ends.push(mark);
             }
             None => plan.still_unknown(ing, d, now),
@@ -212,16 +223,21 @@ fn one_by_one(
     Ok(out)
 }
 
-/// Classifies hit `h` of the message of `ctx` (the early-load rule counts from its hand-off).
-fn prepare(h: Hit<'static>, ctx: OpenContext, anonymize: bool) -> PreparedOpen {
+/// Classifies hit `h` of the message of `ctx` (the early-load rule counts from its hand-off);
+/// a click with the click rules too (`burst`: it follows a click on another link of the
+/// message from the same address).
+fn prepare(h: Hit<'static>, ctx: OpenContext, anonymize: bool, burst: bool) -> PreparedOpen {
     let since = Duration::from_millis(h.at_ms.saturating_sub(ctx.sent_at()));
-    let classification = classify(
+    let mut classification = classify(
         &h.user_agent,
         &h.hints,
         &h.seen.as_seen(),
         Some(since),
         &h.windows,
     );
+    if h.click.is_some() {
+        classification = super::clicks::classify_click(classification, burst);
+    }
     let hit = OpenHit {
         at_ms: h.at_ms,
         ip: h.ip,
@@ -229,6 +245,7 @@ fn prepare(h: Hit<'static>, ctx: OpenContext, anonymize: bool) -> PreparedOpen {
         user_agent: h.user_agent.into_owned(),
         classification,
         country: h.seen.country.map(country_code),
+        click: h.click.map(|(link, url)| (link, url.into_owned())),
     };
     PreparedOpen::new(ctx, &hit, anonymize)
 }
@@ -267,8 +284,25 @@ fn country_code(c: [u8; 2]) -> String {
     String::from_utf8_lossy(&c).into_owned()
 }
 
-/// The one log line per open an admin tails.
+/// The one log line per open or click an admin tails.
 fn log_open(e: &OpenEvent) {
+    if e.is_click() {
+        tracing::info!(
+            message = %e.message,
+            rcpt = %e.recipient,
+            link = e.link.unwrap_or(0),
+            url = e.url.as_deref().unwrap_or(""),
+            client = %e.client,
+            device = e.device.as_str(),
+            machine = e.machine,
+            reason = e.machine_reason.as_deref().unwrap_or("-"),
+            ip = %e.ip,
+            first = e.first,
+            count = e.count,
+            "click"
+        );
+        return;
+    }
     tracing::info!(
         message = %e.message,
         rcpt = %e.recipient,

@@ -14,6 +14,7 @@
 //! the session that appends them; a power cut loses at most the last `store.flush_interval`
 //! (the indexer fsyncs the journal at that interval, as sled does its own writes).
 
+pub mod clicks;
 mod entry;
 mod hit;
 mod hits;
@@ -93,6 +94,8 @@ struct Inner {
     held: std::sync::Mutex<Vec<hold::Held>>,
     /// The commit of opens in flight on a shared store (see `hits::index_hits`).
     pending: std::sync::Mutex<Option<std::thread::JoinHandle<Result<(), StoreError>>>>,
+    /// Recent clicks, for the link-scanner rule (`clicks.rs`).
+    bursts: std::sync::Mutex<clicks::Bursts>,
 }
 
 /// `read` of the store; a shared store that cannot be reached is waited for, with a line in
@@ -144,6 +147,7 @@ impl Ingest {
                 index_pauses: AtomicU64::new(0),
                 held: std::sync::Mutex::new(Vec::new()),
                 pending: std::sync::Mutex::new(None),
+                bursts: Default::default(),
             }),
         };
         // Hits this node held for a record when it stopped (or crashed): tried first.

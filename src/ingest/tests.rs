@@ -160,6 +160,7 @@ fn journal_hit<'a>(message: MessageId, at_ms: u64, ip: &str, ua: &'a str) -> Hit
             probable: Duration::from_secs(900),
         },
         seen: Default::default(),
+        click: None,
     }
 }
 

@@ -24,6 +24,7 @@
 //! | `pixelrelay_pixel_duration_seconds` | histogram | |
 //! | `pixelrelay_opens_total` | counter | `device`; `machine` = true, false |
 //! | `pixelrelay_open_verdicts_total` | counter | `kind` = person, proxied, machine; `reason` (machine only) |
+//! | `pixelrelay_clicks_total` | counter | `machine` = true, false; `reason` (machine only) |
 //! | `pixelrelay_store_size_bytes` | gauge | |
 //! | `pixelrelay_open_index_lag_bytes` | gauge | journal bytes not yet indexed into sled |
 //! | `pixelrelay_open_index_pauses_total` | counter | times the indexer paused for a busy pixel listener |
@@ -68,6 +69,8 @@ pub struct Snapshot {
     pub opens_by_device: Vec<(String, u64, u64)>,
     /// Opens per kind and machine reason: (kind, reason, opens).
     pub verdicts: Vec<(&'static str, String, u64)>,
+    /// Clicks by verdict: (`person` or the machine reason, clicks).
+    pub clicks: Vec<(String, u64)>,
     /// Bytes on disk, if known.
     pub store_size: Option<u64>,
     /// Journal bytes not yet indexed.
@@ -118,6 +121,8 @@ pub struct Metrics {
     opens: Family<Labels, Counter>,
     /// Opens by kind, and machine opens by reason (collected from the store's counters).
     verdicts: Family<Labels, Counter>,
+    /// Clicks by machine flag and reason (collected from the store's counters).
+    clicks: Family<Labels, Counter>,
     /// sled's size on disk (collected).
     store_size: Gauge,
     /// Open journal bytes not yet indexed (collected).
@@ -256,6 +261,7 @@ impl Metrics {
             click_requests: Family::default(),
             opens: Family::default(),
             verdicts: Family::default(),
+            clicks: Family::default(),
             store_size: Gauge::default(),
             index_lag: Gauge::default(),
             index_pauses: Counter::default(),
@@ -358,6 +364,11 @@ impl Metrics {
             "open_verdicts",
             "Recorded opens by kind (person, proxied, machine) and machine reason (lifetime)",
             self.verdicts.clone(),
+        );
+        registry.register(
+            "clicks",
+            "Recorded clicks on tracked links by machine flag and reason (lifetime)",
+            self.clicks.clone(),
         );
     }
 
@@ -499,6 +510,14 @@ impl Metrics {
         for (kind, reason, n) in &snap.verdicts {
             let labels = vec![("kind", kind.to_string()), ("reason", reason.clone())];
             counter(&self.verdicts, labels, *n);
+        }
+        for (verdict, n) in &snap.clicks {
+            let labels = if verdict == "person" {
+                vec![("machine", "false".to_string())]
+            } else {
+                vec![("machine", "true".to_string()), ("reason", verdict.clone())]
+            };
+            counter(&self.clicks, labels, *n);
         }
         if let Some(size) = snap.store_size {
             self.store_size.set(i64::try_from(size).unwrap_or(i64::MAX));

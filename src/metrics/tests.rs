@@ -9,6 +9,7 @@ fn transaction_outcomes_and_reasons() {
     m.transaction("no_html", 451, 100, Duration::from_millis(3));
     let snap = Snapshot {
         verdicts: vec![("machine", "apple-mpp".into(), 4)],
+        clicks: vec![("person".into(), 3), ("link-burst".into(), 2)],
         webhooks: Some(WebhookCounts {
             delivered: 7,
             ..WebhookCounts::default()
@@ -27,6 +28,8 @@ fn transaction_outcomes_and_reasons() {
         "pixelrelay_pixel_requests_total{result=\"valid\"} 0",
         "pixelrelay_open_verdicts_total{kind=\"machine\",reason=\"apple-mpp\"} 4",
         "pixelrelay_webhook_events_total{result=\"delivered\"} 7",
+        "pixelrelay_clicks_total{machine=\"false\"} 3",
+        "pixelrelay_clicks_total{machine=\"true\",reason=\"link-burst\"} 2",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }

@@ -141,6 +141,7 @@ impl Endpoint {
             endpoint: self.id,
             open: self.cfg.open,
             message: self.cfg.message,
+            click: self.cfg.click,
         }
     }
 

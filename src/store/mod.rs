@@ -124,11 +124,19 @@ pub trait Backend: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Opens newest first, strictly before `cursor` (an open id) or from the newest.
+    /// Opens (no clicks) newest first, strictly before `cursor` (an open id) or from the
+    /// newest.
     fn list_opens(&self, cursor: Option<&str>, limit: usize)
     -> Result<Page<OpenEvent>, StoreError>;
 
-    /// Opens oldest first, strictly after `cursor` (an open id) or from the oldest.
+    /// Clicks newest first, strictly before `cursor` (a click id) or from the newest.
+    fn list_clicks(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<OpenEvent>, StoreError>;
+
+    /// Opens and clicks oldest first, strictly after `cursor` (an event id) or from the oldest.
     fn opens_after(&self, cursor: Option<&str>, limit: usize)
     -> Result<Vec<OpenEvent>, StoreError>;
 

@@ -98,6 +98,9 @@ impl Stats {
             machine_share_by_reason,
             open_rate: rate(counters.unique_opens),
             human_open_rate: rate(counters.unique_human_opens),
+            human_clicks: counters.clicks - counters.machine_clicks,
+            click_rate: rate(counters.unique_clicks),
+            human_click_rate: rate(counters.unique_human_clicks),
             counters,
         }
     }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::net;
 use crate::token::MessageId;
 use crate::track::event::{rfc3339_ms, rfc3339_ms_opt};
+use crate::track::event::EventType;
 use crate::track::{Classification, OpenEvent};
 
 /// How far the journal (`ingest`) is indexed: the end of a record, as segment generation then
@@ -117,6 +118,77 @@ pub struct OpenHit {
     pub classification: Classification,
     /// The loader's country, with a country database.
     pub country: Option<String>,
+    /// A click: the link's position in the HTML part and its URL (`None`: a pixel load).
+    pub click: Option<(u16, String)>,
+}
+
+/// Per-message click statistics, updated with each click.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClickStats {
+    /// Every click.
+    pub count: u64,
+    /// Clicks not marked as machine.
+    pub human: u64,
+    /// Links clicked at least once (positions, ascending).
+    #[serde(default)]
+    pub links: Vec<u16>,
+    /// Links a person clicked (positions, ascending).
+    #[serde(default)]
+    pub human_links: Vec<u16>,
+    /// First click.
+    #[serde(default, with = "rfc3339_ms_opt")]
+    pub first_at: Option<u64>,
+    /// Latest click.
+    #[serde(default, with = "rfc3339_ms_opt")]
+    pub last_at: Option<u64>,
+    /// First click not marked as machine: when a person first followed a link.
+    #[serde(default, with = "rfc3339_ms_opt")]
+    pub first_human_at: Option<u64>,
+}
+
+impl ClickStats {
+    /// Whether nothing was clicked.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Counts click `ev` (its `first` and `count` set here) and moves `c`'s click totals.
+    pub(crate) fn count(&mut self, ev: &mut OpenEvent, c: &mut Counters) {
+        let human = !ev.machine;
+        let (first, first_human) = (self.count == 0, human && self.human == 0);
+        self.count += 1;
+        self.first_at = self.first_at.or(Some(ev.at_ms));
+        self.last_at = Some(self.last_at.map_or(ev.at_ms, |l| l.max(ev.at_ms)));
+        if human {
+            self.human += 1;
+            self.first_human_at = self.first_human_at.or(Some(ev.at_ms));
+        }
+        let link = ev.link.unwrap_or(0);
+        let new_link = insert_sorted(&mut self.links, link);
+        let new_human_link = human && insert_sorted(&mut self.human_links, link);
+        ev.first = first;
+        ev.count = self.count;
+        c.clicks += 1;
+        c.machine_clicks += u64::from(!human);
+        c.unique_clicks += u64::from(first);
+        c.unique_human_clicks += u64::from(first_human);
+        c.link_clicks += u64::from(new_link);
+        c.human_link_clicks += u64::from(new_human_link);
+        if let Some(r) = ev.machine_reason.as_deref().filter(|_| ev.machine) {
+            *c.click_reasons.entry(r.to_string()).or_default() += 1;
+        }
+    }
+}
+
+/// Inserts `v` into ascending `set`; whether it was new.
+fn insert_sorted(set: &mut Vec<u16>, v: u16) -> bool {
+    match set.binary_search(&v) {
+        Ok(_) => false,
+        Err(i) => {
+            set.insert(i, v);
+            true
+        }
+    }
 }
 
 /// Per-message open statistics, updated with each open.
@@ -148,9 +220,12 @@ pub struct Message {
     /// Opens so far.
     #[serde(default)]
     pub opens: OpenStats,
+    /// Clicks so far.
+    #[serde(default)]
+    pub clicks: ClickStats,
 }
 
-/// A message with all its opens, oldest first.
+/// A message with all its opens and clicks, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MessageWithOpens {
     /// The message.
@@ -158,6 +233,20 @@ pub struct MessageWithOpens {
     pub message: Message,
     /// Its opens.
     pub open_events: Vec<OpenEvent>,
+    /// Its clicks.
+    pub click_events: Vec<OpenEvent>,
+}
+
+impl MessageWithOpens {
+    /// The message with its events (opens and clicks, oldest first) sorted into both lists.
+    pub fn split(message: Message, events: Vec<OpenEvent>) -> MessageWithOpens {
+        let (click_events, open_events) = events.into_iter().partition(OpenEvent::is_click);
+        MessageWithOpens {
+            message,
+            open_events,
+            click_events,
+        }
+    }
 }
 
 /// Lifetime totals, kept in the store and in memory; purging old records does not lower them.
@@ -199,6 +288,27 @@ pub struct Counters {
     /// Opens per `proxy` (`google`, `yahoo`, `microsoft`, `apple`).
     #[serde(default)]
     pub by_proxy: BTreeMap<String, OpenCounts>,
+    /// Every click on a tracked link.
+    #[serde(default)]
+    pub clicks: u64,
+    /// Clicks marked as machine (link scanners).
+    #[serde(default)]
+    pub machine_clicks: u64,
+    /// Messages with at least one click.
+    #[serde(default)]
+    pub unique_clicks: u64,
+    /// Messages with at least one click not marked as machine.
+    #[serde(default)]
+    pub unique_human_clicks: u64,
+    /// Distinct (message, link) pairs clicked.
+    #[serde(default)]
+    pub link_clicks: u64,
+    /// Distinct (message, link) pairs a person clicked.
+    #[serde(default)]
+    pub human_link_clicks: u64,
+    /// Machine clicks per `machine_reason`.
+    #[serde(default)]
+    pub click_reasons: BTreeMap<String, u64>,
 }
 
 /// Opens in one bucket of [`Counters`]' breakdowns.
@@ -236,6 +346,12 @@ pub struct Stats {
     pub open_rate: f64,
     /// `unique_human_opens / tracked`.
     pub human_open_rate: f64,
+    /// `clicks - machine_clicks`.
+    pub human_clicks: u64,
+    /// `unique_clicks / tracked`: messages clicked per message tracked.
+    pub click_rate: f64,
+    /// `unique_human_clicks / tracked`.
+    pub human_click_rate: f64,
 }
 
 /// Which messages `list_messages` returns.
@@ -344,6 +460,10 @@ impl PreparedOpen {
             net::canonical(hit.ip)
         };
         let c = &hit.classification;
+        let (event_type, link, url) = match &hit.click {
+            Some((link, url)) => (EventType::Click, Some(*link), Some(url.clone())),
+            None => (EventType::Open, None, None),
+        };
         PreparedOpen {
             id: ctx.id,
             event: OpenEvent {
@@ -358,9 +478,11 @@ impl PreparedOpen {
                 machine_reason: c.machine_reason.map(str::to_string),
                 proxy: c.proxy,
                 country: hit.country.clone(),
-                event_type: Default::default(),
+                event_type,
                 first: false,
                 count: 0,
+                link,
+                url,
                 recipient: ctx.recipient,
                 sender: ctx.sender,
                 message_id: ctx.message_id,
@@ -386,6 +508,19 @@ pub struct Subscription {
     pub open: bool,
     /// Gets `message` events.
     pub message: bool,
+    /// Gets `click` events.
+    pub click: bool,
+}
+
+impl Subscription {
+    /// Whether the endpoint gets events of `kind` (`open`, `click`, `message`).
+    pub fn wants(&self, kind: &str) -> bool {
+        match kind {
+            "open" => self.open,
+            "click" => self.click,
+            _ => self.message,
+        }
+    }
 }
 
 /// One delivery as stored: the body to POST and its retry state.
@@ -393,7 +528,7 @@ pub struct Subscription {
 pub struct OutboxRow {
     /// The event's id (16 hex digits), also inside `body`.
     pub event_id: String,
-    /// `open` or `message`.
+    /// `open`, `click` or `message`.
     #[serde(rename = "type")]
     pub kind: String,
     /// When the event happened (the age limit counts from here).

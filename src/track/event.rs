@@ -15,12 +15,25 @@ pub enum EventType {
     /// A pixel load.
     #[default]
     Open,
+    /// A tracked link followed.
+    Click,
 }
 
-/// One recorded open (SPEC "The open event").
+impl EventType {
+    /// `open` or `click`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Open => "open",
+            EventType::Click => "click",
+        }
+    }
+}
+
+/// One recorded open (SPEC "The open event"), or a click: the same fields with `type`
+/// `click`, the link's position and its URL.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenEvent {
-    /// Always `open` (clicks will share the stream).
+    /// `open` or `click` (both share the follow stream, the open log and webhooks).
     #[serde(rename = "type", default)]
     pub event_type: EventType,
     /// Time-ordered unique id (16 hex digits); also the cursor for listing and following.
@@ -51,10 +64,16 @@ pub struct OpenEvent {
     /// The loader's country (ISO 3166-1 alpha-2), with `tracking.country_db`.
     #[serde(default)]
     pub country: Option<String>,
-    /// The first open of this message.
+    /// The first open (of a click: the first click) of this message.
     pub first: bool,
-    /// Running count of opens of this message, this one included.
+    /// Running count of opens (of a click: of clicks) of this message, this one included.
     pub count: u64,
+    /// A click's link: its position among the tracked links of the HTML part (from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<u16>,
+    /// A click's destination, as it was in the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// The message's (single) recipient.
     #[serde(default)]
     pub recipient: String,
@@ -111,6 +130,11 @@ impl OpenEvent {
     /// Person, proxied or machine.
     pub fn kind(&self) -> OpenKind {
         OpenKind::of(self.machine, self.proxy)
+    }
+
+    /// A click rather than an open.
+    pub fn is_click(&self) -> bool {
+        self.event_type == EventType::Click
     }
 }
 
@@ -173,6 +197,8 @@ mod tests {
             sender: "news@example.com".into(),
             message_id: Some("<abc@example.com>".into()),
             subject: None,
+            link: None,
+            url: None,
         };
         let v = serde_json::to_value(&e).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();

@@ -138,6 +138,7 @@ impl Admin {
                         proxy: o.proxy,
                     },
                     country: None,
+                    click: None,
                 },
             )
             .unwrap()

@@ -292,5 +292,6 @@ pub fn hit() -> OpenHit {
             proxy: None,
         },
         country: None,
+        click: None,
     }
 }

@@ -3,7 +3,7 @@
 //! `GET /api/v1/opens?follow=1&since=CURSOR` answers `200`, `Content-Type:
 //! application/x-ndjson`, and writes one JSON object per line:
 //!
-//! - an open event (the SPEC's open event; its `id` is the cursor to resume from), first every
+//! - an open or click event (the SPEC's event, `type` telling them apart; its `id` is the cursor to resume from), first every
 //!   stored open after `since` in id order, then each new open as the store commits it. Without
 //!   `since` the stream starts at the newest stored open (only new opens follow).
 //! - `{"heartbeat":"<RFC 3339 time>","cursor":"<last id sent>"}` after 15 s without a line, so

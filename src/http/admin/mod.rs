@@ -131,6 +131,7 @@ fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<AdminBody
             follow::start(state, query.get("since").map(String::as_str))
         }
         "/api/v1/opens" => opens(state, &query),
+        "/api/v1/clicks" => clicks(state, &query),
         "/api/v1/stats" => json(StatusCode::OK, &state.store.stats()),
         "/metrics" => Ok(text(
             StatusCode::OK,
@@ -231,6 +232,13 @@ fn opens(state: &AdminState, q: &HashMap<String, String>) -> ApiResult {
     let page = state
         .store
         .list_opens(q.get("cursor").map(String::as_str), limit(q)?)?;
+    json(StatusCode::OK, &page)
+}
+
+fn clicks(state: &AdminState, q: &HashMap<String, String>) -> ApiResult {
+    let page = state
+        .store
+        .list_clicks(q.get("cursor").map(String::as_str), limit(q)?)?;
     json(StatusCode::OK, &page)
 }
 
@@ -351,6 +359,18 @@ fn metrics_snapshot(state: &AdminState) -> crate::metrics::Snapshot {
             .map(|(d, o)| (d.clone(), o.opens, o.machine))
             .collect(),
         verdicts,
+        clicks: std::iter::once((
+            "person".to_string(),
+            stats.counters.clicks - stats.counters.machine_clicks,
+        ))
+        .chain(
+            stats
+                .counters
+                .click_reasons
+                .iter()
+                .map(|(r, n)| (r.clone(), *n)),
+        )
+        .collect(),
         store_size: state.store.size_on_disk().ok(),
         index_lag: ingest.index_lag_bytes(),
         index_pauses: ingest.index_pauses(),

@@ -56,6 +56,7 @@ pub(crate) fn hit(at_ms: u64, ip: &str, machine: Option<&'static str>) -> OpenHi
             proxy: None,
         },
         country: None,
+        click: None,
     }
 }
 

@@ -18,11 +18,13 @@ fn outbox_rows_commit_with_opens_and_messages() {
             endpoint: 7,
             open: true,
             message: true,
+            click: false,
         },
         Subscription {
             endpoint: 9,
             open: true,
             message: false,
+            click: false,
         },
     ]);
     let mut watch = s.watch_outbox();
@@ -118,6 +120,7 @@ fn outbox_rows_commit_with_opens_and_messages() {
         endpoint: 9,
         open: true,
         message: false,
+        click: false,
     }]);
     // An open stamped earlier than the last event still gets a later event id.
     s.record_open(&a, &hit(T0, "203.0.113.5", None))

@@ -82,7 +82,16 @@ impl Backend for PgStore {
         limit: usize,
     ) -> Result<Page<OpenEvent>, StoreError> {
         let cursor = cursor.map(str::to_string);
-        self.call(move |i| async move { i.list_opens(cursor, limit).await })
+        self.call(move |i| async move { i.list_events(0, cursor, limit).await })
+    }
+
+    fn list_clicks(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<OpenEvent>, StoreError> {
+        let cursor = cursor.map(str::to_string);
+        self.call(move |i| async move { i.list_events(1, cursor, limit).await })
     }
 
     fn opens_after(

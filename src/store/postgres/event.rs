@@ -10,7 +10,7 @@ use tokio_postgres::Row;
 use crate::store::StoreError;
 use crate::store::shared::format_id;
 use crate::token::MessageId;
-use crate::track::event::rfc3339_ms;
+use crate::track::event::{EventType, rfc3339_ms};
 use crate::track::{Device, OpenEvent, Proxy};
 
 /// The columns [`events`] reads, for `SELECT {OPEN_COLUMNS} FROM opens o JOIN messages m …`.
@@ -20,6 +20,9 @@ pub(super) const OPEN_COLUMNS: &str =
 /// The stored part of an open event (same names and formats as [`OpenEvent`]'s JSON).
 #[derive(Serialize)]
 struct Stored<'a> {
+    /// Written for clicks only (an open is the default).
+    #[serde(rename = "type", skip_serializing_if = "is_open")]
+    event_type: EventType,
     #[serde(rename = "at", with = "rfc3339_ms")]
     at_ms: u64,
     ip: &'a str,
@@ -32,11 +35,20 @@ struct Stored<'a> {
     country: &'a Option<String>,
     first: bool,
     count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
+}
+
+fn is_open(t: &EventType) -> bool {
+    *t == EventType::Open
 }
 
 /// What the `event` column of `e` holds.
 pub(super) fn stored(e: &OpenEvent) -> Result<String, StoreError> {
     Ok(serde_json::to_string(&Stored {
+        event_type: e.event_type,
         at_ms: e.at_ms,
         ip: &e.ip,
         user_agent: &e.user_agent,
@@ -48,6 +60,8 @@ pub(super) fn stored(e: &OpenEvent) -> Result<String, StoreError> {
         country: &e.country,
         first: e.first,
         count: e.count,
+        link: e.link,
+        url: e.url.as_deref(),
     })?)
 }
 

@@ -14,7 +14,8 @@ use crate::track::OpenEvent;
 /// The columns [`message_of`] reads, in its order.
 const MESSAGE_COLUMNS: &str =
     "id, queue_id, at_ms, sender, recipients, message_id, subject, size, tracked,
-     skip_reason, delivery, opens, human_opens, first_open_ms, last_open_ms, first_human_ms";
+     skip_reason, delivery, opens, human_opens, first_open_ms, last_open_ms, first_human_ms,
+     clicks";
 
 /// A message from a row of [`MESSAGE_COLUMNS`].
 fn message_of(row: &Row) -> Result<Message, StoreError> {
@@ -45,6 +46,10 @@ fn message_of(row: &Row) -> Result<Message, StoreError> {
             first_at: opt(13),
             last_at: opt(14),
             first_human_at: opt(15),
+        },
+        clicks: match row.get::<_, Option<serde_json::Value>>(16) {
+            Some(v) => serde_json::from_value(v)?,
+            None => ClickStats::default(),
         },
     })
 }
@@ -125,10 +130,7 @@ impl Inner {
                 &[&id.as_bytes().as_slice()],
             )
             .await?;
-        Ok(Some(MessageWithOpens {
-            message,
-            open_events: events(&rows)?,
-        }))
+        Ok(Some(MessageWithOpens::split(message, events(&rows)?)))
     }
 
     pub(super) async fn list_messages(
@@ -233,8 +235,10 @@ impl Inner {
         Ok(out)
     }
 
-    pub(super) async fn list_opens(
+    /// Opens (`kind` 0) or clicks (1), newest first, before `cursor`.
+    pub(super) async fn list_events(
         &self,
+        kind: i16,
         cursor: Option<String>,
         limit: usize,
     ) -> Result<Page<OpenEvent>, StoreError> {
@@ -247,9 +251,9 @@ impl Inner {
             .query(
                 &format!(
                     "SELECT {OPEN_COLUMNS} FROM opens o JOIN messages m ON m.id = o.message
-                     WHERE o.id < $1 ORDER BY o.id DESC LIMIT $2"
+                     WHERE o.id < $1 AND o.kind = $3 ORDER BY o.id DESC LIMIT $2"
                 ),
-                &[&big(before), &big(limit as u64)],
+                &[&big(before), &big(limit as u64), &kind],
             )
             .await?;
         let items = events(&rows)?;

@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "opens_without_fk",
         include_str!("migrations/0003_opens_without_fk.sql"),
     ),
+    (4, "clicks", include_str!("migrations/0004_clicks.sql")),
 ];
 
 /// The schema version this binary writes.

@@ -134,7 +134,7 @@ impl Inner {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .filter(|s| if kind == "open" { s.open } else { s.message })
+            .filter(|s| s.wants(kind))
             .map(|s| endpoint_key(s.endpoint))
             .collect();
         if targets.is_empty() {
@@ -342,13 +342,31 @@ impl Inner {
         // The statistics updated first, in one statement that returns them: what each open's
         // `first` and `count` are then follows from the totals before this batch.
         let mut stats = update_stats(&tx, &opens).await?;
+        let mut clicks = click_stats(&tx, &opens).await?;
         let mut out = Vec::with_capacity(opens.len());
-        let (mut new_ids, mut new_msgs, mut new_events) = (Vec::new(), Vec::new(), Vec::new());
+        let mut new = NewEvents::default();
         for o in opens {
             let Some(PreparedOpen { id, event }) = o else {
                 out.push(None);
                 continue;
             };
+            if event.is_click() {
+                // Purged since its context was read: no click.
+                let Some((cs, changed)) = clicks.get_mut(&id) else {
+                    out.push(None);
+                    continue;
+                };
+                sh.last_open = next_id(sh.last_open, event.at_ms);
+                let mut ev = event;
+                ev.id = format_id(sh.last_open);
+                cs.count(&mut ev, &mut sh.counters);
+                *changed = true;
+                self.write_event(&tx, &mut sh, "click", ev.at_ms, &ev)
+                    .await?;
+                new.push(sh.last_open, &id, &ev)?;
+                out.push(Some(ev));
+                continue;
+            }
             // Purged since its context was read.
             let Some(st) = stats.get_mut(&id) else {
                 out.push(None);
@@ -357,14 +375,13 @@ impl Inner {
             let ev = count_open(&mut sh, st, event);
             self.write_event(&tx, &mut sh, "open", ev.at_ms, &ev)
                 .await?;
-            new_ids.push(big(sh.last_open));
-            new_msgs.push(id.as_bytes().to_vec());
-            new_events.push(super::event::stored(&ev)?);
+            new.push(sh.last_open, &id, &ev)?;
             out.push(Some(ev));
         }
-        if !new_ids.is_empty() {
-            copy_opens(&tx, &new_ids, &new_msgs, &new_events).await?;
+        if !new.ids.is_empty() {
+            copy_opens(&tx, &new).await?;
         }
+        write_click_stats(&tx, &clicks).await?;
         self.write_holds(&tx, &holds).await?;
         self.finish(tx, &sh, mark).await?;
         if let Some(log) = &self.open_log {
@@ -439,24 +456,101 @@ fn count_open(sh: &mut Shared, st: &mut OpenStatsRow, mut ev: OpenEvent) -> Open
     ev
 }
 
-/// The new opens, by binary COPY (several times the rows per second of an INSERT).
-async fn copy_opens(
-    tx: &Transaction<'_>,
-    ids: &[i64],
-    msgs: &[Vec<u8>],
-    events: &[String],
-) -> Result<(), StoreError> {
+/// The rows of one commit's new events, column by column.
+#[derive(Default)]
+struct NewEvents {
+    ids: Vec<i64>,
+    msgs: Vec<Vec<u8>>,
+    events: Vec<String>,
+    kinds: Vec<i16>,
+}
+
+impl NewEvents {
+    fn push(&mut self, id: u64, msg: &MessageId, ev: &OpenEvent) -> Result<(), StoreError> {
+        self.ids.push(big(id));
+        self.msgs.push(msg.as_bytes().to_vec());
+        self.events.push(super::event::stored(ev)?);
+        self.kinds.push(i16::from(ev.is_click()));
+        Ok(())
+    }
+}
+
+/// The new opens and clicks, by binary COPY (several times the rows per second of an INSERT).
+async fn copy_opens(tx: &Transaction<'_>, new: &NewEvents) -> Result<(), StoreError> {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::Type;
     let sink = tx
-        .copy_in("COPY opens (id, message, event) FROM STDIN (FORMAT binary)")
+        .copy_in("COPY opens (id, message, event, kind) FROM STDIN (FORMAT binary)")
         .await?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::BYTEA, Type::TEXT]);
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[Type::INT8, Type::BYTEA, Type::TEXT, Type::INT2],
+    );
     let mut writer = std::pin::pin!(writer);
-    for ((id, msg), ev) in ids.iter().zip(msgs).zip(events) {
-        writer.as_mut().write(&[id, msg, ev]).await?;
+    for (((id, msg), ev), kind) in new.ids.iter().zip(&new.msgs).zip(&new.events).zip(&new.kinds) {
+        writer.as_mut().write(&[id, msg, ev, kind]).await?;
     }
     writer.finish().await?;
+    Ok(())
+}
+
+/// The click statistics of the messages `opens` clicks (those that still exist), each with
+/// whether this commit changed it; nothing is read for a commit without clicks.
+async fn click_stats(
+    tx: &Transaction<'_>,
+    opens: &[Option<PreparedOpen>],
+) -> Result<HashMap<MessageId, (ClickStats, bool)>, StoreError> {
+    let ids: HashSet<MessageId> = opens
+        .iter()
+        .flatten()
+        .filter(|o| o.event.is_click())
+        .map(|o| o.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let keys: Vec<&[u8]> = ids.iter().map(|i| i.as_bytes().as_slice()).collect();
+    let rows = tx
+        .query(
+            "SELECT id, clicks FROM messages WHERE id = ANY($1)",
+            &[&keys],
+        )
+        .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let Some(id) = MessageId::from_slice(row.get::<_, &[u8]>(0)) else {
+            continue;
+        };
+        let cs = match row.get::<_, Option<serde_json::Value>>(1) {
+            Some(v) => serde_json::from_value(v)?,
+            None => ClickStats::default(),
+        };
+        out.insert(id, (cs, false));
+    }
+    Ok(out)
+}
+
+/// Writes back the click statistics this commit changed, in one statement.
+async fn write_click_stats(
+    tx: &Transaction<'_>,
+    clicks: &HashMap<MessageId, (ClickStats, bool)>,
+) -> Result<(), StoreError> {
+    let (mut ids, mut values) = (Vec::new(), Vec::new());
+    for (id, (cs, changed)) in clicks {
+        if *changed {
+            ids.push(id.as_bytes().as_slice());
+            values.push(serde_json::to_value(cs)?);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "UPDATE messages m SET clicks = u.c FROM unnest($1::bytea[], $2::jsonb[]) AS u(id, c)
+         WHERE m.id = u.id",
+        &[&ids, &values],
+    )
+    .await?;
     Ok(())
 }
 
@@ -471,7 +565,7 @@ async fn update_stats(
     // Per message: opens, human opens, the first open's and the first human open's time (in
     // batch order, as counting them one by one would set them), the latest time.
     let mut delta: HashMap<MessageId, OpenStatsRow> = HashMap::new();
-    for o in opens.iter().flatten() {
+    for o in opens.iter().flatten().filter(|o| !o.event.is_click()) {
         let d = delta.entry(o.id).or_default();
         let (at, human) = (o.event.at_ms, !o.event.machine);
         d.opens += 1;

@@ -54,6 +54,14 @@ impl Backend for SledStore {
         SledStore::list_opens(self, cursor, limit)
     }
 
+    fn list_clicks(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<OpenEvent>, StoreError> {
+        SledStore::list_clicks(self, cursor, limit)
+    }
+
     fn opens_after(
         &self,
         cursor: Option<&str>,

@@ -15,7 +15,11 @@ pub(super) const CHUNK: usize = 128;
 /// ```text
 /// count human first last first_human sent_at last_id (8 each) | n(4) | n × open id(8)
 /// | recipient | sender | message_id | subject        (each: len(4), u32::MAX for none, bytes)
+/// [| click statistics (JSON, present once the message was clicked)]
 /// ```
+///
+/// Clicks share the open index (`recent`, `x` chunks): a chunk fills with every
+/// `CHUNK` events, opens and clicks together.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct MsgStats {
     /// Every open.
@@ -38,6 +42,8 @@ pub(super) struct MsgStats {
     /// What an open event repeats of the record; shared, so that copying the statistics
     /// (every write that opens the message does) copies no strings.
     pub(super) context: Arc<Repeated>,
+    /// Its clicks.
+    pub(super) clicks: ClickStats,
 }
 
 /// The fields of a message record that each of its open events repeats.
@@ -90,6 +96,12 @@ impl MsgStats {
                 None => v.extend_from_slice(&NONE.to_be_bytes()),
             }
         }
+        if !self.clicks.is_empty() {
+            // A derived struct of numbers and vectors: serialising it cannot fail.
+            if let Ok(j) = serde_json::to_vec(&self.clicks) {
+                v.extend_from_slice(&j);
+            }
+        }
         v
     }
 
@@ -105,9 +117,11 @@ impl MsgStats {
             message_id: r.string()?,
             subject: r.string()?,
         });
-        if !r.0.is_empty() {
-            return Err(corrupt());
-        }
+        let clicks = if r.0.is_empty() {
+            ClickStats::default()
+        } else {
+            serde_json::from_slice(r.0).map_err(|_| corrupt())?
+        };
         Ok(MsgStats {
             count,
             human,
@@ -118,6 +132,7 @@ impl MsgStats {
             last_id,
             recent,
             context,
+            clicks,
         })
     }
 
@@ -142,6 +157,24 @@ impl MsgStats {
         }
     }
 
+    /// Events in the index: opens and clicks.
+    fn events(&self) -> u64 {
+        self.count + self.clicks.count
+    }
+
+    /// Indexes event `open_id` (its statistics counted by the caller); a chunk of ids that
+    /// became full is returned (with its number) for an `x` key.
+    pub(super) fn index(&mut self, open_id: u64) -> Option<(u32, Vec<u8>)> {
+        self.last_id = open_id;
+        self.recent.push(open_id);
+        if self.recent.len() < CHUNK {
+            return None;
+        }
+        let full = std::mem::take(&mut self.recent);
+        let n = (self.events() / CHUNK as u64).saturating_sub(1) as u32;
+        Some((n, put_u64s(&full)))
+    }
+
     /// Counts one open with id `open_id` at `at_ms`; a chunk of ids that became full is
     /// returned (with its number) for an `x` key.
     pub(super) fn add(&mut self, open_id: u64, at_ms: u64, human: bool) -> Option<(u32, Vec<u8>)> {
@@ -156,14 +189,7 @@ impl MsgStats {
         }
         self.count += 1;
         self.last = self.last.max(at_ms);
-        self.last_id = open_id;
-        self.recent.push(open_id);
-        if self.recent.len() < CHUNK {
-            return None;
-        }
-        let full = std::mem::take(&mut self.recent);
-        let n = (self.count / CHUNK as u64).saturating_sub(1) as u32;
-        Some((n, put_u64s(&full)))
+        self.index(open_id)
     }
 }
 
@@ -323,6 +349,7 @@ fn stage_records(
                     record,
                     delivery: None,
                     opens: OpenStats::default(),
+                    clicks: ClickStats::default(),
                 });
             }
         }
@@ -414,11 +441,8 @@ impl SledStore {
         let Some((message, ms)) = self.get_stored(id)? else {
             return Ok(None);
         };
-        let open_events = self.opens_by_id(&self.open_ids(id, &ms)?)?;
-        Ok(Some(MessageWithOpens {
-            message,
-            open_events,
-        }))
+        let events = self.opens_by_id(&self.open_ids(id, &ms)?)?;
+        Ok(Some(MessageWithOpens::split(message, events)))
     }
 
     /// Messages, newest first, strictly before `cursor`, that pass `filter`. A page scans at
@@ -494,6 +518,7 @@ impl SledStore {
         let stats = self.inner.msg_stats(id)?.unwrap_or_default();
         let mut m: Message = decode(&v)?;
         m.opens = stats.view();
+        m.clicks = stats.clicks.clone();
         Ok(Some((m, stats)))
     }
 

@@ -21,7 +21,8 @@
 //!                              the record fields an open event repeats (see messages.rs)
 //! x id(16) chunk(4)         -> CHUNK older open ids of the message, in order
 //! t at_ms(8) id(16)         -> ()      listing newest first, retention
-//! o first_open_id(8)        -> a segment: the opens one write committed (see opens.rs)
+//! o first_open_id(8)        -> a segment: the opens (and clicks) one write committed
+//! k click_id(8)             -> ()      the click index: listing clicks (see opens.rs)
 //! q endpoint(8) seq(8)      -> webhook delivery waiting (binary, see outbox.rs)
 //! d endpoint(8) seq(8)      -> webhook delivery out of time
 //! c "counters"              -> Counters (JSON, written once per write)
@@ -134,6 +135,7 @@ const P_TIME: u8 = b't';
 const P_SEGMENT: u8 = b'o';
 const P_OUTBOX: u8 = b'q';
 const P_DEAD: u8 = b'd';
+const P_CLICK: u8 = b'k';
 // The keys below are the `c` (meta) prefix's.
 /// Key of the counters (JSON, written with every write; its four open totals are a
 /// snapshot, superseded by `OPEN_COUNTERS`).
@@ -406,6 +408,9 @@ impl SledStore {
 /// The fields of a stored open event that its message's statistics count.
 #[derive(Deserialize)]
 struct Counted {
+    /// Open or click.
+    #[serde(rename = "type", default)]
+    event_type: crate::track::event::EventType,
     /// The message.
     message: MessageId,
     /// When.
@@ -450,7 +455,16 @@ fn replay(data: &Tree, last_open: u64) -> Result<u64, StoreError> {
                 }),
             };
             if let Some(ms) = ms.as_mut().filter(|ms| id > ms.last_id) {
-                if let Some((n, chunk)) = ms.add(id, c.at_ms, !c.machine) {
+                let chunk = if c.event_type == crate::track::event::EventType::Click {
+                    // The lifetime counters were committed with the click: only the
+                    // message's statistics are recounted.
+                    let mut ev: OpenEvent = decode(seg.json(i)?)?;
+                    ms.clicks.count(&mut ev, &mut Counters::default());
+                    ms.index(id)
+                } else {
+                    ms.add(id, c.at_ms, !c.machine)
+                };
+                if let Some((n, chunk)) = chunk {
                     batch.insert(chunk_key(&c.message, n), chunk);
                 }
                 counted += 1;

@@ -76,6 +76,11 @@ pub(super) fn decode_open_counters(b: &[u8], c: &mut Counters) -> Result<(), Sto
     Ok(())
 }
 
+/// The click index: `k ‖ click id(8)` for every click, so that listing clicks reads no opens.
+pub(super) fn click_key(id: u64) -> Vec<u8> {
+    key(P_CLICK, &[&id.to_be_bytes()])
+}
+
 pub(super) use crate::store::shared::{
     format_id as format_open_id, next_id as next_open_id, parse_id as parse_open_id,
 };
@@ -294,6 +299,25 @@ impl OpenWrite {
             return Ok(None);
         };
         self.last = next_open_id(self.last, ev.at_ms);
+        if ev.is_click() {
+            let mut ev = ev.clone();
+            ev.id = format_open_id(self.last);
+            ms.clicks.count(&mut ev, &mut self.counters);
+            if let Some((n, chunk)) = ms.index(self.last) {
+                self.batch.insert(chunk_key(&id, n), chunk);
+            }
+            self.batch.insert(click_key(self.last), EMPTY);
+            self.written += outbox::write_event(
+                &mut self.batch,
+                hooks,
+                &mut self.last_event,
+                "click",
+                ev.at_ms,
+                &ev,
+            )?;
+            self.stored.push((self.last, encode(&ev)?));
+            return Ok(Some(ev));
+        }
         let human = !ev.machine;
         let (first, first_human) = (ms.count == 0, human && ms.human == 0);
         if let Some((n, chunk)) = ms.add(self.last, ev.at_ms, human) {
@@ -445,7 +469,11 @@ impl SledStore {
                     if seg.id(i) >= before {
                         continue;
                     }
-                    items.push(seg.event(i)?);
+                    let ev = seg.event(i)?;
+                    if ev.is_click() {
+                        continue;
+                    }
+                    items.push(ev);
                     if items.len() == limit {
                         break 'segments;
                     }
@@ -460,8 +488,50 @@ impl SledStore {
         Ok(Page { items, next_cursor })
     }
 
-    /// Opens strictly after `cursor` (or from the oldest), oldest first: the backlog of a
-    /// follower.
+    /// Clicks, newest first, strictly before `cursor` (a click id) or from the newest: the
+    /// click index (`k` keys) read backwards, then their segments.
+    pub(super) fn list_clicks(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<OpenEvent>, StoreError> {
+        let before = match cursor {
+            Some(c) => parse_open_id(c)?,
+            None => u64::MAX,
+        };
+        let mut ids = Vec::with_capacity(limit.min(1024));
+        if limit > 0 {
+            for kv in self
+                .inner
+                .data
+                .range(click_key(0)..click_key(before))
+                .rev()
+                .take(limit)
+            {
+                let (k, _) = kv?;
+                let id = k
+                    .get(1..9)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or(StoreError::Corrupt("click index"))?;
+                ids.push(id);
+            }
+        }
+        let full = ids.len() == limit;
+        let last = ids.last().copied();
+        ids.reverse();
+        let mut items = self.opens_by_id(&ids)?;
+        items.reverse();
+        let next_cursor = if full {
+            last.map(format_open_id)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Opens and clicks strictly after `cursor` (or from the oldest), oldest first: the
+    /// backlog of a follower.
     pub(super) fn opens_after(
         &self,
         cursor: Option<&str>,

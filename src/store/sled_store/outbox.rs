@@ -115,7 +115,7 @@ pub(super) fn write_event<T: Serialize>(
 ) -> Result<usize, StoreError> {
     let targets: Vec<u64> = subs
         .iter()
-        .filter(|s| if kind == "open" { s.open } else { s.message })
+        .filter(|s| s.wants(kind))
         .map(|s| s.endpoint)
         .collect();
     if targets.is_empty() {

@@ -13,7 +13,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use super::messages::{chunk_prefix, message_key, stats_key};
-use super::opens::{Segment, encode_segment, segment_for, segment_key};
+use super::opens::{Segment, click_key, encode_segment, segment_for, segment_key};
 use super::{Inner, OPEN_ID_SHIFT, P_TIME, StoreError, key};
 use crate::clock::now_ms;
 use crate::store::types::PurgeReport;
@@ -130,6 +130,8 @@ fn rewrite_segments(
         for i in 0..seg.len() {
             if gone.contains(&seg.id(i)) {
                 removed += 1;
+                // A click's index key too (nothing to remove for an open).
+                batch.remove(click_key(seg.id(i)));
             } else {
                 keep.push((seg.id(i), seg.json(i)?));
             }

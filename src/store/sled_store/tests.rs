@@ -167,6 +167,7 @@ fn binary_records_round_trip_and_reject_wrong_lengths() {
         sent_at: T0,
         last_id: 9,
         recent: vec![],
+        clicks: ClickStats::default(),
         context: std::sync::Arc::new(messages::Repeated {
             recipient: "r@example.net".into(),
             sender: String::new(),
@@ -191,6 +192,21 @@ fn binary_records_round_trip_and_reject_wrong_lengths() {
     let mut longer = full.clone();
     longer.push(0);
     assert!(MsgStats::decode(&longer).is_err());
+    // Click statistics follow once there are clicks, and read back.
+    let clicked = MsgStats {
+        clicks: ClickStats {
+            count: 2,
+            human: 1,
+            links: vec![0, 4],
+            human_links: vec![4],
+            first_at: Some(T0 + 1),
+            last_at: Some(T0 + 9),
+            first_human_at: Some(T0 + 9),
+        },
+        ..with_ids.clone()
+    };
+    assert_eq!(MsgStats::decode(&clicked.encode()).unwrap(), clicked);
+    assert!(clicked.encode().len() > full.len());
     let seg = encode_segment(&[(5u64, &b"{}"[..]), (9, b"[1]")]);
     let s = Segment::parse(&seg).unwrap();
     assert_eq!((s.len(), s.id(1), s.json(1).unwrap()), (2, 9, &b"[1]"[..]));

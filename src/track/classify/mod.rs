@@ -61,6 +61,8 @@ pub const REASONS: &[&str] = &[
     "scanner-network",
     "scanner-asn",
     "early-load",
+    "early-click",
+    "link-burst",
 ];
 
 /// What kind of reader loaded the pixel (SPEC: `desktop|mobile|webmail|proxy|unknown`).

@@ -515,7 +515,10 @@ mod tests {
         assert!(t.contains("people only 37.5%"), "{t}");
         assert!(t.contains("google 2 (0 machine)"), "{t}");
         assert!(t.contains("apple-mpp 25.0%, scanner-asn 12.5%"), "{t}");
-        assert!(!t.contains("click"), "no click lines before the first click: {t}");
+        assert!(
+            !t.contains("click"),
+            "no click lines before the first click: {t}"
+        );
         let mut v = v;
         v["clicks"] = 5.into();
         v["human_clicks"] = 3.into();
@@ -558,7 +561,10 @@ mod tests {
         click["url"] = "https://example.com/\u{7}x".into();
         let lc = human_open(&click);
         assert!(lc.contains(":23  click  bob@"), "{lc}");
-        assert!(lc.ends_with("203.0.113.5  #3 https://example.com/?x"), "{lc}");
+        assert!(
+            lc.ends_with("203.0.113.5  #3 https://example.com/?x"),
+            "{lc}"
+        );
         let mut e2 = e.clone();
         e2["subject"] = Value::Null;
         e2["recipient"] = "a-very-long-recipient-address@example.invalid".into();

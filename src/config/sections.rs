@@ -254,7 +254,9 @@ pub(super) fn read_tracking(r: &mut Reader<'_>) -> TrackingConfig {
 
 /// `tracking.click_exclude`: substrings, none empty (an empty one would exclude every link).
 fn click_exclude(s: &mut Section<'_, '_>) -> Vec<String> {
-    let default = crate::rewrite::links::DEFAULT_EXCLUDE.map(str::to_string).to_vec();
+    let default = crate::rewrite::links::DEFAULT_EXCLUDE
+        .map(str::to_string)
+        .to_vec();
     let patterns = s.get::<Vec<String>>("click_exclude", default);
     for (i, p) in patterns.iter().enumerate() {
         if p.trim().is_empty() {

@@ -169,7 +169,10 @@ fn webhooks_are_read_and_checked_with_keys() {
     let w = &c.webhooks[0];
     assert_eq!(w.secret, WebhookSecret::File(good.clone()));
     assert!(w.open && w.message && w.click);
-    assert!(c.webhooks[1].open && !c.webhooks[1].click, "open events only by default");
+    assert!(
+        c.webhooks[1].open && !c.webhooks[1].click,
+        "open events only by default"
+    );
     assert_eq!(w.timeout, Duration::from_secs(3));
     assert_eq!(w.max_age, Duration::from_secs(600));
     assert_eq!(w.concurrency, 2);

@@ -76,7 +76,10 @@ mod tests {
         let (m, other) = (MessageId::random(), MessageId::random());
         let t = 1_800_000_000_000;
         assert!(!b.burst(m, ip("192.0.2.1"), 0, t), "the first click");
-        assert!(b.burst(m, ip("192.0.2.1"), 1, t + 300), "another link at once");
+        assert!(
+            b.burst(m, ip("192.0.2.1"), 1, t + 300),
+            "another link at once"
+        );
         assert!(b.burst(m, ip("192.0.2.1"), 2, t + 600));
         // The same link again: a reload, not a burst.
         assert!(!b.burst(m, ip("192.0.2.1"), 2, t + 700));

@@ -117,12 +117,13 @@ pub(crate) struct MessageEvent<'a> {
     pub(crate) delivery: &'a Option<Delivery>,
 }
 
-/// The event's JSON: `type` and `event_id`, then the event's own fields. An open event carries
-/// its own `type` (the follow stream shows it too), so the envelope leaves it to the event.
+/// The event's JSON: `type` and `event_id`, then the event's own fields. An open or click
+/// event carries its own `type` (the follow stream shows it too), so the envelope leaves it to
+/// the event.
 #[derive(Serialize)]
 struct Envelope<'a, T: Serialize> {
-    /// `open` or `message`.
-    #[serde(rename = "type", skip_serializing_if = "is_open")]
+    /// `open`, `click` or `message`.
+    #[serde(rename = "type", skip_serializing_if = "is_event")]
     kind: &'static str,
     /// Unique per event; retries and the copy to another endpoint repeat it.
     event_id: &'a str,
@@ -131,8 +132,8 @@ struct Envelope<'a, T: Serialize> {
     event: &'a T,
 }
 
-fn is_open(kind: &&'static str) -> bool {
-    *kind == "open"
+fn is_event(kind: &&'static str) -> bool {
+    matches!(*kind, "open" | "click")
 }
 
 /// The body POSTed for event `event_id` of `kind`.

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::net;
 use crate::token::MessageId;
-use crate::track::event::{rfc3339_ms, rfc3339_ms_opt};
 use crate::track::event::EventType;
+use crate::track::event::{rfc3339_ms, rfc3339_ms_opt};
 use crate::track::{Classification, OpenEvent};
 
 /// How far the journal (`ingest`) is indexed: the end of a record, as segment generation then

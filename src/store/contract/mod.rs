@@ -583,6 +583,7 @@ fn the_journal_mark_commits_with_the_write_it_came_with() {
     assert_eq!(s.journal_mark().unwrap(), at(40), "durable across a reopen");
 }
 
+pub(crate) mod clicks;
 mod holds;
 mod outbox;
 mod replies;

@@ -482,12 +482,15 @@ async fn copy_opens(tx: &Transaction<'_>, new: &NewEvents) -> Result<(), StoreEr
     let sink = tx
         .copy_in("COPY opens (id, message, event, kind) FROM STDIN (FORMAT binary)")
         .await?;
-    let writer = BinaryCopyInWriter::new(
-        sink,
-        &[Type::INT8, Type::BYTEA, Type::TEXT, Type::INT2],
-    );
+    let writer = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::BYTEA, Type::TEXT, Type::INT2]);
     let mut writer = std::pin::pin!(writer);
-    for (((id, msg), ev), kind) in new.ids.iter().zip(&new.msgs).zip(&new.events).zip(&new.kinds) {
+    for (((id, msg), ev), kind) in new
+        .ids
+        .iter()
+        .zip(&new.msgs)
+        .zip(&new.events)
+        .zip(&new.kinds)
+    {
         writer.as_mut().write(&[id, msg, ev, kind]).await?;
     }
     writer.finish().await?;

@@ -522,11 +522,7 @@ impl SledStore {
         ids.reverse();
         let mut items = self.opens_by_id(&ids)?;
         items.reverse();
-        let next_cursor = if full {
-            last.map(format_open_id)
-        } else {
-            None
-        };
+        let next_cursor = if full { last.map(format_open_id) } else { None };
         Ok(Page { items, next_cursor })
     }
 

@@ -8,7 +8,7 @@
 //! delivery worker (`notify`) reads and updates the rows through the methods here.
 //!
 //! ```text
-//! q endpoint(8) seq(8)   -> row: created(8) attempts(4) next(8) kind(1)
+//! q endpoint(8) seq(8)   -> row: created(8) attempts(4) next(8) kind(1: 0 open, 1 message, 2 click)
 //!                          error_len(2) error body      (binary, big-endian)
 //! d endpoint(8) seq(8)   -> the same row, out of time (a dead letter)
 //! c "last_event"         -> the last event sequence number handed out (8 bytes)
@@ -45,7 +45,11 @@ impl OutboxRow {
         v.extend_from_slice(&self.created_ms.to_be_bytes());
         v.extend_from_slice(&self.attempts.to_be_bytes());
         v.extend_from_slice(&self.next_ms.to_be_bytes());
-        v.push(u8::from(self.kind == "message"));
+        v.push(match self.kind.as_str() {
+            "message" => 1,
+            "click" => 2,
+            _ => 0,
+        });
         v.extend_from_slice(&(err.len() as u16).to_be_bytes());
         v.extend_from_slice(err);
         v.extend_from_slice(self.body.as_bytes());
@@ -59,6 +63,7 @@ impl OutboxRow {
         let kind = match b[20] {
             0 => "open",
             1 => "message",
+            2 => "click",
             _ => return Err(bad()),
         };
         let elen = usize::from(u16::from_be_bytes([b[21], b[22]]));

@@ -401,4 +401,21 @@ fn statistics_wait_in_memory_and_a_crash_recounts_them_from_the_segments() {
     assert_eq!(m.open_events, want);
     assert_eq!(s.get_message(&b).unwrap().unwrap().message.opens.count, 1);
     assert_eq!(s.record_open(&a, &person).unwrap().unwrap().count, 6);
+    // Clicks the same way: counted again from their segments, none twice.
+    let url = "https://example.com/x";
+    let click = crate::store::contract::clicks::click(T0 + 70_000, "192.0.2.1", 2, url, None);
+    s.record_open(&a, &click).unwrap().unwrap();
+    s.flush_blocking().unwrap();
+    let second = crate::store::contract::clicks::click(T0 + 80_000, "192.0.2.1", 5, url, None);
+    s.record_open(&a, &second).unwrap().unwrap();
+    drop(s);
+    let s = crate::store::contract::reopen(&cfg(dir.path()));
+    let m = s.get_message(&a).unwrap().unwrap();
+    assert_eq!(m.message.opens.count, 6);
+    assert_eq!(
+        (m.message.clicks.count, m.message.clicks.links.as_slice()),
+        (2, &[2, 5][..])
+    );
+    assert_eq!(m.click_events.len(), 2);
+    assert_eq!(s.record_open(&a, &click).unwrap().unwrap().count, 3);
 }

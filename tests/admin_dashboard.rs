@@ -231,6 +231,10 @@ async fn dashboard_in_headless_chromium() {
         subject: Some("Text only".into()),
         ..Msg::new("carol@example.net")
     });
+    // Clicks: a person's and a link scanner's; the URL is shown as text, never as markup.
+    let story = "https://example.com/story?q=<b>x</b>";
+    a.click(&news, 0, story, false);
+    a.click(&news, 1, "https://example.com/other", true);
     let profile = tempfile::tempdir().unwrap();
     let url = format!("http://{}/#token={TOKEN}", a.addr);
 
@@ -244,12 +248,16 @@ async fn dashboard_in_headless_chromium() {
         .await
         .expect("the page never opened its follow stream");
     let live = a.open(&news, &Open::person("Thunderbird", Device::Desktop));
+    let live_click = a.click(&xss, 0, story, false);
     let selector = format!("li.live-open[data-id=\"{}\"]", live.id);
+    let click_selector = format!("li.live-click[data-id=\"{}\"]", live_click.id);
     let dom = tokio::task::spawn_blocking(move || {
         // The row and the live list change on arrival; the stats cards are re-fetched after.
         let arrived = format!(
             "document.querySelector({selector:?}) !== null \
-             && document.getElementById('stat-opens').textContent === '5'"
+             && document.querySelector({click_selector:?}) !== null \
+             && document.getElementById('stat-opens').textContent === '5' \
+             && document.getElementById('stat-clicks').textContent === '3'"
         );
         browser.wait_for(&page, &arrived, Duration::from_secs(60));
         browser.eval(&page, "document.documentElement.outerHTML")
@@ -292,6 +300,11 @@ async fn dashboard_in_headless_chromium() {
     assert!(r.contains("device-webmail is-machine"), "machine icon: {r}");
     assert!(r.contains("device-mobile"), "{r}");
     assert!(cell(r, "first").starts_with("20"), "{r}");
+    assert_eq!(
+        cell(r, "clicks num"),
+        "1 (1 people)",
+        "live click applied: {r}"
+    );
     let r = row(&dom, &skipped.to_string());
     assert!(r.contains("class=\"msg untracked\""), "{r}");
     assert_eq!(cell(r, "tracking"), "skipped: no_html");
@@ -301,9 +314,38 @@ async fn dashboard_in_headless_chromium() {
     let r = row(&dom, &news.to_string());
     assert_eq!(cell(r, "opens num"), "2", "live open not applied: {r}");
     assert_eq!(cell(r, "people num"), "2");
+    assert_eq!(cell(r, "clicks num"), "2 (1 people)", "{r}");
+    assert_eq!(cell(r, "links num"), "2", "{r}");
+    assert!(cell(r, "first-click").starts_with("20"), "{r}");
     assert!(
         dom.contains(&format!("<li class=\"live-open\" data-id=\"{}\"", live.id)),
         "live open not listed"
+    );
+    // Clicks beside opens: cards, top links (escaped), the live list.
+    assert!(dom.contains("id=\"stat-clicks\">3<"), "clicks card");
+    assert!(
+        dom.contains("id=\"stat-human-clicks\">2<"),
+        "people's clicks"
+    );
+    assert!(
+        dom.contains("id=\"stat-machine-clicks\">1<"),
+        "link scanners"
+    );
+    let links = &dom[dom.find("<table id=\"links\">").expect("links table")..];
+    assert!(
+        links.contains(
+            "story?q=&lt;b&gt;x&lt;/b&gt;</td><td class=\"clicks num\">2</td><td class=\"people num\">2</td><td class=\"messages num\">2</td>"
+        ),
+        "top links: {}",
+        &links[..links.len().min(800)]
+    );
+    assert!(!dom.contains("<b>x</b>"), "a URL injected markup");
+    assert!(
+        dom.contains(&format!(
+            "<li class=\"live-click\" data-id=\"{}\"",
+            live_click.id
+        )),
+        "live click not listed"
     );
     let status = &dom[dom.find("id=\"status\"").expect("status")..];
     assert!(

@@ -145,6 +145,30 @@ impl Admin {
             .expect("message exists")
     }
 
+    /// Records a click on link `link` (going to `url`) of `id`, a person's or a link scanner's.
+    pub fn click(&self, id: &MessageId, link: u16, url: &str, machine: bool) -> OpenEvent {
+        self.store
+            .record_open(
+                id,
+                &OpenHit {
+                    at_ms: now_ms(),
+                    ip: "198.51.100.10".parse().unwrap(),
+                    user_agent: "Mozilla/5.0 Firefox/128.0".into(),
+                    classification: Classification {
+                        client: "Firefox".into(),
+                        device: Device::Desktop,
+                        machine,
+                        machine_reason: machine.then_some("link-burst"),
+                        proxy: None,
+                    },
+                    country: None,
+                    click: Some((link, url.into())),
+                },
+            )
+            .unwrap()
+            .expect("message exists")
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         get(self.addr, path, Some(TOKEN)).await
     }

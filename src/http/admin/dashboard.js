@@ -9,7 +9,7 @@
   const KEY = "pixelrelay-admin-token";
   const SVG = "http://www.w3.org/2000/svg";
   const $ = (id) => document.getElementById(id);
-  const state = { messages: new Map(), devices: new Map(), cursor: null, stats: null, stream: null };
+  const state = { messages: new Map(), devices: new Map(), links: new Map(), cursor: null, stats: null, stream: null };
 
   function takeFragmentToken() {
     const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
@@ -107,7 +107,36 @@
     const dev = el("td", "devices");
     renderDevices(dev, m.id);
     tr.appendChild(dev);
+    const k = m.clicks || { count: 0, human: 0, links: [] };
+    tr.appendChild(el("td", "clicks num", k.count ? k.count + " (" + k.human + " people)" : "0"));
+    tr.appendChild(el("td", "links num", (k.links || []).length));
+    tr.appendChild(el("td", "first-click", fmtTime(k.first_human_at)));
     return tr;
+  }
+
+  // Top links: clicks per URL over the clicks loaded and followed since.
+  function noteClick(e) {
+    const t = state.links.get(e.url) || { clicks: 0, people: 0, messages: new Set() };
+    t.clicks += 1;
+    if (!e.machine) t.people += 1;
+    t.messages.add(e.message);
+    state.links.set(e.url, t);
+  }
+
+  function renderLinks() {
+    const body = $("links").tBodies[0];
+    body.replaceChildren();
+    const rows = [...state.links.entries()].sort((a, b) => b[1].people - a[1].people || b[1].clicks - a[1].clicks);
+    for (const [url, t] of rows.slice(0, 20)) {
+      const tr = el("tr", "row");
+      const td = el("td", "url", url);
+      td.title = url;
+      tr.appendChild(td);
+      tr.appendChild(el("td", "clicks num", t.clicks));
+      tr.appendChild(el("td", "people num", t.people));
+      tr.appendChild(el("td", "messages num", t.messages.size));
+      body.appendChild(tr);
+    }
   }
 
   function renderMessages() {
@@ -207,6 +236,10 @@
     $("stat-proxied").textContent = st.proxied_opens;
     $("stat-rate").textContent = (st.human_open_rate * 100).toFixed(1) + "%";
     $("stat-raw-rate").textContent = (st.open_rate * 100).toFixed(1) + "%";
+    $("stat-clicks").textContent = st.clicks || 0;
+    $("stat-human-clicks").textContent = st.human_clicks || 0;
+    $("stat-machine-clicks").textContent = st.machine_clicks || 0;
+    $("stat-click-rate").textContent = ((st.human_click_rate || 0) * 100).toFixed(1) + "%";
     renderBreakdown("clients", st.by_client);
     renderBreakdown("devices", st.by_device);
     renderBreakdown("proxies", st.by_proxy);
@@ -224,9 +257,11 @@
   }
 
   function addLive(e) {
-    const li = el("li", "live-open" + (e.machine ? " is-machine" : ""));
+    const click = e.type === "click";
+    const li = el("li", (click ? "live-click" : "live-open") + (e.machine ? " is-machine" : ""));
     li.dataset.id = e.id;
     li.appendChild(el("span", "time", fmtTime(e.at)));
+    li.appendChild(el("span", "kind", click ? "click" : "open"));
     li.appendChild(icon(e.device, e.machine));
     li.appendChild(el("span", "rcpt", e.recipient));
     li.appendChild(document.createTextNode(" · "));
@@ -236,6 +271,7 @@
     if (e.machine) li.appendChild(el("span", "machine", " · machine (" + (e.machine_reason || "?") + ")"));
     else if (e.proxy) li.appendChild(el("span", "proxy", " · via " + e.proxy));
     li.appendChild(el("span", "ip", " · " + e.ip));
+    if (click) li.appendChild(el("span", "url", " → " + e.url));
     const list = $("live");
     list.insertBefore(li, list.firstChild);
     while (list.children.length > 200) list.removeChild(list.lastChild);
@@ -244,9 +280,26 @@
   function onOpen(e) {
     if (state.cursor !== null && e.id <= state.cursor) return;
     state.cursor = e.id;
-    noteDevice(e);
     addLive(e);
     const m = state.messages.get(e.message);
+    if (e.type === "click") {
+      noteClick(e);
+      renderLinks();
+      if (m) {
+        const k = m.clicks || (m.clicks = { count: 0, human: 0, links: [] });
+        k.count = e.count;
+        if (!e.machine) {
+          k.human += 1;
+          if (!k.first_human_at) k.first_human_at = e.at;
+        }
+        if (!k.links.includes(e.link)) k.links.push(e.link);
+        const old = document.querySelector('tr.msg[data-id="' + CSS.escape(e.message) + '"]');
+        if (old) old.replaceWith(messageRow(m));
+      }
+      refreshSoon();
+      return;
+    }
+    noteDevice(e);
     if (m) {
       m.opens.count = e.count;
       if (!e.machine) m.opens.human += 1;
@@ -334,18 +387,25 @@
     $("app").hidden = false;
     $("logout").hidden = false;
     try {
-      const [msgs, opens, stats] = await Promise.all([
+      const [msgs, opens, clicks, stats] = await Promise.all([
         api("/api/v1/messages?limit=50"),
         api("/api/v1/opens?limit=1000"),
+        api("/api/v1/clicks?limit=1000"),
         api("/api/v1/stats"),
       ]);
       state.messages = new Map();
       for (const m of msgs.items) state.messages.set(m.id, m);
       state.devices = new Map();
       for (const e of opens.items.slice().reverse()) noteDevice(e);
-      for (const e of opens.items.slice(0, 20).reverse()) addLive(e);
-      state.cursor = opens.items.length ? opens.items[0].id : "0000000000000000";
+      state.links = new Map();
+      for (const e of clicks.items) noteClick(e);
+      const recent = opens.items.slice(0, 20).concat(clicks.items.slice(0, 20));
+      recent.sort((a, b) => (a.id < b.id ? -1 : 1));
+      for (const e of recent.slice(-20)) addLive(e);
+      const newest = [opens.items[0], clicks.items[0]].filter(Boolean).map((e) => e.id).sort();
+      state.cursor = newest.length ? newest[newest.length - 1] : "0000000000000000";
       renderMessages();
+      renderLinks();
       renderStats(stats);
       document.body.dataset.loaded = "1";
     } catch (e) {

@@ -418,3 +418,57 @@ async fn a_stalled_endpoint_delays_no_other_and_holds_at_most_concurrency_reques
     trigger.trigger();
     workers.await.unwrap();
 }
+
+#[tokio::test]
+async fn clicks_go_signed_to_the_endpoints_that_asked_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&store_cfg(dir.path())).unwrap();
+    let opens_rx = Receiver::start(SECRET, |_, _| Reply::Status(200)).await;
+    let clicks_rx = Receiver::start(SECRET, |_, _| Reply::Status(200)).await;
+    let mut c = hook(&clicks_rx.url());
+    c.open = false;
+    c.click = true;
+    let notifier = Notifier::new(
+        vec![endpoint(hook(&opens_rx.url())), endpoint(c)],
+        store.clone(),
+    );
+    let (trigger, sd) = shutdown::channel();
+    let workers = notifier.start(sd);
+
+    let a = message(&store, "bob@example.net");
+    let open = store.record_open(&a, &hit()).unwrap().unwrap();
+    let click_hit = pixelrelay::store::OpenHit {
+        click: Some((2, "https://example.com/offer?id=7".into())),
+        ..hit()
+    };
+    let click = store.record_open(&a, &click_hit).unwrap().unwrap();
+    opens_rx
+        .wait(20, "the open", |r| r.iter().any(|x| x.acked()))
+        .await;
+    clicks_rx
+        .wait(20, "the click", |r| r.iter().any(|x| x.acked()))
+        .await;
+    // Both delivered before anything more could arrive; each endpoint got its kind only.
+    for _ in 0..200 {
+        if store.outbox_len() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (o, k) = (opens_rx.received(), clicks_rx.received());
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].body["id"], open.id.as_str());
+    assert_eq!(k.len(), 1);
+    let body = &k[0].body;
+    assert!(k[0].sig_ok);
+    assert_eq!(body["type"], "click");
+    assert_eq!(body["id"], click.id.as_str());
+    assert_eq!(
+        (body["link"].as_u64(), body["url"].as_str()),
+        (Some(2), Some("https://example.com/offer?id=7"))
+    );
+    assert_eq!(body["recipient"], "bob@example.net");
+    assert_eq!(body["first"], true);
+    trigger.trigger();
+    workers.await.unwrap();
+}

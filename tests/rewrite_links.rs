@@ -1,7 +1,7 @@
-//! Click tracking in the rewrite core, on messages Python's email package wrote
-//! (`fixtures/links/{7bit,8bit,qp,base64}.eml`, links in every context): exactly the trackable
-//! links are replaced, the decoded HTML is the original but for those `href` values and the
-//! pixel, and every byte outside the HTML part's body is as it was.
+//! Click tracking in the rewrite core, on messages Python's email package and nodemailer wrote
+//! (`fixtures/links/{7bit,8bit,qp,base64,nm-qp,nm-base64}.eml`, links in every context):
+//! exactly the trackable links are replaced, the decoded HTML is the original but for those
+//! `href` values and the pixel, and every byte outside the HTML part's body is as it was.
 
 mod common;
 
@@ -61,7 +61,7 @@ fn exactly_the_trackable_links_change_in_every_transfer_encoding() {
         recipients: &rcpts,
     };
     let exclude = vec!["unsubscribe".to_string()];
-    for name in ["7bit", "8bit", "qp", "base64"] {
+    for name in ["7bit", "8bit", "qp", "base64", "nm-qp", "nm-base64"] {
         let input = std::fs::read(dir.join(format!("{name}.eml"))).expect("fixture");
         let seen = RefCell::new(Vec::new());
         let url = |i: u16, u: &str| {
@@ -115,7 +115,7 @@ fn exactly_the_trackable_links_change_in_every_transfer_encoding() {
             "{name}: before the part"
         );
         assert_eq!(&out[b.end..], &input[a.end..], "{name}: after the part");
-        if name == "qp" {
+        if name.ends_with("qp") {
             // Lines it wrote itself (Python's own may run to 77).
             let before: Vec<&[u8]> = input[a.clone()].split(|&c| c == b'\n').collect();
             for line in out[b.clone()]

@@ -4,7 +4,9 @@
 //! Checked: (a) the output parses; (b) mail-parser's decoding of the rewritten part is the
 //! original HTML with exactly the pixel markup at the expected spot; (c) every byte outside that
 //! part's body is unchanged; (d) a second rewrite adds nothing; (e) no output line exceeds 998
-//! octets, and quoted-printable lines stay within 76 columns. 256 cases each by default;
+//! octets, and quoted-printable lines stay within 76 columns. With click tracking, the same
+//! HTML's links are replaced and, mapped back, the decoded part is the original but for the
+//! pixel, every byte outside it unchanged. 256 cases each by default;
 //! `PROPTEST_CASES=5000 cargo test --test rewrite_props` digs deeper.
 
 mod common;
@@ -15,11 +17,16 @@ use mail_builder::MessageBuilder;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::{BodyPart, MimePart};
 use mail_parser::{MessageParser, MimeHeaders};
-use pixelrelay::rewrite::{Decision, Envelope, Policy, SkipReason, rewrite};
+use pixelrelay::rewrite::{
+    Decision, Envelope, Links, Policy, SkipReason, rewrite, rewrite_with_links,
+};
 use proptest::prelude::*;
 
 const URL: &str = "http://127.0.0.1:8080/o/TESTTOKEN.gif";
 const MARKUP: &str = r#"<img src="http://127.0.0.1:8080/o/TESTTOKEN.gif" width="1" height="1" alt="" border="0" style="display:block;width:1px;height:1px;border:0;margin:0;padding:0">"#;
+
+/// The one anchor the generator writes, as it stands in the HTML.
+const LINK_HREF: &str = "href=\"http://x/?a=1&b=2\"";
 
 fn policy() -> Policy {
     common::rewrite_policy(64 << 20)
@@ -336,6 +343,66 @@ proptest! {
                 prop_assert!(lines(&out[start_out..end_out]).into_iter().all(|l| l <= width));
             }
             Cte::Raw => {}
+        }
+    }
+
+    #[test]
+    fn links_change_and_nothing_else((html, p) in html(), cte in cte(), shape in any::<u8>(), lf in any::<bool>()) {
+        // The generator's only anchor, `<a href="http://x/?a=1&b=2">`, is never inside a
+        // comment or raw-text element: every one of its hrefs is trackable by construction.
+        let msg = MessageBuilder::new()
+            .from("news@example.com")
+            .to("bob@example.net")
+            .subject("props")
+            .body(tree(shape, html_part(&html, cte)))
+            .write_to_vec()
+            .unwrap_or_default();
+        let input = if lf { to_lf(&msg) } else { msg };
+        let (start, end, decoded_in) = html_of(&input).ok_or_else(|| TestCaseError::fail("input has no HTML part"))?;
+        let p = if decoded_in == html { p } else { p - html[..p].matches("\r\n").count() };
+        let anchors = decoded_in.matches(LINK_HREF).count();
+        let rcpts = vec!["bob@example.net".to_string()];
+        let env = Envelope { sender: "news@example.com", recipients: &rcpts };
+        let offered = std::cell::RefCell::new(Vec::new());
+        let url = |i: u16, u: &str| {
+            offered.borrow_mut().push(u.to_string());
+            Some(format!("https://t.example/c/{i}"))
+        };
+        let exclude = vec!["unsubscribe".to_string()];
+        let links = Links { exclude: &exclude, own_prefix: "https://t.example/c/", url: &url };
+        let r = rewrite_with_links(&env, &input, URL, Some(&links), &policy());
+        prop_assert_eq!(r.decision, Decision::Tracked);
+        let out = r.message.ok_or_else(|| TestCaseError::fail("tracked without output"))?;
+        prop_assert!(offered.borrow().iter().all(|u| u == "http://x/?a=1&b=2"), "{:?}", offered.borrow());
+        let (start_out, end_out, decoded_out) = html_of(&out).ok_or_else(|| TestCaseError::fail("output has no HTML part"))?;
+        // Back from the tracked URLs and without the pixel: the input's HTML.
+        let mut replaced = 0;
+        let mut back = decoded_out.clone();
+        for i in 0..anchors {
+            let t = format!("href=\"https://t.example/c/{i}\"");
+            if back.contains(&t) {
+                back = back.replacen(&t, LINK_HREF, 1);
+                replaced += 1;
+            }
+        }
+        match cte {
+            // A link that would take a 7bit/8bit line past 998 octets stays as written.
+            Cte::Raw => prop_assert!(replaced <= anchors),
+            _ => prop_assert_eq!(replaced, anchors, "every link tracked"),
+        }
+        let want = format!("{}{MARKUP}{}", &decoded_in[..p], &decoded_in[p..]);
+        prop_assert!(back == want || (matches!(cte, Cte::Raw) && same_but_wrapped(&back, &want)),
+            "nothing but the hrefs and the pixel changed:\n got: {:?}\nwant: {:?}", back, want);
+        // Every byte outside the part's body as it was; line limits kept.
+        prop_assert_eq!(&out[..start], &input[..start]);
+        prop_assert_eq!(start_out, start);
+        prop_assert_eq!(&out[end_out..], &input[end..]);
+        let lines = |b: &[u8]| b.split(|&c| c == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l).len()).collect::<Vec<_>>();
+        if lines(&input).into_iter().max().unwrap_or(0) <= 998 {
+            prop_assert!(lines(&out).into_iter().all(|l| l <= 998));
+        }
+        if let Cte::Qp(_) = cte {
+            prop_assert!(lines(&out[start_out..end_out]).into_iter().all(|l| l <= 76));
         }
     }
 

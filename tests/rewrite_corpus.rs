@@ -2,8 +2,9 @@
 //! e.g. `../shared/corpus`, holding mail-parser's test messages, malformed ones included) goes
 //! through `rewrite` without panicking. A tracked message differs from its input only inside
 //! one `text/html` body, whose decoding gains exactly one pixel and nothing else; any other
-//! message is forwarded byte-identical. Set but missing directory: failure. Unset: skipped with
-//! a message saying so.
+//! message is forwarded byte-identical. With click tracking on, a tracked message differs from
+//! the pixel-only rewrite in `href` values alone. Set but missing directory: failure. Unset:
+//! skipped with a message saying so.
 
 mod common;
 
@@ -12,7 +13,9 @@ use std::fs;
 
 use common::{corpus_dir, files_below};
 use mail_parser::{MessageParser, MimeHeaders};
-use pixelrelay::rewrite::{Decision, Envelope, Policy, SkipReason, rewrite};
+use pixelrelay::rewrite::{
+    Decision, Envelope, Links, Policy, SkipReason, rewrite, rewrite_with_links,
+};
 
 const URL: &str = "http://127.0.0.1:8080/o/TESTTOKEN.gif";
 
@@ -32,6 +35,93 @@ fn html_at(msg: &[u8], start: usize) -> Option<Vec<u8>> {
 
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// With click tracking too: the same decision, the same bytes outside the HTML part's body,
+/// and the decoded part the pixel-only one but for `href` values, each changed one now a
+/// tracked URL for a link the part held. Returns how many links were tracked.
+fn with_clicks(
+    env: &Envelope<'_>,
+    input: &[u8],
+    pixel_only: &[u8],
+    start: usize,
+    name: &str,
+) -> usize {
+    let offered = std::cell::RefCell::new(Vec::new());
+    let url = |i: u16, u: &str| {
+        offered.borrow_mut().push(u.to_string());
+        Some(format!("https://t.example/c/{i}"))
+    };
+    let exclude = vec!["unsubscribe".to_string()];
+    let links = Links {
+        exclude: &exclude,
+        own_prefix: "https://t.example/c/",
+        url: &url,
+    };
+    let r = rewrite_with_links(env, input, URL, Some(&links), &policy());
+    assert_eq!(r.decision, Decision::Tracked, "{name}: with clicks");
+    let out = r
+        .message
+        .unwrap_or_else(|| panic!("{name}: tracked without output"));
+    assert_eq!(
+        &out[..start],
+        &pixel_only[..start],
+        "{name}: before the part"
+    );
+    let (a, b) = (
+        html_at(pixel_only, start).unwrap_or_else(|| panic!("{name}: part")),
+        html_at(&out, start).unwrap_or_else(|| panic!("{name}: part with links")),
+    );
+    let (a, b) = (String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+    let norm = |s: &str| mask_hrefs(&s.replace(['\r', '\n'], ""));
+    assert_eq!(norm(&b), norm(&a), "{name}: more than href values changed");
+    let tracked = b.matches("https://t.example/c/").count();
+    assert_eq!(tracked, offered.borrow().len(), "{name}: tracked links");
+    for u in offered.borrow().iter() {
+        assert!(
+            u.starts_with("http://") || u.starts_with("https://"),
+            "{name}: {u}"
+        );
+    }
+    // The rest of the message after the part, byte for byte.
+    let tail = |m: &[u8]| {
+        let parsed = MessageParser::new().parse(m).unwrap();
+        let p = parsed
+            .parts
+            .iter()
+            .find(|p| p.offset_body as usize == start)
+            .unwrap();
+        m[p.offset_end as usize..].to_vec()
+    };
+    assert_eq!(tail(&out), tail(pixel_only), "{name}: after the part");
+    tracked
+}
+
+/// `s` with every `href` attribute's value replaced by `#` (quoted or not).
+fn mask_hrefs(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.to_ascii_lowercase().find("href") {
+        let after = &rest[at + 4..];
+        let t = after.trim_start();
+        let Some(v) = t.strip_prefix('=') else {
+            out.push_str(&rest[..at + 4]);
+            rest = after;
+            continue;
+        };
+        let v = v.trim_start();
+        let end = match v.chars().next() {
+            Some(q @ ('"' | '\'')) => v[1..].find(q).map_or(v.len(), |e| e + 2),
+            _ => v
+                .find(|c: char| c.is_ascii_whitespace() || c == '>')
+                .unwrap_or(v.len()),
+        };
+        out.push_str(&rest[..at]);
+        out.push_str("href=#");
+        rest = &v[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[test]
@@ -112,6 +202,8 @@ fn corpus_messages() {
                     Decision::Skipped(SkipReason::AlreadyTracked),
                     "{name}: second pass"
                 );
+                *counts.entry("links tracked").or_default() +=
+                    with_clicks(&env, &input, &out, start, &name);
             }
             (Decision::Tracked, None) => panic!("{name}: tracked without output"),
             (Decision::Skipped(reason), out) => {

@@ -201,8 +201,10 @@ fn path_command(verb: &str, arg: &PathArg, conn: &Connection) -> String {
 impl Backend for RelaySession {
     fn working_room(&self, recipients: usize, size: usize) -> usize {
         match self.relay().as_ref().and_then(|r| r.tracking.as_ref()) {
+            // The rewrite's copy: twice the message at most, four times with click tracking
+            // (`tests/rewrite_memory.rs` measures both).
             Some(t) if recipients == 1 && size as u64 <= t.policy.max_rewrite_size => {
-                size.saturating_mul(2)
+                size.saturating_mul(if t.click_exclude.is_some() { 4 } else { 2 })
             }
             _ => 0,
         }

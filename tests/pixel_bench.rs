@@ -143,11 +143,13 @@ async fn pixel_bench_server() {
     store.flush().await.unwrap();
     let c = &state.counters;
     println!(
-        "DONE valid={} invalid={} store_errors={} opens_stored={} index_pauses={}",
+        "DONE valid={} invalid={} store_errors={} opens_stored={} redirects={} clicks_stored={} index_pauses={}",
         c.valid.load(Ordering::Relaxed),
         c.invalid.load(Ordering::Relaxed),
         c.store_errors.load(Ordering::Relaxed),
         store.stats().counters.opens,
+        c.click_redirects.load(Ordering::Relaxed),
+        store.stats().counters.clicks,
         ingest.index_pauses()
     );
     // Peak resident memory of this process (the listener, its store and sled's cache).
@@ -206,6 +208,9 @@ fn seed(store: &Store, key: &TokenKey, n: u64, tokens: &str) {
         at_ms: sent,
     };
     let mut out = std::io::BufWriter::new(std::fs::File::create(tokens).unwrap());
+    // Beside them, `TOKENS.clicks`: one tracked link of each message (for bench/clicks.sh).
+    let mut clicks =
+        std::io::BufWriter::new(std::fs::File::create(format!("{tokens}.clicks")).unwrap());
     for chunk in recs.chunks(1000) {
         let done: Vec<(&MessageId, &Delivery)> = chunk.iter().map(|r| (&r.id, &reply)).collect();
         store
@@ -213,9 +218,16 @@ fn seed(store: &Store, key: &TokenKey, n: u64, tokens: &str) {
             .unwrap();
         for r in chunk {
             writeln!(out, "{}", key.mint(Purpose::Open, &r.id)).unwrap();
+            let url = format!(
+                "https://shop.example.com/spring/{}?utm_source=mail",
+                r.queue_id
+            );
+            let link = (r.size % 8) as u16;
+            writeln!(clicks, "{}", key.mint_click(&r.id, link, &url).unwrap()).unwrap();
         }
     }
     out.flush().unwrap();
+    clicks.flush().unwrap();
 }
 
 /// Store-only rates: journaling hits (what the pixel's request waits for), and indexing them

@@ -1,7 +1,8 @@
 //! Memory bound of the rewrite core: for a ~100 KB HTML message in each transfer encoding (and
 //! with an opt-out header to strip), the input plus everything `rewrite` holds at its peak stays
-//! within 3× the message size. Counted with a global allocator that tracks live bytes, so this
-//! file holds a single test (other tests would allocate concurrently).
+//! within 3× the message size; with click tracking (its links add half the message at most)
+//! within 5×, what the relay reserves then. Counted with a global allocator that tracks live
+//! bytes, so this file holds a single test (other tests would allocate concurrently).
 #![allow(unsafe_code)] // a counting GlobalAlloc needs `unsafe impl`; the library forbids unsafe
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
 use pixelrelay::config::OnDkimSigned;
-use pixelrelay::rewrite::{Decision, Envelope, Policy, rewrite};
+use pixelrelay::rewrite::{Decision, Envelope, Links, Policy, rewrite, rewrite_with_links};
 
 struct Counting;
 
@@ -103,5 +104,45 @@ fn peak_memory_within_three_times_the_message() {
             );
             assert!(ratio <= 3.0, "{cte} opt_out={opt_out}: {ratio:.2}x");
         }
+        // With click tracking: every one of the page's ~1 000 links a tracked URL about 130
+        // bytes long, as the relay mints them, until the links have added half the message.
+        let msg = message(cte, false);
+        let url = |i: u16, u: &str| {
+            Some(format!(
+                "https://track.example.com/c/{i:05}{}",
+                "A".repeat(100 + u.len() * 4 / 3)
+            ))
+        };
+        let links = Links {
+            exclude: &[],
+            own_prefix: "https://track.example.com/c/",
+            url: &url,
+        };
+        let base = LIVE.load(Ordering::SeqCst);
+        PEAK.store(base, Ordering::SeqCst);
+        let r = rewrite_with_links(
+            &env,
+            &msg,
+            "http://127.0.0.1:8080/o/TOKEN.gif",
+            Some(&links),
+            &policy,
+        );
+        let peak = PEAK.load(Ordering::SeqCst) - base;
+        assert_eq!(r.decision, Decision::Tracked, "{cte}");
+        let out = r.message.expect("rewritten");
+        let tracked = mail_parser::MessageParser::default()
+            .parse(&out[..])
+            .and_then(|m| {
+                m.body_html(0)
+                    .map(|h| h.matches("track.example.com/c/").count())
+            })
+            .unwrap_or(0);
+        drop(out);
+        let ratio = (msg.len() + peak) as f64 / msg.len() as f64;
+        println!(
+            "{cte:>16} with clicks: {tracked} links tracked, peak extra {peak} bytes, {ratio:.2}x with the input"
+        );
+        assert!(tracked > 100, "{cte}: links tracked {tracked}");
+        assert!(ratio <= 5.0, "{cte} with clicks: {ratio:.2}x");
     }
 }

@@ -201,8 +201,19 @@ pub fn edit(enc: &[u8], dec: &[u8], edits: &[super::edit::Edit], nl: &[u8], out:
     };
     let group = first.range.start.min(dec.len()) / 3;
     let from = group * 3;
-    let tail = super::edit::apply_from(dec, from, edits);
-    reencode_from(enc, dec, group, tail.into_iter(), nl, out);
+    // The edited text from `from` on, as pieces of `dec` and of the edits: streamed into the
+    // encoder, never copied whole.
+    let mut pieces: Vec<&[u8]> = Vec::with_capacity(2 * edits.len() + 1);
+    let mut at = from.min(dec.len());
+    for e in edits {
+        let start = e.range.start.clamp(at, dec.len());
+        pieces.push(&dec[at..start]);
+        pieces.push(&e.with);
+        at = e.range.end.clamp(start, dec.len());
+    }
+    pieces.push(&dec[at..]);
+    let tail = pieces.into_iter().flatten().copied();
+    reencode_from(enc, dec, group, tail, nl, out);
 }
 
 /// Writes `enc` verbatim up to 4-character group `group`, then `tail` (the decoded text from

@@ -31,8 +31,17 @@ pub fn apply(dec: &[u8], edits: &[Edit]) -> Vec<u8> {
 /// `dec[from..]` with `edits` applied (those are offsets into the whole of `dec`, none
 /// starting before `from`).
 pub fn apply_from(dec: &[u8], from: usize, edits: &[Edit]) -> Vec<u8> {
-    let grow: usize = edits.iter().map(|e| e.with.len()).sum();
+    let grow: usize = edits
+        .iter()
+        .map(|e| e.with.len().saturating_sub(e.range.len()))
+        .sum();
     let mut out = Vec::with_capacity(dec.len().saturating_sub(from) + grow);
+    apply_into(dec, from, edits, &mut out);
+    out
+}
+
+/// [`apply_from`], appended to `out`.
+pub fn apply_into(dec: &[u8], from: usize, edits: &[Edit], out: &mut Vec<u8>) {
     let mut at = from.min(dec.len());
     for e in edits {
         let start = e.range.start.clamp(at, dec.len());
@@ -41,7 +50,6 @@ pub fn apply_from(dec: &[u8], from: usize, edits: &[Edit]) -> Vec<u8> {
         at = e.range.end.clamp(start, dec.len());
     }
     out.extend_from_slice(&dec[at..]);
-    out
 }
 
 #[cfg(test)]

@@ -32,16 +32,27 @@ pub struct Link {
 /// The trackable links of `html`, in document order.
 pub fn trackable(html: &[u8], exclude: &[String]) -> Vec<Link> {
     let mut out = Vec::new();
+    for_each_trackable(html, exclude, |l| {
+        out.push(l);
+        true
+    });
+    out
+}
+
+/// Calls `f` with each trackable link of `html` in document order, until it returns `false`
+/// (one link at a time: nothing is collected).
+pub fn for_each_trackable(html: &[u8], exclude: &[String], mut f: impl FnMut(Link) -> bool) {
+    let mut go = true;
     for_each_tag(html, |lt| {
         let rest = &html[lt + 1..];
-        if matches!(rest.first(), Some(b'a' | b'A'))
+        if go
+            && matches!(rest.first(), Some(b'a' | b'A'))
             && is_tag(rest, b"a")
             && let Some(link) = anchor(html, lt + 2, exclude)
         {
-            out.push(link);
+            go = f(link);
         }
     });
-    out
 }
 
 /// The link of the `<a` tag whose attributes start at `from`, if it is trackable.

@@ -418,7 +418,7 @@ fn insert(
     }
     let p = html::insertion_point(&decoded);
     let total = decoded.len();
-    let link_edits = links.map_or_else(Vec::new, |l| link_edits(&decoded, l));
+    let link_edits = links.map_or_else(Vec::new, |l| link_edits(&decoded, l, msg.len() / 2));
     let markup = html::markup(pixel_url);
     let nl = headers::line_ending(body, headers::line_ending(msg, b"\r\n"));
     // Only the base64 splice reads the decoded text again (and the raw one with links); free
@@ -430,8 +430,16 @@ fn insert(
     } else {
         decoded
     };
-    // The markup grows by a third in QP and base64, plus line breaks: 2× leaves room.
-    let grow: usize = link_edits.iter().map(|e| 2 * e.with.len()).sum();
+    // The markup and the links grow by a third in base64 and a little in QP (URLs are
+    // mostly ASCII letters), plus line breaks: 3/2 of what they add leaves room.
+    let added: usize = link_edits
+        .iter()
+        .map(|e| e.with.len().saturating_sub(e.range.len()))
+        .sum();
+    let grow = match part.cte {
+        part::Cte::Raw => added,
+        _ => added + added / 2,
+    };
     let mut out = Vec::with_capacity(msg.len() + 2 * markup.len() + grow + 16);
     headers::copy_without(&msg[..part.body.start], doomed, &mut out);
     let pixel = edit::Edit {
@@ -445,22 +453,35 @@ fn insert(
     Ok(out)
 }
 
-/// The edits that replace the tracked links' `href` values in `decoded`.
-fn link_edits(decoded: &[u8], l: &Links<'_>) -> Vec<edit::Edit> {
+/// The edits that replace the tracked links' `href` values in `decoded`, adding `room` bytes
+/// at most in all: the links after that stay as written, so that a link-dense message's
+/// rewrite stays within what the relay reserves for it whatever its transfer encoding.
+fn link_edits(decoded: &[u8], l: &Links<'_>, mut room: usize) -> Vec<edit::Edit> {
     let mut out = Vec::new();
-    let found = links::trackable(decoded, l.exclude);
-    let mine = found
-        .into_iter()
-        .filter(|k| !k.url.starts_with(l.own_prefix) || l.own_prefix.is_empty());
-    for (i, link) in mine.enumerate() {
-        let Ok(i) = u16::try_from(i) else { break };
+    let mut i = 0u16;
+    links::for_each_trackable(decoded, l.exclude, |link| {
+        if !l.own_prefix.is_empty() && link.url.starts_with(l.own_prefix) {
+            return true;
+        }
         if let Some(url) = (l.url)(i, &link.url) {
+            let with = html::attr_url(&url);
+            let Some(left) = room.checked_sub(with.len().saturating_sub(link.value.len())) else {
+                return false;
+            };
+            room = left;
             out.push(edit::Edit {
                 range: link.value,
-                with: html::attr_url(&url),
+                with,
             });
         }
-    }
+        match i.checked_add(1) {
+            Some(n) => {
+                i = n;
+                true
+            }
+            None => false,
+        }
+    });
     out
 }
 
@@ -491,14 +512,13 @@ fn splice_part(
                     .filter(|e| e.range.end <= p)
                     .map(|e| e.with.len() as isize - e.range.len() as isize)
                     .sum();
-                let edited = edit::apply(body, &link_edits);
-                raw::splice(
-                    &edited,
-                    p.saturating_add_signed(shift),
-                    &pixel.with,
-                    nl,
-                    out,
-                );
+                // Edited straight into the output; only what follows the pixel is copied
+                // aside (the pixel sits near the end of the part).
+                let start = out.len();
+                edit::apply_into(body, 0, &link_edits, out);
+                let at = (start + p.saturating_add_signed(shift)).min(out.len());
+                let tail = out.split_off(at);
+                raw::splice_into(out, start, &tail, &pixel.with, nl);
             }
         }
         part::Cte::QuotedPrintable => {

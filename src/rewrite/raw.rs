@@ -45,13 +45,21 @@ pub fn fitting(body: &[u8], edits: Vec<super::edit::Edit>) -> Vec<super::edit::E
 pub fn splice(body: &[u8], p: usize, markup: &[u8], nl: &[u8], out: &mut Vec<u8>) {
     let p = p.min(body.len());
     let (head, tail) = body.split_at(p);
-    let prefix = p - memrchr(b'\n', head).map_or(0, |i| i + 1);
+    let start = out.len();
+    out.extend_from_slice(head);
+    splice_into(out, start, tail, markup, nl);
+}
+
+/// [`splice`] for a body whose part before the insertion point is already in `out` (from
+/// `start`): appends `markup`, then `tail`, the body after it.
+pub fn splice_into(out: &mut Vec<u8>, start: usize, tail: &[u8], markup: &[u8], nl: &[u8]) {
+    let head = &out[start.min(out.len())..];
+    let prefix = head.len() - memrchr(b'\n', head).map_or(0, |i| i + 1);
     let suffix = match memchr(b'\n', tail) {
         Some(i) if i > 0 && tail[i - 1] == b'\r' => i - 1,
         Some(i) => i,
         None => tail.len(),
     };
-    out.extend_from_slice(head);
     if prefix + markup.len() + suffix <= MAX_LINE {
         out.extend_from_slice(markup);
     } else {

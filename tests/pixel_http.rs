@@ -706,7 +706,7 @@ async fn tracked_links_redirect_and_forged_ones_go_nowhere() {
         String::new(),
     ];
     let mut x = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..300 {
+    for _ in 0..10_000 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -727,7 +727,25 @@ async fn tracked_links_redirect_and_forged_ones_go_nowhere() {
         counters.click_invalid.load(Ordering::Relaxed),
         bad.len() as u64
     );
-    // A redirect is not an open.
-    assert_eq!(s.store().await.stats().counters.opens, 0);
+    // Exactly the three authentic requests were recorded, as clicks,
+    // to the URLs minted into the message; a redirect is not an open.
+    let store = s.store().await;
+    assert_eq!(store.stats().counters.opens, 0);
     assert_eq!(counters.invalid.load(Ordering::Relaxed), 0);
+    let clicks = store.list_clicks(None, 100).unwrap().items;
+    let got: Vec<(Option<u16>, Option<&str>, Option<&str>)> = clicks
+        .iter()
+        .rev()
+        .map(|c| (c.link, c.url.as_deref(), c.machine_reason.as_deref()))
+        .collect();
+    let intl_url = "https://b\u{fc}cher.example/caf\u{e9}";
+    assert_eq!(
+        got,
+        vec![
+            // Sent without a user agent: machines all, the HEAD named as such.
+            (Some(2), Some(url), Some("no-user-agent")),
+            (Some(2), Some(url), Some("head-request")),
+            (Some(0), Some(intl_url), Some("no-user-agent")),
+        ]
+    );
 }

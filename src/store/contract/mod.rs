@@ -352,12 +352,16 @@ fn open_log_gets_one_json_line_per_open() {
         .record_open(&a, &hit(T0, "192.0.2.1", None))
         .unwrap()
         .unwrap();
+    // Clicks go to the same log, with their type.
+    let k = clicks::click(T0 + 1, "192.0.2.1", 3, "https://example.com/x", None);
+    let e3 = s.record_open(&a, &k).unwrap().unwrap();
     let text = std::fs::read_to_string(dir.path().join("opens.jsonl")).unwrap();
     let lines: Vec<OpenEvent> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines, vec![e1, e2]);
+    assert_eq!(lines, vec![e1, e2, e3]);
+    assert!(text.lines().nth(2).unwrap().contains("\"type\":\"click\""));
 }
 
 #[test]

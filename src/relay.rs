@@ -67,10 +67,7 @@ impl Tracking {
             return rewrite::rewrite(env, content, pixel_url, &self.policy);
         };
         let own_prefix = format!("{}/c/", self.base_url);
-        let url = |link: u16, url: &str| {
-            let token = self.key.mint_click(id, link, url)?;
-            Some(format!("{own_prefix}{token}"))
-        };
+        let url = |link: u16, url: &str| self.key.mint_click_url(&own_prefix, id, link, url);
         let links = rewrite::Links {
             exclude,
             own_prefix: &own_prefix,

@@ -55,6 +55,15 @@ pub fn for_each_trackable(html: &[u8], exclude: &[String], mut f: impl FnMut(Lin
     });
 }
 
+/// Whether `needle` occurs in `hay`, ASCII letters compared without case (no allocation: it
+/// runs for every link and every pattern).
+fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    needle.len() <= hay.len()
+        && hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// The link of the `<a` tag whose attributes start at `from`, if it is trackable.
 fn anchor(html: &[u8], from: usize, exclude: &[String]) -> Option<Link> {
     let mut href = None;
@@ -79,10 +88,9 @@ fn anchor(html: &[u8], from: usize, exclude: &[String]) -> Option<Link> {
         url.get(..s.len())
             .is_some_and(|p| p.eq_ignore_ascii_case(s))
     });
-    let lower = url.to_ascii_lowercase();
     let excluded = exclude
         .iter()
-        .any(|p| !p.is_empty() && lower.contains(&p.to_ascii_lowercase()));
+        .any(|p| !p.is_empty() && contains_ignore_ascii_case(url.as_bytes(), p.as_bytes()));
     (scheme_ok && !excluded && url.len() > "https://".len()).then(|| Link {
         value,
         url: url.to_string(),

@@ -367,24 +367,45 @@ pub fn edit(enc: &[u8], total: usize, edits: &[Edit], nl: &[u8], out: &mut Vec<u
 /// the very end is escaped unless a soft break follows (a reader drops it before a line end).
 fn encode_run(text: &[u8], soft_end: bool, nl: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let n = text.len();
+    // Written as it is: printable ASCII but `=`, and tab; not whitespace at the very end.
+    let literal = |i: usize| {
+        let b = text[i];
+        let plain = (0x20..=0x7e).contains(&b) && b != b'=' || b == b'\t';
+        plain && !(i + 1 == n && !soft_end && (b == b' ' || b == b'\t'))
+    };
     let mut col = 0;
-    for (i, &b) in text.iter().enumerate() {
-        let last_ws = i + 1 == text.len() && !soft_end && (b == b' ' || b == b'\t');
-        let literal = (0x20..=0x7e).contains(&b) && b != b'=' || b == b'\t';
-        let esc;
-        let tok: &[u8] = if literal && !last_ws {
-            std::slice::from_ref(&b)
-        } else {
-            esc = [b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
-            &esc
-        };
-        if col > 0 && col + tok.len() > MAX_LINE - 1 {
-            out.push(b'=');
-            out.extend_from_slice(nl);
-            col = 0;
+    let mut i = 0;
+    while i < n {
+        // A run of literal bytes, copied in line-sized pieces.
+        let mut j = i;
+        while j < n && literal(j) {
+            j += 1;
         }
-        out.extend_from_slice(tok);
-        col += tok.len();
+        while i < j {
+            let room = (MAX_LINE - 1).saturating_sub(col);
+            if room == 0 {
+                out.push(b'=');
+                out.extend_from_slice(nl);
+                col = 0;
+                continue;
+            }
+            let take = room.min(j - i);
+            out.extend_from_slice(&text[i..i + take]);
+            col += take;
+            i += take;
+        }
+        if i < n {
+            let b = text[i];
+            if col > 0 && col + 3 > MAX_LINE - 1 {
+                out.push(b'=');
+                out.extend_from_slice(nl);
+                col = 0;
+            }
+            out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            col += 3;
+            i += 1;
+        }
     }
 }
 

@@ -53,6 +53,18 @@ impl TokenKey {
     /// Mints the token of link `link` of message `id` going to `url`; `None` when `url` may not
     /// be tracked ([`trackable_url`]).
     pub fn mint_click(&self, id: &MessageId, link: u16, url: &str) -> Option<String> {
+        self.mint_click_url("", id, link, url)
+    }
+
+    /// [`TokenKey::mint_click`] after `prefix` (`{base_url}/c/`), in one string: the tracked
+    /// URL a rewrite puts in the message.
+    pub fn mint_click_url(
+        &self,
+        prefix: &str,
+        id: &MessageId,
+        link: u16,
+        url: &str,
+    ) -> Option<String> {
         if !trackable_url(url) {
             return None;
         }
@@ -64,7 +76,10 @@ impl TokenKey {
         let mut mac = self.mac.clone();
         feed(&mut mac, &raw);
         raw.extend_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
-        Some(URL_SAFE_NO_PAD.encode(raw))
+        let mut out = String::with_capacity(prefix.len() + raw.len().div_ceil(3) * 4);
+        out.push_str(prefix);
+        URL_SAFE_NO_PAD.encode_string(raw, &mut out);
+        Some(out)
     }
 
     /// Checks a click token: what it says if it is authentic (under the current key or a

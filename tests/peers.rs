@@ -160,6 +160,11 @@ struct Postfix {
 
 impl Postfix {
     fn start(relay: SocketAddr) -> Option<Postfix> {
+        Postfix::start_with(relay, &[])
+    }
+
+    /// [`Postfix::start`] with `extra` `main.cf` settings over the defaults.
+    fn start_with(relay: SocketAddr, extra: &[&str]) -> Option<Postfix> {
         let postconf = need("postconf")?;
         let postfix = need("postfix")?;
         let dir = tempfile::tempdir().unwrap();
@@ -210,6 +215,11 @@ impl Postfix {
             "disable_mime_output_conversion=yes",
             "in_flow_delay=0",
         ]);
+        if !extra.is_empty() {
+            let mut args = vec!["-e"];
+            args.extend_from_slice(extra);
+            e(&args);
+        }
         e(&["-F", "*/*/chroot = n"]);
         e(&["-M#", "smtp/inet"]);
         e(&[
@@ -364,4 +374,81 @@ async fn json_log_has_one_line_per_transaction() {
         assert!(!v[key].is_null(), "{key} missing: {line}");
     }
     assert_eq!(relay.stop(), Some(0));
+}
+
+/// `smtp.one_recipient_per_transaction`: a real Postfix without any recipient limit sends a
+/// three-recipient message; pixelrelay takes one recipient per transaction (452 4.5.3 to the
+/// others) and every copy reaches smtp-sink with a pixel of its own. How Postfix carries on
+/// after the 452 (at once, or from its queue) is read from its log and printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_recipient_per_transaction_tracks_every_recipient_of_a_real_postfix() {
+    let Some(sink) = Sink::start().await else {
+        return;
+    };
+    let cfg = config_text(
+        &sink.addr.to_string(),
+        "one_recipient_per_transaction = true",
+    );
+    let relay = start_relay(&cfg).await;
+    // Postfix's defaults for recipients (no per-destination limit of 1), a short retry.
+    let Some(pf) = Postfix::start_with(
+        relay.smtp(),
+        &[
+            "smtp_destination_recipient_limit=50",
+            "queue_run_delay=1s",
+            "minimal_backoff_time=1s",
+            "maximal_backoff_time=2s",
+        ],
+    ) else {
+        return;
+    };
+    let mta: SocketAddr = format!("127.0.0.1:{}", pf.port).parse().unwrap();
+    wait_listening(mta).await;
+    let mut c = Client::hello(mta).await;
+    let html = "From: news@example.com\r\nTo: list@example.net\r\nSubject: three\r\nMIME-Version: 1.0\r\n\
+                Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>Hello</p></body></html>\r\n";
+    let rcpts = ["r1@example.net", "r2@example.org", "r3@example.com"];
+    let started = std::time::Instant::now();
+    let (code, text) = c
+        .send_mail("news@example.com", &rcpts, html.as_bytes())
+        .await;
+    assert_eq!(code, 250, "{text}");
+    c.cmd("QUIT").await;
+    eventually(60, "three copies at the sink", || sink.dumps().len() == 3).await;
+    let took = started.elapsed();
+    let mut seen = Vec::new();
+    let mut tokens = std::collections::HashSet::new();
+    for d in sink.dumps() {
+        let text = String::from_utf8_lossy(&d).into_owned();
+        let to: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("X-Rcpt-Args: <"))
+            .filter_map(|l| l.split('>').next())
+            .collect();
+        assert_eq!(to.len(), 1, "one recipient per copy: {text}");
+        seen.push(to[0].to_string());
+        let urls = pixel_urls(&d);
+        assert_eq!(urls.len(), 1, "one pixel in every copy: {text}");
+        tokens.insert(urls[0].clone());
+    }
+    seen.sort();
+    assert_eq!(seen, rcpts);
+    assert_eq!(tokens.len(), 3, "a pixel of its own for each recipient");
+    let log = pf.maillog();
+    let deferred = log.matches("status=deferred").count();
+    let immediate = log.contains("4.5.3") && deferred == 0;
+    eprintln!(
+        "postfix after 452 4.5.3: {} deferrals, all three copies delivered {:.1} s after submission ({})",
+        deferred,
+        took.as_secs_f64(),
+        if immediate {
+            "no queue retry"
+        } else {
+            "through the queue"
+        }
+    );
+    let stats = admin_json(&relay, "/api/v1/stats").await;
+    assert_eq!(stats["tracked"], 3, "{stats}");
+    drop(pf);
+    relay.stop().await;
 }

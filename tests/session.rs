@@ -92,6 +92,7 @@ fn cfg_with(budget: Arc<Budget>) -> Arc<SessionConfig> {
         hostname: "relay.test".into(),
         max_message_size: 1 << 20,
         max_recipients: 10,
+        rcptmax_one: false,
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
         max_errors: 10,

@@ -69,6 +69,10 @@ pub struct SmtpConfig {
     pub max_inflight_bytes: u64,
     /// Most RCPTs in one transaction; more get 452 4.5.3.
     pub max_recipients: usize,
+    /// One recipient per transaction: `LIMITS RCPTMAX=1` advertised (RFC 9422) and a second
+    /// RCPT answered 452 4.5.3, so that the client sends every recipient a message of its own
+    /// (each then tracked) without `smtp_destination_recipient_limit = 1`.
+    pub one_recipient_per_transaction: bool,
     /// Most simultaneous SMTP sessions; more get 421 and are closed.
     pub max_connections: usize,
     /// Most simultaneous sessions from one client IP.

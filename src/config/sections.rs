@@ -32,6 +32,7 @@ pub(super) fn read_smtp(r: &mut Reader<'_>) -> SmtpConfig {
         max_message_size,
         max_inflight_bytes,
         max_recipients: s.positive("max_recipients", 100) as usize,
+        one_recipient_per_transaction: s.get("one_recipient_per_transaction", false),
         max_connections: s.positive("max_connections", 1000) as usize,
         max_connections_per_ip: s.positive("max_connections_per_ip", 100) as usize,
         allow_networks: s.cidrs("allow_networks", &["127.0.0.0/8", "::1/128"]),

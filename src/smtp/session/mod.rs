@@ -57,6 +57,8 @@ pub struct SessionConfig {
     pub max_message_size: usize,
     /// RCPTs per transaction.
     pub max_recipients: usize,
+    /// `LIMITS RCPTMAX=1` in the EHLO reply (`smtp.one_recipient_per_transaction`).
+    pub rcptmax_one: bool,
     /// Wait for a command.
     pub command_timeout: Duration,
     /// Wait for the next DATA bytes.
@@ -87,7 +89,12 @@ impl SessionConfig {
         SessionConfig {
             hostname: c.hostname.clone(),
             max_message_size: usize::try_from(c.max_message_size).unwrap_or(usize::MAX),
-            max_recipients: c.max_recipients,
+            max_recipients: if c.one_recipient_per_transaction {
+                1
+            } else {
+                c.max_recipients
+            },
+            rcptmax_one: c.one_recipient_per_transaction,
             command_timeout: c.command_timeout,
             data_timeout: c.data_timeout,
             max_errors: c.max_errors,
@@ -541,6 +548,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
                 "ENHANCEDSTATUSCODES".into(),
                 "DSN".into(),
             ];
+            if self.cfg.rcptmax_one {
+                // RFC 9422: a client that knows it sends the other recipients in further
+                // transactions at once; one that does not gets 452 4.5.3 for them.
+                lines.push("LIMITS RCPTMAX=1".into());
+            }
             if self.cfg.tls && !self.secure {
                 lines.push("STARTTLS".into());
             }

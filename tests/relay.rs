@@ -612,3 +612,60 @@ async fn a_budget_below_the_largest_message_is_a_config_error_naming_the_key() {
         .to_string();
     assert!(err.contains("smtp.max_inflight_bytes"), "{err}");
 }
+
+/// `smtp.one_recipient_per_transaction`: `LIMITS RCPTMAX=1` advertised, a second RCPT (also
+/// pipelined) refused with 452 4.5.3, the message relayed to the first recipient only; off,
+/// neither.
+#[tokio::test]
+async fn one_recipient_per_transaction_refuses_the_second_rcpt() {
+    let up = FakeUpstream::start().await;
+    let relay = start_relay(&config_text(
+        &up.addr.to_string(),
+        "one_recipient_per_transaction = true",
+    ))
+    .await;
+    let mut c = Client::connect(relay.smtp()).await;
+    assert_eq!(c.reply().await.0, 220);
+    let (code, ehlo) = c.cmd("EHLO client.test").await;
+    assert_eq!(code, 250);
+    assert!(ehlo.lines().any(|l| l == "LIMITS RCPTMAX=1"), "{ehlo}");
+    // Pipelined, as Postfix sends it.
+    c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.org>\r\nDATA\r\n")
+        .await;
+    assert_eq!(c.reply().await.0, 250);
+    assert_eq!(c.reply().await.0, 250);
+    let (code, text) = c.reply().await;
+    assert_eq!(code, 452);
+    assert!(text.starts_with("4.5.3"), "{text}");
+    assert_eq!(c.reply().await.0, 354);
+    c.send(b"Subject: one\r\n\r\nbody\r\n.\r\n").await;
+    assert_eq!(c.reply().await.0, 250);
+    let got = up.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpts, vec!["b@example.net"]);
+    // The next transaction takes the next recipient.
+    let (code, _) = c
+        .send_mail(
+            "a@example.com",
+            &["c@example.org"],
+            b"Subject: two\r\n\r\nbody\r\n",
+        )
+        .await;
+    assert_eq!(code, 250);
+    relay.stop().await;
+
+    let relay = start_relay(&config_text(&up.addr.to_string(), "")).await;
+    let mut c = Client::connect(relay.smtp()).await;
+    assert_eq!(c.reply().await.0, 220);
+    let (_, ehlo) = c.cmd("EHLO client.test").await;
+    assert!(!ehlo.contains("LIMITS"), "{ehlo}");
+    let (code, _) = c
+        .send_mail(
+            "a@example.com",
+            &["b@example.net", "c@example.org"],
+            b"Subject: x\r\n\r\nb\r\n",
+        )
+        .await;
+    assert_eq!(code, 250);
+    relay.stop().await;
+}

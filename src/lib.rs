@@ -20,22 +20,24 @@
 //!                 auth (AUTH PLAIN/LOGIN, password hashes), reply (every reply in one place)
 //! upstream/       SMTP client to the smarthost: AUTH, timeouts, connection pool, pipelined
 //!                 exchanges; extensions (what its EHLO offers); tls (its rustls client
-//!                 configuration)
+//!                 configuration); xforward (Postfix's XFORWARD commands)
 //! capture.rs      try-it mode: deliver into a folder instead of a smarthost
-//! relay.rs        where the stages meet: session backend -> rewrite -> record -> upstream
+//! relay/          where the stages meet: session backend -> rewrite (pixel, links) -> record
+//!                 -> upstream; wire (the group's command lines, opening with XFORWARD)
 //! rewrite/        pure: pick the HTML part (scan, else mime; part: what both report), insert
-//!                 the pixel (html), re-encode (qp, b64, raw), headers; splice it back
-//! token.rs        pure: mint and verify pixel tokens
+//!                 the pixel (html), find the trackable links (links) and edit them (edit),
+//!                 re-encode (qp, b64, raw), headers; splice it back
+//! token/          pure: mint and verify pixel tokens, and click tokens (click)
 //! track/          pure: classify a pixel hit (classify: client, device, proxy, machine),
 //!                 the network catalogue's longest-prefix lookups (networks), the open event
 //! evidence.rs     loads the catalogue files and MaxMind databases, reloads them on SIGHUP
 //! ingest/         on the way in: the journal (journal), what it carries (hit, entry), the
-//!                 indexer thread that classifies hits and commits to the store (indexer)
-//!                 and its pacing (pace)
+//!                 indexer thread that classifies hits and commits to the store (indexer,
+//!                 hits; clicks: the link-scanner rule), held hits (hold) and its pacing (pace)
 //! store/          the store interface (Backend, Store, types) and its contract suite;
 //!                 sled_store/ is the sled backend (messages, opens, outbox, retention,
 //!                 migrate: earlier on-disk layouts); postgres/ the shared store's schema
-//!                 and its versioned migrations (the backend over it is under way)
+//!                 and its versioned migrations, and the backend over it
 //! openlog.rs      the JSON-lines open log (reopened on SIGHUP)
 //! http/           the accept loop both listeners share (serve), the pixel listener (pixel,
 //!                 client_ip: the address behind trusted proxies), the admin listener (admin/:

@@ -184,6 +184,9 @@ pub struct UpstreamConfig {
     pub pool_size: usize,
     /// How long an idle connection is kept.
     pub pool_idle: Duration,
+    /// Send Postfix's `XFORWARD` (the original client's name, address, port, protocol, HELO,
+    /// queue id, source) before each MAIL when the upstream offers it.
+    pub xforward: bool,
 }
 
 /// What to do with a message that already carries a DKIM signature.

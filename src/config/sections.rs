@@ -167,6 +167,7 @@ pub(super) fn read_upstream(r: &mut Reader<'_>, hostname: &str) -> UpstreamConfi
         data_timeout: s.seconds("data_timeout", 300),
         pool_size: s.get::<u32>("pool_size", 16) as usize,
         pool_idle: s.seconds("pool_idle", 30),
+        xforward: s.get("xforward", false),
     };
     if cfg.auth_user.is_some() && cfg.password_file.is_none() && cfg.password_env.is_none() {
         s.err(

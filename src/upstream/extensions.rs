@@ -20,6 +20,8 @@ pub struct Extensions {
     pub pipelining: bool,
     /// AUTH mechanisms, upper case.
     pub auth: Vec<String>,
+    /// XFORWARD attributes offered (Postfix), upper case.
+    pub xforward: Vec<String>,
 }
 
 impl Extensions {
@@ -36,6 +38,7 @@ impl Extensions {
                 "STARTTLS" => e.starttls = true,
                 "PIPELINING" => e.pipelining = true,
                 "AUTH" => e.auth = words.map(str::to_ascii_uppercase).collect(),
+                "XFORWARD" => e.xforward = words.map(str::to_ascii_uppercase).collect(),
                 _ => {}
             }
         }

@@ -25,6 +25,7 @@ use crate::config::{UpstreamConfig, UpstreamTarget, UpstreamTls, split_host_port
 use crate::smtp::reply::Reply;
 
 mod extensions;
+pub mod xforward;
 mod tls;
 
 pub use extensions::Extensions;
@@ -365,6 +366,8 @@ pub struct Upstream {
     pool_idle: Duration,
     /// Idle connections, most recent last.
     pool: Mutex<Vec<Idle>>,
+    /// `upstream.xforward`.
+    pub xforward: bool,
 }
 
 impl Upstream {
@@ -407,6 +410,7 @@ impl Upstream {
             pool_size: cfg.pool_size,
             pool_idle: cfg.pool_idle,
             pool: Mutex::new(Vec::new()),
+            xforward: cfg.xforward,
         })
     }
 

@@ -15,8 +15,13 @@ use super::*;
 /// time, and answers each one.
 #[derive(Debug, Clone)]
 pub enum Envelope {
-    /// MAIL FROM, with the session's queue id for the transaction it opens.
-    Mail { queue_id: String, path: PathArg },
+    /// MAIL FROM, with the session's queue id for the transaction it opens and what the
+    /// client said in HELO/EHLO (name, and whether it was EHLO).
+    Mail {
+        queue_id: String,
+        path: PathArg,
+        helo: Option<(String, bool)>,
+    },
     /// RCPT TO.
     Rcpt(PathArg),
     /// DATA: a 354 means the backend is ready for the message (`Backend::data` follows); any
@@ -122,6 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Session<S, B> {
             self.join(Envelope::Mail {
                 queue_id: queue_id.clone(),
                 path: arg.clone(),
+                helo: self.helo.clone(),
             });
         } else {
             self.queue(&reply::sender_ok());

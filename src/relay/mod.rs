@@ -22,12 +22,14 @@ use crate::clock;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::rewrite::{self, Decision, MessageInfo, Policy, SkipReason};
-use crate::smtp::command::PathArg;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::{Backend, BackendFactory, Envelope, Transaction};
 use crate::store::{Delivery, MessageRecord};
 use crate::token::{MessageId, Purpose, TokenKey};
 use crate::upstream::{Connection, Upstream, UpstreamError};
+
+mod wire;
+use wire::{begin, lines, stage};
 
 /// Messages larger than this are rewritten on a blocking thread, not on the reactor.
 const BLOCKING_REWRITE: usize = 1 << 20;
@@ -177,22 +179,6 @@ fn record_reply(rec: &dyn Recorder, id: &MessageId, queue_id: &str, r: &Reply) {
     if let Err(e) = rec.finish(id, &delivery) {
         warn!(queue_id = %queue_id, error = %e, event = "store_error", "cannot record the upstream reply");
     }
-}
-
-/// `MAIL FROM:<a> params` / `RCPT TO:<a> params` with only the parameters the upstream knows.
-fn path_command(verb: &str, arg: &PathArg, conn: &Connection) -> String {
-    let mut line = format!("{verb}:<{}>", arg.address);
-    for (k, v) in &arg.params {
-        if conn.ext.allows_param(k) {
-            line.push(' ');
-            line.push_str(k);
-            if let Some(v) = v {
-                line.push('=');
-                line.push_str(v);
-            }
-        }
-    }
-    line
 }
 
 impl Backend for RelaySession {
@@ -362,7 +348,7 @@ impl RelaySession {
             return vec![r.clone(); cmds.len()];
         }
         let conn = match (opens, self.conn.take()) {
-            (true, _) => begin(up, cmds).await,
+            (true, _) => begin(up, cmds, self.peer).await,
             (false, Some(mut conn)) => {
                 let r = conn.exchange(&lines(cmds, &conn)).await;
                 Ok((conn, r))
@@ -445,49 +431,6 @@ fn record_first<'r>(
         }
     }
 }
-
-/// The wire lines for a group on `conn` (parameters depend on the connection's EHLO).
-fn lines(cmds: &[Envelope], conn: &Connection) -> Vec<(String, &'static str)> {
-    cmds.iter()
-        .map(|c| {
-            let line = match c {
-                Envelope::Mail { path, .. } => path_command("MAIL FROM", path, conn),
-                Envelope::Rcpt(path) => path_command("RCPT TO", path, conn),
-                Envelope::Data => "DATA".to_string(),
-            };
-            (line, stage(Some(c)))
-        })
-        .collect()
-}
-
-fn stage(cmd: Option<&Envelope>) -> &'static str {
-    match cmd {
-        Some(Envelope::Mail { .. }) => "MAIL FROM",
-        Some(Envelope::Rcpt(_)) => "RCPT TO",
-        Some(Envelope::Data) => "DATA",
-        None => "command",
-    }
-}
-
-/// The group opened by MAIL on a pooled connection, retried on a fresh one when the pooled
-/// one was dead (nothing has been relayed on it yet, so the retry is safe).
-async fn begin(up: &Upstream, cmds: &[Envelope]) -> Result<(Connection, Exchanged), UpstreamError> {
-    let mut conn = up.take().await?;
-    let first = conn.exchange(&lines(cmds, &conn)).await;
-    let dead = match &first {
-        Ok(r) => r.first().is_some_and(|r| r.code == 421),
-        Err((got, e)) => got.is_empty() && e.is_connection_failure(),
-    };
-    if !(conn.reused && dead) {
-        return Ok((conn, first));
-    }
-    let mut conn = up.connect().await?;
-    let r = conn.exchange(&lines(cmds, &conn)).await;
-    Ok((conn, r))
-}
-
-/// The upstream's replies to a group, or the ones before an error and the error.
-type Exchanged = Result<Vec<Reply>, (Vec<Reply>, UpstreamError)>;
 
 /// Original and rewritten bytes, the decision, and the header facts.
 type Tracked = (Vec<u8>, Option<Vec<u8>>, Decision, MessageInfo);

@@ -452,3 +452,55 @@ async fn one_recipient_per_transaction_tracks_every_recipient_of_a_real_postfix(
     drop(pf);
     relay.stop().await;
 }
+
+/// `upstream.xforward`: the upstream is a real Postfix that trusts pixelrelay for XFORWARD; a
+/// client on 127.0.0.2 sends through pixelrelay, and Postfix's log names that client and
+/// pixelrelay's queue id (`orig_client=`, `orig_queue_id=`: what Postfix 3.7 does with
+/// XFORWARD from an authorized host). Without the key, Postfix knows only pixelrelay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xforward_lets_the_upstream_postfix_see_the_original_client() {
+    let Some(sink) = Sink::start().await else {
+        return;
+    };
+    let Some(pf) = Postfix::start_with(sink.addr, &["smtpd_authorized_xforward_hosts=127.0.0.0/8"])
+    else {
+        return;
+    };
+    let mta: SocketAddr = format!("127.0.0.1:{}", pf.port).parse().unwrap();
+    wait_listening(mta).await;
+    for (xforward, n) in [(true, 1), (false, 2)] {
+        let cfg = config_text(&mta.to_string(), "").replace(
+            &format!("address = \"{mta}\""),
+            &format!("address = \"{mta}\"\nxforward = {xforward}"),
+        );
+        let relay = start_relay(&cfg).await;
+        let mut c = Client::connect_from("127.0.0.2".parse().unwrap(), relay.smtp()).await;
+        assert_eq!(c.reply().await.0, 220);
+        assert_eq!(c.cmd("EHLO original.client.test").await.0, 250);
+        let (code, text) = c
+            .send_mail(
+                "a@example.com",
+                &["b@example.net"],
+                format!("Subject: xforward {xforward}\r\n\r\nbody\r\n").as_bytes(),
+            )
+            .await;
+        assert_eq!(code, 250, "{text}");
+        c.cmd("QUIT").await;
+        eventually(30, "the message at the sink", || sink.dumps().len() == n).await;
+        relay.stop().await;
+    }
+    let log = pf.maillog();
+    let accepted: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("postfix/smtpd") && l.contains(": client=unknown[127.0.0.1]"))
+        .collect();
+    assert_eq!(accepted.len(), 2, "{log}");
+    // With XFORWARD: the original client and pixelrelay's queue id, as Postfix logs them.
+    assert!(
+        accepted[0].contains("orig_client=unknown[127.0.0.2]")
+            && accepted[0].contains("orig_queue_id="),
+        "{log}"
+    );
+    // Without: nothing but pixelrelay.
+    assert!(!accepted[1].contains("orig_client"), "{log}");
+}

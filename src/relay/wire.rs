@@ -121,4 +121,3 @@ async fn opening(
 
 /// The upstream's replies to a group, or the ones before an error and the error.
 pub(super) type Exchanged = Result<Vec<Reply>, (Vec<Reply>, UpstreamError)>;
-

@@ -25,8 +25,8 @@ use crate::config::{UpstreamConfig, UpstreamTarget, UpstreamTls, split_host_port
 use crate::smtp::reply::Reply;
 
 mod extensions;
-pub mod xforward;
 mod tls;
+pub mod xforward;
 
 pub use extensions::Extensions;
 

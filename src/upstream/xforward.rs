@@ -59,7 +59,8 @@ pub fn commands(offered: &[String], client: &OriginalClient<'_>) -> Vec<String> 
         // an encoded character's boundary.
         let room = MAX_LINE - line.len();
         let mut cut = attr.len().min(room);
-        while attr[..cut].ends_with('+') || attr[..cut].len() >= 2 && attr[..cut - 1].ends_with('+') {
+        while attr[..cut].ends_with('+') || attr[..cut].len() >= 2 && attr[..cut - 1].ends_with('+')
+        {
             cut -= 1;
         }
         line.push_str(&attr[..cut]);
@@ -103,7 +104,9 @@ mod tests {
         };
         assert_eq!(
             commands(&all(), &c),
-            vec!["XFORWARD NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=40123 PROTO=ESMTP HELO=mail.example.com IDENT=4AbC+2B1 SOURCE=REMOTE"]
+            vec![
+                "XFORWARD NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=40123 PROTO=ESMTP HELO=mail.example.com IDENT=4AbC+2B1 SOURCE=REMOTE"
+            ]
         );
         let some = vec!["ADDR".to_string(), "HELO".to_string()];
         assert_eq!(
@@ -142,7 +145,11 @@ mod tests {
             assert!(line.starts_with("XFORWARD "), "{line}");
             assert!(line.len() <= MAX_LINE, "{}", line.len());
             assert!(!line.contains(['\r', '\n']), "{line}");
-            assert_eq!(line.matches(' ').count(), line.matches('=').count(), "{line}");
+            assert_eq!(
+                line.matches(' ').count(),
+                line.matches('=').count(),
+                "{line}"
+            );
         }
         assert!(l.concat().contains("HELO=a+20b+3Dc+0D+0AMAIL"), "{l:?}");
     }

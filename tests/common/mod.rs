@@ -478,6 +478,19 @@ impl Client {
         }
     }
 
+    /// [`Client::connect`] from local address `from` (another loopback address, to tell
+    /// clients apart in a peer's logs).
+    pub async fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        let s = sock.connect(addr).await.unwrap();
+        let (r, w) = s.into_split();
+        Client {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
     /// Reads one full reply: (code, all text joined by '\n'). Code 0 = connection closed.
     pub async fn reply(&mut self) -> (u16, String) {
         let mut text = Vec::new();

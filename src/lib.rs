@@ -65,6 +65,7 @@ pub mod evidence;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod milter;
 pub mod net;
 pub mod notify;
 pub mod openlog;

@@ -53,6 +53,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     /// Webhook endpoints and their delivery workers (started by `run`).
     notifier: Arc<Notifier>,
+    /// The milter front end, bound, with what its connections share (`[milter]`).
+    milter: Option<(crate::milter::Listener, Arc<crate::milter::MilterFront>, usize)>,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -66,6 +68,8 @@ pub struct Addresses {
     pub http: Option<SocketAddr>,
     /// Admin listener (`None`: off on this node).
     pub admin: Option<SocketAddr>,
+    /// Milter listener on TCP (`None`: off, or a Unix socket).
+    pub milter: Option<SocketAddr>,
 }
 
 /// Installs ring as the process-wide rustls provider (two enabled providers make rustls panic).
@@ -219,6 +223,19 @@ impl Server {
         let pixel = Arc::new(pixel_state(&cfg, key, ingest.clone())?);
         let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
         let recorder: Arc<dyn Recorder> = Arc::new(ingest);
+        let milter = match &cfg.milter {
+            Some(m) => {
+                let front = crate::milter::MilterFront {
+                    tracking: tracking.clone(),
+                    recorder: Some(Arc::clone(&recorder)),
+                    opt_out_header: cfg.tracking.opt_out_header.clone(),
+                    max_size: usize::try_from(cfg.tracking.max_rewrite_size).unwrap_or(usize::MAX),
+                };
+                let l = crate::milter::bind(m).await?;
+                Some((l, Arc::new(front), m.max_connections))
+            }
+            None => None,
+        };
         let relay = Arc::new(Relay {
             target,
             tracking,
@@ -250,6 +267,7 @@ impl Server {
             admin,
             metrics,
             notifier,
+            milter,
         })
     }
 
@@ -278,6 +296,7 @@ impl Server {
                 .collect(),
             http: self.http.as_ref().and_then(|l| l.local_addr().ok()),
             admin: self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+            milter: self.milter.as_ref().and_then(|(l, _, _)| l.local_addr()),
         }
     }
 
@@ -296,6 +315,7 @@ impl Server {
             admin,
             metrics,
             notifier,
+            milter,
         } = self;
         let (trigger, shutdown) = shutdown::channel();
         let (hard_trigger, hard_stop) = shutdown::channel();
@@ -321,6 +341,9 @@ impl Server {
         };
         tokio::spawn(on_hangup(reload));
         let hooks_task = notifier.start(shutdown.clone());
+        let milter_task = milter.map(|(l, front, max)| {
+            tokio::spawn(crate::milter::serve(l, front, max, shutdown.clone()))
+        });
         let pixel_task = http.map(|http| {
             tokio::spawn(http::pixel::serve(
                 http,
@@ -351,7 +374,7 @@ impl Server {
         );
         trigger.trigger();
         drain(tasks, cfg.smtp.shutdown_grace, hard_trigger).await;
-        for task in pixel_task.into_iter().chain(admin_task) {
+        for task in pixel_task.into_iter().chain(admin_task).chain(milter_task) {
             let _ = task.await;
         }
         // Undelivered events stay in the outbox for the next start.

@@ -15,11 +15,13 @@ use std::time::Duration;
 
 use crate::net::Cidr;
 
+mod milter;
 mod reader;
 mod sections;
 
 use reader::Reader;
 use sections::*;
+pub use milter::{MilterConfig, MilterListen};
 pub use sections::{check_webhook_url, split_host_port};
 
 /// The whole configuration, validated.
@@ -43,6 +45,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[[webhooks]]`: endpoints told about opens (and messages).
     pub webhooks: Vec<WebhookConfig>,
+    /// The milter front end; `None` (no `[milter]` section): no milter on this node.
+    pub milter: Option<MilterConfig>,
 }
 
 /// What the relay does with bare `<LF>` or `<CR>` inside DATA (Postfix's `smtpd_forbid_bare_newline`).
@@ -431,7 +435,7 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("syntax: {}", e.message())]))?;
         let mut errors = Vec::new();
         let known = [
-            "smtp", "upstream", "tracking", "http", "admin", "store", "log", "webhooks",
+            "smtp", "upstream", "tracking", "http", "admin", "store", "log", "webhooks", "milter",
         ];
         for key in root.keys() {
             if !known.contains(&key.as_str()) {
@@ -451,6 +455,7 @@ impl Config {
         let store = read_store(&mut r);
         let log = read_log(&mut r);
         let webhooks = read_webhooks(&mut r);
+        let milter = milter::read_milter(&mut r);
         let smtp_off = smtp.listen.is_empty()
             && smtp
                 .tls
@@ -458,9 +463,9 @@ impl Config {
                 .is_none_or(|t| t.implicit_listen.is_empty());
         // Only for an otherwise valid config: a listen address that did not parse is already
         // the error to fix.
-        if errors.is_empty() && smtp_off && http.is_none() && admin.is_none() {
+        if errors.is_empty() && smtp_off && http.is_none() && admin.is_none() && milter.is_none() {
             errors.push(
-                "nothing to serve: smtp.listen is empty and there is no [http] or [admin] section"
+                "nothing to serve: smtp.listen is empty and there is no [http], [admin] or [milter] section"
                     .to_string(),
             );
         }
@@ -475,6 +480,7 @@ impl Config {
                 store,
                 log,
                 webhooks,
+                milter,
             })
         } else {
             Err(ConfigErrors(errors))

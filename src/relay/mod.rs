@@ -42,7 +42,8 @@ pub enum Target {
     Capture(Arc<Capture>),
 }
 
-/// The tracking set-up: policy, key, URL.
+/// The tracking set-up: policy, key, URL. Cloned for the milter front end.
+#[derive(Clone)]
 pub struct Tracking {
     /// Rewrite rules.
     pub policy: Policy,
@@ -76,6 +77,21 @@ impl Tracking {
             url: &url,
         };
         rewrite::rewrite_with_links(env, content, pixel_url, Some(&links), &self.policy)
+    }
+
+    /// [`Tracking::rewrite`] with the pixel URL of message `id` minted: what the milter runs.
+    pub fn rewrite_message(
+        &self,
+        env: &rewrite::Envelope<'_>,
+        content: &[u8],
+        id: &MessageId,
+    ) -> rewrite::Rewritten {
+        let url = format!(
+            "{}/o/{}.gif",
+            self.base_url,
+            self.key.mint(Purpose::Open, id)
+        );
+        self.rewrite(env, content, &url, id)
     }
 }
 

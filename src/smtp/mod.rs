@@ -17,4 +17,4 @@ pub mod session;
 
 pub use listener::{BackendFactory, Limits, serve};
 pub use reply::Reply;
-pub use session::{Backend, Envelope, SessionConfig, Transaction};
+pub use session::{Backend, Envelope, SessionConfig, Transaction, new_queue_id};

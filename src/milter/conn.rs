@@ -1,0 +1,289 @@
+//! One milter connection: the message as the MTA hands it over, stage by stage, and what
+//! pixelrelay answers at its end.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use miltr_common::actions::{Action, Continue};
+use miltr_common::commands::{Body, Header, Macro, Mail, Recipient};
+use miltr_common::modifications::ModificationResponse;
+use miltr_common::modifications::body::ReplaceBody;
+use miltr_common::modifications::headers::ChangeHeader;
+use miltr_common::optneg::{Capability, OptNeg};
+use tracing::{info, warn};
+
+use super::MilterFront;
+use crate::clock;
+use crate::rewrite::{Decision, Envelope, MessageInfo, SkipReason};
+use crate::store::{Delivery, MessageRecord};
+use crate::token::MessageId;
+
+/// Messages larger than this are rewritten on a blocking thread, not on the reactor.
+const BLOCKING_REWRITE: usize = 1 << 20;
+
+/// Body bytes per replacement packet (the milter protocol's packets are under 64 KiB).
+const REPLACE_CHUNK: usize = 65_000;
+
+/// The state of one milter connection: the message under way.
+pub(super) struct Conn {
+    front: Arc<MilterFront>,
+    /// The MTA's queue id (`i` macro), once sent.
+    queue_id: Option<String>,
+    sender: String,
+    rcpts: Vec<String>,
+    /// Header fields in order, as the MTA sent them.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// Over `max_size`: no longer buffered, relayed unchanged.
+    too_big: bool,
+    size: usize,
+}
+
+impl Conn {
+    pub(super) fn new(front: Arc<MilterFront>) -> Conn {
+        Conn {
+            front,
+            queue_id: None,
+            sender: String::new(),
+            rcpts: Vec::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            too_big: false,
+            size: 0,
+        }
+    }
+
+    /// Forgets the message (a new MAIL, the end of one, an abort).
+    fn reset(&mut self) {
+        self.rcpts.clear();
+        self.headers = Vec::new();
+        self.body = Vec::new();
+        self.too_big = false;
+        self.size = 0;
+    }
+
+    /// Counts `n` more bytes of the message; past `max_size` it is no longer kept.
+    fn grow(&mut self, n: usize) -> bool {
+        self.size = self.size.saturating_add(n);
+        if !self.too_big && self.size > self.front.max_size {
+            self.too_big = true;
+            self.headers = Vec::new();
+            self.body = Vec::new();
+        }
+        !self.too_big
+    }
+
+    /// The message put back together: the header fields (CRLF, folded lines as sent) and the
+    /// body.
+    fn message(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(self.size + 4 * self.headers.len() + 2);
+        for (name, value) in &self.headers {
+            m.extend_from_slice(name.as_bytes());
+            m.push(b':');
+            if !value.starts_with([' ', '\t']) {
+                m.push(b' ');
+            }
+            let mut prev = 0u8;
+            for &b in value.as_bytes() {
+                if b == b'\n' && prev != b'\r' {
+                    m.push(b'\r');
+                }
+                m.push(b);
+                prev = b;
+            }
+            m.extend_from_slice(b"\r\n");
+        }
+        m.extend_from_slice(b"\r\n");
+        m.extend_from_slice(&self.body);
+        m
+    }
+
+    /// The decision, rewrite and record at the end of a message; what the MTA is told.
+    async fn finish(&mut self) -> ModificationResponse {
+        let front = Arc::clone(&self.front);
+        let id = MessageId::random();
+        let queue_id = self
+            .queue_id
+            .clone()
+            .unwrap_or_else(crate::smtp::new_queue_id);
+        let mut mods = ModificationResponse::builder();
+        // The opt-out header goes whatever the decision, as in relay mode (an empty value
+        // deletes the n-th field of that name).
+        let mut nth = 0u32;
+        for (name, _) in &self.headers {
+            if name.eq_ignore_ascii_case(&front.opt_out_header) {
+                nth += 1;
+                mods.push(ChangeHeader::new(nth, name.as_bytes(), b""));
+            }
+        }
+        let (decision, info, new_body) = if self.too_big {
+            (Decision::Skipped(SkipReason::TooLarge), MessageInfo::default(), None)
+        } else {
+            self.rewrite(&id).await
+        };
+        let record = MessageRecord {
+            id,
+            queue_id: queue_id.clone(),
+            at_ms: clock::now_ms(),
+            sender: self.sender.clone(),
+            recipients: self.rcpts.clone(),
+            message_id: info.message_id,
+            subject: info.subject,
+            size: self.size as u64,
+            tracked: decision == Decision::Tracked,
+            skip_reason: match decision {
+                Decision::Tracked => None,
+                Decision::Skipped(r) => Some(r.as_str().to_string()),
+            },
+        };
+        let recorded = front.recorder.as_ref().is_none_or(|rec| {
+            let done = Delivery {
+                accepted: true,
+                reply: "250 handed to the MTA (milter)".into(),
+                at_ms: record.at_ms,
+            };
+            match rec.record(&record).and_then(|()| rec.finish(&id, &done)) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(queue_id = %queue_id, error = %e, event = "store_error", "store failed; message accepted unchanged");
+                    false
+                }
+            }
+        });
+        let tracked = recorded && new_body.is_some();
+        if let Some(body) = new_body.filter(|_| recorded) {
+            for chunk in body.chunks(REPLACE_CHUNK) {
+                mods.push(ReplaceBody::new(chunk));
+            }
+        }
+        info!(
+            queue_id = %queue_id,
+            message = %id,
+            rcpts = self.rcpts.len(),
+            size = self.size,
+            tracked,
+            reason = record.skip_reason.as_deref().unwrap_or("-"),
+            "milter"
+        );
+        mods.contin()
+    }
+
+    /// The rewrite of the message (on a blocking thread when large): the decision, the header
+    /// facts and, when tracked, the new body.
+    async fn rewrite(&mut self, id: &MessageId) -> (Decision, MessageInfo, Option<Vec<u8>>) {
+        let Some(_) = &self.front.tracking else {
+            return (Decision::Skipped(SkipReason::Disabled), MessageInfo::default(), None);
+        };
+        let content = self.message();
+        self.body = Vec::new();
+        let (front, sender, rcpts, id) = (
+            Arc::clone(&self.front),
+            self.sender.clone(),
+            self.rcpts.clone(),
+            *id,
+        );
+        let run = move || {
+            let t = front.tracking.as_ref()?;
+            let env = Envelope {
+                sender: &sender,
+                recipients: &rcpts,
+            };
+            let r = t.rewrite_message(&env, &content, &id);
+            let body = r.message.and_then(|m| {
+                memchr::memmem::find(&m, b"\r\n\r\n").map(|at| m[at + 4..].to_vec())
+            });
+            Some((r.decision, r.info, body))
+        };
+        let out = if self.size < BLOCKING_REWRITE {
+            Ok(run())
+        } else {
+            tokio::task::spawn_blocking(run).await
+        };
+        match out {
+            Ok(Some((d, info, body))) => (d, info, body.filter(|_| d == Decision::Tracked)),
+            Ok(None) => (Decision::Skipped(SkipReason::Disabled), MessageInfo::default(), None),
+            Err(e) => {
+                warn!(error = %e, event = "rewrite_panic", "rewriter failed; message accepted unchanged");
+                (Decision::Skipped(SkipReason::Unparseable), MessageInfo::default(), None)
+            }
+        }
+    }
+}
+
+/// An address as the MTA sends it, without angle brackets.
+fn bare(a: &str) -> String {
+    a.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string()
+}
+
+#[async_trait]
+impl miltr_server::Milter for Conn {
+    type Error = std::convert::Infallible;
+
+    async fn option_negotiation(
+        &mut self,
+        theirs: OptNeg,
+    ) -> Result<OptNeg, miltr_server::Error<Self::Error>> {
+        // Only what a rewrite needs: the body replaced, a header field removed.
+        let ours = OptNeg {
+            capabilities: Capability::SMFIF_CHGBODY | Capability::SMFIF_CHGHDRS,
+            ..OptNeg::default()
+        };
+        Ok(ours
+            .merge_compatible(&theirs)
+            .map_err(miltr_common::ProtocolError::CompatibilityError)?)
+    }
+
+    async fn macro_(&mut self, m: Macro) -> Result<(), Self::Error> {
+        for (k, v) in m.macros() {
+            if k == b"i" && !v.is_empty() {
+                self.queue_id = Some(String::from_utf8_lossy(v).into_owned());
+            }
+        }
+        Ok(())
+    }
+
+    async fn mail(&mut self, mail: Mail) -> Result<Action, Self::Error> {
+        self.reset();
+        self.queue_id = None;
+        self.sender = bare(&mail.sender());
+        Ok(Continue.into())
+    }
+
+    async fn rcpt(&mut self, rcpt: Recipient) -> Result<Action, Self::Error> {
+        self.rcpts.push(bare(&rcpt.recipient()));
+        Ok(Continue.into())
+    }
+
+    async fn header(&mut self, h: Header) -> Result<Action, Self::Error> {
+        let (name, value) = (h.name().into_owned(), h.value().into_owned());
+        // The field's name kept even past the limit: the opt-out header must still go.
+        if self.grow(name.len() + value.len() + 4) {
+            self.headers.push((name, value));
+        } else if name.eq_ignore_ascii_case(&self.front.opt_out_header) {
+            self.headers.push((name, String::new()));
+        }
+        Ok(Continue.into())
+    }
+
+    async fn body(&mut self, b: Body) -> Result<Action, Self::Error> {
+        let chunk = b.as_bytes();
+        if self.grow(chunk.len()) {
+            self.body.extend_from_slice(chunk);
+        }
+        Ok(Continue.into())
+    }
+
+    async fn end_of_body(&mut self) -> Result<ModificationResponse, Self::Error> {
+        let r = self.finish().await;
+        self.reset();
+        Ok(r)
+    }
+
+    async fn abort(&mut self) -> Result<(), Self::Error> {
+        self.reset();
+        Ok(())
+    }
+}

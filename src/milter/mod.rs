@@ -1,0 +1,137 @@
+//! The milter front end: Postfix (`smtpd_milters`) or Sendmail hands each message to
+//! pixelrelay over the Sendmail milter protocol (`miltr-server`), keeps its own queue and
+//! retries, and chains other milters (OpenDKIM) after it.
+//!
+//! At end-of-message the message is put back together from the headers and body the MTA sent
+//! and goes through the relay's own decision and rewrite (`relay::Tracking`): one recipient,
+//! an HTML part, the same skip rules; a tracked message's new body goes back as a body
+//! replacement and the opt-out header is removed with a header change. Every message is
+//! recorded as in relay mode (queue id from the `i` macro, delivery "handed to the MTA").
+//! Nothing here ever rejects or delays mail: any failure inside pixelrelay accepts the
+//! message unchanged and logs why (`Continue` to every stage).
+
+mod conn;
+
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::compat::TokioAsyncReadCompatExt;
+use tracing::{info, warn};
+
+use crate::config::{MilterConfig, MilterListen};
+use crate::relay::{Recorder, Tracking};
+use crate::shutdown::Shutdown;
+
+/// What every milter connection shares.
+pub struct MilterFront {
+    /// The rewrite (none: tracking off, every message accepted unchanged and recorded).
+    pub tracking: Option<Tracking>,
+    /// Where messages are recorded.
+    pub recorder: Option<Arc<dyn Recorder>>,
+    /// `tracking.opt_out_header`, removed from every message.
+    pub opt_out_header: String,
+    /// Larger messages are not buffered for a rewrite (`tracking.max_rewrite_size`).
+    pub max_size: usize,
+}
+
+/// A bound milter socket.
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A Unix socket (removed again when the listener stops).
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+/// Binds `[milter] listen` (a stale Unix socket from an earlier run is replaced).
+pub async fn bind(cfg: &MilterConfig) -> Result<Listener, String> {
+    match &cfg.listen {
+        MilterListen::Tcp(a) => TcpListener::bind(a)
+            .await
+            .map(Listener::Tcp)
+            .map_err(|e| format!("milter.listen: cannot listen on {a}: {e}")),
+        MilterListen::Unix(p) => {
+            let _ = std::fs::remove_file(p);
+            let l = UnixListener::bind(p)
+                .map_err(|e| format!("milter.listen: cannot listen on unix:{}: {e}", p.display()))?;
+            // The MTA's user must reach it; nobody else.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660))
+                .map_err(|e| format!("milter.listen: {}: {e}", p.display()))?;
+            Ok(Listener::Unix(l, p.clone()))
+        }
+    }
+}
+
+impl Listener {
+    /// The TCP address, for tests and the start line.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(..) => None,
+        }
+    }
+}
+
+/// Serves milter connections until `shutdown`, at most `max_connections` at once (the rest
+/// wait in the accept queue).
+pub async fn serve(
+    listener: Listener,
+    front: Arc<MilterFront>,
+    max_connections: usize,
+    mut shutdown: Shutdown,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            () = shutdown.wait() => break,
+            a = accept(&listener) => a,
+        };
+        let (io, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, event = "milter_accept", "milter accept failed");
+                continue;
+            }
+        };
+        let front = Arc::clone(&front);
+        tokio::spawn(async move {
+            let mut conn = conn::Conn::new(front.clone());
+            let mut server = miltr_server::Server::default_postfix(&mut conn);
+            let mut io = io.compat();
+            // No timeout of ours: the MTA's (Postfix's milter_*_timeout) bound each exchange,
+            // and closing on it would make the MTA apply its default action to the message.
+            if let Err(e) = server.handle_connection(&mut io).await {
+                warn!(mta = %peer, error = %e, event = "milter_error", "milter connection failed");
+            }
+            drop(permit);
+        });
+    }
+    if let Listener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
+    info!("milter stopped");
+}
+
+/// A stream from either kind of socket.
+type Stream = Box<dyn AsyncIo>;
+
+/// What a milter connection needs of its socket.
+pub trait AsyncIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncIo for T {}
+
+async fn accept(l: &Listener) -> std::io::Result<(Stream, String)> {
+    match l {
+        Listener::Tcp(l) => {
+            let (s, a) = l.accept().await?;
+            Ok((Box::new(s), a.to_string()))
+        }
+        Listener::Unix(l, p) => {
+            let (s, _) = l.accept().await?;
+            Ok((Box::new(s), format!("unix:{}", p.display())))
+        }
+    }
+}

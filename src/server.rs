@@ -54,7 +54,11 @@ pub struct Server {
     /// Webhook endpoints and their delivery workers (started by `run`).
     notifier: Arc<Notifier>,
     /// The milter front end, bound, with what its connections share (`[milter]`).
-    milter: Option<(crate::milter::Listener, Arc<crate::milter::MilterFront>, usize)>,
+    milter: Option<(
+        crate::milter::Listener,
+        Arc<crate::milter::MilterFront>,
+        usize,
+    )>,
 }
 
 /// Where the listeners ended up (port 0 resolved).

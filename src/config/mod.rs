@@ -19,9 +19,9 @@ mod milter;
 mod reader;
 mod sections;
 
+pub use milter::{MilterConfig, MilterListen};
 use reader::Reader;
 use sections::*;
-pub use milter::{MilterConfig, MilterListen};
 pub use sections::{check_webhook_url, split_host_port};
 
 /// The whole configuration, validated.

@@ -117,7 +117,11 @@ impl Conn {
             }
         }
         let (decision, info, new_body) = if self.too_big {
-            (Decision::Skipped(SkipReason::TooLarge), MessageInfo::default(), None)
+            (
+                Decision::Skipped(SkipReason::TooLarge),
+                MessageInfo::default(),
+                None,
+            )
         } else {
             self.rewrite(&id).await
         };
@@ -172,7 +176,11 @@ impl Conn {
     /// facts and, when tracked, the new body.
     async fn rewrite(&mut self, id: &MessageId) -> (Decision, MessageInfo, Option<Vec<u8>>) {
         let Some(_) = &self.front.tracking else {
-            return (Decision::Skipped(SkipReason::Disabled), MessageInfo::default(), None);
+            return (
+                Decision::Skipped(SkipReason::Disabled),
+                MessageInfo::default(),
+                None,
+            );
         };
         let content = self.message();
         self.body = Vec::new();
@@ -189,9 +197,9 @@ impl Conn {
                 recipients: &rcpts,
             };
             let r = t.rewrite_message(&env, &content, &id);
-            let body = r.message.and_then(|m| {
-                memchr::memmem::find(&m, b"\r\n\r\n").map(|at| m[at + 4..].to_vec())
-            });
+            let body = r
+                .message
+                .and_then(|m| memchr::memmem::find(&m, b"\r\n\r\n").map(|at| m[at + 4..].to_vec()));
             Some((r.decision, r.info, body))
         };
         let out = if self.size < BLOCKING_REWRITE {
@@ -201,10 +209,18 @@ impl Conn {
         };
         match out {
             Ok(Some((d, info, body))) => (d, info, body.filter(|_| d == Decision::Tracked)),
-            Ok(None) => (Decision::Skipped(SkipReason::Disabled), MessageInfo::default(), None),
+            Ok(None) => (
+                Decision::Skipped(SkipReason::Disabled),
+                MessageInfo::default(),
+                None,
+            ),
             Err(e) => {
                 warn!(error = %e, event = "rewrite_panic", "rewriter failed; message accepted unchanged");
-                (Decision::Skipped(SkipReason::Unparseable), MessageInfo::default(), None)
+                (
+                    Decision::Skipped(SkipReason::Unparseable),
+                    MessageInfo::default(),
+                    None,
+                )
             }
         }
     }

@@ -52,8 +52,9 @@ pub async fn bind(cfg: &MilterConfig) -> Result<Listener, String> {
             .map_err(|e| format!("milter.listen: cannot listen on {a}: {e}")),
         MilterListen::Unix(p) => {
             let _ = std::fs::remove_file(p);
-            let l = UnixListener::bind(p)
-                .map_err(|e| format!("milter.listen: cannot listen on unix:{}: {e}", p.display()))?;
+            let l = UnixListener::bind(p).map_err(|e| {
+                format!("milter.listen: cannot listen on unix:{}: {e}", p.display())
+            })?;
             // The MTA's user must reach it; nobody else.
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660))

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod postfix;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

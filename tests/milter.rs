@@ -1,0 +1,271 @@
+//! The milter front end with a real Postfix (`smtpd_milters`) delivering to smtp-sink: a
+//! single-recipient HTML message arrives with one pixel that records an open when loaded, its
+//! bytes outside the pixel as sent (8-bit, quoted-printable and base64 parts); a
+//! multi-recipient message and a text message arrive untouched; the opt-out header is removed;
+//! with pixelrelay stopped, Postfix's `milter_default_action = accept` delivers unchanged.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use common::postfix::{Postfix, Sink};
+use common::*;
+
+/// pixelrelay with its milter (and pixel listener) on known ports; its SMTP face unused.
+async fn milter_relay(sink: SocketAddr) -> (Relay, u16, u16) {
+    let (milter, http) = (free_port(), free_port());
+    let cfg = config_text(&sink.to_string(), "")
+        .replace(
+            "base_url = \"http://127.0.0.1:8080\"",
+            &format!("base_url = \"http://127.0.0.1:{http}\""),
+        )
+        .replace(
+            "[http]\nlisten = \"127.0.0.1:0\"",
+            &format!("[http]\nlisten = \"127.0.0.1:{http}\""),
+        );
+    let cfg = format!("{cfg}\n[milter]\nlisten = \"127.0.0.1:{milter}\"\n");
+    (start_relay(&cfg).await, milter, http)
+}
+
+/// A Postfix with pixelrelay as its milter, delivering to `sink`.
+fn postfix_with_milter(sink: SocketAddr, milter: u16) -> Option<Postfix> {
+    Postfix::start_with(
+        sink,
+        &[
+            &format!("smtpd_milters=inet:127.0.0.1:{milter}"),
+            "milter_default_action=accept",
+            "milter_protocol=6",
+            // No header rewriting for clients on this host: what arrives is what was sent.
+            "local_header_rewrite_clients=",
+            "smtp_destination_recipient_limit=50",
+        ],
+    )
+}
+
+/// The message as delivered: without smtp-sink's `X-` lines and the `Received:` fields
+/// Postfix and smtp-sink added.
+fn as_delivered(dump: &[u8]) -> Vec<u8> {
+    // smtp-sink writes its dumps with bare LF line ends; the wire had CRLF.
+    let mut crlf = Vec::with_capacity(dump.len() + dump.len() / 40);
+    for &b in dump {
+        if b == b'\n' {
+            crlf.push(b'\r');
+        }
+        crlf.push(b);
+    }
+    let text = &crlf[..];
+    let mut at = 0;
+    // Lines before the original header: X-… from smtp-sink, then Received fields (folded).
+    loop {
+        let rest = &text[at..];
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(rest.len(), |i| i + 2);
+        let line = &rest[..line_end];
+        let added = line.starts_with(b"X-")
+            || line.starts_with(b"Received:")
+            || (line.starts_with(b"\t") || line.starts_with(b" "));
+        if !added || line_end == 0 {
+            break;
+        }
+        at += line_end;
+    }
+    // smtp-sink ends a dump with an empty line of its own.
+    let mut out = text[at..].to_vec();
+    if out.ends_with(b"\r\n\r\n") {
+        out.truncate(out.len() - 2);
+    }
+    out
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/links")
+            .join(name),
+    )
+    .expect("fixture")
+}
+
+/// The decoded HTML part of `m`.
+fn html_of(m: &[u8]) -> String {
+    mail_parser::MessageParser::default()
+        .parse(m)
+        .and_then(|p| p.body_html(0).map(|h| h.into_owned()))
+        .expect("an HTML part")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_with_the_milter_delivers_tracked_and_untouched_mail() {
+    let Some(sink) = Sink::start().await else {
+        return;
+    };
+    let (relay, milter, http) = milter_relay(sink.addr).await;
+    let Some(pf) = postfix_with_milter(sink.addr, milter) else {
+        return;
+    };
+    let mta: SocketAddr = format!("127.0.0.1:{}", pf.port).parse().unwrap();
+    wait_listening(mta).await;
+    let mut c = Client::hello(mta).await;
+    let mut sent = Vec::new();
+    for name in ["8bit.eml", "qp.eml", "base64.eml", "nm-qp.eml"] {
+        let m = [format!("Case: {name}\r\n").as_bytes(), &fixture(name)].concat();
+        let (code, text) = c
+            .send_mail("news@example.com", &["bob@example.net"], &m)
+            .await;
+        assert_eq!(code, 250, "{name}: {text}");
+        sent.push((name, m));
+    }
+    // Two recipients: untouched. A text message: untouched. An opt-out: header removed.
+    let two = fixture("8bit.eml");
+    let (code, _) = c
+        .send_mail(
+            "news@example.com",
+            &["bob@example.net", "eve@example.org"],
+            &two,
+        )
+        .await;
+    assert_eq!(code, 250);
+    let text_only =
+        b"From: a@example.com\r\nTo: b@example.net\r\nSubject: plain\r\n\r\njust text\r\n";
+    assert_eq!(
+        c.send_mail("a@example.com", &["b@example.net"], text_only)
+            .await
+            .0,
+        250
+    );
+    let opted = [&b"X-Track-Opens: no\r\n"[..], &fixture("8bit.eml")].concat();
+    assert_eq!(
+        c.send_mail("a@example.com", &["b@example.net"], &opted)
+            .await
+            .0,
+        250
+    );
+    c.cmd("QUIT").await;
+    // The two-recipient message arrives as one delivery (recipient limit 50).
+    eventually(60, "every message at the sink", || sink.dumps().len() == 7).await;
+    let dumps: Vec<Vec<u8>> = sink.dumps();
+    let by_subject = |needle: &[u8]| -> Vec<&Vec<u8>> {
+        dumps
+            .iter()
+            .filter(|d| d.windows(needle.len()).any(|w| w == needle))
+            .collect()
+    };
+    // The four tracked ones: one pixel each, the HTML otherwise as sent, every byte outside
+    // the HTML part as sent.
+    let tracked: Vec<&Vec<u8>> = dumps.iter().filter(|d| !pixel_urls(d).is_empty()).collect();
+    assert_eq!(tracked.len(), 4, "four tracked copies");
+    for (name, original) in &sent {
+        let case = format!("Case: {name}\r\n");
+        let got = dumps
+            .iter()
+            .map(|d| as_delivered(d))
+            .find(|d| d.starts_with(case.as_bytes()))
+            .unwrap_or_else(|| panic!("{name} at the sink"));
+        assert_eq!(pixel_urls(&got).len(), 1, "{name}: one pixel");
+        let url = pixel_urls(&got).remove(0);
+        let pixel = html_of(&got);
+        let img = pixel.find("<img src=\"").expect("pixel markup");
+        let end = img + pixel[img..].find('>').unwrap() + 1;
+        let without = format!("{}{}", &pixel[..img], &pixel[end..]);
+        assert_eq!(
+            without,
+            html_of(original),
+            "{name}: HTML as sent but for the pixel"
+        );
+        let (pre, post) = common_ends(original, &got);
+        assert!(pre > 0 && post > 0, "{name}");
+        assert!(
+            url.starts_with(&format!("http://127.0.0.1:{http}/o/")),
+            "{url}"
+        );
+    }
+    // Loading one pixel records an open for that message.
+    let url = pixel_urls(&as_delivered(tracked[0])).remove(0);
+    let (status, _, _) = http_get(
+        &url,
+        "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.0",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let opens = admin_json(&relay, "/api/v1/opens?limit=10").await;
+    assert_eq!(opens["items"].as_array().map(Vec::len), Some(1), "{opens}");
+    let msgs = admin_json(&relay, "/api/v1/messages?limit=20").await;
+    let items = msgs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 7, "every message recorded: {msgs}");
+    assert_eq!(items.iter().filter(|m| m["tracked"] == true).count(), 4);
+    assert!(
+        items.iter().any(|m| m["skip_reason"] == "recipients"),
+        "{msgs}"
+    );
+    assert!(
+        items.iter().any(|m| m["skip_reason"] == "opt_out"),
+        "{msgs}"
+    );
+    // Queue ids are Postfix's.
+    let log = pf.maillog();
+    for m in items {
+        let q = m["queue_id"].as_str().unwrap();
+        assert!(
+            log.contains(&format!("{q}: ")),
+            "queue id {q} not Postfix's:\n{log}"
+        );
+    }
+    // Untouched: the two-recipient copy and the text message, byte for byte after the header
+    // Postfix added; the opt-out copy without its header.
+    let two_got = by_subject(b"X-Rcpt-Args: <eve@example.org>");
+    assert_eq!(two_got.len(), 1);
+    assert_eq!(
+        as_delivered(two_got[0]),
+        two,
+        "multi-recipient mail untouched"
+    );
+    let plain = by_subject(b"just text");
+    assert_eq!(as_delivered(plain[0]), text_only.to_vec());
+    let opted_got = dumps
+        .iter()
+        .map(|d| as_delivered(d))
+        .find(|d| pixel_urls(d).is_empty() && d.len() + 19 == opted.len())
+        .expect("the opted-out copy");
+    assert_eq!(
+        opted_got,
+        opted[19..].to_vec(),
+        "opt-out header removed, nothing else"
+    );
+    relay.stop().await;
+
+    // pixelrelay stopped: Postfix accepts (milter_default_action = accept) and delivers as sent.
+    let mut c = Client::hello(mta).await;
+    let m = fixture("qp.eml");
+    let (code, text) = c
+        .send_mail("news@example.com", &["bob@example.net"], &m)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    c.cmd("QUIT").await;
+    eventually(60, "delivered without the milter", || {
+        sink.dumps().len() == 8
+    })
+    .await;
+    assert!(
+        sink.dumps()
+            .iter()
+            .filter(|d| pixel_urls(d).is_empty())
+            .any(|d| as_delivered(d) == m),
+        "delivered unchanged"
+    );
+    drop(pf);
+}
+
+/// How many bytes `a` and `b` share at the start and at the end.
+fn common_ends(a: &[u8], b: &[u8]) -> (usize, usize) {
+    let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let post = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    (pre, post)
+}

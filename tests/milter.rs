@@ -269,3 +269,131 @@ fn common_ends(a: &[u8], b: &[u8]) -> (usize, usize) {
         .count();
     (pre, post)
 }
+
+/// Debian's OpenDKIM as a signing milter, listening on `port`, with a fresh key for
+/// `example.com` (selector `sel`) in `dir`; the child process and the public key (`p=`).
+fn opendkim(dir: &Path, port: u16) -> Option<(std::process::Child, String)> {
+    let bin = need("opendkim")?;
+    let genkey = need("opendkim-genkey")?;
+    let st = std::process::Command::new(genkey)
+        .args(["-b", "2048", "-d", "example.com", "-s", "sel", "-D"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "opendkim-genkey");
+    let txt = std::fs::read_to_string(dir.join("sel.txt")).unwrap();
+    // `sel._domainkey IN TXT ( "v=DKIM1; h=sha256; k=rsa; " "p=MIIB…" "…" )`: the quoted
+    // strings joined, then the p= tag.
+    let joined: String = txt.split('"').skip(1).step_by(2).collect();
+    let p = joined
+        .split(';')
+        .find_map(|t| t.trim().strip_prefix("p="))
+        .expect("p= in sel.txt")
+        .to_string();
+    let conf = dir.join("opendkim.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Syslog no\nBackground no\nMode s\nSocket inet:{port}@127.0.0.1\nDomain example.com\n\
+             Selector sel\nKeyFile {}\nCanonicalization relaxed/relaxed\nRequireSafeKeys false\n\
+             InternalHosts 127.0.0.0/8\nPidFile {}\n",
+            dir.join("sel.private").display(),
+            dir.join("opendkim.pid").display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(bin)
+        .arg("-f")
+        .arg("-x")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("opendkim");
+    Some((child, p))
+}
+
+/// DKIM with pixelrelay before OpenDKIM in `smtpd_milters`: the message is signed after the
+/// pixel went in, so an independent verifier (dkimpy, given the public key instead of DNS)
+/// finds the signature valid with the pixel inside the signed body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opendkim_after_pixelrelay_signs_the_body_with_the_pixel() {
+    let Some(sink) = Sink::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dkim_port = free_port();
+    let Some((mut dkim, public)) = opendkim(dir.path(), dkim_port) else {
+        return;
+    };
+    wait_listening(format!("127.0.0.1:{dkim_port}").parse().unwrap()).await;
+    let (relay, milter, _) = milter_relay(sink.addr).await;
+    let Some(pf) = Postfix::start_with(
+        sink.addr,
+        &[
+            &format!("smtpd_milters=inet:127.0.0.1:{milter}, inet:127.0.0.1:{dkim_port}"),
+            "milter_default_action=accept",
+            "local_header_rewrite_clients=",
+        ],
+    ) else {
+        return;
+    };
+    let mta: SocketAddr = format!("127.0.0.1:{}", pf.port).parse().unwrap();
+    wait_listening(mta).await;
+    let mut c = Client::hello(mta).await;
+    let m = fixture("qp.eml");
+    let (code, text) = c
+        .send_mail("news@example.com", &["bob@example.net"], &m)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    c.cmd("QUIT").await;
+    eventually(60, "the signed message at the sink", || {
+        sink.dumps().len() == 1
+    })
+    .await;
+    let got = as_delivered(&sink.dumps()[0]);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("DKIM-Signature:"), "signed: {text}");
+    assert_eq!(pixel_urls(&got).len(), 1, "the pixel is in the message");
+    let msg = dir.path().join("signed.eml");
+    std::fs::write(&msg, &got).unwrap();
+    let script = format!(
+        "import dkim, sys\n\
+         msg = open(sys.argv[1], 'rb').read()\n\
+         key = b'v=DKIM1; k=rsa; p={public}'\n\
+         ok = dkim.verify(msg, dnsfunc=lambda name, timeout=5: key)\n\
+         print('valid' if ok else 'INVALID')\n\
+         sys.exit(0 if ok else 1)\n"
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .arg(&msg)
+        .output()
+        .expect("python3 with dkimpy");
+    assert!(
+        out.status.success(),
+        "dkimpy: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the signature would fail had the pixel been inserted after it: the body hash
+    // covers it. Flip one byte of the pixel's URL and verify again.
+    let at = text.find("/o/").expect("pixel URL") + 3;
+    let mut tampered = got.clone();
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&msg, &tampered).unwrap();
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a changed pixel must break the signature"
+    );
+    let _ = dkim.kill();
+    let _ = dkim.wait();
+    drop(pf);
+    relay.stop().await;
+}

@@ -7,28 +7,6 @@ mod common;
 
 use common::*;
 
-/// What an SMTP client puts on the wire for a file: every line end as CRLF.
-fn canonical(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1)) {
-            (b'\r', Some(b'\n')) => {
-                out.extend_from_slice(b"\r\n");
-                i += 2;
-                continue;
-            }
-            (b'\r', _) | (b'\n', _) => out.extend_from_slice(b"\r\n"),
-            (b, _) => out.push(b),
-        }
-        i += 1;
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 /// The corpus's messages (not its notes and sources).
 fn corpus_files() -> Option<Vec<std::path::PathBuf>> {
     let dir = corpus_dir()?;

@@ -397,3 +397,66 @@ async fn opendkim_after_pixelrelay_signs_the_body_with_the_pixel() {
     drop(pf);
     relay.stop().await;
 }
+
+/// The shared corpus through Postfix with the milter: every message delivered, exactly the
+/// ones pixelrelay tracked carry a pixel, one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_corpus_through_postfix_and_the_milter() {
+    let Some(dir) = corpus_dir() else { return };
+    let files: Vec<_> = files_below(&dir)
+        .into_iter()
+        .filter(|p| {
+            !matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("txt" | "md" | "json" | "rs")
+            )
+        })
+        .collect();
+    let Some(sink) = Sink::start().await else {
+        return;
+    };
+    let (relay, milter, _) = milter_relay(sink.addr).await;
+    let Some(pf) = postfix_with_milter(sink.addr, milter) else {
+        return;
+    };
+    let mta: SocketAddr = format!("127.0.0.1:{}", pf.port).parse().unwrap();
+    wait_listening(mta).await;
+    let mut c = Client::hello(mta).await;
+    let mut sent = 0;
+    for path in &files {
+        let m = canonical(&std::fs::read(path).unwrap());
+        let (code, text) = c.send_mail("a@example.com", &["b@example.net"], &m).await;
+        // Postfix may refuse what is not mail at all; pixelrelay never does.
+        if code == 250 {
+            sent += 1;
+        } else {
+            eprintln!("{}: Postfix said {code} {text}", path.display());
+        }
+    }
+    c.cmd("QUIT").await;
+    assert!(sent >= 20, "only {sent} corpus messages accepted");
+    eventually(120, "every corpus message at the sink", || {
+        sink.dumps().len() == sent
+    })
+    .await;
+    let with_pixel: Vec<usize> = sink.dumps().iter().map(|d| pixel_urls(d).len()).collect();
+    assert!(
+        with_pixel.iter().all(|&n| n <= 1),
+        "one pixel at most: {with_pixel:?}"
+    );
+    let tracked = with_pixel.iter().filter(|&&n| n == 1).count() as u64;
+    let stats = admin_json(&relay, "/api/v1/stats").await;
+    assert_eq!(stats["recorded"].as_u64(), Some(sent as u64), "{stats}");
+    // mail-parser finds the pixel in every tracked message it can parse (the malformed ones
+    // may hide it), and never one in an untracked message.
+    let recorded_tracked = stats["tracked"].as_u64().unwrap_or(0);
+    assert!(
+        tracked <= recorded_tracked && recorded_tracked > 0,
+        "{tracked} of {stats}"
+    );
+    eprintln!(
+        "corpus through Postfix + milter: {sent} delivered, {recorded_tracked} tracked ({tracked} pixels found by mail-parser)"
+    );
+    drop(pf);
+    relay.stop().await;
+}

@@ -991,3 +991,25 @@ pub fn rewrite_policy(max_rewrite_size: u64) -> pixelrelay::rewrite::Policy {
         max_rewrite_size,
     }
 }
+
+/// What an SMTP client puts on the wire for a file: every line end as CRLF.
+pub fn canonical(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1)) {
+            (b'\r', Some(b'\n')) => {
+                out.extend_from_slice(b"\r\n");
+                i += 2;
+                continue;
+            }
+            (b'\r', _) | (b'\n', _) => out.extend_from_slice(b"\r\n"),
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}

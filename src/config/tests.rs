@@ -238,3 +238,57 @@ fn host_port_split() {
     assert!(split_host_port("host").is_err());
     assert!(split_host_port("host:0").is_err());
 }
+
+#[test]
+fn milter_listens_on_tcp_or_a_unix_socket_and_bad_values_name_the_key() {
+    let base = "[upstream]\naddress = \"127.0.0.1:25\"\n";
+    let c = Config::parse(
+        &format!("{base}[milter]\nlisten = \"127.0.0.1:8891\"\n"),
+        Path::new("/etc/pr"),
+    )
+    .unwrap();
+    let m = c.milter.expect("[milter]");
+    assert_eq!(
+        m.listen,
+        MilterListen::Tcp("127.0.0.1:8891".parse().unwrap())
+    );
+    assert_eq!(m.max_connections, 1000);
+    let c = Config::parse(
+        &format!("{base}[milter]\nlisten = \"inet:127.0.0.1:9\"\n"),
+        Path::new("/etc/pr"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.milter.unwrap().listen,
+        MilterListen::Tcp("127.0.0.1:9".parse().unwrap())
+    );
+    let c = Config::parse(
+        &format!("{base}[milter]\nlisten = \"unix:run/milter.sock\"\nmax_connections = 5\n"),
+        Path::new("/etc/pr"),
+    )
+    .unwrap();
+    let m = c.milter.unwrap();
+    assert_eq!(
+        m.listen,
+        MilterListen::Unix("/etc/pr/run/milter.sock".into())
+    );
+    assert_eq!(m.max_connections, 5);
+    assert!(
+        Config::parse(base, Path::new("/"))
+            .unwrap()
+            .milter
+            .is_none()
+    );
+    // A milter-only node: no SMTP listener, nothing else to serve.
+    let only = format!("[smtp]\nlisten = []\n{base}[milter]\n");
+    assert!(Config::parse(&only, Path::new("/")).is_ok());
+    for (bad, key) in [
+        ("listen = \"localhost:8891\"", "milter.listen"),
+        ("listen = \"unix:\"", "milter.listen"),
+        ("max_connections = 0", "milter.max_connections"),
+        ("colour = 1", "milter.colour"),
+    ] {
+        let e = Config::parse(&format!("{base}[milter]\n{bad}\n"), Path::new("/")).unwrap_err();
+        assert!(e.to_string().contains(key), "{bad}: {e}");
+    }
+}

@@ -175,8 +175,18 @@ async fn postfix_with_the_milter_delivers_tracked_and_untouched_mail() {
             html_of(original),
             "{name}: HTML as sent but for the pixel"
         );
+        // Every byte outside the HTML part's body as sent: the change starts inside it and
+        // ends inside it.
+        let (a, b) = html_body(original);
         let (pre, post) = common_ends(original, &got);
-        assert!(pre > 0 && post > 0, "{name}");
+        assert!(
+            pre >= a,
+            "{name}: a byte before the HTML part changed ({pre} < {a})"
+        );
+        assert!(
+            post >= original.len() - b,
+            "{name}: a byte after the HTML part changed"
+        );
         assert!(
             url.starts_with(&format!("http://127.0.0.1:{http}/o/")),
             "{url}"
@@ -256,6 +266,19 @@ async fn postfix_with_the_milter_delivers_tracked_and_untouched_mail() {
         "delivered unchanged"
     );
     drop(pf);
+}
+
+/// Where the first HTML part's body lies in `m`.
+fn html_body(m: &[u8]) -> (usize, usize) {
+    let parsed = mail_parser::MessageParser::default()
+        .parse(m)
+        .expect("parses");
+    let part = parsed
+        .parts
+        .iter()
+        .find(|p| p.is_text_html())
+        .expect("an HTML part");
+    (part.offset_body as usize, part.offset_end as usize)
 }
 
 /// How many bytes `a` and `b` share at the start and at the end.

@@ -25,6 +25,7 @@ pub mod schema;
 
 mod backend;
 mod event;
+mod events_write;
 mod outbox;
 mod read;
 mod write;

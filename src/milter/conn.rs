@@ -37,6 +37,8 @@ pub(super) struct Conn {
     /// Over `max_size`: no longer buffered, relayed unchanged.
     too_big: bool,
     size: usize,
+    /// Opt-out header fields seen (each is removed, buffered or not).
+    opt_outs: u32,
 }
 
 impl Conn {
@@ -50,6 +52,7 @@ impl Conn {
             body: Vec::new(),
             too_big: false,
             size: 0,
+            opt_outs: 0,
         }
     }
 
@@ -60,6 +63,7 @@ impl Conn {
         self.body = Vec::new();
         self.too_big = false;
         self.size = 0;
+        self.opt_outs = 0;
     }
 
     /// Counts `n` more bytes of the message; past `max_size` it is no longer kept.
@@ -108,13 +112,10 @@ impl Conn {
             .unwrap_or_else(crate::smtp::new_queue_id);
         let mut mods = ModificationResponse::builder();
         // The opt-out header goes whatever the decision, as in relay mode (an empty value
-        // deletes the n-th field of that name).
-        let mut nth = 0u32;
-        for (name, _) in &self.headers {
-            if name.eq_ignore_ascii_case(&front.opt_out_header) {
-                nth += 1;
-                mods.push(ChangeHeader::new(nth, name.as_bytes(), b""));
-            }
+        // deletes the n-th field of that name; the last first, so that no deletion renumbers
+        // the ones still to come).
+        for nth in (1..=self.opt_outs).rev() {
+            mods.push(ChangeHeader::new(nth, front.opt_out_header.as_bytes(), b""));
         }
         let (decision, info, new_body) = if self.too_big {
             (
@@ -275,11 +276,12 @@ impl miltr_server::Milter for Conn {
 
     async fn header(&mut self, h: Header) -> Result<Action, Self::Error> {
         let (name, value) = (h.name().into_owned(), h.value().into_owned());
-        // The field's name kept even past the limit: the opt-out header must still go.
+        // Counted even past the limit: the opt-out header must still go.
+        if name.eq_ignore_ascii_case(&self.front.opt_out_header) {
+            self.opt_outs += 1;
+        }
         if self.grow(name.len() + value.len() + 4) {
             self.headers.push((name, value));
-        } else if name.eq_ignore_ascii_case(&self.front.opt_out_header) {
-            self.headers.push((name, String::new()));
         }
         Ok(Continue.into())
     }

@@ -95,7 +95,9 @@ pub async fn serve(
         let (io, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
                 warn!(error = %e, event = "milter_accept", "milter accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };

@@ -27,7 +27,9 @@ cleanup() {
 trap cleanup EXIT
 . bench/lib.sh
 
-python3 bench/make_message.py > "$W/msg.eml"
+# MILTER_BENCH_MESSAGE=file sends that message instead (e.g. one that gets no pixel, to see
+# what the milter costs without a body replacement).
+if [ -n "${MILTER_BENCH_MESSAGE:-}" ]; then cp "$MILTER_BENCH_MESSAGE" "$W/msg.eml"; else python3 bench/make_message.py > "$W/msg.eml"; fi
 SINK=$(port); RELAY=$(port); HTTP=$(port); MILTER=$(port); MTA=$(port)
 smtp-sink -u nobody -h sink.localhost -m 1000 127.0.0.1:$SINK 1024 & pids+=($!)
 

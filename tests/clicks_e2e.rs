@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use std::io::{BufRead, BufReader, Write};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use pixelrelay::token::TokenKey;
@@ -113,28 +112,7 @@ fn newsletter(dest: u16) -> String {
 
 /// Sends `mail` through the relay with swaks; the upstream's copy.
 async fn send_with_swaks(relay: &Relay, up: &FakeUpstream, mail: &str) -> Option<Vec<u8>> {
-    let swaks = need("swaks")?;
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("m.eml");
-    std::fs::write(&f, mail).unwrap();
-    let out = Command::new(swaks)
-        .args([
-            "--server",
-            &relay.smtp().to_string(),
-            "--from",
-            "news@example.com",
-            "--to",
-            "bob@example.net",
-        ])
-        .arg("--data")
-        .arg(format!("@{}", f.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    swaks_send(relay.smtp(), mail)?;
     Some(up.messages().pop().expect("delivered").data)
 }
 

@@ -252,17 +252,7 @@ async fn postfix_with_the_milter_delivers_tracked_and_untouched_mail() {
     relay.stop().await;
 
     // pixelrelay stopped: Postfix accepts (milter_default_action = accept) and delivers as sent.
-    let mut c = Client::hello(mta).await;
-    let m = fixture("qp.eml");
-    let (code, text) = c
-        .send_mail("news@example.com", &["bob@example.net"], &m)
-        .await;
-    assert_eq!(code, 250, "{text}");
-    c.cmd("QUIT").await;
-    eventually(60, "delivered without the milter", || {
-        sink.dumps().len() == 8
-    })
-    .await;
+    let m = send_one(mta, &sink, "qp.eml", 8).await;
     assert!(
         sink.dumps()
             .iter()
@@ -271,6 +261,23 @@ async fn postfix_with_the_milter_delivers_tracked_and_untouched_mail() {
         "delivered unchanged"
     );
     drop(pf);
+}
+
+/// Sends fixture `name` through Postfix at `mta` to one recipient and waits until the sink
+/// holds `dumps` messages; the message as sent.
+async fn send_one(mta: SocketAddr, sink: &Sink, name: &str, dumps: usize) -> Vec<u8> {
+    let mut c = Client::hello(mta).await;
+    let m = fixture(name);
+    let (code, text) = c
+        .send_mail("news@example.com", &["bob@example.net"], &m)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    c.cmd("QUIT").await;
+    eventually(60, "the message at the sink", || {
+        sink.dumps().len() == dumps
+    })
+    .await;
+    m
 }
 
 /// Where the first HTML part's body lies in `m`.
@@ -367,17 +374,7 @@ async fn opendkim_after_pixelrelay_signs_the_body_with_the_pixel() {
     };
     let mta: SocketAddr = format!("127.0.0.1:{}", pf.port).parse().unwrap();
     wait_listening(mta).await;
-    let mut c = Client::hello(mta).await;
-    let m = fixture("qp.eml");
-    let (code, text) = c
-        .send_mail("news@example.com", &["bob@example.net"], &m)
-        .await;
-    assert_eq!(code, 250, "{text}");
-    c.cmd("QUIT").await;
-    eventually(60, "the signed message at the sink", || {
-        sink.dumps().len() == 1
-    })
-    .await;
+    send_one(mta, &sink, "qp.eml", 1).await;
     let got = as_delivered(&sink.dumps()[0]);
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("DKIM-Signature:"), "signed: {text}");

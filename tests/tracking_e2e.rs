@@ -58,7 +58,6 @@ fn html_mail(cte: &str) -> String {
 async fn swaks_and_smtplib_mail_gets_one_verifiable_pixel() {
     let up = FakeUpstream::start().await;
     let (relay, http) = tracked_relay(&up, "").await;
-    let dir = tempfile::tempdir().unwrap();
 
     // smtplib with a quoted-printable HTML part made by Python's email package.
     let py = format!(
@@ -81,28 +80,7 @@ s = smtplib.SMTP("127.0.0.1", {port}); s.send_message(m); s.quit()
     );
 
     // swaks with an 8bit HTML part.
-    if let Some(swaks) = need("swaks") {
-        let f = dir.path().join("m.eml");
-        std::fs::write(&f, html_mail("8bit")).unwrap();
-        let out = Command::new(swaks)
-            .args([
-                "--server",
-                &relay.smtp().to_string(),
-                "--from",
-                "news@example.com",
-                "--to",
-                "bob@example.net",
-            ])
-            .arg("--data")
-            .arg(format!("@{}", f.display()))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    swaks_send(relay.smtp(), &html_mail("8bit"));
 
     let got = up.messages();
     assert!(!got.is_empty());

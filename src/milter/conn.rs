@@ -198,9 +198,12 @@ impl Conn {
                 recipients: &rcpts,
             };
             let r = t.rewrite_message(&env, &content, &id);
-            let body = r
-                .message
-                .and_then(|m| memchr::memmem::find(&m, b"\r\n\r\n").map(|at| m[at + 4..].to_vec()));
+            // The new body is what follows the header block: moved down in place, not copied.
+            let body = r.message.and_then(|mut m| {
+                let at = memchr::memmem::find(&m, b"\r\n\r\n")?;
+                m.drain(..at + 4);
+                Some(m)
+            });
             Some((r.decision, r.info, body))
         };
         let out = if self.size < BLOCKING_REWRITE {

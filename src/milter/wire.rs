@@ -158,24 +158,19 @@ pub(super) async fn converse<R: Reader, W: AsyncWrite + Unpin>(
 /// The buffered reader of a conversation.
 struct Quick<R>(BufReader<R>);
 
-/// `m` framed: length, code, data.
-fn packet(m: &ServerMessage) -> Vec<u8> {
-    let mut data = BytesMut::with_capacity(m.len());
-    m.write(&mut data);
-    let mut p = Vec::with_capacity(5 + data.len());
-    p.extend_from_slice(&((data.len() + 1) as u32).to_be_bytes());
-    p.push(m.code());
-    p.extend_from_slice(&data);
-    p
-}
-
-/// Writes `msgs` and flushes: one write for a whole reply.
+/// Writes `msgs` framed (length, code, data) and flushes: one write for a whole reply.
 async fn send<W: AsyncWrite + Unpin>(
     w: &mut BufWriter<W>,
     msgs: &[ServerMessage],
 ) -> Result<(), WireError> {
+    let mut data = BytesMut::new();
     for m in msgs {
-        w.write_all(&packet(m)).await?;
+        data.clear();
+        m.write(&mut data);
+        w.write_all(&((data.len() + 1) as u32).to_be_bytes())
+            .await?;
+        w.write_all(&[m.code()]).await?;
+        w.write_all(&data).await?;
     }
     w.flush().await?;
     Ok(())

@@ -1013,3 +1013,31 @@ pub fn canonical(bytes: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Sends `mail` from news@example.com to bob@example.net with swaks to `server`, asserting it
+/// was accepted; `None` when swaks is not installed (a failure under `PIXELRELAY_REQUIRE_PEERS`).
+pub fn swaks_send(server: SocketAddr, mail: &str) -> Option<()> {
+    let swaks = need("swaks")?;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("m.eml");
+    std::fs::write(&f, mail).unwrap();
+    let out = std::process::Command::new(swaks)
+        .args([
+            "--server",
+            &server.to_string(),
+            "--from",
+            "news@example.com",
+            "--to",
+            "bob@example.net",
+        ])
+        .arg("--data")
+        .arg(format!("@{}", f.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Some(())
+}

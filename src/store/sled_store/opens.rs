@@ -76,6 +76,11 @@ pub(super) fn decode_open_counters(b: &[u8], c: &mut Counters) -> Result<(), Sto
     Ok(())
 }
 
+/// The id a newest-first listing starts below: the cursor's, or past every id.
+fn before_id(cursor: Option<&str>) -> Result<u64, StoreError> {
+    cursor.map_or(Ok(u64::MAX), parse_open_id)
+}
+
 /// The click index: `k ‖ click id(8)` for every click, so that listing clicks reads no opens.
 pub(super) fn click_key(id: u64) -> Vec<u8> {
     key(P_CLICK, &[&id.to_be_bytes()])
@@ -455,10 +460,7 @@ impl SledStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<OpenEvent>, StoreError> {
-        let before = match cursor {
-            Some(c) => parse_open_id(c)?,
-            None => u64::MAX,
-        };
+        let before = before_id(cursor)?;
         let mut items = Vec::new();
         if before > 0 && limit > 0 {
             let range = segment_key(0)..=segment_key(before - 1);
@@ -495,10 +497,7 @@ impl SledStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<OpenEvent>, StoreError> {
-        let before = match cursor {
-            Some(c) => parse_open_id(c)?,
-            None => u64::MAX,
-        };
+        let before = before_id(cursor)?;
         let mut ids = Vec::with_capacity(limit.min(1024));
         if limit > 0 {
             for kv in self

@@ -39,6 +39,8 @@ pub(super) struct Conn {
     size: usize,
     /// Opt-out header fields seen (each is removed, buffered or not).
     opt_outs: u32,
+    /// Between MAIL and the end of the message (or an abort).
+    in_message: bool,
 }
 
 impl Conn {
@@ -53,17 +55,24 @@ impl Conn {
             too_big: false,
             size: 0,
             opt_outs: 0,
+            in_message: false,
         }
     }
 
     /// Forgets the message (a new MAIL, the end of one, an abort).
     fn reset(&mut self) {
+        self.in_message = false;
         self.rcpts.clear();
         self.headers = Vec::new();
         self.body = Vec::new();
         self.too_big = false;
         self.size = 0;
         self.opt_outs = 0;
+    }
+
+    /// No message under way: between messages, or before the first.
+    pub(super) fn idle(&self) -> bool {
+        !self.in_message
     }
 
     /// Counts `n` more bytes of the message; past `max_size` it is no longer kept.
@@ -269,6 +278,7 @@ impl miltr_server::Milter for Conn {
         self.reset();
         self.queue_id = None;
         self.sender = bare(&mail.sender());
+        self.in_message = true;
         Ok(Continue.into())
     }
 

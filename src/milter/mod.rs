@@ -102,6 +102,7 @@ pub async fn serve(
             }
         };
         let front = Arc::clone(&front);
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             let mut conn = conn::Conn::new(front.clone());
             // No timeout of ours: the MTA's (Postfix's milter_*_timeout) bound each exchange,
@@ -109,11 +110,11 @@ pub async fn serve(
             let r = match io {
                 Stream::Tcp(mut s) => {
                     let (r, w) = s.split();
-                    wire::converse(r, w, &mut conn).await
+                    wire::converse(r, w, &mut conn, stop).await
                 }
                 Stream::Unix(mut s) => {
                     let (r, w) = s.split();
-                    wire::converse(r, w, &mut conn).await
+                    wire::converse(r, w, &mut conn, stop).await
                 }
             };
             if let Err(e) = r {

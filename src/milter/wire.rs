@@ -81,10 +81,15 @@ impl Reader for tokio::net::unix::ReadHalf<'_> {}
 impl<T: AsyncRead + Unpin> Reader for tokio::io::ReadHalf<T> {}
 
 /// Holds the conversation on `r`/`w` until the MTA quits or closes.
+///
+/// Once `shutdown` begins, the conversation ends at the next point between messages (the MTA
+/// opens a new connection, or applies its default action while pixelrelay is down), so that
+/// no connection the MTA keeps for later sessions outlives pixelrelay's stop.
 pub(super) async fn converse<R: Reader, W: AsyncWrite + Unpin>(
     r: R,
     w: W,
     conn: &mut Conn,
+    mut shutdown: crate::shutdown::Shutdown,
 ) -> Result<(), WireError> {
     let mut w = BufWriter::new(w);
     let mut r = Quick(BufReader::new(r));
@@ -93,7 +98,15 @@ pub(super) async fn converse<R: Reader, W: AsyncWrite + Unpin>(
     let mut allowed = Capability::all();
     loop {
         let mut len = [0u8; 4];
-        match r.0.read_exact(&mut len).await {
+        let read = if conn.idle() {
+            tokio::select! {
+                () = shutdown.wait() => return Ok(()),
+                read = r.0.read_exact(&mut len) => read,
+            }
+        } else {
+            r.0.read_exact(&mut len).await
+        };
+        match read {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e.into()),

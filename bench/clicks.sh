@@ -3,7 +3,8 @@
 # verified, 302 to its URL, the click journaled and recorded in sled) and nginx answering
 # `return 302` with its access log on, in the same run; keep-alive and connection-per-hit.
 # Prints req/s, p99 and the ratio, and checks clicks stored = redirects counted.
-# Usage: bench/clicks.sh [SECONDS]   (CLICK_BENCH_ROUNDS keep-alive pairs, default 5)
+# Usage: bench/clicks.sh [SECONDS]   (CLICK_BENCH_ROUNDS keep-alive pairs, default 5;
+# CLICK_BENCH_CLOSE_ROUNDS connection-per-hit pairs, default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
@@ -85,13 +86,19 @@ for round in $(seq "$ROUNDS"); do
   for target in "${order[@]}"; do bench "$target" keepalive "$round"; done
   ratios+=("$(python3 -c "print(f'{${R[pixelrelay.keepalive.$round]}/${R[nginx.keepalive.$round]}:.3f}')")")
 done
-for target in nginx pixelrelay; do bench "$target" close 1; done
-python3 - "${ratios[@]}" <<PY
+CLOSE_ROUNDS=${CLICK_BENCH_CLOSE_ROUNDS:-3}
+closes=()
+for round in $(seq "$CLOSE_ROUNDS"); do
+  if [ $((round % 2)) = 1 ]; then order=(nginx pixelrelay); else order=(pixelrelay nginx); fi
+  for target in "${order[@]}"; do bench "$target" close "$round"; done
+  closes+=("$(python3 -c "print(f'{${R[pixelrelay.close.$round]}/${R[nginx.close.$round]}:.3f}')")")
+done
+python3 - "${ratios[*]}" "${closes[*]}" <<PY
 import statistics, sys
-r = [float(x) for x in sys.argv[1:]]
-print("pixelrelay/nginx redirect keep-alive by round: " + ", ".join(f"{x:.2f}x" for x in r)
-      + f"; median {statistics.median(r):.2f}x")
-print(f"pixelrelay/nginx redirect connection-per-hit: {${R[pixelrelay.close.1]}/${R[nginx.close.1]}:.2f}x")
+for mode, arg in (("keep-alive", sys.argv[1]), ("connection-per-hit", sys.argv[2])):
+    r = [float(x) for x in arg.split()]
+    print(f"pixelrelay/nginx redirect {mode} by round: " + ", ".join(f"{x:.2f}x" for x in r)
+          + f"; median {statistics.median(r):.2f}x")
 PY
 touch "$W/stop"
 wait "$PXPID" || true

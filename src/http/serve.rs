@@ -6,8 +6,9 @@
 //! request is a few microseconds of work; on tokio's shared work-stealing runtime the wake-ups
 //! between threads cost more than that: with a forged token (the HTTP path and the MAC check
 //! alone) the pixel listener went from 0.87–1.25× nginx's requests/s to 1.10–1.48×
-//! (`bench/RESULTS.md`). The acceptor gives each new connection to the thread serving the
-//! fewest, so that wrk's 64 simultaneous connects, or a proxy's pool, do not all land on one.
+//! (`bench/RESULTS.md`). Each thread accepts on its own handle of the listening socket, so a
+//! new connection is not handed between threads either (that hand-off cost connection-per-hit
+//! clients a fifth of their rate against nginx).
 //!
 //! At most `max_connections` connections are served (a semaphore permit is taken before
 //! `accept`, so the excess waits in the kernel backlog). A request head may be at most 16 KiB
@@ -35,7 +36,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::shutdown::{Shutdown, TaskTracker};
 
@@ -93,21 +94,31 @@ async fn serve_here<H, Fut, B>(
     B: ReplyBody,
 {
     let tracker = TaskTracker::default();
-    accept_loop(&listener, limits, shutdown, |stream, peer, permit| {
-        tokio::spawn(conns.serve(stream, peer, (permit, tracker.guard())));
-    })
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    accept_loop(
+        &listener,
+        limits,
+        permits,
+        None,
+        shutdown,
+        |stream, peer, permit| {
+            tokio::spawn(conns.serve(stream, peer, (permit, tracker.guard())));
+        },
+    )
     .await;
     drop(listener);
     tracker.wait().await;
 }
 
 /// Serves like [`serve`], with the connections spread over `threads` threads of their own,
-/// each running a single-threaded runtime (the worker model of nginx and actix): the caller's
-/// runtime accepts and hands each new connection to the thread serving the fewest, which then
-/// serves every request on it, so a request never waits for a hand-off between threads.
-/// `max_connections` holds across all of them. Returns when every thread has drained after
-/// `shutdown`. Should no thread start (no memory for a runtime or a thread), it serves on the
-/// caller's runtime instead.
+/// each running a single-threaded runtime (the worker model of nginx and actix): every thread
+/// accepts on its own handle of the listening socket and serves every request of the
+/// connections it accepted, so neither a connection nor a request is ever handed between
+/// threads. A thread serving more connections than the least busy one (by more than [`SLACK`])
+/// leaves new ones to the others, so a burst of connects (wrk's 64, a proxy's pool) is shared
+/// out rather than taken by the first thread awake. `max_connections` holds across all of
+/// them. Returns when every thread has drained after `shutdown`. Should no thread start (no
+/// memory for a runtime or a thread), it serves on the caller's runtime instead.
 pub async fn serve_on_threads<H, Fut, B>(
     listener: TcpListener,
     threads: usize,
@@ -124,69 +135,72 @@ pub async fn serve_on_threads<H, Fut, B>(
         shutdown.clone(),
         Arc::new(handler),
     ));
-    let mut workers = Vec::new();
+    // Off this runtime's poller: only the threads wait on it from here on.
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = limits.name, error = %e, "cannot hand the listening socket to its threads");
+            return;
+        }
+    };
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let share = Arc::new(Share::new(threads.max(1)));
+    let mut done = Vec::new();
     for i in 0..threads.max(1) {
-        match Worker::start(limits.name, i, conns.clone()) {
-            Ok(w) => workers.push(w),
+        let started = listener.try_clone().and_then(|own| {
+            Worker {
+                name: limits.name,
+                conns: conns.clone(),
+                limits: limits.clone(),
+                permits: permits.clone(),
+                shutdown: shutdown.clone(),
+                share: share.clone(),
+            }
+            .start(i, own)
+        });
+        match started {
+            Ok(d) => done.push(d),
             Err(e) => {
                 tracing::warn!(listener = limits.name, thread = i, error = %e, "cannot start a listener thread");
                 break;
             }
         }
     }
-    if workers.is_empty() {
-        serve_here(listener, &limits, shutdown, &conns).await;
+    if done.is_empty() {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => serve_here(listener, &limits, shutdown, &conns).await,
+            Err(e) => tracing::error!(listener = limits.name, error = %e, "cannot listen"),
+        }
         return;
     }
-    accept_loop(&listener, &limits, shutdown, |stream, peer, permit| {
-        let Some(w) = workers
-            .iter()
-            .min_by_key(|w| w.load.load(Ordering::Relaxed))
-        else {
-            return;
-        };
-        match stream.into_std() {
-            Ok(stream) => {
-                w.load.fetch_add(1, Ordering::Relaxed);
-                if w.tx.send((stream, peer, permit)).is_err() {
-                    w.load.fetch_sub(1, Ordering::Relaxed);
-                    tracing::error!(listener = limits.name, "a listener thread has stopped");
-                }
-            }
-            Err(e) => {
-                tracing::debug!(listener = limits.name, error = %e, "cannot hand over a connection")
-            }
-        }
-    })
-    .await;
+    // The threads hold their own handles: the socket closes when the last of them stops.
     drop(listener);
-    let done: Vec<_> = workers.into_iter().map(|w| w.done).collect();
     for d in done {
         // An error means the thread panicked; it has stopped either way.
         let _ = d.await;
     }
 }
 
-/// A connection handed to a listener thread.
-type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
-
-/// One listener thread, seen from the acceptor.
-struct Worker {
-    /// New connections for it; dropping it tells the thread to drain and stop.
-    tx: mpsc::UnboundedSender<Handoff>,
-    /// Connections it is serving.
-    load: Arc<AtomicUsize>,
-    /// Resolves when the thread has ended.
-    done: oneshot::Receiver<()>,
+/// What one listener thread needs.
+struct Worker<H> {
+    name: &'static str,
+    conns: Arc<Connections<H>>,
+    limits: Limits,
+    /// Shared by every thread: `max_connections` in all.
+    permits: Arc<Semaphore>,
+    shutdown: Shutdown,
+    /// How many connections each thread serves.
+    share: Arc<Share>,
 }
 
-impl Worker {
-    /// Starts thread `i`.
-    fn start<H, Fut, B>(
-        name: &'static str,
+impl<H> Worker<H> {
+    /// Starts thread `i` accepting on `listener` (its own handle of the socket); the receiver
+    /// resolves when the thread has drained and ended.
+    fn start<Fut, B>(
+        self,
         i: usize,
-        conns: Arc<Connections<H>>,
-    ) -> std::io::Result<Worker>
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<oneshot::Receiver<()>>
     where
         H: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<B>> + Send + 'static,
@@ -195,39 +209,92 @@ impl Worker {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<Handoff>();
         let (done_tx, done) = oneshot::channel();
-        let load = Arc::new(AtomicUsize::new(0));
-        let served = load.clone();
         std::thread::Builder::new()
-            .name(format!("{name}-http-{i}"))
+            .name(format!("{}-http-{i}", self.name))
             .spawn(move || {
                 rt.block_on(async move {
-                    let tracker = TaskTracker::default();
-                    while let Some((stream, peer, permit)) = rx.recv().await {
-                        let count = Counted(served.clone());
-                        match TcpStream::from_std(stream) {
-                            Ok(stream) => {
-                                let held = (permit, tracker.guard(), count);
-                                tokio::spawn(conns.serve(stream, peer, held));
-                            }
-                            Err(e) => tracing::debug!(listener = name, error = %e, "cannot take over a connection"),
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(listener = self.name, thread = i, error = %e, "cannot listen");
+                            return;
                         }
-                    }
+                    };
+                    let tracker = TaskTracker::default();
+                    let (conns, share) = (&self.conns, &self.share);
+                    accept_loop(
+                        &listener,
+                        &self.limits,
+                        self.permits,
+                        Some((share, i)),
+                        self.shutdown,
+                        |stream, peer, permit| {
+                            let held = (permit, tracker.guard(), share.took(i));
+                            tokio::spawn(conns.serve(stream, peer, held));
+                        },
+                    )
+                    .await;
+                    drop(listener);
                     tracker.wait().await;
                 });
                 let _ = done_tx.send(());
             })?;
-        Ok(Worker { tx, load, done })
+        Ok(done)
     }
 }
 
-/// Decrements a thread's connection count when its connection ends.
-struct Counted(Arc<AtomicUsize>);
+/// How many connections each listener thread serves, so that none takes more than its share:
+/// the threads all wait on the one socket, and the first awake would otherwise take most of a
+/// burst of connects (54–59 of 64 in the tests), leaving its keep-alive connections on one CPU.
+struct Share {
+    loads: Vec<AtomicUsize>,
+    /// Woken whenever a thread's count changes.
+    changed: Notify,
+}
+
+/// Connections a thread may serve beyond the least busy thread before it leaves new ones to
+/// the others.
+const SLACK: usize = 1;
+
+impl Share {
+    fn new(threads: usize) -> Share {
+        Share {
+            loads: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Returns when thread `i` serves no more than [`SLACK`] connections beyond the least busy
+    /// thread (at once for the least busy, so some thread always accepts).
+    async fn turn(&self, i: usize) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let least = self.loads.iter().map(|l| l.load(Ordering::Relaxed)).min();
+            if self.loads[i].load(Ordering::Relaxed) <= least.unwrap_or(0) + SLACK {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Counts a connection of thread `i` until the returned guard drops.
+    fn took(self: &Arc<Share>, i: usize) -> Counted {
+        self.loads[i].fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+        Counted(self.clone(), i)
+    }
+}
+
+/// One connection of a listener thread, counted until it ends.
+struct Counted(Arc<Share>, usize);
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.loads[self.1].fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -236,10 +303,11 @@ impl Drop for Counted {
 async fn accept_loop(
     listener: &TcpListener,
     limits: &Limits,
+    permits: Arc<Semaphore>,
+    share: Option<(&Share, usize)>,
     mut shutdown: Shutdown,
     mut dispatch: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -249,6 +317,12 @@ async fn accept_loop(
             },
             () = shutdown.wait() => break,
         };
+        if let Some((share, i)) = share {
+            tokio::select! {
+                () = share.turn(i) => {}
+                () = shutdown.wait() => break,
+            }
+        }
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(a) => a,
@@ -455,10 +529,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_burst_of_connects_is_shared_between_the_threads() {
+        let (listener, addr, limits) = listen().await;
+        let (trigger, sd) = crate::shutdown::channel();
+        let server = tokio::spawn(serve_on_threads(listener, 2, limits, sd, |_, _| async {
+            let name = std::thread::current().name().unwrap_or("?").to_string();
+            Response::new(Full::new(Bytes::from(name)))
+        }));
+        // 64 connects at once, as wrk or a proxy's pool opens them, before any request.
+        let mut conns = Vec::new();
+        for _ in 0..64 {
+            conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut served = std::collections::HashMap::<String, usize>::new();
+        for mut c in conns {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.unwrap();
+            let (_, name) = out.split_once("\r\n\r\n").expect("a response");
+            *served.entry(name.to_string()).or_default() += 1;
+        }
+        // Without the share rule the first thread awake took 46–59 of them.
+        assert_eq!(served.values().sum::<usize>(), 64);
+        assert!(
+            served.len() == 2 && served.values().all(|&n| n >= 24),
+            "connections shared {served:?}"
+        );
+        trigger.trigger();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn shutdown_lets_the_request_in_flight_finish_then_closes() {
         let (listener, addr, limits) = listen().await;
         let (trigger, sd) = crate::shutdown::channel();
-        let (started_tx, started) = mpsc::unbounded_channel::<()>();
+        let (started_tx, started) = tokio::sync::mpsc::unbounded_channel::<()>();
         let release = Arc::new(tokio::sync::Notify::new());
         let gate = release.clone();
         let server = tokio::spawn(serve_on_threads(listener, 2, limits, sd, move |_, _| {

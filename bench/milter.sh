@@ -14,7 +14,7 @@ C=10
 for tool in smtp-sink postfix python3; do
   command -v "$tool" >/dev/null || { echo "bench/milter.sh: needs $tool"; exit 2; }
 done
-cargo build --release -q --bin pixelrelay --example smtpload
+cargo build --release -q --bin pixelrelay --example smtpload --example nullmilter
 LOAD=target/release/examples/smtpload
 W=$(mktemp -d); chmod 755 "$W"
 pids=()
@@ -30,10 +30,18 @@ trap cleanup EXIT
 # MILTER_BENCH_MESSAGE=file sends that message instead (e.g. one that gets no pixel, to see
 # what the milter costs without a body replacement).
 if [ -n "${MILTER_BENCH_MESSAGE:-}" ]; then cp "$MILTER_BENCH_MESSAGE" "$W/msg.eml"; else python3 bench/make_message.py > "$W/msg.eml"; fi
-SINK=$(port); RELAY=$(port); HTTP=$(port); MILTER=$(port); MTA=$(port)
+SINK=$(port); RELAY=$(port); HTTP=$(port); MILTER=$(port); MTA=$(port); NULLM=$(port)
+# The floor: a milter that negotiates what pixelrelay's does and then does nothing.
+target/release/examples/nullmilter "127.0.0.1:$NULLM" >/dev/null & pids+=($!)
 smtp-sink -u nobody -h sink.localhost -m 1000 127.0.0.1:$SINK 1024 & pids+=($!)
 
 mkdir -p "$W/relay"
+# MILTER_BENCH_UNIX=1: the milter on a UNIX-domain socket instead of loopback TCP.
+if [ -n "${MILTER_BENCH_UNIX:-}" ]; then
+  MILTER_LISTEN="unix:$W/relay/milter.sock"; MILTER_USE="unix:$W/relay/milter.sock"
+else
+  MILTER_LISTEN="127.0.0.1:$MILTER"; MILTER_USE="inet:127.0.0.1:$MILTER"
+fi
 cat > "$W/relay/relay.toml" <<CFG
 [smtp]
 listen = ["127.0.0.1:$RELAY"]
@@ -46,11 +54,12 @@ base_url = "http://127.0.0.1:$HTTP"
 [http]
 listen = "127.0.0.1:$HTTP"
 [milter]
-listen = "127.0.0.1:$MILTER"
+listen = "$MILTER_LISTEN"
 [log]
 level = "warn"
 CFG
 target/release/pixelrelay -c "$W/relay/relay.toml" serve 2>"$W/relay.log" & RPID=$!; pids+=($RPID)
+[ -n "${MILTER_BENCH_PIDFILE:-}" ] && echo "$RPID" > "$MILTER_BENCH_PIDFILE"
 
 D="$W/pf"; mkdir -p "$D/etc" "$D/spool" "$D/data"; : > "$D/etc/main.cf"
 cp /usr/share/postfix/master.cf.dist "$D/etc/master.cf"
@@ -69,44 +78,57 @@ pc -M# smtp/inet
 pc -M "127.0.0.1:$MTA/inet=127.0.0.1:$MTA inet n - n - - smtpd"
 chown postfix "$D/data"
 postfix -c "$D/etc" start >/dev/null 2>&1
-for p in $SINK $RELAY $MILTER $MTA; do wait_port "$p"; done
+for p in $SINK $RELAY $MTA $NULLM; do wait_port "$p"; done
+if [ -n "${MILTER_BENCH_UNIX:-}" ]; then
+  for _ in $(seq 100); do [ -S "$W/relay/milter.sock" ] && break; sleep 0.1; done
+  # Postfix's smtpd runs as the postfix user.
+  chgrp postfix "$W/relay/milter.sock"
+else
+  wait_port "$MILTER"
+fi
 
 sent() { grep -c "status=sent" "$D/maillog" 2>/dev/null || true; }
 # Postfix set up as MODE (plain | milter | relayhost), reloaded.
 setup() {
   case $1 in
     plain) pc -e "smtpd_milters=" "relayhost=[127.0.0.1]:$SINK" ;;
-    milter) pc -e "smtpd_milters=inet:127.0.0.1:$MILTER" "relayhost=[127.0.0.1]:$SINK" ;;
+    milter) pc -e "smtpd_milters=$MILTER_USE" "relayhost=[127.0.0.1]:$SINK" ;;
     relayhost) pc -e "smtpd_milters=" "relayhost=[127.0.0.1]:$RELAY" ;;
+    nullmilter) pc -e "smtpd_milters=inet:127.0.0.1:$NULLM" "relayhost=[127.0.0.1]:$SINK" ;;
   esac
   postfix -c "$D/etc" reload >/dev/null 2>&1
   # Let the reload settle: a probe message through the new set-up.
   $LOAD 127.0.0.1:$MTA "$W/msg.eml" 20 2 >/dev/null
 }
-declare -A R P E
+declare -A R P E CPU
+# pixelrelay's CPU time so far, in clock ticks (user + system).
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() {
   local mode=$1 round=$2 before t0 out t1
   before=$(sent)
+  c0=$(cpu "$RPID")
   t0=$(date +%s.%N)
   out=$($LOAD 127.0.0.1:$MTA "$W/msg.eml" "$N" "$C")
   until [ "$(sent)" -ge $((before + N)) ]; do sleep 0.05; done
   t1=$(date +%s.%N)
+  CPU[$mode.$round]=$(python3 -c "print(f'{($(cpu "$RPID") - $c0) * 1e6 / $(getconf CLK_TCK) / $N:.0f}')")
   R[$mode.$round]=$(sed -E 's/.*msgs_per_s=([0-9.]+).*/\1/' <<<"$out")
   P[$mode.$round]=$(sed -E 's/.*p99_ms=([0-9.]+).*/\1/' <<<"$out")
   E[$mode.$round]=$(python3 -c "print(f'{$N/($t1-$t0):.0f}')")
-  printf "%-10s #%s %12s %9s %14s\n" "$mode" "$round" "${R[$mode.$round]}" "${P[$mode.$round]}" "${E[$mode.$round]}"
+  printf "%-10s #%s %12s %9s %14s %12s\n" "$mode" "$round" "${R[$mode.$round]}" "${P[$mode.$round]}" "${E[$mode.$round]}" "${CPU[$mode.$round]}"
 }
-printf "%-13s %12s %9s %14s\n" "postfix+" "accepted/s" "p99_ms" "delivered/s"
+printf "%-13s %12s %9s %14s %12s\n" "postfix+" "accepted/s" "p99_ms" "delivered/s" "px_us/msg"
 for round in $(seq "$ROUNDS"); do
-  for mode in plain milter relayhost; do setup $mode; run $mode "$round"; done
+  for mode in ${MILTER_BENCH_MODES:-plain milter nullmilter relayhost}; do setup $mode; run $mode "$round"; done
 done
+[ -n "${MILTER_BENCH_MODES:-}" ] && exit 0
 python3 - "$ROUNDS" <<PY
 import statistics, sys
 R = {$(for k in "${!R[@]}"; do printf "'%s': %s, " "$k" "${R[$k]}"; done)}
 E = {$(for k in "${!E[@]}"; do printf "'%s': %s, " "$k" "${E[$k]}"; done)}
 n = int(sys.argv[1])
 def med(d, mode): return statistics.median(d[f"{mode}.{r}"] for r in range(1, n + 1))
-for mode in ("milter", "relayhost"):
+for mode in ("milter", "nullmilter", "relayhost"):
     print(f"{mode}/plain: accepted {med(R, mode)/med(R, 'plain'):.2f}x, delivered {med(E, mode)/med(E, 'plain'):.2f}x"
           f" (medians of {n} rounds)")
 PY

@@ -122,6 +122,7 @@ fn target(cfg: &Config) -> Result<Target, String> {
             Capture::new(dir)
                 .map_err(|e| format!("upstream.capture_dir: {}: {e}", dir.display()))?,
         )),
+        UpstreamTarget::None => Target::Off,
     })
 }
 
@@ -369,6 +370,7 @@ impl Server {
         let mode = match &relay.target {
             Target::Smtp(up) => format!("relay to {}", up.address()),
             Target::Capture(c) => format!("CAPTURE into {} (not relaying)", c.dir().display()),
+            Target::Off => "no SMTP".to_string(),
         };
         info!(smtp = ?cfg.smtp.listen, mode = %mode, tracking = relay.tracking.is_some(), "pixelrelay started");
         signal.await;

@@ -12,10 +12,16 @@ use std::path::Path;
 use common::postfix::{Postfix, Sink};
 use common::*;
 
-/// pixelrelay with its milter (and pixel listener) on known ports; its SMTP face unused.
+/// A milter node: pixelrelay with its milter (and pixel listener) on known ports, no SMTP
+/// listener and no `[upstream]` (delivery is Postfix's).
 async fn milter_relay(sink: SocketAddr) -> (Relay, u16, u16) {
     let (milter, http) = (free_port(), free_port());
+    let upstream = format!(
+        "[upstream]\naddress = \"{sink}\"\ncommand_timeout = 5\ndata_timeout = 5\nconnect_timeout = 5\n"
+    );
     let cfg = config_text(&sink.to_string(), "")
+        .replace(&upstream, "")
+        .replace("listen = [\"127.0.0.1:0\"]", "listen = []")
         .replace(
             "base_url = \"http://127.0.0.1:8080\"",
             &format!("base_url = \"http://127.0.0.1:{http}\""),
@@ -24,8 +30,11 @@ async fn milter_relay(sink: SocketAddr) -> (Relay, u16, u16) {
             "[http]\nlisten = \"127.0.0.1:0\"",
             &format!("[http]\nlisten = \"127.0.0.1:{http}\""),
         );
+    assert!(!cfg.contains("[upstream]"), "{cfg}");
     let cfg = format!("{cfg}\n[milter]\nlisten = \"127.0.0.1:{milter}\"\n");
-    (start_relay(&cfg).await, milter, http)
+    let relay = start_relay(&cfg).await;
+    assert!(relay.addrs.smtp.is_empty(), "a milter node takes no SMTP");
+    (relay, milter, http)
 }
 
 /// A Postfix with pixelrelay as its milter, delivering to `sink`.

@@ -1,6 +1,6 @@
-//! A node runs only the faces its config names: an empty `smtp.listen` turns SMTP off, a
-//! missing `[http]` or `[admin]` turns that listener off (relay-only, pixel-only and admin-only
-//! nodes of a deployment over a shared store).
+//! A node runs only the faces its config names: an empty `smtp.listen` turns SMTP off (and
+//! then `[upstream]` may be left out), a missing `[http]` or `[admin]` turns that listener off
+//! (relay-only, pixel-only and admin-only nodes of a deployment over a shared store).
 
 mod common;
 
@@ -10,6 +10,14 @@ use common::*;
 /// listen line), and with `smtp` as the SMTP listen line.
 fn config(upstream: &str, smtp: &str, drop: &[&str]) -> String {
     let mut c = config_text(upstream, "").replace("listen = [\"127.0.0.1:0\"]", smtp);
+    if upstream.is_empty() {
+        // No [upstream] section at all.
+        c = c.replace(
+            "[upstream]\naddress = \"\"\ncommand_timeout = 5\ndata_timeout = 5\nconnect_timeout = 5\n",
+            "",
+        );
+        assert!(!c.contains("[upstream]"), "{c}");
+    }
     for section in drop {
         c = c.replace(&format!("{section}\nlisten = \"127.0.0.1:0\"\n"), "");
     }
@@ -45,7 +53,7 @@ async fn a_relay_only_node_relays_and_tracks_with_no_listener_of_its_own() {
 
 #[tokio::test]
 async fn a_pixel_only_node_serves_pixels_and_takes_no_mail() {
-    let relay = start_relay(&config("127.0.0.1:25", "listen = []", &["[admin]"])).await;
+    let relay = start_relay(&config("", "listen = []", &["[admin]"])).await;
     assert!(relay.addrs.smtp.is_empty());
     assert_eq!(relay.addrs.admin, None);
     let (status, headers, body) = http_get(
@@ -64,7 +72,7 @@ async fn a_pixel_only_node_serves_pixels_and_takes_no_mail() {
 
 #[tokio::test]
 async fn an_admin_only_node_answers_the_api() {
-    let relay = start_relay(&config("127.0.0.1:25", "listen = []", &["[http]"])).await;
+    let relay = start_relay(&config("", "listen = []", &["[http]"])).await;
     assert!(relay.addrs.smtp.is_empty());
     assert_eq!(relay.addrs.http, None);
     let stats = admin_json(&relay, "/api/v1/stats").await;
@@ -76,7 +84,7 @@ async fn an_admin_only_node_answers_the_api() {
 fn the_cli_on_a_node_without_admin_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.toml");
-    std::fs::write(&path, config("127.0.0.1:25", "listen = []", &["[admin]"])).unwrap();
+    std::fs::write(&path, config("", "listen = []", &["[admin]"])).unwrap();
     let out = pixelrelay_cli(&["check-config"], &path);
     assert!(
         out.status.success(),
@@ -92,4 +100,31 @@ fn the_cli_on_a_node_without_admin_says_so() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no [admin] section"), "{err}");
+}
+
+#[test]
+fn only_a_node_that_takes_smtp_needs_an_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    // SMTP on, no [upstream]: the error names the key.
+    let smtp_on = config("", "listen = [\"127.0.0.1:0\"]", &[]);
+    std::fs::write(&path, &smtp_on).unwrap();
+    let out = pixelrelay_cli(&["check-config"], &path);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upstream.address"), "{err}");
+    // SMTP off: no upstream needed, and the summary says none is used.
+    std::fs::write(&path, config("", "listen = []", &[])).unwrap();
+    let out = pixelrelay_cli(&["check-config"], &path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("smtp off"));
 }

@@ -155,6 +155,9 @@ pub enum UpstreamTarget {
         /// The folder.
         dir: PathBuf,
     },
+    /// No `[upstream]` section on a node that takes no SMTP (`smtp.listen = []`): a pixel,
+    /// admin or milter node relays nothing.
+    None,
 }
 
 /// `[upstream]`.
@@ -448,7 +451,12 @@ impl Config {
             errors: &mut errors,
         };
         let smtp = read_smtp(&mut r);
-        let upstream = read_upstream(&mut r, &smtp.hostname);
+        let smtp_off = smtp.listen.is_empty()
+            && smtp
+                .tls
+                .as_ref()
+                .is_none_or(|t| t.implicit_listen.is_empty());
+        let upstream = read_upstream(&mut r, &smtp.hostname, smtp_off);
         let tracking = read_tracking(&mut r);
         let http = read_http(&mut r);
         let admin = read_admin(&mut r);
@@ -456,11 +464,6 @@ impl Config {
         let log = read_log(&mut r);
         let webhooks = read_webhooks(&mut r);
         let milter = milter::read_milter(&mut r);
-        let smtp_off = smtp.listen.is_empty()
-            && smtp
-                .tls
-                .as_ref()
-                .is_none_or(|t| t.implicit_listen.is_empty());
         // Only for an otherwise valid config: a listen address that did not parse is already
         // the error to fix.
         if errors.is_empty() && smtp_off && http.is_none() && admin.is_none() && milter.is_none() {
@@ -500,6 +503,7 @@ impl Config {
                     dir.display()
                 )
             }
+            UpstreamTarget::None => "no upstream".to_string(),
         };
         let hooks = match self.webhooks.len() {
             0 => String::new(),

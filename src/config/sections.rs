@@ -116,7 +116,8 @@ fn read_smtp_auth(r: &mut Reader<'_>) -> AuthConfig {
     }
 }
 
-pub(super) fn read_upstream(r: &mut Reader<'_>, hostname: &str) -> UpstreamConfig {
+/// `[upstream]`; it may be left out only when the node takes no SMTP (`smtp_off`).
+pub(super) fn read_upstream(r: &mut Reader<'_>, hostname: &str, smtp_off: bool) -> UpstreamConfig {
     let mut s = r.section("upstream");
     let address = s.opt::<String>("address");
     let capture = s.opt_path("capture_dir");
@@ -137,6 +138,7 @@ pub(super) fn read_upstream(r: &mut Reader<'_>, hostname: &str) -> UpstreamConfi
             UpstreamTarget::Smtp { address: a }
         }
         (None, Some(dir)) => UpstreamTarget::Capture { dir },
+        (None, None) if smtp_off && s.table.is_none() => UpstreamTarget::None,
         (None, None) => {
             s.err("address", "missing: set upstream.address (the smarthost) or upstream.capture_dir (try-it mode)");
             UpstreamTarget::Smtp {

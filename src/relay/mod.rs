@@ -40,6 +40,9 @@ pub enum Target {
     Smtp(Arc<Upstream>),
     /// Try-it mode: a folder.
     Capture(Arc<Capture>),
+    /// No upstream: the node takes no SMTP (no listener reaches this; a session would get a
+    /// 451).
+    Off,
 }
 
 /// The tracking set-up: policy, key, URL. Cloned for the milter front end.
@@ -223,6 +226,7 @@ impl Backend for RelaySession {
                 })
                 .collect(),
             Target::Smtp(up) => self.relay_envelope(&relay, up, cmds).await,
+            Target::Off => vec![reply::local_error(); cmds.len()],
         }
     }
 
@@ -328,6 +332,7 @@ impl RelaySession {
     async fn forward(&mut self, relay: &Relay, queue_id: &str, content: &[u8]) -> Reply {
         match &relay.target {
             Target::Capture(cap) => cap.deliver(queue_id, content).await,
+            Target::Off => reply::local_error(),
             Target::Smtp(up) => match self.conn.take() {
                 None => reply::upstream_unavailable(),
                 Some(mut conn) => match conn.send_body(content).await {

@@ -235,6 +235,7 @@ impl Server {
                     recorder: Some(Arc::clone(&recorder)),
                     opt_out_header: cfg.tracking.opt_out_header.clone(),
                     max_size: usize::try_from(cfg.tracking.max_rewrite_size).unwrap_or(usize::MAX),
+                    metrics: Some(Arc::clone(&metrics)),
                 };
                 let l = crate::milter::bind(m).await?;
                 Some((l, Arc::new(front), m.max_connections))

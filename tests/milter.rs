@@ -228,6 +228,36 @@ async fn postfix_with_the_milter_delivers_tracked_and_untouched_mail() {
         items.iter().any(|m| m["skip_reason"] == "opt_out"),
         "{msgs}"
     );
+    // The milter's series count what it answered.
+    let metrics = admin_text(&relay, "/metrics").await;
+    let series = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    assert_eq!(
+        series("pixelrelay_milter_messages_total{decision=\"tracked\",reason=\"\"}"),
+        4,
+        "{metrics}"
+    );
+    assert_eq!(
+        series("pixelrelay_milter_messages_total{decision=\"skipped\",reason=\"recipients\"}"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        series("pixelrelay_milter_eom_duration_seconds_count"),
+        7,
+        "{metrics}"
+    );
+    assert_eq!(
+        series("pixelrelay_milter_connection_errors_total"),
+        0,
+        "{metrics}"
+    );
     // Queue ids are Postfix's.
     let log = pf.maillog();
     for m in items {

@@ -40,6 +40,9 @@ fn server() -> &'static (tokio::runtime::Runtime, SocketAddr) {
                 recorder: None,
                 opt_out_header: "X-Track-Opens".into(),
                 max_size: 1 << 20,
+                metrics: Some(std::sync::Arc::new(pixelrelay::metrics::Metrics::new(
+                    Default::default(),
+                ))),
             };
             tokio::spawn(serve(
                 Listener::Tcp(l),

@@ -33,6 +33,10 @@
 //! | `pixelrelay_smtp_inflight_bytes` | gauge | message bytes reserved from `smtp.max_inflight_bytes` now |
 //! | `pixelrelay_smtp_inflight_limit_bytes` | gauge | `smtp.max_inflight_bytes` |
 //! | `pixelrelay_smtp_inflight_refused_total` | counter | reservations refused (452 4.3.1, or a rewrite skipped) |
+//! | `pixelrelay_milter_messages_total` | counter | `decision` = tracked, skipped, store_error; `reason` (skipped only) |
+//! | `pixelrelay_milter_connections` | gauge | milter connections from the MTA open now |
+//! | `pixelrelay_milter_connection_errors_total` | counter | |
+//! | `pixelrelay_milter_eom_duration_seconds` | histogram | end-of-message to the milter's answer |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -45,6 +49,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
+
+mod milter;
+pub use milter::MilterSeries;
 
 /// Label pairs of one series.
 type Labels = Vec<(&'static str, String)>;
@@ -143,6 +150,8 @@ pub struct Metrics {
     inflight_limit: Gauge,
     /// Reservations refused: 452 4.3.1 given, or a rewrite skipped (collected).
     inflight_refused: Counter,
+    /// The milter front end's series.
+    pub milter: MilterSeries,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -272,8 +281,10 @@ impl Metrics {
             inflight_bytes: Gauge::default(),
             inflight_limit: Gauge::default(),
             inflight_refused: Counter::default(),
+            milter: MilterSeries::default(),
         };
         m.register_smtp(&mut registry);
+        m.milter.register(&mut registry);
         m.register_pixel(&mut registry, pixel_latency);
         m.register_store(&mut registry);
         Metrics { registry, ..m }

@@ -113,6 +113,7 @@ impl Conn {
 
     /// The decision, rewrite and record at the end of a message; what the MTA is told.
     async fn finish(&mut self) -> ModificationResponse {
+        let started = std::time::Instant::now();
         let front = Arc::clone(&self.front);
         let id = MessageId::random();
         let queue_id = self
@@ -179,6 +180,14 @@ impl Conn {
             reason = record.skip_reason.as_deref().unwrap_or("-"),
             "milter"
         );
+        if let Some(m) = &front.metrics {
+            let decision = match (recorded, tracked) {
+                (false, _) => "store_error",
+                (true, true) => "tracked",
+                (true, false) => record.skip_reason.as_deref().unwrap_or("unchanged"),
+            };
+            m.milter.message(decision, started.elapsed());
+        }
         mods.contin()
     }
 

@@ -34,6 +34,8 @@ pub struct MilterFront {
     pub opt_out_header: String,
     /// Larger messages are not buffered for a rewrite (`tracking.max_rewrite_size`).
     pub max_size: usize,
+    /// Where the milter's series are counted (`/metrics`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// A bound milter socket.
@@ -104,6 +106,10 @@ pub async fn serve(
         let front = Arc::clone(&front);
         let stop = shutdown.clone();
         tokio::spawn(async move {
+            let metrics = front.metrics.clone();
+            if let Some(m) = &metrics {
+                m.milter.connections(1);
+            }
             let mut conn = conn::Conn::new(front.clone());
             // No timeout of ours: the MTA's (Postfix's milter_*_timeout) bound each exchange,
             // and closing on it would make the MTA apply its default action to the message.
@@ -119,6 +125,12 @@ pub async fn serve(
             };
             if let Err(e) = r {
                 warn!(mta = %peer, error = %e, event = "milter_error", "milter connection failed");
+                if let Some(m) = &metrics {
+                    m.milter.error();
+                }
+            }
+            if let Some(m) = &metrics {
+                m.milter.connections(-1);
             }
             drop(permit);
         });

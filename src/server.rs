@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::budget::Budget;
 use crate::capture::Capture;
 use crate::config::{Config, TrackingConfig, UpstreamTarget};
 use crate::evidence::{Evidence, EvidenceSource};
@@ -53,6 +54,9 @@ pub struct Server {
     metrics: Arc<Metrics>,
     /// Webhook endpoints and their delivery workers (started by `run`).
     notifier: Arc<Notifier>,
+    /// The memory budget for messages in flight (`smtp.max_inflight_bytes`), shared by the SMTP
+    /// sessions and the milter.
+    budget: Arc<Budget>,
     /// The milter front end, bound, with what its connections share (`[milter]`).
     milter: Option<(
         crate::milter::Listener,
@@ -228,6 +232,9 @@ impl Server {
         let pixel = Arc::new(pixel_state(&cfg, key, ingest.clone())?);
         let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
         let recorder: Arc<dyn Recorder> = Arc::new(ingest);
+        // One memory budget for messages in flight, the SMTP sessions' and the milter's.
+        let budget =
+            Budget::new(usize::try_from(cfg.smtp.max_inflight_bytes).unwrap_or(usize::MAX));
         let milter = match &cfg.milter {
             Some(m) => {
                 let front = crate::milter::MilterFront {
@@ -236,6 +243,7 @@ impl Server {
                     opt_out_header: cfg.tracking.opt_out_header.clone(),
                     max_size: usize::try_from(cfg.tracking.max_rewrite_size).unwrap_or(usize::MAX),
                     metrics: Some(Arc::clone(&metrics)),
+                    budget: Some(Arc::clone(&budget)),
                 };
                 let l = crate::milter::bind(m).await?;
                 Some((l, Arc::new(front), m.max_connections))
@@ -273,6 +281,7 @@ impl Server {
             admin,
             metrics,
             notifier,
+            budget,
             milter,
         })
     }
@@ -321,13 +330,14 @@ impl Server {
             admin,
             metrics,
             notifier,
+            budget,
             milter,
         } = self;
         let (trigger, shutdown) = shutdown::channel();
         let (hard_trigger, hard_stop) = shutdown::channel();
         let mut session_cfg = SessionConfig::from_config(&cfg.smtp);
         session_cfg.metrics = Some(Arc::clone(&metrics));
-        let budget = Arc::clone(&session_cfg.budget);
+        session_cfg.budget = Arc::clone(&budget);
         let tasks = spawn_smtp(
             &cfg,
             (smtp, smtps),

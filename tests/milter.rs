@@ -15,11 +15,16 @@ use common::*;
 /// A milter node: pixelrelay with its milter (and pixel listener) on known ports, no SMTP
 /// listener and no `[upstream]` (delivery is Postfix's).
 async fn milter_relay(sink: SocketAddr) -> (Relay, u16, u16) {
+    milter_relay_with(sink, "").await
+}
+
+/// [`milter_relay`] with `smtp_extra` lines in its `[smtp]` section.
+async fn milter_relay_with(sink: SocketAddr, smtp_extra: &str) -> (Relay, u16, u16) {
     let (milter, http) = (free_port(), free_port());
     let upstream = format!(
         "[upstream]\naddress = \"{sink}\"\ncommand_timeout = 5\ndata_timeout = 5\nconnect_timeout = 5\n"
     );
-    let cfg = config_text(&sink.to_string(), "")
+    let cfg = config_text(&sink.to_string(), smtp_extra)
         .replace(&upstream, "")
         .replace("listen = [\"127.0.0.1:0\"]", "listen = []")
         .replace(
@@ -300,6 +305,49 @@ async fn postfix_with_the_milter_delivers_tracked_and_untouched_mail() {
         "delivered unchanged"
     );
     drop(pf);
+}
+
+/// The milter holds messages within the memory budget it shares with the relay
+/// (`smtp.max_inflight_bytes`): a message the budget has no room to rewrite goes through
+/// unchanged, recorded with the reason `memory`, never rejected or deferred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_memory_budget_cannot_hold_goes_unchanged() {
+    let Some(sink) = Sink::start().await else {
+        return;
+    };
+    // Room to buffer the 1.5 KB message but not for its rewrite (three times it).
+    let (relay, milter, _) = milter_relay_with(
+        sink.addr,
+        "max_message_size = 4000\nmax_inflight_bytes = 4000\n",
+    )
+    .await;
+    let Some(pf) = postfix_with_milter(sink.addr, milter) else {
+        return;
+    };
+    let mta: SocketAddr = format!("127.0.0.1:{}", pf.port).parse().unwrap();
+    wait_listening(mta).await;
+    let sent = send_one(mta, &sink, "nm-qp.eml", 1).await;
+    assert!(sent.len() > 1334 && sent.len() < 4000, "{}", sent.len());
+    let got = as_delivered(&sink.dumps()[0]);
+    assert!(
+        pixel_urls(&got).is_empty(),
+        "no pixel without memory for it"
+    );
+    assert_eq!(html_of(&got), html_of(&sent), "the HTML went as sent");
+    let msgs = admin_json(&relay, "/api/v1/messages?limit=5").await;
+    assert_eq!(msgs["items"][0]["skip_reason"], "memory", "{msgs}");
+    let metrics = admin_text(&relay, "/metrics").await;
+    assert!(
+        metrics
+            .contains("pixelrelay_milter_messages_total{decision=\"skipped\",reason=\"memory\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("pixelrelay_smtp_inflight_refused_total 0"),
+        "the refusal is counted: {metrics}"
+    );
+    drop(pf);
+    relay.stop().await;
 }
 
 /// Sends fixture `name` through Postfix at `mta` to one recipient and waits until the sink

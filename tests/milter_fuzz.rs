@@ -43,6 +43,8 @@ fn server() -> &'static (tokio::runtime::Runtime, SocketAddr) {
                 metrics: Some(std::sync::Arc::new(pixelrelay::metrics::Metrics::new(
                     Default::default(),
                 ))),
+                // Small: the fuzzer's messages run into it, and every path must still answer.
+                budget: Some(pixelrelay::budget::Budget::new(64 * 1024)),
             };
             tokio::spawn(serve(
                 Listener::Tcp(l),

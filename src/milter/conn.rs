@@ -13,6 +13,7 @@ use miltr_common::optneg::{Capability, OptNeg};
 use tracing::{info, warn};
 
 use super::MilterFront;
+use crate::budget::Reservation;
 use crate::clock;
 use crate::rewrite::{Decision, Envelope, MessageInfo, SkipReason};
 use crate::store::{Delivery, MessageRecord};
@@ -34,9 +35,12 @@ pub(super) struct Conn {
     /// Header fields in order, as the MTA sent them.
     headers: Vec<(String, String)>,
     body: Vec<u8>,
-    /// Over `max_size`: no longer buffered, relayed unchanged.
-    too_big: bool,
+    /// Why the message is no longer buffered (over `max_size`, or no room in the memory
+    /// budget): it goes unchanged.
+    unbuffered: Option<SkipReason>,
     size: usize,
+    /// What the buffered message holds of `smtp.max_inflight_bytes`.
+    reserved: Option<Reservation>,
     /// Opt-out header fields seen (each is removed, buffered or not).
     opt_outs: u32,
     /// Between MAIL and the end of the message (or an abort).
@@ -52,8 +56,9 @@ impl Conn {
             rcpts: Vec::new(),
             headers: Vec::new(),
             body: Vec::new(),
-            too_big: false,
+            unbuffered: None,
             size: 0,
+            reserved: None,
             opt_outs: 0,
             in_message: false,
         }
@@ -65,8 +70,9 @@ impl Conn {
         self.rcpts.clear();
         self.headers = Vec::new();
         self.body = Vec::new();
-        self.too_big = false;
+        self.unbuffered = None;
         self.size = 0;
+        self.reserved = None;
         self.opt_outs = 0;
     }
 
@@ -75,15 +81,47 @@ impl Conn {
         !self.in_message
     }
 
-    /// Counts `n` more bytes of the message; past `max_size` it is no longer kept.
+    /// Counts `n` more bytes of the message and reserves them; past `max_size`, or when the
+    /// memory budget has no room, it is no longer kept (and goes unchanged).
     fn grow(&mut self, n: usize) -> bool {
         self.size = self.size.saturating_add(n);
-        if !self.too_big && self.size > self.front.max_size {
-            self.too_big = true;
-            self.headers = Vec::new();
-            self.body = Vec::new();
+        if self.unbuffered.is_none() {
+            if self.size > self.front.max_size {
+                self.unbuffered = Some(SkipReason::TooLarge);
+            } else if !self.reserve(self.size) {
+                self.unbuffered = Some(SkipReason::Memory);
+            }
+            if self.unbuffered.is_some() {
+                self.headers = Vec::new();
+                self.body = Vec::new();
+                self.reserved = None;
+            }
         }
-        !self.too_big
+        self.unbuffered.is_none()
+    }
+
+    /// Holds `total` bytes of the budget for this message, if they fit (counted as a refusal
+    /// when they do not).
+    fn reserve(&mut self, total: usize) -> bool {
+        let Some(budget) = &self.front.budget else {
+            return true;
+        };
+        let ok = match &mut self.reserved {
+            Some(r) => r.grow_to(total),
+            None => budget
+                .try_reserve(total)
+                .map(|r| self.reserved = Some(r))
+                .is_some(),
+        };
+        if !ok {
+            budget.count_refusal();
+            warn!(
+                size = total,
+                event = "insufficient_storage",
+                "no memory to rewrite now; the milter lets the message through unchanged"
+            );
+        }
+        ok
     }
 
     /// The message put back together: the header fields (CRLF, folded lines as sent) and the
@@ -127,14 +165,22 @@ impl Conn {
         for nth in (1..=self.opt_outs).rev() {
             mods.push(ChangeHeader::new(nth, front.opt_out_header.as_bytes(), b""));
         }
-        let (decision, info, new_body) = if self.too_big {
-            (
-                Decision::Skipped(SkipReason::TooLarge),
-                MessageInfo::default(),
-                None,
-            )
-        } else {
-            self.rewrite(&id).await
+        // The rewrite's copies besides the buffered message: the message put back together,
+        // then twice it (four times with click tracking), as in relay mode.
+        let factor = match &front.tracking {
+            Some(t) if t.click_exclude.is_some() => 5,
+            _ => 3,
+        };
+        if self.unbuffered.is_none()
+            && front.tracking.is_some()
+            && self.rcpts.len() == 1
+            && !self.reserve(self.size.saturating_mul(factor))
+        {
+            self.unbuffered = Some(SkipReason::Memory);
+        }
+        let (decision, info, new_body) = match self.unbuffered {
+            Some(why) => (Decision::Skipped(why), MessageInfo::default(), None),
+            None => self.rewrite(&id).await,
         };
         let record = MessageRecord {
             id,

@@ -36,6 +36,10 @@ pub struct MilterFront {
     pub max_size: usize,
     /// Where the milter's series are counted (`/metrics`).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The memory budget shared with the SMTP relay (`smtp.max_inflight_bytes`): a message
+    /// the budget has no room for, to buffer or to rewrite, goes unchanged (skip reason
+    /// `memory`), never rejected or deferred.
+    pub budget: Option<Arc<crate::budget::Budget>>,
 }
 
 /// A bound milter socket.

@@ -37,13 +37,27 @@ pub fn attr_url(url: &str) -> Vec<u8> {
     out
 }
 
+/// [`attr_url`] taking the URL: one that needs nothing escaped (a minted click URL) is used
+/// as it is, without a copy.
+pub fn into_attr_url(url: String) -> Vec<u8> {
+    if url.as_bytes().iter().all(plain_attr_byte) {
+        url.into_bytes()
+    } else {
+        attr_url(&url)
+    }
+}
+
+/// Whether `b` goes into a double-quoted attribute value as it is.
+fn plain_attr_byte(b: &u8) -> bool {
+    matches!(b, 0x21..=0x7e) && !matches!(b, b'&' | b'"' | b'<' | b'>')
+}
+
 /// Writes `url` so that it is safe inside a double-quoted attribute and stays ASCII:
 /// `& " < >` become entities, spaces, controls and non-ASCII bytes are percent-encoded.
 fn push_attr_url(out: &mut Vec<u8>, url: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let plain = |b: &u8| matches!(b, 0x21..=0x7e) && !matches!(b, b'&' | b'"' | b'<' | b'>');
     // Minted URLs (base64url tokens) need nothing escaped: one copy.
-    if url.as_bytes().iter().all(plain) {
+    if url.as_bytes().iter().all(plain_attr_byte) {
         out.extend_from_slice(url.as_bytes());
         return;
     }

@@ -82,8 +82,17 @@ fn anchor(html: &[u8], from: usize, exclude: &[String]) -> Option<Link> {
     if opted_out || html.get(attrs.at) != Some(&b'>') {
         return None;
     }
-    let url = decode_references(&html[value.clone()]);
-    let url = url.trim_matches(|c: char| c.is_ascii_whitespace());
+    let mut url = decode_references(&html[value.clone()]);
+    // Trimmed in place: no second copy per link.
+    let keep = url
+        .trim_end_matches(|c: char| c.is_ascii_whitespace())
+        .len();
+    url.truncate(keep);
+    let lead = url.len()
+        - url
+            .trim_start_matches(|c: char| c.is_ascii_whitespace())
+            .len();
+    url.drain(..lead);
     let scheme_ok = ["http://", "https://"].iter().any(|s| {
         url.get(..s.len())
             .is_some_and(|p| p.eq_ignore_ascii_case(s))
@@ -91,10 +100,7 @@ fn anchor(html: &[u8], from: usize, exclude: &[String]) -> Option<Link> {
     let excluded = exclude
         .iter()
         .any(|p| !p.is_empty() && contains_ignore_ascii_case(url.as_bytes(), p.as_bytes()));
-    (scheme_ok && !excluded && url.len() > "https://".len()).then(|| Link {
-        value,
-        url: url.to_string(),
-    })
+    (scheme_ok && !excluded && url.len() > "https://".len()).then_some(Link { value, url })
 }
 
 /// The attributes of a start tag: (name, value range without quotes; `None` when the

@@ -464,7 +464,7 @@ fn link_edits(decoded: &[u8], l: &Links<'_>, mut room: usize) -> Vec<edit::Edit>
             return true;
         }
         if let Some(url) = (l.url)(i, &link.url) {
-            let with = html::attr_url(&url);
+            let with = html::into_attr_url(url);
             let Some(left) = room.checked_sub(with.len().saturating_sub(link.value.len())) else {
                 return false;
             };

@@ -68,17 +68,26 @@ impl TokenKey {
         if !trackable_url(url) {
             return None;
         }
-        let mut raw = Vec::with_capacity(HEAD + url.len() + TAG_LEN);
-        raw.push(VERSION);
-        raw.extend_from_slice(&id.0);
-        raw.extend_from_slice(&link.to_be_bytes());
-        raw.extend_from_slice(url.as_bytes());
+        let n = HEAD + url.len() + TAG_LEN;
+        // On the stack for the URLs of real mail (one allocation per link: the result).
+        let mut stack = [0u8; 640];
+        let mut heap = Vec::new();
+        let raw: &mut [u8] = if n <= stack.len() {
+            &mut stack[..n]
+        } else {
+            heap.resize(n, 0);
+            &mut heap
+        };
+        raw[0] = VERSION;
+        raw[1..17].copy_from_slice(&id.0);
+        raw[17..HEAD].copy_from_slice(&link.to_be_bytes());
+        raw[HEAD..n - TAG_LEN].copy_from_slice(url.as_bytes());
         let mut mac = self.mac.clone();
-        feed(&mut mac, &raw);
-        raw.extend_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
-        let mut out = String::with_capacity(prefix.len() + raw.len().div_ceil(3) * 4);
+        feed(&mut mac, &raw[..n - TAG_LEN]);
+        raw[n - TAG_LEN..].copy_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
+        let mut out = String::with_capacity(prefix.len() + n.div_ceil(3) * 4);
         out.push_str(prefix);
-        URL_SAFE_NO_PAD.encode_string(raw, &mut out);
+        URL_SAFE_NO_PAD.encode_string(&*raw, &mut out);
         Some(out)
     }
 

@@ -42,15 +42,10 @@ fn no_huge_pages() {
 #[derive(Parser, Debug)]
 #[command(name = "pixelrelay", version, about, long_about)]
 struct Cli {
-    /// Configuration file; relative paths inside it are relative to its folder.
-    #[arg(
-        short,
-        long,
-        global = true,
-        default_value = "relay.toml",
-        value_name = "PATH"
-    )]
-    config: PathBuf,
+    /// Configuration file; relative paths inside it are relative to its folder. Without it:
+    /// $PIXELRELAY_CONFIG, else ./relay.toml, else /etc/pixelrelay/relay.toml.
+    #[arg(short, long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -100,31 +95,22 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Command::HashPassword = cli.command {
+        return hash_password();
+    }
+    let config = match pixelrelay::config::locate(
+        cli.config.as_deref(),
+        std::env::var_os("PIXELRELAY_CONFIG").as_deref(),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pixelrelay: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command {
         Command::HashPassword => hash_password(),
-        Command::CheckConfig => match Config::load(&cli.config) {
-            // The catalogue files and databases are read too: a bad line is found now, not at
-            // the next start or SIGHUP.
-            Ok(cfg) => match server::previous_secrets(&cfg.tracking)
-                .and_then(|_| shared_key(&cfg))
-                .and_then(|_| pixelrelay::evidence::Evidence::load(&cfg.tracking))
-            {
-                Ok(e) => {
-                    println!("{}; {}", cfg.summary(), e.summary());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("pixelrelay: {}: {e}", cli.config.display());
-                    ExitCode::from(2)
-                }
-            },
-            Err(errs) => {
-                for e in errs.0 {
-                    eprintln!("pixelrelay: {}: {e}", cli.config.display());
-                }
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig => check_config(&config),
         Command::Tail {
             follow,
             json,
@@ -135,25 +121,72 @@ fn main() -> ExitCode {
                 json,
                 lines,
             };
-            client_command(&cli.config, move |c| async move {
+            client_command(&config, move |c| async move {
                 admin_client::tail(&c, opts, &mut std::io::stdout().lock()).await
             })
         }
-        Command::Stats { json } => client_command(&cli.config, move |c| async move {
+        Command::Stats { json } => client_command(&config, move |c| async move {
             admin_client::stats(&c, json, &mut std::io::stdout().lock()).await
         }),
         Command::Serve { json_log } => {
-            let cfg = match Config::load(&cli.config) {
+            let cfg = match Config::load(&config) {
                 Ok(c) => c,
                 Err(errs) => {
                     for e in errs.0 {
-                        eprintln!("pixelrelay: {}: {e}", cli.config.display());
+                        eprintln!("pixelrelay: {}: {e}", config.display());
                     }
                     return ExitCode::from(2);
                 }
             };
             init_logging(&cfg, json_log);
+            tracing::info!(config = %shown(&config), "config read");
+            for w in cfg.warnings() {
+                tracing::warn!(event = "config_warning", "{w}");
+            }
             serve(cfg)
+        }
+    }
+}
+
+/// `path` made absolute for messages (as given when that fails).
+fn shown(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// `check-config`: exit 0 with a one-line summary (the file read first) and the warnings, or
+/// 2 with every error and its key (after the file's name). What `serve` would refuse later is checked too: the
+/// catalogue files and databases, the previous keys, the shared key, the upstream password.
+fn check_config(config: &Path) -> ExitCode {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in errs.0 {
+                eprintln!("pixelrelay: {}: {e}", config.display());
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let checked = server::previous_secrets(&cfg.tracking)
+        .and_then(|_| shared_key(&cfg))
+        .and_then(|_| server::upstream_password(&cfg).map(|_| ()))
+        .and_then(|_| pixelrelay::evidence::Evidence::load(&cfg.tracking));
+    match checked {
+        Ok(e) => {
+            // One line (SPEC), the file read first.
+            let summary = cfg.summary();
+            let rest = summary.strip_prefix("ok: ").unwrap_or(&summary);
+            println!("ok: config {}; {rest}; {}", shown(config), e.summary());
+            for w in cfg.warnings() {
+                eprintln!("pixelrelay: warning: {w}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pixelrelay: {}: {e}", config.display());
+            ExitCode::from(2)
         }
     }
 }

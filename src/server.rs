@@ -152,7 +152,7 @@ fn pixel_state(cfg: &Config, key: TokenKey, ingest: Ingest) -> Result<PixelState
 }
 
 /// Reads the upstream password from its file (0600) or environment variable.
-fn upstream_password(cfg: &Config) -> Result<Option<String>, String> {
+pub fn upstream_password(cfg: &Config) -> Result<Option<String>, String> {
     let u = &cfg.upstream;
     if let Some(path) = &u.password_file {
         let bytes = secret::read(path).map_err(|e| format!("upstream.password_file: {e}"))?;

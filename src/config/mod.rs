@@ -15,10 +15,12 @@ use std::time::Duration;
 
 use crate::net::Cidr;
 
+mod checks;
 mod milter;
 mod reader;
 mod sections;
 
+pub use checks::{SEARCH, locate};
 pub use milter::{MilterConfig, MilterListen};
 use reader::Reader;
 use sections::*;
@@ -435,7 +437,7 @@ impl Config {
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
         let root: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("syntax: {}", e.message())]))?;
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![checks::syntax(text, &e)]))?;
         let mut errors = Vec::new();
         let known = [
             "smtp", "upstream", "tracking", "http", "admin", "store", "log", "webhooks", "milter",
@@ -472,8 +474,11 @@ impl Config {
                     .to_string(),
             );
         }
+        if let Err(e) = checks::log_level(&log.level) {
+            errors.push(e);
+        }
         if errors.is_empty() {
-            Ok(Config {
+            let cfg = Config {
                 source: base.join("relay.toml"),
                 smtp,
                 upstream,
@@ -484,7 +489,14 @@ impl Config {
                 log,
                 webhooks,
                 milter,
-            })
+            };
+            // Only once every address parsed: two listeners on one address.
+            let clashes = checks::duplicate_listeners(&cfg);
+            if clashes.is_empty() {
+                Ok(cfg)
+            } else {
+                Err(ConfigErrors(clashes))
+            }
         } else {
             Err(ConfigErrors(errors))
         }

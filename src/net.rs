@@ -6,34 +6,27 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-/// An IPv4 or IPv6 network such as `127.0.0.0/8` or `::1/128`. A bare address means a single host.
+use ipnet::IpNet;
+
+/// An IPv4 or IPv6 network such as `127.0.0.0/8` or `::1/128` (an [`ipnet::IpNet`] with its host
+/// bits cleared). A bare address means a single host; IPv4-mapped IPv6 addresses are IPv4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// Network address (host bits cleared).
-    addr: IpAddr,
-    /// Prefix length in bits.
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     /// The network address (host bits cleared; IPv4-mapped addresses as IPv4).
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.network()
     }
 
     /// The prefix length in bits.
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.0.prefix_len()
     }
 
     /// Whether `ip` lies in this network. IPv4-mapped IPv6 addresses match IPv4 networks.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => mask_v4(u32::from(a), self.prefix) == u32::from(n),
-            (IpAddr::V6(n), IpAddr::V6(a)) => mask_v6(u128::from(a), self.prefix) == u128::from(n),
-            _ => false,
-        }
+        self.0.contains(&canonical(ip))
     }
 }
 
@@ -52,26 +45,9 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 
 /// Keeps the IPv4 /24 or the IPv6 /48 of an address (`store.anonymize_ip`).
 pub fn anonymize(ip: IpAddr) -> IpAddr {
-    match canonical(ip) {
-        IpAddr::V4(a) => IpAddr::V4(mask_v4(u32::from(a), 24).into()),
-        IpAddr::V6(a) => IpAddr::V6(mask_v6(u128::from(a), 48).into()),
-    }
-}
-
-fn mask_v4(a: u32, prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        a & (u32::MAX << (32 - u32::from(prefix)))
-    }
-}
-
-fn mask_v6(a: u128, prefix: u8) -> u128 {
-    if prefix == 0 {
-        0
-    } else {
-        a & (u128::MAX << (128 - u32::from(prefix)))
-    }
+    let ip = canonical(ip);
+    let prefix = if ip.is_ipv4() { 24 } else { 48 };
+    IpNet::new(ip, prefix).map_or(ip, |n| n.trunc().network())
 }
 
 impl FromStr for Cidr {
@@ -85,25 +61,18 @@ impl FromStr for Cidr {
             None => (s, None),
         };
         let addr = canonical(a.trim().parse::<IpAddr>().map_err(|_| bad())?);
-        let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
-            None => max,
+            None => IpNet::from(addr).max_prefix_len(),
         };
-        if prefix > max {
-            return Err(bad());
-        }
-        let addr = match addr {
-            IpAddr::V4(a) => IpAddr::V4(mask_v4(u32::from(a), prefix).into()),
-            IpAddr::V6(a) => IpAddr::V6(mask_v6(u128::from(a), prefix).into()),
-        };
-        Ok(Cidr { addr, prefix })
+        let net = IpNet::new(addr, prefix).map_err(|_| bad())?;
+        Ok(Cidr(net.trunc()))
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}/{}", self.addr(), self.prefix())
     }
 }
 

@@ -45,6 +45,7 @@
 //! metrics.rs      a leaf: the Prometheus registry, rendered from snapshots handed to it
 //! notify/         webhooks: signed delivery of the store's outbox, retries, dead letters
 //! server.rs       wires everything together for `pixelrelay serve`
+//! sd_notify.rs    systemd readiness (`Type=notify`): READY=1 once bound, STOPPING=1
 //! admin_client.rs `pixelrelay tail` / `stats`: the admin API's client side
 //! ```
 //!
@@ -71,6 +72,7 @@ pub mod notify;
 pub mod openlog;
 pub mod relay;
 pub mod rewrite;
+pub mod sd_notify;
 pub mod secret;
 pub mod server;
 pub mod shutdown;

@@ -192,17 +192,18 @@ fn check_config(config: &Path) -> ExitCode {
 }
 
 fn hash_password() -> ExitCode {
-    let mut line = String::new();
-    if let Err(e) = std::io::stdin().read_line(&mut line) {
-        eprintln!("pixelrelay: cannot read the password: {e}");
-        return ExitCode::from(1);
-    }
-    let password = line.trim_end_matches(['\r', '\n']);
+    let password = match read_password() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pixelrelay: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if password.is_empty() {
         eprintln!("pixelrelay: empty password (type it on standard input)");
         return ExitCode::from(2);
     }
-    match pixelrelay::smtp::auth::hash_password(password) {
+    match pixelrelay::smtp::auth::hash_password(&password) {
         Ok(h) => {
             println!("{h}");
             ExitCode::SUCCESS
@@ -212,6 +213,44 @@ fn hash_password() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The password for `hash-password`: on a terminal, asked twice with echo off (and echo
+/// restored after); from a pipe, its first line.
+fn read_password() -> Result<String, String> {
+    use std::io::IsTerminal;
+    let line = || {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        Ok::<_, String>(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return line();
+    }
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let saved =
+        tcgetattr(&stdin).map_err(|e| format!("cannot read the terminal's settings: {e}"))?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    tcsetattr(&stdin, OptionalActions::Now, &quiet)
+        .map_err(|e| format!("cannot turn the terminal's echo off: {e}"))?;
+    let asked = (|| {
+        eprint!("Password: ");
+        let first = line()?;
+        eprint!("Again: ");
+        let again = line()?;
+        if first == again {
+            Ok(first)
+        } else {
+            Err("the two passwords differ".to_string())
+        }
+    })();
+    let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
+    asked
 }
 
 /// Runs an admin API client command: loads the config, reads the token, reports errors.
@@ -308,6 +347,8 @@ fn serve(cfg: Config) -> ExitCode {
         };
         let off = |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
         tracing::info!(smtp = %smtp, http = %off(a.http), admin = %off(a.admin), "ready");
+        // Every listener is bound: systemd (Type=notify) may start what comes after us.
+        pixelrelay::sd_notify::notify("READY=1");
         server.run(stop).await;
         ExitCode::SUCCESS
     })

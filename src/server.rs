@@ -385,6 +385,7 @@ impl Server {
         };
         info!(smtp = ?cfg.smtp.listen, mode = %mode, tracking = relay.tracking.is_some(), "pixelrelay started");
         signal.await;
+        crate::sd_notify::notify("STOPPING=1");
         info!(
             grace_s = cfg.smtp.shutdown_grace.as_secs(),
             "shutting down: no new connections"

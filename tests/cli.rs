@@ -279,3 +279,52 @@ fn version_and_help() {
         assert!(out.contains(word), "{word} missing from help:\n{out}");
     }
 }
+
+/// On a terminal `hash-password` asks twice with echo off: the password never shows, the
+/// hash does. Run under a pseudo-terminal (Python's `pty`).
+#[test]
+fn hash_password_on_a_terminal_does_not_echo() {
+    let script = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "hash-password"])
+out = b""
+def until(tok):
+    global out
+    while tok not in out:
+        out += os.read(fd, 1024)
+until(b"Password: ")
+os.write(fd, b"s3cret-pw\n")
+until(b"Again: ")
+os.write(fd, b"s3cret-pw\n")
+while True:
+    try:
+        d = os.read(fd, 1024)
+    except OSError:
+        break
+    if not d:
+        break
+    out += d
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_pixelrelay"))
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{seen}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(seen.contains("$argon2id$"), "{seen}");
+    assert!(
+        !seen.contains("s3cret-pw"),
+        "the password was echoed: {seen}"
+    );
+}

@@ -22,6 +22,10 @@ fn systemd_unit_verifies() {
         "Restart=on-failure",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "User=pixelrelay",
+        "Type=notify",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "/etc/pixelrelay/relay.toml",
     ] {
         assert!(unit.contains(needle), "{needle} missing from the unit");
     }

@@ -218,3 +218,101 @@ async fn open_log_survives_rotation_by_move_and_by_copytruncate() {
     assert_eq!(ids.len(), 12);
     assert_eq!(relay.stop(), Some(0));
 }
+
+/// `Type=notify`: with `NOTIFY_SOCKET` set, `serve` sends `READY=1` once every listener is
+/// bound (each one answers at that moment) and `STOPPING=1` when it stops. And the log joins:
+/// the `relayed` line and the `open` line of one message carry the same message id and
+/// Message-ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_readiness_and_log_lines_that_join() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, http) = shipped_config(dir.path());
+    let smtp = free_port();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:{smtp}\"]"),
+        )
+        .replace("format = \"human\"", "format = \"json\"");
+    std::fs::write(&config, text).unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pixelrelay"))
+        .arg("-c")
+        .arg(&config)
+        .arg("serve")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 128];
+    let n = sock.recv(&mut buf).expect("READY=1 from serve");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means bound: both listeners answer now, without a retry.
+    for port in [smtp, http] {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("port {port} not listening at READY=1: {e}"));
+    }
+    // One message through, its pixel loaded.
+    let mut c = Client::hello(format!("127.0.0.1:{smtp}").parse().unwrap()).await;
+    let m = b"Message-ID: <join.1@example.com>\r\nSubject: hi\r\nContent-Type: text/html\r\n\r\n<html><body>hi</body></html>\r\n";
+    let (code, text) = c
+        .send_mail("news@example.com", &["bob@example.net"], m)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    c.cmd("QUIT").await;
+    let eml = files_below(&dir.path().join("data/outbox"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "eml"))
+        .expect("captured");
+    let url = pixel_urls(&std::fs::read(eml).unwrap()).remove(0);
+    let (status, _, _) = http_get(
+        &url,
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Thunderbird/128.0",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let pid = child.id();
+    // The open line comes from the indexer: read the log until it is there.
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    while lines.iter().all(|l| l["message"] != "open") {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("no open line ({e}): {lines:?}"));
+        lines.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+    }
+    let find = |m: &str| lines.iter().find(|l| l["message"] == m).cloned().unwrap();
+    let (relayed, open) = (find("relayed"), find("open"));
+    assert_eq!(relayed["message_id"], "<join.1@example.com>", "{relayed}");
+    assert_eq!(open["message_id"], relayed["message_id"], "{open}");
+    assert!(
+        relayed["queue_id"].as_str().is_some_and(|q| !q.is_empty()),
+        "{relayed}"
+    );
+    assert_eq!(open["msg"], relayed["msg"], "{open} / {relayed}");
+    assert!(open["msg"].as_str().is_some_and(|m| m.len() > 10), "{open}");
+    // SIGTERM: STOPPING=1, then a clean exit.
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    let n = sock.recv(&mut buf).expect("STOPPING=1 from serve");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

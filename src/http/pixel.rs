@@ -260,7 +260,7 @@ fn record(
     };
     if let Err(e) = state.ingest.append_hit(&hit) {
         c.store_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(message = %id, error = %e, "cannot journal a pixel hit or click");
+        tracing::error!(msg = %id, error = %e, "cannot journal a pixel hit or click");
     }
 }
 

@@ -273,7 +273,7 @@ fn count_results(
             }
             Err(e) => {
                 inner.hits.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(message = %open.message(), error = %e, "cannot record open");
+                tracing::error!(msg = %open.message(), error = %e, "cannot record open");
             }
         }
     }
@@ -288,7 +288,8 @@ fn country_code(c: [u8; 2]) -> String {
 fn log_open(e: &OpenEvent) {
     if e.is_click() {
         tracing::info!(
-            message = %e.message,
+            msg = %e.message,
+            message_id = e.message_id.as_deref().unwrap_or("-"),
             rcpt = %e.recipient,
             link = e.link.unwrap_or(0),
             url = e.url.as_deref().unwrap_or(""),
@@ -304,7 +305,8 @@ fn log_open(e: &OpenEvent) {
         return;
     }
     tracing::info!(
-        message = %e.message,
+        msg = %e.message,
+        message_id = e.message_id.as_deref().unwrap_or("-"),
         rcpt = %e.recipient,
         client = %e.client,
         device = e.device.as_str(),

@@ -202,12 +202,12 @@ fn index_messages(
     }
     for rec in recs {
         if let Err(e) = store.record_message(rec) {
-            tracing::error!(message = %rec.id, error = %e, event = "store_error", "cannot record a journaled message");
+            tracing::error!(msg = %rec.id, error = %e, event = "store_error", "cannot record a journaled message");
         }
     }
     for (id, delivery) in done {
         if let Err(e) = store.finish_message(id, delivery) {
-            tracing::warn!(message = %id, error = %e, event = "store_error", "cannot record the upstream reply");
+            tracing::warn!(msg = %id, error = %e, event = "store_error", "cannot record the upstream reply");
         }
     }
     store.commit_opens(&[], Some(mark)).map(|_| ())

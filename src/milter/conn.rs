@@ -219,7 +219,8 @@ impl Conn {
         }
         info!(
             queue_id = %queue_id,
-            message = %id,
+            msg = %id,
+            message_id = record.message_id.as_deref().unwrap_or("-"),
             rcpts = self.rcpts.len(),
             size = self.size,
             tracked,

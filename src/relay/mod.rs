@@ -291,6 +291,8 @@ impl Backend for RelaySession {
         };
         info!(
             queue_id = %txn.queue_id,
+            msg = %id,
+            message_id = record.message_id.as_deref().unwrap_or("-"),
             client = %txn.peer,
             from = %mail.address,
             rcpts = %recipients.join(","),

@@ -40,6 +40,8 @@ http {
 CFG
 nginx -p "$W/ng" -c "$W/ng/nginx.conf" -e "$W/ng/error.log" & pids+=($!)
 
+# Built first: the wait for READY below is for the server, not for the compiler.
+cargo test -q --release --test pixel_bench --no-run 2>/dev/null || cargo test --release --test pixel_bench --no-run
 PIXEL_BENCH_PORT=$PX PIXEL_BENCH_SECS=3600 PIXEL_BENCH_TOKENS="$W/tokens.txt" \
   PIXEL_BENCH_LAG="$W/lag" PIXEL_BENCH_STOP="$W/stop" \
   cargo test -q --release --test pixel_bench -- --ignored --nocapture --exact pixel_bench_server >"$W/px.log" 2>&1 &
@@ -80,20 +82,19 @@ run -d3s "http://127.0.0.1:$NG" >/dev/null
 run -d3s "http://127.0.0.1:$PX" >/dev/null
 catchup >/dev/null
 printf "%-28s %12s %10s\n" target req/s p99
-ratios=()
-for round in $(seq "$ROUNDS"); do
-  if [ $((round % 2)) = 1 ]; then order=(nginx pixelrelay); else order=(pixelrelay nginx); fi
-  for target in "${order[@]}"; do bench "$target" keepalive "$round"; done
-  ratios+=("$(python3 -c "print(f'{${R[pixelrelay.keepalive.$round]}/${R[nginx.keepalive.$round]}:.3f}')")")
-done
-CLOSE_ROUNDS=${CLICK_BENCH_CLOSE_ROUNDS:-3}
-closes=()
-for round in $(seq "$CLOSE_ROUNDS"); do
-  if [ $((round % 2)) = 1 ]; then order=(nginx pixelrelay); else order=(pixelrelay nginx); fi
-  for target in "${order[@]}"; do bench "$target" close "$round"; done
-  closes+=("$(python3 -c "print(f'{${R[pixelrelay.close.$round]}/${R[nginx.close.$round]}:.3f}')")")
-done
-python3 - "${ratios[*]}" "${closes[*]}" <<PY
+# pairs MODE ROUNDS: alternating nginx/pixelrelay runs; prints the ratio of each round.
+pairs() {
+  local mode=$1 round order target out=()
+  for round in $(seq "$2"); do
+    if [ $((round % 2)) = 1 ]; then order=(nginx pixelrelay); else order=(pixelrelay nginx); fi
+    for target in "${order[@]}"; do bench "$target" "$mode" "$round" >&2; done
+    out+=("$(python3 -c "print(f'{${R[pixelrelay.$mode.$round]}/${R[nginx.$mode.$round]}:.3f}')")")
+  done
+  echo "${out[*]}"
+}
+ratios=$(pairs keepalive "$ROUNDS")
+closes=$(pairs close "${CLICK_BENCH_CLOSE_ROUNDS:-3}")
+python3 - "$ratios" "$closes" <<PY
 import statistics, sys
 for mode, arg in (("keep-alive", sys.argv[1]), ("connection-per-hit", sys.argv[2])):
     r = [float(x) for x in arg.split()]

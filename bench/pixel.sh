@@ -32,6 +32,8 @@ CFG
 nginx -p "$W/ng" -c "$W/ng/nginx.conf" -e "$W/ng/error.log" & pids+=($!)
 
 # The pixel listener with a real store and 10 000 recorded messages; it runs for the whole bench.
+# Built first: the wait for READY below is for the server, not for the compiler.
+cargo test -q --release --test pixel_bench --no-run 2>/dev/null || cargo test --release --test pixel_bench --no-run
 PIXEL_BENCH_PORT=$PX PIXEL_BENCH_SECS=3600 PIXEL_BENCH_TOKENS="$W/tokens.txt" \
   PIXEL_BENCH_LAG="$W/lag" PIXEL_BENCH_STOP="$W/stop" \
   cargo test -q --release --test pixel_bench -- --ignored --nocapture --exact pixel_bench_server >"$W/px.log" 2>&1 &

@@ -221,8 +221,8 @@ async fn open_log_survives_rotation_by_move_and_by_copytruncate() {
 
 /// `Type=notify`: with `NOTIFY_SOCKET` set, `serve` sends `READY=1` once every listener is
 /// bound (each one answers at that moment) and `STOPPING=1` when it stops. And the log joins:
-/// the `relayed` line and the `open` line of one message carry the same message id and
-/// Message-ID.
+/// the `relayed` line and the `open` line of one message carry the same queue id, message id
+/// and Message-ID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_readiness_and_log_lines_that_join() {
     use std::os::unix::net::UnixDatagram;
@@ -307,6 +307,7 @@ async fn systemd_readiness_and_log_lines_that_join() {
         "{relayed}"
     );
     assert_eq!(open["msg"], relayed["msg"], "{open} / {relayed}");
+    assert_eq!(open["queue_id"], relayed["queue_id"], "{open} / {relayed}");
     assert!(open["msg"].as_str().is_some_and(|m| m.len() > 10), "{open}");
     // SIGTERM: STOPPING=1, then a clean exit.
     let _ = std::process::Command::new("kill")

@@ -266,7 +266,7 @@ fn count_results(
         match result {
             Ok(Some(e)) => {
                 inner.hits.valid.fetch_add(1, Ordering::Relaxed);
-                log_open(&e);
+                log_open(&e, open.queue_id.as_deref());
             }
             Ok(None) => {
                 inner.hits.invalid.fetch_add(1, Ordering::Relaxed);
@@ -284,10 +284,13 @@ fn country_code(c: [u8; 2]) -> String {
     String::from_utf8_lossy(&c).into_owned()
 }
 
-/// The one log line per open or click an admin tails.
-fn log_open(e: &OpenEvent) {
+/// The one log line per open or click an admin tails; `queue_id` joins it with the message's
+/// `relayed` (or `milter`) line and the MTA's log.
+fn log_open(e: &OpenEvent, queue_id: Option<&str>) {
+    let queue_id = queue_id.unwrap_or("-");
     if e.is_click() {
         tracing::info!(
+            queue_id,
             msg = %e.message,
             message_id = e.message_id.as_deref().unwrap_or("-"),
             rcpt = %e.recipient,
@@ -305,6 +308,7 @@ fn log_open(e: &OpenEvent) {
         return;
     }
     tracing::info!(
+        queue_id,
         msg = %e.message,
         message_id = e.message_id.as_deref().unwrap_or("-"),
         rcpt = %e.recipient,

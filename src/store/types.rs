@@ -431,6 +431,9 @@ pub struct OpenContext {
     pub message_id: Option<String>,
     /// Its subject, when subjects are kept.
     pub subject: Option<String>,
+    /// Its queue id (pixelrelay's, or the MTA's in milter mode), for the open's log line;
+    /// `None` for a record written before the store kept it here.
+    pub queue_id: Option<String>,
 }
 
 impl OpenContext {
@@ -448,6 +451,8 @@ pub struct PreparedOpen {
     pub id: MessageId,
     /// The event.
     pub event: OpenEvent,
+    /// The message's queue id, for the log line (not part of the event).
+    pub queue_id: Option<String>,
 }
 
 impl PreparedOpen {
@@ -466,6 +471,7 @@ impl PreparedOpen {
         };
         PreparedOpen {
             id: ctx.id,
+            queue_id: ctx.queue_id,
             event: OpenEvent {
                 id: String::new(),
                 message: ctx.id.to_string(),

@@ -186,7 +186,8 @@ impl Inner {
         let c = self.conn().await?;
         let row = c
             .query_opt(
-                "SELECT sent_at_ms, coalesce(recipients[1], ''), sender, message_id, subject
+                "SELECT sent_at_ms, coalesce(recipients[1], ''), sender, message_id, subject,
+                        queue_id
                  FROM messages WHERE id = $1",
                 &[&id.as_bytes().as_slice()],
             )
@@ -198,6 +199,7 @@ impl Inner {
             sender: r.get(2),
             message_id: r.get(3),
             subject: r.get(4),
+            queue_id: Some(r.get(5)),
         }))
     }
 
@@ -210,7 +212,8 @@ impl Inner {
         let c = self.conn().await?;
         let rows = c
             .query(
-                "SELECT id, sent_at_ms, coalesce(recipients[1], ''), sender, message_id, subject
+                "SELECT id, sent_at_ms, coalesce(recipients[1], ''), sender, message_id, subject,
+                        queue_id
                  FROM messages WHERE id = ANY($1)",
                 &[&keys],
             )
@@ -229,6 +232,7 @@ impl Inner {
                     sender: r.get(3),
                     message_id: r.get(4),
                     subject: r.get(5),
+                    queue_id: Some(r.get(6)),
                 },
             );
         }

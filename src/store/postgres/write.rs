@@ -347,7 +347,7 @@ impl Inner {
         let mut out = Vec::with_capacity(opens.len());
         let mut new = NewEvents::default();
         for o in opens {
-            let Some(PreparedOpen { id, event }) = o else {
+            let Some(PreparedOpen { id, event, .. }) = o else {
                 out.push(None);
                 continue;
             };

@@ -57,6 +57,8 @@ pub(super) struct Repeated {
     pub(super) message_id: Option<String>,
     /// The record's subject, when subjects are kept.
     pub(super) subject: Option<String>,
+    /// The record's queue id (`None` in statistics written before it was kept here).
+    pub(super) queue_id: Option<String>,
 }
 
 /// Bytes of [`MsgStats`]' fixed part.
@@ -75,11 +77,14 @@ impl MsgStats {
             self.sent_at,
             self.last_id,
         ];
+        // The queue id last: statistics written before it was kept end after the subject
+        // (or go on with the clicks' JSON, whose `{` no length prefix starts with).
         let strings = [
             Some(&self.context.recipient),
             Some(&self.context.sender),
             self.context.message_id.as_ref(),
             self.context.subject.as_ref(),
+            self.context.queue_id.as_ref(),
         ];
         let text: usize = strings.iter().flatten().map(|s| s.len()).sum();
         let mut v = Vec::with_capacity(STATS_LEN + 4 + 8 * self.recent.len() + 16 + text);
@@ -116,6 +121,11 @@ impl MsgStats {
             sender: r.string()?.unwrap_or_default(),
             message_id: r.string()?,
             subject: r.string()?,
+            // Absent in older statistics: nothing left, or the clicks' JSON next.
+            queue_id: match r.0.first() {
+                None | Some(b'{') => None,
+                Some(_) => r.string()?,
+            },
         });
         let clicks = if r.0.is_empty() {
             ClickStats::default()
@@ -143,6 +153,7 @@ impl MsgStats {
             sender: r.sender.clone(),
             message_id: r.message_id.clone(),
             subject: r.subject.clone(),
+            queue_id: Some(r.queue_id.clone()),
         });
     }
 
@@ -536,6 +547,7 @@ impl SledStore {
             sender: ms.context.sender.clone(),
             message_id: ms.context.message_id.clone(),
             subject: ms.context.subject.clone(),
+            queue_id: ms.context.queue_id.clone(),
         }))
     }
 }

@@ -173,6 +173,7 @@ fn binary_records_round_trip_and_reject_wrong_lengths() {
             sender: String::new(),
             message_id: None,
             subject: Some("Grüße".into()),
+            queue_id: None,
         }),
     };
     assert_eq!(MsgStats::decode(&ms.encode()).unwrap(), ms);
@@ -207,6 +208,25 @@ fn binary_records_round_trip_and_reject_wrong_lengths() {
     };
     assert_eq!(MsgStats::decode(&clicked.encode()).unwrap(), clicked);
     assert!(clicked.encode().len() > full.len());
+    // The queue id reads back, with and without clicks after it.
+    for base in [&with_ids, &clicked] {
+        let mut queued = base.clone();
+        queued.context = std::sync::Arc::new(messages::Repeated {
+            queue_id: Some("4F2A1C3B".into()),
+            ..(*base.context).clone()
+        });
+        assert_eq!(MsgStats::decode(&queued.encode()).unwrap(), queued);
+    }
+    // Statistics written before the queue id was kept (no fifth string) read as `None`, with
+    // and without clicks.
+    let marker = full.len() - 4;
+    assert_eq!(&full[marker..], &u32::MAX.to_be_bytes());
+    for new in [full.clone(), clicked.encode()] {
+        let old = [&new[..marker], &new[marker + 4..]].concat();
+        let read = MsgStats::decode(&old).unwrap();
+        assert_eq!(read.context.queue_id, None);
+        assert_eq!(read.clicks, MsgStats::decode(&new).unwrap().clicks);
+    }
     let seg = encode_segment(&[(5u64, &b"{}"[..]), (9, b"[1]")]);
     let s = Segment::parse(&seg).unwrap();
     assert_eq!((s.len(), s.id(1), s.json(1).unwrap()), (2, 9, &b"[1]"[..]));

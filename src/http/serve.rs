@@ -310,6 +310,14 @@ async fn accept_loop(
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
+        // Its turn first, then a permit: a thread waiting for its turn holds no permit that
+        // the least busy thread needs to accept.
+        if let Some((share, i)) = share {
+            tokio::select! {
+                () = share.turn(i) => {}
+                () = shutdown.wait() => break,
+            }
+        }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
@@ -317,12 +325,6 @@ async fn accept_loop(
             },
             () = shutdown.wait() => break,
         };
-        if let Some((share, i)) = share {
-            tokio::select! {
-                () = share.turn(i) => {}
-                () = shutdown.wait() => break,
-            }
-        }
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(a) => a,

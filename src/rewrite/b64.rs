@@ -183,12 +183,8 @@ fn col_at(enc: &[u8], end: usize) -> usize {
 pub fn splice(enc: &[u8], dec: &[u8], p: usize, insert: &[u8], nl: &[u8], out: &mut Vec<u8>) {
     let p = p.min(dec.len());
     let group = p / 3;
-    let tail = dec[group * 3..p]
-        .iter()
-        .chain(insert)
-        .chain(&dec[p..])
-        .copied();
-    reencode_from(enc, dec, group, tail, nl, out);
+    let pieces = [&dec[group * 3..p], insert, &dec[p..]];
+    reencode_from(enc, dec, group, &pieces, nl, out);
 }
 
 /// Writes `enc` (whose decoding is `dec`) with `edits` (sorted, not overlapping, within
@@ -212,64 +208,134 @@ pub fn edit(enc: &[u8], dec: &[u8], edits: &[super::edit::Edit], nl: &[u8], out:
         at = e.range.end.clamp(start, dec.len());
     }
     pieces.push(&dec[at..]);
-    let tail = pieces.into_iter().flatten().copied();
-    reencode_from(enc, dec, group, tail, nl, out);
+    reencode_from(enc, dec, group, &pieces, nl, out);
 }
 
-/// Writes `enc` verbatim up to 4-character group `group`, then `tail` (the decoded text from
-/// that group on) encoded, continuing that line and wrapping as the body does, then whatever
-/// followed the last base64 character.
+/// Writes `enc` verbatim up to 4-character group `group`, then `pieces` (the decoded text from
+/// that group on, in order) encoded, continuing that line and wrapping as the body does, then
+/// whatever followed the last base64 character.
 fn reencode_from(
     enc: &[u8],
     dec: &[u8],
     group: usize,
-    mut tail: impl Iterator<Item = u8>,
+    pieces: &[&[u8]],
     nl: &[u8],
     out: &mut Vec<u8>,
 ) {
     let total = dec.len() / 3 * 4 + [0, 2, 3][dec.len() % 3];
-    let (start, mut col, line) = find_group(enc, group * 4, total);
+    let (start, col, line) = find_group(enc, group * 4, total);
     // What followed the last base64 character or padding (usually the final line break).
     let trailer = enc
         .iter()
         .rposition(|&c| TABLE[usize::from(c)] != WS)
         .map_or(enc.len(), |i| i + 1);
     out.extend_from_slice(&enc[..start]);
-    let mut push = |c: u8, out: &mut Vec<u8>| {
-        if col >= line {
-            out.extend_from_slice(nl);
-            col = 0;
-        }
-        out.push(c);
-        col += 1;
+    let mut w = Wrapped {
+        out,
+        nl,
+        col,
+        line: line.max(1),
+        carry: [0; 3],
+        held: 0,
+        chars: Vec::new(),
     };
-    while let Some(a) = tail.next() {
-        let b = tail.next();
-        let c = b.and_then(|_| tail.next());
-        let acc = u32::from(a) << 16 | u32::from(b.unwrap_or(0)) << 8 | u32::from(c.unwrap_or(0));
-        push(ALPHABET[(acc >> 18) as usize & 63], out);
-        push(ALPHABET[(acc >> 12) as usize & 63], out);
-        push(
-            if b.is_some() {
+    for p in pieces {
+        w.feed(p);
+    }
+    w.finish();
+    out.extend_from_slice(&enc[trailer..]);
+}
+
+/// A base64 encoder writing lines of `line` characters (the first continuing at `col`), fed
+/// the decoded text in pieces: whole 3-byte groups are encoded in blocks, a piece's last one
+/// or two bytes wait for the next piece.
+struct Wrapped<'a> {
+    out: &'a mut Vec<u8>,
+    nl: &'a [u8],
+    col: usize,
+    line: usize,
+    carry: [u8; 3],
+    held: usize,
+    /// A block's characters before they are cut into lines.
+    chars: Vec<u8>,
+}
+
+impl Wrapped<'_> {
+    fn feed(&mut self, mut data: &[u8]) {
+        while self.held > 0 && self.held < 3 && !data.is_empty() {
+            self.carry[self.held] = data[0];
+            self.held += 1;
+            data = &data[1..];
+        }
+        if self.held == 3 {
+            let carry = self.carry;
+            self.groups(&carry);
+            self.held = 0;
+        }
+        let whole = data.len() / 3 * 3;
+        for block in data[..whole].chunks(3 * 1024) {
+            self.groups(block);
+        }
+        for &b in &data[whole..] {
+            self.carry[self.held] = b;
+            self.held += 1;
+        }
+    }
+
+    /// Encodes `groups` (a multiple of 3 bytes long) and writes them wrapped.
+    fn groups(&mut self, groups: &[u8]) {
+        self.chars.clear();
+        for g in groups.chunks_exact(3) {
+            let acc = u32::from(g[0]) << 16 | u32::from(g[1]) << 8 | u32::from(g[2]);
+            self.chars.extend_from_slice(&[
+                ALPHABET[(acc >> 18) as usize & 63],
+                ALPHABET[(acc >> 12) as usize & 63],
+                ALPHABET[(acc >> 6) as usize & 63],
+                ALPHABET[acc as usize & 63],
+            ]);
+        }
+        self.write_chars();
+    }
+
+    /// Cuts `chars` into the lines: a line break whenever a line is full.
+    fn write_chars(&mut self) {
+        let mut rest = &self.chars[..];
+        while !rest.is_empty() {
+            if self.col >= self.line {
+                self.out.extend_from_slice(self.nl);
+                self.col = 0;
+            }
+            let take = (self.line - self.col).min(rest.len());
+            self.out.extend_from_slice(&rest[..take]);
+            self.col += take;
+            rest = &rest[take..];
+        }
+    }
+
+    /// The last one or two bytes, padded.
+    fn finish(mut self) {
+        if self.held == 0 {
+            return;
+        }
+        // The second byte only when there is one (the carry may hold an older group's).
+        let (a, b) = (
+            self.carry[0],
+            if self.held == 2 { self.carry[1] } else { 0 },
+        );
+        let acc = u32::from(a) << 16 | u32::from(b) << 8;
+        self.chars.clear();
+        self.chars.extend_from_slice(&[
+            ALPHABET[(acc >> 18) as usize & 63],
+            ALPHABET[(acc >> 12) as usize & 63],
+            if self.held == 2 {
                 ALPHABET[(acc >> 6) as usize & 63]
             } else {
                 b'='
             },
-            out,
-        );
-        push(
-            if c.is_some() {
-                ALPHABET[acc as usize & 63]
-            } else {
-                b'='
-            },
-            out,
-        );
-        if c.is_none() {
-            break;
-        }
+            b'=',
+        ]);
+        self.write_chars();
     }
-    out.extend_from_slice(&enc[trailer..]);
 }
 
 #[cfg(test)]
@@ -290,6 +356,85 @@ mod tests {
             wrapped.extend_from_slice(b"\r\n");
         }
         wrapped
+    }
+
+    /// The encoder as it was, one byte at a time: what the block encoder must write.
+    fn byte_at_a_time(enc: &[u8], dec: &[u8], group: usize, tail: &[u8], nl: &[u8]) -> Vec<u8> {
+        let total = dec.len() / 3 * 4 + [0, 2, 3][dec.len() % 3];
+        let (start, mut col, line) = find_group(enc, group * 4, total);
+        let trailer = enc
+            .iter()
+            .rposition(|&c| TABLE[usize::from(c)] != WS)
+            .map_or(enc.len(), |i| i + 1);
+        let mut out = enc[..start].to_vec();
+        let mut push = |c: u8, out: &mut Vec<u8>| {
+            if col >= line {
+                out.extend_from_slice(nl);
+                col = 0;
+            }
+            out.push(c);
+            col += 1;
+        };
+        for g in tail.chunks(3) {
+            let b = |i: usize| u32::from(g.get(i).copied().unwrap_or(0));
+            let acc = b(0) << 16 | b(1) << 8 | b(2);
+            push(ALPHABET[(acc >> 18) as usize & 63], &mut out);
+            push(ALPHABET[(acc >> 12) as usize & 63], &mut out);
+            push(
+                if g.len() > 1 {
+                    ALPHABET[(acc >> 6) as usize & 63]
+                } else {
+                    b'='
+                },
+                &mut out,
+            );
+            push(
+                if g.len() > 2 {
+                    ALPHABET[acc as usize & 63]
+                } else {
+                    b'='
+                },
+                &mut out,
+            );
+        }
+        out.extend_from_slice(&enc[trailer..]);
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_block_encoder_writes_what_the_byte_encoder_wrote(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700),
+            line in 1usize..90,
+            edits in proptest::collection::vec(
+                (0usize..700, 0usize..12, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)),
+                1..4,
+            ),
+        ) {
+            let enc = encode_lines(&data, line * 4);
+            let mut at = 0;
+            let mut sorted = Vec::new();
+            let mut starts: Vec<_> = edits.into_iter().collect();
+            starts.sort_by_key(|e| e.0);
+            for (start, cut, with) in starts {
+                let start = start.clamp(at, data.len());
+                let end = (start + cut).min(data.len());
+                sorted.push(super::super::edit::Edit { range: start..end, with });
+                at = end;
+            }
+            let mut got = Vec::new();
+            edit(&enc, &data, &sorted, b"\r\n", &mut got);
+            let group = sorted[0].range.start / 3;
+            let mut tail = Vec::new();
+            let mut at = group * 3;
+            for e in &sorted {
+                tail.extend_from_slice(&data[at..e.range.start]);
+                tail.extend_from_slice(&e.with);
+                at = e.range.end;
+            }
+            tail.extend_from_slice(&data[at..]);
+            proptest::prop_assert_eq!(got, byte_at_a_time(&enc, &data, group, &tail, b"\r\n"));
+        }
     }
 
     #[test]

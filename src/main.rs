@@ -129,14 +129,9 @@ fn main() -> ExitCode {
             admin_client::stats(&c, json, &mut std::io::stdout().lock()).await
         }),
         Command::Serve { json_log } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match load(&config) {
                 Ok(c) => c,
-                Err(errs) => {
-                    for e in errs.0 {
-                        eprintln!("pixelrelay: {}: {e}", config.display());
-                    }
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             init_logging(&cfg, json_log);
             tracing::info!(config = %shown(&config), "config read");
@@ -148,6 +143,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// The config at `path`, or exit 2 after every error with its key.
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errs| {
+        for e in errs.0 {
+            eprintln!("pixelrelay: {}: {e}", path.display());
+        }
+        ExitCode::from(2)
+    })
+}
+
 /// `path` made absolute for messages (as given when that fails).
 fn shown(path: &Path) -> String {
     std::path::absolute(path)
@@ -157,17 +162,13 @@ fn shown(path: &Path) -> String {
 }
 
 /// `check-config`: exit 0 with a one-line summary (the file read first) and the warnings, or
-/// 2 with every error and its key (after the file's name). What `serve` would refuse later is checked too: the
-/// catalogue files and databases, the previous keys, the shared key, the upstream password.
+/// 2 with every error and its key (after the file's name). What `serve` would refuse later
+/// is checked too: the catalogue files and databases, the previous keys, the shared key, the
+/// upstream password.
 fn check_config(config: &Path) -> ExitCode {
-    let cfg = match Config::load(config) {
+    let cfg = match load(config) {
         Ok(c) => c,
-        Err(errs) => {
-            for e in errs.0 {
-                eprintln!("pixelrelay: {}: {e}", config.display());
-            }
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let checked = server::previous_secrets(&cfg.tracking)
         .and_then(|_| shared_key(&cfg))
@@ -259,14 +260,9 @@ where
     F: FnOnce(AdminClient) -> Fut,
     Fut: Future<Output = Result<(), CliError>>,
 {
-    let cfg = match Config::load(config) {
+    let cfg = match load(config) {
         Ok(c) => c,
-        Err(errs) => {
-            for e in errs.0 {
-                eprintln!("pixelrelay: {}: {e}", config.display());
-            }
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let Some(admin) = &cfg.admin else {
         eprintln!(

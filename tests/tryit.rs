@@ -317,3 +317,32 @@ async fn systemd_readiness_and_log_lines_that_join() {
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// `serve` says what `check-config` says: the shipped config turned to a real upstream, its
+/// loopback `base_url` left as it was, logs one warning naming `tracking.base_url` at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_warns_about_loopback_pixels_on_a_real_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = shipped_config(dir.path());
+    let up = FakeUpstream::start().await;
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "capture_dir = \"data/outbox\"",
+        &format!("address = \"{}\"", up.addr),
+    );
+    std::fs::write(&config, text).unwrap();
+    let relay = Proc::serve(&config);
+    let warnings: Vec<String> = relay
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("config_warning"))
+        .cloned()
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("tracking.base_url: http://127.0.0.1:"),
+        "{warnings:?}"
+    );
+    assert_eq!(relay.stop(), Some(0));
+}

@@ -12,6 +12,8 @@
 //! clock.rs        wall clock and the date formats
 //! shutdown.rs     shutdown signal + "all tasks finished" tracker
 //! tls.rs          inbound certificates (SMTP STARTTLS/implicit, pixel HTTPS), reload on SIGHUP
+//! acme/           the pixel listener's certificate from an ACME CA: order and renewal (mod),
+//!                 TLS-ALPN-01 answers and the served certificate (cert), HTTPS to the CA (client)
 //! budget.rs       the memory budget for messages in flight (`smtp.max_inflight_bytes`)
 //! smtp/           inbound ESMTP server: listener (accept, limits), session/ (protocol state
 //!                 machine over any byte stream; envelope: MAIL/RCPT/DATA and the groups the
@@ -57,6 +59,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin_client;
 pub mod budget;
 pub mod capture;

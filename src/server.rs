@@ -63,6 +63,8 @@ pub struct Server {
         Arc<crate::milter::MilterFront>,
         usize,
     )>,
+    /// The pixel listener's certificate manager (`[http.acme]`), started by `run`.
+    acme: Option<Arc<crate::acme::Acme>>,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -131,7 +133,12 @@ fn target(cfg: &Config) -> Result<Target, String> {
 }
 
 /// The pixel listener's state: token key, ingest, evidence catalogue, TLS.
-fn pixel_state(cfg: &Config, key: TokenKey, ingest: Ingest) -> Result<PixelState, String> {
+/// With `[http.acme]`, also the certificate manager behind the listener's TLS.
+fn pixel_state(
+    cfg: &Config,
+    key: TokenKey,
+    ingest: Ingest,
+) -> Result<(PixelState, Option<Arc<crate::acme::Acme>>), String> {
     let evidence = Evidence::load(&cfg.tracking)?;
     info!(event = "evidence_load", loaded = %evidence.summary(), "network catalogue loaded");
     let windows = Windows {
@@ -148,7 +155,15 @@ fn pixel_state(cfg: &Config, key: TokenKey, ingest: Ingest) -> Result<PixelState
     if let Some((cert, key)) = cfg.http.as_ref().and_then(|h| h.tls.as_ref()) {
         pixel.tls = Some(Arc::new(TlsSource::load(cert, key, "http")?));
     }
-    Ok(pixel)
+    let acme = match cfg.http.as_ref().and_then(|h| h.acme.as_ref()) {
+        Some(a) => {
+            let acme = crate::acme::Acme::new(a)?;
+            pixel.tls = Some(Arc::new(TlsSource::managed(acme.server_config()?, "http")));
+            Some(Arc::new(acme))
+        }
+        None => None,
+    };
+    Ok((pixel, acme))
 }
 
 /// Reads the upstream password from its file (0600) or environment variable.
@@ -229,7 +244,8 @@ impl Server {
             );
         }
         let (http, admin) = bind_http_faces(&cfg).await?;
-        let pixel = Arc::new(pixel_state(&cfg, key, ingest.clone())?);
+        let (pixel, acme) = pixel_state(&cfg, key, ingest.clone())?;
+        let pixel = Arc::new(pixel);
         let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
         let recorder: Arc<dyn Recorder> = Arc::new(ingest);
         // One memory budget for messages in flight, the SMTP sessions' and the milter's.
@@ -283,6 +299,7 @@ impl Server {
             notifier,
             budget,
             milter,
+            acme,
         })
     }
 
@@ -332,6 +349,7 @@ impl Server {
             notifier,
             budget,
             milter,
+            acme,
         } = self;
         let (trigger, shutdown) = shutdown::channel();
         let (hard_trigger, hard_stop) = shutdown::channel();
@@ -348,7 +366,15 @@ impl Server {
         );
         // SIGHUP: re-read the certificate files (sessions in progress keep theirs) and the
         // network catalogue, and reopen the open log (logrotate).
-        let certs: Vec<Arc<TlsSource>> = tls.iter().chain(pixel.tls.iter()).cloned().collect();
+        let certs: Vec<Arc<TlsSource>> = tls
+            .iter()
+            .chain(pixel.tls.iter())
+            .filter(|t| t.from_files())
+            .cloned()
+            .collect();
+        if let Some(acme) = acme {
+            tokio::spawn(acme.run(shutdown.clone()));
+        }
         let reload = Reload {
             certs,
             store: store.clone(),

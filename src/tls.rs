@@ -14,10 +14,9 @@ use tokio_rustls::TlsAcceptor;
 
 /// The current server TLS configuration and where it came from.
 pub struct TlsSource {
-    /// Certificate chain file.
-    cert: PathBuf,
-    /// Private key file.
-    key: PathBuf,
+    /// Certificate chain and private key files; `None` when the configuration manages its own
+    /// certificates (ACME).
+    files: Option<(PathBuf, PathBuf)>,
     /// Config section, for errors (`smtp.tls`, `http.tls`).
     section: &'static str,
     /// What new handshakes use.
@@ -26,7 +25,10 @@ pub struct TlsSource {
 
 impl std::fmt::Debug for TlsSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TlsSource({}: {})", self.section, self.cert.display())
+        match &self.files {
+            Some((cert, _)) => write!(f, "TlsSource({}: {})", self.section, cert.display()),
+            None => write!(f, "TlsSource({}: managed)", self.section),
+        }
     }
 }
 
@@ -35,16 +37,33 @@ impl TlsSource {
     pub fn load(cert: &Path, key: &Path, section: &'static str) -> Result<TlsSource, String> {
         let sc = build(cert, key, section)?;
         Ok(TlsSource {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
+            files: Some((cert.to_path_buf(), key.to_path_buf())),
             section,
             current: RwLock::new(Arc::new(sc)),
         })
     }
 
+    /// A configuration whose certificates change by themselves (its resolver's), never
+    /// reloaded from files.
+    pub fn managed(sc: Arc<ServerConfig>, section: &'static str) -> TlsSource {
+        TlsSource {
+            files: None,
+            section,
+            current: RwLock::new(sc),
+        }
+    }
+
+    /// Whether [`TlsSource::reload`] reads files.
+    pub fn from_files(&self) -> bool {
+        self.files.is_some()
+    }
+
     /// Re-reads the files; on error the old configuration stays.
     pub fn reload(&self) -> Result<(), String> {
-        let sc = build(&self.cert, &self.key, self.section)?;
+        let Some((cert, key)) = &self.files else {
+            return Ok(());
+        };
+        let sc = build(cert, key, self.section)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(sc);
         Ok(())
     }

@@ -63,30 +63,18 @@ flush_interval_ms = 50
     Setup { dir, config, admin }
 }
 
-/// The `http=` address from the relay's ready line (`Proc::serve` returns as soon as it has
-/// seen the line; its reader thread stores the line just after, so poll for it briefly).
+/// The pixel address, on a relay whose ready line names its admin API too.
 fn pixel_addr(p: &Proc) -> SocketAddr {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let found = p
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains("ready smtp="))
-            .cloned();
-        if let Some(l) = found {
-            break l;
-        }
-        assert!(std::time::Instant::now() < deadline, "no ready line");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    assert!(line.contains(" admin=127.0.0.1:"), "{line}");
-    line.split("http=")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|s| s.parse().ok())
-        .expect("http= in the ready line")
+    let addr = p.http_addr();
+    let line = p
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("ready smtp="))
+        .cloned();
+    assert!(line.is_some_and(|l| l.contains(" admin=127.0.0.1:")));
+    addr
 }
 
 fn token(s: &Setup) -> String {

@@ -95,6 +95,21 @@ fn loopback_pixels_on_a_real_relay_get_one_warning_line_naming_the_key() {
             ),
             None,
         ),
+        // A certificate from the CA for a name the pixels do not use.
+        (
+            real(
+                "base_url = \"https://t.example.com\"",
+                "listen = \"0.0.0.0:0\"\n[http.acme]\ndomains = [\"track.example.com\"]",
+            ),
+            Some("http.acme.domains: track.example.com does not include t.example.com"),
+        ),
+        (
+            real(
+                "base_url = \"https://t.example.com\"",
+                "listen = \"0.0.0.0:0\"\n[http.acme]\ndomains = [\"t.example.com\"]",
+            ),
+            None,
+        ),
     ];
     for (config, warning) in cases {
         std::fs::write(dir.path().join("relay.toml"), &config).unwrap();
@@ -123,6 +138,7 @@ fn the_production_config_passes_check_config_without_a_warning() {
     for want in [
         "relay to 127.0.0.1:10025",
         "store /var/lib/pixelrelay/pixelrelay.db",
+        "pixel https://0.0.0.0:443 (ACME certificate for track.example.com from https://acme-v02.api.letsencrypt.org/directory)",
     ] {
         assert!(out.contains(want), "{want} in {out}");
     }

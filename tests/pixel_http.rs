@@ -41,6 +41,7 @@ fn http_cfg() -> HttpConfig {
         max_connections: 100,
         workers: 0,
         tls: None,
+        acme: None,
     }
 }
 

@@ -125,6 +125,7 @@ async fn hammer(store: &Store) -> (Vec<Duration>, Duration) {
         max_connections: 1000,
         workers: 0,
         tls: None,
+        acme: None,
     };
     let ingest = pixelrelay::ingest::Ingest::open(store.clone()).unwrap();
     let state = Arc::new(PixelState::new(

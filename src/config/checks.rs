@@ -169,8 +169,28 @@ impl Config {
                 h.listen
             ));
         }
+        if let Some(acme) = self.http.as_ref().and_then(|h| h.acme.as_ref()) {
+            out.extend(acme_warnings(base, host, &acme.domains));
+        }
         out
     }
+}
+
+/// With `[http.acme]`, pixels that would not reach the certificate it obtains.
+fn acme_warnings(base: &str, host: &str, domains: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    if !base.starts_with("https://") {
+        out.push(format!(
+            "tracking.base_url: {base} is not https, yet http.acme gets a certificate for {}: pixels and clicks would go unencrypted to a listener that only speaks TLS",
+            domains.join(", ")
+        ));
+    } else if !domains.iter().any(|d| d.eq_ignore_ascii_case(host)) {
+        out.push(format!(
+            "http.acme.domains: {} does not include {host}, the host of tracking.base_url: mail clients would be shown a certificate for another name",
+            domains.join(", ")
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -187,6 +207,17 @@ mod tests {
         assert!(local_host("fd00::1") && local_host("LOCALHOST") && local_host("192.168.0.1"));
         assert!(!local_host("t.example.com") && !local_host("203.0.113.9"));
         assert!(!local_host("2001:db8::1"));
+    }
+
+    #[test]
+    fn acme_domains_must_cover_the_base_url() {
+        let names = ["track.example.com".to_string()];
+        let ok = acme_warnings("https://track.example.com", "track.example.com", &names);
+        assert!(ok.is_empty(), "{ok:?}");
+        let other = acme_warnings("https://t.example.net/x", "t.example.net", &names);
+        assert!(other[0].starts_with("http.acme.domains: "), "{other:?}");
+        let plain = acme_warnings("http://track.example.com", "track.example.com", &names);
+        assert!(plain[0].starts_with("tracking.base_url: "), "{plain:?}");
     }
 
     #[test]

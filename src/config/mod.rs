@@ -15,11 +15,13 @@ use std::time::Duration;
 
 use crate::net::Cidr;
 
+mod acme;
 mod checks;
 mod milter;
 mod reader;
 mod sections;
 
+pub use acme::{AcmeConfig, LETS_ENCRYPT};
 pub use checks::{SEARCH, locate};
 pub use milter::{MilterConfig, MilterListen};
 use reader::Reader;
@@ -275,6 +277,8 @@ pub struct HttpConfig {
     pub workers: usize,
     /// Serve HTTPS directly with this certificate chain and key (PEM), instead of plain HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `[http.acme]`: HTTPS with a certificate obtained and renewed from an ACME CA.
+    pub acme: Option<AcmeConfig>,
 }
 
 impl Default for HttpConfig {
@@ -289,6 +293,7 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             workers: 0,
             tls: None,
+            acme: None,
         }
     }
 }
@@ -527,9 +532,19 @@ impl Config {
         } else {
             format!("smtp on {} -> {mode}", listen.join(","))
         };
-        let pixel = self.http.as_ref().map_or("pixel off".to_string(), |h| {
-            format!("pixel http://{}", h.listen)
-        });
+        let pixel =
+            self.http
+                .as_ref()
+                .map_or("pixel off".to_string(), |h| match (&h.acme, &h.tls) {
+                    (Some(a), _) => format!(
+                        "pixel https://{} (ACME certificate for {} from {})",
+                        h.listen,
+                        a.domains.join(", "),
+                        a.directory
+                    ),
+                    (None, Some(_)) => format!("pixel https://{}", h.listen),
+                    (None, None) => format!("pixel http://{}", h.listen),
+                });
         let admin = self.admin.as_ref().map_or("admin off".to_string(), |a| {
             format!("admin http://{}", a.listen)
         });

@@ -321,6 +321,7 @@ pub(super) fn read_http(r: &mut Reader<'_>) -> Option<HttpConfig> {
         max_connections: s.positive("max_connections", 10_000) as usize,
         workers: s.count("workers", 0, 1024) as usize,
         tls: None,
+        acme: None,
     };
     let (cert, key) = (s.opt_path("tls_cert"), s.opt_path("tls_key"));
     let mut cfg = cfg;
@@ -337,7 +338,17 @@ pub(super) fn read_http(r: &mut Reader<'_>) -> Option<HttpConfig> {
         (Some(_), None) => s.err("tls_key", "missing: http.tls_cert needs http.tls_key"),
         (None, Some(_)) => s.err("tls_cert", "missing: http.tls_key needs http.tls_cert"),
     }
+    let has_acme = s.raw("acme").is_some();
+    if has_acme && cfg.tls.is_some() {
+        s.err(
+            "acme",
+            "cannot be used with http.tls_cert: one certificate source",
+        );
+    }
     s.finish();
+    if has_acme {
+        cfg.acme = Some(super::acme::read_acme(r));
+    }
     Some(cfg)
 }
 

@@ -292,3 +292,59 @@ fn milter_listens_on_tcp_or_a_unix_socket_and_bad_values_name_the_key() {
         assert!(e.to_string().contains(key), "{bad}: {e}");
     }
 }
+
+#[test]
+fn acme_section_is_read_and_checked_with_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"
+        [upstream]
+        address = "127.0.0.1:25"
+        [http]
+        listen = "0.0.0.0:443"
+        [http.acme]
+        domains = ["Track.Example.com."]
+        contact = "mailto:admin@example.com"
+    "#;
+    let cfg = Config::parse(good, dir.path()).expect("valid");
+    let acme = cfg.http.unwrap().acme.expect("acme");
+    assert_eq!(acme.domains, ["track.example.com"]);
+    assert_eq!(acme.contact, ["mailto:admin@example.com"]);
+    assert_eq!(acme.directory, super::LETS_ENCRYPT);
+    assert_eq!(acme.cache, dir.path().join("data/acme"));
+
+    let bad = r#"
+        [upstream]
+        address = "127.0.0.1:25"
+        [http]
+        tls_cert = "c.pem"
+        tls_key = "c.pem"
+        [http.acme]
+        domains = ["*.example.com", "192.0.2.1", "ok.example.com", "bad_name.example"]
+        contact = ["admin@example.com"]
+        directory = "http://ca.example/dir"
+        ca_file = "missing.pem"
+        colour = "blue"
+    "#;
+    std::fs::write(dir.path().join("c.pem"), "x").unwrap();
+    let errs = Config::parse(bad, dir.path())
+        .expect_err("invalid")
+        .to_string();
+    for needle in [
+        "http.acme: cannot be used with http.tls_cert",
+        "http.acme.domains[0]: \"*.example.com\" is a wildcard",
+        "http.acme.domains[1]: \"192.0.2.1\" is an address",
+        "http.acme.domains[3]: \"bad_name.example\" is not a domain name",
+        "http.acme.contact[0]: \"admin@example.com\" is not a mailto: URL",
+        "http.acme.directory: \"http://ca.example/dir\" is not an https URL",
+        "http.acme.ca_file: cannot read",
+        "http.acme.colour: unknown key",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+    }
+    assert!(!errs.contains("domains[2]"), "{errs}");
+    let empty = "[upstream]\naddress = \"h:25\"\n[http]\n[http.acme]\n";
+    let errs = Config::parse(empty, dir.path())
+        .expect_err("no domains")
+        .to_string();
+    assert!(errs.contains("http.acme.domains: missing"), "{errs}");
+}

@@ -406,6 +406,15 @@ impl<H> Connections<H> {
                 None => Box::new(stream),
                 Some(acceptor) => {
                     match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        // An ACME CA's TLS-ALPN-01 validation: the handshake was the answer.
+                        Ok(Ok(s))
+                            if s.get_ref().1.alpn_protocol()
+                                == Some(crate::acme::ACME_TLS_ALPN) =>
+                        {
+                            tracing::debug!(listener = name, peer = %peer, "ACME validation handshake");
+                            drop(held);
+                            return;
+                        }
                         Ok(Ok(s)) => Box::new(s),
                         _ => {
                             tracing::debug!(listener = name, peer = %peer, "TLS handshake failed or timed out");

@@ -62,6 +62,7 @@ impl Admin {
             max_connections: 100,
             workers: 0,
             tls: None,
+            acme: None,
         };
         let pixel = Arc::new(PixelState::new(
             TokenKey::from_secret(b"admin-test"),

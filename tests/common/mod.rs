@@ -752,6 +752,31 @@ impl Proc {
         }
     }
 
+    /// The `http=` address from the ready line (`serve` returns as soon as it has seen the
+    /// line; its reader thread stores the line just after, so poll for it briefly).
+    pub fn http_addr(&self) -> SocketAddr {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let line = loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("ready smtp="))
+                .cloned();
+            if let Some(l) = found {
+                break l;
+            }
+            assert!(std::time::Instant::now() < deadline, "no ready line");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        line.split("http=")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no http= address in the ready line: {line}"))
+    }
+
     /// SIGTERM and wait; returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
         let _ = std::process::Command::new("kill")

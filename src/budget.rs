@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// The shared budget.
 #[derive(Debug)]
 pub struct Budget {
-    /// Most bytes reserved at once.
-    limit: usize,
+    /// Most bytes reserved at once (changed by a config reload).
+    limit: AtomicUsize,
     /// Bytes reserved now.
     used: AtomicUsize,
     /// Reservations refused so far.
@@ -38,7 +38,7 @@ impl Budget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Arc<Budget> {
         Arc::new(Budget {
-            limit,
+            limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
         })
@@ -51,7 +51,13 @@ impl Budget {
 
     /// The limit.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A new limit for reservations from now on; bytes reserved stay reserved (a lower limit
+    /// than what is in use refuses new reservations until enough is given back).
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Bytes reserved now.
@@ -73,7 +79,7 @@ impl Budget {
     pub fn has_room(&self, bytes: usize) -> bool {
         self.in_use()
             .checked_add(bytes)
-            .is_some_and(|n| n <= self.limit)
+            .is_some_and(|n| n <= self.limit())
     }
 
     /// Reserves `bytes`, or returns `None` when they do not fit.
@@ -91,7 +97,7 @@ impl Budget {
     fn take(&self, bytes: usize) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&n| n <= self.limit)
+                used.checked_add(bytes).filter(|&n| n <= self.limit())
             })
             .is_ok()
     }

@@ -41,6 +41,9 @@
 //!                 migrate: earlier on-disk layouts); postgres/ the shared store's schema
 //!                 and its versioned migrations, and the backend over it
 //! openlog.rs      the JSON-lines open log (reopened on SIGHUP)
+//! log_level.rs    `log.level` changed by a config reload (the subscriber's filter setter)
+//! reload.rs       SIGHUP: the config read again and applied to new transactions; keys that
+//!                 need a restart named; certificates, catalogue and open log reloaded
 //! http/           the accept loop both listeners share (serve), the pixel listener (pixel,
 //!                 client_ip: the address behind trusted proxies), the admin listener (admin/:
 //!                 routes, state, respond, follow stream, dashboard)
@@ -68,12 +71,14 @@ pub mod config;
 pub mod evidence;
 pub mod http;
 pub mod ingest;
+pub mod log_level;
 pub mod metrics;
 pub mod milter;
 pub mod net;
 pub mod notify;
 pub mod openlog;
 pub mod relay;
+pub mod reload;
 pub mod rewrite;
 pub mod sd_notify;
 pub mod secret;

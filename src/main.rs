@@ -299,18 +299,35 @@ where
 
 fn init_logging(cfg: &Config, json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // RUST_LOG wins over log.level, also across config reloads.
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&cfg.log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    // The filter's setter for config reloads (the handle's type names the formatter).
+    macro_rules! reloadable {
+        ($b:expr) => {{
+            let b = $b.with_filter_reloading();
+            let handle = b.reload_handle();
+            if !pinned {
+                pixelrelay::log_level::install(move |level| {
+                    let f = EnvFilter::try_new(level).map_err(|e| format!("log.level: {e}"))?;
+                    handle.reload(f).map_err(|e| format!("log.level: {e}"))
+                });
+            }
+            b.init();
+        }};
+    }
     if json || cfg.log.format == LogFormat::Json {
-        builder.json().flatten_event(true).init();
+        reloadable!(builder.json().flatten_event(true));
     } else {
-        builder.init();
+        reloadable!(builder);
     }
 }
 

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -17,8 +18,9 @@ use crate::evidence::{Evidence, EvidenceSource};
 use crate::http::{self, admin::AdminState, pixel::PixelState};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::notify::Notifier;
-use crate::relay::{Recorder, Relay, RelayFactory, Target, Tracking};
+use crate::notify::{Hooks, Notifier};
+use crate::relay::{Recorder, Relay, RelayFactory, Target};
+use crate::reload::Reload;
 use crate::rewrite::Policy;
 use crate::secret;
 use crate::shutdown;
@@ -40,7 +42,7 @@ pub struct Server {
     /// Inbound certificate, when `[smtp.tls]` is set.
     tls: Option<Arc<TlsSource>>,
     /// The relay shared by all sessions.
-    relay: Arc<Relay>,
+    relay: Arc<ArcSwap<Relay>>,
     /// Bound pixel listener, unless this node has no `[http]`.
     http: Option<TcpListener>,
     /// The store (also the relay's recorder).
@@ -53,18 +55,20 @@ pub struct Server {
     /// Prometheus registry shared by the relay and the listeners.
     metrics: Arc<Metrics>,
     /// Webhook endpoints and their delivery workers (started by `run`).
-    notifier: Arc<Notifier>,
+    notifier: Arc<Hooks>,
     /// The memory budget for messages in flight (`smtp.max_inflight_bytes`), shared by the SMTP
     /// sessions and the milter.
     budget: Arc<Budget>,
     /// The milter front end, bound, with what its connections share (`[milter]`).
     milter: Option<(
         crate::milter::Listener,
-        Arc<crate::milter::MilterFront>,
+        Arc<ArcSwap<crate::milter::MilterFront>>,
         usize,
     )>,
     /// The pixel listener's certificate manager (`[http.acme]`), started by `run`.
     acme: Option<Arc<crate::acme::Acme>>,
+    /// The token key (a config reload builds new tracking rules with it).
+    key: TokenKey,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -217,21 +221,16 @@ impl Server {
         // The key is needed to verify pixels even while inserting them is switched off.
         let secret = token_secret(&cfg)?;
         let key = TokenKey::from_secret(&secret).with_previous(&previous_secrets(&cfg.tracking)?);
-        let tracking = cfg.tracking.enabled.then(|| Tracking {
-            policy: policy(&cfg),
-            key: key.clone(),
-            base_url: cfg.tracking.base_url.clone(),
-            click_exclude: cfg
-                .tracking
-                .clicks
-                .then(|| cfg.tracking.click_exclude.clone()),
-        });
+        let tracking = crate::reload::tracking(&cfg, &key);
         let store = Store::open(&cfg.store).map_err(|e| match &cfg.store.postgres {
             Some(pg) => format!("store.url: {}: {e}", pg.url),
             None => format!("store.path: {}: {e}", cfg.store.path.display()),
         })?;
         // Before any open is recorded: the store must know whom to write outbox rows for.
-        let notifier = Arc::new(Notifier::from_config(&cfg.webhooks, store.clone())?);
+        let notifier = Arc::new(Hooks::new(Notifier::from_config(
+            &cfg.webhooks,
+            store.clone(),
+        )?));
         // Replays what the journal holds and was not yet stored, then indexes behind.
         let ingest = Ingest::open(store.clone())
             .map_err(|e| format!("store.path: {}: {e}", cfg.store.path.display()))?;
@@ -244,7 +243,7 @@ impl Server {
             );
         }
         let (http, admin) = bind_http_faces(&cfg).await?;
-        let (pixel, acme) = pixel_state(&cfg, key, ingest.clone())?;
+        let (pixel, acme) = pixel_state(&cfg, key.clone(), ingest.clone())?;
         let pixel = Arc::new(pixel);
         let metrics = Arc::new(Metrics::new(pixel.latency.clone()));
         let recorder: Arc<dyn Recorder> = Arc::new(ingest);
@@ -262,17 +261,17 @@ impl Server {
                     budget: Some(Arc::clone(&budget)),
                 };
                 let l = crate::milter::bind(m).await?;
-                Some((l, Arc::new(front), m.max_connections))
+                Some((l, Arc::new(ArcSwap::from_pointee(front)), m.max_connections))
             }
             None => None,
         };
-        let relay = Arc::new(Relay {
-            target,
+        let relay = Arc::new(ArcSwap::from_pointee(Relay {
+            target: Arc::new(target),
             tracking,
             recorder: Some(recorder),
             metrics: Arc::clone(&metrics),
             opt_out_header: cfg.tracking.opt_out_header.clone(),
-        });
+        }));
         let tls = match &cfg.smtp.tls {
             Some(t) => Some(Arc::new(TlsSource::load(&t.cert, &t.key, "smtp.tls")?)),
             None => None,
@@ -300,12 +299,14 @@ impl Server {
             budget,
             milter,
             acme,
+            key,
         })
     }
 
-    /// The webhook endpoints: metrics, and (through the store) pending and dead letters.
-    pub fn notifier(&self) -> &Notifier {
-        &self.notifier
+    /// The webhook endpoints in force: metrics, and (through the store) pending and dead
+    /// letters.
+    pub fn notifier(&self) -> Arc<Notifier> {
+        self.notifier.current()
     }
 
     /// The store.
@@ -350,39 +351,47 @@ impl Server {
             budget,
             milter,
             acme,
+            key,
         } = self;
         let (trigger, shutdown) = shutdown::channel();
         let (hard_trigger, hard_stop) = shutdown::channel();
-        let mut session_cfg = SessionConfig::from_config(&cfg.smtp);
-        session_cfg.metrics = Some(Arc::clone(&metrics));
-        session_cfg.budget = Arc::clone(&budget);
+        let session = Arc::new(ArcSwap::from_pointee(crate::reload::session(
+            &cfg,
+            tls.is_some(),
+            &metrics,
+            &budget,
+        )));
         let tasks = spawn_smtp(
             &cfg,
             (smtp, smtps),
-            Arc::new(session_cfg),
+            Arc::clone(&session),
             tls.clone(),
             Arc::new(RelayFactory(Arc::clone(&relay))),
             (&shutdown, &hard_stop),
         );
-        // SIGHUP: re-read the certificate files (sessions in progress keep theirs) and the
-        // network catalogue, and reopen the open log (logrotate).
-        let certs: Vec<Arc<TlsSource>> = tls
-            .iter()
-            .chain(pixel.tls.iter())
-            .filter(|t| t.from_files())
-            .cloned()
-            .collect();
         if let Some(acme) = acme {
             tokio::spawn(acme.run(shutdown.clone()));
         }
+        // SIGHUP: the config, the certificate files (sessions in progress keep theirs), the
+        // network catalogue, the open log (logrotate).
         let reload = Reload {
-            certs,
+            cfg: cfg.clone(),
+            key,
+            certs: tls
+                .iter()
+                .chain(pixel.tls.iter())
+                .filter(|t| t.from_files())
+                .cloned()
+                .collect(),
             store: store.clone(),
             evidence: Arc::clone(&pixel.evidence),
-            tracking: cfg.tracking.clone(),
+            relay: Arc::clone(&relay),
+            session,
+            milter: milter.as_ref().map(|(_, front, _)| Arc::clone(front)),
+            hooks: Arc::clone(&notifier),
         };
-        tokio::spawn(on_hangup(reload));
-        let hooks_task = notifier.start(shutdown.clone());
+        tokio::spawn(reload.run());
+        notifier.start().await;
         let milter_task = milter.map(|(l, front, max)| {
             tokio::spawn(crate::milter::serve(l, front, max, shutdown.clone()))
         });
@@ -404,12 +413,12 @@ impl Server {
             (state.notifier, state.budget) = (Some(Arc::clone(&notifier)), Some(budget));
             tokio::spawn(http::admin::serve(listener, Arc::new(state)))
         });
-        let mode = match &relay.target {
+        let mode = match &*relay.load().target {
             Target::Smtp(up) => format!("relay to {}", up.address()),
             Target::Capture(c) => format!("CAPTURE into {} (not relaying)", c.dir().display()),
             Target::Off => "no SMTP".to_string(),
         };
-        info!(smtp = ?cfg.smtp.listen, mode = %mode, tracking = relay.tracking.is_some(), "pixelrelay started");
+        info!(smtp = ?cfg.smtp.listen, mode = %mode, tracking = relay.load().tracking.is_some(), "pixelrelay started");
         signal.await;
         crate::sd_notify::notify("STOPPING=1");
         info!(
@@ -422,14 +431,14 @@ impl Server {
             let _ = task.await;
         }
         // Undelivered events stay in the outbox for the next start.
-        let _ = hooks_task.await;
-        settle(&relay, &pixel, &store).await;
+        notifier.stop().await;
+        settle(&relay.load(), &pixel, &store).await;
     }
 }
 
 /// The last of a shutdown: idle upstream connections closed, the journal and the store on disk.
 async fn settle(relay: &Relay, pixel: &PixelState, store: &Store) {
-    if let Target::Smtp(up) = &relay.target {
+    if let Target::Smtp(up) = &*relay.target {
         up.close_idle().await;
     }
     if let Err(e) = pixel.ingest.sync() {
@@ -472,7 +481,7 @@ type AdminFace = Option<(TcpListener, Vec<u8>)>;
 fn spawn_smtp(
     cfg: &Config,
     (smtp, smtps): (Vec<TcpListener>, Vec<TcpListener>),
-    session_cfg: Arc<SessionConfig>,
+    session_cfg: Arc<ArcSwap<SessionConfig>>,
     tls: Option<Arc<TlsSource>>,
     factory: Arc<RelayFactory>,
     (shutdown, hard_stop): (&shutdown::Shutdown, &shutdown::Shutdown),
@@ -521,54 +530,6 @@ async fn drain(
             warn!("grace period over: closing the remaining sessions with 421");
             hard_trigger.trigger();
             all.await;
-        }
-    }
-}
-
-/// What SIGHUP reloads.
-struct Reload {
-    /// Inbound certificates (SMTP, pixel HTTPS).
-    certs: Vec<Arc<TlsSource>>,
-    /// Its open log is reopened.
-    store: Store,
-    /// The network catalogue and databases in force.
-    evidence: Arc<EvidenceSource>,
-    /// Where they are read from.
-    tracking: TrackingConfig,
-}
-
-/// On every SIGHUP: reloads the inbound certificates and the network catalogue, and reopens
-/// the open log. Whatever fails to load keeps the old one.
-async fn on_hangup(r: Reload) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    let Reload {
-        certs,
-        store,
-        evidence,
-        tracking,
-    } = r;
-    while hup.recv().await.is_some() {
-        if let Err(e) = evidence.reload(&tracking) {
-            warn!(error = %e, event = "evidence_reload", "network catalogue reload failed; keeping the old one");
-        }
-        for tls in &certs {
-            match tls.reload() {
-                Ok(()) => info!(
-                    event = "tls_reload",
-                    section = tls.section(),
-                    "certificate reloaded"
-                ),
-                Err(e) => {
-                    warn!(error = %e, event = "tls_reload", "certificate reload failed; keeping the old one")
-                }
-            }
-        }
-        match store.reopen_open_log() {
-            Ok(()) => info!(event = "reopen", "open log reopened"),
-            Err(e) => warn!(error = %e, event = "reopen", "cannot reopen the open log"),
         }
     }
 }

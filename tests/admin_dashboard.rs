@@ -10,174 +10,20 @@
 #[path = "admin_support/mod.rs"]
 mod support;
 
+#[path = "admin_support/cdp.rs"]
+mod cdp;
+
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use cdp::{Cdp, chromium, run};
 use pixelrelay::track::Device;
 use support::{Admin, Msg, Open, TOKEN, wait_followers};
-use tokio::process::Command;
 
 const XSS: &str =
     "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">";
-
-fn chromium(bin: &Path, profile: &Path, extra: &[String], url: &str) -> Command {
-    let mut c = Command::new(bin);
-    c.args(common::CHROMIUM_FLAGS)
-        .arg("--virtual-time-budget=5000")
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .kill_on_drop(true);
-    c
-}
-
-/// Headless Chromium driven over the DevTools protocol on `--remote-debugging-pipe`: commands
-/// are written to the browser's fd 3 and replies read from its fd 4, each a JSON text ended by
-/// NUL. Killed when dropped.
-struct Cdp {
-    child: std::process::Child,
-    io: std::sync::Mutex<CdpIo>,
-}
-
-struct CdpIo {
-    tx: std::io::PipeWriter,
-    rx: std::io::BufReader<std::io::PipeReader>,
-    next: u64,
-}
-
-impl Cdp {
-    fn launch(bin: &Path, profile: &Path) -> Cdp {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::process::CommandExt;
-        let (cmd_r, cmd_w) = std::io::pipe().expect("pipe");
-        let (reply_r, reply_w) = std::io::pipe().expect("pipe");
-        let (r, w) = (cmd_r.as_raw_fd(), reply_w.as_raw_fd());
-        let mut c = std::process::Command::new(bin);
-        c.args(common::CHROMIUM_FLAGS)
-            .arg("--remote-debugging-pipe")
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("about:blank")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        // SAFETY: only async-signal-safe calls between fork and exec. Both ends are first moved
-        // above fd 10 so that placing one on 3 or 4 cannot overwrite the other; dup2 clears
-        // close-on-exec on the copies, and the originals close at exec.
-        unsafe {
-            c.pre_exec(move || {
-                let r = libc::fcntl(r, libc::F_DUPFD, 10);
-                let w = libc::fcntl(w, libc::F_DUPFD, 10);
-                if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = c.spawn().expect("chromium runs");
-        drop((cmd_r, reply_w));
-        Cdp {
-            child,
-            io: std::sync::Mutex::new(CdpIo {
-                tx: cmd_w,
-                rx: std::io::BufReader::new(reply_r),
-                next: 0,
-            }),
-        }
-    }
-
-    /// Sends one command (to a page session if given) and returns its result; events are skipped.
-    fn call(
-        &self,
-        session: Option<&str>,
-        method: &str,
-        params: serde_json::Value,
-    ) -> serde_json::Value {
-        use std::io::{BufRead, Write};
-        let mut io = self.io.lock().unwrap();
-        io.next += 1;
-        let id = io.next;
-        let mut msg = serde_json::json!({"id": id, "method": method, "params": params});
-        if let Some(s) = session {
-            msg["sessionId"] = s.into();
-        }
-        let mut bytes = serde_json::to_vec(&msg).unwrap();
-        bytes.push(0);
-        io.tx.write_all(&bytes).expect("write to chromium");
-        loop {
-            let mut buf = Vec::new();
-            let n = io.rx.read_until(0, &mut buf).expect("read from chromium");
-            assert!(n > 0, "chromium closed its DevTools pipe during {method}");
-            buf.pop_if(|b| *b == 0);
-            let reply: serde_json::Value = serde_json::from_slice(&buf).expect("DevTools JSON");
-            if reply["id"].as_u64() != Some(id) {
-                continue;
-            }
-            assert!(reply.get("error").is_none(), "{method}: {reply}");
-            return reply["result"].clone();
-        }
-    }
-
-    /// Opens `url` in a new page; returns the page's session id.
-    fn open(&self, url: &str) -> String {
-        let target = self.call(None, "Target.createTarget", serde_json::json!({"url": url}));
-        let attached = self.call(
-            None,
-            "Target.attachToTarget",
-            serde_json::json!({"targetId": target["targetId"], "flatten": true}),
-        );
-        attached["sessionId"]
-            .as_str()
-            .expect("sessionId")
-            .to_owned()
-    }
-
-    /// Evaluates `expr` in the page; returns its value.
-    fn eval(&self, page: &str, expr: &str) -> serde_json::Value {
-        let r = self.call(
-            Some(page),
-            "Runtime.evaluate",
-            serde_json::json!({"expression": expr, "returnByValue": true}),
-        );
-        assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
-        r["result"]["value"].clone()
-    }
-
-    /// Polls `cond` in the page until it is true; fails after `limit`.
-    fn wait_for(&self, page: &str, cond: &str, limit: Duration) {
-        let deadline = std::time::Instant::now() + limit;
-        while self.eval(page, cond) != serde_json::Value::Bool(true) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "page never reached `{cond}`: {}",
-                self.eval(page, "document.documentElement.outerHTML")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Cdp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs Chromium to completion (60 s at most); returns stdout.
-async fn run(mut c: Command) -> String {
-    let out = tokio::time::timeout(Duration::from_secs(60), c.output())
-        .await
-        .expect("chromium timed out")
-        .expect("chromium runs");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The `<tr class="msg…" data-id="ID">…</tr>` of a message.
 fn row<'a>(dom: &'a str, id: &str) -> &'a str {

@@ -48,7 +48,7 @@ fn server() -> &'static (tokio::runtime::Runtime, SocketAddr) {
             };
             tokio::spawn(serve(
                 Listener::Tcp(l),
-                Arc::new(front),
+                Arc::new(arc_swap::ArcSwap::from_pointee(front)),
                 64,
                 pixelrelay::shutdown::Shutdown::never(),
             ));

@@ -17,6 +17,7 @@ use crate::net::Cidr;
 
 mod acme;
 mod checks;
+mod http;
 mod milter;
 mod reader;
 mod sections;
@@ -51,6 +52,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// The milter front end; `None` (no `[milter]` section): no milter on this node.
     pub milter: Option<MilterConfig>,
+    /// The file's TOML as written (a reload compares it key by key with the new file's).
+    pub raw: toml::Table,
 }
 
 /// What the relay does with bare `<LF>` or `<CR>` inside DATA (Postfix's `smtpd_forbid_bare_newline`).
@@ -465,8 +468,8 @@ impl Config {
                 .is_none_or(|t| t.implicit_listen.is_empty());
         let upstream = read_upstream(&mut r, &smtp.hostname, smtp_off);
         let tracking = read_tracking(&mut r);
-        let http = read_http(&mut r);
-        let admin = read_admin(&mut r);
+        let http = http::read_http(&mut r);
+        let admin = http::read_admin(&mut r);
         let store = read_store(&mut r);
         let log = read_log(&mut r);
         let webhooks = read_webhooks(&mut r);
@@ -494,6 +497,7 @@ impl Config {
                 log,
                 webhooks,
                 milter,
+                raw: root.clone(),
             };
             // Only once every address parsed: two listeners on one address.
             let clashes = checks::duplicate_listeners(&cfg);

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use miltr_common::actions::{Action, Continue};
 use miltr_common::commands::{Body, Header, Macro, Mail, Recipient};
@@ -27,7 +28,10 @@ const REPLACE_CHUNK: usize = 65_000;
 
 /// The state of one milter connection: the message under way.
 pub(super) struct Conn {
+    /// The rules of this message.
     front: Arc<MilterFront>,
+    /// Where the rules of the next message come from (a config reload replaces them).
+    live: Arc<ArcSwap<MilterFront>>,
     /// The MTA's queue id (`i` macro), once sent.
     queue_id: Option<String>,
     sender: String,
@@ -48,9 +52,10 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(front: Arc<MilterFront>) -> Conn {
+    pub(super) fn new(live: Arc<ArcSwap<MilterFront>>) -> Conn {
         Conn {
-            front,
+            front: live.load_full(),
+            live,
             queue_id: None,
             sender: String::new(),
             rcpts: Vec::new(),
@@ -332,6 +337,7 @@ impl miltr_server::Milter for Conn {
 
     async fn mail(&mut self, mail: Mail) -> Result<Action, Self::Error> {
         self.reset();
+        self.front = self.live.load_full();
         self.queue_id = None;
         self.sender = bare(&mail.sender());
         self.in_message = true;

@@ -14,6 +14,7 @@
 mod conn;
 mod wire;
 
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -82,10 +83,10 @@ impl Listener {
 }
 
 /// Serves milter connections until `shutdown`, at most `max_connections` at once (the rest
-/// wait in the accept queue).
+/// wait in the accept queue). Each message takes the rules `front` holds at its `MAIL`.
 pub async fn serve(
     listener: Listener,
-    front: Arc<MilterFront>,
+    front: Arc<ArcSwap<MilterFront>>,
     max_connections: usize,
     mut shutdown: Shutdown,
 ) {
@@ -110,7 +111,7 @@ pub async fn serve(
         let front = Arc::clone(&front);
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let metrics = front.metrics.clone();
+            let metrics = front.load().metrics.clone();
             if let Some(m) = &metrics {
                 m.milter.connections(1);
             }

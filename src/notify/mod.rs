@@ -40,6 +40,7 @@
 //! [`Notifier::metrics`] and the store's `pending`/`dead_letters`/`retry_dead_letter`.
 
 mod endpoint;
+mod live;
 mod worker;
 
 use std::sync::Arc;
@@ -56,6 +57,7 @@ use crate::shutdown::Shutdown;
 use crate::store::{OutboxItem, Store, StoreError};
 
 pub use endpoint::{Endpoint, load_secret};
+pub use live::Hooks;
 
 /// Where the workers read the time, in ms since the epoch.
 #[derive(Debug, Clone, Copy)]

@@ -11,6 +11,7 @@
 //! A failure of the tracking side (rewriter, store) never blocks a message: it goes out
 //! unmodified and the reason is logged.
 
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -120,8 +121,8 @@ impl Recorder for Ingest {
 
 /// Shared by every session.
 pub struct Relay {
-    /// Upstream or capture folder.
-    pub target: Target,
+    /// Upstream or capture folder (one, shared by the relays a config reload makes).
+    pub target: Arc<Target>,
     /// `None` when tracking is off.
     pub tracking: Option<Tracking>,
     /// `None` when nothing is recorded (tests).
@@ -132,16 +133,19 @@ pub struct Relay {
     pub metrics: Arc<Metrics>,
 }
 
-/// The factory the listener uses: hands each session a clone of the shared relay.
-pub struct RelayFactory(pub Arc<Relay>);
+/// The factory the listener uses: hands each session the relay of the moment, which a config
+/// reload replaces (tracking rules); a session takes the current one again at each `MAIL`.
+pub struct RelayFactory(pub Arc<ArcSwap<Relay>>);
 
 impl BackendFactory for RelayFactory {
     type Backend = RelaySession;
 
     fn backend(&self, peer: SocketAddr) -> RelaySession {
-        self.0.metrics.smtp_session();
+        let relay = self.0.load_full();
+        relay.metrics.smtp_session();
         RelaySession {
-            relay: Some(Arc::clone(&self.0)),
+            relay: Some(relay),
+            live: Arc::clone(&self.0),
             conn: None,
             peer,
             in_data: false,
@@ -152,8 +156,10 @@ impl BackendFactory for RelayFactory {
 
 /// One session's view of the relay: its upstream connection and transaction.
 pub struct RelaySession {
-    /// The shared relay.
+    /// The relay of this transaction.
     relay: Option<Arc<Relay>>,
+    /// Where the relay of the next transaction comes from.
+    live: Arc<ArcSwap<Relay>>,
     /// Upstream connection during a transaction.
     conn: Option<Connection>,
     /// Client address (logs).
@@ -213,10 +219,14 @@ impl Backend for RelaySession {
     }
 
     async fn envelope(&mut self, cmds: &[Envelope]) -> Vec<Reply> {
+        if matches!(cmds.first(), Some(Envelope::Mail { .. })) {
+            // A new transaction: the rules of the moment.
+            self.relay = Some(self.live.load_full());
+        }
         let Some(relay) = self.relay() else {
             return vec![reply::local_error(); cmds.len()];
         };
-        match &relay.target {
+        match &*relay.target {
             Target::Capture(_) => cmds
                 .iter()
                 .map(|c| match c {
@@ -319,7 +329,7 @@ impl Backend for RelaySession {
             return;
         }
         let Some(relay) = self.relay() else { return };
-        if let Target::Smtp(up) = &relay.target
+        if let Target::Smtp(up) = &*relay.target
             && let Ok(r) = conn.command("RSET", "RSET").await
             && r.is_positive()
         {
@@ -332,7 +342,7 @@ impl RelaySession {
     /// Sends the message on the connection waiting in DATA (or to the capture folder) and
     /// returns the reply the client gets.
     async fn forward(&mut self, relay: &Relay, queue_id: &str, content: &[u8]) -> Reply {
-        match &relay.target {
+        match &*relay.target {
             Target::Capture(cap) => cap.deliver(queue_id, content).await,
             Target::Off => reply::local_error(),
             Target::Smtp(up) => match self.conn.take() {

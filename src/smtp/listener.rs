@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -88,10 +89,11 @@ impl Drop for IpSlot {
 }
 
 /// Runs the accept loop on `listener` until `shutdown`, then waits for every session to end.
-/// `hard_stop` fires when the grace period is over and sessions must close at once.
+/// `hard_stop` fires when the grace period is over and sessions must close at once. Each
+/// connection takes the session settings `live` holds when it is accepted.
 pub async fn serve<F: BackendFactory>(
     listener: TcpListener,
-    cfg: Arc<SessionConfig>,
+    live: Arc<ArcSwap<SessionConfig>>,
     limits: Limits,
     factory: Arc<F>,
     shutdown: Shutdown,
@@ -117,6 +119,8 @@ pub async fn serve<F: BackendFactory>(
         };
         let _ = stream.set_nodelay(true);
         let peer = SocketAddr::new(net::canonical(peer.ip()), peer.port());
+        // The settings of the moment (a config reload changes them for new connections).
+        let cfg = live.load_full();
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             info!(client = %peer, event = "connection_limit", "too many connections");
             if let Some(m) = &cfg.metrics {
@@ -137,7 +141,7 @@ pub async fn serve<F: BackendFactory>(
         let guard = tracker.guard();
         let span = info_span!("smtp", client = %peer);
         let conn = Conn {
-            cfg: Arc::clone(&cfg),
+            cfg,
             tls: limits.tls.clone(),
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),

@@ -363,6 +363,8 @@ pub struct MessageFilter {
     pub sender: Option<String>,
     /// `Some(true)`: only opened; `Some(false)`: only never opened.
     pub opened: Option<bool>,
+    /// `opened` counts only opens by people (a message only machines opened is unopened).
+    pub people: bool,
     /// Only messages received at or after this time (ms since the epoch).
     pub since_ms: Option<u64>,
     /// Only messages received before this time (ms since the epoch).

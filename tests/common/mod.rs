@@ -687,16 +687,28 @@ impl Proc {
     /// Runs `pixelrelay -c CONFIG serve` and waits for its "ready" line. Its log level is
     /// `info`, or `PIXELRELAY_TEST_LOG` (e.g. `debug`) when a test is being looked into.
     pub fn serve(config: &Path) -> Proc {
+        Self::start(
+            config,
+            Some(std::env::var("PIXELRELAY_TEST_LOG").unwrap_or("info".into())),
+        )
+    }
+
+    /// [`Proc::serve`] with the log level of the config's `log.level` (no `RUST_LOG`).
+    #[allow(dead_code)] // Not every test binary looks at the configured level.
+    pub fn serve_at_configured_level(config: &Path) -> Proc {
+        Self::start(config, None)
+    }
+
+    fn start(config: &Path, rust_log: Option<String>) -> Proc {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pixelrelay"))
-            .arg("-c")
-            .arg(config)
-            .arg("serve")
-            .env(
-                "RUST_LOG",
-                std::env::var("PIXELRELAY_TEST_LOG").unwrap_or("info".into()),
-            )
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pixelrelay"));
+        cmd.arg("-c").arg(config).arg("serve");
+        match rust_log {
+            Some(level) => cmd.env("RUST_LOG", level),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let mut child = cmd
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -9,7 +9,12 @@
   const KEY = "pixelrelay-admin-token";
   const SVG = "http://www.w3.org/2000/svg";
   const $ = (id) => document.getElementById(id);
-  const state = { messages: new Map(), devices: new Map(), links: new Map(), cursor: null, stats: null, stream: null };
+  const PAGE = 50;
+  const state = {
+    messages: new Map(), devices: new Map(), links: new Map(), cursor: null, stats: null, stream: null,
+    // The message list: its filters, the cursors of the pages before this one, the next page's.
+    filters: {}, pages: [null], next: null, detail: null,
+  };
 
   function takeFragmentToken() {
     const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
@@ -88,8 +93,11 @@
     const tr = el("tr", "msg" + (m.tracked ? "" : " untracked"));
     tr.dataset.id = m.id;
     const machine = m.opens.count - m.opens.human;
+    tr.tabIndex = 0;
+    if (state.detail && state.detail.id === m.id) tr.classList.add("selected");
     const cells = [
       ["received", fmtTime(m.at)],
+      ["sender", m.sender || "<>"],
       ["rcpt", (m.recipients || []).join(", ")],
       ["subject", m.subject === null || m.subject === undefined ? "–" : m.subject],
       ["tracking", m.tracked ? "tracked" : "skipped: " + (m.skip_reason || "unknown")],
@@ -143,6 +151,143 @@
     const body = $("messages").tBodies[0];
     body.replaceChildren();
     for (const m of state.messages.values()) body.appendChild(messageRow(m));
+    const n = state.pages.length;
+    $("newer").disabled = n <= 1;
+    $("older").disabled = !state.next;
+    $("page-info").textContent = "page " + n + " · " + state.messages.size + " message" + (state.messages.size === 1 ? "" : "s");
+  }
+
+  // The filter form as API parameters (dates: whole days, "to" inclusive).
+  function readFilters() {
+    const f = {};
+    const v = (id) => $(id).value.trim();
+    if (v("f-rcpt")) f.rcpt = v("f-rcpt");
+    if (v("f-sender")) f.sender = v("f-sender");
+    if (v("f-since")) f.since = v("f-since");
+    if (v("f-until")) {
+      const d = new Date(v("f-until") + "T00:00:00Z");
+      if (!isNaN(d)) { d.setUTCDate(d.getUTCDate() + 1); f.until = d.toISOString().slice(0, 10); }
+    }
+    if (v("f-opened")) f.opened = v("f-opened");
+    if ($("f-people").checked) f.people = "true";
+    return f;
+  }
+
+  function query(params) {
+    const q = new URLSearchParams();
+    for (const k of Object.keys(params)) if (params[k] !== null && params[k] !== undefined) q.set(k, params[k]);
+    return q.toString();
+  }
+
+  function exportUrl() {
+    return "/api/v1/messages?" + query(Object.assign({ format: "csv" }, state.filters));
+  }
+
+  // Loads the page of the list whose cursor is last in state.pages.
+  async function loadMessages() {
+    const cursor = state.pages[state.pages.length - 1];
+    const page = await api("/api/v1/messages?" + query(Object.assign({ limit: PAGE, cursor: cursor }, state.filters)));
+    state.messages = new Map();
+    for (const m of page.items) state.messages.set(m.id, m);
+    state.next = page.next_cursor || null;
+    $("export").dataset.href = exportUrl();
+    renderMessages();
+  }
+
+  // New messages appear on the first page as they are relayed (the stream carries events only).
+  async function pollMessages() {
+    if (state.pages.length !== 1 || document.hidden) return;
+    const page = await api("/api/v1/messages?" + query(Object.assign({ limit: PAGE }, state.filters)));
+    const first = page.items.length ? page.items[0].id : null;
+    const ours = state.messages.size ? state.messages.keys().next().value : null;
+    if (first === ours) return;
+    const known = state.messages;
+    state.messages = new Map();
+    for (const m of page.items) state.messages.set(m.id, known.get(m.id) || m);
+    state.next = page.next_cursor || null;
+    renderMessages();
+  }
+
+  async function exportCsv() {
+    const r = await fetch(exportUrl(), { headers: { Authorization: "Bearer " + token() }, cache: "no-store" });
+    if (r.status === 401) throw new AuthError("token refused");
+    if (!r.ok) throw new Error("export: " + r.status);
+    const url = URL.createObjectURL(await r.blob());
+    const a = el("a");
+    a.href = url;
+    a.download = "pixelrelay-messages.csv";
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }
+
+  // The message view: what was relayed, and every open and click on one timeline.
+  function meta(dl, name, value) {
+    dl.appendChild(el("dt", null, name));
+    dl.appendChild(el("dd", null, value === null || value === undefined || value === "" ? "–" : value));
+  }
+
+  function after(t0, t) {
+    const s = Math.max(0, Math.round((Date.parse(t) - Date.parse(t0)) / 1000));
+    if (isNaN(s)) return "";
+    if (s < 120) return "+" + s + " s";
+    if (s < 7200) return "+" + Math.round(s / 60) + " min";
+    if (s < 172800) return "+" + Math.round(s / 3600) + " h";
+    return "+" + Math.round(s / 86400) + " d";
+  }
+
+  function timelineItem(m, e) {
+    const click = e.type === "click";
+    const li = el("li", (click ? "t-click" : "t-open") + (e.machine ? " is-machine" : ""));
+    li.dataset.id = e.id;
+    li.appendChild(el("span", "time", fmtTime(e.at)));
+    li.appendChild(el("span", "after", after(m.at, e.at)));
+    li.appendChild(el("span", "kind", click ? "click" : "open"));
+    li.appendChild(icon(e.device, e.machine));
+    li.appendChild(el("span", "client", e.client));
+    li.appendChild(el("span", "device", " · " + e.device));
+    li.appendChild(el("span", "ip", " · " + e.ip));
+    if (e.machine) li.appendChild(el("span", "machine", " · machine (" + (e.machine_reason || "?") + ")"));
+    else if (e.proxy) li.appendChild(el("span", "proxy", " · via " + e.proxy));
+    if (click) li.appendChild(el("span", "url", " → " + (e.link !== undefined ? "link " + e.link + ": " : "") + e.url));
+    return li;
+  }
+
+  function renderTimeline() {
+    const d = state.detail;
+    const list = $("timeline");
+    list.replaceChildren();
+    list.classList.toggle("people-only", $("f-people").checked);
+    const events = d.events.slice().sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : a.id < b.id ? -1 : 1));
+    for (const e of events) list.appendChild(timelineItem(d.message, e));
+    const machine = events.filter((e) => e.machine).length;
+    $("timeline-note").textContent = "(" + events.length + " events, " + machine + " by machines" +
+      ($("f-people").checked && machine ? ", hidden" : "") + ")";
+  }
+
+  async function showDetail(id) {
+    const m = await api("/api/v1/messages/" + encodeURIComponent(id));
+    state.detail = { id: id, message: m, events: (m.open_events || []).concat(m.click_events || []) };
+    const dl = $("detail-meta");
+    dl.replaceChildren();
+    meta(dl, "received", fmtTime(m.at));
+    meta(dl, "sender", m.sender || "<>");
+    meta(dl, "recipients", (m.recipients || []).join(", "));
+    meta(dl, "subject", m.subject);
+    meta(dl, "Message-ID", m.message_id);
+    meta(dl, "queue id", m.queue_id);
+    meta(dl, "tracking", m.tracked ? "tracked" : "skipped: " + (m.skip_reason || "unknown"));
+    meta(dl, "delivery", m.delivery ? m.delivery.reply : "in flight");
+    meta(dl, "opens", m.opens.count + " (" + m.opens.human + " by people)");
+    const k = m.clicks || { count: 0, human: 0 };
+    meta(dl, "clicks", k.count + " (" + k.human + " by people)");
+    renderTimeline();
+    $("detail").hidden = false;
+    for (const tr of document.querySelectorAll("tr.msg.selected")) tr.classList.remove("selected");
+    const row = document.querySelector('tr.msg[data-id="' + CSS.escape(id) + '"]');
+    if (row) row.classList.add("selected");
+    $("detail").scrollIntoView({ block: "nearest" });
   }
 
   function renderBreakdown(id, map) {
@@ -281,6 +426,10 @@
     if (state.cursor !== null && e.id <= state.cursor) return;
     state.cursor = e.id;
     addLive(e);
+    if (state.detail && state.detail.id === e.message && !$("detail").hidden) {
+      state.detail.events.push(e);
+      renderTimeline();
+    }
     const m = state.messages.get(e.message);
     if (e.type === "click") {
       noteClick(e);
@@ -387,14 +536,14 @@
     $("app").hidden = false;
     $("logout").hidden = false;
     try {
-      const [msgs, opens, clicks, stats] = await Promise.all([
-        api("/api/v1/messages?limit=50"),
+      state.filters = readFilters();
+      state.pages = [null];
+      const [, opens, clicks, stats] = await Promise.all([
+        loadMessages(),
         api("/api/v1/opens?limit=1000"),
         api("/api/v1/clicks?limit=1000"),
         api("/api/v1/stats"),
       ]);
-      state.messages = new Map();
-      for (const m of msgs.items) state.messages.set(m.id, m);
       state.devices = new Map();
       for (const e of opens.items.slice().reverse()) noteDevice(e);
       state.links = new Map();
@@ -407,6 +556,7 @@
       renderMessages();
       renderLinks();
       renderStats(stats);
+      if (!state.poll) state.poll = setInterval(() => pollMessages().catch(failed), 5000);
       document.body.dataset.loaded = "1";
     } catch (e) {
       return failed(e);
@@ -422,6 +572,39 @@
     try { sessionStorage.setItem(KEY, v); } catch (e) { /* storage off */ }
     $("token-input").value = "";
     load();
+  });
+  $("filters").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    state.filters = readFilters();
+    state.pages = [null];
+    loadMessages().catch(failed);
+    if (state.detail && !$("detail").hidden) renderTimeline();
+  });
+  $("f-clear").addEventListener("click", () => {
+    $("filters").reset();
+    $("filters").requestSubmit();
+  });
+  $("export").addEventListener("click", () => { exportCsv().catch(failed); });
+  $("older").addEventListener("click", () => {
+    if (!state.next) return;
+    state.pages.push(state.next);
+    loadMessages().catch(failed);
+  });
+  $("newer").addEventListener("click", () => {
+    if (state.pages.length <= 1) return;
+    state.pages.pop();
+    loadMessages().catch(failed);
+  });
+  const pick = (ev) => {
+    const tr = ev.target.closest("tr.msg");
+    if (tr) showDetail(tr.dataset.id).catch(failed);
+  };
+  $("messages").tBodies[0].addEventListener("click", pick);
+  $("messages").tBodies[0].addEventListener("keydown", (ev) => { if (ev.key === "Enter") pick(ev); });
+  $("detail-close").addEventListener("click", () => {
+    $("detail").hidden = true;
+    state.detail = null;
+    for (const tr of document.querySelectorAll("tr.msg.selected")) tr.classList.remove("selected");
   });
   $("logout").addEventListener("click", () => {
     try { sessionStorage.removeItem(KEY); } catch (e) { /* ignore */ }

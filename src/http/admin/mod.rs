@@ -20,7 +20,8 @@
 //! |---|---|
 //! | `GET /healthz` | `200 ok`, no token needed |
 //! | `GET /` | the dashboard (`dashboard.html`) |
-//! | `GET /api/v1/messages?limit=&cursor=&rcpt=&sender=&opened=&since=&until=` | `{"items":[Message…],"next_cursor":…}`, newest first |
+//! | `GET /api/v1/messages?limit=&cursor=&rcpt=&sender=&opened=&people=&since=&until=` | `{"items":[Message…],"next_cursor":…}`, newest first |
+//! | `GET /api/v1/messages?format=csv&…` | the same filters' whole list as CSV (`csv`) |
 //! | `GET /api/v1/messages/{id}` | one message and its `open_events`, or 404 |
 //! | `GET /api/v1/opens?limit=&cursor=` | `{"items":[OpenEvent…],"next_cursor":…}`, newest first |
 //! | `GET /api/v1/opens?follow=1[&since=CURSOR]` | NDJSON stream (`follow`) |
@@ -31,10 +32,11 @@
 //! are cut at a key, so opens or messages written meanwhile (they sort before the first page)
 //! never shift a later page, and nothing is skipped or repeated. `since`/`until` take
 //! milliseconds since the epoch, `YYYY-MM-DD`, or RFC 3339 (`…T04:06:23Z`, `…T04:06:23.123Z`).
-//! `opened` is `true`/`false` (or `1`/`0`). Errors are `{"error":"…"}` with 400, 401, 404 or 405.
+//! `opened` is `true`/`false` (or `1`/`0`); with `people=true` only opens by people count. Errors are `{"error":"…"}` with 400, 401, 404 or 405.
 //!
 //! The follow stream (`GET /api/v1/opens?follow=1`) is in `follow`, the page in `dashboard`.
 
+mod csv;
 mod dashboard;
 mod follow;
 mod respond;
@@ -154,7 +156,7 @@ fn webhook_rows(
     query: &HashMap<String, String>,
     dead: bool,
 ) -> Result<Response<AdminBody>, ApiError> {
-    let Some(n) = &state.notifier else {
+    let Some(n) = state.notifier.as_ref().map(|h| h.current()) else {
         return json(StatusCode::OK, &serde_json::json!({ "items": [] }));
     };
     let limit = match query.get("limit") {
@@ -182,7 +184,7 @@ fn webhook_rows(
 
 /// `POST /api/v1/webhooks/dead/{id}/retry`: back into the outbox, due now.
 fn retry_dead_letter(state: &AdminState, id: &str) -> Result<Response<AdminBody>, ApiError> {
-    let Some(n) = &state.notifier else {
+    let Some(n) = state.notifier.as_ref().map(|h| h.current()) else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             "no webhooks configured".into(),
@@ -204,14 +206,24 @@ fn messages(state: &AdminState, q: &HashMap<String, String>) -> ApiResult {
         None => None,
         Some(v) => Some(truthy(v).ok_or_else(|| bad(format!("opened: {v:?} is not true/false")))?),
     };
+    let people = match q.get("people") {
+        None => false,
+        Some(v) => truthy(v).ok_or_else(|| bad(format!("people: {v:?} is not true/false")))?,
+    };
     let nonempty = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
     let filter = MessageFilter {
         rcpt: nonempty("rcpt"),
         sender: nonempty("sender"),
         opened,
+        people,
         since_ms: time_param(q, "since")?,
         until_ms: time_param(q, "until")?,
     };
+    match q.get("format").map(String::as_str) {
+        None | Some("json") => {}
+        Some("csv") => return csv::export(&state.store, &filter),
+        Some(f) => return Err(bad(format!("format: {f:?} is not json or csv"))),
+    }
     let page = state
         .store
         .list_messages(&filter, q.get("cursor").map(String::as_str), limit)?;
@@ -349,8 +361,8 @@ fn metrics_snapshot(state: &AdminState) -> crate::metrics::Snapshot {
             .budget
             .as_ref()
             .map(|b| (b.in_use() as u64, b.limit() as u64, b.refused())),
-        webhooks: state.notifier.as_ref().map(|n| {
-            let m = n.metrics();
+        webhooks: state.notifier.as_ref().map(|h| {
+            let m = h.current().metrics();
             crate::metrics::WebhookCounts {
                 delivered: m.delivered,
                 failed_attempts: m.failed_attempts,

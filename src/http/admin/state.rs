@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::http::pixel::PixelState;
 use crate::metrics::Metrics;
-use crate::notify::Notifier;
+use crate::notify::Hooks;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
@@ -31,7 +31,7 @@ pub struct AdminState {
     /// Heartbeat interval of follow streams ([`HEARTBEAT`]; shorter in tests).
     pub heartbeat: Duration,
     /// Webhook outbox and dead letters (none when the listener runs without them).
-    pub notifier: Option<Arc<Notifier>>,
+    pub notifier: Option<Arc<Hooks>>,
     /// The SMTP side's budget for messages in flight (none without an SMTP listener).
     pub budget: Option<Arc<crate::budget::Budget>>,
 }

@@ -310,6 +310,28 @@ fn list_messages_filters_and_pages() {
     };
     assert_eq!(s.list_messages(&unopened, None, 10).unwrap().items.len(), 2);
     assert!(s.list_messages(&opened, Some("nope"), 1).is_err());
+    // Opened by a machine only: opened, yet not by people.
+    s.record_open(&ids[1], &hit(T0 + 11, "192.0.2.2", Some("apple-mpp")))
+        .unwrap()
+        .unwrap();
+    let by_people = MessageFilter {
+        opened: Some(true),
+        people: true,
+        ..Default::default()
+    };
+    let ids_of = |f: &MessageFilter| -> Vec<String> {
+        let page = s.list_messages(f, None, 10).unwrap();
+        page.items.iter().map(|m| m.record.id.to_string()).collect()
+    };
+    assert_eq!(ids_of(&by_people), [ids[4].to_string()]);
+    assert_eq!(ids_of(&opened), [ids[4].to_string(), ids[1].to_string()]);
+    let not_by_people = MessageFilter {
+        opened: Some(false),
+        people: true,
+        ..Default::default()
+    };
+    assert_eq!(ids_of(&not_by_people).len(), 4);
+    assert!(ids_of(&not_by_people).contains(&ids[1].to_string()));
 }
 
 #[tokio::test]

@@ -148,7 +148,7 @@ impl Inner {
              WHERE (at_ms, id) < ($1, $2)
                AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM unnest(recipients) r WHERE strpos(lower(r), lower($3)) > 0))
                AND ($4::text IS NULL OR strpos(lower(sender), lower($4)) > 0)
-               AND ($5::boolean IS NULL OR (opens > 0) = $5)
+               AND ($5::boolean IS NULL OR (CASE WHEN $9 THEN human_opens ELSE opens END > 0) = $5)
                AND ($6::bigint IS NULL OR at_ms >= $6)
                AND ($7::bigint IS NULL OR at_ms < $7)
              ORDER BY at_ms DESC, id DESC LIMIT $8"
@@ -166,6 +166,7 @@ impl Inner {
                     &f.since_ms.map(big),
                     &f.until_ms.map(big),
                     &(big(limit as u64).saturating_add(1)),
+                    &f.people,
                 ],
             )
             .await?;

@@ -507,7 +507,12 @@ impl SledStore {
             let sender_ok = sender
                 .as_ref()
                 .is_none_or(|s| r.sender.to_ascii_lowercase().contains(s.as_str()));
-            let opened_ok = filter.opened.is_none_or(|o| o == (m.opens.count > 0));
+            let opens = if filter.people {
+                m.opens.human
+            } else {
+                m.opens.count
+            };
+            let opened_ok = filter.opened.is_none_or(|o| o == (opens > 0));
             if rcpt_ok && sender_ok && opened_ok {
                 items.push(m);
             }

@@ -162,11 +162,15 @@ impl Reload {
 
     /// One SIGHUP.
     pub async fn hangup(&mut self) {
-        match Config::load(&self.cfg.source) {
+        let applied = match Config::load(&self.cfg.source) {
             Ok(new) => self.apply(new).await,
-            Err(e) => warn!(event = "config_reload", file = %self.cfg.source.display(),
-                error = %e, "config reload failed; keeping the running config"),
-        }
+            Err(e) => {
+                warn!(event = "config_reload", file = %self.cfg.source.display(),
+                    error = %e, "config reload failed; keeping the running config");
+                false
+            }
+        };
+        self.relay.load().metrics.ops.reload(applied);
         let tracking: &TrackingConfig = &self.cfg.tracking;
         if let Err(e) = self.evidence.reload(tracking) {
             warn!(error = %e, event = "evidence_reload", "network catalogue reload failed; keeping the old one");
@@ -189,8 +193,9 @@ impl Reload {
         }
     }
 
-    /// Puts what `new` changes in force; names what needs a restart.
-    async fn apply(&mut self, mut new: Config) {
+    /// Puts what `new` changes in force; names what needs a restart. `false`: nothing changed
+    /// (a part of it could not be built).
+    async fn apply(&mut self, mut new: Config) -> bool {
         let changed = changed_keys(&self.cfg.raw, &new.raw);
         let (live, restart): (Vec<String>, Vec<String>) =
             changed.into_iter().partition(|k| is_live(k));
@@ -200,7 +205,7 @@ impl Reload {
                 Ok(n) => Some(n),
                 Err(e) => {
                     warn!(event = "config_reload", error = %e, "config reload failed; keeping the running config");
-                    return;
+                    return false;
                 }
             }
         } else {
@@ -256,6 +261,7 @@ impl Reload {
         info!(event = "config_reload", file = %new.source.display(), changed = ?live,
             needs_restart = ?restart, "config reloaded");
         self.cfg = new;
+        true
     }
 }
 

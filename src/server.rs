@@ -370,7 +370,7 @@ impl Server {
             (&shutdown, &hard_stop),
         );
         if let Some(acme) = acme {
-            tokio::spawn(acme.run(shutdown.clone()));
+            tokio::spawn(acme.run(shutdown.clone(), Arc::clone(&metrics)));
         }
         // SIGHUP: the config, the certificate files (sessions in progress keep theirs), the
         // network catalogue, the open log (logrotate).

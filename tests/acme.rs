@@ -243,6 +243,8 @@ listen = ["127.0.0.1:0"]
 capture_dir = "data/outbox"
 [tracking]
 base_url = "https://{DOMAIN}"
+[admin]
+listen = "127.0.0.1:0"
 [http]
 listen = "127.0.0.1:0"
 [http.acme]
@@ -349,6 +351,16 @@ async fn the_tracking_domain_gets_its_certificate_from_pebble_and_renews_it() {
             .any(|l| l.contains("acme_error")),
         "no failed attempt"
     );
+    // /metrics: the served certificate's end, and the two orders.
+    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
+    let metrics = admin_get_blocking(relay.admin_addr(), token.trim(), "/metrics");
+    let (_, second_end) = pixelrelay::acme::validity(&second).unwrap();
+    for want in [
+        format!("pixelrelay_tls_certificate_not_after_seconds {second_end}"),
+        "pixelrelay_acme_orders_total{result=\"issued\"} 2".to_string(),
+    ] {
+        assert!(metrics.contains(&want), "{want} in\n{metrics}");
+    }
     drop((kept, fresh));
     assert_eq!(relay.stop(), Some(0));
 

@@ -6,7 +6,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 
@@ -145,7 +144,7 @@ async fn sighup_puts_the_new_config_in_force_for_new_transactions() {
     )
     .await;
     assert_eq!(status, 200);
-    let admin = admin_addr(&relay);
+    let admin = relay.admin_addr();
     let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
     eventually(10, "an outbox row for the new endpoint", || {
         admin_get_blocking(admin, token.trim(), "/api/v1/webhooks/pending").contains("\"items\":[{")
@@ -174,41 +173,12 @@ async fn sighup_puts_the_new_config_in_force_for_new_transactions() {
     assert_eq!(c.cmd("MAIL FROM:<a@example.com>").await.0, 250);
     assert_eq!(c.cmd("RCPT TO:<b@example.net>").await.0, 554);
     c.cmd("QUIT").await;
-    assert_eq!(relay.stop(), Some(0));
-}
-
-/// The admin address from the ready line.
-fn admin_addr(p: &Proc) -> std::net::SocketAddr {
-    let _ = p.http_addr();
-    let line = p
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|l| l.contains("ready smtp="))
-        .cloned()
-        .unwrap();
-    line.split("admin=")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|s| s.parse().ok())
-        .expect("admin= in the ready line")
-}
-
-/// GET on the admin API with the token, the body as text (blocking: used inside `eventually`).
-fn admin_get_blocking(addr: std::net::SocketAddr, token: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return String::new();
+    let metrics = admin_get_blocking(admin, token.trim(), "/metrics");
+    for want in [
+        "pixelrelay_config_reloads_total{result=\"applied\"} 2",
+        "pixelrelay_config_reloads_total{result=\"failed\"} 1",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
     }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    assert_eq!(relay.stop(), Some(0));
 }

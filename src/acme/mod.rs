@@ -28,6 +28,7 @@ use cert::{Issued, challenge_certificate};
 use client::Client;
 
 use crate::config::AcmeConfig;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 /// First retry after a failed attempt; doubles up to [`LAST_RETRY`].
@@ -43,8 +44,8 @@ pub struct Acme {
     cfg: AcmeConfig,
     /// What handshakes see.
     resolver: Arc<Resolver>,
-    /// The certificate being served: its renewal time (seconds since the epoch).
-    renew_at: std::sync::Mutex<Option<i64>>,
+    /// The certificate being served: its renewal time and its end (seconds since the epoch).
+    served: std::sync::Mutex<Option<(i64, i64)>>,
 }
 
 impl std::fmt::Debug for Acme {
@@ -66,7 +67,7 @@ impl Acme {
         let acme = Acme {
             cfg: cfg.clone(),
             resolver: Arc::new(Resolver::default()),
-            renew_at: std::sync::Mutex::new(None),
+            served: std::sync::Mutex::new(None),
         };
         let path = acme.cert_path();
         match std::fs::read(&path) {
@@ -94,11 +95,16 @@ impl Acme {
         Ok(Arc::new(sc))
     }
 
-    /// Obtains and renews the certificate until shutdown.
-    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+    /// Obtains and renews the certificate until shutdown; `metrics` shows its expiry and the
+    /// orders' results.
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown, metrics: Arc<Metrics>) {
         let mut retry = FIRST_RETRY;
         loop {
-            let due = *self.renew_at.lock().unwrap_or_else(|p| p.into_inner());
+            let served = *self.served.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, not_after)) = served {
+                metrics.ops.certificate(not_after);
+            }
+            let due = served.map(|(renew_at, _)| renew_at);
             tokio::select! {
                 () = until(due) => {}
                 () = shutdown.wait() => return,
@@ -107,7 +113,9 @@ impl Acme {
                 r = self.obtain() => r,
                 () = shutdown.wait() => return,
             };
-            match attempt.and_then(|issued| self.store(issued)) {
+            let outcome = attempt.and_then(|issued| self.store(issued));
+            metrics.ops.acme_order(outcome.is_ok());
+            match outcome {
                 Ok(issued) => {
                     self.deploy(issued, "issued");
                     retry = FIRST_RETRY;
@@ -129,7 +137,7 @@ impl Acme {
     fn deploy(&self, issued: Issued, source: &'static str) {
         self.resolver.set(Arc::clone(&issued.certified));
         let renew_at = issued.renew_at();
-        *self.renew_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(renew_at);
+        *self.served.lock().unwrap_or_else(|p| p.into_inner()) = Some((renew_at, issued.not_after));
         info!(event = "acme_certificate", source, domains = ?self.cfg.domains,
             not_after = %crate::clock::rfc3339_ms(ms(issued.not_after)),
             renew_at = %crate::clock::rfc3339_ms(ms(renew_at)),

@@ -37,6 +37,9 @@
 //! | `pixelrelay_milter_connections` | gauge | milter connections from the MTA open now |
 //! | `pixelrelay_milter_connection_errors_total` | counter | |
 //! | `pixelrelay_milter_eom_duration_seconds` | histogram | end-of-message to the milter's answer |
+//! | `pixelrelay_tls_certificate_not_after_seconds` | gauge | end of the served ACME certificate's validity (0 before the first) |
+//! | `pixelrelay_acme_orders_total` | counter | `result` = issued, failed |
+//! | `pixelrelay_config_reloads_total` | counter | `result` = applied, failed |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -51,7 +54,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 mod milter;
+mod ops;
 pub use milter::MilterSeries;
+pub use ops::OpsSeries;
 
 /// Label pairs of one series.
 type Labels = Vec<(&'static str, String)>;
@@ -152,6 +157,8 @@ pub struct Metrics {
     inflight_refused: Counter,
     /// The milter front end's series.
     pub milter: MilterSeries,
+    /// The ACME certificate and config reloads.
+    pub ops: OpsSeries,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -282,9 +289,11 @@ impl Metrics {
             inflight_limit: Gauge::default(),
             inflight_refused: Counter::default(),
             milter: MilterSeries::default(),
+            ops: OpsSeries::default(),
         };
         m.register_smtp(&mut registry);
         m.milter.register(&mut registry);
+        m.ops.register(&mut registry);
         m.register_pixel(&mut registry, pixel_latency);
         m.register_store(&mut registry);
         Metrics { registry, ..m }

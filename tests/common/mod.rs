@@ -789,6 +789,25 @@ impl Proc {
             .unwrap_or_else(|| panic!("no http= address in the ready line: {line}"))
     }
 
+    /// The `admin=` address from the ready line.
+    #[allow(dead_code)] // Not every test binary asks the admin API of a child process.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let _ = self.http_addr();
+        let line = self
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("ready smtp="))
+            .cloned()
+            .unwrap();
+        line.split("admin=")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no admin= address in the ready line: {line}"))
+    }
+
     /// SIGTERM and wait; returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
         let _ = std::process::Command::new("kill")
@@ -1077,4 +1096,24 @@ pub fn swaks_send(server: SocketAddr, mail: &str) -> Option<()> {
         String::from_utf8_lossy(&out.stdout)
     );
     Some(())
+}
+
+/// GET on an admin API with its token; the whole response as text, empty if it cannot connect
+/// (blocking: fit for `eventually`).
+#[allow(dead_code)] // Not every test binary asks the admin API of a child process.
+pub fn admin_get_blocking(addr: SocketAddr, token: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

@@ -123,9 +123,12 @@ fn start_ca(dir: &Path, tls_port: u16) -> Option<Ca> {
     cmd.arg("-config")
         .arg(dir.join("pebble.json"))
         .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
-        // No random validation delays; every authorization validated afresh (a renewal too).
+        // No random validation delays; every authorization validated afresh (a renewal too);
+        // no nonces refused at random (instant-acme retries those three times, and a run of
+        // bad luck would make an order fail and the test's timing with it).
         .env("PEBBLE_VA_NOSLEEP", "1")
-        .env("PEBBLE_AUTHZREUSE", "0");
+        .env("PEBBLE_AUTHZREUSE", "0")
+        .env("PEBBLE_WFE_NONCEREJECT", "0");
     let pebble = start_peer(cmd, "ACME directory available at");
     Some(Ca {
         _dns: dns,

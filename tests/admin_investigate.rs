@@ -148,7 +148,22 @@ async fn the_dashboard_filters_pages_exports_and_shows_one_message_on_a_timeline
     for part in ["sender=news%40", "opened=false", "people=true"] {
         assert!(href.contains(part), "{part} in {href}");
     }
-    let csv = a.get(&href).await.text();
+    // The button downloads that file.
+    let downloads = tempfile::tempdir().unwrap();
+    b.call(
+        None,
+        "Browser.setDownloadBehavior",
+        serde_json::json!({"behavior": "allow", "downloadPath": downloads.path()}),
+    );
+    eval("document.getElementById('export').click()");
+    let file = downloads.path().join("pixelrelay-messages.csv");
+    common::eventually(30, "the CSV download", || file.is_file()).await;
+    let csv = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        csv,
+        a.get(&href).await.text(),
+        "the file is the filtered export"
+    );
     assert_eq!(csv.lines().count(), 3, "header and two messages: {csv}");
     assert!(csv.contains("bob@example.net") && csv.contains("carol@example.net"));
     assert!(!csv.contains("alice@example.net"));

@@ -101,6 +101,9 @@ fn flatten<'a>(prefix: &str, t: &'a toml::Table, out: &mut BTreeMap<String, &'a 
 pub struct Reload {
     /// The config in force (its start-only keys as they were at start).
     pub cfg: Config,
+    /// The file as it was at start: a start-only key that differs from it is named at every
+    /// reload until the restart.
+    pub started: toml::Table,
     /// The token key (start-only).
     pub key: TokenKey,
     /// Certificate files (SMTP, pixel).
@@ -196,9 +199,14 @@ impl Reload {
     /// Puts what `new` changes in force; names what needs a restart. `false`: nothing changed
     /// (a part of it could not be built).
     async fn apply(&mut self, mut new: Config) -> bool {
-        let changed = changed_keys(&self.cfg.raw, &new.raw);
-        let (live, restart): (Vec<String>, Vec<String>) =
-            changed.into_iter().partition(|k| is_live(k));
+        let live: Vec<String> = changed_keys(&self.cfg.raw, &new.raw)
+            .into_iter()
+            .filter(|k| is_live(k))
+            .collect();
+        let restart: Vec<String> = changed_keys(&self.started, &new.raw)
+            .into_iter()
+            .filter(|k| !is_live(k))
+            .collect();
         // Built first: a webhook secret that cannot be read keeps the running config.
         let hooks = if live.iter().any(|k| k == "webhooks") {
             match Notifier::from_config(&new.webhooks, self.store.clone()) {

@@ -375,6 +375,7 @@ impl Server {
         // SIGHUP: the config, the certificate files (sessions in progress keep theirs), the
         // network catalogue, the open log (logrotate).
         let reload = Reload {
+            started: cfg.raw.clone(),
             cfg: cfg.clone(),
             key,
             certs: tls

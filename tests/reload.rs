@@ -113,6 +113,11 @@ async fn sighup_puts_the_new_config_in_force_for_new_transactions() {
     );
     assert_eq!(lines_with(&relay, "key=smtp.listen"), 1, "and it is named");
 
+    // Reloaded again unchanged: the pending key is named again, nothing else changes.
+    reload(&relay, "config reloaded").await;
+    assert_eq!(lines_with(&relay, "key=smtp.listen"), 2, "still pending");
+    assert_eq!(lines_with(&relay, "changed=[]"), 1);
+
     // The connection opened before the signal: its next transaction takes the new rules.
     assert_eq!(send(&mut kept).await, 250);
     let after = last_captured(dir.path());
@@ -165,17 +170,19 @@ async fn sighup_puts_the_new_config_in_force_for_new_transactions() {
     assert!(pixel_urls(&still)[0].starts_with("https://t2.example/o/"));
     c.cmd("QUIT").await;
 
-    // An allow list without this address: new connections may no longer relay.
+    // An allow list without this address: new connections may no longer relay. The listener
+    // address is back as it runs: nothing waits for a restart any more.
     let closed = config("", tracking_b, "").replace("127.0.0.0/8", "192.0.2.0/24");
     std::fs::write(&path, closed).unwrap();
     reload(&relay, "config reloaded").await;
+    assert_eq!(lines_with(&relay, "needs_restart=[]"), 1);
     let mut c = Client::hello(relay.smtp).await;
     assert_eq!(c.cmd("MAIL FROM:<a@example.com>").await.0, 250);
     assert_eq!(c.cmd("RCPT TO:<b@example.net>").await.0, 554);
     c.cmd("QUIT").await;
     let metrics = admin_get_blocking(admin, token.trim(), "/metrics");
     for want in [
-        "pixelrelay_config_reloads_total{result=\"applied\"} 2",
+        "pixelrelay_config_reloads_total{result=\"applied\"} 3",
         "pixelrelay_config_reloads_total{result=\"failed\"} 1",
     ] {
         assert!(metrics.contains(want), "{want} in\n{metrics}");

@@ -432,7 +432,7 @@ impl Server {
             let _ = task.await;
         }
         // Undelivered events stay in the outbox for the next start.
-        notifier.stop().await;
+        notifier.close().await;
         settle(&relay.load(), &pixel, &store).await;
     }
 }

@@ -17,7 +17,16 @@ pub struct Hooks {
     /// What the admin API and `/metrics` read.
     current: ArcSwap<Notifier>,
     /// Stops the workers of `current`, and their task.
-    running: Mutex<Option<(ShutdownTrigger, JoinHandle<()>)>>,
+    running: Mutex<Running>,
+}
+
+/// The workers' state.
+#[derive(Debug, Default)]
+struct Running {
+    /// Stops the workers of the endpoints in force, and their task.
+    workers: Option<(ShutdownTrigger, JoinHandle<()>)>,
+    /// After [`Hooks::close`]: nothing starts again (a reload during shutdown).
+    closed: bool,
 }
 
 impl Hooks {
@@ -25,7 +34,7 @@ impl Hooks {
     pub fn new(notifier: Notifier) -> Hooks {
         Hooks {
             current: ArcSwap::from_pointee(notifier),
-            running: Mutex::new(None),
+            running: Mutex::new(Running::default()),
         }
     }
 
@@ -34,25 +43,82 @@ impl Hooks {
         self.current.load_full()
     }
 
-    /// Starts the workers of the endpoints in force.
+    /// Starts the workers of the endpoints in force, unless they run already (a reload came
+    /// first) or the hooks are closed.
     pub async fn start(&self) {
-        let (trigger, stop) = shutdown::channel();
-        let task = self.current.load().start(stop);
-        *self.running.lock().await = Some((trigger, task));
+        let mut running = self.running.lock().await;
+        if running.workers.is_none() && !running.closed {
+            let (trigger, stop) = shutdown::channel();
+            let task = self.current.load().start(stop);
+            running.workers = Some((trigger, task));
+        }
     }
 
-    /// Stops the workers and waits until they are gone.
-    pub async fn stop(&self) {
-        if let Some((trigger, task)) = self.running.lock().await.take() {
-            trigger.trigger();
-            let _ = task.await;
-        }
+    /// Stops the workers for good (shutdown) and waits until they are gone; undelivered
+    /// events stay in the outbox for the next start.
+    pub async fn close(&self) {
+        let mut running = self.running.lock().await;
+        running.closed = true;
+        stop(&mut running).await;
     }
 
     /// Puts `notifier` in force: the old workers stop, the new ones start.
     pub async fn replace(&self, notifier: Notifier) {
-        self.stop().await;
+        let mut running = self.running.lock().await;
+        stop(&mut running).await;
         self.current.store(Arc::new(notifier));
-        self.start().await;
+        if !running.closed {
+            let (trigger, stop) = shutdown::channel();
+            let task = self.current.load().start(stop);
+            running.workers = Some((trigger, task));
+        }
+    }
+}
+
+/// Stops the running workers and waits until they are gone.
+async fn stop(running: &mut Running) {
+    if let Some((trigger, task)) = running.workers.take() {
+        trigger.trigger();
+        let _ = task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn one_set_of_workers_at_a_time_and_none_after_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::store::contract::cfg(dir.path())).unwrap();
+        let hooks = Hooks::new(Notifier::new(Vec::new(), store.clone()));
+        // A reload before the server's own start: the start finds the workers running.
+        hooks
+            .replace(Notifier::new(Vec::new(), store.clone()))
+            .await;
+        let first = hooks
+            .running
+            .lock()
+            .await
+            .workers
+            .as_ref()
+            .map(|(_, t)| t.id());
+        hooks.start().await;
+        let again = hooks
+            .running
+            .lock()
+            .await
+            .workers
+            .as_ref()
+            .map(|(_, t)| t.id());
+        assert!(first.is_some());
+        assert_eq!(first, again, "no second set of workers");
+        hooks.close().await;
+        assert!(hooks.running.lock().await.workers.is_none());
+        // A reload during shutdown starts nothing.
+        hooks.replace(Notifier::new(Vec::new(), store)).await;
+        hooks.start().await;
+        assert!(hooks.running.lock().await.workers.is_none());
     }
 }

@@ -418,3 +418,36 @@ fn mode(p: &Path) -> u32 {
 fn name(p: &Path) -> String {
     p.file_name().unwrap().to_string_lossy().to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_validation_is_logged_with_the_cas_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // pebble validates on a port where nothing listens (DNS or a firewall pointing elsewhere).
+    let Some(ca) = start_ca(dir.path(), free_port()) else {
+        return;
+    };
+    let config = write_config(dir.path(), &ca.directory);
+    let relay = Proc::serve(&config);
+    let log = Arc::clone(&relay.log);
+    eventually(60, "the refused order", || {
+        log.lock().unwrap().iter().any(|l| {
+            l.contains("acme_error") && l.contains(&format!("validation failed: {DOMAIN}: "))
+        })
+    })
+    .await;
+    let line = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("validation failed"))
+        .cloned()
+        .unwrap();
+    assert!(line.contains("retry_in_s=10"), "{line}");
+    assert!(
+        line.to_ascii_lowercase().contains("connection refused")
+            || line.to_ascii_lowercase().contains("connect"),
+        "the CA's reason: {line}"
+    );
+    assert_eq!(deployed(&relay.log, "issued"), 0);
+    assert_eq!(relay.stop(), Some(0));
+}

@@ -160,18 +160,20 @@ impl Acme {
         let mut names = Vec::new();
         let result = self.answer_challenges(&mut order, &mut names).await;
         let ready = match result {
-            Ok(()) => order
-                .poll_ready(&patience())
-                .await
-                .map_err(|e| e.to_string()),
+            Ok(()) => Ok(order.poll_ready(&patience()).await),
             Err(e) => Err(e),
         };
         for n in &names {
             self.resolver.end_challenge(n);
         }
         match ready? {
-            OrderStatus::Ready => {}
-            s => return Err(format!("order is {s:?} after validation")),
+            Ok(OrderStatus::Ready) => {}
+            // Refused: the challenges say why.
+            Ok(OrderStatus::Invalid) | Err(instant_acme::Error::Api(_)) => {
+                return Err(why_invalid(&mut order).await);
+            }
+            Ok(s) => return Err(format!("order is {s:?} after validation")),
+            Err(e) => return Err(format!("validation: {e}")),
         }
         let key = order
             .finalize()
@@ -269,6 +271,30 @@ impl Acme {
         self.cfg
             .cache
             .join(format!("account-{}.json", short_hash(&parts)))
+    }
+}
+
+/// Why the CA refused the order: each failed challenge's problem (the CA's words: "connection
+/// refused", "incorrect TXT record", a DNS error), as the admin needs them.
+async fn why_invalid(order: &mut instant_acme::Order) -> String {
+    let mut reasons = Vec::new();
+    let mut auths = order.authorizations();
+    while let Some(auth) = auths.next().await {
+        let Ok(mut auth) = auth else { continue };
+        let name = auth.identifier().to_string();
+        if let Ok(state) = auth.refresh().await {
+            for c in &state.challenges {
+                if let Some(p) = &c.error {
+                    let detail = p.detail.as_deref().unwrap_or("no detail");
+                    reasons.push(format!("{name}: {detail}"));
+                }
+            }
+        }
+    }
+    if reasons.is_empty() {
+        "the CA refused the order (no reason given)".to_string()
+    } else {
+        format!("validation failed: {}", reasons.join("; "))
     }
 }
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -80,6 +80,11 @@ struct Ca {
 /// Starts pebble with `tls_port` as the port its validator connects to for TLS-ALPN-01, and
 /// pebble-challtestsrv answering every name with 127.0.0.1.
 fn start_ca(dir: &Path, tls_port: u16) -> Option<Ca> {
+    start_ca_on(dir, tls_port, free_port())
+}
+
+/// [`start_ca`] with its directory on port `listen` (a CA started again at the same URL).
+fn start_ca_on(dir: &Path, tls_port: u16, listen: u16) -> Option<Ca> {
     let pebble = need("pebble")?;
     let challtestsrv = need("pebble-challtestsrv")?;
     // pebble's HTTPS certificate, from a CA of the test's own.
@@ -106,7 +111,7 @@ fn start_ca(dir: &Path, tls_port: u16) -> Option<Ca> {
         .args(["-management", &format!("127.0.0.1:{}", free_port())]);
     let dns = start_peer(cmd, "Starting management server");
 
-    let (listen, management) = (free_port(), free_port());
+    let management = free_port();
     let config = serde_json::json!({"pebble": {
         "listenAddress": format!("127.0.0.1:{listen}"),
         "managementListenAddress": format!("127.0.0.1:{management}"),
@@ -213,15 +218,18 @@ async fn pebble_root(ca: &Ca) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(&body).unwrap()
 }
 
+/// Where the forwarder sends connections (the pixel listener of the process running now).
+type Target = Arc<Mutex<Option<SocketAddr>>>;
+
 /// A TCP forwarder from a port of the test's own to wherever `target` is set later: pebble
 /// must be told its validation port before pixelrelay has bound its listener (port 0), as a
 /// firewall forwards 443 to a listener on another port.
-async fn forwarder(target: Arc<OnceLock<SocketAddr>>) -> u16 {
+async fn forwarder(target: Target) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = l.accept().await {
-            let Some(to) = target.get().copied() else {
+            let Some(to) = *target.lock().unwrap() else {
                 continue;
             };
             tokio::spawn(async move {
@@ -278,7 +286,7 @@ fn deployed(log: &Arc<Mutex<Vec<String>>>, source: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tracking_domain_gets_its_certificate_from_pebble_and_renews_it() {
     let dir = tempfile::tempdir().unwrap();
-    let target = Arc::new(OnceLock::new());
+    let target: Target = Arc::default();
     let tls_port = forwarder(Arc::clone(&target)).await;
     let Some(ca) = start_ca(dir.path(), tls_port) else {
         return;
@@ -286,7 +294,7 @@ async fn the_tracking_domain_gets_its_certificate_from_pebble_and_renews_it() {
     let config = write_config(dir.path(), &ca.directory);
     let relay = Proc::serve(&config);
     let pixel = relay.http_addr();
-    target.set(pixel).unwrap();
+    *target.lock().unwrap() = Some(pixel);
 
     // The first certificate: ordered, validated over TLS-ALPN-01 on the pixel port, served.
     eventually(60, "the first certificate", || {
@@ -370,7 +378,7 @@ async fn the_tracking_domain_gets_its_certificate_from_pebble_and_renews_it() {
     // A restart serves the cached certificate from its first handshake, ordering nothing.
     let relay = Proc::serve(&config);
     let pixel = relay.http_addr();
-    target.set(pixel).ok();
+    *target.lock().unwrap() = Some(pixel);
     let conn = Conn::open(pixel, DOMAIN, std::slice::from_ref(&root)).await;
     let served = conn.leaf();
     let issued_now = deployed(&relay.log, "issued");
@@ -450,4 +458,63 @@ async fn a_failed_validation_is_logged_with_the_cas_reason() {
     );
     assert_eq!(deployed(&relay.log, "issued"), 0);
     assert_eq!(relay.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_the_ca_no_longer_knows_is_registered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let target: Target = Arc::default();
+    let tls_port = forwarder(Arc::clone(&target)).await;
+    let listen = free_port();
+    let Some(ca) = start_ca_on(dir.path(), tls_port, listen) else {
+        return;
+    };
+    let config = write_config(dir.path(), &ca.directory);
+    let relay = Proc::serve(&config);
+    *target.lock().unwrap() = Some(relay.http_addr());
+    eventually(60, "the first certificate", || {
+        deployed(&relay.log, "issued") >= 1
+    })
+    .await;
+    assert_eq!(relay.stop(), Some(0));
+
+    // The CA is reset (pebble keeps nothing across a restart) at the same directory URL, and
+    // the cached certificate is gone: the order made with the cached account is refused.
+    drop(ca);
+    let cache = dir.path().join("data/acme");
+    for f in std::fs::read_dir(&cache).unwrap() {
+        let f = f.unwrap().path();
+        if name(&f).starts_with("cert-") {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    let Some(_ca) = start_ca_on(dir.path(), tls_port, listen) else {
+        return;
+    };
+    let relay = Proc::serve(&config);
+    *target.lock().unwrap() = Some(relay.http_addr());
+    eventually(60, "the refusal", || {
+        relay
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("acme_error") && l.contains("the cached account is dropped"))
+    })
+    .await;
+    // The next attempt registers a new account with the reset CA and gets a certificate.
+    eventually(60, "a certificate from the reset CA", || {
+        deployed(&relay.log, "issued") >= 1
+    })
+    .await;
+    assert_eq!(lines_with(&relay.log, "ACME account registered"), 1);
+    assert_eq!(relay.stop(), Some(0));
+}
+
+fn lines_with(log: &Arc<Mutex<Vec<String>>>, needle: &str) -> usize {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
 }

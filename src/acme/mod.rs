@@ -153,10 +153,16 @@ impl Acme {
             .iter()
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&ids))
-            .await
-            .map_err(|e| format!("new order: {e}"))?;
+        let mut order = match account.new_order(&NewOrder::new(&ids)).await {
+            Ok(o) => o,
+            Err(instant_acme::Error::Api(p)) if is_unknown_account(&p) => {
+                // The CA no longer knows the cached account (reset, deactivated): the next
+                // attempt registers a new one.
+                let _ = std::fs::remove_file(self.account_path());
+                return Err(format!("new order: {p}; the cached account is dropped"));
+            }
+            Err(e) => return Err(format!("new order: {e}")),
+        };
         let mut names = Vec::new();
         let result = self.answer_challenges(&mut order, &mut names).await;
         let ready = match result {
@@ -296,6 +302,13 @@ async fn why_invalid(order: &mut instant_acme::Order) -> String {
     } else {
         format!("validation failed: {}", reasons.join("; "))
     }
+}
+
+/// The CA's answer to a request signed by an account it does not know.
+fn is_unknown_account(p: &instant_acme::Problem) -> bool {
+    p.r#type
+        .as_deref()
+        .is_some_and(|t| t.ends_with(":accountDoesNotExist"))
 }
 
 /// Sixteen hex digits of the SHA-256 of `parts`, each ended by a NUL.

@@ -225,6 +225,27 @@ async fn the_dashboard_filters_pages_exports_and_shows_one_message_on_a_timeline
     let shot = b.screenshot(&page, "dashboard-message");
     eprintln!("dashboard message view: {}", shot.display());
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+    // (Last: a second tab puts this one in the background, where it polls nothing.)
+    // The view is in the address (`#message=ID`), so a link opens it; the token never is.
+    let here = eval("location.hash");
+    assert_eq!(here, format!("#message={people}"));
+    let linked = b.open(&format!(
+        "http://{}/#token={TOKEN}&message={people}",
+        a.addr
+    ));
+    let (br, pg) = (b.clone(), linked.clone());
+    tokio::task::spawn_blocking(move || {
+        br.wait_for(
+            &pg,
+            "document.getElementById('detail')?.hidden === false && \
+             document.querySelectorAll('#timeline li').length === 4 && \
+             location.hash.indexOf('token') < 0",
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .unwrap();
+
     drop(b);
     a.stop().await;
 }

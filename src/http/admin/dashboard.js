@@ -16,11 +16,23 @@
     filters: {}, pages: [null], next: null, detail: null,
   };
 
+  // The fragment's parameters: `token` (taken out at once) and `message` (the message view
+  // open, so that a link can show one message).
+  function fragment() {
+    return new URLSearchParams(location.hash.replace(/^#/, ""));
+  }
+
+  function setFragment(params) {
+    const h = params.toString();
+    history.replaceState(null, "", location.pathname + location.search + (h ? "#" + h : ""));
+  }
+
   function takeFragmentToken() {
-    const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
-    if (m) {
-      try { sessionStorage.setItem(KEY, decodeURIComponent(m[1])); } catch (e) { /* storage off */ }
-      history.replaceState(null, "", location.pathname + location.search);
+    const f = fragment();
+    if (f.has("token")) {
+      try { sessionStorage.setItem(KEY, f.get("token")); } catch (e) { /* storage off */ }
+      f.delete("token");
+      setFragment(f);
     }
   }
 
@@ -284,6 +296,9 @@
     meta(dl, "clicks", k.count + " (" + k.human + " by people)");
     renderTimeline();
     $("detail").hidden = false;
+    const f = fragment();
+    f.set("message", id);
+    setFragment(f);
     for (const tr of document.querySelectorAll("tr.msg.selected")) tr.classList.remove("selected");
     const row = document.querySelector('tr.msg[data-id="' + CSS.escape(id) + '"]');
     if (row) row.classList.add("selected");
@@ -557,6 +572,8 @@
       renderLinks();
       renderStats(stats);
       if (!state.poll) state.poll = setInterval(() => pollMessages().catch(failed), 5000);
+      const linked = fragment().get("message");
+      if (linked) showDetail(linked).catch(failed);
       document.body.dataset.loaded = "1";
     } catch (e) {
       return failed(e);
@@ -604,6 +621,9 @@
   $("detail-close").addEventListener("click", () => {
     $("detail").hidden = true;
     state.detail = null;
+    const f = fragment();
+    f.delete("message");
+    setFragment(f);
     for (const tr of document.querySelectorAll("tr.msg.selected")) tr.classList.remove("selected");
   });
   $("logout").addEventListener("click", () => {

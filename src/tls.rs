@@ -1,5 +1,6 @@
 //! Inbound TLS: the certificate and key behind SMTP STARTTLS, the implicit-TLS SMTP listeners
-//! and the pixel listener's HTTPS.
+//! and the pixel listener's HTTPS; and the roots outbound TLS trusts (upstream, database, ACME
+//! CA).
 //!
 //! TLS 1.2 and 1.3 only, with rustls' (AEAD-only) cipher suites from the ring provider. The
 //! configuration sits behind a lock so `reload` (on SIGHUP) swaps in new certificate files
@@ -101,4 +102,27 @@ fn build(cert: &Path, key: &Path, section: &str) -> Result<ServerConfig, String>
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| format!("{section}.key: does not match the certificate or is unusable: {e}"))
+}
+
+/// The roots an outbound connection trusts: the webpki roots, plus the PEM certificates of
+/// `ca_file` (a private CA). Errors name `key` and the file.
+pub fn trusted_roots(ca_file: Option<&Path>, key: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let Some(path) = ca_file else {
+        return Ok(roots);
+    };
+    let bad = |e: &dyn std::fmt::Display| format!("{key}: {}: {e}", path.display());
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    if certs.is_empty() {
+        return Err(bad(&"no certificates found"));
+    }
+    for c in certs {
+        roots.add(c).map_err(|e| bad(&e))?;
+    }
+    Ok(roots)
 }

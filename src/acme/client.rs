@@ -13,8 +13,7 @@ use hyper::http;
 use hyper::http::header::HOST;
 use hyper_util::rt::TokioIo;
 use instant_acme::{BodyWrapper, BytesResponse, Error, HttpClient};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -30,25 +29,7 @@ pub struct Client {
 impl Client {
     /// A client trusting the webpki roots and the PEM certificates in `ca_file`.
     pub fn new(ca_file: Option<&Path>) -> Result<Client, String> {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(path) = ca_file {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("http.acme.ca_file: {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!(
-                    "http.acme.ca_file: {}: no certificate found",
-                    path.display()
-                ));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("http.acme.ca_file: {}: {e}", path.display()))?;
-            }
-        }
+        let roots = crate::tls::trusted_roots(ca_file, "http.acme.ca_file")?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

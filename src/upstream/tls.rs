@@ -14,25 +14,7 @@ pub(super) fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, S
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
             .with_no_client_auth());
     }
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &cfg.ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("upstream.ca_file: {}: {e}", path.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("upstream.ca_file: {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "upstream.ca_file: {}: no certificates found",
-                path.display()
-            ));
-        }
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| format!("upstream.ca_file: {}: {e}", path.display()))?;
-        }
-    }
+    let roots = crate::tls::trusted_roots(cfg.ca_file.as_deref(), "upstream.ca_file")?;
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 

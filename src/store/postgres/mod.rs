@@ -405,24 +405,9 @@ where
 
 /// The rustls client configuration for the database: public roots plus `store.ca_file`.
 fn tls_config(pg: &PostgresConfig) -> Result<rustls::ClientConfig, StoreError> {
-    use rustls_pki_types::pem::PemObject;
     let bad = |e: String| StoreError::Engine(format!("store.ca_file: {e}"));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &pg.ca_file {
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(format!("{}: {e}", path.display())))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(bad(format!("{}: no certificates found", path.display())));
-        }
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        }
-    }
+    let roots = crate::tls::trusted_roots(pg.ca_file.as_deref(), "store.ca_file")
+        .map_err(StoreError::Engine)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -6,12 +6,14 @@
 //! every `[tracking]` rule (on or off, `base_url`, clicks and `click_exclude`, the skip rules,
 //! the opt-out header, `max_rewrite_size`) and the network catalogue files. From the next SMTP
 //! connection: `[smtp]` names, limits and timeouts, `allow_networks`, `[smtp.auth]` and
-//! `smtp.tls.required`. At once: `smtp.max_inflight_bytes`, `[[webhooks]]` (the workers restart
-//! on the new endpoints) and `log.level`.
+//! `smtp.tls.required`. At once: `smtp.max_inflight_bytes`, `http.trusted_proxies` (the next
+//! pixel or click request), `[[webhooks]]` (the workers restart on the new endpoints) and
+//! `log.level`.
 //!
 //! Everything else (listeners, TLS files' paths, the upstream, the store, the token keys,
-//! the machine windows, `[http]`, `[admin]`, `[milter]`, `log.format`) is read at start only:
-//! a change there is logged with its key and "needs a restart", and the running value stays.
+//! the machine windows, `[http]` but its proxies, `[admin]`, `[milter]`, `log.format`) is read
+//! at start only: a change there is logged with its key and "needs a restart", and the running
+//! value stays.
 //! A file that does not load keeps the whole running config and logs why.
 
 use std::collections::BTreeMap;
@@ -21,7 +23,7 @@ use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
 use crate::config::{Config, TrackingConfig};
-use crate::evidence::EvidenceSource;
+use crate::http::pixel::PixelState;
 use crate::metrics::Metrics;
 use crate::milter::MilterFront;
 use crate::notify::{Hooks, Notifier};
@@ -32,7 +34,7 @@ use crate::tls::TlsSource;
 use crate::token::TokenKey;
 
 /// Keys a reload puts in force (a key, or a table whose every key is).
-const LIVE: [&str; 15] = [
+const LIVE: [&str; 16] = [
     "smtp.hostname",
     "smtp.max_message_size",
     "smtp.max_recipients",
@@ -45,6 +47,7 @@ const LIVE: [&str; 15] = [
     "smtp.max_inflight_bytes",
     "smtp.auth",
     "smtp.tls.required",
+    "http.trusted_proxies",
     "tracking",
     "webhooks",
     "log.level",
@@ -110,8 +113,8 @@ pub struct Reload {
     pub certs: Vec<Arc<TlsSource>>,
     /// For the open log.
     pub store: Store,
-    /// The network catalogue.
-    pub evidence: Arc<EvidenceSource>,
+    /// The pixel listener's state: the network catalogue and the trusted proxies.
+    pub pixel: Arc<PixelState>,
     /// The relay sessions take at each `MAIL`.
     pub relay: Arc<ArcSwap<Relay>>,
     /// The settings new SMTP connections take.
@@ -175,7 +178,7 @@ impl Reload {
         };
         self.relay.load().metrics.ops.reload(applied);
         let tracking: &TrackingConfig = &self.cfg.tracking;
-        if let Err(e) = self.evidence.reload(tracking) {
+        if let Err(e) = self.pixel.evidence.reload(tracking) {
             warn!(error = %e, event = "evidence_reload", "network catalogue reload failed; keeping the old one");
         }
         for tls in &self.certs {
@@ -263,6 +266,11 @@ impl Reload {
                 budget: old.budget.clone(),
             }));
         }
+        if let Some(h) = &new.http {
+            self.pixel
+                .trusted_proxies
+                .store(Arc::new(h.trusted_proxies.clone()));
+        }
         if let Some(n) = hooks {
             self.hooks.replace(n).await;
         }
@@ -276,7 +284,11 @@ impl Reload {
 /// Copies into `new` what only a restart changes, so that the config in force says what runs.
 fn keep_start_only(running: &Config, new: &mut Config) {
     new.upstream = running.upstream.clone();
+    let proxies = new.http.as_ref().map(|h| h.trusted_proxies.clone());
     new.http = running.http.clone();
+    if let (Some(h), Some(p)) = (new.http.as_mut(), proxies) {
+        h.trusted_proxies = p;
+    }
     new.admin = running.admin.clone();
     new.store = running.store.clone();
     new.milter = running.milter.clone();
@@ -333,6 +345,7 @@ mod tests {
             "webhooks",
             "log.level",
             "smtp.max_inflight_bytes",
+            "http.trusted_proxies",
         ] {
             assert!(is_live(live), "{live}");
         }

@@ -385,7 +385,7 @@ impl Server {
                 .cloned()
                 .collect(),
             store: store.clone(),
-            evidence: Arc::clone(&pixel.evidence),
+            pixel: Arc::clone(&pixel),
             relay: Arc::clone(&relay),
             session,
             milter: milter.as_ref().map(|(_, front, _)| Arc::clone(front)),

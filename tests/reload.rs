@@ -58,6 +58,24 @@ async fn reload(p: &Proc, needle: &str) {
     eventually(10, needle, || lines_with(p, needle) > before).await;
 }
 
+/// GETs a pixel `url`'s path from `pixel` with `X-Forwarded-For: xff`; the status.
+fn hit(pixel: std::net::SocketAddr, url: &str, xff: &str) -> u16 {
+    use std::io::{Read, Write};
+    let path = &url[url.find("/o/").expect("a pixel URL")..];
+    let mut s = std::net::TcpStream::connect(pixel).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUser-Agent: Thunderbird/115.0\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    std::str::from_utf8(out.get(9..12).unwrap_or_default())
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The captured message written last.
 fn last_captured(dir: &Path) -> Vec<u8> {
     let mut emls: Vec<_> = files_below(&dir.join("data/outbox"))
@@ -89,6 +107,16 @@ async fn sighup_puts_the_new_config_in_force_for_new_transactions() {
     assert!(pixel_urls(&before)[0].starts_with("http://127.0.0.1:8080/o/"));
     assert!(String::from_utf8_lossy(&before).contains("https://shop.example/x"));
     assert_eq!(lines_with(&relay, "DEBUG"), 0);
+    // No proxy trusted yet: a forwarded-for header is not believed.
+    let pixel = relay.http_addr();
+    let admin = relay.admin_addr();
+    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
+    let opens = || admin_get_blocking(admin, token.trim(), "/api/v1/opens?limit=10");
+    assert_eq!(hit(pixel, &pixel_urls(&before)[0], "203.0.113.7"), 200);
+    eventually(10, "the open from the proxy itself", || {
+        opens().contains("\"ip\":\"127.0.0.1\"")
+    })
+    .await;
 
     // New tracking rules (another base_url, clicks on), a webhook, the log level, a smaller
     // message size, and a listener address (which needs a restart).
@@ -102,6 +130,10 @@ async fn sighup_puts_the_new_config_in_force_for_new_transactions() {
         "[[webhooks]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nsecret_file = \"hook.secret\"\n"
     );
     let text = config("max_message_size = 2000", tracking_b, &hook)
+        .replace(
+            "[http]\nlisten = \"127.0.0.1:0\"",
+            "[http]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]",
+        )
         .replace("listen = [\"127.0.0.1:0\"]", "listen = [\"127.0.0.1:1\"]")
         .replace("level = \"info\"", "level = \"debug\"");
     std::fs::write(&path, text).unwrap();
@@ -141,16 +173,12 @@ async fn sighup_puts_the_new_config_in_force_for_new_transactions() {
     fresh.cmd("QUIT").await;
 
     // The new webhook endpoint is subscribed: an open is queued for it (nothing listens there).
-    let pixel = relay.http_addr();
-    let path_part = url.split("/o/").nth(1).unwrap();
-    let (status, _, _) = http_get(
-        &format!("http://{pixel}/o/{path_part}"),
-        "Thunderbird/115.0",
-    )
+    // And the proxy is trusted now: the reader's address comes from its header.
+    assert_eq!(hit(pixel, &url, "203.0.113.7"), 200);
+    eventually(10, "the open from the reader behind the proxy", || {
+        opens().contains("\"ip\":\"203.0.113.7\"")
+    })
     .await;
-    assert_eq!(status, 200);
-    let admin = relay.admin_addr();
-    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
     eventually(10, "an outbox row for the new endpoint", || {
         admin_get_blocking(admin, token.trim(), "/api/v1/webhooks/pending").contains("\"items\":[{")
     })

@@ -32,6 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -44,6 +45,7 @@ use super::serve::Limits;
 use crate::config::HttpConfig;
 use crate::evidence::EvidenceSource;
 use crate::ingest::{Hit, HitSeen, Ingest};
+use crate::net::Cidr;
 use crate::shutdown::Shutdown;
 use crate::store::now_ms;
 use crate::token::{MessageId, Purpose, TOKEN_LEN, TokenKey};
@@ -67,8 +69,11 @@ pub struct PixelState {
     pub key: TokenKey,
     /// Journals hits (the indexer records them as opens).
     pub ingest: Ingest,
-    /// Listener limits and trusted proxies.
+    /// Listener limits.
     pub http: HttpConfig,
+    /// Peers whose `Forwarded`/`X-Forwarded-For` is believed (`http.trusted_proxies`; a
+    /// config reload replaces them).
+    pub trusted_proxies: ArcSwap<Vec<Cidr>>,
     /// `tracking.machine_window` and `tracking.probable_window` for the timing rules.
     pub windows: Windows,
     /// The network catalogue and databases, looked up per hit before anonymisation.
@@ -94,6 +99,7 @@ impl PixelState {
             key,
             counters: ingest.hit_counters(),
             ingest,
+            trusted_proxies: ArcSwap::from_pointee(http.trusted_proxies.clone()),
             http,
             windows,
             evidence,
@@ -237,7 +243,7 @@ fn record(
     click: Option<(u16, Cow<'_, str>)>,
 ) {
     let c = &state.counters;
-    let ip = client_ip(peer, headers, &state.http.trusted_proxies);
+    let ip = client_ip(peer, headers, &state.trusted_proxies.load());
     let evidence = state.evidence.current();
     let looked = evidence.look_up(ip);
     let hit = Hit {

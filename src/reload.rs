@@ -4,14 +4,15 @@
 //!
 //! In force from the next transaction (relay: the next `MAIL`; milter: the next message):
 //! every `[tracking]` rule (on or off, `base_url`, clicks and `click_exclude`, the skip rules,
-//! the opt-out header, `max_rewrite_size`) and the network catalogue files. From the next SMTP
+//! the opt-out header, `max_rewrite_size`) and the network catalogue files; for the next pixel
+//! or click request, the machine windows. From the next SMTP
 //! connection: `[smtp]` names, limits and timeouts, `allow_networks`, `[smtp.auth]` and
 //! `smtp.tls.required`. At once: `smtp.max_inflight_bytes`, `http.trusted_proxies` (the next
 //! pixel or click request), `[[webhooks]]` (the workers restart on the new endpoints) and
 //! `log.level`.
 //!
 //! Everything else (listeners, TLS files' paths, the upstream, the store, the token keys,
-//! the machine windows, `[http]` but its proxies, `[admin]`, `[milter]`, `log.format`) is read
+//! `[http]` but its proxies, `[admin]`, `[milter]`, `log.format`) is read
 //! at start only: a change there is logged with its key and "needs a restart", and the running
 //! value stays.
 //! A file that does not load keeps the whole running config and logs why.
@@ -53,13 +54,8 @@ const LIVE: [&str; 16] = [
     "log.level",
 ];
 
-/// `[tracking]` keys read at start only (the token keys, the pixel listener's windows).
-const TRACKING_AT_START: [&str; 4] = [
-    "tracking.secret_file",
-    "tracking.previous_secret_files",
-    "tracking.machine_window",
-    "tracking.probable_window",
-];
+/// `[tracking]` keys read at start only: the token keys.
+const TRACKING_AT_START: [&str; 2] = ["tracking.secret_file", "tracking.previous_secret_files"];
 
 /// Whether a change of `key` is put in force by a reload.
 pub fn is_live(key: &str) -> bool {
@@ -271,6 +267,10 @@ impl Reload {
                 .trusted_proxies
                 .store(Arc::new(h.trusted_proxies.clone()));
         }
+        self.pixel.windows.store(Arc::new(crate::track::Windows {
+            machine: new.tracking.machine_window,
+            probable: new.tracking.probable_window,
+        }));
         if let Some(n) = hooks {
             self.hooks.replace(n).await;
         }
@@ -301,8 +301,6 @@ fn keep_start_only(running: &Config, new: &mut Config) {
     let t = &running.tracking;
     new.tracking.secret_file = t.secret_file.clone();
     new.tracking.previous_secret_files = t.previous_secret_files.clone();
-    new.tracking.machine_window = t.machine_window;
-    new.tracking.probable_window = t.probable_window;
 }
 
 #[cfg(test)]
@@ -356,7 +354,7 @@ mod tests {
             "smtp.hostnamex",
             "upstream.address",
             "tracking.secret_file",
-            "tracking.machine_window",
+            "tracking.previous_secret_files",
             "http.listen",
             "store.path",
             "log.format",

@@ -76,6 +76,16 @@ fn hit(pixel: std::net::SocketAddr, url: &str, xff: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// The open from `ip` in an admin response listing opens.
+fn open_from(response: &str, ip: &str) -> serde_json::Value {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|o| o["ip"] == ip).cloned())
+        .unwrap_or_else(|| panic!("no open from {ip} in {response}"))
+}
+
 /// The captured message written last.
 fn last_captured(dir: &Path) -> Vec<u8> {
     let mut emls: Vec<_> = files_below(&dir.join("data/outbox"))
@@ -117,15 +127,21 @@ async fn sighup_puts_the_new_config_in_force_for_new_transactions() {
         opens().contains("\"ip\":\"127.0.0.1\"")
     })
     .await;
+    // Loaded seconds after hand-off: a machine by the timing rule (machine_window, 30 s).
+    assert_eq!(
+        open_from(&opens(), "127.0.0.1")["machine_reason"],
+        "early-load"
+    );
 
-    // New tracking rules (another base_url, clicks on), a webhook, the log level, a smaller
-    // message size, and a listener address (which needs a restart).
+    // New tracking rules (another base_url, clicks on, no timing rule), a trusted proxy, a
+    // webhook, the log level, a smaller message size, and a listener address (which needs a
+    // restart).
     let hook_port = free_port();
     let secret = dir.path().join("hook.secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let tracking_b = "base_url = \"https://t2.example\"\nclicks = true";
+    let tracking_b = "base_url = \"https://t2.example\"\nclicks = true\nmachine_window = 0";
     let hook = format!(
         "[[webhooks]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nsecret_file = \"hook.secret\"\n"
     );
@@ -179,6 +195,9 @@ async fn sighup_puts_the_new_config_in_force_for_new_transactions() {
         opens().contains("\"ip\":\"203.0.113.7\"")
     })
     .await;
+    // The timing rule is off now (machine_window = 0): a person.
+    let open = open_from(&opens(), "203.0.113.7");
+    assert_eq!(open["machine"], false, "{open}");
     eventually(10, "an outbox row for the new endpoint", || {
         admin_get_blocking(admin, token.trim(), "/api/v1/webhooks/pending").contains("\"items\":[{")
     })

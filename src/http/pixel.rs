@@ -74,8 +74,9 @@ pub struct PixelState {
     /// Peers whose `Forwarded`/`X-Forwarded-For` is believed (`http.trusted_proxies`; a
     /// config reload replaces them).
     pub trusted_proxies: ArcSwap<Vec<Cidr>>,
-    /// `tracking.machine_window` and `tracking.probable_window` for the timing rules.
-    pub windows: Windows,
+    /// `tracking.machine_window` and `tracking.probable_window` for the timing rules (a config
+    /// reload replaces them).
+    pub windows: ArcSwap<Windows>,
     /// The network catalogue and databases, looked up per hit before anonymisation.
     pub evidence: Arc<EvidenceSource>,
     /// Valid/invalid hit counts (the store's).
@@ -101,7 +102,7 @@ impl PixelState {
             ingest,
             trusted_proxies: ArcSwap::from_pointee(http.trusted_proxies.clone()),
             http,
-            windows,
+            windows: ArcSwap::from_pointee(windows),
             evidence,
             latency: Default::default(),
             tls: None,
@@ -255,7 +256,7 @@ fn record(
             head,
             ..hints(headers)
         },
-        windows: state.windows,
+        windows: **state.windows.load(),
         seen: HitSeen {
             network: looked.network.map(|n| (n.kind, n.certainty)),
             scanner_asn: looked.scanner_asn.is_some(),

@@ -4,18 +4,16 @@
 //!
 //! In force from the next transaction (relay: the next `MAIL`; milter: the next message):
 //! every `[tracking]` rule (on or off, `base_url`, clicks and `click_exclude`, the skip rules,
-//! the opt-out header, `max_rewrite_size`) and the network catalogue files; for the next pixel
-//! or click request, the machine windows. From the next SMTP
-//! connection: `[smtp]` names, limits and timeouts, `allow_networks`, `[smtp.auth]` and
-//! `smtp.tls.required`. At once: `smtp.max_inflight_bytes`, `http.trusted_proxies` (the next
-//! pixel or click request), `[[webhooks]]` (the workers restart on the new endpoints) and
-//! `log.level`.
+//! the opt-out header, `max_rewrite_size`) and the network catalogue files. From the next
+//! SMTP connection: `[smtp]` names, limits and timeouts, `allow_networks`, `[smtp.auth]` and
+//! `smtp.tls.required`. From the next pixel or click request: the machine windows and
+//! `http.trusted_proxies`. At once: `smtp.max_inflight_bytes`, `[[webhooks]]` (the workers
+//! restart on the new endpoints) and `log.level`.
 //!
 //! Everything else (listeners, TLS files' paths, the upstream, the store, the token keys,
-//! `[http]` but its proxies, `[admin]`, `[milter]`, `log.format`) is read
-//! at start only: a change there is logged with its key and "needs a restart", and the running
-//! value stays.
-//! A file that does not load keeps the whole running config and logs why.
+//! `[http]` but its proxies, `[admin]`, `[milter]`, `log.format`) is read at start only: a
+//! change there is logged with its key and "needs a restart", and the running value stays. A
+//! file that does not load keeps the whole running config and logs why.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

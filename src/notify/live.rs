@@ -47,10 +47,8 @@ impl Hooks {
     /// first) or the hooks are closed.
     pub async fn start(&self) {
         let mut running = self.running.lock().await;
-        if running.workers.is_none() && !running.closed {
-            let (trigger, stop) = shutdown::channel();
-            let task = self.current.load().start(stop);
-            running.workers = Some((trigger, task));
+        if running.workers.is_none() {
+            self.spawn(&mut running);
         }
     }
 
@@ -67,6 +65,11 @@ impl Hooks {
         let mut running = self.running.lock().await;
         stop(&mut running).await;
         self.current.store(Arc::new(notifier));
+        self.spawn(&mut running);
+    }
+
+    /// Starts the workers of the endpoints in force, unless the hooks are closed.
+    fn spawn(&self, running: &mut Running) {
         if !running.closed {
             let (trigger, stop) = shutdown::channel();
             let task = self.current.load().start(stop);

@@ -764,11 +764,11 @@ impl Proc {
         }
     }
 
-    /// The `http=` address from the ready line (`serve` returns as soon as it has seen the
-    /// line; its reader thread stores the line just after, so poll for it briefly).
-    pub fn http_addr(&self) -> SocketAddr {
+    /// The ready line (`serve` returns as soon as it has seen the line; its reader thread
+    /// stores the line just after, so poll for it briefly).
+    fn ready_line(&self) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let line = loop {
+        loop {
             let found = self
                 .log
                 .lock()
@@ -777,35 +777,33 @@ impl Proc {
                 .find(|l| l.contains("ready smtp="))
                 .cloned();
             if let Some(l) = found {
-                break l;
+                return l;
             }
             assert!(std::time::Instant::now() < deadline, "no ready line");
             std::thread::sleep(std::time::Duration::from_millis(5));
-        };
-        line.split("http=")
-            .nth(1)
-            .and_then(|s| s.split(' ').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no http= address in the ready line: {line}"))
+        }
     }
 
-    /// The `admin=` address from the ready line.
-    #[allow(dead_code)] // Not every test binary asks the admin API of a child process.
-    pub fn admin_addr(&self) -> SocketAddr {
-        let _ = self.http_addr();
-        let line = self
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains("ready smtp="))
-            .cloned()
-            .unwrap();
-        line.split("admin=")
+    /// The address after `name=` in the ready line.
+    fn ready_addr(&self, name: &str) -> SocketAddr {
+        let line = self.ready_line();
+        line.split(&format!("{name}="))
             .nth(1)
             .and_then(|s| s.split(' ').next())
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no admin= address in the ready line: {line}"))
+            .unwrap_or_else(|| panic!("no {name}= address in the ready line: {line}"))
+    }
+
+    /// The pixel listener's address.
+    #[allow(dead_code)] // Not every test binary asks a child process for it.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.ready_addr("http")
+    }
+
+    /// The admin listener's address.
+    #[allow(dead_code)] // Not every test binary asks a child process for it.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.ready_addr("admin")
     }
 
     /// SIGTERM and wait; returns the exit code.

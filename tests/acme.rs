@@ -307,6 +307,33 @@ async fn the_tracking_domain_gets_its_certificate_from_pebble_and_renews_it() {
     let (status, body) = kept.get(DOMAIN, "/o/not-a-token.gif").await;
     assert_eq!(status, 200);
     assert!(body.starts_with(b"GIF89a"));
+    // A relayed message's pixel is https://track.pixelrelay.test/o/…: loaded over this
+    // certificate, it records the open.
+    let mut smtp = Client::hello(relay.smtp).await;
+    let html = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n<html><body>hello</body></html>\r\n";
+    assert_eq!(
+        smtp.send_mail("a@example.com", &["b@example.net"], html)
+            .await
+            .0,
+        250
+    );
+    let eml = files_below(&dir.path().join("data/outbox"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "eml"))
+        .expect("the captured message");
+    let url = pixel_urls(&std::fs::read(eml).unwrap()).remove(0);
+    let path = url
+        .strip_prefix(&format!("https://{DOMAIN}"))
+        .unwrap_or_else(|| panic!("{url}"));
+    let (status, body) = kept.get(DOMAIN, path).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with(b"GIF89a"));
+    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
+    let admin = relay.admin_addr();
+    eventually(10, "the open over HTTPS", || {
+        admin_get_blocking(admin, token.trim(), "/api/v1/stats").contains("\"opens\":1")
+    })
+    .await;
     // pebble's validity period (its notAfter is the period's last second, inclusive).
     let (not_before, not_after) = pixelrelay::acme::validity(&first).expect("validity");
     let period = not_after - not_before;
@@ -363,8 +390,7 @@ async fn the_tracking_domain_gets_its_certificate_from_pebble_and_renews_it() {
         "no failed attempt"
     );
     // /metrics: the served certificate's end, and the two orders.
-    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
-    let metrics = admin_get_blocking(relay.admin_addr(), token.trim(), "/metrics");
+    let metrics = admin_get_blocking(admin, token.trim(), "/metrics");
     let (_, second_end) = pixelrelay::acme::validity(&second).unwrap();
     for want in [
         format!("pixelrelay_tls_certificate_not_after_seconds {second_end}"),

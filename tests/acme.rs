@@ -317,11 +317,7 @@ async fn the_tracking_domain_gets_its_certificate_from_pebble_and_renews_it() {
             .0,
         250
     );
-    let eml = files_below(&dir.path().join("data/outbox"))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "eml"))
-        .expect("the captured message");
-    let url = pixel_urls(&std::fs::read(eml).unwrap()).remove(0);
+    let url = pixel_urls(&captured(&dir.path().join("data/outbox"))).remove(0);
     let path = url
         .strip_prefix(&format!("https://{DOMAIN}"))
         .unwrap_or_else(|| panic!("{url}"));

@@ -151,11 +151,7 @@ async fn open_log_survives_rotation_by_move_and_by_copytruncate() {
             .0,
         250
     );
-    let eml = files_below(&dir.path().join("data/outbox"))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "eml"))
-        .unwrap();
-    let url = pixel_urls(&std::fs::read(eml).unwrap()).remove(0);
+    let url = pixel_urls(&captured(&dir.path().join("data/outbox"))).remove(0);
     let log = dir.path().join("data/opens.jsonl");
     let hit = |n: usize| {
         let url = url.clone();
@@ -267,11 +263,7 @@ async fn systemd_readiness_and_log_lines_that_join() {
         .await;
     assert_eq!(code, 250, "{text}");
     c.cmd("QUIT").await;
-    let eml = files_below(&dir.path().join("data/outbox"))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "eml"))
-        .expect("captured");
-    let url = pixel_urls(&std::fs::read(eml).unwrap()).remove(0);
+    let url = pixel_urls(&captured(&dir.path().join("data/outbox"))).remove(0);
     let (status, _, _) = http_get(
         &url,
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Thunderbird/128.0",

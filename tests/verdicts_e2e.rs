@@ -266,11 +266,7 @@ listen = "127.0.0.1:{admin}"
             .0,
         250
     );
-    let eml = files_below(&dir.path().join("outbox"))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "eml"))
-        .unwrap();
-    let path = pixel_path(&std::fs::read(eml).unwrap());
+    let path = pixel_path(&captured(&dir.path().join("outbox")));
     let addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
 
     load(addr, &path, "198.51.100.20", CHROME).await;

@@ -91,6 +91,12 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
+    /// The task id of the running workers, if any.
+    async fn workers(hooks: &Hooks) -> Option<tokio::task::Id> {
+        let running = hooks.running.lock().await;
+        running.workers.as_ref().map(|(_, t)| t.id())
+    }
+
     #[tokio::test]
     async fn one_set_of_workers_at_a_time_and_none_after_close() {
         let dir = tempfile::tempdir().unwrap();
@@ -100,28 +106,16 @@ mod tests {
         hooks
             .replace(Notifier::new(Vec::new(), store.clone()))
             .await;
-        let first = hooks
-            .running
-            .lock()
-            .await
-            .workers
-            .as_ref()
-            .map(|(_, t)| t.id());
+        let first = workers(&hooks).await;
         hooks.start().await;
-        let again = hooks
-            .running
-            .lock()
-            .await
-            .workers
-            .as_ref()
-            .map(|(_, t)| t.id());
+        let again = workers(&hooks).await;
         assert!(first.is_some());
         assert_eq!(first, again, "no second set of workers");
         hooks.close().await;
-        assert!(hooks.running.lock().await.workers.is_none());
+        assert!(workers(&hooks).await.is_none());
         // A reload during shutdown starts nothing.
         hooks.replace(Notifier::new(Vec::new(), store)).await;
         hooks.start().await;
-        assert!(hooks.running.lock().await.workers.is_none());
+        assert!(workers(&hooks).await.is_none());
     }
 }

@@ -647,6 +647,16 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The message a capture-mode relay wrote into `outbox` (its `.eml`; the first if several).
+#[allow(dead_code)] // Not every test binary relays in capture mode.
+pub fn captured(outbox: &Path) -> Vec<u8> {
+    let eml = files_below(outbox)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "eml"))
+        .unwrap_or_else(|| panic!("no .eml captured in {}", outbox.display()));
+    std::fs::read(eml).unwrap()
+}
+
 /// Whether `name` is on PATH (or in /usr/sbin).
 pub fn have(name: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();

@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use super::html::{for_each_tag, is_tag};
+use super::html::{EndTags, for_each_tag, is_tag};
 
 /// The URL patterns left alone when `tracking.click_exclude` is not set.
 pub const DEFAULT_EXCLUDE: [&str; 3] = ["unsubscribe", "optout", "opt-out"];
@@ -41,18 +41,31 @@ pub fn trackable(html: &[u8], exclude: &[String]) -> Vec<Link> {
 
 /// Calls `f` with each trackable link of `html` in document order, until it returns `false`
 /// (one link at a time: nothing is collected).
-pub fn for_each_trackable(html: &[u8], exclude: &[String], mut f: impl FnMut(Link) -> bool) {
+pub fn for_each_trackable(html: &[u8], exclude: &[String], f: impl FnMut(Link) -> bool) {
+    scan(html, exclude, f);
+}
+
+/// [`for_each_trackable`], returning the pixel's insertion point
+/// ([`super::html::insertion_point`]) found in the same pass over the tags.
+pub(super) fn scan(html: &[u8], exclude: &[String], mut f: impl FnMut(Link) -> bool) -> usize {
     let mut go = true;
+    let mut end = EndTags::default();
     for_each_tag(html, |lt| {
         let rest = &html[lt + 1..];
-        if go
-            && matches!(rest.first(), Some(b'a' | b'A'))
-            && is_tag(rest, b"a")
-            && let Some(link) = anchor(html, lt + 2, exclude)
-        {
-            go = f(link);
+        match rest.first() {
+            Some(b'a' | b'A') => {
+                if go
+                    && is_tag(rest, b"a")
+                    && let Some(link) = anchor(html, lt + 2, exclude)
+                {
+                    go = f(link);
+                }
+            }
+            Some(b'/') => end.see(html, lt),
+            _ => {}
         }
     });
+    end.point(html)
 }
 
 /// Whether `needle` occurs in `hay`, ASCII letters compared without case (no allocation: it
@@ -162,7 +175,11 @@ impl<'a> Iterator for Attributes<'a> {
 /// `&#x26;`) and the named ones links carry (`&amp; &lt; &gt; &quot; &apos; &nbsp;`), each with
 /// its `;`. Anything else stays as written; bytes that are not UTF-8 are replaced.
 pub fn decode_references(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(value);
+    // Checked strictly first: the lossy decoder walks the bytes in small steps.
+    let text = match std::str::from_utf8(value) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(value),
+    };
     if !text.contains('&') {
         return text.into_owned();
     }
@@ -213,6 +230,24 @@ fn reference(s: &str) -> Option<(char, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The pass that finds the links also finds the pixel's place, where the pixel's own
+        /// scan would put it: markup pieces that move it (body and html end tags, comments,
+        /// raw text that hides tags) in any order and case.
+        #[test]
+        fn the_link_scan_finds_the_insertion_point(pieces in proptest::collection::vec(prop_oneof![
+            Just("</body>"), Just("</BODY >"), Just("</html>"), Just("</Html\n>"), Just("<body>"),
+            Just("<!-- </body> -->"), Just("<!--"), Just("-->"), Just("<script>"), Just("</script>"),
+            Just("<style>"), Just("</style>"), Just("<a href=\"https://x.example/\">"), Just("</a>"),
+            Just("<"), Just("</"), Just("text"), Just("\r\n"), Just("</bodyx>"), Just("<textarea>"),
+        ], 0..24)) {
+            let html = pieces.concat();
+            let found = scan(html.as_bytes(), &[], |_| true);
+            prop_assert_eq!(found, super::super::html::insertion_point(html.as_bytes()), "{}", html);
+        }
+    }
 
     fn urls(html: &str) -> Vec<String> {
         let exclude: Vec<String> = DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect();

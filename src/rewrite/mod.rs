@@ -416,9 +416,12 @@ fn insert(
     if html::contains_pixel(&decoded, pixel_prefix) {
         return Err(SkipReason::AlreadyTracked);
     }
-    let p = html::insertion_point(&decoded);
+    // With links, one pass over the tags finds both them and the pixel's place.
+    let (p, link_edits) = match links {
+        Some(l) => link_edits(&decoded, l, msg.len() / 2),
+        None => (html::insertion_point(&decoded), Vec::new()),
+    };
     let total = decoded.len();
-    let link_edits = links.map_or_else(Vec::new, |l| link_edits(&decoded, l, msg.len() / 2));
     let markup = html::markup(pixel_url);
     let nl = headers::line_ending(body, headers::line_ending(msg, b"\r\n"));
     // Only the base64 splice reads the decoded text again (and the raw one with links); free
@@ -456,10 +459,10 @@ fn insert(
 /// The edits that replace the tracked links' `href` values in `decoded`, adding `room` bytes
 /// at most in all: the links after that stay as written, so that a link-dense message's
 /// rewrite stays within what the relay reserves for it whatever its transfer encoding.
-fn link_edits(decoded: &[u8], l: &Links<'_>, mut room: usize) -> Vec<edit::Edit> {
+fn link_edits(decoded: &[u8], l: &Links<'_>, mut room: usize) -> (usize, Vec<edit::Edit>) {
     let mut out = Vec::new();
     let mut i = 0u16;
-    links::for_each_trackable(decoded, l.exclude, |link| {
+    let p = links::scan(decoded, l.exclude, |link| {
         if !l.own_prefix.is_empty() && link.url.starts_with(l.own_prefix) {
             return true;
         }
@@ -482,7 +485,7 @@ fn link_edits(decoded: &[u8], l: &Links<'_>, mut room: usize) -> Vec<edit::Edit>
             None => false,
         }
     });
-    out
+    (p, out)
 }
 
 /// Writes the part's body with the pixel inserted and the link edits applied, in its own

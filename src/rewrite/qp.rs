@@ -333,25 +333,29 @@ pub fn edit(enc: &[u8], total: usize, edits: &[Edit], nl: &[u8], out: &mut Vec<u
         }
     }
     let mut copied = 0;
+    // One pair of buffers for every run (a link-dense part has hundreds).
+    let (mut text, mut edited) = (Vec::new(), Vec::new());
     for (a, b, run_edits) in runs {
         out.extend_from_slice(&enc[copied..all[a].start]);
-        let mut text = Vec::new();
+        text.clear();
         for l in &all[a..=b] {
             decode_content(&enc[l.start..l.content_end], &mut text);
         }
+        // The run's edits, their offsets taken from the start of the run.
         let from = spans[a].0;
-        let shifted: Vec<Edit> = run_edits
-            .iter()
-            .map(|e| Edit {
-                range: e.range.start - from..e.range.end - from,
-                with: e.with.clone(),
-            })
-            .collect();
-        let text = super::edit::apply(&text, &shifted);
+        edited.clear();
+        let mut at = 0;
+        for e in run_edits {
+            let start = (e.range.start - from).clamp(at, text.len());
+            edited.extend_from_slice(&text[at..start]);
+            edited.extend_from_slice(&e.with);
+            at = (e.range.end - from).clamp(start, text.len());
+        }
+        edited.extend_from_slice(&text[at..]);
         let last = &all[b];
         let own_nl = &enc[all[a].raw_end..all[a].end];
         let soft_nl = if own_nl.is_empty() { nl } else { own_nl };
-        encode_run(&text, last.soft, soft_nl, out);
+        encode_run(&edited, last.soft, soft_nl, out);
         if last.soft {
             out.push(b'=');
         }
@@ -367,20 +371,29 @@ pub fn edit(enc: &[u8], total: usize, edits: &[Edit], nl: &[u8], out: &mut Vec<u
 /// the very end is escaped unless a soft break follows (a reader drops it before a line end).
 fn encode_run(text: &[u8], soft_end: bool, nl: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let n = text.len();
-    // Written as it is: printable ASCII but `=`, and tab; not whitespace at the very end.
-    let literal = |i: usize| {
-        let b = text[i];
-        let plain = (0x20..=0x7e).contains(&b) && b != b'=' || b == b'\t';
-        plain && !(i + 1 == n && !soft_end && (b == b' ' || b == b'\t'))
+    // Written as it is: printable ASCII but `=`, and tab.
+    const LITERAL: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0x20;
+        while b <= 0x7e {
+            t[b] = b != b'=' as usize;
+            b += 1;
+        }
+        t[b'\t' as usize] = true;
+        t
     };
+    let n = text.len();
     let mut col = 0;
     let mut i = 0;
     while i < n {
-        // A run of literal bytes, copied in line-sized pieces.
-        let mut j = i;
-        while j < n && literal(j) {
-            j += 1;
+        // A run of literal bytes, copied in line-sized pieces; whitespace at the very end is
+        // escaped unless a soft break follows.
+        let mut j = i + text[i..]
+            .iter()
+            .take_while(|&&b| LITERAL[usize::from(b)])
+            .count();
+        if j == n && !soft_end && j > i && matches!(text[n - 1], b' ' | b'\t') {
+            j -= 1;
         }
         while i < j {
             let room = (MAX_LINE - 1).saturating_sub(col);

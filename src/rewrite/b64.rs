@@ -284,15 +284,25 @@ impl Wrapped<'_> {
 
     /// Encodes `groups` (a multiple of 3 bytes long) and writes them wrapped.
     fn groups(&mut self, groups: &[u8]) {
-        self.chars.clear();
-        for g in groups.chunks_exact(3) {
-            let acc = u32::from(g[0]) << 16 | u32::from(g[1]) << 8 | u32::from(g[2]);
-            self.chars.extend_from_slice(&[
-                ALPHABET[(acc >> 18) as usize & 63],
-                ALPHABET[(acc >> 12) as usize & 63],
-                ALPHABET[(acc >> 6) as usize & 63],
-                ALPHABET[acc as usize & 63],
-            ]);
+        use base64::Engine as _;
+        // The base64 crate's engine encodes eight groups per step; whole groups need no
+        // padding, so its output is exactly the characters of these bytes.
+        self.chars.resize(groups.len() / 3 * 4, 0);
+        if base64::engine::general_purpose::STANDARD
+            .encode_slice(groups, &mut self.chars)
+            .is_err()
+        {
+            // Cannot happen (the buffer is sized for the input); encoded the slow way then.
+            self.chars.clear();
+            for g in groups.chunks_exact(3) {
+                let acc = u32::from(g[0]) << 16 | u32::from(g[1]) << 8 | u32::from(g[2]);
+                self.chars.extend_from_slice(&[
+                    ALPHABET[(acc >> 18) as usize & 63],
+                    ALPHABET[(acc >> 12) as usize & 63],
+                    ALPHABET[(acc >> 6) as usize & 63],
+                    ALPHABET[acc as usize & 63],
+                ]);
+            }
         }
         self.write_chars();
     }

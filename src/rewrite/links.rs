@@ -190,12 +190,14 @@ pub fn decode_references(value: &[u8]) -> String {
         Ok(s) => std::borrow::Cow::Borrowed(s),
         Err(_) => String::from_utf8_lossy(value),
     };
-    if !text.contains('&') {
+    // `&` is ASCII: a byte search finds it (and never inside a multi-byte character).
+    let amp = |s: &str| memchr::memchr(b'&', s.as_bytes());
+    if amp(&text).is_none() {
         return text.into_owned();
     }
     let mut out = String::with_capacity(text.len());
     let mut rest: &str = &text;
-    while let Some(amp) = rest.find('&') {
+    while let Some(amp) = amp(rest) {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
         match reference(rest) {

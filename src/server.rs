@@ -106,14 +106,16 @@ pub fn policy(cfg: &Config) -> Policy {
 
 /// Binds a listener with a deep accept queue: a burst of connections (a restarted MTA, a
 /// newsletter's worth of pixel loads) then waits in the kernel to be accepted and answered
-/// (or refused with 421) instead of overflowing the default 1024-entry backlog.
-async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// (or refused with 421) instead of overflowing the default 1024-entry backlog. Nagle's
+/// algorithm is off for every connection it accepts (set here once, inherited on Linux).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
 }
@@ -237,9 +239,7 @@ impl Server {
         let mut smtp = Vec::new();
         for addr in &cfg.smtp.listen {
             smtp.push(
-                listen(*addr)
-                    .await
-                    .map_err(|e| format!("smtp.listen: cannot listen on {addr}: {e}"))?,
+                listen(*addr).map_err(|e| format!("smtp.listen: cannot listen on {addr}: {e}"))?,
             );
         }
         let (http, admin) = bind_http_faces(&cfg).await?;
@@ -279,7 +279,7 @@ impl Server {
         let mut smtps = Vec::new();
         for addr in cfg.smtp.tls.iter().flat_map(|t| t.implicit_listen.iter()) {
             smtps.push(
-                listen(*addr).await.map_err(|e| {
+                listen(*addr).map_err(|e| {
                     format!("smtp.tls.implicit_listen: cannot listen on {addr}: {e}")
                 })?,
             );
@@ -456,7 +456,6 @@ async fn bind_http_faces(cfg: &Config) -> Result<(Option<TcpListener>, AdminFace
     let http = match &cfg.http {
         Some(h) => Some(
             listen(h.listen)
-                .await
                 .map_err(|e| format!("http.listen: cannot listen on {}: {e}", h.listen))?,
         ),
         None => None,
@@ -465,8 +464,7 @@ async fn bind_http_faces(cfg: &Config) -> Result<(Option<TcpListener>, AdminFace
         Some(a) => {
             let token = secret::read_or_create(&a.token_file, || secret::random_hex(32))
                 .map_err(|e| format!("admin.token_file: {e}"))?;
-            let listener = TcpListener::bind(a.listen)
-                .await
+            let listener = listen(a.listen)
                 .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", a.listen))?;
             Some((listener, token))
         }

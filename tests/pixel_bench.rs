@@ -81,7 +81,8 @@ async fn pixel_bench_server() {
             pixelrelay::evidence::Evidence::builtin(),
         )),
     ));
-    let listener = tokio::net::TcpListener::bind(http.listen).await.unwrap();
+    // Bound as the server binds its listeners (backlog, TCP_NODELAY inherited).
+    let listener = pixelrelay::server::listen(http.listen).unwrap();
     let (trigger, sd) = pixelrelay::shutdown::channel();
     let server = tokio::spawn(serve(listener, state.clone(), sd));
     // For the load script: the open index's lag (journal bytes not yet indexed, 0 only once

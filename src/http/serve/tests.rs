@@ -148,3 +148,48 @@ async fn shutdown_lets_the_request_in_flight_finish_then_closes() {
         .expect("every thread drained")
         .unwrap();
 }
+
+/// Accepts three connections on `listener` and returns whether each had Nagle's algorithm off.
+async fn nodelay_of_accepted(listener: TcpListener, limits: Limits) -> Vec<Option<bool>> {
+    let addr = listener.local_addr().unwrap();
+    let (_trigger, sd) = crate::shutdown::channel();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        accept_loop(
+            &listener,
+            &limits,
+            Arc::new(Semaphore::new(4)),
+            None,
+            sd,
+            |stream, _, permit| {
+                let _ = tx.send((stream.nodelay().ok(), stream, permit));
+            },
+        )
+        .await;
+    });
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (nodelay, _stream, _permit) = rx.recv().await.expect("accepted");
+        out.push(nodelay);
+    }
+    server.abort();
+    out
+}
+
+#[tokio::test]
+async fn accepted_connections_have_nagle_off() {
+    // A listener with TCP_NODELAY set before `listen` (as the server binds them): inherited.
+    let (_, _, limits) = listen().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_nodelay(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let inheriting = socket.listen(16).unwrap();
+    assert_eq!(
+        nodelay_of_accepted(inheriting, limits).await,
+        [Some(true); 3]
+    );
+    // A listener without it: set on each connection.
+    let (plain, _, limits) = listen().await;
+    assert_eq!(nodelay_of_accepted(plain, limits).await, [Some(true); 3]);
+}

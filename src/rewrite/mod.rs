@@ -456,9 +456,10 @@ fn insert(
     Ok(out)
 }
 
-/// The edits that replace the tracked links' `href` values in `decoded`, adding `room` bytes
-/// at most in all: the links after that stay as written, so that a link-dense message's
-/// rewrite stays within what the relay reserves for it whatever its transfer encoding.
+/// The pixel's insertion point in `decoded` (found by the same pass), and the edits that
+/// replace the tracked links' `href` values, adding `room` bytes at most in all: the links
+/// after that stay as written, so that a link-dense message's rewrite stays within what the
+/// relay reserves for it whatever its transfer encoding.
 fn link_edits(decoded: &[u8], l: &Links<'_>, mut room: usize) -> (usize, Vec<edit::Edit>) {
     let mut out = Vec::new();
     let mut i = 0u16;

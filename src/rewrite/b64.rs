@@ -149,7 +149,8 @@ fn lines_rev(enc: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
 
 /// Where the re-encoded tail starts: (byte offset of data character `target`, or just past the
 /// last one; data characters before it on its line; the line length to wrap at). `total` is
-/// the number of data characters. Walks from the end, where the pixel usually goes.
+/// the number of data characters. Walks from the end, where the pixel usually goes, or from
+/// the start when `target` is in the first half.
 fn find_group(enc: &[u8], target: usize, total: usize) -> (usize, usize, usize) {
     // The first line that holds data sets the width, if another line follows it.
     let mut line = DEFAULT_LINE;
@@ -166,21 +167,43 @@ fn find_group(enc: &[u8], target: usize, total: usize) -> (usize, usize, usize) 
         }
         start = end;
     }
-    if target < total {
+    // Data character `target` on the line at `start..end` whose first one is number `first`.
+    let on_line = |start: usize, end: usize, first: usize| {
+        let mut k = first;
+        for (j, &c) in enc[start..end].iter().enumerate() {
+            if TABLE[usize::from(c)] < 64 {
+                if k == target {
+                    return Some((start + j, k - first, line));
+                }
+                k += 1;
+            }
+        }
+        None
+    };
+    if target < total / 2 {
+        // In the first half (the first tracked link of a message): from the start.
+        let mut before = 0;
+        let mut start = 0;
+        while start < enc.len() {
+            let end = memchr::memchr(b'\n', &enc[start..]).map_or(enc.len(), |i| start + i + 1);
+            let n = data_count(&enc[start..end]);
+            if target < before + n
+                && let Some(found) = on_line(start, end, before)
+            {
+                return found;
+            }
+            before += n;
+            start = end;
+        }
+    } else if target < total {
         let mut after = 0;
         for (start, end) in lines_rev(enc) {
             let n = data_count(&enc[start..end]);
             let first = total - after - n;
-            if target >= first {
-                let mut k = first;
-                for (j, &c) in enc[start..end].iter().enumerate() {
-                    if TABLE[usize::from(c)] < 64 {
-                        if k == target {
-                            return (start + j, k - first, line);
-                        }
-                        k += 1;
-                    }
-                }
+            if target >= first
+                && let Some(found) = on_line(start, end, first)
+            {
+                return found;
             }
             after += n;
         }

@@ -329,7 +329,7 @@ impl Wrapped<'_> {
 
     /// Encodes `groups` (a multiple of 3 bytes long) and writes them wrapped.
     fn groups(&mut self, mut groups: &[u8]) {
-        if self.line % 4 != 0 || self.col % 4 != 0 {
+        if !self.line.is_multiple_of(4) || !self.col.is_multiple_of(4) {
             // Groups straddle line breaks: encoded aside, then cut into lines.
             self.chars.clear();
             encode_groups(groups, &mut self.chars);

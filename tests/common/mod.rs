@@ -838,11 +838,29 @@ impl Drop for Proc {
 pub use pg::free_port_for_restarts;
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if claim_port(port) {
+            return port;
+        }
+    }
+}
+
+/// Records `port` as handed out by this test process; false if it was before. A port is free
+/// once its probe listener closes, so the kernel may give the same one to the next probe: two
+/// listeners of one peer (pebble's directory and its management API, say) were once given the
+/// same port, and the peer never served the second.
+pub fn claim_port(port: u16) -> bool {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(port)
 }
 
 /// Polls until something accepts connections at `addr` (a peer started as a process).

@@ -192,7 +192,7 @@ pub fn free_port_for_restarts() -> u16 {
         x ^= x >> 7;
         x ^= x << 17;
         let p = from + (x % u64::from(to - from)) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && super::claim_port(p) {
             return p;
         }
     }

@@ -177,6 +177,10 @@ fn bin_dir() -> Option<PathBuf> {
 /// kernel's ephemeral range, so that no outgoing connection (which takes its local port from
 /// that range) can sit on it while its process is down and make the restart fail to bind.
 pub fn free_port_for_restarts() -> u16 {
+    // Each handed out once per process (a restart needs its port to itself). This file is
+    // also compiled into the library's tests, so it keeps its own record.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -192,7 +196,12 @@ pub fn free_port_for_restarts() -> u16 {
         x ^= x >> 7;
         x ^= x << 17;
         let p = from + (x % u64::from(to - from)) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && super::claim_port(p) {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && GIVEN
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(p)
+        {
             return p;
         }
     }

@@ -58,16 +58,13 @@ fn start_peer(mut cmd: Command, ready: &str) -> Peer {
 
 /// A free loopback UDP port (pebble's DNS server cannot report the one it bound).
 fn free_udp_port() -> u16 {
-    loop {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+    common::unclaimed(|| {
+        std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
-            .port();
-        if common::claim_port(port) {
-            return port;
-        }
-    }
+            .port()
+    })
 }
 
 /// pebble and its DNS, and the certificate authority the test trusts for pebble's own HTTPS.

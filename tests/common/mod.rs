@@ -838,12 +838,20 @@ impl Drop for Proc {
 pub use pg::free_port_for_restarts;
 
 pub fn free_port() -> u16 {
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+    unclaimed(|| {
+        std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
-            .port();
+            .port()
+    })
+}
+
+/// The first port from `probe` (a bind to port 0, closed again) that this test process has
+/// not handed out before.
+pub fn unclaimed(probe: impl Fn() -> u16) -> u16 {
+    loop {
+        let port = probe();
         if claim_port(port) {
             return port;
         }
@@ -854,7 +862,7 @@ pub fn free_port() -> u16 {
 /// once its probe listener closes, so the kernel may give the same one to the next probe: two
 /// listeners of one peer (pebble's directory and its management API, say) were once given the
 /// same port, and the peer never served the second.
-pub fn claim_port(port: u16) -> bool {
+fn claim_port(port: u16) -> bool {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     GIVEN

@@ -196,7 +196,7 @@ fn redirect(
         c.click_invalid.fetch_add(1, Ordering::Relaxed);
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
-    let Ok(location) = HeaderValue::from_bytes(&location(&click.url)) else {
+    let Ok(location) = HeaderValue::from_maybe_shared(Bytes::from(location(&click.url))) else {
         c.click_invalid.fetch_add(1, Ordering::Relaxed);
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
@@ -205,8 +205,14 @@ fn redirect(
     record(state, peer, headers, head, click.id, Some(clicked));
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::FOUND;
-    let h = r.headers_mut();
-    h.insert(header::LOCATION, location);
+    *r.headers_mut() = REDIRECT_HEADERS.clone();
+    r.headers_mut().insert(header::LOCATION, location);
+    r
+}
+
+/// A redirect's headers but `Location`, built once (as the pixel's).
+static REDIRECT_HEADERS: LazyLock<HeaderMap> = LazyLock::new(|| {
+    let mut h = HeaderMap::with_capacity(8);
     h.insert(header::CACHE_CONTROL, NO_CACHE);
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     h.insert(header::EXPIRES, HeaderValue::from_static("0"));
@@ -215,8 +221,8 @@ fn redirect(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    r
-}
+    h
+});
 
 /// `url` as a `Location` value: visible ASCII as it is, every other byte (spaces, controls,
 /// UTF-8 of an international URL) percent-encoded.

@@ -216,9 +216,10 @@ impl EvidenceSource {
 
     /// Loads `t`'s files again and puts them in force; on error keeps the old ones.
     pub fn reload(&self, t: &TrackingConfig) -> Result<(), String> {
-        let e = Evidence::load(t)?;
+        let e = Arc::new(Evidence::load(t)?);
+        // In force before it is said to be: a reader of the log may act on the line at once.
+        self.current.store(Arc::clone(&e));
         tracing::info!(event = "evidence_reload", loaded = %e.summary, "network catalogue reloaded");
-        self.current.store(Arc::new(e));
         Ok(())
     }
 }

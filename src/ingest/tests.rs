@@ -361,8 +361,9 @@ fn the_indexer_pauses_for_busy_cpus_behind_a_backlog_and_catches_up_after() {
     s.store()
         .record_message(&rec(id, T0, "bob@example.net"))
         .unwrap();
-    // Every CPU busy (twice over, should the count miss some), at nice 19 so that the indexer (SCHED_IDLE, a fifth of their weight)
-    // still gets a little: it waits far longer for a CPU than it runs.
+    // Every CPU busy (twice over, should the count miss some), at nice 19 so that the indexer
+    // (SCHED_IDLE, a fifth of their weight) still gets a little: it waits far longer for a CPU
+    // than it runs.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let spinners: Vec<_> = (0..=2 * cpus)
@@ -405,7 +406,6 @@ fn the_indexer_pauses_for_busy_cpus_behind_a_backlog_and_catches_up_after() {
         s.index_lag_bytes() >= pace::BACKLOG / 2,
         "it paused, not indexed"
     );
-    eprintln!("DBG n={n} lag={} t={:?}", s.index_lag_bytes(), deadline);
     stop.store(true, Ordering::Relaxed);
     for t in spinners {
         t.join().unwrap();

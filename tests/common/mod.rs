@@ -852,23 +852,10 @@ pub fn free_port() -> u16 {
 pub fn unclaimed(probe: impl Fn() -> u16) -> u16 {
     loop {
         let port = probe();
-        if claim_port(port) {
+        if pg::claim_port(port) {
             return port;
         }
     }
-}
-
-/// Records `port` as handed out by this test process; false if it was before. A port is free
-/// once its probe listener closes, so the kernel may give the same one to the next probe: two
-/// listeners of one peer (pebble's directory and its management API, say) were once given the
-/// same port, and the peer never served the second.
-fn claim_port(port: u16) -> bool {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(port)
 }
 
 /// Polls until something accepts connections at `addr` (a peer started as a process).

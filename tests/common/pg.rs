@@ -177,10 +177,6 @@ fn bin_dir() -> Option<PathBuf> {
 /// kernel's ephemeral range, so that no outgoing connection (which takes its local port from
 /// that range) can sit on it while its process is down and make the restart fail to bind.
 pub fn free_port_for_restarts() -> u16 {
-    // Each handed out once per process (a restart needs its port to itself). This file is
-    // also compiled into the library's tests, so it keeps its own record.
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -196,12 +192,8 @@ pub fn free_port_for_restarts() -> u16 {
         x ^= x >> 7;
         x ^= x << 17;
         let p = from + (x % u64::from(to - from)) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && GIVEN
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(p)
-        {
+        // Each handed out once per process: a restart needs its port to itself.
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && claim_port(p) {
             return p;
         }
     }
@@ -249,4 +241,18 @@ fn run(user: Option<&str>, program: &Path, args: &[&std::ffi::OsStr]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Records `port` as handed out by this test process; false if it was before (here, since the
+/// library's tests compile this file too). A port is free once its probe listener closes, so
+/// the kernel may give the same one to the next probe: two listeners of one peer (pebble's
+/// directory and its management API, say) were once given the same port, and the peer never
+/// served the second.
+pub fn claim_port(port: u16) -> bool {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(port)
 }

@@ -38,10 +38,30 @@ impl Sink {
         Some(Sink { child, addr, dump })
     }
 
+    /// The messages smtp-sink has received in full. It creates a transaction's file when the
+    /// data begins and keeps it open until the final dot, so a file it still holds open is a
+    /// message in progress and is left out (listed first, its descriptors read after: a file
+    /// closed in between is complete).
     pub fn dumps(&self) -> Vec<Vec<u8>> {
-        files_below(self.dump.path())
+        let files = files_below(self.dump.path());
+        let open = self.open_files();
+        files
             .iter()
-            .map(|p| std::fs::read(p).unwrap())
+            .filter(|p| {
+                let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+                !open.contains(&p)
+            })
+            .filter_map(|p| std::fs::read(p).ok())
+            .collect()
+    }
+
+    /// The files smtp-sink (one process) has open.
+    fn open_files(&self) -> Vec<std::path::PathBuf> {
+        let fds = format!("/proc/{}/fd", self.child.id());
+        let entries = std::fs::read_dir(&fds)
+            .unwrap_or_else(|e| panic!("{fds}: {e} (needed to tell finished dumps)"));
+        entries
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
             .collect()
     }
 }

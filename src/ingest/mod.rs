@@ -88,6 +88,8 @@ struct Inner {
     hits: Arc<HitCounters>,
     /// Readers waiting in [`Ingest::caught_up`] (the indexer does not pause for the CPU then).
     readers_waiting: AtomicUsize,
+    /// The indexer thread, unparked when a reader starts waiting (it may be lingering).
+    indexer: std::sync::OnceLock<std::thread::Thread>,
     /// Times the indexer paused to leave the CPU to the listener (`pace.rs`).
     index_pauses: AtomicU64,
     /// Hits held for a record not yet in the shared store, with when to try them again.
@@ -144,6 +146,7 @@ impl Ingest {
                 wake,
                 hits,
                 readers_waiting: AtomicUsize::new(0),
+                indexer: std::sync::OnceLock::new(),
                 index_pauses: AtomicU64::new(0),
                 held: std::sync::Mutex::new(Vec::new()),
                 pending: std::sync::Mutex::new(None),
@@ -268,6 +271,9 @@ impl Ingest {
         }
         inner.readers_waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&inner.readers_waiting);
+        if let Some(t) = inner.indexer.get() {
+            t.unpark();
+        }
         let mut rx = inner.indexed.subscribe();
         tokio::time::timeout(limit, rx.wait_for(|at| *at >= target))
             .await

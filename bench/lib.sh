@@ -1,7 +1,29 @@
 # Helpers the bench scripts share (sourced, not run).
 
-# A free loopback port, for a peer that cannot report the port it bound.
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# A free loopback port, for a peer that cannot report the port it bound. Never the same one
+# twice in a script: the kernel may hand a just-probed port out again, and two peers would then
+# be given one port. The ports handed out are listed in the script's work dir ($W).
+port() {
+  python3 - "${W:-/tmp}/.bench-ports.$$" <<'PY'
+import socket, sys
+path = sys.argv[1]
+try:
+    taken = set(open(path).read().split())
+except FileNotFoundError:
+    taken = set()
+for _ in range(100):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = str(s.getsockname()[1])
+    s.close()
+    if p not in taken:
+        open(path, "a").write(p + "\n")
+        print(p)
+        break
+else:
+    sys.exit("no unused port found")
+PY
+}
 
 # Waits until something accepts connections on 127.0.0.1:$1 (10 s at most).
 wait_port() {

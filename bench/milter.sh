@@ -31,17 +31,18 @@ trap cleanup EXIT
 # what the milter costs without a body replacement).
 if [ -n "${MILTER_BENCH_MESSAGE:-}" ]; then cp "$MILTER_BENCH_MESSAGE" "$W/msg.eml"; else python3 bench/make_message.py > "$W/msg.eml"; fi
 SINK=$(port); RELAY=$(port); HTTP=$(port); MILTER=$(port); MTA=$(port); NULLM=$(port)
-# The floor: a milter that negotiates what pixelrelay's does and then does nothing.
-target/release/examples/nullmilter "127.0.0.1:$NULLM" >/dev/null & pids+=($!)
-smtp-sink -u nobody -h sink.localhost -m 1000 127.0.0.1:$SINK 1024 & pids+=($!)
-
-mkdir -p "$W/relay"
-# MILTER_BENCH_UNIX=1: the milter on a UNIX-domain socket instead of loopback TCP.
+mkdir -p "$W/relay" "$W/null"
+# MILTER_BENCH_UNIX=1: both milters on UNIX-domain sockets instead of loopback TCP.
 if [ -n "${MILTER_BENCH_UNIX:-}" ]; then
   MILTER_LISTEN="unix:$W/relay/milter.sock"; MILTER_USE="unix:$W/relay/milter.sock"
+  NULL_LISTEN="unix:$W/null/milter.sock"; NULL_USE="unix:$W/null/milter.sock"
 else
   MILTER_LISTEN="127.0.0.1:$MILTER"; MILTER_USE="inet:127.0.0.1:$MILTER"
+  NULL_LISTEN="127.0.0.1:$NULLM"; NULL_USE="inet:127.0.0.1:$NULLM"
 fi
+# The floor: a milter that negotiates what pixelrelay's does and then does nothing.
+target/release/examples/nullmilter "$NULL_LISTEN" >/dev/null & pids+=($!)
+smtp-sink -u nobody -h sink.localhost -m 1000 127.0.0.1:$SINK 1024 & pids+=($!)
 cat > "$W/relay/relay.toml" <<CFG
 [smtp]
 listen = ["127.0.0.1:$RELAY"]
@@ -78,13 +79,15 @@ pc -M# smtp/inet
 pc -M "127.0.0.1:$MTA/inet=127.0.0.1:$MTA inet n - n - - smtpd"
 chown postfix "$D/data"
 postfix -c "$D/etc" start >/dev/null 2>&1
-for p in $SINK $RELAY $MTA $NULLM; do wait_port "$p"; done
+for p in $SINK $RELAY $MTA; do wait_port "$p"; done
 if [ -n "${MILTER_BENCH_UNIX:-}" ]; then
-  for _ in $(seq 100); do [ -S "$W/relay/milter.sock" ] && break; sleep 0.1; done
-  # Postfix's smtpd runs as the postfix user.
-  chgrp postfix "$W/relay/milter.sock"
+  for sock in "$W/relay/milter.sock" "$W/null/milter.sock"; do
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+    # Postfix's smtpd runs as the postfix user.
+    chgrp postfix "$sock"; chmod g+rw "$sock"
+  done
 else
-  wait_port "$MILTER"
+  wait_port "$MILTER"; wait_port "$NULLM"
 fi
 
 sent() { grep -c "status=sent" "$D/maillog" 2>/dev/null || true; }
@@ -94,7 +97,7 @@ setup() {
     plain) pc -e "smtpd_milters=" "relayhost=[127.0.0.1]:$SINK" ;;
     milter) pc -e "smtpd_milters=$MILTER_USE" "relayhost=[127.0.0.1]:$SINK" ;;
     relayhost) pc -e "smtpd_milters=" "relayhost=[127.0.0.1]:$RELAY" ;;
-    nullmilter) pc -e "smtpd_milters=inet:127.0.0.1:$NULLM" "relayhost=[127.0.0.1]:$SINK" ;;
+    nullmilter) pc -e "smtpd_milters=$NULL_USE" "relayhost=[127.0.0.1]:$SINK" ;;
   esac
   postfix -c "$D/etc" reload >/dev/null 2>&1
   # Let the reload settle: a probe message through the new set-up.

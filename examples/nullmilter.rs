@@ -5,10 +5,10 @@
 //! packet, and answers "continue" at end-of-message without looking at the message.
 //! `bench/milter.sh` runs Postfix with it beside Postfix with pixelrelay's milter.
 //!
-//! Usage: nullmilter ADDRESS:PORT
+//! Usage: nullmilter ADDRESS:PORT | nullmilter unix:PATH
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener};
 
 /// `SMFIP_NOCONNECT | NOHELO | NODATA | NOEOH | NOUNKNOWN` and every `SMFIP_NR_*` but the
 /// end-of-message's: what pixelrelay's milter asks for.
@@ -32,21 +32,43 @@ async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8892".to_string());
+    if let Some(path) = addr.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        println!("READY unix:{path}");
+        loop {
+            let (s, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let (r, w) = s.into_split();
+                if let Err(e) = converse(r, w, |_| {}).await {
+                    eprintln!("nullmilter: {e}");
+                }
+            });
+        }
+    }
     let listener = TcpListener::bind(&addr).await?;
     println!("READY {}", listener.local_addr()?);
     loop {
         let (s, _) = listener.accept().await?;
         let _ = s.set_nodelay(true);
         tokio::spawn(async move {
-            if let Err(e) = converse(s).await {
+            let (r, w) = s.into_split();
+            // As pixelrelay's milter: acknowledge at once what the MTA streams.
+            let ack = |r: &tokio::net::tcp::OwnedReadHalf| {
+                let _ = rustix::net::sockopt::set_tcp_quickack(r.as_ref(), true);
+            };
+            if let Err(e) = converse(r, w, ack).await {
                 eprintln!("nullmilter: {e}");
             }
         });
     }
 }
 
-async fn converse(s: TcpStream) -> std::io::Result<()> {
-    let (r, mut w) = s.into_split();
+async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    r: R,
+    mut w: W,
+    ack: impl Fn(&R),
+) -> std::io::Result<()> {
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
     loop {
@@ -60,7 +82,7 @@ async fn converse(s: TcpStream) -> std::io::Result<()> {
         }
         buf.resize(len, 0);
         r.read_exact(&mut buf).await?;
-        let _ = rustix::net::sockopt::set_tcp_quickack(r.get_ref().as_ref(), true);
+        ack(r.get_ref());
         match buf[0] {
             b'O' if len >= 13 => {
                 let theirs = u32::from_be_bytes([buf[9], buf[10], buf[11], buf[12]]);

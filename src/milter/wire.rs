@@ -186,20 +186,80 @@ pub(super) async fn converse<R: Reader, W: AsyncWrite + Unpin>(
 /// The buffered reader of a conversation.
 struct Quick<R>(BufReader<R>);
 
-/// Writes `msgs` framed (length, code, data) and flushes: one write for a whole reply.
+/// Bytes of framed reply gathered before they are written: a reply of a message up to this size
+/// leaves in one write.
+const REPLY_BATCH: usize = 256 * 1024;
+
+/// Writes `msgs` framed (length, code, data) and flushes: one write for a reply (a body
+/// replacement of a large message in writes of [`REPLY_BATCH`]). Written packet by packet,
+/// a body replacement went out in three writes (the five bytes of its frame, the body, the
+/// final "continue"), and each woke the MTA to read a part of the reply.
 async fn send<W: AsyncWrite + Unpin>(
     w: &mut BufWriter<W>,
     msgs: &[ServerMessage],
 ) -> Result<(), WireError> {
-    let mut data = BytesMut::new();
+    let mut out = BytesMut::new();
     for m in msgs {
-        data.clear();
-        m.write(&mut data);
-        w.write_all(&((data.len() + 1) as u32).to_be_bytes())
-            .await?;
-        w.write_all(&[m.code()]).await?;
-        w.write_all(&data).await?;
+        let start = out.len();
+        out.extend_from_slice(&[0, 0, 0, 0, m.code()]);
+        m.write(&mut out);
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        if out.len() >= REPLY_BATCH {
+            w.write_all(&out).await?;
+            out.clear();
+        }
     }
+    w.write_all(&out).await?;
     w.flush().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use miltr_common::modifications::ModificationResponse;
+    use miltr_common::modifications::body::ReplaceBody;
+    use miltr_common::modifications::headers::ChangeHeader;
+
+    use super::*;
+
+    /// The frames of `wire`: (code, data) each.
+    fn frames(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !wire.is_empty() {
+            let n = u32::from_be_bytes(wire[..4].try_into().unwrap()) as usize;
+            out.push((wire[4], wire[5..4 + n].to_vec()));
+            wire = &wire[4 + n..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_framed_packet_by_packet_whatever_its_size() {
+        // A body past the batch size, in chunks as `Conn` cuts it, between a header change
+        // and the final "continue".
+        let body: Vec<u8> = (0..REPLY_BATCH * 2 + 12_345).map(|i| i as u8).collect();
+        let mut mods = ModificationResponse::builder();
+        mods.push(ChangeHeader::new(1, b"X-Track-Opens", b""));
+        for chunk in body.chunks(65_000) {
+            mods.push(ReplaceBody::new(chunk));
+        }
+        let msgs: Vec<ServerMessage> = mods.contin().into();
+        let mut w = BufWriter::new(Vec::new());
+        send(&mut w, &msgs).await.unwrap();
+        let got = frames(w.get_ref());
+        assert_eq!(got.len(), msgs.len());
+        for (m, (code, data)) in msgs.iter().zip(&got) {
+            let mut want = BytesMut::new();
+            m.write(&mut want);
+            assert_eq!((*code, &want[..]), (m.code(), &data[..]));
+        }
+        let replaced: Vec<u8> = got
+            .iter()
+            .filter(|(c, _)| *c == b'b')
+            .flat_map(|(_, d)| d.clone())
+            .collect();
+        assert_eq!(replaced, body);
+        assert_eq!(got.last().map(|f| f.0), Some(b'c'));
+    }
 }

@@ -220,6 +220,30 @@ impl Ingest {
         })
     }
 
+    /// Journals a message's record and its final reply together, in one write (the milter
+    /// knows both at the end of the message), like [`Ingest::journal_message`].
+    pub fn journal_message_finished(
+        &self,
+        rec: &MessageRecord,
+        delivery: &Delivery,
+    ) -> Result<(), StoreError> {
+        let subjects = self.inner.subjects;
+        let inner = &*self.inner;
+        inner
+            .journal
+            .append_now_pair(
+                (entry::message_len(rec), |b: &mut Vec<u8>| {
+                    entry::encode_message(rec, subjects, b)
+                }),
+                (entry::finish_len(delivery), |b: &mut Vec<u8>| {
+                    entry::encode_finish(&rec.id, delivery, b)
+                }),
+            )
+            .map_err(|l| self.lost_with(l))?;
+        let _ = inner.wake.try_send(());
+        Ok(())
+    }
+
     /// Appends one entry and writes the buffer (whoever gets the write lock writes everything
     /// appended so far), then wakes the indexer.
     fn journal_now(

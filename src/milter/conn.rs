@@ -208,7 +208,7 @@ impl Conn {
                 reply: "250 handed to the MTA (milter)".into(),
                 at_ms: record.at_ms,
             };
-            match rec.record(&record).and_then(|()| rec.finish(&id, &done)) {
+            match rec.record_finished(&record, &done) {
                 Ok(()) => true,
                 Err(e) => {
                     warn!(queue_id = %queue_id, error = %e, event = "store_error", "store failed; message accepted unchanged");

@@ -107,6 +107,12 @@ pub trait Recorder: Send + Sync + 'static {
     fn record(&self, rec: &MessageRecord) -> Result<(), String>;
     /// Called with the upstream's final reply, before the client hears it.
     fn finish(&self, id: &MessageId, delivery: &Delivery) -> Result<(), String>;
+    /// [`Recorder::record`] and [`Recorder::finish`] at once, when the reply is known with the
+    /// record (the milter's messages): both recorded, or an error.
+    fn record_finished(&self, rec: &MessageRecord, delivery: &Delivery) -> Result<(), String> {
+        self.record(rec)?;
+        self.finish(&rec.id, delivery)
+    }
 }
 
 impl Recorder for Ingest {
@@ -116,6 +122,11 @@ impl Recorder for Ingest {
 
     fn finish(&self, id: &MessageId, delivery: &Delivery) -> Result<(), String> {
         self.journal_finish(id, delivery).map_err(|e| e.to_string())
+    }
+
+    fn record_finished(&self, rec: &MessageRecord, delivery: &Delivery) -> Result<(), String> {
+        self.journal_message_finished(rec, delivery)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -245,8 +245,38 @@ impl Journal {
         if max_len > MAX_RECORD {
             return Err(too_large());
         }
+        self.push_now(HEADER + max_len, |t| push(t, max_len, encode))
+    }
+
+    /// [`Journal::append_now`] for two records known at once (a message's record and its final
+    /// reply), in one `write`: both are appended or neither.
+    pub fn append_now_pair(
+        &self,
+        (len_a, encode_a): (usize, impl FnOnce(&mut Vec<u8>)),
+        (len_b, encode_b): (usize, impl FnOnce(&mut Vec<u8>)),
+    ) -> Result<(), Lost> {
+        if len_a.max(len_b) > MAX_RECORD {
+            return Err(too_large());
+        }
+        self.push_now(2 * HEADER + len_a + len_b, |t| {
+            let (len, buffered) = (t.buf.len(), t.buffered);
+            push(t, len_a, encode_a)?;
+            push(t, len_b, encode_b).inspect_err(|_| {
+                t.buf.truncate(len);
+                t.buffered = buffered;
+            })
+        })
+    }
+
+    /// Takes the write lock, appends with `push_all` (at most `max_bytes` framed) and writes
+    /// the buffer out.
+    fn push_now(
+        &self,
+        max_bytes: usize,
+        push_all: impl FnOnce(&mut Tail) -> Result<(), Lost>,
+    ) -> Result<(), Lost> {
         let mut o = self.lock_out();
-        let full = self.lock().buf.len() + HEADER + max_len > BUFFER_BYTES;
+        let full = self.lock().buf.len() + max_bytes > BUFFER_BYTES;
         if full {
             // Others' records go out first; their loss, if any, is theirs (counted by the
             // journal's writer report), and this record goes into the next write.
@@ -254,7 +284,7 @@ impl Journal {
                 tracing::error!(error = %l.error, lost = l.records, "journal: buffered records lost");
             }
         }
-        push(&mut self.lock(), max_len, encode)?;
+        push_all(&mut self.lock())?;
         self.write_out(&mut o)
     }
 

@@ -262,3 +262,30 @@ fn segment_files_are_private() {
     assert_eq!(mode(&jd), 0o700);
     assert_eq!(mode(&segment_path(&jd, 1)), 0o600);
 }
+
+#[test]
+fn a_pair_is_written_at_once_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), 0).unwrap();
+    let start = j.end();
+    // Buffered by another caller first: it goes out with the pair, before it.
+    j.append(b"hit").unwrap();
+    j.append_now_pair(
+        (6, |b: &mut Vec<u8>| b.extend_from_slice(b"record")),
+        (5, |b: &mut Vec<u8>| b.extend_from_slice(b"reply")),
+    )
+    .unwrap();
+    // In the kernel without a further write.
+    assert_eq!(all(&j, start), [&b"hit"[..], b"record", b"reply"]);
+    // The second longer than it said: neither goes, and what comes next is intact.
+    let after = j.end();
+    assert!(
+        j.append_now_pair(
+            (6, |b: &mut Vec<u8>| b.extend_from_slice(b"record")),
+            (2, |b: &mut Vec<u8>| b.extend_from_slice(b"reply")),
+        )
+        .is_err()
+    );
+    put(&j, b"next");
+    assert_eq!(all(&j, after), [&b"next"[..]]);
+}

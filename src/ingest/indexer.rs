@@ -49,10 +49,10 @@ pub const BATCH: usize = 8192;
 /// (every write wakes the whole pool), on a database several nodes share a transaction with the
 /// shared totals and a round trip (about a millisecond of the database's CPU, which the relay's
 /// CPUs pay when they share a machine with it). Under a steady stream of mail at 700 messages/s
-/// a 50 ms wait instead of 10 ms takes pixelrelay's CPU per message from 250-310 to 220-245 µs
-/// (`bench/milter.sh`); a record or open reaches the live followers, webhooks and the open log
-/// at most this much later. An admin query does not wait for it: a reader waiting for the
-/// index cuts the wait short.
+/// a 50 ms wait instead of 10 ms took pixelrelay's CPU per milter message from ~300 to
+/// 210-230 µs (`bench/milter.sh`); a record or open reaches the live followers, webhooks and
+/// the open log at most this much later. An admin query does not wait for it: a reader waiting
+/// for the index cuts the wait short.
 const LINGER: Duration = Duration::from_millis(50);
 /// A batch smaller than this is a trickle: the indexer lingers before the next one. (sled
 /// writes two log buffers for every batch, whatever its size, on its IO threads.)

@@ -207,16 +207,20 @@ impl Ingest {
     /// the message.
     pub fn journal_message(&self, rec: &MessageRecord) -> Result<(), StoreError> {
         let subjects = self.inner.subjects;
-        self.journal_now(entry::message_len(rec), |b| {
-            entry::encode_message(rec, subjects, b)
+        self.journal_now(|j| {
+            j.append_now(entry::message_len(rec), |b| {
+                entry::encode_message(rec, subjects, b)
+            })
         })
     }
 
     /// Journals the upstream's final reply to a message and writes it out, like
     /// [`Ingest::journal_message`].
     pub fn journal_finish(&self, id: &MessageId, delivery: &Delivery) -> Result<(), StoreError> {
-        self.journal_now(entry::finish_len(delivery), |b| {
-            entry::encode_finish(id, delivery, b)
+        self.journal_now(|j| {
+            j.append_now(entry::finish_len(delivery), |b| {
+                entry::encode_finish(id, delivery, b)
+            })
         })
     }
 
@@ -228,10 +232,8 @@ impl Ingest {
         delivery: &Delivery,
     ) -> Result<(), StoreError> {
         let subjects = self.inner.subjects;
-        let inner = &*self.inner;
-        inner
-            .journal
-            .append_now_pair(
+        self.journal_now(|j| {
+            j.append_now_pair(
                 (entry::message_len(rec), |b: &mut Vec<u8>| {
                     entry::encode_message(rec, subjects, b)
                 }),
@@ -239,23 +241,17 @@ impl Ingest {
                     entry::encode_finish(&rec.id, delivery, b)
                 }),
             )
-            .map_err(|l| self.lost_with(l))?;
-        let _ = inner.wake.try_send(());
-        Ok(())
+        })
     }
 
-    /// Appends one entry and writes the buffer (whoever gets the write lock writes everything
+    /// Appends with `append` (an `append_now`: whoever gets the write lock writes everything
     /// appended so far), then wakes the indexer.
     fn journal_now(
         &self,
-        max_len: usize,
-        encode: impl FnOnce(&mut Vec<u8>),
+        append: impl FnOnce(&journal::Journal) -> Result<(), journal::Lost>,
     ) -> Result<(), StoreError> {
         let inner = &*self.inner;
-        inner
-            .journal
-            .append_now(max_len, encode)
-            .map_err(|l| self.lost_with(l))?;
+        append(&inner.journal).map_err(|l| self.lost_with(l))?;
         let _ = inner.wake.try_send(());
         Ok(())
     }

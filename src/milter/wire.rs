@@ -16,7 +16,7 @@ use miltr_common::decoding::ClientCommand;
 use miltr_common::encoding::{ServerMessage, Writable};
 use miltr_common::optneg::{Capability, MacroStage, OptNeg, Protocol};
 use miltr_server::Milter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::conn::Conn;
 
@@ -93,11 +93,10 @@ impl<T: AsyncRead + Unpin> Reader for tokio::io::ReadHalf<T> {}
 /// no connection the MTA keeps for later sessions outlives pixelrelay's stop.
 pub(super) async fn converse<R: Reader, W: AsyncWrite + Unpin>(
     r: R,
-    w: W,
+    mut w: W,
     conn: &mut Conn,
     mut shutdown: crate::shutdown::Shutdown,
 ) -> Result<(), WireError> {
-    let mut w = BufWriter::new(w);
     let mut r = Quick(BufReader::new(r));
     // What the negotiation settled: replies left out, modifications allowed.
     let mut silent = Protocol::empty();
@@ -194,10 +193,7 @@ const REPLY_BATCH: usize = 256 * 1024;
 /// replacement of a large message in writes of [`REPLY_BATCH`]). Written packet by packet,
 /// a body replacement went out in three writes (the five bytes of its frame, the body, the
 /// final "continue"), and each woke the MTA to read a part of the reply.
-async fn send<W: AsyncWrite + Unpin>(
-    w: &mut BufWriter<W>,
-    msgs: &[ServerMessage],
-) -> Result<(), WireError> {
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, msgs: &[ServerMessage]) -> Result<(), WireError> {
     let mut out = BytesMut::new();
     for m in msgs {
         let start = out.len();
@@ -245,9 +241,9 @@ mod tests {
             mods.push(ReplaceBody::new(chunk));
         }
         let msgs: Vec<ServerMessage> = mods.contin().into();
-        let mut w = BufWriter::new(Vec::new());
+        let mut w = Vec::new();
         send(&mut w, &msgs).await.unwrap();
-        let got = frames(w.get_ref());
+        let got = frames(&w);
         assert_eq!(got.len(), msgs.len());
         for (m, (code, data)) in msgs.iter().zip(&got) {
             let mut want = BytesMut::new();

@@ -59,7 +59,8 @@ listen = "$MILTER_LISTEN"
 [log]
 level = "warn"
 CFG
-target/release/pixelrelay -c "$W/relay/relay.toml" serve 2>"$W/relay.log" & RPID=$!; pids+=($RPID)
+# MILTER_BENCH_BIN=path runs that pixelrelay binary instead (A/B runs of two builds).
+"${MILTER_BENCH_BIN:-target/release/pixelrelay}" -c "$W/relay/relay.toml" serve 2>"$W/relay.log" & RPID=$!; pids+=($RPID)
 [ -n "${MILTER_BENCH_PIDFILE:-}" ] && echo "$RPID" > "$MILTER_BENCH_PIDFILE"
 
 D="$W/pf"; mkdir -p "$D/etc" "$D/spool" "$D/data"; : > "$D/etc/main.cf"

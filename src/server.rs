@@ -394,7 +394,13 @@ impl Server {
         tokio::spawn(reload.run());
         notifier.start().await;
         let milter_task = milter.map(|(l, front, max)| {
-            tokio::spawn(crate::milter::serve(l, front, max, shutdown.clone()))
+            tokio::spawn(crate::milter::serve_on_thread(
+                l,
+                front,
+                max,
+                shutdown.clone(),
+                cfg.smtp.shutdown_grace,
+            ))
         });
         let pixel_task = http.map(|http| {
             tokio::spawn(http::pixel::serve(

@@ -51,6 +51,7 @@ fn server() -> &'static (tokio::runtime::Runtime, SocketAddr) {
                 Arc::new(arc_swap::ArcSwap::from_pointee(front)),
                 64,
                 pixelrelay::shutdown::Shutdown::never(),
+                std::time::Duration::from_secs(1),
             ));
             addr
         });

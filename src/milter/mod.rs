@@ -16,6 +16,7 @@ mod wire;
 
 use arc_swap::ArcSwap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
@@ -23,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::config::{MilterConfig, MilterListen};
 use crate::relay::{Recorder, Tracking};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, TaskTracker};
 
 /// What every milter connection shares.
 pub struct MilterFront {
@@ -82,15 +83,79 @@ impl Listener {
     }
 }
 
+/// [`serve`] on a thread of its own running a single-threaded runtime (one event loop for
+/// every milter connection, as the pixel listener's threads have: each packet the MTA streams
+/// wakes that thread alone, never hands a task between worker threads). Returns when it has
+/// stopped. Should the thread not start, nothing serves the milter and the error is logged.
+pub async fn serve_on_thread(
+    listener: Listener,
+    front: Arc<ArcSwap<MilterFront>>,
+    max_connections: usize,
+    shutdown: Shutdown,
+    grace: Duration,
+) {
+    enum Std {
+        Tcp(std::net::TcpListener),
+        Unix(std::os::unix::net::UnixListener, std::path::PathBuf),
+    }
+    let std = match listener {
+        Listener::Tcp(l) => l.into_std().map(Std::Tcp),
+        Listener::Unix(l, p) => l.into_std().map(|l| Std::Unix(l, p)),
+    };
+    let std = match std {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot hand the milter socket to its thread");
+            return;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!(error = %e, "cannot start the milter's runtime");
+            return;
+        }
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let started = std::thread::Builder::new()
+        .name("milter".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match std {
+                    Std::Tcp(l) => TcpListener::from_std(l).map(Listener::Tcp),
+                    Std::Unix(l, p) => UnixListener::from_std(l).map(|l| Listener::Unix(l, p)),
+                };
+                match listener {
+                    Ok(l) => serve(l, front, max_connections, shutdown, grace).await,
+                    Err(e) => warn!(error = %e, "cannot listen for the milter"),
+                }
+            });
+            let _ = tx.send(());
+        });
+    if let Err(e) = started {
+        warn!(error = %e, "cannot start the milter's thread");
+        return;
+    }
+    let _ = rx.await;
+}
+
 /// Serves milter connections until `shutdown`, at most `max_connections` at once (the rest
 /// wait in the accept queue). Each message takes the rules `front` holds at its `MAIL`.
+/// At `shutdown` each conversation ends at its next point between messages; a message in
+/// progress gets up to `grace` to reach its end (the MTA's `milter_default_action` decides for
+/// one still unfinished then).
 pub async fn serve(
     listener: Listener,
     front: Arc<ArcSwap<MilterFront>>,
     max_connections: usize,
     mut shutdown: Shutdown,
+    grace: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let tracker = TaskTracker::default();
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
@@ -110,7 +175,9 @@ pub async fn serve(
         };
         let front = Arc::clone(&front);
         let stop = shutdown.clone();
+        let guard = tracker.guard();
         tokio::spawn(async move {
+            let _guard = guard;
             let metrics = front.load().metrics.clone();
             if let Some(m) = &metrics {
                 m.milter.connections(1);
@@ -142,6 +209,13 @@ pub async fn serve(
     }
     if let Listener::Unix(_, path) = &listener {
         let _ = std::fs::remove_file(path);
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(
+            grace_s = grace.as_secs(),
+            "grace period over: closing milter conversations in the middle of a message"
+        );
     }
     info!("milter stopped");
 }

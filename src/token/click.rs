@@ -140,18 +140,9 @@ fn feed(mac: &mut hmac::Hmac<sha2::Sha256>, signed: &[u8]) {
     mac.update(&signed[head.len()..]);
 }
 
-/// Appends `raw` in base64url without padding (RFC 4648 §5) to `out`: straight into the
-/// buffer (`encode_string` goes through a chunked writer that checks its own output as UTF-8).
+/// Appends the base64url (no padding) form of `raw` to `out`, with the vectorised encoder.
 fn encode_base64url(raw: &[u8], out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + raw.len() / 3 * 4 + [0, 2, 3][raw.len() % 3], 0);
-    // Sized exactly, so this cannot fail; the output is then left empty rather than wrong.
-    if URL_SAFE_NO_PAD
-        .encode_slice(raw, &mut out[start..])
-        .is_err()
-    {
-        out.truncate(start);
-    }
+    base64_simd::URL_SAFE_NO_PAD.encode_append(raw, out);
 }
 
 #[cfg(test)]

@@ -212,7 +212,20 @@ fn bench_clicks(c: &mut Criterion) {
             let found =
                 pixelrelay::rewrite::links::trackable(page(html_size(cte)).as_bytes(), &exclude)
                     .len();
-            // The links may add half the message: the rest stay as written.
+            // The links may add half the message: the rest stay as written. Those minted must
+            // be in the message as delivered (a rewrite that fell back to the pixel alone
+            // would measure as a fast one).
+            let out = r.message.as_deref().expect("a rewritten message");
+            let parsed = mail_parser::MessageParser::default()
+                .parse(out)
+                .expect("the rewritten message parses");
+            let html = parsed.body_html(0).expect("its HTML part");
+            let delivered = html.matches("http://127.0.0.1:8080/c/").count();
+            assert_eq!(
+                delivered,
+                minted.get(),
+                "{name} {cte}: tracked links delivered"
+            );
             println!("{name} {cte}: {} of {found} links tracked", minted.get());
             group.throughput(Throughput::Bytes(msg.len() as u64));
             group.bench_function(cte, |b| {

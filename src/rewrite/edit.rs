@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn qp_edits_touch_only_their_lines() {
         let enc: &[u8] = b"<p>caf=C3=A9 <a href=3D\"https://shop.example/a-rather-long-path/th=\r\nat-wraps?x=3D1\">x</a></p>\r\n<p>untouched line</p>\r\n<a href=3D\"http://b.ex=\r\nample/\">b</a>\r\n";
-        let dec = qp::decode(enc);
+        let (dec, map) = qp::decode_mapped(enc);
         let url = |host: &str| {
             let s = String::from_utf8_lossy(&dec).into_owned();
             let i = s.find(host).unwrap_or(0);
@@ -140,7 +140,7 @@ mod tests {
             },
         ];
         let mut out = Vec::new();
-        assert!(qp::edit(enc, dec.len(), &edits, b"\r\n", &mut out));
+        assert!(qp::edit(enc, &dec, &map, &edits, b"\r\n", &mut out));
         assert_eq!(qp::decode(&out), apply(&dec, &edits));
         assert!(qp_lines_ok(&out));
         let s = String::from_utf8_lossy(&out);
@@ -165,10 +165,11 @@ mod tests {
             picks in proptest::collection::vec((0usize..2000, 0usize..40, 0usize..5), 0..5),
         ) {
             let enc = pieces.concat().into_bytes();
-            let dec = qp::decode(&enc);
+            let (dec, map) = qp::decode_mapped(&enc);
+            prop_assert_eq!(&dec, &qp::decode(&enc));
             let edits = edits_of(&dec, &picks);
             let mut out = Vec::new();
-            if qp::edit(&enc, dec.len(), &edits, b"\r\n", &mut out) {
+            if qp::edit(&enc, &dec, &map, &edits, b"\r\n", &mut out) {
                 prop_assert_eq!(qp::decode(&out), apply(&dec, &edits));
                 if qp_lines_ok(&enc) {
                     prop_assert!(qp_lines_ok(&out), "{:?}", String::from_utf8_lossy(&out));
@@ -188,7 +189,7 @@ mod tests {
                 );
             }
             if edits.is_empty() {
-                prop_assert!(qp::edit(&enc, dec.len(), &edits, b"\r\n", &mut Vec::new()));
+                prop_assert!(qp::edit(&enc, &dec, &map, &edits, b"\r\n", &mut Vec::new()));
             }
         }
 

@@ -402,8 +402,15 @@ fn insert(
 ) -> Result<Vec<u8>, SkipReason> {
     let part = find_html(msg)?;
     let body = &msg[part.body.clone()];
+    // With links, a QP body's line map too: its edits find their lines by it.
+    let mut qp_lines = qp::LineMap::new();
     let decoded: Cow<'_, [u8]> = match part.cte {
         part::Cte::Raw => Cow::Borrowed(body),
+        part::Cte::QuotedPrintable if links.is_some() => {
+            let (d, map) = qp::decode_mapped(body);
+            qp_lines = map;
+            Cow::Owned(d)
+        }
         part::Cte::QuotedPrintable => Cow::Owned(qp::decode(body)),
         part::Cte::Base64 => Cow::Owned(b64::decode(body).ok_or(SkipReason::Unparseable)?),
     };
@@ -424,10 +431,11 @@ fn insert(
     let total = decoded.len();
     let markup = html::markup(pixel_url);
     let nl = headers::line_ending(body, headers::line_ending(msg, b"\r\n"));
-    // Only the base64 splice reads the decoded text again (and the raw one with links); free
-    // a QP copy before the output buffer is allocated, so at most one message-sized buffer is
-    // added to the input. (Shadowing alone would keep the old buffer alive to the end.)
-    let decoded = if part.cte == part::Cte::QuotedPrintable {
+    // The base64 splice reads the decoded text again, and so do the QP and raw ones with
+    // links; free a QP copy the pixel alone does not need before the output buffer is
+    // allocated, so at most one message-sized buffer is added to the input. (Shadowing alone
+    // would keep the old buffer alive to the end.)
+    let decoded = if part.cte == part::Cte::QuotedPrintable && link_edits.is_empty() {
         drop(decoded);
         Cow::Borrowed(&[][..])
     } else {
@@ -450,7 +458,7 @@ fn insert(
         with: markup,
     };
     splice_part(
-        &part, body, &decoded, total, link_edits, pixel, nl, &mut out,
+        &part, body, &decoded, &qp_lines, total, link_edits, pixel, nl, &mut out,
     )?;
     out.extend_from_slice(&msg[part.body.end..]);
     Ok(out)
@@ -498,6 +506,7 @@ fn splice_part(
     part: &part::HtmlPart,
     body: &[u8],
     decoded: &[u8],
+    qp_lines: &[[u32; 2]],
     total: usize,
     mut link_edits: Vec<edit::Edit>,
     pixel: edit::Edit,
@@ -529,7 +538,7 @@ fn splice_part(
             let start = out.len();
             if !link_edits.is_empty() {
                 let all = with_pixel(link_edits, pixel.clone());
-                if qp::edit(body, total, &all, nl, out) {
+                if qp::edit(body, decoded, qp_lines, &all, nl, out) {
                     return Ok(());
                 }
                 out.truncate(start);

@@ -57,7 +57,8 @@ fn line_at(enc: &[u8], start: usize, end: usize) -> Line {
     }
 }
 
-/// Splits `enc` into physical lines, first to last.
+/// Splits `enc` into physical lines, first to last (what [`LineMap`] records).
+#[cfg(test)]
 fn lines(enc: &[u8]) -> impl Iterator<Item = Line> + '_ {
     let mut start = 0;
     std::iter::from_fn(move || {
@@ -104,6 +105,7 @@ fn escape_at(content: &[u8], i: usize) -> Option<u8> {
 
 /// Decodes one line's content (no terminator, no soft break) onto `out`. An `=` not followed by
 /// two hex digits stands for itself, as most readers treat it.
+#[cfg(test)]
 fn decode_content(content: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while let Some(off) = memchr::memchr(b'=', &content[i..]) {
@@ -154,9 +156,38 @@ fn offset_after(content: &[u8], k: usize) -> usize {
 /// dropped, hard line breaks are kept as written. One pass over the body (the same result as
 /// decoding [`lines`] one by one, which `locate` relies on; a test holds the two together).
 pub fn decode(enc: &[u8]) -> Vec<u8> {
+    decode_with(enc, None)
+}
+
+/// Where each physical line of a body starts: `[offset in the body, offset in its decoding]`
+/// of the line's first byte, first to last (one entry per line, as [`lines`] splits them).
+pub type LineMap = Vec<[u32; 2]>;
+
+/// [`decode`], and the body's [`LineMap`], which [`edit`] finds the lines an edit touches by
+/// without decoding anything again. The map is empty for a body past 4 GiB (then [`edit`]
+/// refuses, and the caller falls back to the pixel's splice).
+pub fn decode_mapped(enc: &[u8]) -> (Vec<u8>, LineMap) {
+    let mut map = Vec::new();
+    if u32::try_from(enc.len()).is_err() {
+        return (decode(enc), map);
+    }
+    let out = decode_with(enc, Some(&mut map));
+    (out, map)
+}
+
+fn decode_with(enc: &[u8], mut map: Option<&mut LineMap>) -> Vec<u8> {
     // Decoding never grows the text. The caller frees this buffer before it allocates the
     // output, so sizing it at the encoded length costs no extra peak memory (and saves a pass).
     let mut out = Vec::with_capacity(enc.len());
+    // A line starts at `at`, `out` holding its decoding so far (offsets fit in u32: checked).
+    let mut line_at_here = |at: usize, out: &Vec<u8>| {
+        if let Some(m) = map.as_deref_mut()
+            && at < enc.len()
+        {
+            m.push([at as u32, out.len() as u32]);
+        }
+    };
+    line_at_here(0, &out);
     let mut i = 0;
     loop {
         let Some(off) = memchr2(b'=', b'\n', &enc[i..]) else {
@@ -177,6 +208,7 @@ pub fn decode(enc: &[u8]) -> Vec<u8> {
                 }
             }
             i = j + 1;
+            line_at_here(i, &out);
             continue;
         }
         out.extend_from_slice(&enc[i..j]);
@@ -192,8 +224,14 @@ pub fn decode(enc: &[u8]) -> Vec<u8> {
         }
         match &enc[k..] {
             [] => return out,
-            [b'\n', ..] => i = k + 1,
-            [b'\r', b'\n', ..] => i = k + 2,
+            [b'\n', ..] => {
+                i = k + 1;
+                line_at_here(i, &out);
+            }
+            [b'\r', b'\n', ..] => {
+                i = k + 2;
+                line_at_here(i, &out);
+            }
             _ => {
                 out.push(b'=');
                 i = j + 1;
@@ -282,34 +320,67 @@ pub fn splice(
     true
 }
 
-/// Writes `enc` (whose decoding is `total` bytes long) with `edits` (decoded offsets, sorted,
-/// not overlapping) applied to `out`. An edit re-encodes only the physical lines it touches
+/// Writes `enc` (whose decoding is `dec`) with `edits` (decoded offsets, sorted, not
+/// overlapping) applied to `out`. An edit re-encodes only the physical lines it touches
 /// (from the line its start is on to the line its end is on, which soft breaks join), wrapped
 /// at [`MAX_LINE`] with soft breaks and ending as the last of them ended; every other line stays
 /// byte for byte. Returns false, with `out` untouched, when an edit starts or ends inside a hard
 /// line break or reaches across one.
-pub fn edit(enc: &[u8], total: usize, edits: &[Edit], nl: &[u8], out: &mut Vec<u8>) -> bool {
-    let all: Vec<Line> = lines(enc).collect();
-    // Each line's decoded start and decoded content length.
-    let mut spans = Vec::with_capacity(all.len());
-    let mut d = 0;
-    for l in &all {
-        let len = decoded_len(&enc[l.start..l.content_end]);
-        spans.push((d, len));
-        d += len + if l.soft { 0 } else { l.end - l.raw_end };
-    }
-    if d != total || !super::edit::well_formed(edits, total) {
+pub fn edit(
+    enc: &[u8],
+    dec: &[u8],
+    map: &[[u32; 2]],
+    edits: &[Edit],
+    nl: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    let total = dec.len();
+    let n = map.len();
+    // Line `k` of the body.
+    let line = |k: usize| {
+        let end = map.get(k + 1).map_or(enc.len(), |m| m[0] as usize);
+        line_at(enc, map[k][0] as usize, end)
+    };
+    // Line `k`'s decoded start and the decoded length of its content (its break left out).
+    let span = |k: usize| {
+        let l = line(k);
+        let start = map[k][1] as usize;
+        let next = map.get(k + 1).map_or(total, |m| m[1] as usize);
+        let brk = if l.soft { 0 } else { l.end - l.raw_end };
+        (start, next.saturating_sub(start + brk))
+    };
+    // The map must be the body's own (what `decode_mapped` gave for it).
+    let consistent = map.first().is_none_or(|m| *m == [0, 0])
+        && map
+            .windows(2)
+            .all(|w| w[0][0] < w[1][0] && w[1][0] as usize <= enc.len() && w[0][1] <= w[1][1])
+        && map.last().is_none_or(|m| m[1] as usize <= total)
+        && (0..n).all(|k| {
+            let (start, len) = span(k);
+            let l = line(k);
+            let brk = if l.soft { 0 } else { l.end - l.raw_end };
+            start + len + brk == map.get(k + 1).map_or(total, |m| m[1] as usize)
+        });
+    if !consistent || (n == 0 && !enc.is_empty()) || !super::edit::well_formed(edits, total) {
         return false;
     }
-    if all.is_empty() {
+    if n == 0 {
         // An empty body: what is inserted is all there is.
         encode_run(&super::edit::apply(b"", edits), false, nl, out);
         return true;
     }
-    // The first line whose content holds (or ends at) decoded offset `p`.
-    let line_of = |p: usize| {
-        let i = spans.partition_point(|&(start, len)| start + len < p);
-        (i < spans.len() && spans[i].0 <= p).then_some(i)
+    // The first line whose content holds (or ends at) decoded offset `p`, for offsets
+    // asked in order (the edits are sorted): a walk forward from the line found last.
+    let mut cursor = 0;
+    let mut line_of = |p: usize| {
+        while cursor < n {
+            let (start, len) = span(cursor);
+            if start + len >= p {
+                return (start <= p).then_some(cursor);
+            }
+            cursor += 1;
+        }
+        None
     };
     // Runs of lines to re-encode, each with the edits in it.
     let mut runs: Vec<(usize, usize, &[Edit])> = Vec::new();
@@ -318,7 +389,7 @@ pub fn edit(enc: &[u8], total: usize, edits: &[Edit], nl: &[u8], out: &mut Vec<u
         let (Some(a), Some(b)) = (line_of(e.range.start), line_of(e.range.end)) else {
             return false;
         };
-        if all[a..b].iter().any(|l| !l.soft) {
+        if (a..b).any(|k| !line(k).soft) {
             return false;
         }
         match runs.last_mut() {
@@ -333,16 +404,17 @@ pub fn edit(enc: &[u8], total: usize, edits: &[Edit], nl: &[u8], out: &mut Vec<u
         }
     }
     let mut copied = 0;
-    // One pair of buffers for every run (a link-dense part has hundreds).
-    let (mut text, mut edited) = (Vec::new(), Vec::new());
+    // One buffer for every run (a link-dense part has hundreds).
+    let mut edited = Vec::new();
     for (a, b, run_edits) in runs {
-        out.extend_from_slice(&enc[copied..all[a].start]);
-        text.clear();
-        for l in &all[a..=b] {
-            decode_content(&enc[l.start..l.content_end], &mut text);
-        }
+        let (first_line, last) = (line(a), line(b));
+        out.extend_from_slice(&enc[copied..first_line.start]);
+        // The run's decoded text: its lines are joined by soft breaks, which decode to
+        // nothing, so it lies whole in `dec`.
+        let from = span(a).0;
+        let (last_start, last_len) = span(b);
+        let text = &dec[from..last_start + last_len];
         // The run's edits, their offsets taken from the start of the run.
-        let from = spans[a].0;
         edited.clear();
         let mut at = 0;
         for e in run_edits {
@@ -352,8 +424,7 @@ pub fn edit(enc: &[u8], total: usize, edits: &[Edit], nl: &[u8], out: &mut Vec<u
             at = (e.range.end - from).clamp(start, text.len());
         }
         edited.extend_from_slice(&text[at..]);
-        let last = &all[b];
-        let own_nl = &enc[all[a].raw_end..all[a].end];
+        let own_nl = &enc[first_line.raw_end..first_line.end];
         let soft_nl = if own_nl.is_empty() { nl } else { own_nl };
         encode_run(&edited, last.soft, soft_nl, out);
         if last.soft {
@@ -426,16 +497,18 @@ fn encode_run(text: &[u8], soft_end: bool, nl: &[u8], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    /// The line-by-line decoding that `locate` counts with.
-    fn decode_by_lines(enc: &[u8]) -> Vec<u8> {
+    /// The line-by-line decoding that `locate` counts with, and the line map that goes with it.
+    fn decode_by_lines(enc: &[u8]) -> (Vec<u8>, LineMap) {
         let mut out = Vec::new();
+        let mut map = LineMap::new();
         for line in lines(enc) {
+            map.push([line.start as u32, out.len() as u32]);
             decode_content(&enc[line.start..line.content_end], &mut out);
             if !line.soft {
                 out.extend_from_slice(&enc[line.raw_end..line.end]);
             }
         }
-        out
+        (out, map)
     }
 
     #[test]
@@ -444,9 +517,11 @@ mod tests {
         let alphabet: [&[u8]; 8] = [b"=", b"3D", b" ", b"\t", b"\r", b"\n", b"x", b"=\r\n"];
         let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
         while let Some(s) = stack.pop() {
+            let by_lines = decode_by_lines(&s);
+            assert_eq!(decode(&s), by_lines.0, "{:?}", String::from_utf8_lossy(&s));
             assert_eq!(
-                decode(&s),
-                decode_by_lines(&s),
+                decode_mapped(&s),
+                by_lines,
                 "{:?}",
                 String::from_utf8_lossy(&s)
             );

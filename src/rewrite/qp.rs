@@ -190,11 +190,10 @@ fn decode_with(enc: &[u8], mut map: Option<&mut LineMap>) -> Vec<u8> {
     line_at_here(0, &out);
     let mut i = 0;
     loop {
-        let Some(off) = memchr2(b'=', b'\n', &enc[i..]) else {
+        let Some(j) = next_escape_or_break(enc, i) else {
             push_trimmed(&mut out, &enc[i..]);
             return out;
         };
-        let j = i + off;
         if enc[j] == b'\n' {
             let chunk = &enc[i..j];
             match chunk.strip_suffix(b"\r") {
@@ -238,6 +237,31 @@ fn decode_with(enc: &[u8], mut map: Option<&mut LineMap>) -> Vec<u8> {
             }
         }
     }
+}
+
+/// The first `=` or `\n` of `enc` from `from` on. Escapes come every few bytes in encoded HTML
+/// (`=3D` in every attribute), so the next sixteen bytes are looked at eight at a time before
+/// `memchr2` is called for a longer stretch.
+fn next_escape_or_break(enc: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let mut i = from;
+    for _ in 0..2 {
+        let Some(chunk) = enc.get(i..i + 8) else {
+            break;
+        };
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(w);
+        let (eq, nl) = (x ^ (u64::from(b'=') * ONES), x ^ (u64::from(b'\n') * ONES));
+        // The lowest flagged byte is the first match (a borrow only flags bytes above one).
+        let found = ((eq.wrapping_sub(ONES) & !eq) | (nl.wrapping_sub(ONES) & !nl)) & HIGH;
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    memchr2(b'=', b'\n', &enc[i..]).map(|k| i + k)
 }
 
 /// Appends `chunk` without its trailing spaces and tabs.
@@ -437,6 +461,34 @@ pub fn edit(
     true
 }
 
+/// The end of the run of bytes `literal` allows from `i` on: eight bytes at a time while none
+/// of them is `=`, a control character or past `~` (tab, literal but a control character,
+/// goes the byte-at-a-time way).
+fn literal_end(text: &[u8], mut i: usize, literal: &[bool; 256]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    while let Some(chunk) = text.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_ne_bytes(w);
+        // Some byte below 0x20 (exact when asked of the whole word).
+        let control = x.wrapping_sub(0x20 * ONES) & !x & HIGH;
+        // Some byte 0x7f or above.
+        let high = (((x & !HIGH) + ONES) | x) & HIGH;
+        // Some `=`.
+        let y = x ^ (u64::from(b'=') * ONES);
+        let equals = y.wrapping_sub(ONES) & !y & HIGH;
+        if control | high | equals != 0 {
+            break;
+        }
+        i += 8;
+    }
+    i + text[i..]
+        .iter()
+        .take_while(|&&b| literal[usize::from(b)])
+        .count()
+}
+
 /// Encodes `text` (no line breaks of its own) as physical lines joined by soft breaks (`=` and
 /// `nl`), each at most [`MAX_LINE`] octets with room left for a final soft break. Whitespace at
 /// the very end is escaped unless a soft break follows (a reader drops it before a line end).
@@ -459,10 +511,7 @@ fn encode_run(text: &[u8], soft_end: bool, nl: &[u8], out: &mut Vec<u8>) {
     while i < n {
         // A run of literal bytes, copied in line-sized pieces; whitespace at the very end is
         // escaped unless a soft break follows.
-        let mut j = i + text[i..]
-            .iter()
-            .take_while(|&&b| LITERAL[usize::from(b)])
-            .count();
+        let mut j = literal_end(text, i, &LITERAL);
         if j == n && !soft_end && j > i && matches!(text[n - 1], b' ' | b'\t') {
             j -= 1;
         }
@@ -530,6 +579,42 @@ mod tests {
                     stack.push([&s[..], a].concat());
                 }
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time search finds what `memchr2` finds.
+        #[test]
+        fn the_next_escape_or_break_is_the_first_one(
+            text in proptest::collection::vec(proptest::sample::select(
+                b"a=\n\r<\x3c\x3e\x0b\x0a\x3d\xbd\x8a\x09\x01".to_vec()), 0..60),
+            from in 0usize..60,
+        ) {
+            let from = from.min(text.len());
+            proptest::prop_assert_eq!(
+                next_escape_or_break(&text, from),
+                memchr2(b'=', b'\n', &text[from..]).map(|k| from + k)
+            );
+        }
+
+        /// The eight-at-a-time literal scan stops where the byte-at-a-time one does.
+        #[test]
+        fn literal_runs_end_where_the_table_says(
+            text in proptest::collection::vec(proptest::sample::select(
+                b"aZ ~\t=\r\n\x00\x1f\x7f\x80\xff".to_vec()), 0..40),
+            plain in 0usize..30,
+            from in 0usize..40,
+        ) {
+            // A literal stretch first, so that whole words pass before the stop.
+            let text = [&b"x".repeat(plain)[..], &text].concat();
+            let from = from.min(text.len());
+            let want = from + text[from..].iter().take_while(|&&b| {
+                b == b'\t' || ((0x20..=0x7e).contains(&b) && b != b'=')
+            }).count();
+            let literal: [bool; 256] = std::array::from_fn(|b| {
+                b == 9 || ((0x20..=0x7e).contains(&b) && b != usize::from(b'='))
+            });
+            proptest::prop_assert_eq!(literal_end(&text, from, &literal), want);
         }
     }
 

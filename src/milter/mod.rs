@@ -86,7 +86,7 @@ impl Listener {
 /// [`serve`] on a thread of its own running a single-threaded runtime (one event loop for
 /// every milter connection, as the pixel listener's threads have: each packet the MTA streams
 /// wakes that thread alone, never hands a task between worker threads). Returns when it has
-/// stopped. Should the thread not start, nothing serves the milter and the error is logged.
+/// stopped. Should the thread or its runtime not start, it serves on the caller's runtime.
 pub async fn serve_on_thread(
     listener: Listener,
     front: Arc<ArcSwap<MilterFront>>,
@@ -94,52 +94,84 @@ pub async fn serve_on_thread(
     shutdown: Shutdown,
     grace: Duration,
 ) {
-    enum Std {
-        Tcp(std::net::TcpListener),
-        Unix(std::os::unix::net::UnixListener, std::path::PathBuf),
-    }
-    let std = match listener {
-        Listener::Tcp(l) => l.into_std().map(Std::Tcp),
-        Listener::Unix(l, p) => l.into_std().map(|l| Std::Unix(l, p)),
-    };
-    let std = match std {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot hand the milter socket to its thread");
-            return;
-        }
-    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            warn!(error = %e, "cannot start the milter's runtime");
+            warn!(error = %e, "cannot start the milter's runtime; serving on the main one");
+            return serve(listener, front, max_connections, shutdown, grace).await;
+        }
+    };
+    // Off this runtime's poller (a handle kept to serve here should the thread not start).
+    let (std, kept) = match listener.into_std() {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(error = %e, "cannot hand the milter socket to its thread");
             return;
         }
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let (front_here, shutdown_here) = (Arc::clone(&front), shutdown.clone());
     let started = std::thread::Builder::new()
         .name("milter".into())
         .spawn(move || {
             rt.block_on(async move {
-                let listener = match std {
-                    Std::Tcp(l) => TcpListener::from_std(l).map(Listener::Tcp),
-                    Std::Unix(l, p) => UnixListener::from_std(l).map(|l| Listener::Unix(l, p)),
-                };
-                match listener {
+                match std.into_tokio() {
                     Ok(l) => serve(l, front, max_connections, shutdown, grace).await,
                     Err(e) => warn!(error = %e, "cannot listen for the milter"),
                 }
             });
             let _ = tx.send(());
         });
-    if let Err(e) = started {
-        warn!(error = %e, "cannot start the milter's thread");
-        return;
+    match started {
+        Ok(_) => {
+            drop(kept);
+            let _ = rx.await;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot start the milter's thread; serving on the main runtime");
+            match kept.and_then(StdListener::into_tokio) {
+                Ok(l) => serve(l, front_here, max_connections, shutdown_here, grace).await,
+                Err(e) => warn!(error = %e, "cannot listen for the milter"),
+            }
+        }
     }
-    let _ = rx.await;
+}
+
+/// A bound milter socket off any runtime, to hand to another.
+enum StdListener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    /// The socket off this runtime, and a second handle of it.
+    fn into_std(self) -> std::io::Result<(StdListener, std::io::Result<StdListener>)> {
+        Ok(match self {
+            Listener::Tcp(l) => {
+                let l = l.into_std()?;
+                let kept = l.try_clone().map(StdListener::Tcp);
+                (StdListener::Tcp(l), kept)
+            }
+            Listener::Unix(l, p) => {
+                let l = l.into_std()?;
+                let kept = l.try_clone().map(|k| StdListener::Unix(k, p.clone()));
+                (StdListener::Unix(l, p), kept)
+            }
+        })
+    }
+}
+
+impl StdListener {
+    /// Registered with the runtime this runs on.
+    fn into_tokio(self) -> std::io::Result<Listener> {
+        match self {
+            StdListener::Tcp(l) => TcpListener::from_std(l).map(Listener::Tcp),
+            StdListener::Unix(l, p) => UnixListener::from_std(l).map(|l| Listener::Unix(l, p)),
+        }
+    }
 }
 
 /// Serves milter connections until `shutdown`, at most `max_connections` at once (the rest

@@ -176,8 +176,9 @@ pub fn decode_mapped(enc: &[u8]) -> (Vec<u8>, LineMap) {
 }
 
 fn decode_with(enc: &[u8], mut map: Option<&mut LineMap>) -> Vec<u8> {
-    // Decoding never grows the text. The caller frees this buffer before it allocates the
-    // output, so sizing it at the encoded length costs no extra peak memory (and saves a pass).
+    // Decoding never grows the text. Sized at the encoded length (which saves a pass): the
+    // caller frees it before it allocates the output when the pixel alone goes in, and keeps
+    // it for link edits, whose peak the memory test holds within the relay's reservation.
     let mut out = Vec::with_capacity(enc.len());
     // A line starts at `at`, `out` holding its decoding so far (offsets fit in u32: checked).
     let mut line_at_here = |at: usize, out: &Vec<u8>| {

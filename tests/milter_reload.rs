@@ -130,8 +130,13 @@ async fn a_stop_lets_the_message_in_progress_finish_then_ends_the_conversation()
     let cmds = answers(&mut busy, 3).await;
     assert!(cmds.contains(&b'b'), "the body replaced: {cmds:?}");
     // ...then that conversation ends too, and the milter stops.
+    closed_and_stopped(&mut busy, served).await;
+}
+
+/// `s` closed by the milter with nothing more said, then the milter `served` stopped.
+async fn closed_and_stopped(s: &mut TcpStream, served: tokio::task::JoinHandle<()>) {
     let mut rest = Vec::new();
-    busy.read_to_end(&mut rest).await.unwrap();
+    s.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty(), "{rest:?}");
     tokio::time::timeout(std::time::Duration::from_secs(20), served)
         .await
@@ -158,13 +163,7 @@ async fn a_stop_closes_a_message_stalled_past_the_grace() {
     trigger.trigger();
     // The rest of the message never comes: the conversation is closed after the grace (the
     // MTA's milter_default_action then decides), and the milter stops.
-    let mut rest = Vec::new();
-    stalled.read_to_end(&mut rest).await.unwrap();
-    assert!(rest.is_empty(), "{rest:?}");
-    tokio::time::timeout(std::time::Duration::from_secs(20), served)
-        .await
-        .expect("the milter stopped")
-        .unwrap();
+    closed_and_stopped(&mut stalled, served).await;
 }
 
 #[tokio::test]

@@ -65,16 +65,30 @@ fn decode_lines(enc: &[u8]) -> Option<Vec<u8>> {
         stage.drain(..whole);
         Some(())
     };
+    // A line's characters onto the stage, a stage at a time (a body written as one long line
+    // stays within the stage too).
+    let push = |stage: &mut Vec<u8>, out: &mut Vec<u8>, mut chars: &[u8]| -> Option<()> {
+        while !chars.is_empty() {
+            let take = chars.len().min(STAGE);
+            stage.extend_from_slice(&chars[..take]);
+            chars = &chars[take..];
+            if stage.len() >= STAGE {
+                flush(stage, out, false)?;
+            }
+        }
+        Some(())
+    };
     let mut start = 0;
     for nl in memchr::memchr_iter(b'\n', enc) {
         let line = &enc[start..nl];
-        stage.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        push(
+            &mut stage,
+            &mut out,
+            line.strip_suffix(b"\r").unwrap_or(line),
+        )?;
         start = nl + 1;
-        if stage.len() >= STAGE {
-            flush(&mut stage, &mut out, false)?;
-        }
     }
-    stage.extend_from_slice(&enc[start..]);
+    push(&mut stage, &mut out, &enc[start..])?;
     flush(&mut stage, &mut out, true)?;
     Some(out)
 }
@@ -529,6 +543,14 @@ mod tests {
             proptest::prop_assert_eq!(decode(&enc), decode_any(&enc));
             proptest::prop_assert_eq!(decode(&noise), decode_any(&noise));
         }
+    }
+
+    #[test]
+    fn a_body_on_one_long_line_is_decoded_a_stage_at_a_time() {
+        let data: Vec<u8> = (0..30_001u32).map(|i| (i * 7 % 256) as u8).collect();
+        let one_line = encode_lines(&data, 50_000);
+        assert_eq!(one_line.iter().filter(|&&c| c == b'\n').count(), 1);
+        assert_eq!(decode_lines(&one_line), Some(data));
     }
 
     #[test]

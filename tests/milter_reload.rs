@@ -97,20 +97,31 @@ fn tracking(secret: &[u8]) -> Tracking {
     }
 }
 
-#[tokio::test]
-async fn a_stop_lets_the_message_in_progress_finish_then_ends_the_conversation() {
+/// The milter as the server runs it (on a thread and runtime of its own) with `grace` at its
+/// stop: its address, the stop's trigger, and its task.
+async fn stoppable(
+    front: MilterFront,
+    grace: std::time::Duration,
+) -> (
+    std::net::SocketAddr,
+    pixelrelay::shutdown::ShutdownTrigger,
+    tokio::task::JoinHandle<()>,
+) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (trigger, shutdown) = pixelrelay::shutdown::channel();
-    let live = Arc::new(ArcSwap::from_pointee(front(Some(tracking(b"stop")))));
-    // The milter as the server runs it: on a thread and runtime of its own.
-    let served = tokio::spawn(serve_on_thread(
-        Listener::Tcp(l),
-        live,
-        4,
-        shutdown,
+    let live = Arc::new(ArcSwap::from_pointee(front));
+    let served = tokio::spawn(serve_on_thread(Listener::Tcp(l), live, 4, shutdown, grace));
+    (addr, trigger, served)
+}
+
+#[tokio::test]
+async fn a_stop_lets_the_message_in_progress_finish_then_ends_the_conversation() {
+    let (addr, trigger, served) = stoppable(
+        front(Some(tracking(b"stop"))),
         std::time::Duration::from_secs(30),
-    ));
+    )
+    .await;
     let mut busy = negotiated(addr).await;
     let mut idle = negotiated(addr).await;
     // A message under way on one connection (its envelope and header so far), none on the
@@ -146,17 +157,8 @@ async fn closed_and_stopped(s: &mut TcpStream, served: tokio::task::JoinHandle<(
 
 #[tokio::test]
 async fn a_stop_closes_a_message_stalled_past_the_grace() {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (trigger, shutdown) = pixelrelay::shutdown::channel();
-    let live = Arc::new(ArcSwap::from_pointee(front(None)));
-    let served = tokio::spawn(serve_on_thread(
-        Listener::Tcp(l),
-        live,
-        4,
-        shutdown,
-        std::time::Duration::from_millis(200),
-    ));
+    let (addr, trigger, served) =
+        stoppable(front(None), std::time::Duration::from_millis(200)).await;
     let mut stalled = negotiated(addr).await;
     stalled.write_all(&message_parts().0).await.unwrap();
     assert_eq!(answers(&mut stalled, 3).await, b"ccc");

@@ -20,7 +20,6 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::Mac;
 
 use super::{MessageId, Purpose, TAG_LEN, TokenKey, VERSION};
 
@@ -82,9 +81,8 @@ impl TokenKey {
         raw[1..17].copy_from_slice(&id.0);
         raw[17..HEAD].copy_from_slice(&link.to_be_bytes());
         raw[HEAD..n - TAG_LEN].copy_from_slice(url.as_bytes());
-        let mut mac = self.mac.clone();
-        feed(&mut mac, &raw[..n - TAG_LEN]);
-        raw[n - TAG_LEN..].copy_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
+        let tag = covered(&raw[..n - TAG_LEN], |parts| self.mac.mac(parts));
+        raw[n - TAG_LEN..].copy_from_slice(&tag[..TAG_LEN]);
         let mut out = String::with_capacity(prefix.len() + n.div_ceil(3) * 4);
         out.push_str(prefix);
         // Straight into the string: base64url is ASCII, nothing to check again.
@@ -104,12 +102,10 @@ impl TokenKey {
             return None;
         }
         let (signed, tag) = raw.split_at(raw.len() - TAG_LEN);
-        let authentic = std::iter::once(&self.mac).chain(&self.previous).any(|key| {
-            let mut mac = key.clone();
-            feed(&mut mac, signed);
-            // Constant-time comparison.
-            mac.verify_truncated_left(tag).is_ok()
-        });
+        // Compared in constant time.
+        let authentic = std::iter::once(&self.mac)
+            .chain(&self.previous)
+            .any(|key| covered(signed, |parts| key.verify_truncated(parts, tag)));
         if !authentic {
             return None;
         }
@@ -123,21 +119,20 @@ impl TokenKey {
     }
 }
 
-/// What the MAC of a click token covers: the domain, the purpose, then the signed bytes with
-/// the URL's length before the URL (so that no two splits of the same bytes sign alike).
-fn feed(mac: &mut hmac::Hmac<sha2::Sha256>, signed: &[u8]) {
+/// What the MAC of a click token covers: the domain and purpose, then the signed bytes with
+/// the URL's length before the URL (so that no two splits of the same bytes sign alike),
+/// handed to `f` in two pieces.
+fn covered<R>(signed: &[u8], f: impl FnOnce(&[&[u8]]) -> R) -> R {
     const DOMAIN: &[u8; 16] = b"pixelrelay/token";
     let url_len = u16::try_from(signed.len().saturating_sub(HEAD)).unwrap_or(u16::MAX);
-    let head = &signed[..HEAD.min(signed.len())];
-    // What comes before the URL in one piece (one call into the hash, not four).
+    let (head, url) = signed.split_at(HEAD.min(signed.len()));
     let mut before = [0u8; DOMAIN.len() + 1 + HEAD + 2];
     let n = DOMAIN.len() + 1 + head.len() + 2;
     before[..DOMAIN.len()].copy_from_slice(DOMAIN);
     before[DOMAIN.len()] = Purpose::Click.tag_byte();
     before[DOMAIN.len() + 1..n - 2].copy_from_slice(head);
     before[n - 2..n].copy_from_slice(&url_len.to_be_bytes());
-    mac.update(&before[..n]);
-    mac.update(&signed[head.len()..]);
+    f(&[&before[..n], url])
 }
 
 #[cfg(test)]

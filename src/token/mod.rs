@@ -30,6 +30,9 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 pub mod click;
+mod mac;
+
+use mac::Keyed;
 
 /// A tracked message's random identity (128 bits), the key of its store record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,10 +156,10 @@ pub const TOKEN_LEN: usize = 44;
 /// still verify during a rotation. Cheap to clone.
 #[derive(Clone)]
 pub struct TokenKey {
-    /// HMAC-SHA256 keyed with the derived key; cloned per token so the key schedule runs once.
-    mac: Hmac<Sha256>,
+    /// HMAC-SHA256 keyed with the derived key (the key schedule runs once).
+    mac: Keyed,
     /// Older keys (`tracking.previous_secret_files`): they verify, they never mint.
-    previous: Vec<Hmac<Sha256>>,
+    previous: Vec<Keyed>,
 }
 
 impl fmt::Debug for TokenKey {
@@ -210,47 +213,34 @@ impl TokenKey {
         let id = MessageId::from_slice(&raw[1..17])?;
         std::iter::once(&self.mac)
             .chain(&self.previous)
-            .any(|key| {
-                let mut mac = key.clone();
-                feed(&mut mac, purpose, raw[0], &id);
-                // `verify_truncated_left` compares in constant time.
-                mac.verify_truncated_left(&raw[17..]).is_ok()
-            })
+            // Compared in constant time.
+            .any(|key| key.verify_truncated(&[&signed(purpose, raw[0], &id)], &raw[17..]))
             .then_some(id)
     }
 
     /// The full 32-byte MAC over purpose, version and id.
     fn tag(&self, purpose: Purpose, version: u8, id: &MessageId) -> [u8; 32] {
-        let mut mac = self.mac.clone();
-        feed(&mut mac, purpose, version, id);
-        mac.finalize().into_bytes().into()
+        self.mac.mac(&[&signed(purpose, version, id)])
     }
 }
 
 /// What the MAC covers, in order.
-fn feed(mac: &mut Hmac<Sha256>, purpose: Purpose, version: u8, id: &MessageId) {
-    mac.update(b"pixelrelay/token");
-    mac.update(&[purpose.tag_byte(), version]);
-    mac.update(&id.0);
+fn signed(purpose: Purpose, version: u8, id: &MessageId) -> [u8; 34] {
+    let mut b = [0u8; 34];
+    b[..16].copy_from_slice(b"pixelrelay/token");
+    b[16] = purpose.tag_byte();
+    b[17] = version;
+    b[18..].copy_from_slice(&id.0);
+    b
 }
 
 /// The MAC keyed for tokens from the contents of a secret file.
-fn derive(secret: &[u8]) -> Hmac<Sha256> {
-    hmac_keyed(&hmac_sha256(secret, b"pixelrelay token key v1"))
-}
-
-fn hmac_keyed(key: &[u8]) -> Hmac<Sha256> {
-    // HMAC takes keys of any length (long ones are hashed), so this cannot fail.
-    match <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => unreachable!("HMAC accepts keys of any length"),
-    }
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut m = hmac_keyed(key);
-    m.update(data);
-    m.finalize().into_bytes().into()
+fn derive(secret: &[u8]) -> Keyed {
+    let Ok(mut m) = <Hmac<Sha256> as KeyInit>::new_from_slice(secret) else {
+        unreachable!("HMAC accepts keys of any length")
+    };
+    m.update(b"pixelrelay token key v1");
+    Keyed::new(&m.finalize().into_bytes())
 }
 
 #[cfg(test)]

@@ -593,6 +593,20 @@ mod tests {
             );
         }
 
+        /// Long bodies (many words and `memchr2` calls a line) decode as line by line does.
+        #[test]
+        fn long_bodies_decode_as_line_by_line(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                &b"abcdefghijklmnopqrstuvwxyz"[..], b"0123456789", b"=3D", b"=C3=A9", b"=\r\n",
+                b"=\n", b"= \r\n", b" ", b"\t", b"\r\n", b"\n", b"\r", b"=", b"=Z", b"  \r\n",
+            ]), 0..60),
+        ) {
+            let enc = pieces.concat();
+            let by_lines = decode_by_lines(&enc);
+            proptest::prop_assert_eq!(&decode(&enc), &by_lines.0);
+            proptest::prop_assert_eq!(decode_mapped(&enc), by_lines);
+        }
+
         /// The eight-at-a-time literal scan stops where the byte-at-a-time one does.
         #[test]
         fn literal_runs_end_where_the_table_says(

@@ -41,24 +41,35 @@ pub fn trackable(html: &[u8], exclude: &[String]) -> Vec<Link> {
 
 /// Calls `f` with each trackable link of `html` in document order, until it returns `false`
 /// (one link at a time: nothing is collected).
-pub fn for_each_trackable(html: &[u8], exclude: &[String], f: impl FnMut(Link) -> bool) {
-    scan(html, exclude, f);
+pub fn for_each_trackable(html: &[u8], exclude: &[String], mut f: impl FnMut(Link) -> bool) {
+    scan(html, exclude, |value, url| {
+        f(Link {
+            value,
+            url: url.to_string(),
+        })
+    });
 }
 
-/// [`for_each_trackable`], returning the pixel's insertion point
-/// ([`super::html::insertion_point`]) found in the same pass over the tags.
-pub(super) fn scan(html: &[u8], exclude: &[String], mut f: impl FnMut(Link) -> bool) -> usize {
+/// [`for_each_trackable`] with each link's URL lent (decoded into one buffer that every link
+/// reuses), returning the pixel's insertion point ([`super::html::insertion_point`]) found in
+/// the same pass over the tags.
+pub(super) fn scan(
+    html: &[u8],
+    exclude: &[String],
+    mut f: impl FnMut(Range<usize>, &str) -> bool,
+) -> usize {
     let mut go = true;
     let mut end = EndTags::default();
+    let mut url = String::new();
     for_each_tag(html, |lt| {
         let rest = &html[lt + 1..];
         match rest.first() {
             Some(b'a' | b'A') => {
                 if go
                     && is_tag(rest, b"a")
-                    && let Some(link) = anchor(html, lt + 2, exclude)
+                    && let Some((value, found)) = anchor(html, lt + 2, exclude, &mut url)
                 {
-                    go = f(link);
+                    go = f(value, &url[found]);
                 }
             }
             Some(b'/') => end.see(html, lt),
@@ -87,8 +98,14 @@ fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
     .any(|at| hay[at + 1..at + needle.len()].eq_ignore_ascii_case(rest))
 }
 
-/// The link of the `<a` tag whose attributes start at `from`, if it is trackable.
-fn anchor(html: &[u8], from: usize, exclude: &[String]) -> Option<Link> {
+/// The link of the `<a` tag whose attributes start at `from`, if it is trackable: its value's
+/// range in `html`, and where in `url` (which it is decoded into) its URL is.
+fn anchor(
+    html: &[u8],
+    from: usize,
+    exclude: &[String],
+    url: &mut String,
+) -> Option<(Range<usize>, Range<usize>)> {
     let mut href = None;
     let mut opted_out = false;
     let mut attrs = Attributes { html, at: from };
@@ -105,25 +122,26 @@ fn anchor(html: &[u8], from: usize, exclude: &[String]) -> Option<Link> {
     if opted_out || html.get(attrs.at) != Some(&b'>') {
         return None;
     }
-    let mut url = decode_references(&html[value.clone()]);
-    // Trimmed in place: no second copy per link.
-    let keep = url
+    url.clear();
+    decode_references_into(&html[value.clone()], url);
+    // Trimmed by range: nothing copied per link.
+    let end = url
         .trim_end_matches(|c: char| c.is_ascii_whitespace())
         .len();
-    url.truncate(keep);
-    let lead = url.len()
-        - url
+    let start = end
+        - url[..end]
             .trim_start_matches(|c: char| c.is_ascii_whitespace())
             .len();
-    url.drain(..lead);
+    let found = &url[start..end];
     let scheme_ok = ["http://", "https://"].iter().any(|s| {
-        url.get(..s.len())
+        found
+            .get(..s.len())
             .is_some_and(|p| p.eq_ignore_ascii_case(s))
     });
     let excluded = exclude
         .iter()
-        .any(|p| !p.is_empty() && contains_ignore_ascii_case(url.as_bytes(), p.as_bytes()));
-    (scheme_ok && !excluded && url.len() > "https://".len()).then_some(Link { value, url })
+        .any(|p| !p.is_empty() && contains_ignore_ascii_case(found.as_bytes(), p.as_bytes()));
+    (scheme_ok && !excluded && found.len() > "https://".len()).then_some((value, start..end))
 }
 
 /// The attributes of a start tag: (name, value range without quotes; `None` when the
@@ -185,6 +203,13 @@ impl<'a> Iterator for Attributes<'a> {
 /// `&#x26;`) and the named ones links carry (`&amp; &lt; &gt; &quot; &apos; &nbsp;`), each with
 /// its `;`. Anything else stays as written; bytes that are not UTF-8 are replaced.
 pub fn decode_references(value: &[u8]) -> String {
+    let mut out = String::with_capacity(value.len());
+    decode_references_into(value, &mut out);
+    out
+}
+
+/// [`decode_references`] appending to `out`.
+fn decode_references_into(value: &[u8], out: &mut String) {
     // Checked strictly first: the lossy decoder walks the bytes in small steps.
     let text = match std::str::from_utf8(value) {
         Ok(s) => std::borrow::Cow::Borrowed(s),
@@ -192,10 +217,6 @@ pub fn decode_references(value: &[u8]) -> String {
     };
     // `&` is ASCII: a byte search finds it (and never inside a multi-byte character).
     let amp = |s: &str| memchr::memchr(b'&', s.as_bytes());
-    if amp(&text).is_none() {
-        return text.into_owned();
-    }
-    let mut out = String::with_capacity(text.len());
     let mut rest: &str = &text;
     while let Some(amp) = amp(rest) {
         out.push_str(&rest[..amp]);
@@ -212,7 +233,6 @@ pub fn decode_references(value: &[u8]) -> String {
         }
     }
     out.push_str(rest);
-    out
 }
 
 /// The character of the reference `s` starts with (`&…;`) and its length.
@@ -263,7 +283,7 @@ mod tests {
             Just("<"), Just("</"), Just("text"), Just("\r\n"), Just("</bodyx>"), Just("<textarea>"),
         ], 0..24)) {
             let html = pieces.concat();
-            let found = scan(html.as_bytes(), &[], |_| true);
+            let found = scan(html.as_bytes(), &[], |_, _| true);
             prop_assert_eq!(found, super::super::html::insertion_point(html.as_bytes()), "{}", html);
         }
     }

@@ -471,20 +471,17 @@ fn insert(
 fn link_edits(decoded: &[u8], l: &Links<'_>, mut room: usize) -> (usize, Vec<edit::Edit>) {
     let mut out = Vec::new();
     let mut i = 0u16;
-    let p = links::scan(decoded, l.exclude, |link| {
-        if !l.own_prefix.is_empty() && link.url.starts_with(l.own_prefix) {
+    let p = links::scan(decoded, l.exclude, |value, url| {
+        if !l.own_prefix.is_empty() && url.starts_with(l.own_prefix) {
             return true;
         }
-        if let Some(url) = (l.url)(i, &link.url) {
+        if let Some(url) = (l.url)(i, url) {
             let with = html::into_attr_url(url);
-            let Some(left) = room.checked_sub(with.len().saturating_sub(link.value.len())) else {
+            let Some(left) = room.checked_sub(with.len().saturating_sub(value.len())) else {
                 return false;
             };
             room = left;
-            out.push(edit::Edit {
-                range: link.value,
-                with,
-            });
+            out.push(edit::Edit { range: value, with });
         }
         match i.checked_add(1) {
             Some(n) => {

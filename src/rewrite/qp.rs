@@ -87,20 +87,29 @@ fn lines_rev(enc: &[u8]) -> impl Iterator<Item = Line> + '_ {
     })
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
+/// Each byte's value as a hex digit (either case), 0xff for the others.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'A' as usize + i] = 10 + i as u8;
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// The byte an `=` at `content[i]` stands for, when followed by two hex digits.
 fn escape_at(content: &[u8], i: usize) -> Option<u8> {
-    let hi = hex(*content.get(i + 1)?)?;
-    let lo = hex(*content.get(i + 2)?)?;
-    Some(hi << 4 | lo)
+    let [hi, lo] = *content.get(i + 1..i + 3)?.first_chunk::<2>()?;
+    // One test for both digits.
+    let (hi, lo) = (HEX_VALUE[usize::from(hi)], HEX_VALUE[usize::from(lo)]);
+    ((hi | lo) < 16).then_some(hi << 4 | lo)
 }
 
 /// Decodes one line's content (no terminator, no soft break) onto `out`. An `=` not followed by

@@ -29,7 +29,7 @@
 //! rewrite/        pure: pick the HTML part (scan, else mime; part: what both report), insert
 //!                 the pixel (html), find the trackable links (links) and edit them (edit),
 //!                 re-encode (qp, b64, raw), headers; splice it back
-//! token/          pure: mint and verify pixel tokens, and click tokens (click)
+//! token/          pure: mint and verify pixel tokens, and click tokens (click); their HMAC (mac)
 //! track/          pure: classify a pixel hit (classify: client, device, proxy, machine),
 //!                 the network catalogue's longest-prefix lookups (networks), the open event
 //! evidence.rs     loads the catalogue files and MaxMind databases, reloads them on SIGHUP

@@ -69,7 +69,7 @@ impl TokenKey {
         }
         let n = HEAD + url.len() + TAG_LEN;
         // On the stack for the URLs of real mail (one allocation per link: the result).
-        let mut stack = [0u8; 640];
+        let mut stack = [0u8; 256];
         let mut heap = Vec::new();
         let raw: &mut [u8] = if n <= stack.len() {
             &mut stack[..n]

@@ -26,8 +26,6 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 
 pub mod click;
 mod mac;
@@ -236,11 +234,7 @@ fn signed(purpose: Purpose, version: u8, id: &MessageId) -> [u8; 34] {
 
 /// The MAC keyed for tokens from the contents of a secret file.
 fn derive(secret: &[u8]) -> Keyed {
-    let Ok(mut m) = <Hmac<Sha256> as KeyInit>::new_from_slice(secret) else {
-        unreachable!("HMAC accepts keys of any length")
-    };
-    m.update(b"pixelrelay token key v1");
-    Keyed::new(&m.finalize().into_bytes())
+    Keyed::new(&Keyed::new(secret).mac(&[b"pixelrelay token key v1"]))
 }
 
 #[cfg(test)]

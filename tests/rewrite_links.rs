@@ -165,3 +165,73 @@ fn a_7bit_link_that_would_pass_998_octets_stays() {
     );
     assert!(out.split("\r\n").all(|l| l.len() <= 998));
 }
+
+/// A quote left open swallows the markup after it into the attribute's value, as a browser
+/// reads it: an `<a href>` inside that value is text, not a second link. It is neither
+/// offered for tracking nor edited inside the first link's new value (which would glue two
+/// tracked URLs into one broken link), in every transfer encoding.
+#[test]
+fn a_link_inside_another_links_attribute_value_is_text() {
+    use base64::Engine as _;
+    let html = "<html><body>\r\n<p><a href='http://a.example/x <a href=http://b.example/y>u</a> '>t</a></p>\r\n<p><a title=\"<a href=http://c.example/z>\" href=\"http://d.example/\">d</a></p>\r\n</body></html>\r\n";
+    let qp = html.replace('=', "=3D");
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(html)
+        .as_bytes()
+        .chunks(76)
+        .map(|c| String::from_utf8_lossy(c).into_owned() + "\r\n")
+        .collect::<String>();
+    let rcpts = vec!["bob@example.net".to_string()];
+    let env = Envelope {
+        sender: "news@example.com",
+        recipients: &rcpts,
+    };
+    for (cte, body) in [
+        ("7bit", html.to_string()),
+        ("quoted-printable", qp),
+        ("base64", b64),
+    ] {
+        let input = format!(
+            "From: news@example.com\r\nTo: bob@example.net\r\nSubject: nested\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n{body}"
+        );
+        let seen = RefCell::new(Vec::new());
+        let url = |i: u16, u: &str| {
+            seen.borrow_mut().push(u.to_string());
+            Some(format!("https://t.example/c/{i}"))
+        };
+        let links = Links {
+            exclude: &[],
+            own_prefix: "https://t.example/c/",
+            url: &url,
+        };
+        let r = rewrite_with_links(&env, input.as_bytes(), PIXEL, Some(&links), &policy());
+        assert_eq!(r.decision, Decision::Tracked, "{cte}");
+        assert_eq!(
+            *seen.borrow(),
+            vec![
+                "http://a.example/x <a href=http://b.example/y>u</a>".to_string(),
+                "http://d.example/".to_string()
+            ],
+            "{cte}: the links a browser sees"
+        );
+        let out = r.message.expect("rewritten");
+        let dec = pixelrelay::rewrite::html_part_decoded(&out).expect("decodes");
+        let dec = String::from_utf8(dec).expect("utf-8");
+        let want = html
+            .replace(
+                "'http://a.example/x <a href=http://b.example/y>u</a> '",
+                "'https://t.example/c/0'",
+            )
+            .replace("\"http://d.example/\"", "\"https://t.example/c/1\"");
+        let img = dec
+            .find(&format!("<img src=\"{PIXEL}\""))
+            .expect("the pixel");
+        let img_end = img + dec[img..].find('>').expect("its end") + 1;
+        assert!(
+            dec[img_end..].starts_with("</body>"),
+            "{cte}: pixel before </body>"
+        );
+        let without_pixel = format!("{}{}", &dec[..img], &dec[img_end..]);
+        assert_eq!(without_pixel, want, "{cte}: decoded part");
+    }
+}

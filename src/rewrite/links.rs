@@ -5,7 +5,8 @@
 //!
 //! A link is trackable when it is the `href` of an `<a>` tag that is real markup (not inside a
 //! comment or the text of `<script>`, `<style>`, `<textarea>`, `<title>` or `<xmp>`, found by
-//! the same scan that places the pixel), its URL is `http:` or `https:` once HTML character
+//! the same scan that places the pixel, nor inside an attribute value of an earlier `<a>` tag
+//! whose quote swallowed it), its URL is `http:` or `https:` once HTML character
 //! references are decoded and surrounding whitespace trimmed (so `mailto:`, `tel:`, `#frag`,
 //! relative and `javascript:` links stay), the tag carries no `data-track="off"` (any case;
 //! the attribute is kept), and no pattern of `exclude` occurs in the URL (ASCII
@@ -61,14 +62,18 @@ pub(super) fn scan(
     let mut go = true;
     let mut end = EndTags::default();
     let mut url = String::new();
+    // Where the last `<a` tag read ends: an `<a` before it is inside one of that tag's
+    // attribute values (`<a href='x <a href=…>'>`), text to a browser, and no link (its value
+    // would overlap the outer one's). The pixel's placement looks at every `</body>` as the
+    // pixel-only rewrite does, so that both put it in the same place.
+    let mut inside = 0;
     for_each_tag(html, |lt| {
         let rest = &html[lt + 1..];
         match rest.first() {
-            Some(b'a' | b'A') => {
-                if go
-                    && is_tag(rest, b"a")
-                    && let Some((value, found)) = anchor(html, lt + 2, exclude, &mut url)
-                {
+            Some(b'a' | b'A') if go && lt >= inside && is_tag(rest, b"a") => {
+                let (link, tag_end) = anchor(html, lt + 2, exclude, &mut url);
+                inside = tag_end;
+                if let Some((value, found)) = link {
                     go = f(value, &url[found]);
                 }
             }
@@ -98,17 +103,35 @@ fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
     .any(|at| hay[at + 1..at + needle.len()].eq_ignore_ascii_case(rest))
 }
 
-/// The link of the `<a` tag whose attributes start at `from`, if it is trackable: its value's
-/// range in `html`, and where in `url` (which it is decoded into) its URL is.
+/// Where a link's `href` value is in the HTML and where its URL is in the buffer it was
+/// decoded into.
+type Found = (Range<usize>, Range<usize>);
+
+/// The link of the `<a` tag whose attributes start at `from`, if it is trackable (its value's
+/// range in `html`, and where in `url`, which it is decoded into, its URL is), and where the
+/// tag ends (its `>`, or the end of `html`).
 fn anchor(
     html: &[u8],
     from: usize,
     exclude: &[String],
     url: &mut String,
-) -> Option<(Range<usize>, Range<usize>)> {
+) -> (Option<Found>, usize) {
+    let mut attrs = Attributes { html, at: from };
+    let link = link_of(html, &mut attrs, exclude, url);
+    // What `link_of` left unread, up to the `>`.
+    for _ in attrs.by_ref() {}
+    (link, attrs.at)
+}
+
+/// [`anchor`]'s link, reading the tag's attributes from `attrs`.
+fn link_of(
+    html: &[u8],
+    attrs: &mut Attributes<'_>,
+    exclude: &[String],
+    url: &mut String,
+) -> Option<Found> {
     let mut href = None;
     let mut opted_out = false;
-    let mut attrs = Attributes { html, at: from };
     for (name, value) in attrs.by_ref() {
         if name.eq_ignore_ascii_case(b"href") && href.is_none() {
             // The first of duplicate attributes is the one a browser keeps.

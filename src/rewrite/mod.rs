@@ -262,6 +262,20 @@ pub fn scan_agrees(message: &[u8]) -> Result<bool, String> {
     }
 }
 
+/// The decoded body of the part [`rewrite`] would give the pixel (transfer encoding undone as
+/// the rewrite undoes it), for the click-tracking fuzz target's oracle; `None` when there is
+/// no such part or it does not decode.
+#[doc(hidden)]
+pub fn html_part_decoded(message: &[u8]) -> Option<Vec<u8>> {
+    let part = find_html(message).ok()?;
+    let body = message.get(part.body)?;
+    match part.cte {
+        part::Cte::Raw => Some(body.to_vec()),
+        part::Cte::QuotedPrintable => Some(qp::decode(body)),
+        part::Cte::Base64 => b64::decode(body),
+    }
+}
+
 /// Whether [`rewrite`] may copy the body of `message`: false when the fast MIME scan alone
 /// can tell that it has no HTML part to take a pixel (the rewrite then copies at most the
 /// header block less the opt-out header); true when it has one, or only a full parse can say.

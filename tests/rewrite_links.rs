@@ -235,3 +235,57 @@ fn a_link_inside_another_links_attribute_value_is_text() {
         assert_eq!(without_pixel, want, "{cte}: decoded part");
     }
 }
+
+/// A `</body>` inside a link's value (a quote left open swallowed it) is where the pixel goes
+/// when no later one follows: that link stays as written, in every transfer encoding, instead
+/// of an edit around the pixel's place (which wrote the pixel inside the tracked URL, or the
+/// tracked URL after the pixel, depending on the encoding).
+#[test]
+fn a_link_holding_the_pixels_place_stays() {
+    use base64::Engine as _;
+    let html = "<html><body>\r\n<p><a href=\"http://a.example/x\">a</a></p>\r\n<p><a href=\"http://b.example/</body>\">b</a></html>\r\n";
+    let qp = html.replace('=', "=3D");
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(html)
+        .as_bytes()
+        .chunks(76)
+        .map(|c| String::from_utf8_lossy(c).into_owned() + "\r\n")
+        .collect::<String>();
+    let rcpts = vec!["bob@example.net".to_string()];
+    let env = Envelope {
+        sender: "news@example.com",
+        recipients: &rcpts,
+    };
+    for (cte, body) in [
+        ("7bit", html.to_string()),
+        ("quoted-printable", qp),
+        ("base64", b64),
+    ] {
+        let input = format!(
+            "From: news@example.com\r\nTo: bob@example.net\r\nSubject: swallowed\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n{body}"
+        );
+        let url = |i: u16, _: &str| Some(format!("https://t.example/c/{i}"));
+        let links = Links {
+            exclude: &[],
+            own_prefix: "https://t.example/c/",
+            url: &url,
+        };
+        let r = rewrite_with_links(&env, input.as_bytes(), PIXEL, Some(&links), &policy());
+        assert_eq!(r.decision, Decision::Tracked, "{cte}");
+        let out = r.message.expect("rewritten");
+        let dec = pixelrelay::rewrite::html_part_decoded(&out).expect("decodes");
+        let dec = String::from_utf8(dec).expect("utf-8");
+        let img = dec
+            .find(&format!("<img src=\"{PIXEL}\""))
+            .expect("the pixel");
+        let img_end = img + dec[img..].find('>').expect("its end") + 1;
+        let without_pixel = format!("{}{}", &dec[..img], &dec[img_end..]);
+        let want = html.replace("\"http://a.example/x\"", "\"https://t.example/c/0\"");
+        assert_eq!(without_pixel, want, "{cte}: only the first link tracked");
+        assert_eq!(
+            img,
+            want.find("</body>\"").expect("swallowed </body>"),
+            "{cte}: pixel"
+        );
+    }
+}

@@ -276,6 +276,13 @@ pub fn html_part_decoded(message: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Where in decoded HTML the pixel goes (before the last `</body>`, …), for the click-tracking
+/// fuzz target's oracle.
+#[doc(hidden)]
+pub fn insertion_point(html: &[u8]) -> usize {
+    html::insertion_point(html)
+}
+
 /// Whether [`rewrite`] may copy the body of `message`: false when the fast MIME scan alone
 /// can tell that it has no HTML part to take a pixel (the rewrite then copies at most the
 /// header block less the opt-out header); true when it has one, or only a full parse can say.
@@ -438,10 +445,13 @@ fn insert(
         return Err(SkipReason::AlreadyTracked);
     }
     // With links, one pass over the tags finds both them and the pixel's place.
-    let (p, link_edits) = match links {
+    let (p, mut link_edits) = match links {
         Some(l) => link_edits(&decoded, l, msg.len() / 2),
         None => (html::insertion_point(&decoded), Vec::new()),
     };
+    // A `</body>` the placement saw inside a link's value (a quote left open swallowed it):
+    // that link stays as written, so that no edit holds the pixel's place.
+    link_edits.retain(|e| !(e.range.start < p && p < e.range.end));
     let total = decoded.len();
     let markup = html::markup(pixel_url);
     let nl = headers::line_ending(body, headers::line_ending(msg, b"\r\n"));

@@ -169,11 +169,12 @@ fn a_7bit_link_that_would_pass_998_octets_stays() {
 /// A quote left open swallows the markup after it into the attribute's value, as a browser
 /// reads it: an `<a href>` inside that value is text, not a second link. It is neither
 /// offered for tracking nor edited inside the first link's new value (which would glue two
-/// tracked URLs into one broken link), in every transfer encoding.
+/// tracked URLs into one broken link), in every transfer encoding; nor is one inside another
+/// tag's attribute value (an `alt` text stays as written).
 #[test]
 fn a_link_inside_another_links_attribute_value_is_text() {
     use base64::Engine as _;
-    let html = "<html><body>\r\n<p><a href='http://a.example/x <a href=http://b.example/y>u</a> '>t</a></p>\r\n<p><a title=\"<a href=http://c.example/z>\" href=\"http://d.example/\">d</a></p>\r\n</body></html>\r\n";
+    let html = "<html><body>\r\n<p><a href='http://a.example/x <a href=http://b.example/y>u</a> '>t</a></p>\r\n<p><a title=\"<a href=http://c.example/z>\" href=\"http://d.example/\">d</a></p>\r\n<p><img alt='<a href=\"http://e.example/\">' src=\"cid:e\"></p>\r\n</body></html>\r\n";
     let qp = html.replace('=', "=3D");
     let b64 = base64::engine::general_purpose::STANDARD
         .encode(html)

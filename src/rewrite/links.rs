@@ -5,8 +5,8 @@
 //!
 //! A link is trackable when it is the `href` of an `<a>` tag that is real markup (not inside a
 //! comment or the text of `<script>`, `<style>`, `<textarea>`, `<title>` or `<xmp>`, found by
-//! the same scan that places the pixel, nor inside an attribute value of an earlier `<a>` tag
-//! whose quote swallowed it), its URL is `http:` or `https:` once HTML character
+//! the same scan that places the pixel, nor inside an earlier tag's attributes, such as a
+//! value whose quote swallowed it), its URL is `http:` or `https:` once HTML character
 //! references are decoded and surrounding whitespace trimmed (so `mailto:`, `tel:`, `#frag`,
 //! relative and `javascript:` links stay), the tag carries no `data-track="off"` (any case;
 //! the attribute is kept), and no pattern of `exclude` occurs in the URL (ASCII
@@ -70,7 +70,7 @@ pub(super) fn scan(
     for_each_tag(html, |lt| {
         let rest = &html[lt + 1..];
         match rest.first() {
-            Some(b'a' | b'A') if go && lt >= inside && is_tag(rest, b"a") => {
+            Some(b'a' | b'A') if go && lt >= inside && is_tag(rest, b"a") && !in_tag(html, lt) => {
                 let (link, tag_end) = anchor(html, lt + 2, exclude, &mut url);
                 inside = tag_end;
                 if let Some((value, found)) = link {
@@ -82,6 +82,18 @@ pub(super) fn scan(
         }
     });
     end.point(html)
+}
+
+/// Whether the `<` at `lt` lies inside an earlier tag (`<img alt='<a href=…>'>`): the last `<`
+/// or `>` before it is a `<` that opens a tag. A browser reads such a `<` as part of that tag's
+/// attribute names or values, not as a tag of its own.
+fn in_tag(html: &[u8], lt: usize) -> bool {
+    memchr::memrchr2(b'<', b'>', &html[..lt]).is_some_and(|q| {
+        html[q] == b'<'
+            && html
+                .get(q + 1)
+                .is_some_and(|&b| b.is_ascii_alphabetic() || b == b'/')
+    })
 }
 
 /// Whether `needle` occurs in `hay`, ASCII letters compared without case (no allocation: it

@@ -237,14 +237,14 @@ fn a_link_inside_another_links_attribute_value_is_text() {
     }
 }
 
-/// A `</body>` inside a link's value (a quote left open swallowed it) is where the pixel goes
-/// when no later one follows: that link stays as written, in every transfer encoding, instead
-/// of an edit around the pixel's place (which wrote the pixel inside the tracked URL, or the
-/// tracked URL after the pixel, depending on the encoding).
+/// A `</body>` inside a link's value after a `>` (so that the placement takes it for a real
+/// one) is where the pixel goes when no later one follows: that link stays as written, in every
+/// transfer encoding, instead of an edit around the pixel's place (which wrote the pixel inside
+/// the tracked URL, or the tracked URL after the pixel, depending on the encoding).
 #[test]
 fn a_link_holding_the_pixels_place_stays() {
     use base64::Engine as _;
-    let html = "<html><body>\r\n<p><a href=\"http://a.example/x\">a</a></p>\r\n<p><a href=\"http://b.example/</body>\">b</a></html>\r\n";
+    let html = "<html><body>\r\n<p><a href=\"http://a.example/x\">a</a></p>\r\n<p><a href=\"http://b.example/>x</body>\">b</a></html>\r\n";
     let qp = html.replace('=', "=3D");
     let b64 = base64::engine::general_purpose::STANDARD
         .encode(html)

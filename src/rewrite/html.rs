@@ -8,7 +8,9 @@
 //! The scan is a small tokenizer, not a full HTML5 parser: it jumps from `<` to `<` and only
 //! tracks what can hide a `</body>` from a browser: comments (`<!-- … -->`) and the text of
 //! `<script>`, `<style>`, `<textarea>`, `<title>` and `<xmp>`, which runs to the matching end
-//! tag. Everything else is treated as markup.
+//! tag, and another tag's attributes (a closer whose last `<` or `>` before it is a `<` that
+//! opens a tag: `<img alt="</body>">`, or a quote left open). Everything else is treated as
+//! markup.
 
 use memchr::{memchr, memmem};
 
@@ -117,8 +119,12 @@ impl EndTags {
         let rest = &html[lt + 1..];
         if rest.first() == Some(&b'/') {
             match rest.get(1).copied() {
-                Some(b'b' | b'B') if is_tag(&rest[1..], b"body") => self.last_body = Some(lt),
-                Some(b'h' | b'H') if is_tag(&rest[1..], b"html") => self.last_html = Some(lt),
+                Some(b'b' | b'B') if is_tag(&rest[1..], b"body") && !in_tag(html, lt) => {
+                    self.last_body = Some(lt)
+                }
+                Some(b'h' | b'H') if is_tag(&rest[1..], b"html") && !in_tag(html, lt) => {
+                    self.last_html = Some(lt)
+                }
                 _ => {}
             }
         }
@@ -221,6 +227,20 @@ pub(super) fn is_tag(s: &[u8], name: &[u8]) -> bool {
         )
 }
 
+/// Whether the `<` at `lt` lies inside an earlier tag (`<img alt='<a href=…>'>`, `<img
+/// alt="</body>">`): the last `<` or `>` before it is a `<` that opens a tag. A browser reads
+/// such a `<` as part of that tag's attribute names or values, not as a tag of its own. (Asked
+/// only of the tags that matter, `<a` and the closers: the walk from `<` to `<` does not track
+/// attribute values.)
+pub(super) fn in_tag(html: &[u8], lt: usize) -> bool {
+    memchr::memrchr2(b'<', b'>', &html[..lt]).is_some_and(|q| {
+        html[q] == b'<'
+            && html
+                .get(q + 1)
+                .is_some_and(|&b| b.is_ascii_alphabetic() || b == b'/')
+    })
+}
+
 /// From just after `<name` of a raw-text start tag, returns the offset of its end tag
 /// (`</name`), or `None` when the element never ends (the rest of the part is its text).
 fn skip_raw_text(html: &[u8], from: usize, name: &[u8]) -> Option<usize> {
@@ -276,6 +296,22 @@ mod tests {
         // `<scripts>` is not a script element.
         let h = "<body><scripts></body>";
         assert_eq!(at(h), 15);
+    }
+
+    #[test]
+    fn closers_inside_another_tags_attributes_are_ignored() {
+        // In a quoted value, and swallowed by a quote left open.
+        let h = "<body>x</body><img alt=\"</body>\"></html>";
+        assert_eq!(at(h), 7);
+        let h = "<body>x<a href='http://a/</body>\r\n";
+        assert_eq!(at(h), h.len() - 2);
+        // Only the last `<` or `>` before a closer is looked at: a `>` swallowed with it hides
+        // the tag it is in.
+        let h = "<body>x<a href='http://a/</body></html>\r\n";
+        assert_eq!(at(h), h.find("</html>").unwrap_or(0));
+        // A `<` that opens no tag does not hide what follows.
+        let h = "<body>1 < 2</body>";
+        assert_eq!(at(h), 11);
     }
 
     #[test]

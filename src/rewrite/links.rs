@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use super::html::{EndTags, for_each_tag, is_tag};
+use super::html::{EndTags, for_each_tag, in_tag, is_tag};
 
 /// The URL patterns left alone when `tracking.click_exclude` is not set.
 pub const DEFAULT_EXCLUDE: [&str; 3] = ["unsubscribe", "optout", "opt-out"];
@@ -82,18 +82,6 @@ pub(super) fn scan(
         }
     });
     end.point(html)
-}
-
-/// Whether the `<` at `lt` lies inside an earlier tag (`<img alt='<a href=…>'>`): the last `<`
-/// or `>` before it is a `<` that opens a tag. A browser reads such a `<` as part of that tag's
-/// attribute names or values, not as a tag of its own.
-fn in_tag(html: &[u8], lt: usize) -> bool {
-    memchr::memrchr2(b'<', b'>', &html[..lt]).is_some_and(|q| {
-        html[q] == b'<'
-            && html
-                .get(q + 1)
-                .is_some_and(|&b| b.is_ascii_alphabetic() || b == b'/')
-    })
 }
 
 /// Whether `needle` occurs in `hay`, ASCII letters compared without case (no allocation: it

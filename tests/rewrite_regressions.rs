@@ -89,3 +89,30 @@ fn long_opt_out_header_is_removed_and_the_message_tracked() {
         Decision::Skipped(SkipReason::AlreadyTracked)
     );
 }
+
+/// A malformed structure only mail-parser reads (found by the click fuzz target, minimised):
+/// what the pixel adds completes a delimiter line, and the output read as a message with no
+/// HTML part. A rewrite that would change how mail-parser
+/// reads the message is not made: it goes as it came.
+#[test]
+fn a_rewrite_that_changes_how_mail_parser_reads_the_message_is_not_made() {
+    // The boundary is `<`: the part's body is `--`, and the pixel after it made a delimiter.
+    let msg = b"Content-Type:multipart;boundary=<\n\n--<Content-Type:text/html\n\n--";
+    let rcpts = vec!["b@example.net".to_string()];
+    let env = Envelope {
+        sender: "a@example.com",
+        recipients: &rcpts,
+    };
+    let policy = Policy {
+        pixel_prefix: "http://127.0.0.1:8080/o/".into(),
+        on_dkim_signed: OnDkimSigned::Track,
+        opt_out_header: "X-Track-Opens".into(),
+        sender_domains: Vec::new(),
+        exclude_recipient_domains: Vec::new(),
+        max_rewrite_size: u64::MAX,
+    };
+    let url = "http://127.0.0.1:8080/o/T.gif";
+    let r = rewrite(&env, msg, url, &policy);
+    assert_eq!(r.decision, Decision::Skipped(SkipReason::Unparseable));
+    assert!(r.message.is_none(), "relayed as it came");
+}

@@ -21,6 +21,7 @@
 //! | 12 | the part's body does not follow an empty line, its transfer encoding is unknown, or its base64 is not clean | `Skipped(Unparseable)` |
 //! | 13 | a charset that is not ASCII-compatible (UTF-16/32, UCS-2/4, UTF-7, EBCDIC), or a body with NUL bytes or a UTF-16 byte-order mark | `Skipped(Charset)` |
 //! | 14 | the part already holds a URL starting with `pixel_prefix` | `Skipped(AlreadyTracked)` |
+//! | 15 | only mail-parser found the part, and with the part rewritten it reads the message differently (a malformed structure the insertion would change) | `Skipped(Unparseable)` |
 //! | - | otherwise | `Tracked` |
 //!
 //! The opt-out header (any value, every occurrence, top-level header only) is removed from the
@@ -421,7 +422,11 @@ fn insert(
     links: Option<&Links<'_>>,
     pixel_prefix: &str,
 ) -> Result<Vec<u8>, SkipReason> {
-    let part = find_html(msg)?;
+    let fast = scan::find_html(msg);
+    // Found by mail-parser's full parse: the structure is irregular enough that what is
+    // inserted may change how it reads (checked at the end).
+    let parsed = fast.is_none();
+    let part = fast.unwrap_or_else(|| mime::find_html_parsed(msg))?;
     let body = &msg[part.body.clone()];
     // With links, a QP body's line map too: its edits find their lines by it.
     let mut qp_lines = qp::LineMap::new();
@@ -477,6 +482,7 @@ fn insert(
     };
     let mut out = Vec::with_capacity(msg.len() + 2 * markup.len() + grow + 16);
     headers::copy_without(&msg[..part.body.start], doomed, &mut out);
+    let body_start = out.len();
     let pixel = edit::Edit {
         range: p..p,
         with: markup,
@@ -484,7 +490,14 @@ fn insert(
     splice_part(
         &part, body, &decoded, &qp_lines, total, link_edits, pixel, nl, &mut out,
     )?;
+    let body_end = out.len();
     out.extend_from_slice(&msg[part.body.end..]);
+    // A malformed structure mail-parser reads leniently (a part running over a delimiter, a
+    // boundary that what was inserted completes) can read differently once the part has
+    // changed: then the message goes as it came.
+    if parsed && mime::find_html_parsed(&out).map(|p| p.body) != Ok(body_start..body_end) {
+        return Err(SkipReason::Unparseable);
+    }
     Ok(out)
 }
 

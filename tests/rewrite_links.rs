@@ -166,6 +166,28 @@ fn a_7bit_link_that_would_pass_998_octets_stays() {
     assert!(out.split("\r\n").all(|l| l.len() <= 998));
 }
 
+/// `html` as the one part of a message, in 7bit, quoted-printable (only its `=` escaped, its
+/// lines kept) and base64: (encoding, message).
+fn in_every_encoding(html: &str) -> Vec<(&'static str, String)> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(html)
+        .as_bytes()
+        .chunks(76)
+        .map(|c| String::from_utf8_lossy(c).into_owned() + "\r\n")
+        .collect::<String>();
+    [
+        ("7bit", html.to_string()),
+        ("quoted-printable", html.replace('=', "=3D")),
+        ("base64", b64),
+    ]
+    .into_iter()
+    .map(|(cte, body)| {
+        (cte, format!("From: news@example.com\r\nTo: bob@example.net\r\nSubject: links\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n{body}"))
+    })
+    .collect()
+}
+
 /// A quote left open swallows the markup after it into the attribute's value, as a browser
 /// reads it: an `<a href>` inside that value is text, not a second link. It is neither
 /// offered for tracking nor edited inside the first link's new value (which would glue two
@@ -173,28 +195,13 @@ fn a_7bit_link_that_would_pass_998_octets_stays() {
 /// tag's attribute value (an `alt` text stays as written).
 #[test]
 fn a_link_inside_another_links_attribute_value_is_text() {
-    use base64::Engine as _;
     let html = "<html><body>\r\n<p><a href='http://a.example/x <a href=http://b.example/y>u</a> '>t</a></p>\r\n<p><a title=\"<a href=http://c.example/z>\" href=\"http://d.example/\">d</a></p>\r\n<p><img alt='<a href=\"http://e.example/\">' src=\"cid:e\"></p>\r\n</body></html>\r\n";
-    let qp = html.replace('=', "=3D");
-    let b64 = base64::engine::general_purpose::STANDARD
-        .encode(html)
-        .as_bytes()
-        .chunks(76)
-        .map(|c| String::from_utf8_lossy(c).into_owned() + "\r\n")
-        .collect::<String>();
     let rcpts = vec!["bob@example.net".to_string()];
     let env = Envelope {
         sender: "news@example.com",
         recipients: &rcpts,
     };
-    for (cte, body) in [
-        ("7bit", html.to_string()),
-        ("quoted-printable", qp),
-        ("base64", b64),
-    ] {
-        let input = format!(
-            "From: news@example.com\r\nTo: bob@example.net\r\nSubject: nested\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n{body}"
-        );
+    for (cte, input) in in_every_encoding(html) {
         let seen = RefCell::new(Vec::new());
         let url = |i: u16, u: &str| {
             seen.borrow_mut().push(u.to_string());
@@ -243,28 +250,13 @@ fn a_link_inside_another_links_attribute_value_is_text() {
 /// the tracked URL, or the tracked URL after the pixel, depending on the encoding).
 #[test]
 fn a_link_holding_the_pixels_place_stays() {
-    use base64::Engine as _;
     let html = "<html><body>\r\n<p><a href=\"http://a.example/x\">a</a></p>\r\n<p><a href=\"http://b.example/>x</body>\">b</a></html>\r\n";
-    let qp = html.replace('=', "=3D");
-    let b64 = base64::engine::general_purpose::STANDARD
-        .encode(html)
-        .as_bytes()
-        .chunks(76)
-        .map(|c| String::from_utf8_lossy(c).into_owned() + "\r\n")
-        .collect::<String>();
     let rcpts = vec!["bob@example.net".to_string()];
     let env = Envelope {
         sender: "news@example.com",
         recipients: &rcpts,
     };
-    for (cte, body) in [
-        ("7bit", html.to_string()),
-        ("quoted-printable", qp),
-        ("base64", b64),
-    ] {
-        let input = format!(
-            "From: news@example.com\r\nTo: bob@example.net\r\nSubject: swallowed\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n{body}"
-        );
+    for (cte, input) in in_every_encoding(html) {
         let url = |i: u16, _: &str| Some(format!("https://t.example/c/{i}"));
         let links = Links {
             exclude: &[],

@@ -166,6 +166,15 @@ fn a_7bit_link_that_would_pass_998_octets_stays() {
     assert!(out.split("\r\n").all(|l| l.len() <= 998));
 }
 
+/// Where the pixel's markup is in decoded HTML, and the HTML without it.
+fn split_pixel(dec: &str) -> (usize, String) {
+    let img = dec
+        .find(&format!("<img src=\"{PIXEL}\""))
+        .expect("the pixel");
+    let end = img + dec[img..].find('>').expect("its end") + 1;
+    (img, format!("{}{}", &dec[..img], &dec[end..]))
+}
+
 /// `html` as the one part of a message, in 7bit, quoted-printable (only its `=` escaped, its
 /// lines kept) and base64: (encoding, message).
 fn in_every_encoding(html: &str) -> Vec<(&'static str, String)> {
@@ -231,15 +240,11 @@ fn a_link_inside_another_links_attribute_value_is_text() {
                 "'https://t.example/c/0'",
             )
             .replace("\"http://d.example/\"", "\"https://t.example/c/1\"");
-        let img = dec
-            .find(&format!("<img src=\"{PIXEL}\""))
-            .expect("the pixel");
-        let img_end = img + dec[img..].find('>').expect("its end") + 1;
+        let (img, without_pixel) = split_pixel(&dec);
         assert!(
-            dec[img_end..].starts_with("</body>"),
+            without_pixel[img..].starts_with("</body>"),
             "{cte}: pixel before </body>"
         );
-        let without_pixel = format!("{}{}", &dec[..img], &dec[img_end..]);
         assert_eq!(without_pixel, want, "{cte}: decoded part");
     }
 }
@@ -268,11 +273,7 @@ fn a_link_holding_the_pixels_place_stays() {
         let out = r.message.expect("rewritten");
         let dec = pixelrelay::rewrite::html_part_decoded(&out).expect("decodes");
         let dec = String::from_utf8(dec).expect("utf-8");
-        let img = dec
-            .find(&format!("<img src=\"{PIXEL}\""))
-            .expect("the pixel");
-        let img_end = img + dec[img..].find('>').expect("its end") + 1;
-        let without_pixel = format!("{}{}", &dec[..img], &dec[img_end..]);
+        let (img, without_pixel) = split_pixel(&dec);
         let want = html.replace("\"http://a.example/x\"", "\"https://t.example/c/0\"");
         assert_eq!(without_pixel, want, "{cte}: only the first link tracked");
         assert_eq!(

@@ -249,12 +249,12 @@ fn a_link_inside_another_links_attribute_value_is_text() {
     }
 }
 
-/// A `</body>` inside a link's value after a `>` (so that the placement takes it for a real
-/// one) is where the pixel goes when no later one follows: that link stays as written, in every
-/// transfer encoding, instead of an edit around the pixel's place (which wrote the pixel inside
-/// the tracked URL, or the tracked URL after the pixel, depending on the encoding).
+/// A `</body>` inside a link's quoted value, even after a `>`, is part of the URL as a browser
+/// reads it: not the pixel's place (which is then the real `</html>`), and the link is tracked
+/// like any other, in every transfer encoding. (Read by looking back from the closer, it once
+/// was the pixel's place, and the pixel went inside the tracked URL or after it.)
 #[test]
-fn a_link_holding_the_pixels_place_stays() {
+fn a_closer_inside_a_links_value_is_part_of_its_url() {
     let html = "<html><body>\r\n<p><a href=\"http://a.example/x\">a</a></p>\r\n<p><a href=\"http://b.example/>x</body>\">b</a></html>\r\n";
     let rcpts = vec!["bob@example.net".to_string()];
     let env = Envelope {
@@ -274,12 +274,13 @@ fn a_link_holding_the_pixels_place_stays() {
         let dec = pixelrelay::rewrite::html_part_decoded(&out).expect("decodes");
         let dec = String::from_utf8(dec).expect("utf-8");
         let (img, without_pixel) = split_pixel(&dec);
-        let want = html.replace("\"http://a.example/x\"", "\"https://t.example/c/0\"");
-        assert_eq!(without_pixel, want, "{cte}: only the first link tracked");
-        assert_eq!(
-            img,
-            want.find("</body>\"").expect("swallowed </body>"),
-            "{cte}: pixel"
-        );
+        let want = html
+            .replace("\"http://a.example/x\"", "\"https://t.example/c/0\"")
+            .replace(
+                "\"http://b.example/>x</body>\"",
+                "\"https://t.example/c/1\"",
+            );
+        assert_eq!(without_pixel, want, "{cte}: both links tracked");
+        assert_eq!(img, want.find("</html>").expect("</html>"), "{cte}: pixel");
     }
 }

@@ -5,21 +5,17 @@
 //! element), the `<img>` markup, and spotting a pixel of ours that is already there.
 //! Does not own: transfer encodings, line lengths or MIME structure.
 //!
-//! The scan is a small tokenizer, not a full HTML5 parser: it jumps from `<` to `<` and only
-//! tracks what can hide a `</body>` from a browser: comments (`<!-- … -->`) and the text of
-//! `<script>`, `<style>`, `<textarea>`, `<title>` and `<xmp>`, which runs to the matching end
-//! tag, and another tag's attributes (a closer whose last `<` or `>` before it is a `<` that
-//! opens a tag: `<img alt="</body>">`, or a quote left open). Everything else is treated as
-//! markup.
+//! The closers are the tags a browser's tokenizer finds ([`super::tags`]): not inside a
+//! comment, the text of `<script>`, `<style>`, `<textarea>`, `<title>` and the like, or another
+//! tag's attributes (`<img alt="</body>">`, or a quote left open that swallows the rest).
 
-use memchr::{memchr, memmem};
+use memchr::memmem;
+
+use super::tags::{for_each_tag, is_tag};
 
 /// Attributes after `src`: a 1×1 image that is invisible yet still loaded. No `display:none`,
 /// since some clients then skip the request.
 const ATTRS: &str = r#" width="1" height="1" alt="" border="0" style="display:block;width:1px;height:1px;border:0;margin:0;padding:0">"#;
-
-/// Elements whose content is text up to their end tag, so a `</body>` in it is not a tag.
-const RAW_TEXT: [&[u8]; 5] = [b"script", b"style", b"textarea", b"title", b"xmp"];
 
 /// The pixel markup for `url`: pure ASCII, no space inside the URL, so every space in it
 /// separates attributes and may be turned into a line break.
@@ -101,7 +97,7 @@ pub fn contains_pixel(html: &[u8], prefix: &str) -> bool {
 /// part that ends with a newline still does).
 pub fn insertion_point(html: &[u8]) -> usize {
     let mut end = EndTags::default();
-    for_each_tag(html, |lt| end.see(html, lt));
+    for_each_tag(html, |lt, _| end.see(html, lt));
     end.point(html)
 }
 
@@ -114,17 +110,13 @@ pub(super) struct EndTags {
 }
 
 impl EndTags {
-    /// Notes the tag whose `<` is at `lt`.
+    /// Notes the tag whose `<` is at `lt` (a real one: [`for_each_tag`] visits no other).
     pub(super) fn see(&mut self, html: &[u8], lt: usize) {
         let rest = &html[lt + 1..];
         if rest.first() == Some(&b'/') {
             match rest.get(1).copied() {
-                Some(b'b' | b'B') if is_tag(&rest[1..], b"body") && !in_tag(html, lt) => {
-                    self.last_body = Some(lt)
-                }
-                Some(b'h' | b'H') if is_tag(&rest[1..], b"html") && !in_tag(html, lt) => {
-                    self.last_html = Some(lt)
-                }
+                Some(b'b' | b'B') if is_tag(&rest[1..], b"body") => self.last_body = Some(lt),
+                Some(b'h' | b'H') if is_tag(&rest[1..], b"html") => self.last_html = Some(lt),
                 _ => {}
             }
         }
@@ -138,74 +130,6 @@ impl EndTags {
     }
 }
 
-/// Calls `tag` with the offset of the `<` of every tag that is real markup, in order: not
-/// inside a comment, and not in the text of a raw-text element (whose start and end tags are
-/// visited). Stops at a comment or raw-text element that never ends: the rest is its text.
-pub(super) fn for_each_tag(html: &[u8], mut tag: impl FnMut(usize)) {
-    // Offsets before this are inside a comment or raw text already skipped.
-    let mut resume = 0;
-    while let Some(lt) = next_lt(html, resume) {
-        resume = lt + 1;
-        let rest = &html[lt + 1..];
-        // Most `<` open an ordinary tag: decide on the next byte before comparing names.
-        match rest.first().copied() {
-            Some(b'!') if rest.starts_with(b"!--") => {
-                // A comment; `<!-->` and `<!--->` are empty comments in HTML5.
-                let body = lt + 4;
-                let tail = &html[body..];
-                if tail.starts_with(b">") {
-                    resume = body + 1;
-                } else if tail.starts_with(b"->") {
-                    resume = body + 2;
-                } else {
-                    match memmem::find(tail, b"-->") {
-                        Some(end) => resume = body + end + 3,
-                        None => return,
-                    }
-                }
-                continue;
-            }
-            Some(b's' | b'S' | b't' | b'T' | b'x' | b'X') => {
-                if let Some(name) = RAW_TEXT.iter().find(|n| is_tag(rest, n)) {
-                    tag(lt);
-                    match skip_raw_text(html, lt + 1 + name.len(), name) {
-                        Some(next) => resume = next,
-                        None => return,
-                    }
-                    continue;
-                }
-            }
-            _ => {}
-        }
-        tag(lt);
-    }
-}
-
-/// The offset of the first `<` at or after `from`.
-///
-/// `<` is dense in HTML (one every 20 bytes or so), where restarting a vectorised `memchr` for
-/// each one costs more than it saves; this reads eight bytes at a time and finds the byte with
-/// an exact zero-byte test, no setup per call.
-fn next_lt(html: &[u8], from: usize) -> Option<usize> {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const LT: u64 = 0x3c3c_3c3c_3c3c_3c3c;
-    let rest = html.get(from..)?;
-    let mut words = rest.chunks_exact(8);
-    let mut at = from;
-    for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        let x = u64::from_le_bytes(b) ^ LT;
-        // High bit set exactly in the bytes of `x` that are zero, i.e. the '<' bytes.
-        let zero = !(((x & LOW7) + LOW7) | x | LOW7);
-        if zero != 0 {
-            return Some(at + (zero.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    memchr(b'<', words.remainder()).map(|i| at + i)
-}
-
 /// The end of the part, before one final line break.
 fn end_point(html: &[u8]) -> usize {
     if html.ends_with(b"\r\n") {
@@ -214,45 +138,6 @@ fn end_point(html: &[u8]) -> usize {
         html.len() - 1
     } else {
         html.len()
-    }
-}
-
-/// `s` starts with tag name `name` (ASCII case-insensitive) followed by a tag-name terminator.
-pub(super) fn is_tag(s: &[u8], name: &[u8]) -> bool {
-    s.len() > name.len()
-        && s[..name.len()].eq_ignore_ascii_case(name)
-        && matches!(
-            s[name.len()],
-            b'>' | b'/' | b' ' | b'\t' | b'\r' | b'\n' | 0x0c
-        )
-}
-
-/// Whether the `<` at `lt` lies inside an earlier tag (`<img alt='<a href=…>'>`, `<img
-/// alt="</body>">`): the last `<` or `>` before it is a `<` that opens a tag. A browser reads
-/// such a `<` as part of that tag's attribute names or values, not as a tag of its own. (Asked
-/// only of the tags that matter, `<a` and the closers: the walk from `<` to `<` does not track
-/// attribute values.)
-pub(super) fn in_tag(html: &[u8], lt: usize) -> bool {
-    memchr::memrchr2(b'<', b'>', &html[..lt]).is_some_and(|q| {
-        html[q] == b'<'
-            && html
-                .get(q + 1)
-                .is_some_and(|&b| b.is_ascii_alphabetic() || b == b'/')
-    })
-}
-
-/// From just after `<name` of a raw-text start tag, returns the offset of its end tag
-/// (`</name`), or `None` when the element never ends (the rest of the part is its text).
-fn skip_raw_text(html: &[u8], from: usize, name: &[u8]) -> Option<usize> {
-    let gt = from + memchr(b'>', html.get(from..)?)?;
-    // A self-closing `<script/>` is still a start tag in HTML; its text runs to `</script`.
-    let mut j = gt + 1;
-    loop {
-        let pos = j + memmem::find(html.get(j..)?, b"</")?;
-        if is_tag(&html[pos + 2..], name) {
-            return Some(pos);
-        }
-        j = pos + 2;
     }
 }
 
@@ -305,10 +190,11 @@ mod tests {
         assert_eq!(at(h), 7);
         let h = "<body>x<a href='http://a/</body>\r\n";
         assert_eq!(at(h), h.len() - 2);
-        // Only the last `<` or `>` before a closer is looked at: a `>` swallowed with it hides
-        // the tag it is in.
+        // However much the open quote swallows, `>` included.
         let h = "<body>x<a href='http://a/</body></html>\r\n";
-        assert_eq!(at(h), h.find("</html>").unwrap_or(0));
+        assert_eq!(at(h), h.len() - 2);
+        let h = "<body>x</body><img alt=\"a > b </body>\"></html>";
+        assert_eq!(at(h), 7);
         // A `<` that opens no tag does not hide what follows.
         let h = "<body>1 < 2</body>";
         assert_eq!(at(h), 11);

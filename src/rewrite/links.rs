@@ -15,7 +15,8 @@
 
 use std::ops::Range;
 
-use super::html::{EndTags, for_each_tag, in_tag, is_tag};
+use super::html::EndTags;
+use super::tags::{Attributes, for_each_tag, is_tag};
 
 /// The URL patterns left alone when `tracking.click_exclude` is not set.
 pub const DEFAULT_EXCLUDE: [&str; 3] = ["unsubscribe", "optout", "opt-out"];
@@ -62,18 +63,15 @@ pub(super) fn scan(
     let mut go = true;
     let mut end = EndTags::default();
     let mut url = String::new();
-    // Where the last `<a` tag read ends: an `<a` before it is inside one of that tag's
-    // attribute values (`<a href='x <a href=…>'>`), text to a browser, and no link (its value
-    // would overlap the outer one's). The pixel's placement looks at every `</body>` as the
-    // pixel-only rewrite does, so that both put it in the same place.
-    let mut inside = 0;
-    for_each_tag(html, |lt| {
+    // The walk visits real tags only: an `<a` inside another tag's attribute value (`<img
+    // alt='<a href=…>'>`, a quote left open) is text to a browser and no link. The pixel's
+    // placement looks at every `</body>` as the pixel-only rewrite does, so that both put it
+    // in the same place.
+    for_each_tag(html, |lt, gt| {
         let rest = &html[lt + 1..];
         match rest.first() {
-            Some(b'a' | b'A') if go && lt >= inside && is_tag(rest, b"a") && !in_tag(html, lt) => {
-                let (link, tag_end) = anchor(html, lt + 2, exclude, &mut url);
-                inside = tag_end;
-                if let Some((value, found)) = link {
+            Some(b'a' | b'A') if go && is_tag(rest, b"a") => {
+                if let Some((value, found)) = link_of(html, lt + 2, gt, exclude, &mut url) {
                     go = f(value, &url[found]);
                 }
             }
@@ -107,32 +105,23 @@ fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
 /// decoded into.
 type Found = (Range<usize>, Range<usize>);
 
-/// The link of the `<a` tag whose attributes start at `from`, if it is trackable (its value's
-/// range in `html`, and where in `url`, which it is decoded into, its URL is), and where the
-/// tag ends (its `>`, or the end of `html`).
-fn anchor(
-    html: &[u8],
-    from: usize,
-    exclude: &[String],
-    url: &mut String,
-) -> (Option<Found>, usize) {
-    let mut attrs = Attributes { html, at: from };
-    let link = link_of(html, &mut attrs, exclude, url);
-    // What `link_of` left unread, up to the `>`.
-    for _ in attrs.by_ref() {}
-    (link, attrs.at)
-}
-
-/// [`anchor`]'s link, reading the tag's attributes from `attrs`.
+/// The link of the `<a` tag whose attributes start at `from` and which ends at `gt`, if it is
+/// trackable: its value's range in `html`, and where in `url`, which it is decoded into, its
+/// URL is.
 fn link_of(
     html: &[u8],
-    attrs: &mut Attributes<'_>,
+    from: usize,
+    gt: usize,
     exclude: &[String],
     url: &mut String,
 ) -> Option<Found> {
+    let attrs = Attributes {
+        html: &html[..gt],
+        at: from,
+    };
     let mut href = None;
     let mut opted_out = false;
-    for (name, value) in attrs.by_ref() {
+    for (name, value) in attrs {
         if name.eq_ignore_ascii_case(b"href") && href.is_none() {
             // The first of duplicate attributes is the one a browser keeps.
             href = value;
@@ -140,9 +129,8 @@ fn link_of(
             opted_out |= value.is_some_and(|v| html[v].eq_ignore_ascii_case(b"off"));
         }
     }
-    // A tag the part ends inside is no link to a browser.
     let value = href?;
-    if opted_out || html.get(attrs.at) != Some(&b'>') {
+    if opted_out {
         return None;
     }
     url.clear();
@@ -165,61 +153,6 @@ fn link_of(
         .iter()
         .any(|p| !p.is_empty() && contains_ignore_ascii_case(found.as_bytes(), p.as_bytes()));
     (scheme_ok && !excluded && found.len() > "https://".len()).then_some((value, start..end))
-}
-
-/// The attributes of a start tag: (name, value range without quotes; `None` when the
-/// attribute has no value), up to the tag's `>`.
-struct Attributes<'a> {
-    html: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Iterator for Attributes<'a> {
-    type Item = (&'a [u8], Option<Range<usize>>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let h = self.html;
-        let space = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0x0c | b'/');
-        while self.at < h.len() && space(h[self.at]) {
-            self.at += 1;
-        }
-        if self.at >= h.len() || h[self.at] == b'>' {
-            return None;
-        }
-        let start = self.at;
-        while self.at < h.len() && !space(h[self.at]) && !matches!(h[self.at], b'>' | b'=') {
-            self.at += 1;
-        }
-        let name = &h[start..self.at];
-        let mut j = self.at;
-        while j < h.len() && space(h[j]) && h[j] != b'/' {
-            j += 1;
-        }
-        if h.get(j) != Some(&b'=') {
-            return Some((name, None));
-        }
-        j += 1;
-        while j < h.len() && matches!(h[j], b' ' | b'\t' | b'\r' | b'\n' | 0x0c) {
-            j += 1;
-        }
-        let value = match h.get(j).copied() {
-            Some(q @ (b'"' | b'\'')) => {
-                let end = memchr::memchr(q, &h[j + 1..]).map_or(h.len(), |e| j + 1 + e);
-                self.at = (end + 1).min(h.len());
-                j + 1..end
-            }
-            _ => {
-                let mut end = j;
-                while end < h.len() && !matches!(h[end], b' ' | b'\t' | b'\r' | b'\n' | 0x0c | b'>')
-                {
-                    end += 1;
-                }
-                self.at = end;
-                j..end
-            }
-        };
-        Some((name, Some(value)))
-    }
 }
 
 /// `value` with the character references of an attribute decoded: numeric ones (`&#38;`,

@@ -50,6 +50,7 @@ mod part;
 pub mod qp;
 mod raw;
 mod scan;
+mod tags;
 #[cfg(test)]
 mod tests;
 

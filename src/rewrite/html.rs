@@ -1,8 +1,9 @@
 //! Placement inside decoded HTML, and the pixel markup itself.
 //!
 //! Owns: where the pixel goes (before the last real `</body>`, else the last real `</html>`,
-//! else the end of the part), what "real" means (not inside a comment or the text of a raw-text
-//! element), the `<img>` markup, and spotting a pixel of ours that is already there.
+//! else before markup the part ends inside, else the end of the part), what "real" means (not
+//! inside a comment or the text of a raw-text element), the `<img>` markup, and spotting a
+//! pixel of ours that is already there.
 //! Does not own: transfer encodings, line lengths or MIME structure.
 //!
 //! The closers are the tags a browser's tokenizer finds ([`super::tags`]): not inside a
@@ -93,12 +94,13 @@ pub fn contains_pixel(html: &[u8], prefix: &str) -> bool {
 }
 
 /// The byte offset in decoded `html` where the pixel goes: before the last real `</body>`,
-/// else before the last real `</html>`, else at the end (before one final line break, so a
-/// part that ends with a newline still does).
+/// else before the last real `</html>`, else before the markup the part ends inside (a tag,
+/// comment or raw-text element that never ends), else at the end (before one final line
+/// break, so a part that ends with a newline still does).
 pub fn insertion_point(html: &[u8]) -> usize {
     let mut end = EndTags::default();
-    for_each_tag(html, |lt, _| end.see(html, lt));
-    end.point(html)
+    let unfinished = for_each_tag(html, |lt, _| end.see(html, lt));
+    end.point(html, unfinished)
 }
 
 /// The last real `</body>` and `</html>` of a part, seen tag by tag (so that a scan that
@@ -122,10 +124,13 @@ impl EndTags {
         }
     }
 
-    /// The insertion point once every tag has been seen ([`insertion_point`]).
-    pub(super) fn point(&self, html: &[u8]) -> usize {
+    /// The insertion point once every tag has been seen ([`insertion_point`]), given where
+    /// the part ends inside markup, if it does (what [`for_each_tag`] returns): without a
+    /// closer, the pixel goes before that markup rather than into it.
+    pub(super) fn point(&self, html: &[u8], unfinished: Option<usize>) -> usize {
         self.last_body
             .or(self.last_html)
+            .or(unfinished)
             .unwrap_or_else(|| end_point(html))
     }
 }
@@ -188,16 +193,39 @@ mod tests {
         // In a quoted value, and swallowed by a quote left open.
         let h = "<body>x</body><img alt=\"</body>\"></html>";
         assert_eq!(at(h), 7);
+        // However much a quote left open swallows, `>` included; the pixel goes before that
+        // tag, not into it at the end.
         let h = "<body>x<a href='http://a/</body>\r\n";
-        assert_eq!(at(h), h.len() - 2);
-        // However much the open quote swallows, `>` included.
+        assert_eq!(at(h), 7);
         let h = "<body>x<a href='http://a/</body></html>\r\n";
-        assert_eq!(at(h), h.len() - 2);
+        assert_eq!(at(h), 7);
         let h = "<body>x</body><img alt=\"a > b </body>\"></html>";
         assert_eq!(at(h), 7);
         // A `<` that opens no tag does not hide what follows.
         let h = "<body>1 < 2</body>";
         assert_eq!(at(h), 11);
+    }
+
+    #[test]
+    fn a_part_that_ends_inside_markup_gets_the_pixel_before_it() {
+        // At the end, the pixel would be an attribute of the unfinished `</BODY`, text of the
+        // style, or (after `</`) in a bogus comment: no client would load it.
+        for (h, before) in [
+            ("<p>x</p>\r\n</BODY \r\n", "</BODY"),
+            ("<p>x</p><a href=\"http://e/\r\n", "<a"),
+            ("<p>x</p><style>p{}\r\n", "<style"),
+            ("<p>x</p><!-- note\r\n", "<!--"),
+            ("<p>x</p><!DOCTYPE\r\n", "<!DOCTYPE"),
+            ("<p>x</p><plaintext>x</p>\r\n", "<plaintext"),
+            ("<p>x</p></", "</"),
+        ] {
+            assert_eq!(at(h), h.rfind(before).unwrap_or(0), "{h:?}");
+        }
+        // A closer before the unfinished markup is still the place.
+        let h = "<body>x</body><!-- note\r\n";
+        assert_eq!(at(h), 7);
+        // Text at the end is no markup.
+        assert_eq!(at("<p>1 < 2\r\n"), 8);
     }
 
     #[test]

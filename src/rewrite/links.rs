@@ -67,7 +67,7 @@ pub(super) fn scan(
     // alt='<a href=…>'>`, a quote left open) is text to a browser and no link. The pixel's
     // placement looks at every `</body>` as the pixel-only rewrite does, so that both put it
     // in the same place.
-    for_each_tag(html, |lt, gt| {
+    let unfinished = for_each_tag(html, |lt, gt| {
         let rest = &html[lt + 1..];
         match rest.first() {
             Some(b'a' | b'A') if go && is_tag(rest, b"a") => {
@@ -79,7 +79,7 @@ pub(super) fn scan(
             _ => {}
         }
     });
-    end.point(html)
+    end.point(html, unfinished)
 }
 
 /// Whether `needle` occurs in `hay`, ASCII letters compared without case (no allocation: it

@@ -34,20 +34,26 @@ const RAW_TEXT: [&[u8]; 8] = [
 /// Calls `tag(lt, gt)` for every tag that is real markup, in order, with the offsets of its
 /// `<` and of the `>` that ends it. Tags inside comments, other tags' attributes and the text
 /// of raw-text elements are not visited (those elements' own start and end tags are).
-pub(super) fn for_each_tag(html: &[u8], mut tag: impl FnMut(usize, usize)) {
+///
+/// Returns where the part ends inside markup, if it does: the `<` of a tag, comment or bogus
+/// comment that never ends, of a raw-text element whose text runs to the end (or
+/// `<plaintext>`), or of a last `<`, `</`, `<!`, `<?`. Anything written at the end of such a
+/// part would be read as part of that markup (a pixel after `</BODY ` would be an attribute of
+/// that tag; after `</` a bogus comment).
+pub(super) fn for_each_tag(html: &[u8], mut tag: impl FnMut(usize, usize)) -> Option<usize> {
     // Offsets before this are inside a tag, comment or raw text already read.
     let mut resume = 0;
     while let Some(lt) = next_lt(html, resume) {
         let rest = &html[lt + 1..];
         let Some(&first) = rest.first() else {
-            return;
+            return Some(lt);
         };
         let end_tag = first == b'/' && rest.get(1).is_some_and(u8::is_ascii_alphabetic);
         if first.is_ascii_alphabetic() || end_tag {
             let name_at = lt + 1 + usize::from(end_tag);
             // The part ending inside a tag: no tag, and the rest is its attributes.
             let Some(gt) = tag_end(html, name_at) else {
-                return;
+                return Some(lt);
             };
             tag(lt, gt);
             resume = gt + 1;
@@ -55,12 +61,12 @@ pub(super) fn for_each_tag(html: &[u8], mut tag: impl FnMut(usize, usize)) {
             if !end_tag && matches!(first | 0x20, b's' | b't' | b'x' | b'i' | b'n' | b'p') {
                 let name = &html[name_at..name_end(html, name_at)];
                 if name.eq_ignore_ascii_case(b"plaintext") {
-                    return;
+                    return Some(lt);
                 }
                 if let Some(raw) = RAW_TEXT.iter().find(|n| name.eq_ignore_ascii_case(n)) {
                     match skip_raw_text(html, resume, raw) {
                         Some(next) => resume = next,
-                        None => return,
+                        None => return Some(lt),
                     }
                 }
             }
@@ -77,9 +83,10 @@ pub(super) fn for_each_tag(html: &[u8], mut tag: impl FnMut(usize, usize)) {
         };
         match skip_to {
             Some(next) => resume = next,
-            None => return,
+            None => return Some(lt),
         }
     }
+    None
 }
 
 /// Where the comment whose text starts at `body` (just after `<!--`) ends: after its `-->` or

@@ -197,6 +197,37 @@ fn in_every_encoding(html: &str) -> Vec<(&'static str, String)> {
     .collect()
 }
 
+/// `html` rewritten with every link tracked (link `i` becoming `https://t.example/c/{i}`), in
+/// each transfer encoding: the URLs offered for tracking and the HTML part as delivered,
+/// decoded.
+fn tracked_in_every_encoding(html: &str) -> Vec<(&'static str, Vec<String>, String)> {
+    let rcpts = vec!["bob@example.net".to_string()];
+    let env = Envelope {
+        sender: "news@example.com",
+        recipients: &rcpts,
+    };
+    in_every_encoding(html)
+        .into_iter()
+        .map(|(cte, input)| {
+            let seen = RefCell::new(Vec::new());
+            let url = |i: u16, u: &str| {
+                seen.borrow_mut().push(u.to_string());
+                Some(format!("https://t.example/c/{i}"))
+            };
+            let links = Links {
+                exclude: &[],
+                own_prefix: "https://t.example/c/",
+                url: &url,
+            };
+            let r = rewrite_with_links(&env, input.as_bytes(), PIXEL, Some(&links), &policy());
+            assert_eq!(r.decision, Decision::Tracked, "{cte}");
+            let out = r.message.expect("rewritten");
+            let dec = pixelrelay::rewrite::html_part_decoded(&out).expect("decodes");
+            (cte, seen.take(), String::from_utf8(dec).expect("utf-8"))
+        })
+        .collect()
+}
+
 /// A quote left open swallows the markup after it into the attribute's value, as a browser
 /// reads it: an `<a href>` inside that value is text, not a second link. It is neither
 /// offered for tracking nor edited inside the first link's new value (which would glue two
@@ -205,35 +236,15 @@ fn in_every_encoding(html: &str) -> Vec<(&'static str, String)> {
 #[test]
 fn a_link_inside_another_links_attribute_value_is_text() {
     let html = "<html><body>\r\n<p><a href='http://a.example/x <a href=http://b.example/y>u</a> '>t</a></p>\r\n<p><a title=\"<a href=http://c.example/z>\" href=\"http://d.example/\">d</a></p>\r\n<p><img alt='<a href=\"http://e.example/\">' src=\"cid:e\"></p>\r\n</body></html>\r\n";
-    let rcpts = vec!["bob@example.net".to_string()];
-    let env = Envelope {
-        sender: "news@example.com",
-        recipients: &rcpts,
-    };
-    for (cte, input) in in_every_encoding(html) {
-        let seen = RefCell::new(Vec::new());
-        let url = |i: u16, u: &str| {
-            seen.borrow_mut().push(u.to_string());
-            Some(format!("https://t.example/c/{i}"))
-        };
-        let links = Links {
-            exclude: &[],
-            own_prefix: "https://t.example/c/",
-            url: &url,
-        };
-        let r = rewrite_with_links(&env, input.as_bytes(), PIXEL, Some(&links), &policy());
-        assert_eq!(r.decision, Decision::Tracked, "{cte}");
+    for (cte, seen, dec) in tracked_in_every_encoding(html) {
         assert_eq!(
-            *seen.borrow(),
+            seen,
             vec![
                 "http://a.example/x <a href=http://b.example/y>u</a>".to_string(),
                 "http://d.example/".to_string()
             ],
             "{cte}: the links a browser sees"
         );
-        let out = r.message.expect("rewritten");
-        let dec = pixelrelay::rewrite::html_part_decoded(&out).expect("decodes");
-        let dec = String::from_utf8(dec).expect("utf-8");
         let want = html
             .replace(
                 "'http://a.example/x <a href=http://b.example/y>u</a> '",
@@ -256,23 +267,8 @@ fn a_link_inside_another_links_attribute_value_is_text() {
 #[test]
 fn a_closer_inside_a_links_value_is_part_of_its_url() {
     let html = "<html><body>\r\n<p><a href=\"http://a.example/x\">a</a></p>\r\n<p><a href=\"http://b.example/>x</body>\">b</a></html>\r\n";
-    let rcpts = vec!["bob@example.net".to_string()];
-    let env = Envelope {
-        sender: "news@example.com",
-        recipients: &rcpts,
-    };
-    for (cte, input) in in_every_encoding(html) {
-        let url = |i: u16, _: &str| Some(format!("https://t.example/c/{i}"));
-        let links = Links {
-            exclude: &[],
-            own_prefix: "https://t.example/c/",
-            url: &url,
-        };
-        let r = rewrite_with_links(&env, input.as_bytes(), PIXEL, Some(&links), &policy());
-        assert_eq!(r.decision, Decision::Tracked, "{cte}");
-        let out = r.message.expect("rewritten");
-        let dec = pixelrelay::rewrite::html_part_decoded(&out).expect("decodes");
-        let dec = String::from_utf8(dec).expect("utf-8");
+    for (cte, seen, dec) in tracked_in_every_encoding(html) {
+        assert_eq!(seen.len(), 2, "{cte}: both links offered");
         let (img, without_pixel) = split_pixel(&dec);
         let want = html
             .replace("\"http://a.example/x\"", "\"https://t.example/c/0\"")

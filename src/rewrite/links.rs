@@ -15,7 +15,10 @@
 
 use std::ops::Range;
 
+pub use super::refs::decode_references;
+
 use super::html::EndTags;
+use super::refs::decode_references_into;
 use super::tags::{Attributes, for_each_tag, is_tag};
 
 /// The URL patterns left alone when `tracking.click_exclude` is not set.
@@ -155,66 +158,6 @@ fn link_of(
     (scheme_ok && !excluded && found.len() > "https://".len()).then_some((value, start..end))
 }
 
-/// `value` with the character references of an attribute decoded: numeric ones (`&#38;`,
-/// `&#x26;`) and the named ones links carry (`&amp; &lt; &gt; &quot; &apos; &nbsp;`), each with
-/// its `;`. Anything else stays as written; bytes that are not UTF-8 are replaced.
-pub fn decode_references(value: &[u8]) -> String {
-    let mut out = String::with_capacity(value.len());
-    decode_references_into(value, &mut out);
-    out
-}
-
-/// [`decode_references`] appending to `out`.
-fn decode_references_into(value: &[u8], out: &mut String) {
-    // Checked strictly first: the lossy decoder walks the bytes in small steps.
-    let text = match std::str::from_utf8(value) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => String::from_utf8_lossy(value),
-    };
-    // `&` is ASCII: a byte search finds it (and never inside a multi-byte character).
-    let amp = |s: &str| memchr::memchr(b'&', s.as_bytes());
-    let mut rest: &str = &text;
-    while let Some(amp) = amp(rest) {
-        out.push_str(&rest[..amp]);
-        rest = &rest[amp..];
-        match reference(rest) {
-            Some((c, len)) => {
-                out.push(c);
-                rest = &rest[len..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-}
-
-/// The character of the reference `s` starts with (`&…;`) and its length.
-fn reference(s: &str) -> Option<(char, usize)> {
-    let semi = s.get(..s.len().min(12))?.find(';')?;
-    let body = &s[1..semi];
-    let c = if let Some(num) = body.strip_prefix('#') {
-        let n = match num.strip_prefix(['x', 'X']) {
-            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-            None => num.parse().ok()?,
-        };
-        char::from_u32(n).filter(|c| *c != '\0')?
-    } else {
-        match body {
-            "amp" => '&',
-            "lt" => '<',
-            "gt" => '>',
-            "quot" => '"',
-            "apos" => '\'',
-            "nbsp" => '\u{a0}',
-            _ => return None,
-        }
-    };
-    Some((c, semi + 1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,7 +268,12 @@ mod tests {
         );
         assert_eq!(
             decode_references(b"a&amp;b&lt;&#0;&#xZZ;&"),
-            "a&b<&#0;&#xZZ;&"
+            "a&b<\u{fffd}&#xZZ;&"
+        );
+        // The whole table, and the attribute-value rule for names without their `;`.
+        assert_eq!(
+            decode_references(b"caf&eacute;&copy&not=1&copy2&#x2F&#150;&fjlig;"),
+            "caf\u{e9}\u{a9}&not=1&copy2/\u{2013}fj"
         );
     }
 

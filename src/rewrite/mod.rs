@@ -49,6 +49,7 @@ mod mime;
 mod part;
 pub mod qp;
 mod raw;
+mod refs;
 mod scan;
 mod tags;
 #[cfg(test)]

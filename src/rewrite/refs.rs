@@ -145,31 +145,10 @@ mod tests {
 
     /// The value html5ever's tokenizer gives the `href` of `<a href="{value}">`.
     fn html5ever_href(value: &str) -> Option<String> {
-        use html5ever::tokenizer::{
-            BufferQueue, TagToken, Token, TokenSink, TokenSinkResult, Tokenizer,
-        };
-        use std::cell::RefCell;
-
-        struct Sink(RefCell<Option<String>>);
-        impl TokenSink for Sink {
-            type Handle = ();
-            fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
-                if let TagToken(tag) = token
-                    && let Some(a) = tag.attrs.iter().find(|a| &*a.name.local == "href")
-                {
-                    self.0
-                        .borrow_mut()
-                        .get_or_insert_with(|| a.value.to_string());
-                }
-                TokenSinkResult::Continue
-            }
-        }
-        let input = BufferQueue::default();
-        input.push_back(format!("<a href=\"{value}\">").into());
-        let tok = Tokenizer::new(Sink(RefCell::new(None)), Default::default());
-        let _ = tok.feed(&input);
-        tok.end();
-        tok.sink.0.take()
+        let tags = super::super::tags::tests::html5ever_tags(&format!("<a href=\"{value}\">"));
+        let a = tags.first()?;
+        let href = a.attrs.iter().find(|at| &*at.name.local == "href")?;
+        Some(href.value.to_string())
     }
 
     proptest::proptest! {
